@@ -1,0 +1,3 @@
+from errands.cli.app import main
+
+main()

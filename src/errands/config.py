@@ -1,0 +1,122 @@
+"""Configuration: ``ERRANDS_HOME`` and ``ERRANDS_HOME/errands.toml``.
+
+``ERRANDS_HOME`` defaults to the per-user data directory (``~/.local/share/errands`` on
+Linux). The config file is optional; a malformed one is refused with one clear
+message (:class:`ConfigError`) and nothing is changed. errands never rewrites it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from errands.events import Limits
+
+__all__ = [
+    "ConfigError",
+    "NetworkSettings",
+    "Price",
+    "Settings",
+    "errands_home",
+    "load_settings",
+]
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message says where and why."""
+
+
+class NetworkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # private/loopback/link-local addresses or networks the network tools may reach
+    allow_private: list[str] = []
+    max_response_bytes: int = Field(default=2_000_000, gt=0)
+    timeout_seconds: float = Field(default=20.0, gt=0)
+
+
+class Price(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+
+
+class ProviderSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "openai"
+    base_url: str | None = None
+    api_key_env: str | None = None  # the name of the variable holding the key, never the key
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    home: Path = Path(".")
+    default_model: str = "scripted:demo"
+    system_prompt: str = (
+        "You are errands, an agent that carries out one errand for a person. "
+        "Use the tools you are given; say plainly when you are done and what you did."
+    )
+    max_tokens: int = Field(default=4096, gt=0)
+    limits: Limits = Limits()
+    network: NetworkSettings = NetworkSettings()
+    prices: dict[str, Price] = {}
+    providers: dict[str, ProviderSettings] = {}
+    # the port of errands' own server, which network tools must never reach
+    server_port: int | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "errands.sqlite"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.home / "workspaces"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "errands.toml"
+
+
+def errands_home(explicit: str | Path | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    env = os.environ.get("ERRANDS_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("errands", appauthor=False)).resolve()
+
+
+def load_settings(home: str | Path | None = None, config: str | Path | None = None) -> Settings:
+    """Settings from ``errands.toml`` under the home (or *config*), with defaults."""
+    root = errands_home(home)
+    path = Path(config).expanduser() if config else root / "errands.toml"
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    elif config:
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        return Settings.model_validate({**data, "home": root})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{path}: {where}: {first['msg']}{more}") from None

@@ -1,0 +1,361 @@
+"""The typed, versioned events of the errand log.
+
+An errand is an append-only sequence of these events; everything else -- its state,
+the inbox, the cost report, replays -- is derived from them. Each event carries a
+schema version ``v``; an event written by an older version is upgraded on read by
+:func:`upgrade` (see ``UPGRADERS``), so a log written by any earlier release replays.
+
+Every content item is a :class:`Content`: text with its provenance and its trust
+labels (see :mod:`errands.labels`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from errands.labels import Confidentiality, Integrity, Label, Provenance
+
+__all__ = [
+    "EVENT_TYPES",
+    "UPGRADERS",
+    "ApprovalDenied",
+    "ApprovalGranted",
+    "ApprovalRequested",
+    "CancelRequested",
+    "Content",
+    "EffectClass",
+    "ErrandCreated",
+    "ErrandPurged",
+    "ErrorRaised",
+    "Event",
+    "Limits",
+    "ModelRequested",
+    "ModelResponded",
+    "StateChanged",
+    "ToolCall",
+    "ToolIntent",
+    "ToolResult",
+    "Usage",
+    "UserMessage",
+    "dump_event",
+    "load_event",
+]
+
+
+class EffectClass(StrEnum):
+    """What a tool call can do to the world, from harmless to irreversible."""
+
+    none = "none"
+    read = "read"
+    network = "network"  # reaches the network without meaning to change anything (can leak via URL)
+    write_local = "write_local"
+    external = "external"  # changes something outside: a send, a POST
+    spend = "spend"
+    irreversible = "irreversible"
+
+
+class Content(BaseModel):
+    """One content item: its text, where it came from, and its trust labels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str
+    provenance: Provenance
+    integrity: Integrity = Integrity.trusted
+    confidentiality: Confidentiality = Confidentiality.private
+
+    @property
+    def label(self) -> Label:
+        return Label(integrity=self.integrity, confidentiality=self.confidentiality)
+
+    @classmethod
+    def labelled(cls, text: str, provenance: Provenance, label: Label) -> Content:
+        return cls(
+            text=text,
+            provenance=provenance,
+            integrity=label.integrity,
+            confidentiality=label.confidentiality,
+        )
+
+
+class Usage(BaseModel):
+    """One normalised usage record per model call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = 0  # all input tokens, cached ones included
+    cached_input_tokens: int = 0  # input tokens read from the provider's cache
+    cache_write_tokens: int = 0
+    output_tokens: int = 0  # reasoning tokens included
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        )
+
+
+class Limits(BaseModel):
+    """Per-errand limits; ``None`` means no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int | None = 50
+    max_wall_seconds: float | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    # the raw text when the model sent arguments that are not a JSON object
+    raw_arguments: str | None = None
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    VERSION: ClassVar[int] = 1
+
+    v: int = 1
+    at: float = Field(default_factory=time.time)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+
+
+class ErrandCreated(_Event):
+    VERSION: ClassVar[int] = 2
+    type: Literal["errand_created"] = "errand_created"
+    v: int = 2
+    title: str
+    content: Content  # the person's request
+    model: str
+    workspace: str
+    limits: Limits = Limits()
+    parent: str | None = None
+    by: str = "local"
+    channel: str = "cli"
+
+
+class UserMessage(_Event):
+    type: Literal["user_message"] = "user_message"
+    content: Content
+    by: str = "local"
+    channel: str = "cli"
+
+
+class ModelRequested(_Event):
+    """Written before the model is called; the context is the log up to ``context_seq``."""
+
+    type: Literal["model_requested"] = "model_requested"
+    model: str
+    context_seq: int
+    tools_hash: str
+    max_tokens: int | None = None
+
+
+class ModelResponded(_Event):
+    type: Literal["model_responded"] = "model_responded"
+    request_seq: int
+    model: str
+    content: Content | None = None  # the model's text, labelled with its context's join
+    tool_calls: list[ToolCall] = []
+    usage: Usage = Usage()
+    stop_reason: str = "end"
+
+
+class ToolIntent(_Event):
+    """The outbox record: written (durably) before the tool runs."""
+
+    type: Literal["tool_intent"] = "tool_intent"
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    effect: EffectClass
+    idempotent: bool
+    idempotency_key: str
+    approval_seq: int | None = None  # the approval request this call runs under
+
+
+class ToolResult(_Event):
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    tool: str
+    intent_seq: int | None = None  # None when the call never ran (bad arguments, denied)
+    ok: bool
+    content: Content
+    # why it failed: bad_arguments, unknown_tool, precondition, postcondition,
+    # tool_error, denied, in_doubt
+    error_kind: str | None = None
+
+
+class ApprovalRequested(_Event):
+    type: Literal["approval_requested"] = "approval_requested"
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    args_hash: str  # canonical hash of the arguments this approval is bound to
+    effect: EffectClass
+    reason: str
+    rule: str
+    preview: str = ""
+
+
+class ApprovalGranted(_Event):
+    type: Literal["approval_granted"] = "approval_granted"
+    request_seq: int
+    args_hash: str  # the hash the person saw and approved (of the edited arguments if edited)
+    edited_arguments: dict[str, Any] | None = None
+    always: bool = False
+    by: str
+    channel: str
+
+
+class ApprovalDenied(_Event):
+    type: Literal["approval_denied"] = "approval_denied"
+    request_seq: int
+    reason: str
+    by: str
+    channel: str
+
+
+class StateChanged(_Event):
+    type: Literal["state_changed"] = "state_changed"
+    state: str
+    reason: str = ""
+    result: Content | None = None
+
+
+class ErrorRaised(_Event):
+    type: Literal["error"] = "error"
+    kind: str
+    message: str
+    retryable: bool = False
+
+
+class CancelRequested(_Event):
+    type: Literal["cancel_requested"] = "cancel_requested"
+    reason: str = ""
+    by: str = "local"
+    channel: str = "cli"
+
+
+class ErrandPurged(_Event):
+    type: Literal["errand_purged"] = "errand_purged"
+    by: str = "local"
+
+
+Event = Annotated[
+    ErrandCreated
+    | UserMessage
+    | ModelRequested
+    | ModelResponded
+    | ToolIntent
+    | ToolResult
+    | ApprovalRequested
+    | ApprovalGranted
+    | ApprovalDenied
+    | StateChanged
+    | ErrorRaised
+    | CancelRequested
+    | ErrandPurged,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: dict[str, type[_Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        ErrandCreated,
+        UserMessage,
+        ModelRequested,
+        ModelResponded,
+        ToolIntent,
+        ToolResult,
+        ApprovalRequested,
+        ApprovalGranted,
+        ApprovalDenied,
+        StateChanged,
+        ErrorRaised,
+        CancelRequested,
+        ErrandPurged,
+    )
+}
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+# --- upgrades -----------------------------------------------------------------------
+# (type, from_version) -> function turning the v-N dict into a v-N+1 dict.
+
+
+def _errand_created_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 kept the request as bare text; v2 carries it as a labelled content item.
+    data = dict(data)
+    text = data.pop("text")
+    data["content"] = {
+        "text": text,
+        "provenance": {"kind": "user", "name": data.get("by", "local")},
+        "integrity": "trusted",
+        "confidentiality": "private",
+    }
+    data["v"] = 2
+    return data
+
+
+UPGRADERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
+    ("errand_created", 1): _errand_created_1_to_2,
+}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """Bring an event dict of any earlier version up to the current one."""
+    kind = data.get("type")
+    cls = EVENT_TYPES.get(str(kind))
+    if cls is None:
+        raise ValueError(f"unknown event type {kind!r}")
+    version = int(data.get("v", 1))
+    if version > cls.VERSION:
+        raise ValueError(
+            f"event {kind} v{version} is newer than this errands understands (v{cls.VERSION}); "
+            "upgrade errands"
+        )
+    while version < cls.VERSION:
+        data = UPGRADERS[(str(kind), version)](data)
+        version = int(data["v"])
+    return data
+
+
+def load_event(raw: str | bytes | dict[str, Any]) -> Event:
+    """Parse one stored event, upgrading older versions."""
+    data = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    if int(data.get("v", 1)) != EVENT_TYPES.get(str(data.get("type")), _Event).VERSION:
+        data = upgrade(data)
+    return _ADAPTER.validate_python(data)
+
+
+def dump_event(event: _Event) -> str:
+    return event.model_dump_json()
+
+
+def parse_event(data: dict[str, Any]) -> Event:
+    return _ADAPTER.validate_python(data)

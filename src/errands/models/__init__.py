@@ -1,0 +1,1 @@
+"""Models: a small protocol, the scripted model, and provider clients."""

@@ -1,0 +1,82 @@
+"""The model protocol: what the loop needs from any model.
+
+The loop builds a :class:`ModelRequest` from the errand's log (system prompt, the
+transcript as :class:`Message` items, tool schemas) and gets a :class:`ModelReply`.
+Provider clients translate this to and from their wire formats; wrappers (fallback,
+retry, rate limits) compose around the same protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from errands.events import ToolCall, Usage
+
+__all__ = [
+    "Message",
+    "Model",
+    "ModelError",
+    "ModelReply",
+    "ModelRequest",
+    "TextSink",
+    "ToolSchema",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSchema:
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON schema of the arguments object
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One transcript item in provider-neutral form."""
+
+    role: Literal["user", "assistant", "tool"]
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant only
+    tool_call_id: str | None = None  # tool only
+    tool_name: str | None = None  # tool only
+    is_error: bool = False  # tool only
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    system: str
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSchema, ...]
+    max_tokens: int | None = None
+    reasoning: str | None = None  # minimal | low | medium | high
+    errand_id: str = ""  # for cache keys and rate-limit fairness; never sent as content
+
+
+@dataclass(slots=True)
+class ModelReply:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    stop_reason: str = "end"
+    model: str = ""
+
+
+TextSink = Callable[[str], None]  # receives streamed text deltas
+
+
+class ModelError(Exception):
+    """The model could not answer. ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Model(Protocol):
+    name: str  # the spec the errand uses, e.g. "openai:gpt-4o-mini"
+
+    async def complete(
+        self, request: ModelRequest, on_text: TextSink | None = None
+    ) -> ModelReply: ...

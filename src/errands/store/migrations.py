@@ -1,0 +1,73 @@
+"""Versioned schema migrations for the SQLite store (``PRAGMA user_version``)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the log, its projections (a cache of the fold), blobs, leases, wake-ups
+    """
+    CREATE TABLE events (
+        errand_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        at REAL NOT NULL,
+        body TEXT NOT NULL,
+        blob TEXT,
+        PRIMARY KEY (errand_id, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE errands (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        title TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL,
+        parent TEXT,
+        pending_count INTEGER NOT NULL DEFAULT 0,
+        view TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX errands_state ON errands(state);
+    CREATE INDEX errands_created ON errands(created_at);
+    CREATE INDEX errands_pending ON errands(pending_count) WHERE pending_count > 0;
+    CREATE TABLE blobs (hash TEXT PRIMARY KEY, data TEXT NOT NULL) WITHOUT ROWID;
+    CREATE TABLE leases (
+        errand_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX leases_owner ON leases(owner);
+    CREATE TABLE wakeups (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        errand_id TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    """,
+]
+
+LATEST = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to date in one transaction per step; return the version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > LATEST:
+        raise RuntimeError(
+            f"this store was written by a newer errands (schema {version} > {LATEST}); upgrade errands"
+        )
+    while version < LATEST:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if current == version:  # another process may have migrated meanwhile
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    return version
