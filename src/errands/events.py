@@ -165,11 +165,10 @@ class UserMessage(_Event):
 
 
 class ModelRequested(_Event):
-    """Written before the model is called; the context is the log up to ``context_seq``."""
+    """Written before the model is called; its context is the log before this event."""
 
     type: Literal["model_requested"] = "model_requested"
     model: str
-    context_seq: int
     tools_hash: str
     max_tokens: int | None = None
 
@@ -227,6 +226,9 @@ class ApprovalGranted(_Event):
     args_hash: str  # the hash the person saw and approved (of the edited arguments if edited)
     edited_arguments: dict[str, Any] | None = None
     always: bool = False
+    # with always: argument name -> glob; later calls of the tool whose arguments match
+    # run without asking, for this errand only
+    always_pattern: dict[str, str] | None = None
     by: str
     channel: str
 

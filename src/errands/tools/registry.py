@@ -232,7 +232,7 @@ def _build_args_model(name: str, fn: Callable[..., Any], docs: dict[str, str]) -
         annotation = hints.get(pname, Any)
         default = ... if param.default is param.empty else param.default
         fields[pname] = (annotation, Field(default, description=docs.get(pname)))
-    model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    model: type[BaseModel] = create_model(
         f"{name}_args", __config__=ConfigDict(extra="forbid"), **fields
     )
     return model
@@ -255,6 +255,8 @@ class Registry:
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        self._schemas: tuple[ToolSchema, ...] | None = None
+        self._fingerprint: str | None = None
         for t in tools:
             self.add(t)
 
@@ -262,6 +264,7 @@ class Registry:
         if tool.name in self._tools:
             raise ValueError(f"a tool named {tool.name} is registered already")
         self._tools[tool.name] = tool
+        self._schemas = self._fingerprint = None
         return tool
 
     def tool(
@@ -309,16 +312,20 @@ class Registry:
         return len(self._tools)
 
     def schemas(self) -> tuple[ToolSchema, ...]:
-        return tuple(t.schema for t in self)
+        if self._schemas is None:
+            self._schemas = tuple(t.schema for t in self)
+        return self._schemas
 
     def fingerprint(self) -> str:
         """Canonical hash of every schema: changes iff what the model sees changes."""
-        return canonical_hash(
-            [
-                {"name": s.name, "description": s.description, "parameters": s.parameters}
-                for s in self.schemas()
-            ]
-        )
+        if self._fingerprint is None:
+            self._fingerprint = canonical_hash(
+                [
+                    {"name": s.name, "description": s.description, "parameters": s.parameters}
+                    for s in self.schemas()
+                ]
+            )
+        return self._fingerprint
 
 
 def make_tool(

@@ -1,0 +1,210 @@
+"""Tool dispatch: route a call through validation and the policy, then run it.
+
+:meth:`Dispatcher.route` turns a model's tool call into the event that decides its
+fate -- a :class:`~errands.events.ToolIntent` (allowed: it will run), an
+:class:`~errands.events.ApprovalRequested` (a person must say yes) or a
+:class:`~errands.events.ToolResult` (refused: bad arguments, unknown tool, denied).
+:meth:`Dispatcher.execute` runs a logged intent and returns its result event; it
+never raises for anything the tool does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from errands import events as ev
+from errands.canonical import canonical_hash
+from errands.config import Settings
+from errands.faults import fault, switch
+from errands.labels import Confidentiality, Integrity, Label, Provenance
+from errands.policy.hook import Decision, PolicyCall, PolicyHook
+from errands.policy.preview import preview
+from errands.progress import CallState, Progress
+from errands.tools.registry import Registry, ToolContext, ToolError
+
+__all__ = ["MAX_RESULT_CHARS", "Dispatcher", "idempotency_key"]
+
+MAX_RESULT_CHARS = 200_000
+SYSTEM = Provenance(kind="system", name="errands")
+
+
+def idempotency_key(errand_id: str, request_seq: int, index: int) -> str:
+    """Stable across re-runs: the errand, the model request that asked, the call's place."""
+    return f"{errand_id}.{request_seq}.{index}"
+
+
+def _refusal(call: ev.ToolCall, kind: str, text: str) -> ev.ToolResult:
+    return ev.ToolResult(
+        call_id=call.call_id,
+        tool=call.name,
+        ok=False,
+        error_kind=kind,
+        content=ev.Content(text=text, provenance=SYSTEM, confidentiality=Confidentiality.private),
+    )
+
+
+class Dispatcher:
+    def __init__(self, registry: Registry, policy: PolicyHook, settings: Settings) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.settings = settings
+
+    def route(
+        self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
+    ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult:
+        """Validate the call and ask the policy; return the event that records the outcome."""
+        try:
+            tool = self.registry.get(call.name)
+        except ToolError as exc:
+            return _refusal(call, exc.kind, str(exc))
+        if call.raw_arguments is not None:
+            return _refusal(
+                call,
+                "bad_arguments",
+                f"the arguments for {call.name} were not a JSON object: {call.raw_arguments[:300]!r}",
+            )
+        try:
+            args = tool.validate(call.arguments)
+        except ToolError as exc:
+            return _refusal(call, exc.kind, str(exc))
+        effect = tool.effect(args)
+        verdict = self.policy.check(
+            PolicyCall(
+                errand_id=p.errand_id,
+                tool=call.name,
+                arguments=args,
+                effect=effect,
+                workspace=Path(p.view.workspace),
+                context=p.label,
+                always_allowed=tuple(p.always_allowed),
+            )
+        )
+        if verdict.decision is Decision.deny:
+            return _refusal(
+                call,
+                "denied",
+                f"denied by policy rule {verdict.rule}: {verdict.reason or 'not allowed'}",
+            )
+        if verdict.decision is Decision.ask:
+            return ev.ApprovalRequested(
+                call_id=call.call_id,
+                tool=call.name,
+                arguments=args,
+                args_hash=canonical_hash(args),
+                effect=effect,
+                reason=verdict.reason or f"{effect.value} actions need your approval",
+                rule=verdict.rule,
+                preview=preview(call.name, args, Path(p.view.workspace)),
+            )
+        return self.intent(p.errand_id, call, index, request_seq, args, effect)
+
+    def intent(
+        self,
+        errand_id: str,
+        call: ev.ToolCall,
+        index: int,
+        request_seq: int,
+        args: dict[str, Any],
+        effect: ev.EffectClass,
+        approval_seq: int | None = None,
+    ) -> ev.ToolIntent:
+        tool = self.registry.get(call.name)
+        return ev.ToolIntent(
+            call_id=call.call_id,
+            tool=call.name,
+            arguments=args,
+            effect=effect,
+            idempotent=tool.safe_to_retry,
+            idempotency_key=idempotency_key(errand_id, request_seq, index),
+            approval_seq=approval_seq,
+        )
+
+    def decided(self, p: Progress, call: CallState) -> ev.ToolIntent | ev.ToolResult:
+        """The event for a call a person has decided: its intent, or the denial."""
+        if call.decision != "granted":
+            return _refusal(call.call, "denied", f"the person denied this call: {call.deny_reason}")
+        try:
+            tool = self.registry.get(call.call.name)
+            args = tool.validate(call.approved_args or {})
+        except ToolError as exc:
+            return _refusal(call.call, exc.kind, str(exc))
+        if canonical_hash(args) != call.approved_hash and not switch("no_arg_binding"):
+            return _refusal(
+                call.call,
+                "denied",
+                "refused: these arguments are not the ones that were approved; ask again",
+            )
+        return self.intent(
+            p.errand_id,
+            call.call,
+            call.index,
+            call.request_seq,
+            args,
+            tool.effect(args),
+            approval_seq=call.approval_seq,
+        )
+
+    async def execute(self, p: Progress, seq: int, intent: ev.ToolIntent) -> ev.ToolResult:
+        """Run a logged intent. Anything the tool does wrong becomes an error result."""
+        provenance = Provenance(kind="tool", name=intent.tool)
+        try:
+            tool = self.registry.get(intent.tool)
+            ctx = ToolContext(
+                errand_id=p.errand_id,
+                seq=seq,
+                idempotency_key=intent.idempotency_key,
+                workspace=Path(p.view.workspace),
+                settings=self.settings,
+            )
+            output = await tool.invoke(intent.arguments, ctx)
+        except ToolError as exc:
+            fault("after_effect")
+            return ev.ToolResult(
+                call_id=intent.call_id,
+                tool=intent.tool,
+                intent_seq=seq,
+                ok=False,
+                error_kind=exc.kind,
+                content=ev.Content(
+                    text=str(exc), provenance=provenance, integrity=Integrity.untrusted
+                ),
+            )
+        except Exception as exc:  # a tool's bug must not crash the errand
+            fault("after_effect")
+            return ev.ToolResult(
+                call_id=intent.call_id,
+                tool=intent.tool,
+                intent_seq=seq,
+                ok=False,
+                error_kind="tool_error",
+                content=ev.Content(
+                    text=f"{intent.tool} failed: {type(exc).__name__}: {exc}",
+                    provenance=provenance,
+                    integrity=Integrity.untrusted,
+                ),
+            )
+        fault("after_effect")
+        text = output.text
+        if len(text) > MAX_RESULT_CHARS:
+            text = text[:MAX_RESULT_CHARS] + f"\n[truncated: {len(output.text)} characters in all]"
+        return ev.ToolResult(
+            call_id=intent.call_id,
+            tool=intent.tool,
+            intent_seq=seq,
+            ok=True,
+            content=ev.Content.labelled(
+                text,
+                Provenance(kind="tool", name=intent.tool, source=output.source),
+                Label(integrity=output.integrity, confidentiality=output.confidentiality),
+            ),
+        )
+
+    def in_doubt(self, call: CallState) -> ev.ToolResult:
+        assert call.intent is not None
+        return _refusal(
+            call.call,
+            "in_doubt",
+            f"errands stopped while {call.call.name} was running; it may or may not have taken "
+            "effect, and it is not safe to run twice. The person has been asked to check.",
+        )

@@ -1,0 +1,281 @@
+"""The errand loop: ask the model, run the tools it calls, write every step to the log.
+
+One pass of :meth:`Loop.run` drives one errand until it finishes, fails, or has to
+wait (for an approval, a person, a timer). What to do next is always read from the
+:class:`~errands.progress.Progress` -- a fold of the log -- so a run that resumes after
+a crash continues exactly where the log says the last one stopped:
+
+- a model response already logged is never requested again;
+- a tool result already logged is never recomputed;
+- a call whose intent is logged but whose result is not is re-run only when that is
+  safe (idempotent, or the tool honours the idempotency key); otherwise the errand goes
+  to ``needs_attention`` naming the call in doubt.
+
+Policy, limits and tool dispatch are things the loop calls, not branches inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from errands import events as ev
+from errands.config import Settings
+from errands.dispatch import Dispatcher
+from errands.faults import fault, switch
+from errands.labels import Provenance
+from errands.limits import exceeded
+from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest
+from errands.progress import CallState, Progress
+from errands.states import TERMINAL, ErrandState, ErrandView
+from errands.store.base import Store, StoreError
+
+__all__ = ["Loop", "TextListener"]
+
+TextListener = Callable[[str, str], None]  # (errand_id, streamed text delta)
+MODEL_RETRIES = 3
+
+
+def _not_cancelled(view: ErrandView) -> None:
+    if view.cancel_requested or view.state in TERMINAL:
+        raise StoreError(f"errand {view.id} is {view.state.value}")
+
+
+class Loop:
+    def __init__(
+        self,
+        store: Store,
+        models: Callable[[str], Model],
+        dispatcher: Dispatcher,
+        settings: Settings,
+        owner: str,
+        on_text: TextListener | None = None,
+    ) -> None:
+        self.store = store
+        self.models = models
+        self.dispatch = dispatcher
+        self.settings = settings
+        self.owner = owner
+        self.on_text = on_text
+        self.dirty: set[str] = set()  # errands an outsider wrote to since we last looked
+        self.volatile: dict[str, list[ev.Event]] = {}  # only under a test-only switch
+
+    async def load(self, errand_id: str) -> Progress:
+        p = Progress.empty(errand_id)
+        for stored in await self.store.read(errand_id):
+            p.apply(stored.seq, stored.event)
+        return p
+
+    async def run(self, errand_id: str, p: Progress | None = None) -> ErrandView:
+        """Drive the errand until it has to stop; return its view."""
+        p = p or await self.load(errand_id)
+        await self._recover(p)
+        while await self._step(p):
+            pass
+        return p.view
+
+    async def _step(self, p: Progress) -> bool:
+        """Do the next thing the log calls for; False when the errand must stop here."""
+        if p.errand_id in self.dirty:
+            await self._catch_up(p)
+        if p.view.state in TERMINAL or p.view.state is ErrandState.needs_attention:
+            return False
+        if self.volatile.get(p.errand_id):
+            return False  # negative control: waiting on an approval that only memory holds
+        if decided := p.decided():
+            fault("after_approval")
+            await self._route_and_run(p, [self.dispatch.decided(p, c) for c in decided])
+        elif unrouted := p.unrouted():
+            await self._route_and_run(
+                p, [self.dispatch.route(p, c.call, c.index, c.request_seq) for c in unrouted]
+            )
+        elif p.waiting():
+            return False  # rows in the store; whoever decides wakes the errand again
+        elif p.needs_model:
+            await self._ask_model(p)
+        elif p.final_text is not None:
+            done = ev.StateChanged(
+                state="done",
+                result=ev.Content.labelled(p.final_text, Provenance(kind="model"), p.label),
+            )
+            await self._append(p, [done])
+            return False
+        else:
+            return False
+        return True
+
+    async def _recover(self, p: Progress) -> None:
+        """Calls whose intent is logged but not their result: a crash hit them mid-flight."""
+        in_flight = p.in_flight()
+        if not in_flight or p.view.state in TERMINAL:
+            return
+        safe = [c for c in in_flight if c.intent is not None and c.intent.idempotent]
+        doubtful = [c for c in in_flight if c not in safe]
+        if doubtful:
+            names = ", ".join(f"{c.call.name} (intent #{c.intent_seq})" for c in doubtful)
+            await self._append(
+                p,
+                [
+                    *(self.dispatch.in_doubt(c) for c in doubtful),
+                    ev.StateChanged(
+                        state="needs_attention",
+                        reason=f"in doubt after a crash: {names} may or may not have run; "
+                        "check, then tell the errand how to go on",
+                    ),
+                ],
+            )
+        await self._run_calls(p, safe)  # safe to run again, under the same idempotency key
+
+    async def _ask_model(self, p: Progress) -> None:
+        assert p.created is not None
+        reason = exceeded(p.view, p.created.limits, time.time())
+        if reason:
+            await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
+            return
+        model = self.models(p.view.model)
+        if p.open_request_seq is None:
+            tools_hash = self.dispatch.registry.fingerprint()
+            await self._append(p, [ev.ModelRequested(model=model.name, tools_hash=tools_hash)])
+        request_seq = p.open_request_seq
+        assert request_seq is not None
+        request = ModelRequest(
+            system=self.settings.system_prompt,
+            messages=tuple(p.messages),
+            tools=self.dispatch.registry.schemas(),
+            max_tokens=self.settings.max_tokens,
+            errand_id=p.errand_id,
+        )
+        try:
+            reply = await self._complete(model, request, p.errand_id)
+        except ModelError as exc:
+            await self._append(
+                p,
+                [
+                    ev.ErrorRaised(kind="model", message=str(exc), retryable=exc.retryable),
+                    ev.StateChanged(state="failed", reason=f"the model failed: {exc}"),
+                ],
+            )
+            return
+        content = None
+        if reply.text or not reply.tool_calls:
+            content = ev.Content.labelled(
+                reply.text, Provenance(kind="model", name=model.name), p.label
+            )
+        response = ev.ModelResponded(
+            request_seq=request_seq,
+            model=reply.model or model.name,
+            content=content,
+            tool_calls=reply.tool_calls,
+            usage=reply.usage,
+            stop_reason=reply.stop_reason,
+        )
+        routed = [
+            self.dispatch.route(p, call, i, request_seq) for i, call in enumerate(reply.tool_calls)
+        ]
+        await self._route_and_run(p, routed, first=[response])
+
+    async def _complete(self, model: Model, request: ModelRequest, errand_id: str) -> ModelReply:
+        sink = None
+        if self.on_text is not None:
+            listener = self.on_text
+
+            def sink(delta: str) -> None:
+                fault("mid_stream")
+                listener(errand_id, delta)
+
+        for attempt in range(MODEL_RETRIES + 1):
+            try:
+                return await model.complete(request, sink)
+            except ModelError as exc:
+                if not exc.retryable or attempt == MODEL_RETRIES:
+                    raise
+                await asyncio.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    async def _route_and_run(
+        self,
+        p: Progress,
+        routed: Sequence[ev.Event],
+        first: Sequence[ev.Event] = (),
+    ) -> None:
+        """Log the routing of calls (intents durable before anything runs), then run them."""
+        events = [*first, *routed]
+        if not events:
+            return
+        if switch("no_intent"):  # negative control only: effects before their intent is logged
+            events = await self._unsafe_run_before_logging(p, events)
+        if switch("memory_approvals"):  # negative control only: approvals held in memory
+            self.volatile[p.errand_id] = [e for e in events if e.type == "approval_requested"]
+            events = [e for e in events if e.type != "approval_requested"]
+        try:
+            await self._append(p, events, guard=_not_cancelled if routed else None)
+        except StoreError:
+            await self._catch_up(p)  # cancelled meanwhile: nothing was written, nothing runs
+            return
+        await self._run_calls(p, [c for c in p.in_flight()])
+
+    async def _unsafe_run_before_logging(
+        self, p: Progress, events: list[ev.Event]
+    ) -> list[ev.Event]:
+        """What frameworks without an outbox do: run, then log intent and result together.
+        Only reachable through the test-only switch ``no_intent``; the crash torture must
+        catch the duplicate effects it causes."""
+        out: list[ev.Event] = []
+        for event in events:
+            out.append(event)
+            if isinstance(event, ev.ToolIntent):
+                fault("after_intent")
+                out.append(await self.dispatch.execute(p, 0, event))
+        return out
+
+    async def _run_calls(self, p: Progress, calls: list[CallState]) -> None:
+        if not calls:
+            return
+
+        async def one(call: CallState) -> None:
+            assert call.intent is not None and call.intent_seq is not None
+            fault("after_intent")
+            result = await self.dispatch.execute(p, call.intent_seq, call.intent)
+            await self._append(p, [result, *self._next_request(p, call)])
+
+        if len(calls) == 1:
+            await one(calls[0])
+        else:
+            await asyncio.gather(*(one(c) for c in calls))
+
+    def _next_request(self, p: Progress, finishing: CallState) -> list[ev.Event]:
+        """The model request that follows the last result of a turn, to log it in the same
+        commit; empty when something else (a decision, a limit, a cancel) comes first."""
+        others_done = all(c.done for c in p.calls.values() if c is not finishing)
+        if not others_done or p.held_messages or p.view.cancel_requested or p.created is None:
+            return []
+        if exceeded(p.view, p.created.limits, time.time()):
+            return []
+        model = self.models(p.view.model)
+        return [
+            ev.ModelRequested(model=model.name, tools_hash=self.dispatch.registry.fingerprint())
+        ]
+
+    async def _append(
+        self,
+        p: Progress,
+        events: Sequence[ev.Event],
+        guard: Callable[[ErrandView], None] | None = None,
+    ) -> list[int]:
+        seqs = await self.store.append(p.errand_id, events, owner=self.owner, guard=guard)
+        if seqs[0] > p.last_seq + 1:  # an outsider wrote in between: fold that in first
+            for stored in await self.store.read(p.errand_id, after=p.last_seq):
+                if stored.seq >= seqs[0]:
+                    break
+                p.apply(stored.seq, stored.event)
+        for seq, event in zip(seqs, events, strict=True):
+            if seq > p.last_seq:  # a concurrent call's catch-up may have folded it in already
+                p.apply(seq, event)
+        return seqs
+
+    async def _catch_up(self, p: Progress) -> None:
+        self.dirty.discard(p.errand_id)
+        for stored in await self.store.read(p.errand_id, after=p.last_seq):
+            p.apply(stored.seq, stored.event)

@@ -1,0 +1,94 @@
+"""What a person does to errands -- start, tell, cancel -- shared by the CLI and the server.
+
+Each operation validates everything first and then writes one durable append; on
+bad input it raises a :class:`UserError` (or a subclass from the layer that found
+the problem) and writes nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from errands import events as ev
+from errands.config import Settings
+from errands.ids import new_errand_id
+from errands.labels import Confidentiality, Integrity, Provenance
+from errands.models.spec import check_spec
+from errands.states import TERMINAL, ErrandView
+from errands.store.base import Store, StoreError
+from errands.tools.workspace import make_workspace
+
+__all__ = ["UserError", "cancel_errand", "create_errand", "tell_errand", "title_for"]
+
+
+class UserError(Exception):
+    """The request cannot be carried out; the message says why. Nothing was written."""
+
+
+def title_for(text: str, limit: int = 72) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+async def create_errand(
+    store: Store,
+    settings: Settings,
+    text: str,
+    *,
+    model: str | None = None,
+    workspace: str | Path | None = None,
+    limits: ev.Limits | None = None,
+    by: str = "local",
+    channel: str = "cli",
+    parent: str | None = None,
+) -> str:
+    if not text.strip():
+        raise UserError("an errand needs some text: say what you want done")
+    spec = (model or settings.default_model).strip()
+    check_spec(spec, settings)
+    errand_id = new_errand_id()
+    path = make_workspace(settings, errand_id, workspace)
+    created = ev.ErrandCreated(
+        title=title_for(text),
+        content=ev.Content(
+            text=text,
+            provenance=Provenance(kind="user", name=by),
+            integrity=Integrity.trusted,
+            confidentiality=Confidentiality.private,
+        ),
+        model=spec,
+        workspace=str(path),
+        limits=limits or settings.limits,
+        parent=parent,
+        by=by,
+        channel=channel,
+    )
+    await store.create(errand_id, created)
+    return errand_id
+
+
+async def tell_errand(
+    store: Store, errand_id: str, text: str, *, by: str = "local", channel: str = "cli"
+) -> int:
+    """A follow-up from the person: reopens a finished errand or joins a running one."""
+    if not text.strip():
+        raise UserError("the message is empty")
+    message = ev.UserMessage(
+        content=ev.Content(text=text, provenance=Provenance(kind="user", name=by)),
+        by=by,
+        channel=channel,
+    )
+    (seq,) = await store.append(errand_id, [message])
+    return seq
+
+
+def _cancellable(view: ErrandView) -> None:
+    if view.state in TERMINAL:
+        raise StoreError(f"errand {view.id} is already {view.state.value}")
+
+
+async def cancel_errand(
+    store: Store, errand_id: str, *, reason: str = "", by: str = "local", channel: str = "cli"
+) -> None:
+    event = ev.CancelRequested(reason=reason or f"cancelled by {by}", by=by, channel=channel)
+    await store.append(errand_id, [event], guard=_cancellable)

@@ -1,0 +1,1 @@
+"""The permission boundary: rules, approvals and (later) flow control and sandboxing."""

@@ -1,0 +1,193 @@
+"""What the loop knows about an errand: its transcript and what to do next.
+
+:class:`Progress` is a fold of the errand's log, like the view in
+:mod:`errands.states` but richer: the transcript exactly as the model saw it, the
+tool calls of the latest model turn with where each one stands (routed, waiting for a
+decision, intent logged, result logged), and whether the model must be asked next.
+Because it is derived from the log alone, a resumed errand picks up exactly where the
+crashed one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from errands import events as ev
+from errands.labels import BOTTOM, Label
+from errands.models.protocol import Message
+from errands.states import ErrandView, apply
+
+__all__ = ["CallState", "Progress"]
+
+
+@dataclass
+class CallState:
+    """One tool call of the latest model turn, and how far it got."""
+
+    call: ev.ToolCall
+    index: int
+    request_seq: int  # the model request whose reply asked for it (idempotency keys)
+    label: Label  # the label of the model output that asked for it
+    approval_seq: int | None = None
+    decision: str | None = None  # granted | denied
+    deny_reason: str = ""
+    approved_args: dict[str, Any] | None = None
+    approved_hash: str | None = None
+    intent_seq: int | None = None
+    intent: ev.ToolIntent | None = None
+    done: bool = False
+
+    @property
+    def routed(self) -> bool:
+        return self.approval_seq is not None or self.intent_seq is not None or self.done
+
+    @property
+    def waiting(self) -> bool:
+        return self.approval_seq is not None and self.decision is None and not self.done
+
+
+@dataclass
+class Progress:
+    errand_id: str
+    view: ErrandView
+    created: ev.ErrandCreated | None = None
+    messages: list[Message] = field(default_factory=list)
+    label: Label = BOTTOM  # join of every content label in the context
+    calls: dict[str, CallState] = field(default_factory=dict)
+    held_messages: list[Message] = field(default_factory=list)  # user messages during tool calls
+    open_request_seq: int | None = None
+    needs_model: bool = False
+    final_text: str | None = None
+    always_allowed: list[tuple[str, str]] = field(default_factory=list)  # (tool, pattern JSON)
+    requested_args: dict[int, dict[str, Any]] = field(default_factory=dict)  # validated, by seq
+
+    @classmethod
+    def empty(cls, errand_id: str) -> Progress:
+        return cls(errand_id=errand_id, view=ErrandView(id=errand_id))
+
+    @property
+    def last_seq(self) -> int:
+        return self.view.last_seq
+
+    def apply(self, seq: int, event: ev.Event) -> None:
+        apply(self.view, seq, event)  # checks the sequence has no gap
+        match event:
+            case ev.ErrandCreated():
+                self.created = event
+                self._user(event.content)
+            case ev.UserMessage():
+                self._user(event.content)
+            case ev.ModelRequested():
+                self.open_request_seq = seq
+            case ev.ModelResponded():
+                self.open_request_seq = None
+                label = event.content.label if event.content else self.label
+                self.messages.append(
+                    Message(
+                        role="assistant",
+                        text=event.content.text if event.content else "",
+                        tool_calls=tuple(event.tool_calls),
+                    )
+                )
+                self.calls = {
+                    c.call_id: CallState(
+                        call=c, index=i, request_seq=event.request_seq, label=label
+                    )
+                    for i, c in enumerate(event.tool_calls)
+                }
+                self.final_text = (
+                    None if event.tool_calls else (event.content.text if event.content else "")
+                )
+                self.needs_model = False
+                if event.content:
+                    self.label = self.label.joined(event.content.label)
+            case ev.ApprovalRequested():
+                if event.call_id in self.calls:
+                    self.calls[event.call_id].approval_seq = seq
+                    self.requested_args[seq] = event.arguments
+            case ev.ApprovalGranted():
+                call = self._by_approval(event.request_seq)
+                if call is not None:
+                    call.decision = "granted"
+                    call.approved_args = (
+                        event.edited_arguments
+                        if event.edited_arguments is not None
+                        else self.requested_args.get(event.request_seq, call.call.arguments)
+                    )
+                    call.approved_hash = event.args_hash
+                    if event.always and event.always_pattern is not None:
+                        pattern = json.dumps(event.always_pattern, sort_keys=True)
+                        self.always_allowed.append((call.call.name, pattern))
+            case ev.ApprovalDenied():
+                call = self._by_approval(event.request_seq)
+                if call is not None:
+                    call.decision = "denied"
+                    call.deny_reason = event.reason
+            case ev.ToolIntent():
+                if event.call_id in self.calls:
+                    self.calls[event.call_id].intent_seq = seq
+                    self.calls[event.call_id].intent = event
+            case ev.ToolResult():
+                state = self.calls.get(event.call_id)
+                if state is not None and not state.done:
+                    state.done = True
+                    self.messages.append(
+                        Message(
+                            role="tool",
+                            text=event.content.text,
+                            tool_call_id=event.call_id,
+                            tool_name=event.tool,
+                            is_error=not event.ok,
+                        )
+                    )
+                    self.label = self.label.joined(event.content.label)
+                    if all(c.done for c in self.calls.values()):
+                        self.needs_model = True
+                        self._release_held()
+            case ev.StateChanged():
+                if event.state in ("done", "failed"):
+                    self.needs_model = False
+            case _:
+                pass
+
+    def _user(self, content: ev.Content) -> None:
+        message = Message(role="user", text=content.text)
+        self.label = self.label.joined(content.label)
+        if any(not c.done for c in self.calls.values()):
+            self.held_messages.append(message)  # joins at the next step, after the results
+        else:
+            self.messages.append(message)
+            self.needs_model = True
+            self.final_text = None
+
+    def _release_held(self) -> None:
+        self.messages.extend(self.held_messages)
+        self.held_messages.clear()
+
+    def _by_approval(self, request_seq: int) -> CallState | None:
+        for call in self.calls.values():
+            if call.approval_seq == request_seq:
+                return call
+        return None
+
+    # ------------------------------------------------------------ what's next
+
+    def unrouted(self) -> list[CallState]:
+        """Calls of the latest turn that have not been through the policy yet."""
+        return [c for c in self._ordered() if not c.routed]
+
+    def decided(self) -> list[CallState]:
+        """Calls with a decision from a person but no intent or result yet."""
+        return [c for c in self._ordered() if c.decision and c.intent_seq is None and not c.done]
+
+    def in_flight(self) -> list[CallState]:
+        """Calls whose intent is logged but whose result is not (running, or in doubt)."""
+        return [c for c in self._ordered() if c.intent_seq is not None and not c.done]
+
+    def waiting(self) -> list[CallState]:
+        return [c for c in self._ordered() if c.waiting]
+
+    def _ordered(self) -> list[CallState]:
+        return sorted(self.calls.values(), key=lambda c: c.index)

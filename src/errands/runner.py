@@ -1,0 +1,161 @@
+"""The runner: owns errands through leases and drives their loops.
+
+``errands run`` / ``errands resume`` use :meth:`Runner.run_errand` (one errand in the
+foreground); the server uses :meth:`Runner.serve`, which claims every runnable errand
+whose lease is free or expired, renews its leases, and wakes errands that an outsider
+(a person's message, a decision, a cancel) wrote to. A waiting errand has no task:
+its loop returns, its lease is released, and a wake-up starts a new loop later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Callable
+
+from errands.config import Settings
+from errands.dispatch import Dispatcher
+from errands.loop import Loop, TextListener
+from errands.models.protocol import Model
+from errands.models.spec import resolve_model
+from errands.policy.hook import PolicyHook
+from errands.states import RUNNABLE, ErrandView
+from errands.store.base import LeaseLost, Store, StoreError
+from errands.tools.registry import Registry
+
+__all__ = ["ErrandBusy", "Runner", "new_owner"]
+
+LEASE_TTL = 30.0
+
+
+class ErrandBusy(Exception):
+    """Another process is running this errand right now."""
+
+
+def new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        registry: Registry,
+        policy: PolicyHook,
+        *,
+        models: Callable[[str], Model] | None = None,
+        owner: str | None = None,
+        lease_ttl: float = LEASE_TTL,
+        on_text: TextListener | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.owner = owner or new_owner()
+        self.lease_ttl = lease_ttl
+        self._models: dict[str, Model] = {}
+        self._model_factory = models or (lambda spec: resolve_model(spec, settings))
+        self.loop = Loop(
+            store,
+            self.model,
+            Dispatcher(registry, policy, settings),
+            settings,
+            self.owner,
+            on_text=on_text,
+        )
+        self.tasks: dict[str, asyncio.Task[ErrandView | None]] = {}
+        store.subscribe(self._on_append)
+
+    def model(self, spec: str) -> Model:
+        """One model object per spec, shared by every errand (rate limits, connections)."""
+        model = self._models.get(spec)
+        if model is None:
+            model = self._models[spec] = self._model_factory(spec)
+        return model
+
+    def _on_append(self, errand_id: str, seq: int) -> None:
+        if errand_id in self.tasks:
+            self.loop.dirty.add(errand_id)
+
+    async def run_errand(self, errand_id: str) -> ErrandView:
+        """Run one errand in the foreground until it stops; refuse if someone else runs it."""
+        if not await self.store.acquire(errand_id, self.owner, self.lease_ttl):
+            raise ErrandBusy(f"errand {errand_id} is being run by another errands process")
+        renew = asyncio.create_task(self._renew_forever())
+        try:
+            return await self.loop.run(errand_id)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            with contextlib.suppress(StoreError):
+                await self.store.release(errand_id, self.owner)
+
+    async def _drive(self, errand_id: str) -> ErrandView | None:
+        try:
+            return await self.loop.run(errand_id)
+        except LeaseLost:
+            return None  # another process owns it now; it carries on there
+        finally:
+            self.tasks.pop(errand_id, None)
+            with contextlib.suppress(StoreError):
+                await self.store.release(errand_id, self.owner)
+
+    def start(self, errand_id: str) -> None:
+        if errand_id not in self.tasks:
+            self.tasks[errand_id] = asyncio.create_task(self._drive(errand_id))
+
+    async def claim(self, limit: int = 10_000) -> list[str]:
+        """Take over every runnable errand with a free or expired lease, and start it."""
+        claimed = await self.store.claim_runnable(self.owner, self.lease_ttl, limit)
+        for errand_id in claimed:
+            self.start(errand_id)
+        return claimed
+
+    async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
+        """Run errands until *stop* is set: claim, renew, wake. Waiting costs no task."""
+        renew = asyncio.create_task(self._renew_forever())
+        wake_mark, _ = await self.store.wakeups(0)
+        try:
+            while not stop.is_set():
+                await self.claim()
+                wake_mark, woken = await self.store.wakeups(wake_mark)
+                for errand_id in woken:
+                    if errand_id in self.tasks:
+                        self.loop.dirty.add(errand_id)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Stop every running loop (their leases lapse or are released) and wait."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def wait_idle(self) -> None:
+        """Wait until no errand loop is running in this process."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks.values()), return_exceptions=True)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            held = await self.store.renew(self.owner, self.lease_ttl)
+            for errand_id, task in list(self.tasks.items()):
+                if errand_id not in held:
+                    task.cancel()  # lost the lease: another process has taken over
+
+
+def runnable(view: ErrandView) -> bool:
+    return view.state in RUNNABLE
