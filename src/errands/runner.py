@@ -22,7 +22,7 @@ from errands.loop import Loop, TextListener
 from errands.models.protocol import Model
 from errands.models.spec import resolve_model
 from errands.policy.hook import PolicyHook
-from errands.states import RUNNABLE, ErrandView
+from errands.states import ErrandView
 from errands.store.base import LeaseLost, Store, StoreError
 from errands.tools.registry import Registry
 
@@ -82,8 +82,10 @@ class Runner:
 
     async def run_errand(self, errand_id: str) -> ErrandView:
         """Run one errand in the foreground until it stops; refuse if someone else runs it."""
-        if not await self.store.acquire(errand_id, self.owner, self.lease_ttl):
-            raise ErrandBusy(f"errand {errand_id} is being run by another errands process")
+        if not await self._take(errand_id):
+            holder = self.store.lease_holder(errand_id)
+            who = f" ({holder[0]})" if holder else ""
+            raise ErrandBusy(f"errand {errand_id} is being run by another errands process{who}")
         renew = asyncio.create_task(self._renew_forever())
         try:
             return await self.loop.run(errand_id)
@@ -93,6 +95,16 @@ class Runner:
                 await renew
             with contextlib.suppress(StoreError):
                 await self.store.release(errand_id, self.owner)
+
+    async def _take(self, errand_id: str) -> bool:
+        """Acquire the lease; a holder that is a dead process on this host loses it at once."""
+        if await self.store.acquire(errand_id, self.owner, self.lease_ttl):
+            return True
+        holder = self.store.lease_holder(errand_id)
+        if holder is None or not _dead_local_owner(holder[0]):
+            return False
+        await self.store.release(errand_id, holder[0])
+        return await self.store.acquire(errand_id, self.owner, self.lease_ttl)
 
     async def _drive(self, errand_id: str) -> ErrandView | None:
         try:
@@ -157,5 +169,16 @@ class Runner:
                     task.cancel()  # lost the lease: another process has taken over
 
 
-def runnable(view: ErrandView) -> bool:
-    return view.state in RUNNABLE
+def _dead_local_owner(owner: str) -> bool:
+    """True if *owner* (host:pid:nonce) names a process on this host that no longer runs."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -18,6 +18,7 @@ anywhere in the transcript. After the last turn the model answers ``(script ende
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from importlib import resources
 from pathlib import Path
@@ -73,11 +74,15 @@ def load_script(ref: str) -> Script:
     path = Path(ref).expanduser()
     try:
         if path.suffix == ".json" or path.exists():
-            raw = path.read_text(encoding="utf-8")
-        else:
-            raw = resources.files("errands.demo").joinpath(f"{ref}.json").read_text("utf-8")
+            return _parse(ref, path.read_text(encoding="utf-8"))
+        raw = resources.files("errands.demo").joinpath(f"{ref}.json").read_text("utf-8")
     except (FileNotFoundError, OSError):
         raise ModelError(f"no script {ref!r}: give a bundled name (demo) or a .json file") from None
+    return _parse(ref, raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(ref: str, raw: str) -> Script:
     try:
         return Script.model_validate(json.loads(raw))
     except (json.JSONDecodeError, ValidationError) as exc:

@@ -72,6 +72,23 @@ def _pending_guard(seq: int, expected_hash: str | None) -> Any:
 async def _pending(store: Store, errand_id: str, seq: int) -> tuple[ErrandView, PendingApproval]:
     view = await store.view(errand_id)
     pending = view.pending.get(seq)
+    if pending is None and switch("no_replay_guard"):  # negative control only
+        for stored in await store.read(errand_id, after=seq - 1):
+            e = stored.event
+            if stored.seq == seq and isinstance(e, ev.ApprovalRequested):
+                pending = PendingApproval(
+                    errand_id=errand_id,
+                    seq=seq,
+                    call_id=e.call_id,
+                    tool=e.tool,
+                    arguments=e.arguments,
+                    args_hash=e.args_hash,
+                    effect=e.effect.value,
+                    reason=e.reason,
+                    rule=e.rule,
+                    at=e.at,
+                )
+            break
     if pending is None:
         if view.cancel_requested:
             raise ApprovalRefused(f"errand {errand_id} was cancelled; its approvals are void")

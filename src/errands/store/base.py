@@ -86,6 +86,10 @@ class Store(Protocol):
 
     async def release(self, errand_id: str, owner: str) -> None: ...
 
+    def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
+        """Who holds the errand's lease, and until when (None if nobody)."""
+        ...
+
     async def wakeups(self, after: int) -> tuple[int, list[str]]:
         """Errands written to by outsiders since wake-up id *after*; and the newest id."""
         ...

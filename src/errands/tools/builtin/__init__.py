@@ -1,0 +1,40 @@
+"""The built-in tools: files in the errand's workspace, and the web behind the guard."""
+
+from __future__ import annotations
+
+from errands.events import EffectClass
+from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
+from errands.tools.builtin.web import fetch_url, http_request, http_request_effect
+from errands.tools.registry import Contract, Registry, ToolContext, make_tool
+
+__all__ = ["builtin_registry"]
+
+
+def _workspace_exists(args: object, ctx: ToolContext) -> bool:
+    return ctx.workspace.is_dir()
+
+
+WORKSPACE_EXISTS = Contract("the errand's workspace is a directory", _workspace_exists)
+
+
+def builtin_registry() -> Registry:
+    """A registry holding the five built-in tools."""
+    return Registry(
+        [
+            make_tool(read_file, effect=EffectClass.read, idempotent=True, pre=[WORKSPACE_EXISTS]),
+            make_tool(
+                write_file,
+                effect=EffectClass.write_local,
+                idempotent=True,
+                pre=[WORKSPACE_EXISTS],
+                post=[WROTE_EXACTLY],
+            ),
+            make_tool(list_files, effect=EffectClass.read, idempotent=True, pre=[WORKSPACE_EXISTS]),
+            make_tool(fetch_url, effect=EffectClass.network, idempotent=True),
+            make_tool(
+                http_request,
+                effect=http_request_effect,
+                honours_idempotency_key=True,
+            ),
+        ]
+    )

@@ -1,0 +1,231 @@
+"""Web tools behind the network guard: fetch_url and http_request.
+
+Both go through :func:`errands.tools.netguard.guarded_request`: only public addresses
+(or ones the person allow-listed), checked where the connection is made and again on
+every redirect; responses are capped at ``network.max_response_bytes``. What comes
+back is labelled untrusted: a web page is the classic carrier of prompt injection.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import html2text
+
+from errands.config import Settings
+from errands.events import EffectClass
+from errands.labels import Confidentiality, Integrity
+from errands.tools.netguard import Fetched, guarded_request
+from errands.tools.registry import ToolArgumentError, ToolContext, ToolOutput
+
+__all__ = [
+    "FORBIDDEN_HEADERS",
+    "HttpMethod",
+    "fetch_url",
+    "http_request",
+    "http_request_effect",
+]
+
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+# Headers the transport owns: hop-by-hop ones, framing, the target, and our idempotency key.
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "idempotency-key",
+    }
+)
+
+_SHOWN_HEADERS = (
+    "content-type",
+    "content-length",
+    "location",
+    "retry-after",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "www-authenticate",
+)
+
+_TEXT_TYPES = ("json", "xml", "javascript", "ecmascript", "csv", "yaml", "x-www-form-urlencoded")
+
+
+def _settings(ctx: ToolContext) -> Settings:
+    settings = ctx.settings
+    return settings if isinstance(settings, Settings) else Settings()
+
+
+def _media_type(fetched: Fetched) -> str:
+    return str(fetched.headers.get("content-type", "")).split(";", 1)[0].strip().lower()
+
+
+def _decode(fetched: Fetched) -> str:
+    encoding = fetched.encoding or "utf-8"
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        encoding = "utf-8"
+    return fetched.body.decode(encoding, errors="replace")
+
+
+def _is_text(fetched: Fetched, media: str) -> bool:
+    if media.startswith("text/") or any(t in media for t in _TEXT_TYPES):
+        return True
+    if media:
+        return False
+    return b"\x00" not in fetched.body[:4096]
+
+
+def _is_html(fetched: Fetched, media: str) -> bool:
+    if "html" in media:
+        return True
+    head = fetched.body[:512].lstrip().lower()
+    return not media and (head.startswith(b"<!doctype html") or head.startswith(b"<html"))
+
+
+def _readable(html: str) -> str:
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.ignore_images = True
+    converter.unicode_snob = True
+    return str(converter.handle(html)).strip()
+
+
+def _cut_note(fetched: Fetched) -> str:
+    return (
+        f"\n[... cut off after {len(fetched.body)} bytes of the response]"
+        if fetched.truncated
+        else ""
+    )
+
+
+def _label(fetched: Fetched, default: Confidentiality) -> Confidentiality:
+    # Content from an allow-listed private address (an intranet, a NAS) is not public.
+    return Confidentiality.private if fetched.reached_non_public else default
+
+
+async def fetch_url(url: str, ctx: ToolContext) -> ToolOutput:
+    """Fetch a web page or file with GET and return it as readable text.
+
+    HTML is converted to plain text with links kept. Redirects are followed (at most
+    five). Only public http(s) addresses can be reached. Long responses are cut off.
+
+    Args:
+        url: The http:// or https:// URL to fetch.
+    """
+    settings = _settings(ctx)
+    fetched = await guarded_request(
+        "GET", url, settings, headers={"Accept-Encoding": "identity", "Accept": "*/*"}
+    )
+    media = _media_type(fetched)
+    status = f"HTTP {fetched.status} {fetched.reason}".rstrip()
+    head = f"{status} · {media or 'unknown type'} · {fetched.url}"
+    if _is_html(fetched, media):
+        text = _readable(_decode(fetched)) + _cut_note(fetched)
+    elif _is_text(fetched, media):
+        text = _decode(fetched) + _cut_note(fetched)
+    else:
+        size = fetched.headers.get("content-length", f"at least {len(fetched.body)}")
+        text = f"[binary content, {size} bytes, not shown]"
+    return ToolOutput(
+        text=f"{head}\n\n{text}",
+        integrity=Integrity.untrusted,
+        confidentiality=_label(fetched, Confidentiality.public),
+        source=fetched.url,
+    )
+
+
+def http_request_effect(args: Mapping[str, Any]) -> EffectClass:
+    """GET and HEAD only read (``network``); every other method may change something."""
+    return EffectClass.network if args.get("method") in ("GET", "HEAD") else EffectClass.external
+
+
+def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in (headers or {}).items():
+        lowered = name.strip().lower()
+        if lowered in FORBIDDEN_HEADERS or lowered.startswith("proxy-"):
+            raise ToolArgumentError(
+                f"http_request: the {name} header cannot be set; the transport sets it"
+            )
+        if (
+            not lowered
+            or not (name.isascii() and value.isascii())
+            or any(c in name for c in "\r\n:\x00 ")
+            or any(c in value for c in "\r\n\x00")
+        ):
+            raise ToolArgumentError(
+                f"http_request: header {name!r} has forbidden characters "
+                "(ASCII only, no line breaks)"
+            )
+        out[name.strip()] = value
+    return out
+
+
+async def http_request(
+    method: HttpMethod,
+    url: str,
+    ctx: ToolContext,
+    headers: dict[str, str] | None = None,
+    body: str | None = None,
+) -> ToolOutput:
+    """Send an HTTP request (for APIs) and return the status, main headers and body.
+
+    GET and HEAD follow redirects (at most five); other methods return a redirect as
+    it is. Every request carries an Idempotency-Key header, so a retried request is
+    recognised by servers that support it. Only public http(s) addresses can be
+    reached. Long bodies are cut off.
+
+    Args:
+        method: The HTTP method.
+        url: The http:// or https:// URL.
+        headers: Request headers, for example `{"Content-Type": "application/json"}`.
+            Host, Content-Length, Idempotency-Key and hop-by-hop headers cannot be set.
+        body: The request body as text (sent as UTF-8).
+    """
+    send = _checked_headers(headers)
+    send["Idempotency-Key"] = ctx.idempotency_key
+    settings = _settings(ctx)
+    fetched = await guarded_request(
+        method,
+        url,
+        settings,
+        headers=send,
+        content=body.encode("utf-8") if body is not None else None,
+        follow_redirects=method in ("GET", "HEAD"),
+    )
+    lines = [f"HTTP {fetched.status} {fetched.reason}".rstrip()]
+    if fetched.redirects:
+        lines.append(f"(redirected to {fetched.url})")
+    for name in _SHOWN_HEADERS:
+        if name in fetched.headers:
+            lines.append(f"{name}: {fetched.headers[name]}")
+    for name, value in fetched.headers.items():
+        if name.lower().startswith(("x-ratelimit-", "ratelimit-")):
+            lines.append(f"{name.lower()}: {value}")
+    media = _media_type(fetched)
+    if not fetched.body:
+        shown = ""
+    elif _is_text(fetched, media):
+        shown = _decode(fetched) + _cut_note(fetched)
+    else:
+        shown = f"[binary content, {len(fetched.body)} bytes, not shown]"
+    return ToolOutput(
+        text="\n".join(lines) + "\n\n" + shown,
+        integrity=Integrity.untrusted,
+        # a response to an arbitrary request (with credentials, to an account) may be personal
+        confidentiality=Confidentiality.private,
+        source=fetched.url,
+    )

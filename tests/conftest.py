@@ -1,0 +1,76 @@
+"""Shared fixtures: a fresh ERRANDS_HOME, its store, and a way to run the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from errands.config import Settings, load_settings
+from errands.store.sqlite import SQLiteStore
+
+pytest_plugins = ["sim.fixtures"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("ERRANDS_HOME", str(h))
+    return h
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return load_settings(home)
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(settings.db_path)
+    yield s
+    await s.close()
+
+
+class CLI:
+    """Runs the real `errands` command in a subprocess against one ERRANDS_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
+        env.update(ERRANDS_HOME=str(self.home), COLUMNS="200", NO_COLOR="1", **extra)
+        return env
+
+    def __call__(
+        self, *args: str, timeout: float = 60, input: str | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "errands", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(**env),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def popen(self, *args: str, **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "errands", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self.env(**env),
+        )
+
+
+@pytest.fixture
+def cli(home: Path) -> Iterator[CLI]:
+    yield CLI(home)

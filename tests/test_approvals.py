@@ -1,0 +1,266 @@
+"""The permission boundary and durable approvals, each guarantee with its negative control.
+
+A negative control runs the same scenario with the guard switched off (a test-only
+switch, ``ERRANDS_UNSAFE_TEST_SWITCHES``) and asserts that the check then *fails*, so
+none of these tests can silently become vacuous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from helpers.kit import Ledger, call, ledger_registry, script
+
+from errands import events as ev
+from errands import faults
+from errands.canonical import canonical_hash
+from errands.config import Settings
+from errands.operations import cancel_errand, create_errand
+from errands.policy.approvals import ApprovalRefused, approve, deny
+from errands.policy.rules import Policy, load_policy
+from errands.runner import Runner
+from errands.states import ErrandState
+from errands.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def unsafe(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Turn one guard off, for a negative control."""
+
+    def switch_off(name: str) -> None:
+        monkeypatch.setattr(faults, "_SWITCHES", frozenset({name}))
+
+    return switch_off
+
+
+class World:
+    def __init__(self, store: SQLiteStore, settings: Settings, tmp: Path) -> None:
+        self.store = store
+        self.settings = settings
+        self.ledger = Ledger(tmp / "ledger")
+        self.registry = ledger_registry(self.ledger)
+
+    def runner(self, *turns: dict[str, object]) -> Runner:
+        model = script(*turns)
+        return Runner(self.store, self.settings, self.registry, Policy(), models=lambda spec: model)
+
+    async def errand(self, runner: Runner) -> str:
+        eid = await create_errand(self.store, self.settings, "tell bob", model="scripted:demo")
+        await runner.run_errand(eid)
+        return eid
+
+    def sends(self) -> list[dict[str, object]]:
+        return [e for e in self.ledger.entries() if e["tool"] == "send_message"]
+
+
+@pytest.fixture
+def world(store: SQLiteStore, settings: Settings, tmp_path: Path) -> World:
+    return World(store, settings, tmp_path)
+
+
+SEND = {"text": "sending", "tool_calls": [call("send_message", to="bob", body="hi")]}
+DONE = {"text": "done"}
+
+
+async def _pending_id(world: World, eid: str) -> str:
+    view = await world.store.view(eid)
+    assert view.state is ErrandState.waiting_approval
+    (pending,) = view.pending.values()
+    return pending.id
+
+
+# --- no ask call runs without approval ----------------------------------------------
+
+
+async def test_an_ask_call_waits_and_does_not_run(world: World) -> None:
+    eid = await world.errand(world.runner(SEND, DONE))
+    view = await world.store.view(eid)
+    assert view.state is ErrandState.waiting_approval
+    (pending,) = view.pending.values()
+    assert pending.tool == "send_message" and pending.effect == "external"
+    assert "send to: bob" in pending.preview and "hi" in pending.preview
+    assert world.sends() == []
+
+
+async def test_negative_control_without_the_gate_the_call_runs(world: World, unsafe) -> None:  # type: ignore[no-untyped-def]
+    unsafe("no_approval_gate")
+    await world.errand(world.runner(SEND, DONE))
+    assert world.sends() != []  # the check above would have failed
+
+
+async def test_approve_runs_it_once_and_deny_tells_the_model(world: World) -> None:
+    runner = world.runner(SEND, DONE)
+    eid = await world.errand(runner)
+    await approve(
+        world.store, world.registry, await _pending_id(world, eid), by="ann", channel="cli"
+    )
+    view = await runner.run_errand(eid)
+    assert view.state is ErrandState.done
+    assert len(world.sends()) == 1
+    granted = [
+        s.event for s in await world.store.read(eid) if isinstance(s.event, ev.ApprovalGranted)
+    ]
+    assert granted[0].by == "ann" and granted[0].channel == "cli"
+
+    runner2 = world.runner(SEND, DONE)
+    eid2 = await world.errand(runner2)
+    await deny(
+        world.store, await _pending_id(world, eid2), reason="not bob", by="ann", channel="api"
+    )
+    await runner2.run_errand(eid2)
+    results = [s.event for s in await world.store.read(eid2) if isinstance(s.event, ev.ToolResult)]
+    assert results[0].error_kind == "denied" and "not bob" in results[0].content.text
+    assert len(world.sends()) == 1
+
+
+# --- replayed or second approvals are refused ---------------------------------------
+
+
+async def test_second_approval_and_replay_are_refused(world: World) -> None:
+    runner = world.runner(SEND, DONE)
+    eid = await world.errand(runner)
+    aid = await _pending_id(world, eid)
+    await approve(world.store, world.registry, aid, by="ann", channel="cli")
+    before = (await world.store.view(eid)).last_seq
+    with pytest.raises(ApprovalRefused, match="not pending"):
+        await approve(world.store, world.registry, aid, by="ann", channel="cli")
+    with pytest.raises(ApprovalRefused, match="not pending"):
+        await deny(world.store, aid, reason="x", by="ann", channel="cli")
+    assert (await world.store.view(eid)).last_seq == before  # nothing written
+    await runner.run_errand(eid)
+    assert len(world.sends()) == 1
+
+
+async def test_concurrent_approvals_record_exactly_one(world: World) -> None:
+    eid = await world.errand(world.runner(SEND, DONE))
+    aid = await _pending_id(world, eid)
+    outcomes = await asyncio.gather(
+        *(approve(world.store, world.registry, aid, by=f"p{i}", channel="api") for i in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(o, Exception) for o in outcomes) == 1
+
+
+async def test_negative_control_without_the_replay_guard_a_second_grant_lands(
+    world: World,
+    unsafe,  # type: ignore[no-untyped-def]
+) -> None:
+    eid = await world.errand(world.runner(SEND, DONE))
+    aid = await _pending_id(world, eid)
+    await approve(world.store, world.registry, aid, by="ann", channel="cli")
+    unsafe("no_replay_guard")
+    await approve(world.store, world.registry, aid, by="ann", channel="cli")  # not refused
+    grants = [s for s in await world.store.read(eid) if isinstance(s.event, ev.ApprovalGranted)]
+    assert len(grants) == 2
+
+
+# --- approvals are bound to the arguments ------------------------------------------
+
+
+async def test_changed_arguments_need_a_new_approval(world: World) -> None:
+    eid = await world.errand(world.runner(SEND, DONE))
+    aid = await _pending_id(world, eid)
+    stale = canonical_hash({"to": "bob", "body": "something else"})
+    with pytest.raises(ApprovalRefused, match="different arguments"):
+        await approve(world.store, world.registry, aid, by="ann", channel="inbox", seen_hash=stale)
+    seen = canonical_hash({"to": "bob", "body": "hi"})
+    await approve(world.store, world.registry, aid, by="ann", channel="inbox", seen_hash=seen)
+
+
+async def test_a_grant_for_other_arguments_never_runs(world: World) -> None:
+    """Even a grant that reached the log bound to other arguments does not run them."""
+    runner = world.runner(SEND, DONE)
+    eid = await world.errand(runner)
+    view = await world.store.view(eid)
+    (pending,) = view.pending.values()
+    forged = ev.ApprovalGranted(
+        request_seq=pending.seq,
+        args_hash=canonical_hash({"to": "eve", "body": "hi"}),
+        by="x",
+        channel="api",
+    )
+    await world.store.append(eid, [forged])
+    await runner.run_errand(eid)
+    assert world.sends() == []
+
+
+async def test_negative_control_without_binding_the_forged_grant_runs(world: World, unsafe) -> None:  # type: ignore[no-untyped-def]
+    unsafe("no_arg_binding")
+    runner = world.runner(SEND, DONE)
+    eid = await world.errand(runner)
+    (pending,) = (await world.store.view(eid)).pending.values()
+    forged = ev.ApprovalGranted(
+        request_seq=pending.seq, args_hash="sha256:other", by="x", channel="api"
+    )
+    await world.store.append(eid, [forged])
+    await runner.run_errand(eid)
+    assert world.sends() != []
+
+
+async def test_edited_arguments_are_validated_then_run(world: World) -> None:
+    runner = world.runner(SEND, DONE)
+    eid = await world.errand(runner)
+    aid = await _pending_id(world, eid)
+    before = (await world.store.view(eid)).last_seq
+    with pytest.raises(ApprovalRefused, match="not valid"):
+        await approve(
+            world.store, world.registry, aid, by="a", channel="cli", edited_arguments={"to": 3}
+        )
+    assert (await world.store.view(eid)).last_seq == before
+    await approve(
+        world.store,
+        world.registry,
+        aid,
+        by="a",
+        channel="cli",
+        edited_arguments={"to": "bob", "body": "hello, edited"},
+    )
+    await runner.run_errand(eid)
+    assert [s["body"] for s in world.sends()] == ["hello, edited"]
+
+
+async def test_approval_after_cancel_is_refused(world: World) -> None:
+    runner = world.runner(SEND, DONE)
+    eid = await world.errand(runner)
+    aid = await _pending_id(world, eid)
+    await cancel_errand(world.store, eid)
+    with pytest.raises(ApprovalRefused, match="cancelled"):
+        await approve(world.store, world.registry, aid, by="a", channel="cli")
+    view = await runner.run_errand(eid)
+    assert view.state is ErrandState.cancelled and world.sends() == []
+
+
+async def test_always_allow_covers_like_calls_only(world: World) -> None:
+    again = {"tool_calls": [call("send_message", to="bob", body="hi")]}
+    other = {"tool_calls": [call("send_message", to="eve", body="hi")]}
+    runner = world.runner(SEND, again, other, DONE)
+    eid = await world.errand(runner)
+    await approve(
+        world.store,
+        world.registry,
+        await _pending_id(world, eid),
+        by="a",
+        channel="cli",
+        always=True,
+    )
+    view = await runner.run_errand(eid)
+    assert len(world.sends()) == 2  # the first, and the identical second without asking
+    assert view.state is ErrandState.waiting_approval  # eve is not "like these"
+    (pending,) = view.pending.values()
+    assert pending.arguments["to"] == "eve"
+
+
+# --- the policy ---------------------------------------------------------------------
+
+
+def test_policy_file_is_written_once_and_never_rewritten(home: Path) -> None:
+    policy = load_policy(home)
+    path = home / "policy.toml"
+    assert path.read_text().startswith("# errands policy")
+    assert policy.effects[ev.EffectClass.external] == "ask"
+    path.write_text('[effects]\nexternal = "deny"\n')
+    assert load_policy(home).effects[ev.EffectClass.external] == "deny"
+    assert load_policy(home).effects[ev.EffectClass.read] == "allow"  # defaults fill the rest
+    assert path.read_text() == '[effects]\nexternal = "deny"\n'

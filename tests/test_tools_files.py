@@ -1,0 +1,385 @@
+"""The file tools and workspace confinement, on real directories with real symlinks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from errands.config import Settings
+from errands.labels import Confidentiality, Integrity
+from errands.tools.builtin import builtin_registry
+from errands.tools.builtin.files import LIST_CAP, READ_CAP, read_file
+from errands.tools.registry import Registry, ToolContext, ToolError, ToolOutput
+from errands.tools.workspace import (
+    PathRefused,
+    WorkspaceRefused,
+    locate_inside,
+    make_workspace,
+    resolve_inside,
+)
+
+SECRET = "the secret outside the workspace"
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return builtin_registry()
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    d = tmp_path / "outside"
+    d.mkdir()
+    (d / "secret.txt").write_text(SECRET)
+    return d
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    d = tmp_path / "ws"
+    d.mkdir()
+    return d
+
+
+def ctx_for(ws: Path) -> ToolContext:
+    return ToolContext("e1", 1, "e1:1", ws, Settings(home=ws.parent / "home"))
+
+
+async def call(registry: Registry, ws: Path, name: str, **args: Any) -> ToolOutput:
+    tool = registry.get(name)
+    return await tool.invoke(tool.validate(args), ctx_for(ws))
+
+
+# -- the tools do their job --------------------------------------------------------------
+
+
+async def test_write_then_read_round_trip(registry: Registry, ws: Path) -> None:
+    out = await call(
+        registry, ws, "write_file", path="notes/deep/todo.md", content="héllo\nworld\n"
+    )
+    assert out.text == "wrote 13 bytes to notes/deep/todo.md"
+    assert (ws / "notes/deep/todo.md").read_text() == "héllo\nworld\n"
+
+    read = await call(registry, ws, "read_file", path="notes/deep/todo.md")
+    assert read.text == "héllo\nworld\n"
+    # a file's content can come from anywhere: untrusted, private, its path as source
+    assert read.integrity is Integrity.untrusted
+    assert read.confidentiality is Confidentiality.private
+    assert read.source == "notes/deep/todo.md"
+
+
+async def test_write_replaces_atomically_and_keeps_the_mode(registry: Registry, ws: Path) -> None:
+    target = ws / "run.sh"
+    target.write_text("old content that is longer than the new one")
+    target.chmod(0o750)
+    await call(registry, ws, "write_file", path="run.sh", content="new")
+    assert target.read_text() == "new"
+    assert target.stat().st_mode & 0o777 == 0o750
+    assert sorted(p.name for p in ws.iterdir()) == ["run.sh"]  # no temp file left behind
+
+
+async def test_write_refuses_a_directory_and_the_workspace(registry: Registry, ws: Path) -> None:
+    (ws / "d").mkdir()
+    with pytest.raises(ToolError, match="is a directory"):
+        await call(registry, ws, "write_file", path="d", content="x")
+    with pytest.raises(ToolError, match="workspace itself"):
+        await call(registry, ws, "write_file", path=".", content="x")
+
+
+async def test_read_errors_are_clear(registry: Registry, ws: Path) -> None:
+    (ws / "blob.bin").write_bytes(b"\x89PNG\x00\x01\x02")
+    (ws / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (ws / "d").mkdir()
+    with pytest.raises(ToolError, match=r"no such file: missing\.txt"):
+        await call(registry, ws, "read_file", path="missing.txt")
+    with pytest.raises(ToolError, match="binary file"):
+        await call(registry, ws, "read_file", path="blob.bin")
+    with pytest.raises(ToolError, match="not UTF-8"):
+        await call(registry, ws, "read_file", path="latin1.txt")
+    with pytest.raises(ToolError, match="is a directory; use list_files"):
+        await call(registry, ws, "read_file", path="d")
+
+
+async def test_read_cuts_a_large_file_at_the_cap_and_says_so(registry: Registry, ws: Path) -> None:
+    # a multi-byte character straddles the cap: the cut must not break the decoding
+    (ws / "big.txt").write_text("a" * (READ_CAP - 1) + "é" + "b" * 1000, encoding="utf-8")
+    out = await call(registry, ws, "read_file", path="big.txt")
+    body, note = out.text.rsplit("\n", 1)
+    assert body == "a" * (READ_CAP - 1)
+    assert f"the file has {READ_CAP + 1001} bytes" in note
+
+
+async def test_list_files_recursive_with_sizes_and_links(
+    registry: Registry, ws: Path, outside: Path
+) -> None:
+    (ws / "src/pkg").mkdir(parents=True)
+    (ws / "src/pkg/mod.py").write_text("x = 1\n")
+    (ws / "README.md").write_text("hi")
+    (ws / ".git/objects").mkdir(parents=True)
+    (ws / ".git/objects/abc").write_text("blob")
+    (ws / "out").symlink_to(outside)
+    out = await call(registry, ws, "list_files")
+    assert out.text.splitlines() == [
+        ".git/  (not listed)",
+        "README.md  2",
+        f"out -> {outside}",
+        "src/",
+        "src/pkg/",
+        "src/pkg/mod.py  6",
+    ]
+    assert "secret" not in out.text  # the link is shown, not followed
+    assert out.integrity is Integrity.untrusted
+
+    sub = await call(registry, ws, "list_files", path="src")
+    assert sub.text.splitlines() == ["src/pkg/", "src/pkg/mod.py  6"]
+    with pytest.raises(ToolError, match="not a directory"):
+        await call(registry, ws, "list_files", path="README.md")
+
+
+async def test_list_files_stops_at_the_cap(registry: Registry, ws: Path) -> None:
+    for i in range(LIST_CAP + 5):
+        (ws / f"f{i:04d}").write_text("")
+    lines = (await call(registry, ws, "list_files")).text.splitlines()
+    assert len(lines) == LIST_CAP + 1
+    assert "stopped after" in lines[-1]
+
+
+async def test_paths_inside_are_allowed_in_every_spelling(registry: Registry, ws: Path) -> None:
+    (ws / "a").mkdir()
+    (ws / "a/f.txt").write_text("inside")
+    (ws / "alias").symlink_to(ws / "a")  # a symlink that stays inside is fine
+    for spelling in ["a/f.txt", "./a/f.txt", "a/../a/f.txt", str(ws / "a/f.txt"), "alias/f.txt"]:
+        assert (await call(registry, ws, "read_file", path=spelling)).text == "inside"
+    # writing through an inside symlink writes the file it points to
+    (ws / "link.txt").symlink_to(ws / "a/f.txt")
+    await call(registry, ws, "write_file", path="link.txt", content="changed")
+    assert (ws / "a/f.txt").read_text() == "changed"
+    assert (ws / "link.txt").is_symlink()
+
+
+# -- the escapes that must fail ----------------------------------------------------------
+
+
+def _escapes(ws: Path, outside: Path) -> dict[str, str]:
+    """Set up each escape attempt; name -> the path the model would give."""
+    (ws / "etc_link").symlink_to("/etc")
+    (ws / "sub").mkdir()
+    (ws / "sub/hop").symlink_to(outside)  # a symlinked directory in the middle of a path
+    (ws / "dangling").symlink_to(outside / "new.txt")  # points outside, target missing
+    (ws / "rel_up").symlink_to("../outside")  # a relative link climbing out
+    return {
+        "dotdot": "../outside/secret.txt",
+        "absolute": "/etc/passwd",
+        "absolute_outside": str(outside / "secret.txt"),
+        "symlink_to_etc": "etc_link/passwd",
+        "symlink_dir_mid_path": "sub/hop/secret.txt",
+        "dangling_symlink": "dangling",
+        "relative_symlink": "rel_up/secret.txt",
+        "dotdot_after_link": "sub/hop/../outside/secret.txt",
+        "home": "~/.bashrc",
+    }
+
+
+ESCAPES = [
+    "dotdot",
+    "absolute",
+    "absolute_outside",
+    "symlink_to_etc",
+    "symlink_dir_mid_path",
+    "dangling_symlink",
+    "relative_symlink",
+    "dotdot_after_link",
+    "home",
+]
+
+
+@pytest.mark.parametrize("attempt", ESCAPES)
+async def test_escape_is_refused_for_read(
+    registry: Registry, ws: Path, outside: Path, attempt: str
+) -> None:
+    path = _escapes(ws, outside)[attempt]
+    with pytest.raises(PathRefused, match="outside the workspace"):
+        resolve_inside(ws, path)
+    with pytest.raises(PathRefused):
+        await call(registry, ws, "read_file", path=path)
+
+
+@pytest.mark.parametrize("attempt", ESCAPES)
+async def test_escape_is_refused_for_write(
+    registry: Registry, ws: Path, outside: Path, attempt: str
+) -> None:
+    path = _escapes(ws, outside)[attempt]
+    before = sorted(p.name for p in outside.iterdir())
+    with pytest.raises(PathRefused):
+        await call(registry, ws, "write_file", path=path, content="pwned")
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert (outside / "secret.txt").read_text() == SECRET
+    assert not (outside / "new.txt").exists()  # not written through the dangling link
+
+
+@pytest.mark.parametrize("path", ["..", "sub/hop", "/"])
+async def test_escape_is_refused_for_list(
+    registry: Registry, ws: Path, outside: Path, path: str
+) -> None:
+    _escapes(ws, outside)
+    with pytest.raises(PathRefused):
+        await call(registry, ws, "list_files", path=path)
+
+
+async def test_write_does_not_create_parents_outside(
+    registry: Registry, ws: Path, outside: Path
+) -> None:
+    _escapes(ws, outside)
+    with pytest.raises(PathRefused):
+        await call(registry, ws, "write_file", path="sub/hop/newdir/x.txt", content="x")
+    assert not (outside / "newdir").exists()
+
+
+def test_a_symlink_left_unresolved_is_not_followed_at_open(ws: Path, outside: Path) -> None:
+    # realpath cannot resolve a symlink loop and leaves it in the path; the
+    # component-by-component O_NOFOLLOW walk refuses it rather than following it.
+    (ws / "loop").symlink_to("loop")
+    with pytest.raises(PathRefused, match="symbolic link"), locate_inside(ws, "loop/x.txt"):
+        pass
+
+
+def test_a_directory_swapped_for_a_symlink_mid_call_is_not_followed(
+    ws: Path, outside: Path
+) -> None:
+    # Time-of-check/time-of-use: a thread keeps swapping ws/d between a real directory
+    # and a symlink to the outside while read_file reads d/secret.txt. Checking the path
+    # and then opening it by name leaks the secret here within a second (measured: ~10
+    # leaks/s); opening component by component with O_NOFOLLOW never does.
+    (ws / "d").mkdir()
+    (ws / "d/secret.txt").write_text("inside")
+    (ws / ".link").symlink_to(outside)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            os.rename(ws / "d", ws / ".dir")
+            os.rename(ws / ".link", ws / "d")
+            os.rename(ws / "d", ws / ".link")
+            os.rename(ws / ".dir", ws / "d")
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                seen.append(read_file("d/secret.txt", ctx_for(ws)).text)
+            except ToolError:
+                continue
+    finally:
+        stop.set()
+        swapper.join()
+    assert SECRET not in seen
+    assert "inside" in seen  # the reads did happen while the swapping went on
+
+
+def test_nul_in_path_is_refused(ws: Path) -> None:
+    with pytest.raises(PathRefused, match="NUL"):
+        resolve_inside(ws, "a\x00b")
+
+
+# -- the negative control: with confinement off, the same escape succeeds ----------------
+
+
+@pytest.mark.parametrize("switched_off", [False, True])
+def test_negative_control_escape_succeeds_without_confinement(
+    ws: Path, outside: Path, switched_off: bool
+) -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from pathlib import Path
+        from errands.tools.builtin import builtin_registry
+        from errands.tools.registry import ToolContext, ToolError
+
+        tool = builtin_registry().get("read_file")
+        ctx = ToolContext("e1", 1, "k", Path(sys.argv[1]))
+        try:
+            print(asyncio.run(tool.invoke({"path": "../outside/secret.txt"}, ctx)).text)
+        except ToolError as exc:
+            print("REFUSED", exc)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ERRANDS_UNSAFE_TEST_SWITCHES"}
+    if switched_off:
+        env["ERRANDS_UNSAFE_TEST_SWITCHES"] = "no_confinement"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(ws)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    if switched_off:
+        assert done.stdout.strip() == SECRET  # the test above would have caught this
+    else:
+        assert done.stdout.startswith("REFUSED")
+
+
+# -- workspaces --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    person = tmp_path / "person"
+    person.mkdir()
+    monkeypatch.setenv("HOME", str(person))
+    return Settings(home=person / ".local/share/errands")
+
+
+def test_default_workspace_is_a_fresh_dir_under_errands_home(settings: Settings) -> None:
+    path = make_workspace(settings, "e0abc")
+    assert path == settings.workspaces.resolve() / "e0abc"
+    assert path.is_dir()
+
+
+def test_a_project_dir_is_accepted_and_created(settings: Settings, tmp_path: Path) -> None:
+    project = tmp_path / "person/projects/site"
+    assert make_workspace(settings, "e1", project) == project.resolve()
+    assert project.is_dir()
+    assert make_workspace(settings, "e1", str(project)) == project.resolve()  # existing is fine
+
+
+@pytest.mark.parametrize(
+    ("requested", "reason"),
+    [
+        ("/", "root directory"),
+        ("~", "home directory"),
+        ("{tmp}", "home directory"),  # an ancestor of home holds it
+        ("~/.local", "contains ERRANDS_HOME"),
+        ("~/.local/share/errands", "contains ERRANDS_HOME"),
+        ("~/.local/share/errands/workspaces", "not below its workspaces"),
+        ("~/.local/share/errands/logs", "not below its workspaces"),
+        ("{tmp}/file.txt", "is a file"),
+        ("{tmp}/home_link", "home directory"),  # a symlink to home is home
+    ],
+)
+def test_unsafe_workspaces_are_refused(
+    settings: Settings, tmp_path: Path, requested: str, reason: str
+) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "home_link").symlink_to(tmp_path / "person")
+    with pytest.raises(WorkspaceRefused, match=reason):
+        make_workspace(settings, "e1", requested.format(tmp=tmp_path))
+    assert not (tmp_path / "person/.local/share/errands/logs").exists()
+
+
+def test_an_errand_id_cannot_climb_out(settings: Settings) -> None:
+    for bad in ["../x", "a/b", "..", ""]:
+        with pytest.raises(WorkspaceRefused):
+            make_workspace(settings, bad)

@@ -1,0 +1,442 @@
+"""The web tools and the network guard, against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from errands.config import NetworkSettings, Settings
+from errands.events import EffectClass
+from errands.labels import Confidentiality, Integrity
+from errands.tools.builtin import builtin_registry
+from errands.tools.netguard import NetworkRefused, check_url, guarded_client
+from errands.tools.registry import Registry, ToolArgumentError, ToolContext, ToolError, ToolOutput
+
+PAGE = (
+    b"<!doctype html><html><head><title>Listings</title><style>p{}</style></head>"
+    b"<body><h1>Two bedrooms</h1><p>Rent <b>1,900</b> - <a href='/flat/7'>details</a></p>"
+    b"</body></html>"
+)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Server:
+    port: int
+    requests: list[Seen] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_state: Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _reply(self, status: int, body: bytes, ctype: str, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _handle(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        state = type(self).server_state
+        state.requests.append(
+            Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+        )
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if url.path == "/page":
+            self._reply(200, PAGE, "text/html; charset=utf-8")
+        elif url.path == "/text":
+            self._reply(200, "plain text, café".encode(), "text/plain; charset=utf-8")
+        elif url.path == "/big":
+            self._reply(200, b"x" * 200_000, "text/plain")
+        elif url.path == "/binary":
+            self._reply(200, bytes(range(256)) * 4, "application/octet-stream")
+        elif url.path == "/redirect":
+            self._reply(302, b"", "text/plain", Location=query["to"][0])
+        elif url.path.startswith("/hop/"):
+            n = int(url.path.rsplit("/", 1)[1])
+            self._reply(302, b"", "text/plain", Location=f"/hop/{n + 1}")
+        elif url.path == "/echo":
+            reply = f"{self.command} {body.decode()}".encode()
+            self._reply(201, reply, "application/json", X_RateLimit_Remaining="41", X_Other="no")
+        else:
+            self._reply(404, b"not here", "text/plain")
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _handle
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state = Server(port=httpd.server_address[1])
+    Handler.server_state = state
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(server: Server) -> None:
+    server.requests.clear()
+
+
+def settings_for(allow: list[str] | None = None, **kw: Any) -> Settings:
+    return Settings(
+        network=NetworkSettings(allow_private=allow or [], timeout_seconds=5, **kw),
+    )
+
+
+ALLOW_LOOPBACK = ["127.0.0.1"]
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return builtin_registry()
+
+
+async def call(
+    registry: Registry, settings: Settings, name: str, key: str = "e1:7", **args: Any
+) -> ToolOutput:
+    tool = registry.get(name)
+    ctx = ToolContext("e1", 7, key, Path("."), settings)
+    return await tool.invoke(tool.validate(args), ctx)
+
+
+# -- fetch_url -----------------------------------------------------------------------------
+
+
+async def test_fetch_html_as_readable_untrusted_text(registry: Registry, server: Server) -> None:
+    out = await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=server.url("/page"))
+    assert out.text.startswith(f"HTTP 200 OK · text/html · {server.url('/page')}\n\n")
+    assert "# Two bedrooms" in out.text
+    assert "Rent **1,900**" in out.text
+    assert "[details](/flat/7)" in out.text
+    assert "<p>" not in out.text
+    assert "p{}" not in out.text  # style sheets are not text
+    assert out.integrity is Integrity.untrusted
+    assert out.source == server.url("/page")
+    # reached through the allow-list, so not public content
+    assert out.confidentiality is Confidentiality.private
+
+
+async def test_fetch_caps_the_response(registry: Registry, server: Server) -> None:
+    settings = settings_for(ALLOW_LOOPBACK, max_response_bytes=1000)
+    out = await call(registry, settings, "fetch_url", url=server.url("/big"))
+    body = out.text.split("\n\n", 1)[1]
+    assert body.startswith("x" * 1000 + "\n[... cut off after 1000 bytes")
+    assert "x" * 1001 not in body
+
+
+async def test_fetch_does_not_show_binary(registry: Registry, server: Server) -> None:
+    out = await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=server.url("/binary"))
+    assert out.text.endswith("[binary content, 1024 bytes, not shown]")
+
+
+async def test_fetch_follows_a_redirect_and_reports_where_it_landed(
+    registry: Registry, server: Server
+) -> None:
+    start = server.url("/redirect?to=/text")
+    out = await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=start)
+    assert out.text.endswith("plain text, café")
+    assert out.source == server.url("/text")
+    assert [r.path for r in server.requests] == ["/redirect?to=/text", "/text"]
+
+
+# -- the guard: what must be refused ---------------------------------------------------------
+
+
+async def test_loopback_is_refused_by_default(registry: Registry, server: Server) -> None:
+    with pytest.raises(NetworkRefused, match=r"127\.0\.0\.1 is a loopback address"):
+        await call(registry, settings_for(), "fetch_url", url=server.url("/text"))
+    assert server.requests == []
+
+
+async def test_localhost_by_name_is_refused(registry: Registry, server: Server) -> None:
+    with pytest.raises(NetworkRefused, match="refused to connect to localhost"):
+        await call(registry, settings_for(), "fetch_url", url=f"http://localhost:{server.port}/")
+    assert server.requests == []
+
+
+async def test_own_server_port_is_refused_even_when_allowed(
+    registry: Registry, server: Server
+) -> None:
+    settings = settings_for(ALLOW_LOOPBACK)
+    settings.server_port = server.port
+    with pytest.raises(NetworkRefused, match="errands' own server"):
+        await call(registry, settings, "fetch_url", url=server.url("/text"))
+    # also on the unspecified address, with everything allow-listed
+    settings.network.allow_private = ["0.0.0.0/0", "::/0"]
+    for url in (f"http://0.0.0.0:{server.port}/", f"http://[::ffff:127.0.0.1]:{server.port}/"):
+        with pytest.raises(NetworkRefused, match="errands' own server"):
+            check_url(url, settings)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),
+        ("http://[fd00:ec2::254]/", "cloud metadata"),
+        ("http://[::1]/", "loopback"),
+        ("http://[::ffff:127.0.0.1]/", "loopback"),  # IPv4-mapped IPv6
+        ("http://[::ffff:7f00:1]/", "loopback"),
+        ("http://[64:ff9b::a00:1]/", "wrapping 10.0.0.1"),  # NAT64
+        ("http://[2002:c0a8:101::1]/", "wrapping 192.168.1.1"),  # 6to4
+        ("http://10.1.2.3/", "private"),
+        ("http://192.168.0.1/", "private"),
+        ("http://100.64.0.1/", "private"),  # carrier-grade NAT
+        ("http://0.0.0.0/", "unspecified"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://2130706433/", "numeric host in an unusual form"),  # 127.0.0.1 in decimal
+        ("http://0x7f000001/", "numeric host in an unusual form"),
+        ("http://0x7f.0.0.1/", "numeric host in an unusual form"),
+        ("http://127.1/", "numeric host in an unusual form"),
+        ("http://0177.0.0.1/", "0177"),  # octal: refused as a malformed address
+        ("file:///etc/passwd", "only http and https"),
+        ("gopher://127.0.0.1/", "only http and https"),
+    ],
+)
+def test_refused_urls(url: str, why: str) -> None:
+    with pytest.raises(NetworkRefused, match=why):
+        check_url(url, settings_for())
+
+
+def test_metadata_needs_an_exact_allow_entry() -> None:
+    broad = settings_for(["169.254.0.0/16"])
+    check_url("http://169.254.1.1/", broad)  # the broad entry opens the network ...
+    with pytest.raises(NetworkRefused, match="cloud metadata"):
+        check_url("http://169.254.169.254/", broad)  # ... but not the metadata service
+    check_url("http://169.254.169.254/", settings_for(["169.254.169.254"]))
+
+
+def test_allow_list_matches_mapped_addresses_and_rejects_garbage() -> None:
+    check_url("http://[::ffff:127.0.0.1]:1/", settings_for(ALLOW_LOOPBACK))
+    check_url("http://10.9.8.7/", settings_for(["10.0.0.0/8"]))
+    with pytest.raises(NetworkRefused, match="not an IP address or network"):
+        check_url("http://10.9.8.7/", settings_for(["intranet"]))
+
+
+async def test_redirect_to_a_refused_address_is_refused(registry: Registry, server: Server) -> None:
+    settings = settings_for(ALLOW_LOOPBACK)
+    for target in ("http://169.254.169.254/latest/", f"http://[::1]:{server.port}/text"):
+        url = server.url(f"/redirect?to={target}")
+        with pytest.raises(NetworkRefused):
+            await call(registry, settings, "fetch_url", url=url)
+    # a redirect to the server port on the same, allowed, loopback address
+    settings.server_port = server.port + 1 if server.port < 65535 else server.port - 1
+    url = server.url(f"/redirect?to=http://127.0.0.1:{settings.server_port}/")
+    with pytest.raises(NetworkRefused, match="errands' own server"):
+        await call(registry, settings, "fetch_url", url=url)
+    assert all(r.path.startswith("/redirect") for r in server.requests)
+
+
+async def test_too_many_redirects_are_refused(registry: Registry, server: Server) -> None:
+    with pytest.raises(NetworkRefused, match="more than 5 redirects"):
+        await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=server.url("/hop/0"))
+    assert len(server.requests) == 6
+
+
+async def test_the_transport_itself_refuses_unvetted_addresses(server: Server) -> None:
+    # no check_url first: the connection is vetted where it is made
+    async with guarded_client(settings_for()) as client:
+        with pytest.raises(NetworkRefused, match="loopback"):
+            await client.get(server.url("/text"))
+    assert server.requests == []
+
+
+async def test_dns_rebinding_gains_nothing(
+    registry: Registry, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resolver that answers with a public address first, then with 127.0.0.1 -- the
+    # rebinding attack. The resolver is faked (it is not ours); the guard is real.
+    real = socket.getaddrinfo
+    answers = iter(["93.184.215.14"])
+
+    def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "rebind.test":
+            host = next(answers, "127.0.0.1")
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with pytest.raises(NetworkRefused, match=r"rebind\.test: 127\.0\.0\.1 is a loopback"):
+        await call(registry, settings_for(), "fetch_url", url=f"http://rebind.test:{server.port}/")
+    assert server.requests == []
+
+
+# -- http_request ----------------------------------------------------------------------------
+
+
+async def test_http_request_sends_the_idempotency_key(registry: Registry, server: Server) -> None:
+    out = await call(
+        registry,
+        settings_for(ALLOW_LOOPBACK),
+        "http_request",
+        key="e1:7",
+        method="POST",
+        url=server.url("/echo"),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer t"},
+        body='{"bid": 1900}',
+    )
+    [seen] = server.requests
+    assert seen.method == "POST"
+    assert seen.headers["idempotency-key"] == "e1:7"
+    assert seen.headers["authorization"] == "Bearer t"
+    assert seen.body == b'{"bid": 1900}'
+    assert out.text.splitlines() == [
+        "HTTP 201 Created",
+        "content-type: application/json",
+        "content-length: 18",
+        "x-ratelimit-remaining: 41",
+        "",
+        'POST {"bid": 1900}',
+    ]
+    assert out.integrity is Integrity.untrusted
+    assert out.confidentiality is Confidentiality.private
+
+
+async def test_http_get_follows_redirects_with_the_key_on_every_hop(
+    registry: Registry, server: Server
+) -> None:
+    url = server.url("/redirect?to=/echo")
+    out = await call(
+        registry, settings_for(ALLOW_LOOPBACK), "http_request", key="k-2", method="GET", url=url
+    )
+    assert [(r.path, r.headers["idempotency-key"]) for r in server.requests] == [
+        ("/redirect?to=/echo", "k-2"),
+        ("/echo", "k-2"),
+    ]
+    assert out.text.splitlines()[:2] == [
+        "HTTP 201 Created",
+        f"(redirected to {server.url('/echo')})",
+    ]
+
+
+async def test_http_post_does_not_follow_a_redirect(registry: Registry, server: Server) -> None:
+    url = server.url("/redirect?to=/echo")
+    out = await call(
+        registry, settings_for(ALLOW_LOOPBACK), "http_request", method="POST", url=url, body="x"
+    )
+    assert out.text.splitlines()[:3] == [
+        "HTTP 302 Found",
+        "content-type: text/plain",
+        "content-length: 0",
+    ]
+    assert "location: /echo" in out.text
+    assert len(server.requests) == 1
+
+
+async def test_http_request_is_guarded_too(registry: Registry, server: Server) -> None:
+    with pytest.raises(NetworkRefused):
+        await call(registry, settings_for(), "http_request", method="DELETE", url=server.url("/x"))
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Host", "host", "Transfer-Encoding", "Connection", "Upgrade", "Idempotency-Key", "Proxy-X"],
+)
+async def test_transport_headers_cannot_be_set(
+    registry: Registry, server: Server, header: str
+) -> None:
+    with pytest.raises(ToolArgumentError, match="cannot be set"):
+        await call(
+            registry,
+            settings_for(ALLOW_LOOPBACK),
+            "http_request",
+            method="GET",
+            url=server.url("/echo"),
+            headers={header: "evil.example"},
+        )
+    assert server.requests == []
+
+
+async def test_header_injection_is_refused(registry: Registry, server: Server) -> None:
+    with pytest.raises(ToolArgumentError, match="forbidden characters"):
+        await call(
+            registry,
+            settings_for(ALLOW_LOOPBACK),
+            "http_request",
+            method="GET",
+            url=server.url("/echo"),
+            headers={"X-A": "1\r\nHost: evil"},
+        )
+    with pytest.raises(ToolArgumentError, match="ASCII only"):
+        await call(
+            registry,
+            settings_for(ALLOW_LOOPBACK),
+            "http_request",
+            method="GET",
+            url=server.url("/echo"),
+            headers={"X-Name": "café"},
+        )
+    assert server.requests == []
+
+
+def test_http_request_effect_depends_on_the_method(registry: Registry) -> None:
+    tool = registry.get("http_request")
+    assert tool.honours_idempotency_key and tool.safe_to_retry
+    url = "https://example.com/"
+    assert tool.effect(tool.validate({"method": "GET", "url": url})) is EffectClass.network
+    assert tool.effect(tool.validate({"method": "HEAD", "url": url})) is EffectClass.network
+    for method in ("POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        assert tool.effect(tool.validate({"method": method, "url": url})) is EffectClass.external
+    with pytest.raises(ToolArgumentError, match="method"):
+        tool.validate({"method": "TRACE", "url": url})
+
+
+def test_builtin_registry_has_the_five_tools(registry: Registry) -> None:
+    assert [t.name for t in registry] == [
+        "fetch_url",
+        "http_request",
+        "list_files",
+        "read_file",
+        "write_file",
+    ]
+    effects = {t.name: t.effect({"method": "GET"}) for t in registry}
+    assert effects == {
+        "fetch_url": EffectClass.network,
+        "http_request": EffectClass.network,
+        "list_files": EffectClass.read,
+        "read_file": EffectClass.read,
+        "write_file": EffectClass.write_local,
+    }
+    assert all(t.safe_to_retry for t in registry)
+
+
+async def test_a_connection_failure_is_a_clear_tool_error(registry: Registry) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ToolError, match="request failed: ConnectError"):
+        await call(
+            registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=f"http://127.0.0.1:{port}/"
+        )
