@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end_and_lists(cli: CLI, home: Path) -> None:
     eid = listed[0]["id"]
     shown = json.loads(cli("show", eid[:6], "--json").stdout)
     assert shown["id"] == eid and shown["status"] == "done"
-    assert [e["type"] for e in shown["events"]][0] == "errand_created"
+    assert shown["events"][0]["type"] == "errand_created"
     assert (Path(shown["workspace"]) / "shopping-list.md").read_text().startswith("# Shopping list")
     assert "Shopping list" in cli("show", eid).stdout
 

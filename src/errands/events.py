@@ -17,7 +17,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from errands.labels import Confidentiality, Integrity, Label, Provenance
 
@@ -349,7 +349,18 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
 
 def load_event(raw: str | bytes | dict[str, Any]) -> Event:
     """Parse one stored event, upgrading older versions."""
-    data = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
+    if isinstance(raw, (str, bytes)):
+        # Fast path: an event of the current version parses straight from JSON.
+        try:
+            event: Event = _ADAPTER.validate_json(raw)
+        except ValidationError:
+            pass
+        else:
+            if event.v == type(event).VERSION:
+                return event
+        data = json.loads(raw)
+    else:
+        data = raw
     if int(data.get("v", 1)) != EVENT_TYPES.get(str(data.get("type")), _Event).VERSION:
         data = upgrade(data)
     return _ADAPTER.validate_python(data)

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 
+from errands.store.base import StoreError
+
+__all__ = ["LATEST", "MIGRATIONS", "SchemaTooNew", "migrate"]
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer errands than this one."""
+
+
 MIGRATIONS: list[str] = [
     # 1: the log, its projections (a cache of the fold), blobs, leases, wake-ups
     """
@@ -44,6 +53,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     """,
+    # 2: errands.view holds only the view's fields that are not columns, defaults left
+    # out (readers accept the schema-1 layout too: the columns overlay it); purge finds
+    # a blob's other references by index instead of scanning the log.
+    """
+    CREATE INDEX events_blob ON events(blob) WHERE blob IS NOT NULL;
+    """,
 ]
 
 LATEST = len(MIGRATIONS)
@@ -53,8 +68,9 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema up to date in one transaction per step; return the version."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > LATEST:
-        raise RuntimeError(
-            f"this store was written by a newer errands (schema {version} > {LATEST}); upgrade errands"
+        raise SchemaTooNew(
+            f"this store was written by a newer errands (schema version {version}; this"
+            f" errands knows up to {LATEST}); upgrade errands to open it"
         )
     while version < LATEST:
         conn.execute("BEGIN IMMEDIATE")

@@ -8,7 +8,15 @@ commit. Reads use per-thread connections (WAL lets them run beside the writer).
 
 The ``errands`` table is a projection: a cache of :func:`errands.states.fold` over
 the log, updated in the same transaction as the events and rebuildable from them
-(:meth:`SQLiteStore.rebuild_projections`).
+(:meth:`SQLiteStore.rebuild_projections`). Its indexed columns (state, title, times,
+sequence, parent, pending count) are real columns; the ``view`` column holds only the
+rest of the :class:`~errands.states.ErrandView`, with default values left out, so that
+the row rewritten for every errand in every batch stays small.
+
+What the writer thread does per event is kept to the minimum, because it is the one
+serial part: callers serialise and redact their events before they enqueue them, and a
+projection row whose indexed columns did not change is updated without touching its
+indexes. See ``docs/store.md`` for the design and the benchmark.
 """
 
 from __future__ import annotations
@@ -39,6 +47,28 @@ __all__ = ["BLOB_THRESHOLD", "SQLiteStore", "WriterStats"]
 BLOB_THRESHOLD = 16 * 1024  # event bodies above this go to content-addressed blobs
 MAX_BATCH = 4096  # operations per group commit
 PURGED = "[purged]"
+WRITER_CACHE_KIB = 64 * 1024  # the writer's page cache: the hot leaf pages of every errand
+VIEW_CACHE_MAX = 20_000  # views the writer keeps in memory
+
+# The projection's columns; the ``view`` column holds the other fields of ErrandView.
+_COLUMNS = ("id", "state", "title", "created_at", "updated_at", "last_seq", "parent")
+_COLUMN_SET = set(_COLUMNS)
+_SELECT_VIEW = (
+    "SELECT id, state, title, created_at, updated_at, last_seq, parent, view FROM errands"
+)
+_UPSERT_VIEW = (
+    "INSERT INTO errands(id, state, title, created_at, updated_at, last_seq, parent,"
+    " pending_count, view) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+    " state=excluded.state, title=excluded.title, created_at=excluded.created_at,"
+    " updated_at=excluded.updated_at, last_seq=excluded.last_seq, parent=excluded.parent,"
+    " pending_count=excluded.pending_count, view=excluded.view"
+)
+# When state and pending_count are unchanged: leave the indexed columns (and so the
+# indexes) alone. This is the common case -- a running errand logging its steps.
+_UPDATE_VIEW = "UPDATE errands SET title=?, updated_at=?, last_seq=?, parent=?, view=? WHERE id=?"
+
+# (event as folded, its stored body, its blob hash or None)
+_Prepared = tuple[ev.Event, str, str | None]
 
 
 @dataclass
@@ -48,9 +78,13 @@ class WriterStats:
     ops: int = 0
     bytes: int = 0  # event bytes written (bodies and blobs)
     max_batch: int = 0
+    # seconds the writer spent running operations, writing rows, and committing (fsync)
+    staging_s: float = 0.0
+    writing_s: float = 0.0
+    committing_s: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Op:
     fn: Callable[[_Tx], Any]
     future: asyncio.Future[Any] | None = None
@@ -71,6 +105,7 @@ class _Tx:
     dirty: dict[str, ErrandView] = field(default_factory=dict)
     wakeups: list[str] = field(default_factory=list)
     appended: list[tuple[str, int]] = field(default_factory=list)
+    body_bytes: int = 0
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -100,15 +135,22 @@ class SQLiteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
-        # writer-thread state
+        # writer-thread state: caches, dropped whenever a transaction fails or another
+        # connection has written (PRAGMA data_version)
         self._views: dict[str, ErrandView] = {}
+        self._indexed: dict[str, tuple[str, int]] = {}  # errand -> (state, pending) on disk
         self._held: dict[str, str] = {}  # errand -> owner, leases this writer knows are held
         self._data_version = -1
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._wconn = _connect(self.path)
-        # purged content is overwritten on disk, not just unlinked
-        self._wconn.execute("PRAGMA secure_delete = ON")
-        migrate(self._wconn)
+        try:
+            # purged content is overwritten on disk, not just unlinked
+            self._wconn.execute("PRAGMA secure_delete = ON")
+            self._wconn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            migrate(self._wconn)
+        except BaseException:
+            self._wconn.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -140,14 +182,15 @@ class SQLiteStore:
         return op.result
 
     def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            first = self._queue.get()
+            first = get()
             if first is None:
                 return
             batch = [first]
             while len(batch) < MAX_BATCH:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
@@ -164,40 +207,52 @@ class SQLiteStore:
             self._forget()
             if len(batch) > 1:
                 for op in batch:
+                    op.result = None
                     op.error = None
                     self._commit_batch([op])
                 return
+            batch[0].result = None
             batch[0].error = exc
         self._resolve(batch)
 
     def _run_tx(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
+            t0 = time.perf_counter()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version != self._data_version:
                 self._forget()  # someone else committed: our caches may be stale
                 self._data_version = version
             tx = _Tx(conn=conn, now=self.clock())
+            rows = tx.rows
             for op in batch:
-                staged = len(tx.rows)
+                staged = len(rows)
                 try:
                     op.result = op.fn(tx)
                 except StoreError as exc:
                     # refused before it staged anything: the rest of the batch goes on
-                    invariant(len(tx.rows) == staged, "a refused operation staged nothing")
+                    invariant(len(rows) == staged, "a refused operation staged nothing")
                     op.error = exc
+            t1 = time.perf_counter()
             self._flush(tx)
+            t2 = time.perf_counter()
             fault("mid_batch")
             conn.execute("COMMIT")
+            t3 = time.perf_counter()
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        self.stats.commits += 1
-        self.stats.ops += len(batch)
-        self.stats.events += len(tx.rows)
-        self.stats.max_batch = max(self.stats.max_batch, len(batch))
-        self._after_commit(batch, tx)
+        stats = self.stats
+        stats.commits += 1
+        stats.ops += len(batch)
+        stats.events += len(rows)
+        stats.bytes += tx.body_bytes
+        stats.max_batch = max(stats.max_batch, len(batch))
+        stats.staging_s += t1 - t0
+        stats.writing_s += t2 - t1
+        stats.committing_s += t3 - t2
+        self._after_commit(tx)
 
     def _flush(self, tx: _Tx) -> None:
         conn = tx.conn
@@ -211,22 +266,28 @@ class SQLiteStore:
                 tx.rows,
             )
         if tx.dirty:
-            conn.executemany(
-                "INSERT INTO errands(id, state, title, created_at, updated_at, last_seq, parent,"
-                " pending_count, view) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
-                " state=excluded.state, title=excluded.title, updated_at=excluded.updated_at,"
-                " last_seq=excluded.last_seq, pending_count=excluded.pending_count,"
-                " view=excluded.view",
-                [_view_row(v) for v in tx.dirty.values()],
-            )
+            upserts: list[tuple[Any, ...]] = []
+            updates: list[tuple[Any, ...]] = []
+            indexed = self._indexed
+            for errand_id, view in tx.dirty.items():
+                row = _view_row(view)
+                key = (row[1], row[7])
+                if indexed.get(errand_id) == key:
+                    updates.append((row[2], row[4], row[5], row[6], row[8], errand_id))
+                else:
+                    upserts.append(row)
+                    indexed[errand_id] = key
+            if upserts:
+                conn.executemany(_UPSERT_VIEW, upserts)
+            if updates:
+                conn.executemany(_UPDATE_VIEW, updates)
         if tx.wakeups:
             conn.executemany(
                 "INSERT INTO wakeups(errand_id, at) VALUES (?, ?)",
                 [(e, tx.now) for e in tx.wakeups],
             )
-        self.stats.bytes += sum(len(r[4]) for r in tx.rows) + sum(len(b) for b in tx.blobs.values())
 
-    def _after_commit(self, batch: list[_Op], tx: _Tx) -> None:
+    def _after_commit(self, tx: _Tx) -> None:
         if tx.appended and self._listeners:
             latest: dict[str, int] = {}
             for errand_id, seq in tx.appended:
@@ -242,28 +303,59 @@ class SQLiteStore:
                 op.done.set()
                 continue
             assert op.loop is not None
-            by_loop.setdefault(op.loop, []).append(op)
+            ops = by_loop.get(op.loop)
+            if ops is None:
+                by_loop[op.loop] = [op]
+            else:
+                ops.append(op)
         for loop, ops in by_loop.items():
             with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
                 loop.call_soon_threadsafe(_settle, ops)
 
     def _forget(self) -> None:
         self._views.clear()
+        self._indexed.clear()
         self._held.clear()
 
     # ------------------------------------------------------- writer-side helpers
 
+    def _prepare(self, event: ev.Event) -> _Prepared:
+        """Serialise and redact one event (in the caller's thread, not the writer's).
+
+        When redaction changed the body, the event folded into the projection is the
+        one parsed back from the redacted body: the projection is a fold of the log as
+        stored, and a secret reaches neither.
+        """
+        body = event.model_dump_json()
+        if self.redact:
+            redacted = self.redact(body)
+            if redacted != body:
+                body = redacted
+                event = ev.load_event(body)
+        blob = None
+        if len(body) > BLOB_THRESHOLD:
+            blob = "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+        return event, body, blob
+
     def _view_for(self, tx: _Tx, errand_id: str) -> ErrandView:
-        view = tx.dirty.get(errand_id) or self._views.get(errand_id)
-        if view is None:
-            row = tx.conn.execute("SELECT view FROM errands WHERE id = ?", (errand_id,)).fetchone()
-            if row is None:
-                raise NotFound(f"no errand {errand_id}")
-            view = ErrandView.model_validate_json(row[0])
-            if len(self._views) > 20_000:
-                self._views.clear()
-            self._views[errand_id] = view
+        view = tx.dirty.get(errand_id)
+        if view is not None:
+            return view
+        view = self._views.get(errand_id)
+        if view is not None:
+            return view
+        row = tx.conn.execute(_SELECT_VIEW + " WHERE id = ?", (errand_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no errand {errand_id}")
+        view = _view_from_row(row)
+        self._cache(view)
         return view
+
+    def _cache(self, view: ErrandView) -> None:
+        if len(self._views) >= VIEW_CACHE_MAX:
+            self._views.clear()
+            self._indexed.clear()
+        self._views[view.id] = view
 
     def _check_lease(self, tx: _Tx, errand_id: str, owner: str) -> None:
         if self._held.get(errand_id) == owner:
@@ -275,38 +367,41 @@ class SQLiteStore:
             raise LeaseLost(f"errand {errand_id} is owned by another process now")
         self._held[errand_id] = owner
 
-    def _stage(self, tx: _Tx, view: ErrandView, events: Sequence[ev.Event]) -> list[int]:
+    def _stage(self, tx: _Tx, view: ErrandView, prepared: Sequence[_Prepared]) -> list[int]:
+        errand_id = view.id
+        rows, appended = tx.rows, tx.appended
         seqs: list[int] = []
-        for event in events:
+        for event, body, blob in prepared:
             seq = view.last_seq + 1
-            body = self.redact(event.model_dump_json())
-            blob = None
-            if len(body) > BLOB_THRESHOLD:
-                blob = "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+            if blob is None:
+                rows.append((errand_id, seq, event.type, event.at, body, None))
+            else:
                 tx.blobs[blob] = body
-                body = ""
-            tx.rows.append((view.id, seq, event.type, event.at, body, blob))
+                rows.append((errand_id, seq, event.type, event.at, "", blob))
+            tx.body_bytes += len(body)
             apply(view, seq, event)
             seqs.append(seq)
-            tx.appended.append((view.id, seq))
-        tx.dirty[view.id] = view
+            appended.append((errand_id, seq))
+        tx.dirty[errand_id] = view
         return seqs
 
     # ------------------------------------------------------------------ writes
 
     async def create(self, errand_id: str, created: ev.ErrandCreated) -> None:
         require(bool(errand_id), "an errand id")
+        prepared = [self._prepare(created)]
 
         def op(tx: _Tx) -> None:
             exists = (
                 errand_id in self._views
+                or errand_id in tx.dirty
                 or tx.conn.execute("SELECT 1 FROM errands WHERE id = ?", (errand_id,)).fetchone()
             )
-            if exists or errand_id in tx.dirty:
+            if exists:
                 raise ErrandExists(f"errand {errand_id} exists already")
             view = ErrandView(id=errand_id)
-            self._views[errand_id] = view
-            self._stage(tx, view, [created])
+            self._stage(tx, view, prepared)
+            self._cache(view)
 
         await self._submit(op)
 
@@ -323,18 +418,20 @@ class SQLiteStore:
             not any(isinstance(e, ev.ErrandCreated) for e in events),
             "errand_created only through create()",
         )
+        prepared = [self._prepare(e) for e in events]
+        count = len(prepared)
 
         def op(tx: _Tx) -> list[int]:
             view = self._view_for(tx, errand_id)
             if owner is not None:
                 self._check_lease(tx, errand_id, owner)
-            else:
-                tx.wakeups.append(errand_id)
             if guard is not None:
                 guard(view)
             first = view.last_seq + 1
-            seqs = self._stage(tx, view, events)
-            ensure(seqs == list(range(first, first + len(events))), "contiguous sequence numbers")
+            seqs = self._stage(tx, view, prepared)
+            ensure(seqs == list(range(first, first + count)), "contiguous sequence numbers")
+            if owner is None:
+                tx.wakeups.append(errand_id)
             return seqs
 
         result: list[int] = await self._submit(op)
@@ -396,41 +493,61 @@ class SQLiteStore:
             tx.conn.execute(
                 "DELETE FROM leases WHERE errand_id = ? AND owner = ?", (errand_id, owner)
             )
-            self._held.pop(errand_id, None)
+            if self._held.get(errand_id) == owner:
+                del self._held[errand_id]
 
         await self._submit(op)
 
     async def purge(self, errand_id: str) -> None:
-        """Remove the errand's private content from the log (and from disk pages)."""
+        """Remove the errand's private content from the log (and from disk pages).
+
+        Every event is rewritten (upgraded to the current version first) with its
+        private text, arguments and free-text fields replaced; orphaned blobs are
+        deleted (``secure_delete`` zeroes the freed space); the projection is refolded
+        from the rewritten log; and the WAL is checkpointed and truncated, so that the
+        old page images do not survive in it either.
+        """
 
         def op(tx: _Tx) -> None:
-            view = self._view_for(tx, errand_id)
+            self._view_for(tx, errand_id)  # NotFound before anything is written
             conn = tx.conn
             rows = conn.execute(
                 "SELECT e.seq, e.body, e.blob, b.data FROM events e LEFT JOIN blobs b"
-                " ON b.hash = e.blob WHERE e.errand_id = ?",
+                " ON b.hash = e.blob WHERE e.errand_id = ? ORDER BY e.seq",
                 (errand_id,),
             ).fetchall()
+            view = ErrandView(id=errand_id)
+            blobs: set[str] = set()
             for seq, body, blob, blob_data in rows:
-                data = json.loads(blob_data if blob else body)
-                cleaned = json.dumps(_purge_value(data), separators=(",", ":"))
+                data = _purge_value(ev.upgrade(json.loads(blob_data if blob else body)))
+                cleaned = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
                 conn.execute(
                     "UPDATE events SET body = ?, blob = NULL WHERE errand_id = ? AND seq = ?",
                     (cleaned, errand_id, seq),
                 )
-            conn.execute(
-                "DELETE FROM blobs WHERE hash NOT IN (SELECT blob FROM events WHERE blob IS NOT NULL)"
+                if blob:
+                    blobs.add(blob)
+                apply(view, seq, ev.parse_event(data))
+            conn.executemany(
+                "DELETE FROM blobs WHERE hash = ?1 AND NOT EXISTS"
+                " (SELECT 1 FROM events WHERE blob = ?1)",
+                [(b,) for b in sorted(blobs)],
             )
-            self._stage(tx, view, [ev.ErrandPurged()])
-            view.result = PURGED if view.result is not None else None
-            view.title = PURGED
+            self._views[errand_id] = view
+            self._stage(tx, view, [self._prepare(ev.ErrandPurged())])
 
         await self._submit(op)
         await asyncio.to_thread(self._checkpoint)
 
     def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (retried while readers block it)."""
         conn = self._reader()
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for _ in range(50):
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.05)
+        raise StoreError("could not checkpoint the WAL: the database is busy")
 
     # ------------------------------------------------------------------- reads
 
@@ -468,12 +585,10 @@ class SQLiteStore:
         return await asyncio.to_thread(self.read_sync, errand_id, after)
 
     def view_sync(self, errand_id: str) -> ErrandView:
-        row = (
-            self._reader().execute("SELECT view FROM errands WHERE id = ?", (errand_id,)).fetchone()
-        )
+        row = self._reader().execute(_SELECT_VIEW + " WHERE id = ?", (errand_id,)).fetchone()
         if row is None:
             raise NotFound(f"no errand {errand_id}")
-        return ErrandView.model_validate_json(row[0])
+        return _view_from_row(row)
 
     async def view(self, errand_id: str) -> ErrandView:
         return await asyncio.to_thread(self.view_sync, errand_id)
@@ -497,17 +612,14 @@ class SQLiteStore:
     def list_errands_sync(
         self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
     ) -> list[ErrandView]:
-        sql = "SELECT view FROM errands"
+        sql = _SELECT_VIEW
         params: list[Any] = []
         if states:
             sql += f" WHERE state IN ({','.join('?' * len(states))})"
             params.extend(s.value for s in states)
         sql += " ORDER BY created_at DESC LIMIT ?"
         params.append(limit)
-        return [
-            ErrandView.model_validate_json(r[0])
-            for r in self._reader().execute(sql, params).fetchall()
-        ]
+        return [_view_from_row(r) for r in self._reader().execute(sql, params).fetchall()]
 
     async def list_errands(
         self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
@@ -517,12 +629,12 @@ class SQLiteStore:
     def pending_approvals_sync(self) -> list[PendingApproval]:
         rows = (
             self._reader()
-            .execute("SELECT view FROM errands WHERE pending_count > 0 ORDER BY updated_at")
+            .execute(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at")
             .fetchall()
         )
         out: list[PendingApproval] = []
-        for (raw,) in rows:
-            out.extend(ErrandView.model_validate_json(raw).pending.values())
+        for row in rows:
+            out.extend(_view_from_row(row).pending.values())
         return out
 
     async def pending_approvals(self) -> list[PendingApproval]:
@@ -544,6 +656,15 @@ class SQLiteStore:
             return after, []
         return int(rows[-1][0]), list(dict.fromkeys(r[1] for r in rows))
 
+    def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
+        """Who holds the errand's lease, and until when (None if nobody)."""
+        row = (
+            self._reader()
+            .execute("SELECT owner, expires_at FROM leases WHERE errand_id = ?", (errand_id,))
+            .fetchone()
+        )
+        return None if row is None else (str(row[0]), float(row[1]))
+
     def rebuild_projections(self) -> int:
         """Refold every log and rewrite the projection table; return the errand count."""
 
@@ -554,7 +675,8 @@ class SQLiteStore:
                 for stored in self.read_sync(errand_id):
                     apply(view, stored.seq, stored.event)
                 tx.dirty[errand_id] = view
-                self._views[errand_id] = view
+                self._indexed.pop(errand_id, None)  # rewrite every column
+                self._cache(view)
             return len(ids)
 
         result: int = self.submit_sync(op)
@@ -563,7 +685,8 @@ class SQLiteStore:
     def integrity_check(self) -> list[str]:
         """Compare every projection with a fresh fold of its log; return the mismatches."""
         problems = []
-        for (errand_id,) in self._reader().execute("SELECT DISTINCT errand_id FROM events"):
+        reader = self._reader()
+        for (errand_id,) in reader.execute("SELECT DISTINCT errand_id FROM events").fetchall():
             view = ErrandView(id=errand_id)
             for stored in self.read_sync(errand_id):
                 apply(view, stored.seq, stored.event)
@@ -574,6 +697,15 @@ class SQLiteStore:
                 continue
             if cached.model_dump() != view.model_dump():
                 problems.append(f"{errand_id}: projection differs from the fold")
+            (pending,) = reader.execute(
+                "SELECT pending_count FROM errands WHERE id = ?", (errand_id,)
+            ).fetchone()
+            if pending != len(view.pending):
+                problems.append(f"{errand_id}: pending_count differs from the fold")
+        orphans = reader.execute(
+            "SELECT id FROM errands WHERE id NOT IN (SELECT errand_id FROM events)"
+        ).fetchall()
+        problems.extend(f"{errand_id}: a projection without a log" for (errand_id,) in orphans)
         return problems
 
     # ----------------------------------------------------------------- closing
@@ -621,21 +753,40 @@ def _view_row(view: ErrandView) -> tuple[Any, ...]:
         view.last_seq,
         view.parent,
         len(view.pending),
-        view.model_dump_json(),
+        view.model_dump_json(exclude=_COLUMN_SET, exclude_defaults=True),
     )
+
+
+def _view_from_row(row: Sequence[Any]) -> ErrandView:
+    """An ErrandView from ``_SELECT_VIEW``'s columns.
+
+    The ``view`` column of a schema-1 database holds the whole view; the columns say
+    the same, so overlaying them reads both layouts.
+    """
+    data: dict[str, Any] = json.loads(row[7])
+    data.update(zip(_COLUMNS, row[:7], strict=True))
+    return ErrandView.model_validate(data)
+
+
+# Free-text fields that may carry the person's private words or derived content.
+_PURGE_TEXT_KEYS = frozenset({"title", "preview", "reason", "message", "raw_arguments"})
+_PURGE_ARG_KEYS = frozenset({"arguments", "edited_arguments"})
 
 
 def _purge_value(value: Any) -> Any:
     if isinstance(value, dict):
-        if {"text", "provenance", "confidentiality"} <= value.keys():
-            if value["confidentiality"] != "public":
-                return {**value, "text": PURGED}
-            return value
+        if {"text", "provenance", "confidentiality"} <= value.keys():  # a content item
+            if value["confidentiality"] == "public":
+                return value
+            provenance = value["provenance"]
+            if isinstance(provenance, dict) and provenance.get("source") is not None:
+                provenance = {**provenance, "source": None}
+            return {**value, "text": PURGED, "provenance": provenance}
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if key in ("arguments", "edited_arguments") and isinstance(item, dict):
+            if key in _PURGE_ARG_KEYS and isinstance(item, dict):
                 out[key] = {"purged": True}
-            elif key in ("title", "preview") and isinstance(item, str):
+            elif key in _PURGE_TEXT_KEYS and isinstance(item, str) and item:
                 out[key] = PURGED
             else:
                 out[key] = _purge_value(item)
