@@ -27,6 +27,7 @@ from errands.dispatch import Dispatcher
 from errands.faults import fault, switch
 from errands.labels import Provenance
 from errands.limits import exceeded
+from errands.models.pricing import cost_usd
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest
 from errands.progress import CallState, Progress
 from errands.states import TERMINAL, ErrandState, ErrandView
@@ -60,6 +61,9 @@ class Loop:
         self.owner = owner
         self.on_text = on_text
         self.dirty: set[str] = set()  # errands an outsider wrote to since we last looked
+        # perf: what noticed() needs to tell our own appends from an outsider's
+        self._live: dict[str, Progress] = {}  # errands run() is driving
+        self._writing: dict[str, int] = {}  # events of our appends not yet folded in
         self.volatile: dict[str, list[ev.Event]] = {}  # only under a test-only switch
 
     async def load(self, errand_id: str) -> Progress:
@@ -71,10 +75,29 @@ class Loop:
     async def run(self, errand_id: str, p: Progress | None = None) -> ErrandView:
         """Drive the errand until it has to stop; return its view."""
         p = p or await self.load(errand_id)
-        await self._recover(p)
-        while await self._step(p):
-            pass
+        self._live[errand_id] = p
+        try:
+            await self._recover(p)
+            while await self._step(p):
+                pass
+        finally:
+            if self._live.get(errand_id) is p:
+                del self._live[errand_id]
         return p.view
+
+    def noticed(self, errand_id: str, seq: int) -> None:
+        """A commit took the errand's log to *seq*: mark it dirty unless it is all ours.
+
+        Our own appends are folded in by :meth:`_append` as they return; re-reading the
+        log for them would cost a read per step. A *seq* beyond what we have folded in
+        plus what we are still writing must hold someone else's event. An outsider's
+        event that lands while an append of ours is pending is found anyway: by the gap
+        check in :meth:`_append` when ours lands after it, by the catch-up after a
+        refused append, or (ours in the same commit) because *seq* then goes beyond.
+        """
+        p = self._live.get(errand_id)
+        if p is None or seq > p.last_seq + self._writing.get(errand_id, 0):
+            self.dirty.add(errand_id)
 
     async def _step(self, p: Progress) -> bool:
         """Do the next thing the log calls for; False when the errand must stop here."""
@@ -163,12 +186,15 @@ class Loop:
             content = ev.Content.labelled(
                 reply.text, Provenance(kind="model", name=model.name), p.label
             )
+        usage = reply.usage.model_copy(
+            update={"cost_usd": cost_usd(model.name, reply.usage, self.settings.prices)}
+        )
         response = ev.ModelResponded(
             request_seq=request_seq,
             model=reply.model or model.name,
             content=content,
             tool_calls=reply.tool_calls,
-            usage=reply.usage,
+            usage=usage,
             stop_reason=reply.stop_reason,
         )
         routed = [
@@ -264,15 +290,24 @@ class Loop:
         events: Sequence[ev.Event],
         guard: Callable[[ErrandView], None] | None = None,
     ) -> list[int]:
-        seqs = await self.store.append(p.errand_id, events, owner=self.owner, guard=guard)
-        if seqs[0] > p.last_seq + 1:  # an outsider wrote in between: fold that in first
-            for stored in await self.store.read(p.errand_id, after=p.last_seq):
-                if stored.seq >= seqs[0]:
-                    break
-                p.apply(stored.seq, stored.event)
-        for seq, event in zip(seqs, events, strict=True):
-            if seq > p.last_seq:  # a concurrent call's catch-up may have folded it in already
-                p.apply(seq, event)
+        errand_id, count = p.errand_id, len(events)
+        self._writing[errand_id] = self._writing.get(errand_id, 0) + count
+        try:
+            seqs = await self.store.append(errand_id, events, owner=self.owner, guard=guard)
+            if seqs[0] > p.last_seq + 1:  # an outsider wrote in between: fold that in first
+                for stored in await self.store.read(errand_id, after=p.last_seq):
+                    if stored.seq >= seqs[0]:
+                        break
+                    p.apply(stored.seq, stored.event)
+            for seq, event in zip(seqs, events, strict=True):
+                if seq > p.last_seq:  # a concurrent call's catch-up may have folded it in
+                    p.apply(seq, event)
+        finally:  # folded in, or nothing was written: no longer ours to account for
+            left = self._writing[errand_id] - count
+            if left:
+                self._writing[errand_id] = left
+            else:
+                del self._writing[errand_id]
         return seqs
 
     async def _catch_up(self, p: Progress) -> None:

@@ -1,0 +1,43 @@
+"""What a model call cost, in USD, from its normalised usage.
+
+Prices come from the config's ``[prices."PROVIDER:MODEL"]`` table (USD per million
+tokens); a model without a price costs 0 and is reported as unpriced. Cached input is
+billed at ``cached_input`` (default: the input price) and cache writes at
+``cache_write`` (default: the input price).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from errands.config import Price
+from errands.events import Usage
+
+__all__ = ["cost_usd", "price_for"]
+
+PER = 1_000_000
+
+
+def price_for(model: str, prices: Mapping[str, Price]) -> Price | None:
+    """The configured price of *model* (``provider:name``, or just ``name``)."""
+    if model in prices:
+        return prices[model]
+    return prices.get(model.partition(":")[2])
+
+
+def cost_usd(model: str, usage: Usage, prices: Mapping[str, Price]) -> float:
+    price = price_for(model, prices)
+    if price is None:
+        return 0.0
+    cached = usage.cached_input_tokens
+    written = usage.cache_write_tokens
+    fresh = max(0, usage.input_tokens - cached - written)
+    cached_price = price.input if price.cached_input is None else price.cached_input
+    write_price = price.input if price.cache_write is None else price.cache_write
+    total = (
+        fresh * price.input
+        + cached * cached_price
+        + written * write_price
+        + usage.output_tokens * price.output
+    )
+    return total / PER
