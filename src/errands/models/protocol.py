@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from errands.events import ToolCall, Usage
 
 __all__ = [
+    "Image",
     "Message",
     "Model",
     "ModelError",
@@ -33,6 +34,15 @@ class ToolSchema:
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    """An image in a user message: its MIME type (``image/png``, ``image/jpeg``,
+    ``image/gif``, ``image/webp``) and its bytes, base64-encoded."""
+
+    media_type: str
+    data_base64: str
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """One transcript item in provider-neutral form."""
 
@@ -42,6 +52,7 @@ class Message:
     tool_call_id: str | None = None  # tool only
     tool_name: str | None = None  # tool only
     is_error: bool = False  # tool only
+    images: tuple[Image, ...] = ()  # user only, for models that take images
 
 
 @dataclass(frozen=True, slots=True)

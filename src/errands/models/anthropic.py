@@ -1,0 +1,587 @@
+"""Anthropic Messages API client, through the official ``anthropic`` SDK (the
+``anthropic`` extra). Spec: ``anthropic:MODEL`` (e.g. ``anthropic:claude-sonnet-4-5``).
+
+Configuration: ``base_url`` / ``api_key`` arguments, else ``ANTHROPIC_BASE_URL`` /
+``ANTHROPIC_API_KEY``. A custom ``base_url`` without a key gets a placeholder key.
+
+**Requests** always stream. The transcript becomes ``messages`` of content blocks:
+assistant tool calls are ``tool_use`` blocks, tool results are ``tool_result`` blocks
+(with ``is_error``) gathered into the user message that follows, images in user
+messages are base64 ``image`` blocks placed before the text. Consecutive messages of
+one role are merged into one message, as the API would do.
+
+**Prompt caching** (explicit on Anthropic): the adapter places the ``cache_control``
+breakpoints itself, at most 4 per request, in the order the API renders the prompt
+(tools, system, messages):
+
+1. on the last tool definition (caches the tool list);
+2. on the system prompt (caches tools + system);
+3. on the last block of the message that ended the *previous* request (the message
+   before the latest assistant reply) -- that prefix was written to the cache by the
+   previous request, so this breakpoint reads it exactly, however many blocks the
+   previous turn added (the API looks back only 20 blocks from a breakpoint for an
+   earlier cache entry, so the newest breakpoint alone could miss after a turn with
+   many parallel tool calls);
+4. on the last block of the request, which writes the whole transcript for the next
+   turn to read.
+
+Everything in the prefix is deterministic: tool order as given, JSON with the keys in
+a fixed order, nothing volatile. ``cache_ttl="1h"`` asks for the one-hour cache (writes
+cost more) on every breakpoint; the default is the API's 5 minutes.
+
+**Reasoning** (``ModelRequest.reasoning``) maps to extended thinking:
+``minimal`` -> ``{"type": "disabled"}``; ``low`` / ``medium`` / ``high`` ->
+``{"type": "enabled", "budget_tokens": 1024 / 4096 / 16384}`` (see
+:data:`THINKING_BUDGETS`); ``None`` sends nothing (the model's default). Thinking tokens
+count toward ``max_tokens``, so the budget is added to the request's ``max_tokens``:
+the visible answer keeps its allowance. With thinking on, the API requires the
+assistant's thinking blocks (with their signatures) to be sent back with its
+``tool_use`` blocks within one tool-use loop; :class:`~errands.models.protocol.Message`
+has no place for them, so the adapter remembers them in memory by tool-call id and
+puts them back. When they are not known (the process restarted mid-loop), the request
+goes with thinking disabled instead of failing.
+
+**Usage**: ``input_tokens`` = ``input_tokens + cache_read_input_tokens +
+cache_creation_input_tokens`` (the API reports them apart), ``cached_input_tokens`` =
+cache reads, ``cache_write_tokens`` = cache creation, ``reasoning_tokens`` from
+``output_tokens_details.thinking_tokens`` when the API reports it.
+
+**Errors** become :class:`~errands.models.protocol.ModelError`: connection failures,
+timeouts, a stream cut short, 408/409/429/5xx/529 and in-stream ``error`` events are
+retryable; other 4xx and garbage are not. Error messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from errands.events import ToolCall, Usage
+from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+
+__all__ = ["THINKING_BUDGETS", "AnthropicHTTPError", "AnthropicModel", "build_params"]
+
+ANTHROPIC_HOST = "api.anthropic.com"
+PLACEHOLDER_KEY = "not-needed"
+DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; used when the request has none
+NO_KEY_HELP = "no API key for Anthropic: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL for a proxy)"
+THINKING_BUDGETS: dict[str, int | None] = {
+    "minimal": None,  # thinking disabled
+    "low": 1024,  # the API's minimum budget
+    "medium": 4096,
+    "high": 16384,
+}
+MAX_BREAKPOINTS = 4
+_STOP_REASONS = {
+    "end_turn": "end",
+    "tool_use": "tool_use",
+    "max_tokens": "max_tokens",
+    "stop_sequence": "end",
+    "refusal": "refusal",
+    "pause_turn": "pause",
+    "model_context_window_exceeded": "max_tokens",
+}
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+CacheTTL = Literal["5m", "1h"]
+
+
+class AnthropicHTTPError(ModelError):
+    """A :class:`ModelError` for an HTTP error status."""
+
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(message, retryable=status in _RETRYABLE_STATUS or status >= 500)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _Garbage(Exception):
+    """The server sent something that is not a valid Messages stream."""
+
+
+def _redact(text: str, key: str) -> str:
+    if key and key != PLACEHOLDER_KEY:
+        text = text.replace(key, "[redacted]")
+    text = re.sub(r"Bearer\s+\S+", "Bearer [redacted]", text)
+    return re.sub(r"\bsk-ant-[A-Za-z0-9_\-*.]{3,}", "sk-ant-[redacted]", text)
+
+
+# -- request building --------------------------------------------------------------------
+
+
+Block = dict[str, Any]
+
+
+def _user_blocks(m: Message) -> list[Block]:
+    blocks: list[Block] = [
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": img.media_type, "data": img.data_base64},
+        }
+        for img in m.images
+    ]
+    if m.text:
+        blocks.append({"type": "text", "text": m.text})
+    return blocks
+
+
+def _assistant_blocks(m: Message, thinking: dict[str, tuple[Block, ...]]) -> list[Block]:
+    blocks: list[Block] = []
+    if m.tool_calls:
+        blocks.extend(thinking.get(m.tool_calls[0].call_id, ()))
+    if m.text:
+        blocks.append({"type": "text", "text": m.text})
+    for c in m.tool_calls:
+        # invalid arguments go back as {}: the tool result says what was wrong
+        blocks.append({"type": "tool_use", "id": c.call_id, "name": c.name, "input": c.arguments})
+    return blocks
+
+
+def _tool_result_block(m: Message) -> Block:
+    block: Block = {"type": "tool_result", "tool_use_id": m.tool_call_id or ""}
+    if m.text:
+        block["content"] = m.text
+    if m.is_error:
+        block["is_error"] = True
+    return block
+
+
+def _messages(
+    request: ModelRequest, thinking: dict[str, tuple[Block, ...]]
+) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in request.messages:
+        if m.role == "assistant":
+            role, blocks = "assistant", _assistant_blocks(m, thinking)
+        elif m.role == "tool":
+            role, blocks = "user", [_tool_result_block(m)]
+        else:
+            role, blocks = "user", _user_blocks(m)
+        if not blocks:
+            continue  # the API rejects empty content; an empty turn says nothing
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return out
+
+
+def _mark(block: Block, cache_control: dict[str, str]) -> None:
+    block["cache_control"] = dict(cache_control)
+
+
+def build_params(
+    model: str,
+    request: ModelRequest,
+    *,
+    thinking_blocks: dict[str, tuple[Block, ...]] | None = None,
+    cache_ttl: CacheTTL | None = None,
+) -> dict[str, Any]:
+    """The ``messages.create`` parameters for *request* (``stream`` excluded), with the
+    cache breakpoints placed (see the module docstring)."""
+    memo = thinking_blocks or {}
+    cache_control: dict[str, str] = {"type": "ephemeral"}
+    if cache_ttl is not None:
+        cache_control["ttl"] = cache_ttl
+    max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
+    params: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    marks = 0
+    if request.tools:
+        tools = [
+            {"name": t.name, "description": t.description, "input_schema": t.parameters}
+            for t in request.tools
+        ]
+        _mark(tools[-1], cache_control)
+        marks += 1
+        params["tools"] = tools
+    if request.system:
+        system: Block = {"type": "text", "text": request.system}
+        _mark(system, cache_control)
+        marks += 1
+        params["system"] = [system]
+    messages = _messages(request, memo)
+    if messages:
+        last = len(messages) - 1
+        previous_end = None  # the message that ended the previous request
+        for i in range(last, -1, -1):
+            if messages[i]["role"] == "assistant":
+                previous_end = i - 1 if i >= 1 else None
+                break
+        targets = [i for i in (previous_end, last) if i is not None]
+        for i in targets[-(MAX_BREAKPOINTS - marks) :] if marks < MAX_BREAKPOINTS else []:
+            _mark(messages[i]["content"][-1], cache_control)
+    params["messages"] = messages
+    thinking = _thinking(request, messages, memo)
+    if thinking is not None:
+        params["thinking"] = thinking
+        budget = thinking.get("budget_tokens")
+        if isinstance(budget, int):
+            params["max_tokens"] = max_tokens + budget
+    return params
+
+
+def _thinking(
+    request: ModelRequest, messages: list[dict[str, Any]], memo: dict[str, tuple[Block, ...]]
+) -> dict[str, Any] | None:
+    if request.reasoning is None:
+        return None
+    if request.reasoning not in THINKING_BUDGETS:
+        raise ModelError(
+            f"unknown reasoning level {request.reasoning!r}: use one of "
+            + ", ".join(THINKING_BUDGETS)
+        )
+    budget = THINKING_BUDGETS[request.reasoning]
+    if budget is None:
+        return {"type": "disabled"}
+    # inside a tool-use loop (the transcript ends with tool results) every assistant
+    # message of the loop needs its thinking blocks back; without them, think no more
+    for m in reversed(messages):
+        if m["role"] == "user":
+            if any(b["type"] != "tool_result" for b in m["content"]):
+                break
+            continue
+        if not m["content"] or m["content"][0]["type"] not in ("thinking", "redacted_thinking"):
+            return {"type": "disabled"}
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+# -- the stream --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Block:
+    type: str
+    text: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+    signature: str = ""
+    data: str = ""
+
+
+@dataclass(slots=True)
+class _Accumulator:
+    blocks: dict[int, _Block] = field(default_factory=dict)
+    model: str = ""
+    started: bool = False
+    stopped: bool = False
+    stop_reason: str | None = None
+    input_tokens: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+
+    def _usage(self, u: Any) -> None:
+        if u is None:
+            return
+        for attr, name in (
+            ("input_tokens", "input_tokens"),
+            ("cache_read", "cache_read_input_tokens"),
+            ("cache_write", "cache_creation_input_tokens"),
+            ("output_tokens", "output_tokens"),
+        ):
+            value = getattr(u, name, None)
+            if isinstance(value, int):
+                setattr(self, attr, value)
+        details = getattr(u, "output_tokens_details", None)
+        thinking = getattr(details, "thinking_tokens", None)
+        if isinstance(thinking, int):
+            self.thinking_tokens = thinking
+
+    def feed(self, event: Any) -> str:
+        """Take one stream event; return its text delta (possibly empty)."""
+        kind = getattr(event, "type", None)
+        if kind == "message_start":
+            self.started = True
+            self.model = str(getattr(event.message, "model", "") or "")
+            self._usage(getattr(event.message, "usage", None))
+        elif not self.started:
+            raise _Garbage(f"a {kind!r} event before message_start")
+        elif kind == "content_block_start":
+            cb = event.content_block
+            b = _Block(type=str(cb.type))
+            if cb.type == "tool_use":
+                b.call_id, b.name = str(cb.id), str(cb.name)
+            elif cb.type == "text" and cb.text:
+                b.text.append(cb.text)
+                self.blocks[int(event.index)] = b
+                return str(cb.text)
+            elif cb.type == "redacted_thinking":
+                b.data = str(cb.data)
+            self.blocks[int(event.index)] = b
+        elif kind == "content_block_delta":
+            b_or_none = self.blocks.get(int(event.index))
+            if b_or_none is None:
+                raise _Garbage(f"a delta for block {event.index} that was never started")
+            d = event.delta
+            if d.type == "text_delta":
+                b_or_none.text.append(d.text)
+                return str(d.text)
+            if d.type == "input_json_delta":
+                b_or_none.text.append(d.partial_json)
+            elif d.type == "thinking_delta":
+                b_or_none.text.append(d.thinking)
+            elif d.type == "signature_delta":
+                b_or_none.signature += d.signature
+        elif kind == "message_delta":
+            if event.delta.stop_reason:
+                self.stop_reason = str(event.delta.stop_reason)
+            self._usage(event.usage)
+        elif kind == "message_stop":
+            self.stopped = True
+        elif kind not in ("content_block_stop", "ping"):
+            raise _Garbage(f"an unknown event type {kind!r}")
+        return ""
+
+    def ordered(self) -> list[_Block]:
+        return [self.blocks[i] for i in sorted(self.blocks)]
+
+    def text(self) -> str:
+        return "".join("".join(b.text) for b in self.ordered() if b.type == "text")
+
+    def tool_calls(self) -> list[ToolCall]:
+        out: list[ToolCall] = []
+        for b in self.ordered():
+            if b.type != "tool_use":
+                continue
+            raw = "".join(b.text)
+            parsed: Any
+            try:
+                parsed = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                parsed = None
+            call_id = b.call_id or f"toolu_{uuid.uuid4().hex[:24]}"
+            if isinstance(parsed, dict):
+                out.append(ToolCall(call_id=call_id, name=b.name, arguments=parsed))
+            else:
+                out.append(ToolCall(call_id=call_id, name=b.name, arguments={}, raw_arguments=raw))
+        return out
+
+    def thinking_blocks(self) -> tuple[Block, ...]:
+        out: list[Block] = []
+        for b in self.ordered():
+            if b.type == "thinking":
+                out.append(
+                    {"type": "thinking", "thinking": "".join(b.text), "signature": b.signature}
+                )
+            elif b.type == "redacted_thinking":
+                out.append({"type": "redacted_thinking", "data": b.data})
+        return tuple(out)
+
+    def usage(self) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + self.cache_read + self.cache_write,
+            cached_input_tokens=self.cache_read,
+            cache_write_tokens=self.cache_write,
+            output_tokens=self.output_tokens,
+            reasoning_tokens=self.thinking_tokens,
+        )
+
+
+class AnthropicModel:
+    """A :class:`~errands.models.protocol.Model` over the Anthropic Messages API."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        cache_ttl: CacheTTL | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.name = name or "anthropic:" + model_name
+        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or "").strip() or None
+        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
+        key = (key or "").strip()
+        official = self.base_url is None or urlsplit(self.base_url).hostname == ANTHROPIC_HOST
+        self._api_key: str | None = key or (None if official else PLACEHOLDER_KEY)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.cache_ttl: CacheTTL | None = cache_ttl
+        self._thinking: dict[str, tuple[Block, ...]] = {}  # first tool-call id -> blocks
+        self._sdk: Any = None
+        self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"AnthropicModel({self.model_name!r}, base_url={self.base_url!r})"
+
+    @property
+    def _where(self) -> str:
+        return self.base_url or f"https://{ANTHROPIC_HOST}"
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._sdk is None or self._sdk_loop is None or self._sdk_loop() is not loop:
+            try:
+                from anthropic import AsyncAnthropic
+            except ImportError as exc:
+                raise ModelError(
+                    "the anthropic package is not installed: pip install 'errands[anthropic]'"
+                ) from exc
+            self._sdk = AsyncAnthropic(
+                api_key=self._api_key,
+                base_url=self.base_url,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+            )
+            self._sdk_loop = weakref.ref(loop)
+        return self._sdk
+
+    async def aclose(self) -> None:
+        if self._sdk is not None:
+            await self._sdk.close()
+            self._sdk = None
+
+    def params(self, request: ModelRequest) -> dict[str, Any]:
+        """What :meth:`complete` sends (without ``stream``)."""
+        return build_params(
+            self.model_name, request, thinking_blocks=self._thinking, cache_ttl=self.cache_ttl
+        )
+
+    def _redact(self, text: str) -> str:
+        return _redact(text, self._api_key or "")
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        if self._api_key is None:
+            raise ModelError(f"{self.name}: {NO_KEY_HELP}")
+        import anthropic
+
+        params = self.params(request)
+        client = self._client()
+        acc = _Accumulator()
+        try:
+            stream = await client.messages.create(**params, stream=True)
+        except (anthropic.AnthropicError, ValueError) as exc:
+            raise self._translate(exc, acc) from None
+        try:
+            iterator = stream.__aiter__()
+            while True:
+                try:
+                    event = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (anthropic.AnthropicError, ValueError) as exc:
+                    raise self._translate(exc, acc) from None
+                except Exception as exc:  # the SDK lets transport errors of a stream through
+                    raise self._transport(exc, acc) from None
+                try:
+                    delta = acc.feed(event)
+                except (_Garbage, AttributeError, TypeError, ValueError) as exc:
+                    raise ModelError(
+                        f"{self.name}: {self._where} sent an event that is not a valid "
+                        f"Messages stream event: {self._redact(str(exc))[:300]}"
+                    ) from None
+                if delta and on_text is not None:
+                    on_text(delta)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+        if not acc.stopped or acc.stop_reason is None:
+            raise ModelError(
+                f"{self.name}: the stream from {self._where} ended before the reply was "
+                "finished (no message_stop)",
+                retryable=True,
+            )
+        calls = acc.tool_calls()
+        thinking = acc.thinking_blocks()
+        if calls and thinking:
+            self._thinking[calls[0].call_id] = thinking
+        return ModelReply(
+            text=acc.text(),
+            tool_calls=calls,
+            usage=acc.usage(),
+            stop_reason=_STOP_REASONS.get(acc.stop_reason, acc.stop_reason),
+            model=acc.model or self.model_name,
+        )
+
+    def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:
+        import anthropic
+
+        if isinstance(exc, anthropic.APIStatusError):
+            return self._status_error(exc, mid_stream=acc.started)
+        if isinstance(exc, anthropic.APITimeoutError):
+            return ModelError(
+                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
+                retryable=True,
+            )
+        if isinstance(exc, anthropic.APIConnectionError):
+            cause = self._redact(str(exc.__cause__ or exc))
+            what = (
+                "the connection broke in the middle of the stream"
+                if acc.started
+                else "cannot connect to"
+            )
+            return ModelError(f"{self.name}: {what} {self._where}: {cause}", retryable=True)
+        if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
+            return ModelError(
+                f"{self.name}: {self._where} sent invalid JSON or an unexpected body "
+                f"({self._redact(str(exc))[:300]}); is it the Anthropic API?"
+            )
+        return ModelError(f"{self.name}: {self._redact(str(exc))[:500]}")
+
+    def _transport(self, exc: Exception, acc: _Accumulator) -> Exception:
+        """An httpx transport error raised while reading the stream, as a ModelError
+        (anything else is re-raised as it is)."""
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "TimeoutException" in names:
+            return ModelError(
+                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
+                retryable=True,
+            )
+        if "TransportError" in names:
+            what = (
+                "the connection broke in the middle of the stream"
+                if acc.started
+                else "cannot connect to"
+            )
+            return ModelError(
+                f"{self.name}: {what} {self._where}: {self._redact(str(exc))[:300]}",
+                retryable=True,
+            )
+        return exc
+
+    def _status_error(self, exc: Any, *, mid_stream: bool) -> ModelError:
+        status = int(exc.status_code)
+        detail = str(exc.message)
+        body = exc.body
+        kind = ""
+        if isinstance(body, dict):
+            err = body.get("error", body)
+            if isinstance(err, dict):
+                if isinstance(err.get("message"), str):
+                    detail = err["message"]
+                if isinstance(err.get("type"), str):
+                    kind = err["type"]
+        detail = self._redact(detail)[:500]
+        if mid_stream:  # an `error` event inside a 200 stream (e.g. overloaded_error)
+            return ModelError(
+                f"{self.name}: {self._where} reported an error mid-stream: "
+                f"{kind + ': ' if kind else ''}{detail}",
+                retryable=kind not in ("invalid_request_error", "authentication_error"),
+            )
+        retry_after: float | None = None
+        with contextlib.suppress(ValueError, AttributeError):
+            retry_after = float(exc.response.headers.get("retry-after", ""))
+        hint = ""
+        if status == 401:
+            hint = " (check ANTHROPIC_API_KEY)"
+        elif status == 404:
+            hint = " (check the model name and the base URL)"
+        elif status == 429 and retry_after is not None:
+            hint = f" (retry after {retry_after:g}s)"
+        return AnthropicHTTPError(
+            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}",
+            status=status,
+            retry_after=retry_after,
+        )

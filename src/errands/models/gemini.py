@@ -1,0 +1,446 @@
+"""Google Gemini client (Gemini API), through the official ``google-genai`` SDK (the
+``gemini`` extra). Spec: ``gemini:MODEL`` (e.g. ``gemini:gemini-2.5-flash``).
+
+Configuration: ``base_url`` / ``api_key`` arguments, else ``GOOGLE_GEMINI_BASE_URL`` and
+``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``). A custom ``base_url`` without a key gets a
+placeholder key.
+
+**Requests** always stream (``:streamGenerateContent?alt=sse``). The transcript becomes
+``contents``: user text (and images, as ``inline_data`` parts before the text) in
+``user`` turns, assistant text and ``function_call`` parts in ``model`` turns, tool
+results as ``function_response`` parts (``{"output": text}``, or ``{"error": text}``
+for an error result) in the ``user`` turn that follows. Tool schemas go as
+``parameters_json_schema`` (plain JSON schema). Consecutive turns of one role are
+merged.
+
+**Thought signatures**: Gemini 3 models return a ``thought_signature`` with a function
+call and require it back on that call within the current turn. The adapter remembers
+signatures in memory by call id and puts them back; for a call it has no signature for
+(the process restarted, or the call came from another model) it sends Google's
+documented placeholder ``skip_thought_signature_validator``.
+
+**Prompt caching** on the Gemini API is implicit (2.5 and newer models): nothing is
+sent; a request whose prefix matches a recent one gets ``cached_content_token_count``.
+The adapter keeps the prefix stable: system instruction and tool declarations first,
+in the order given, the transcript append-only.
+
+**Reasoning** (``ModelRequest.reasoning``): Gemini 3 and newer models take a thinking
+level -- ``minimal`` / ``low`` / ``medium`` / ``high`` -> ``MINIMAL`` / ``LOW`` /
+``MEDIUM`` / ``HIGH``; Gemini 2.x models take a budget -- ``minimal`` -> 0 (off, where
+the model allows it), ``low`` -> 1024, ``medium`` -> 8192, ``high`` -> 24576 tokens
+(see :data:`THINKING_BUDGETS`).
+
+**Usage**: ``input_tokens`` = ``prompt_token_count`` (cached included) +
+``tool_use_prompt_token_count``; ``cached_input_tokens`` = ``cached_content_token_count``;
+``output_tokens`` = ``candidates_token_count + thoughts_token_count``;
+``reasoning_tokens`` = ``thoughts_token_count``.
+
+**Errors** become :class:`~errands.models.protocol.ModelError`: connection failures,
+timeouts, a stream cut short, 408/429/5xx and error objects inside the stream are
+retryable; other 4xx and garbage are not. Error messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from errands.events import ToolCall, Usage
+from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+
+__all__ = [
+    "SKIP_SIGNATURE",
+    "THINKING_BUDGETS",
+    "THINKING_LEVELS",
+    "GeminiHTTPError",
+    "GeminiModel",
+]
+
+GEMINI_HOST = "generativelanguage.googleapis.com"
+PLACEHOLDER_KEY = "not-needed"
+NO_KEY_HELP = "no API key for Gemini: set GEMINI_API_KEY (or GOOGLE_API_KEY)"
+SKIP_SIGNATURE = b"skip_thought_signature_validator"
+THINKING_LEVELS = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
+THINKING_BUDGETS = {"minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
+_STOP_REASONS = {
+    "STOP": "end",
+    "MAX_TOKENS": "max_tokens",
+    "SAFETY": "content_filter",
+    "RECITATION": "content_filter",
+    "BLOCKLIST": "content_filter",
+    "PROHIBITED_CONTENT": "content_filter",
+    "SPII": "content_filter",
+}
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+class GeminiHTTPError(ModelError):
+    """A :class:`ModelError` for an HTTP error status."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message, retryable=status in _RETRYABLE_STATUS or status >= 500)
+        self.status = status
+
+
+class _Garbage(Exception):
+    pass
+
+
+def _redact(text: str, key: str) -> str:
+    if key and key != PLACEHOLDER_KEY:
+        text = text.replace(key, "[redacted]")
+    text = re.sub(r"Bearer\s+\S+", "Bearer [redacted]", text)
+    return re.sub(r"\bAIza[0-9A-Za-z_\-]{3,}", "AIza[redacted]", text)
+
+
+def _uses_levels(model: str) -> bool:
+    """Gemini 3 and newer take ``thinking_level``; 2.x take ``thinking_budget``."""
+    m = re.search(r"gemini-(\d+)", model)
+    return m is None or int(m.group(1)) >= 3
+
+
+@dataclass(slots=True)
+class _Accumulator:
+    text: list[str] = field(default_factory=list)
+    calls: list[tuple[ToolCall, bytes | None]] = field(default_factory=list)
+    finish: str | None = None
+    finish_message: str = ""
+    usage: Any = None
+    model: str = ""
+    chunks: int = 0
+    blocked: str | None = None
+
+    def feed(self, chunk: Any) -> str:
+        self.chunks += 1
+        if getattr(chunk, "usage_metadata", None) is not None:
+            self.usage = chunk.usage_metadata
+        if getattr(chunk, "model_version", None):
+            self.model = str(chunk.model_version)
+        feedback = getattr(chunk, "prompt_feedback", None)
+        if feedback is not None and getattr(feedback, "block_reason", None):
+            self.blocked = str(feedback.block_reason)
+        out = ""
+        for cand in chunk.candidates or ():
+            if (cand.index or 0) != 0:
+                continue
+            parts = cand.content.parts if cand.content is not None else None
+            for part in parts or ():
+                if part.function_call is not None:
+                    fc = part.function_call
+                    args = fc.args if fc.args is not None else {}
+                    call_id = fc.id or f"call_{uuid.uuid4().hex[:24]}"
+                    if isinstance(args, dict):
+                        call = ToolCall(call_id=call_id, name=fc.name or "", arguments=args)
+                    else:  # pragma: no cover - the SDK types args as a dict
+                        call = ToolCall(
+                            call_id=call_id,
+                            name=fc.name or "",
+                            arguments={},
+                            raw_arguments=str(args),
+                        )
+                    self.calls.append((call, part.thought_signature))
+                elif part.text and not part.thought:
+                    out += part.text
+            if cand.finish_reason is not None:
+                finish = cand.finish_reason
+                self.finish = str(getattr(finish, "value", finish))
+                self.finish_message = str(cand.finish_message or "")
+        if out:
+            self.text.append(out)
+        return out
+
+    def normalised_usage(self) -> Usage:
+        u = self.usage
+
+        def count(name: str) -> int:
+            value = getattr(u, name, None) if u is not None else None
+            return value if isinstance(value, int) else 0
+
+        thoughts = count("thoughts_token_count")
+        return Usage(
+            input_tokens=count("prompt_token_count") + count("tool_use_prompt_token_count"),
+            cached_input_tokens=count("cached_content_token_count"),
+            output_tokens=count("candidates_token_count") + thoughts,
+            reasoning_tokens=thoughts,
+        )
+
+
+class GeminiModel:
+    """A :class:`~errands.models.protocol.Model` over the Gemini API."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        name: str | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.name = name or "gemini:" + model_name
+        self.base_url = (base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or "").strip() or None
+        key = api_key
+        if key is None:
+            key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        key = (key or "").strip()
+        official = self.base_url is None or urlsplit(self.base_url).hostname == GEMINI_HOST
+        self._api_key: str | None = key or (None if official else PLACEHOLDER_KEY)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._signatures: dict[str, bytes] = {}  # call id -> thought signature
+        self._sdk: Any = None
+        self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"GeminiModel({self.model_name!r}, base_url={self.base_url!r})"
+
+    @property
+    def _where(self) -> str:
+        return self.base_url or f"https://{GEMINI_HOST}"
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._sdk is None or self._sdk_loop is None or self._sdk_loop() is not loop:
+            try:
+                from google import genai
+                from google.genai import types
+            except ImportError as exc:
+                raise ModelError(
+                    "the google-genai package is not installed: pip install 'errands[gemini]'"
+                ) from exc
+            options = types.HttpOptions(
+                base_url=self.base_url,
+                timeout=int(self.timeout * 1000),
+                # attempts include the first; with retry options set the SDK also stops
+                # its own hidden retries of connection errors
+                retry_options=types.HttpRetryOptions(
+                    attempts=self.max_retries + 1, initial_delay=0.5, max_delay=8.0
+                ),
+            )
+            self._sdk = genai.Client(api_key=self._api_key, http_options=options)
+            self._sdk_loop = weakref.ref(loop)
+        return self._sdk
+
+    async def aclose(self) -> None:
+        if self._sdk is not None:
+            with contextlib.suppress(Exception):
+                await self._sdk.aio.aclose()
+            self._sdk = None
+
+    # -- request -----------------------------------------------------------------------
+
+    def _signature(self, call_id: str) -> bytes | None:
+        known = self._signatures.get(call_id)
+        if known is None and _uses_levels(self.model_name):
+            return SKIP_SIGNATURE  # Gemini 3 requires one; 2.x does not
+        return known
+
+    def contents(self, request: ModelRequest) -> list[Any]:
+        """The ``contents`` of the request as SDK types."""
+        from google.genai import types
+
+        out: list[types.Content] = []
+        for m in request.messages:
+            role, parts = self._parts(m, types)
+            if not parts:
+                continue
+            if out and out[-1].role == role and out[-1].parts is not None:
+                out[-1].parts.extend(parts)
+            else:
+                out.append(types.Content(role=role, parts=parts))
+        return out
+
+    def _parts(self, m: Message, types: Any) -> tuple[str, list[Any]]:
+        if m.role == "assistant":
+            parts = [types.Part(text=m.text)] if m.text else []
+            for i, c in enumerate(m.tool_calls):
+                parts.append(
+                    types.Part(
+                        function_call=types.FunctionCall(
+                            id=c.call_id, name=c.name, args=c.arguments
+                        ),
+                        # the signature goes on the first call of a turn
+                        thought_signature=self._signature(c.call_id) if i == 0 else None,
+                    )
+                )
+            return "model", parts
+        if m.role == "tool":
+            response = {"error": m.text} if m.is_error else {"output": m.text}
+            return "user", [
+                types.Part(
+                    function_response=types.FunctionResponse(
+                        id=m.tool_call_id, name=m.tool_name or "", response=response
+                    )
+                )
+            ]
+        parts = [
+            types.Part(
+                inline_data=types.Blob(
+                    mime_type=img.media_type, data=base64.b64decode(img.data_base64)
+                )
+            )
+            for img in m.images
+        ]
+        if m.text:
+            parts.append(types.Part(text=m.text))
+        return "user", parts
+
+    def config(self, request: ModelRequest) -> Any:
+        from google.genai import types
+
+        kwargs: dict[str, Any] = {}
+        if request.system:
+            kwargs["system_instruction"] = request.system
+        if request.tools:
+            kwargs["tools"] = [
+                types.Tool(
+                    function_declarations=[
+                        types.FunctionDeclaration(
+                            name=t.name,
+                            description=t.description,
+                            parameters_json_schema=t.parameters,
+                        )
+                        for t in request.tools
+                    ]
+                )
+            ]
+            kwargs["automatic_function_calling"] = types.AutomaticFunctionCallingConfig(
+                disable=True
+            )
+        if request.max_tokens is not None:
+            kwargs["max_output_tokens"] = request.max_tokens
+        if request.reasoning is not None:
+            if request.reasoning not in THINKING_LEVELS:
+                raise ModelError(
+                    f"unknown reasoning level {request.reasoning!r}: use one of "
+                    + ", ".join(THINKING_LEVELS)
+                )
+            if _uses_levels(self.model_name):
+                kwargs["thinking_config"] = types.ThinkingConfig(
+                    thinking_level=THINKING_LEVELS[request.reasoning]
+                )
+            else:
+                kwargs["thinking_config"] = types.ThinkingConfig(
+                    thinking_budget=THINKING_BUDGETS[request.reasoning]
+                )
+        return types.GenerateContentConfig(**kwargs)
+
+    # -- call --------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        return _redact(text, self._api_key or "")
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        if self._api_key is None:
+            raise ModelError(f"{self.name}: {NO_KEY_HELP}")
+        contents = self.contents(request)
+        config = self.config(request)
+        client = self._client()
+        acc = _Accumulator()
+        try:
+            stream = await client.aio.models.generate_content_stream(
+                model=self.model_name, contents=contents, config=config
+            )
+            async for chunk in stream:
+                try:
+                    delta = acc.feed(chunk)
+                except (_Garbage, AttributeError, TypeError, ValueError) as exc:
+                    raise ModelError(
+                        f"{self.name}: {self._where} sent a chunk that is not a valid "
+                        f"GenerateContentResponse: {self._redact(str(exc))[:300]}"
+                    ) from None
+                if delta and on_text is not None:
+                    on_text(delta)
+        except ModelError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc, acc) from None
+        if acc.blocked and acc.finish is None:
+            raise ModelError(f"{self.name}: the prompt was blocked ({acc.blocked})")
+        if acc.finish is None:
+            raise ModelError(
+                f"{self.name}: the stream from {self._where} ended before the reply was "
+                "finished (no finish_reason)",
+                retryable=True,
+            )
+        if acc.finish == "MALFORMED_FUNCTION_CALL":
+            # nothing usable came back; asking again usually gets a well-formed call
+            raise ModelError(
+                f"{self.name}: the model produced a malformed function call"
+                + (f": {self._redact(acc.finish_message)[:300]}" if acc.finish_message else ""),
+                retryable=True,
+            )
+        for call, signature in acc.calls:
+            if signature:
+                self._signatures[call.call_id] = signature
+        calls = [c for c, _ in acc.calls]
+        stop = (
+            "tool_use"
+            if calls and acc.finish == "STOP"
+            else _STOP_REASONS.get(acc.finish, acc.finish.lower())
+        )
+        return ModelReply(
+            text="".join(acc.text),
+            tool_calls=calls,
+            usage=acc.normalised_usage(),
+            stop_reason=stop,
+            model=acc.model or self.model_name,
+        )
+
+    def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:
+        from google.genai import errors
+
+        if isinstance(exc, errors.APIError):
+            return self._status_error(exc, mid_stream=acc.chunks > 0)
+        if isinstance(exc, errors.UnknownApiResponseError | ValueError):
+            return ModelError(
+                f"{self.name}: {self._where} sent invalid JSON in its stream "
+                f"({self._redact(str(exc))[:200]}); is it the Gemini API?"
+            )
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if names & {"TimeoutException", "TimeoutError", "ReadTimeout", "ConnectTimeout"}:
+            return ModelError(
+                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
+                retryable=True,
+            )
+        if names & {"TransportError", "ConnectError", "OSError", "RemoteProtocolError"}:
+            what = (
+                "the connection broke in the middle of the stream"
+                if acc.chunks
+                else "cannot connect to"
+            )
+            return ModelError(
+                f"{self.name}: {what} {self._where}: {self._redact(str(exc))[:300]}",
+                retryable=True,
+            )
+        return ModelError(
+            f"{self.name}: unexpected error talking to {self._where}: "
+            f"{type(exc).__name__}: {self._redact(str(exc))[:300]}"
+        )
+
+    def _status_error(self, exc: Any, *, mid_stream: bool) -> ModelError:
+        status = int(exc.code or 0)
+        detail = self._redact(str(exc.message or exc.status or ""))[:500]
+        if mid_stream:
+            return ModelError(
+                f"{self.name}: {self._where} reported an error mid-stream: {status} {detail}",
+                retryable=status in _RETRYABLE_STATUS or status >= 500 or status == 0,
+            )
+        hint = ""
+        if status in (401, 403) or "API key" in detail or "API_KEY" in detail:
+            hint = " (check GEMINI_API_KEY)"
+        elif status == 404:
+            hint = " (check the model name and the base URL)"
+        return GeminiHTTPError(
+            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}", status=status
+        )

@@ -1,0 +1,423 @@
+"""OpenAI **Responses** API client (``POST /v1/responses``), through the official
+``openai`` SDK (the ``openai`` extra). Spec: ``openai-responses:MODEL``; a named endpoint
+uses it with ``kind = "openai-responses"``.
+
+Configuration: ``base_url`` / ``api_key`` arguments, else ``OPENAI_BASE_URL`` /
+``OPENAI_API_KEY``. A custom ``base_url`` without a key gets a placeholder key.
+
+**Requests** always stream and are stateless (``store: false``; the whole transcript is
+sent every turn, so an errand does not depend on state kept by the provider). The
+system prompt is ``instructions``; user and assistant text are input messages (user
+images as ``input_image`` data URLs before the text), assistant tool calls are
+``function_call`` items and tool results ``function_call_output`` items (an error
+result's text starts with ``ERROR:``, the API has no error flag). Tools are
+``{"type": "function", "strict": false, ...}`` in the order given.
+
+**Prompt caching** is automatic on OpenAI (prefixes of 1024 tokens and more, in
+128-token steps): the adapter keeps the prefix stable (instructions and tools fixed,
+the input append-only) and sends ``prompt_cache_key`` = the errand id to api.openai.com
+so one errand's requests reach the same cache.
+
+**Reasoning**: ``ModelRequest.reasoning`` is sent as ``reasoning.effort``
+(``minimal`` / ``low`` / ``medium`` / ``high``, the API's own names).
+
+**Usage**: ``input_tokens`` (cached included), ``input_tokens_details.cached_tokens``,
+``output_tokens`` (reasoning included), ``output_tokens_details.reasoning_tokens``.
+
+**Errors** become :class:`~errands.models.protocol.ModelError` as in
+:mod:`errands.models.openai_chat`: connection failures, timeouts, a stream cut short,
+408/409/429/5xx, ``error`` events and ``response.failed`` with a server error are
+retryable; other 4xx and garbage are not. Error messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from errands.events import ToolCall, Usage
+from errands.models.openai_chat import OPENAI_HOST, PLACEHOLDER_KEY, OpenAIHTTPError, _redact
+from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+
+if TYPE_CHECKING:
+    from openai import APIStatusError
+
+__all__ = ["OpenAIResponsesModel", "build_params"]
+
+NO_KEY_HELP = "no API key for OpenAI: set OPENAI_API_KEY (or OPENAI_BASE_URL for another server)"
+REASONING_EFFORTS = ("minimal", "low", "medium", "high")
+_RETRYABLE_FAILURES = frozenset({"server_error", "rate_limit_exceeded", "vector_store_timeout"})
+
+
+class _Garbage(Exception):
+    pass
+
+
+def _input_items(m: Message) -> list[dict[str, Any]]:
+    if m.role == "user":
+        if not m.images:
+            return [{"role": "user", "content": m.text}]
+        content: list[dict[str, Any]] = [
+            {
+                "type": "input_image",
+                "image_url": f"data:{img.media_type};base64,{img.data_base64}",
+                "detail": "auto",
+            }
+            for img in m.images
+        ]
+        if m.text:
+            content.append({"type": "input_text", "text": m.text})
+        return [{"role": "user", "content": content}]
+    if m.role == "tool":
+        text = f"ERROR: {m.text}" if m.is_error else m.text
+        return [{"type": "function_call_output", "call_id": m.tool_call_id or "", "output": text}]
+    items: list[dict[str, Any]] = []
+    if m.text or not m.tool_calls:
+        items.append({"role": "assistant", "content": m.text})
+    for c in m.tool_calls:
+        # invalid arguments go back as "{}"; the tool result says what was wrong
+        items.append(
+            {
+                "type": "function_call",
+                "call_id": c.call_id,
+                "name": c.name,
+                "arguments": json.dumps(c.arguments),
+            }
+        )
+    return items
+
+
+def build_params(model: str, request: ModelRequest, *, cache_key: bool) -> dict[str, Any]:
+    """The ``responses.create`` parameters for *request* (``stream`` excluded)."""
+    params: dict[str, Any] = {"model": model}
+    if request.system:
+        params["instructions"] = request.system
+    if request.tools:
+        params["tools"] = [
+            {
+                "type": "function",
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.parameters,
+                "strict": False,
+            }
+            for t in request.tools
+        ]
+    params["input"] = [item for m in request.messages for item in _input_items(m)]
+    params["store"] = False
+    if request.max_tokens is not None:
+        params["max_output_tokens"] = request.max_tokens
+    if request.reasoning is not None:
+        if request.reasoning not in REASONING_EFFORTS:
+            raise ModelError(
+                f"unknown reasoning level {request.reasoning!r}: use one of "
+                + ", ".join(REASONING_EFFORTS)
+            )
+        params["reasoning"] = {"effort": request.reasoning}
+    if cache_key and request.errand_id:
+        params["prompt_cache_key"] = request.errand_id
+    return params
+
+
+@dataclass(slots=True)
+class _PendingCall:
+    call_id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+    done: str | None = None
+
+
+@dataclass(slots=True)
+class _Accumulator:
+    text: list[str] = field(default_factory=list)
+    calls: dict[str, _PendingCall] = field(default_factory=dict)  # by item id
+    order: list[_PendingCall] = field(default_factory=list)
+    status: str | None = None
+    incomplete_reason: str | None = None
+    usage: Any = None
+    model: str = ""
+    refusal: bool = False
+    started: bool = False
+
+    def _call(self, item_id: str) -> _PendingCall:
+        if item_id not in self.calls:
+            self.calls[item_id] = _PendingCall()
+            self.order.append(self.calls[item_id])
+        return self.calls[item_id]
+
+    def _item(self, item: Any) -> None:
+        if getattr(item, "type", None) != "function_call":
+            return
+        p = self._call(str(item.id or item.call_id))
+        p.call_id = str(item.call_id or p.call_id)
+        p.name = str(item.name or p.name)
+        if item.arguments:
+            p.done = str(item.arguments)
+
+    def feed(self, event: Any) -> str:
+        kind = getattr(event, "type", None)
+        if not isinstance(kind, str):
+            raise _Garbage(f"a stream event without a type: {str(event)[:200]!r}")
+        if kind in ("response.created", "response.in_progress"):
+            self.started = True
+            self.model = str(getattr(event.response, "model", "") or self.model)
+        elif kind == "response.output_text.delta":
+            self.text.append(str(event.delta))
+            return str(event.delta)
+        elif kind == "response.refusal.delta":
+            self.refusal = True
+            self.text.append(str(event.delta))
+            return str(event.delta)
+        elif kind in ("response.output_item.added", "response.output_item.done"):
+            self._item(event.item)
+        elif kind == "response.function_call_arguments.delta":
+            self._call(str(event.item_id)).arguments.append(str(event.delta))
+        elif kind == "response.function_call_arguments.done":
+            self._call(str(event.item_id)).done = str(event.arguments)
+        elif kind in ("response.completed", "response.incomplete"):
+            r = event.response
+            self.status = str(
+                r.status or ("completed" if kind == "response.completed" else "incomplete")
+            )
+            self.usage = r.usage
+            self.model = str(r.model or self.model)
+            if r.incomplete_details is not None:
+                self.incomplete_reason = str(r.incomplete_details.reason or "")
+            for item in r.output or ():
+                self._item(item)
+        elif kind == "response.failed":
+            r = event.response
+            err = r.error
+            code = str(getattr(err, "code", "") or "")
+            message = str(getattr(err, "message", "") or "the response failed")
+            raise ModelError(
+                f"the response failed: {code + ': ' if code else ''}{message}",
+                retryable=code in _RETRYABLE_FAILURES or not code,
+            )
+        elif kind == "error":
+            ecode = getattr(event, "code", None)
+            raise ModelError(
+                f"an error event mid-stream: {str(ecode) + ': ' if ecode else ''}{event.message}",
+                retryable=True,
+            )
+        return ""
+
+    def tool_calls(self) -> list[ToolCall]:
+        out: list[ToolCall] = []
+        for p in self.order:
+            raw = p.done if p.done is not None else "".join(p.arguments)
+            call_id = p.call_id or f"call_{uuid.uuid4().hex[:24]}"
+            parsed: Any
+            try:
+                parsed = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                out.append(ToolCall(call_id=call_id, name=p.name, arguments=parsed))
+            else:
+                out.append(ToolCall(call_id=call_id, name=p.name, arguments={}, raw_arguments=raw))
+        return out
+
+    def normalised_usage(self) -> Usage:
+        u = self.usage
+
+        def count(obj: Any, name: str) -> int:
+            value = getattr(obj, name, None) if obj is not None else None
+            return value if isinstance(value, int) else 0
+
+        in_details = getattr(u, "input_tokens_details", None)
+        out_details = getattr(u, "output_tokens_details", None)
+        return Usage(
+            input_tokens=count(u, "input_tokens"),
+            cached_input_tokens=count(in_details, "cached_tokens"),
+            cache_write_tokens=count(in_details, "cache_write_tokens"),
+            output_tokens=count(u, "output_tokens"),
+            reasoning_tokens=count(out_details, "reasoning_tokens"),
+        )
+
+
+class OpenAIResponsesModel:
+    """A :class:`~errands.models.protocol.Model` over the OpenAI Responses API."""
+
+    def __init__(
+        self,
+        model_name: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        name: str | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.name = name or "openai-responses:" + model_name
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        key = (key or "").strip()
+        self.official = self.base_url is None or urlsplit(self.base_url).hostname == OPENAI_HOST
+        self._api_key: str | None = key or (None if self.official else PLACEHOLDER_KEY)
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._sdk: Any = None
+        self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIResponsesModel({self.model_name!r}, base_url={self.base_url!r})"
+
+    @property
+    def _where(self) -> str:
+        return self.base_url or f"https://{OPENAI_HOST}/v1"
+
+    def _client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._sdk is None or self._sdk_loop is None or self._sdk_loop() is not loop:
+            try:
+                from openai import AsyncOpenAI
+            except ImportError as exc:
+                raise ModelError(
+                    "the openai package is not installed: pip install 'errands[openai]'"
+                ) from exc
+            self._sdk = AsyncOpenAI(
+                api_key=self._api_key,
+                base_url=self.base_url,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+            )
+            self._sdk_loop = weakref.ref(loop)
+        return self._sdk
+
+    async def aclose(self) -> None:
+        if self._sdk is not None:
+            await self._sdk.close()
+            self._sdk = None
+
+    def params(self, request: ModelRequest) -> dict[str, Any]:
+        return build_params(self.model_name, request, cache_key=self.official)
+
+    def _redact(self, text: str) -> str:
+        return _redact(text, self._api_key or "")
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        if self._api_key is None:
+            raise ModelError(f"{self.name}: {NO_KEY_HELP}")
+        import openai
+
+        params = self.params(request)
+        client = self._client()
+        acc = _Accumulator()
+        try:
+            stream = await client.responses.create(**params, stream=True)
+        except (openai.APIError, ValueError) as exc:
+            raise self._translate(exc, acc) from None
+        try:
+            iterator = stream.__aiter__()
+            while True:
+                try:
+                    event = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (openai.APIError, ValueError) as exc:
+                    raise self._translate(exc, acc) from None
+                try:
+                    delta = acc.feed(event)
+                except ModelError as exc:
+                    raise ModelError(
+                        f"{self.name}: {self._where}: {self._redact(str(exc))[:500]}",
+                        retryable=exc.retryable,
+                    ) from None
+                except (_Garbage, AttributeError, TypeError, ValueError) as exc:
+                    raise ModelError(
+                        f"{self.name}: {self._where} sent an event that is not a valid "
+                        f"Responses stream event: {self._redact(str(exc))[:300]}"
+                    ) from None
+                if delta and on_text is not None:
+                    on_text(delta)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+        if acc.status is None:
+            raise ModelError(
+                f"{self.name}: the stream from {self._where} ended before the reply was "
+                "finished (no response.completed)",
+                retryable=True,
+            )
+        calls = acc.tool_calls()
+        if acc.refusal:
+            stop = "refusal"
+        elif acc.status == "incomplete":
+            stop = "content_filter" if acc.incomplete_reason == "content_filter" else "max_tokens"
+        else:
+            stop = "tool_use" if calls else "end"
+        return ModelReply(
+            text="".join(acc.text),
+            tool_calls=calls,
+            usage=acc.normalised_usage(),
+            stop_reason=stop,
+            model=acc.model or self.model_name,
+        )
+
+    def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc)
+        if isinstance(exc, openai.APITimeoutError):
+            return ModelError(
+                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
+                retryable=True,
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            cause = self._redact(str(exc.__cause__ or exc))
+            what = (
+                "the connection broke in the middle of the stream"
+                if acc.started
+                else "cannot connect to"
+            )
+            return ModelError(f"{self.name}: {what} {self._where}: {cause}", retryable=True)
+        if isinstance(exc, openai.APIError):
+            return ModelError(
+                f"{self.name}: {self._where} reported an error mid-stream: "
+                f"{self._redact(exc.message)}",
+                retryable=True,
+            )
+        return ModelError(
+            f"{self.name}: {self._where} sent invalid JSON in its stream "
+            f"({self._redact(str(exc))[:200]}); is it an OpenAI Responses server?"
+        )
+
+    def _status_error(self, exc: APIStatusError) -> OpenAIHTTPError:
+        status = exc.status_code
+        detail: str = exc.message
+        param: str | None = None
+        body = exc.body
+        if isinstance(body, dict):
+            err = body.get("error", body)
+            if isinstance(err, dict):
+                if isinstance(err.get("message"), str):
+                    detail = err["message"]
+                if isinstance(err.get("param"), str):
+                    param = err["param"]
+        detail = self._redact(detail)[:500]
+        retry_after: float | None = None
+        with contextlib.suppress(ValueError):
+            retry_after = float(exc.response.headers.get("retry-after", ""))
+        hint = ""
+        if status == 401:
+            hint = " (check OPENAI_API_KEY)"
+        elif status == 404:
+            hint = f" (check the model name, and that {self._where} serves the Responses API)"
+        elif status == 429 and retry_after is not None:
+            hint = f" (retry after {retry_after:g}s)"
+        return OpenAIHTTPError(
+            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}",
+            status=status,
+            param=param,
+            retry_after=retry_after,
+        )
