@@ -10,6 +10,7 @@ never raises for anything the tool does.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,13 @@ __all__ = ["MAX_RESULT_CHARS", "Dispatcher", "idempotency_key"]
 
 MAX_RESULT_CHARS = 200_000
 SYSTEM = Provenance(kind="system", name="errands")
+
+
+@lru_cache(maxsize=16_384)  # more than the errands one process runs at once
+def _workspace(path: str) -> Path:
+    """The workspace as a Path, made once per workspace (perf: ``Path()`` parses its
+    argument every time, two of them per step; a Path is immutable, so sharing is safe)."""
+    return Path(path)
 
 
 def idempotency_key(errand_id: str, request_seq: int, index: int) -> str:
@@ -75,7 +83,7 @@ class Dispatcher:
                 tool=call.name,
                 arguments=args,
                 effect=effect,
-                workspace=Path(p.view.workspace),
+                workspace=_workspace(p.view.workspace),
                 context=p.label,
                 always_allowed=tuple(p.always_allowed),
             )
@@ -95,7 +103,7 @@ class Dispatcher:
                 effect=effect,
                 reason=verdict.reason or f"{effect.value} actions need your approval",
                 rule=verdict.rule,
-                preview=preview(call.name, args, Path(p.view.workspace)),
+                preview=preview(call.name, args, _workspace(p.view.workspace)),
             )
         return self.intent(p.errand_id, call, index, request_seq, args, effect)
 
@@ -154,7 +162,7 @@ class Dispatcher:
                 errand_id=p.errand_id,
                 seq=seq,
                 idempotency_key=intent.idempotency_key,
-                workspace=Path(p.view.workspace),
+                workspace=_workspace(p.view.workspace),
                 settings=self.settings,
             )
             output = await tool.invoke(intent.arguments, ctx)

@@ -17,7 +17,6 @@ Policy, limits and tool dispatch are things the loop calls, not branches inside 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -36,7 +35,6 @@ from errands.store.base import Store, StoreError
 __all__ = ["Loop", "TextListener"]
 
 TextListener = Callable[[str, str], None]  # (errand_id, streamed text delta)
-MODEL_RETRIES = 3
 
 
 def _not_cancelled(view: ErrandView) -> None:
@@ -62,8 +60,8 @@ class Loop:
         self.on_text = on_text
         self.dirty: set[str] = set()  # errands an outsider wrote to since we last looked
         # perf: what noticed() needs to tell our own appends from an outsider's
-        self._live: dict[str, Progress] = {}  # errands run() is driving
-        self._writing: dict[str, int] = {}  # events of our appends not yet folded in
+        self._live: set[str] = set()  # errands run() is driving
+        self._seen: dict[str, int] = {}  # the newest seq a commit reported for each
         self.volatile: dict[str, list[ev.Event]] = {}  # only under a test-only switch
 
     async def load(self, errand_id: str) -> Progress:
@@ -75,33 +73,33 @@ class Loop:
     async def run(self, errand_id: str, p: Progress | None = None) -> ErrandView:
         """Drive the errand until it has to stop; return its view."""
         p = p or await self.load(errand_id)
-        self._live[errand_id] = p
+        self._live.add(errand_id)
         try:
             await self._recover(p)
             while await self._step(p):
                 pass
         finally:
-            if self._live.get(errand_id) is p:
-                del self._live[errand_id]
+            self._live.discard(errand_id)
+            self._seen.pop(errand_id, None)
         return p.view
 
     def noticed(self, errand_id: str, seq: int) -> None:
-        """A commit took the errand's log to *seq*: mark it dirty unless it is all ours.
+        """A commit took the errand's log to *seq* (called after every commit).
 
-        Our own appends are folded in by :meth:`_append` as they return; re-reading the
-        log for them would cost a read per step. A *seq* beyond what we have folded in
-        plus what we are still writing must hold someone else's event. An outsider's
-        event that lands while an append of ours is pending is found anyway: by the gap
-        check in :meth:`_append` when ours lands after it, by the catch-up after a
-        refused append, or (ours in the same commit) because *seq* then goes beyond.
+        Most commits only hold our own appends, which :meth:`_append` folds in as they
+        return; re-reading the log for them would cost a read per step. So remember
+        the newest *seq*, and let :meth:`_step` -- which runs only once every append
+        of the previous step has returned and been folded in -- catch up only when
+        the log has gone beyond what it folded in: that is someone else's event.
         """
-        p = self._live.get(errand_id)
-        if p is None or seq > p.last_seq + self._writing.get(errand_id, 0):
+        if errand_id not in self._live:
             self.dirty.add(errand_id)
+        elif seq > self._seen.get(errand_id, 0):
+            self._seen[errand_id] = seq
 
     async def _step(self, p: Progress) -> bool:
         """Do the next thing the log calls for; False when the errand must stop here."""
-        if p.errand_id in self.dirty:
+        if p.errand_id in self.dirty or self._seen.get(p.errand_id, 0) > p.last_seq:
             await self._catch_up(p)
         if p.view.state in TERMINAL or p.view.state is ErrandState.needs_attention:
             return False
@@ -211,14 +209,8 @@ class Loop:
                 fault("mid_stream")
                 listener(errand_id, delta)
 
-        for attempt in range(MODEL_RETRIES + 1):
-            try:
-                return await model.complete(request, sink)
-            except ModelError as exc:
-                if not exc.retryable or attempt == MODEL_RETRIES:
-                    raise
-                await asyncio.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+        # retries, fallback and rate limits are wrappers around the model (models/spec.py)
+        return await model.complete(request, sink)
 
     async def _route_and_run(
         self,
@@ -290,24 +282,15 @@ class Loop:
         events: Sequence[ev.Event],
         guard: Callable[[ErrandView], None] | None = None,
     ) -> list[int]:
-        errand_id, count = p.errand_id, len(events)
-        self._writing[errand_id] = self._writing.get(errand_id, 0) + count
-        try:
-            seqs = await self.store.append(errand_id, events, owner=self.owner, guard=guard)
-            if seqs[0] > p.last_seq + 1:  # an outsider wrote in between: fold that in first
-                for stored in await self.store.read(errand_id, after=p.last_seq):
-                    if stored.seq >= seqs[0]:
-                        break
-                    p.apply(stored.seq, stored.event)
-            for seq, event in zip(seqs, events, strict=True):
-                if seq > p.last_seq:  # a concurrent call's catch-up may have folded it in
-                    p.apply(seq, event)
-        finally:  # folded in, or nothing was written: no longer ours to account for
-            left = self._writing[errand_id] - count
-            if left:
-                self._writing[errand_id] = left
-            else:
-                del self._writing[errand_id]
+        seqs = await self.store.append(p.errand_id, events, owner=self.owner, guard=guard)
+        if seqs[0] > p.last_seq + 1:  # an outsider wrote in between: fold that in first
+            for stored in await self.store.read(p.errand_id, after=p.last_seq):
+                if stored.seq >= seqs[0]:
+                    break
+                p.apply(stored.seq, stored.event)
+        for seq, event in zip(seqs, events, strict=True):
+            if seq > p.last_seq:  # a concurrent call's catch-up may have folded it in already
+                p.apply(seq, event)
         return seqs
 
     async def _catch_up(self, p: Progress) -> None:

@@ -78,7 +78,7 @@ class Runner:
 
     def _on_append(self, errand_id: str, seq: int) -> None:
         if errand_id in self.tasks:
-            self.loop.dirty.add(errand_id)
+            self.loop.noticed(errand_id, seq)  # perf: our own appends need no re-read
 
     async def run_errand(self, errand_id: str) -> ErrandView:
         """Run one errand in the foreground until it stops; refuse if someone else runs it."""
