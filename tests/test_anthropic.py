@@ -15,6 +15,7 @@ from errands.config import ProviderSettings, Settings
 from errands.events import ToolCall
 from errands.models.anthropic import AnthropicHTTPError, AnthropicModel, build_params
 from errands.models.protocol import Image, Message, ModelError, ModelRequest, ToolSchema
+from errands.models.router import innermost
 from errands.models.spec import ModelSpecError, resolve_model
 
 WEATHER = ToolSchema(
@@ -451,7 +452,7 @@ def test_no_key_explains_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_spec_resolves_anthropic_and_named_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "k")
-    model = resolve_model("anthropic:claude-sonnet-4-5", Settings())
+    model = innermost(resolve_model("anthropic:claude-sonnet-4-5", Settings()))
     assert isinstance(model, AnthropicModel) and model.name == "anthropic:claude-sonnet-4-5"
     settings = Settings(
         providers={
@@ -463,7 +464,7 @@ def test_spec_resolves_anthropic_and_named_endpoints(monkeypatch: pytest.MonkeyP
     with pytest.raises(ModelSpecError, match="CORP_KEY"):
         resolve_model("corp:claude", settings)
     monkeypatch.setenv("CORP_KEY", "secret")
-    named = resolve_model("corp:claude", settings)
+    named = innermost(resolve_model("corp:claude", settings))
     assert isinstance(named, AnthropicModel)
     assert named.name == "corp:claude" and named.base_url == "http://127.0.0.1:1"
 

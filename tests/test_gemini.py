@@ -14,6 +14,7 @@ from errands.config import Settings
 from errands.events import ToolCall
 from errands.models.gemini import GeminiHTTPError, GeminiModel
 from errands.models.protocol import Image, Message, ModelError, ModelRequest, ToolSchema
+from errands.models.router import innermost
 from errands.models.spec import resolve_model
 
 WEATHER = ToolSchema(
@@ -284,7 +285,7 @@ async def test_environment_configures_the_client(gemini_sim_env: GeminiSim) -> N
 
 def test_spec_resolves_gemini(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GEMINI_API_KEY", "k")
-    model = resolve_model("gemini:gemini-2.5-flash", Settings())
+    model = innermost(resolve_model("gemini:gemini-2.5-flash", Settings()))
     assert isinstance(model, GeminiModel) and model.name == "gemini:gemini-2.5-flash"
 
 

@@ -16,6 +16,7 @@ from errands.events import ToolCall
 from errands.models.openai_chat import OpenAIHTTPError
 from errands.models.openai_responses import OpenAIResponsesModel, build_params
 from errands.models.protocol import Image, Message, ModelError, ModelRequest, ToolSchema
+from errands.models.router import innermost
 from errands.models.spec import resolve_model
 
 WEATHER = ToolSchema(
@@ -259,7 +260,7 @@ async def test_error_event_is_retryable(openai_responses_sim: OpenAIResponsesSim
 
 def test_spec_resolves_openai_responses(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "k")
-    model = resolve_model("openai-responses:gpt-5-mini", Settings())
+    model = innermost(resolve_model("openai-responses:gpt-5-mini", Settings()))
     assert isinstance(model, OpenAIResponsesModel)
     assert model.name == "openai-responses:gpt-5-mini"
 

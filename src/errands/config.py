@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,7 +19,9 @@ from errands.events import Limits
 __all__ = [
     "ConfigError",
     "NetworkSettings",
+    "NotifySettings",
     "Price",
+    "ServerSettings",
     "Settings",
     "errands_home",
     "load_settings",
@@ -39,6 +41,46 @@ class NetworkSettings(BaseModel):
     timeout_seconds: float = Field(default=20.0, gt=0)
 
 
+# --- the server (errands up) and its notifier: see docs/server.md ----------------------
+
+
+class ServerSettings(BaseModel):
+    """``[server]``: where ``errands up`` listens and what it lets in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=7878, ge=0, le=65535)
+    # ask for the token even on loopback (it is always asked for on any other address)
+    require_token: bool = False
+    # extra names (or name:port) the server answers to, e.g. behind a reverse proxy
+    allowed_hosts: list[str] = []
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+
+
+NotifyEvent = Literal["approval_requested", "errand_done", "errand_failed", "needs_attention"]
+
+
+class NotifySettings(BaseModel):
+    """``[notify]``: a webhook POSTed when an errand needs you, finishes or fails."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    # extra request headers, e.g. {Authorization = "Bearer ..."} for ntfy
+    headers: dict[str, str] = {}
+    events: list[NotifyEvent] = [
+        "approval_requested",
+        "errand_done",
+        "errand_failed",
+        "needs_attention",
+    ]
+    retries: int = Field(default=3, ge=0, le=10)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    # the inbox address put in notifications (default: the address the server listens on)
+    inbox_url: str | None = None
+
+
 class Price(BaseModel):
     """USD per million tokens."""
 
@@ -51,11 +93,28 @@ class Price(BaseModel):
 
 
 class ProviderSettings(BaseModel):
+    """``[providers.NAME]``: a named endpoint (``NAME:MODEL`` specs), or the limits and
+    retry settings of a built-in provider when NAME is ``openai``, ``anthropic``, ...
+    See docs/providers.md, "Failover, retries and rate limits"."""
+
     model_config = ConfigDict(extra="forbid")
 
     kind: str = "openai"
     base_url: str | None = None
     api_key_env: str | None = None  # the name of the variable holding the key, never the key
+    # rate limits, per model on this endpoint, shared by every errand in the process
+    rpm: int | None = Field(default=None, gt=0)  # requests per minute
+    itpm: int | None = Field(default=None, gt=0)  # input tokens per minute
+    otpm: int | None = Field(default=None, gt=0)  # output tokens per minute
+    tpm: int | None = Field(default=None, gt=0)  # input + output tokens per minute
+    limit_window_seconds: float = Field(default=60.0, gt=0)  # the provider's window
+    cache_reads_count: bool | None = None  # do cached input tokens count toward ITPM?
+    # retries, timeouts and the circuit breaker (used in fallback chains)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    retry_max_seconds: float = Field(default=120.0, gt=0)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
 
 
 class Settings(BaseModel):
@@ -72,8 +131,12 @@ class Settings(BaseModel):
     network: NetworkSettings = NetworkSettings()
     prices: dict[str, Price] = {}
     providers: dict[str, ProviderSettings] = {}
+    # named fallback chains: [chains] main = ["anthropic:A", "openai:C"] -> --model chain:main
+    chains: dict[str, list[str]] = {}
     # the port of errands' own server, which network tools must never reach
     server_port: int | None = None
+    server: ServerSettings = ServerSettings()
+    notify: NotifySettings = NotifySettings()
 
     @property
     def db_path(self) -> Path:

@@ -167,6 +167,7 @@ class Loop:
             tools=self.dispatch.registry.schemas(),
             max_tokens=self.settings.max_tokens,
             errand_id=p.errand_id,
+            priority=0 if p.view.parent else 1,  # parents before their fan-out
         )
         try:
             reply = await self._complete(model, request, p.errand_id)
@@ -185,7 +186,10 @@ class Loop:
                 reply.text, Provenance(kind="model", name=model.name), p.label
             )
         usage = reply.usage.model_copy(
-            update={"cost_usd": cost_usd(model.name, reply.usage, self.settings.prices)}
+            # a chain's spec has no price: the member that answered (reply.model) has
+            update={
+                "cost_usd": cost_usd((model.name, reply.model), reply.usage, self.settings.prices)
+            }
         )
         response = ev.ModelResponded(
             request_seq=request_seq,

@@ -13,7 +13,10 @@ parsing. This module owns what every provider simulator shares:
 * the **record** of every request received (:class:`RecordedRequest`), including
   rejected ones, with the status the simulator answered;
 * approximate token counting (:func:`approx_tokens`: ``ceil(chars / 4)``) and an
-  emulation of provider prefix caching (:class:`PrefixCache`).
+  emulation of provider prefix caching (:class:`PrefixCache`);
+* optional **rate-limit enforcement** (:class:`SimLimits`, off unless
+  :meth:`SimServer.enforce_limits` is called): a sliding window of requests and input
+  tokens; a request over the limit gets 429 with ``retry-after`` / ``retry-after-ms``.
 
 A provider subclass implements :meth:`SimServer.check_auth`, :meth:`SimServer.validate`,
 :meth:`SimServer.render` and the error/garbage formats of its wire protocol, building
@@ -27,8 +30,9 @@ import functools
 import json
 import math
 import threading
+import time
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import (
@@ -51,6 +55,7 @@ __all__ = [
     "PrefixCache",
     "RecordedRequest",
     "Reply",
+    "SimLimits",
     "SimServer",
     "SimToolCall",
     "StreamReply",
@@ -218,6 +223,7 @@ class SimServer:
         self._thread: threading.Thread | None = None
         self.default_turn: Turn | None = None  # served when no scripted turn matches
         self.cache = PrefixCache()
+        self.limiter: SlidingWindowLimiter | None = None  # see enforce_limits()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -299,6 +305,24 @@ class SimServer:
         with self._lock:
             return list(self._turns)
 
+    # -- optional rate-limit enforcement (off unless enforce_limits is called) -------
+
+    def enforce_limits(self, limits: SimLimits | None) -> SlidingWindowLimiter | None:
+        """Enforce *limits* from now on (None: stop); returns the limiter, whose
+        ``admitted`` / ``rejected`` logs say what happened."""
+        self.limiter = None if limits is None else SlidingWindowLimiter(limits)
+        return self.limiter
+
+    def _limit_reply(self, wait: float) -> JSONReply:
+        wait = max(wait, 0.001)
+        headers = {
+            "retry-after": str(math.ceil(wait)),
+            "retry-after-ms": str(math.ceil(wait * 1000)),
+        }
+        return self.error_reply(
+            429, "Rate limit reached (simulated limits)", kind="rate_limit", headers=headers
+        )
+
     # -- provider hooks --------------------------------------------------------------
 
     def check_auth(self, headers: Mapping[str, str]) -> JSONReply | None:
@@ -372,6 +396,10 @@ class SimServer:
         fixed = self.fixed_reply(method, path)
         if fixed is not None:
             return fixed, body, None
+        if self.limiter is not None:
+            over = self.limiter.admit(body)
+            if over is not None:
+                return self._limit_reply(over), body, "rate_limit"
         fault = self._take_fault()
         if fault is not None:
             if fault.kind == "hang":
@@ -430,6 +458,9 @@ class SimServer:
         return reply
 
     def _handle(self, h: _Handler) -> None:
+        if self._stopping.is_set():  # stopped: a pooled keep-alive connection gets no answer
+            h.close_connection = True
+            return
         length = int(h.headers.get("content-length") or 0)
         raw = h.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in h.headers.items()}
@@ -492,6 +523,70 @@ class SimServer:
             chunk(event)
         h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
+
+
+# -- optional rate-limit enforcement ---------------------------------------------------
+# Off by default. bench/ratelimit_bench.py and tests/test_reliability.py switch it on to
+# check that errands' rate limiter keeps under a provider's limits.
+
+
+def _body_tokens(body: Any) -> int:
+    return approx_tokens(json.dumps(body, sort_keys=True, separators=(",", ":")))
+
+
+@dataclass(frozen=True, slots=True)
+class SimLimits:
+    """Limits per ``window`` seconds (a provider's are per 60 s; a shorter window keeps
+    benchmarks short). ``input_tokens`` are counted with ``tokens(body)`` (default:
+    :func:`approx_tokens` of the whole JSON body) when the request arrives."""
+
+    requests: int | None = None
+    input_tokens: int | None = None
+    window: float = 60.0
+    tokens: Callable[[Any], int] = _body_tokens
+
+
+class SlidingWindowLimiter:
+    """Admits a request when, over the last ``window`` seconds, the admitted requests
+    and input tokens plus this one stay within the limits (rejected requests are not
+    counted). Keeps the admission log for reports."""
+
+    def __init__(self, limits: SimLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._tokens_in_window = 0
+        self.admitted: list[tuple[float, int]] = []  # (monotonic time, input tokens)
+        self.rejected: list[float] = []
+
+    def admit(self, body: Any) -> float | None:
+        """None if admitted; else the seconds until this request would fit."""
+        tokens = self.limits.tokens(body) if self.limits.input_tokens is not None else 0
+        with self._lock:
+            now = self._clock()
+            while self._recent and self._recent[0][0] <= now - self.limits.window:
+                self._tokens_in_window -= self._recent.popleft()[1]
+            wait = 0.0
+            if self.limits.requests is not None and len(self._recent) + 1 > self.limits.requests:
+                oldest = self._recent[len(self._recent) - self.limits.requests][0]
+                wait = max(wait, oldest + self.limits.window - now)
+            cap = self.limits.input_tokens
+            if cap is not None and self._tokens_in_window + tokens > cap:
+                excess = self._tokens_in_window + tokens - cap
+                freed, until = 0, now
+                for t, n in self._recent:
+                    freed, until = freed + n, t
+                    if freed >= excess:
+                        break
+                wait = max(wait, until + self.limits.window - now)
+            if wait > 0:
+                self.rejected.append(now)
+                return wait
+            self._recent.append((now, tokens))
+            self._tokens_in_window += tokens
+            self.admitted.append((now, tokens))
+            return None
 
 
 # -- strict key checking for SDK TypedDicts ---------------------------------------------

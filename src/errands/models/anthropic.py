@@ -66,6 +66,7 @@ from urllib.parse import urlsplit
 
 from errands.events import ToolCall, Usage
 from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.retry import retry_after_from_headers
 
 __all__ = ["THINKING_BUDGETS", "AnthropicHTTPError", "AnthropicModel", "build_params"]
 
@@ -97,9 +98,12 @@ class AnthropicHTTPError(ModelError):
     """A :class:`ModelError` for an HTTP error status."""
 
     def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
-        super().__init__(message, retryable=status in _RETRYABLE_STATUS or status >= 500)
+        super().__init__(
+            message,
+            retryable=status in _RETRYABLE_STATUS or status >= 500,
+            retry_after=retry_after,
+        )
         self.status = status
-        self.retry_after = retry_after
 
 
 class _Garbage(Exception):
@@ -570,9 +574,7 @@ class AnthropicModel:
                 f"{kind + ': ' if kind else ''}{detail}",
                 retryable=kind not in ("invalid_request_error", "authentication_error"),
             )
-        retry_after: float | None = None
-        with contextlib.suppress(ValueError, AttributeError):
-            retry_after = float(exc.response.headers.get("retry-after", ""))
+        retry_after = retry_after_from_headers(getattr(exc.response, "headers", None))
         hint = ""
         if status == 401:
             hint = " (check ANTHROPIC_API_KEY)"

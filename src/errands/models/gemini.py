@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 
 from errands.events import ToolCall, Usage
 from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.retry import retry_after_from_headers
 
 __all__ = [
     "SKIP_SIGNATURE",
@@ -85,9 +86,29 @@ _RETRYABLE_STATUS = frozenset({408, 409, 429})
 class GeminiHTTPError(ModelError):
     """A :class:`ModelError` for an HTTP error status."""
 
-    def __init__(self, message: str, *, status: int) -> None:
-        super().__init__(message, retryable=status in _RETRYABLE_STATUS or status >= 500)
+    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
+        super().__init__(
+            message,
+            retryable=status in _RETRYABLE_STATUS or status >= 500,
+            retry_after=retry_after,
+        )
         self.status = status
+
+
+def _retry_after(exc: Any) -> float | None:
+    """A ``retry-after`` header, else the ``RetryInfo.retryDelay`` ("30s") in the body."""
+    found = retry_after_from_headers(getattr(getattr(exc, "response", None), "headers", None))
+    if found is not None:
+        return found
+    body = getattr(exc, "details", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for item in details if isinstance(details, list) else ():
+        delay = item.get("retryDelay") if isinstance(item, dict) else None
+        if isinstance(delay, str) and delay.endswith("s"):
+            with contextlib.suppress(ValueError):
+                return float(delay[:-1])
+    return None
 
 
 class _Garbage(Exception):
@@ -442,5 +463,7 @@ class GeminiModel:
         elif status == 404:
             hint = " (check the model name and the base URL)"
         return GeminiHTTPError(
-            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}", status=status
+            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}",
+            status=status,
+            retry_after=_retry_after(exc),
         )

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from errands.events import ToolCall, Usage
 from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.retry import retry_after_from_headers
 
 if TYPE_CHECKING:
     from openai import APIStatusError
@@ -70,10 +71,13 @@ class OpenAIHTTPError(ModelError):
         param: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, retryable=status in _RETRYABLE_STATUS or status >= 500)
+        super().__init__(
+            message,
+            retryable=status in _RETRYABLE_STATUS or status >= 500,
+            retry_after=retry_after,  # seconds, from a retry-after(-ms) header
+        )
         self.status = status
         self.param = param  # the request parameter the server objected to, if it said
-        self.retry_after = retry_after  # seconds, from a retry-after header
 
 
 class _Garbage(Exception):
@@ -438,9 +442,7 @@ class OpenAIChatModel:
                 if isinstance(err.get("param"), str):
                     param = err["param"]
         detail = self._redact(detail)[:500]
-        retry_after: float | None = None
-        with contextlib.suppress(ValueError):
-            retry_after = float(exc.response.headers.get("retry-after", ""))
+        retry_after = retry_after_from_headers(exc.response.headers)
         hint = ""
         if status == 401:
             hint = " (check OPENAI_API_KEY)"

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 from errands.events import ToolCall, Usage
 from errands.models.openai_chat import OPENAI_HOST, PLACEHOLDER_KEY, OpenAIHTTPError, _redact
 from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.retry import retry_after_from_headers
 
 if TYPE_CHECKING:
     from openai import APIStatusError
@@ -405,9 +406,7 @@ class OpenAIResponsesModel:
                 if isinstance(err.get("param"), str):
                     param = err["param"]
         detail = self._redact(detail)[:500]
-        retry_after: float | None = None
-        with contextlib.suppress(ValueError):
-            retry_after = float(exc.response.headers.get("retry-after", ""))
+        retry_after = retry_after_from_headers(exc.response.headers)
         hint = ""
         if status == 401:
             hint = " (check OPENAI_API_KEY)"

@@ -8,7 +8,7 @@ billed at ``cached_input`` (default: the input price) and cache writes at
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from errands.config import Price
 from errands.events import Usage
@@ -22,11 +22,19 @@ def price_for(model: str, prices: Mapping[str, Price]) -> Price | None:
     """The configured price of *model* (``provider:name``, or just ``name``)."""
     if model in prices:
         return prices[model]
-    return prices.get(model.partition(":")[2])
+    name = model.partition(":")[2] if ":" in model else model
+    if name in prices:
+        return prices[name]
+    for key, price in prices.items():
+        if key.partition(":")[2] == name:
+            return price
+    return None
 
 
-def cost_usd(model: str, usage: Usage, prices: Mapping[str, Price]) -> float:
-    price = price_for(model, prices)
+def cost_usd(model: str | Sequence[str], usage: Usage, prices: Mapping[str, Price]) -> float:
+    """The cost of one call; *model* may list candidates (the spec, then who answered)."""
+    candidates = [model] if isinstance(model, str) else list(model)
+    price = next((p for m in candidates if m and (p := price_for(m, prices))), None)
     if price is None:
         return 0.0
     cached = usage.cached_input_tokens

@@ -63,6 +63,7 @@ class ModelRequest:
     max_tokens: int | None = None
     reasoning: str | None = None  # minimal | low | medium | high
     errand_id: str = ""  # for cache keys and rate-limit fairness; never sent as content
+    priority: int = 0  # rate-limit queue order: higher first (parents before their fan-out)
 
 
 @dataclass(slots=True)
@@ -78,11 +79,15 @@ TextSink = Callable[[str], None]  # receives streamed text deltas
 
 
 class ModelError(Exception):
-    """The model could not answer. ``retryable`` says whether trying again may help."""
+    """The model could not answer. ``retryable`` says whether trying again may help;
+    ``retry_after`` is how long the provider asked us to wait first (seconds), if it said."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class Model(Protocol):

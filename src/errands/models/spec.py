@@ -2,20 +2,27 @@
 Completions), ``openai-responses:gpt-5-mini`` (Responses API),
 ``anthropic:claude-sonnet-4-5``, ``gemini:gemini-2.5-flash``, or ``NAME:MODEL`` for a
 named endpoint ``[providers.NAME]`` (``kind`` one of the above, ``base_url``,
-``api_key_env``)."""
+``api_key_env``, rate limits, retries). A fallback chain is a comma-separated list of
+those (``anthropic:A,gemini:B,openai:C``) or ``chain:NAME`` for ``[chains] NAME = [...]``.
+Keys come from the environment, else the OS keyring (:mod:`errands.models.keys`)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
+from typing import Any
 
-from errands.config import Settings
+from errands.config import ProviderSettings, Settings
+from errands.models import router
+from errands.models.fallback import CircuitBreaker
+from errands.models.keys import find_key, key_names
 from errands.models.protocol import Model, ModelError
+from errands.models.router import EndpointKey, breaker_for
 
-__all__ = ["ModelSpecError", "resolve_model"]
+__all__ = ["ModelSpecError", "check_spec", "endpoint_kind", "resolve_model"]
 
 KINDS = ("scripted", "openai", "openai-responses", "anthropic", "gemini")
+CHAIN_PREFIX = "chain:"
 # kind -> (module, class, the SDK it imports, the extra that installs that SDK)
 _CLIENTS: dict[str, tuple[str, str, str, str]] = {
     "openai": ("errands.models.openai_chat", "OpenAIChatModel", "openai", "openai"),
@@ -51,16 +58,69 @@ def _parse(spec: str) -> tuple[str, str]:
 
 
 def resolve_model(spec: str, settings: Settings) -> Model:
-    provider, name = _parse(spec.strip())
+    """The model for *spec*: a provider model behind retries and its endpoint's rate
+    limiter, or -- for ``a:x,b:y`` and ``chain:NAME`` -- a fallback chain of those,
+    each behind its endpoint's circuit breaker (see :mod:`errands.models.router`)."""
+    spec = spec.strip()
+    members = _chain_members(spec, settings)
+    if members is None:
+        return _single(spec, settings)[0]
+    built: list[tuple[Model, CircuitBreaker]] = []
+    for member in members:
+        model, endpoint, config = _single(member, settings)
+        built.append((model, breaker_for(endpoint, member, config)))
+    return router.chain(spec, built)
+
+
+def _chain_members(spec: str, settings: Settings) -> list[str] | None:
+    """The members of a fallback chain spec, or None for a single model."""
+    if "," in spec:
+        members = [m.strip() for m in spec.split(",")]
+        if not all(members):
+            raise ModelSpecError(
+                f"bad model {spec!r}: a chain is PROVIDER:MODEL,PROVIDER:MODEL,... "
+                "with no empty member"
+            )
+    elif spec.startswith(CHAIN_PREFIX):
+        name = spec.removeprefix(CHAIN_PREFIX)
+        if name not in settings.chains:
+            known = ", ".join(sorted(settings.chains)) or "none configured"
+            raise ModelSpecError(
+                f"no chain {name!r} in the config (known: {known}); define it as "
+                f'[chains] {name or "NAME"} = ["anthropic:MODEL", "openai:MODEL"]'
+            )
+        members = [m.strip() for m in settings.chains[name]]
+        if not members or not all(members):
+            raise ModelSpecError(f"chain {name!r} in the config has an empty member list")
+    else:
+        return None
+    for member in members:
+        if member.startswith(CHAIN_PREFIX):
+            raise ModelSpecError(f"chain {spec!r}: a member cannot be a chain ({member!r})")
+    return members
+
+
+def endpoint_kind(provider: str, endpoint: ProviderSettings | None) -> str:
+    """The kind of client for *provider*: ``[providers.anthropic]`` that only sets limits
+    (no ``kind``) is still the Anthropic API."""
+    if endpoint is None:
+        return provider
+    if "kind" in endpoint.model_fields_set or provider not in _CLIENTS:
+        return endpoint.kind
+    return provider
+
+
+def _single(spec: str, settings: Settings) -> tuple[Model, EndpointKey, ProviderSettings | None]:
+    provider, name = _parse(spec)
     if provider == "scripted":
         from errands.models.scripted import ScriptedModel, load_script
 
         try:
-            return ScriptedModel(load_script(name), name=spec)
+            return ScriptedModel(load_script(name), name=spec), ("scripted", name, ""), None
         except ModelError as exc:
             raise ModelSpecError(str(exc)) from None
     endpoint = settings.providers.get(provider)
-    kind = endpoint.kind if endpoint else provider
+    kind = endpoint_kind(provider, endpoint)
     if kind not in _CLIENTS:
         known = ", ".join([*KINDS, *sorted(settings.providers)])
         raise ModelSpecError(f"unknown model provider {provider!r} in {spec!r}; known: {known}")
@@ -70,22 +130,28 @@ def resolve_model(spec: str, settings: Settings) -> Model:
             f"the {kind} provider needs the {extra} extra: pip install 'errands[{extra}]'"
         )
     client_class = getattr(importlib.import_module(module), cls)
-    key = None
-    if endpoint and endpoint.api_key_env:
-        key = os.environ.get(endpoint.api_key_env)
-        if not key:
-            raise ModelSpecError(
-                f"provider {provider!r} reads its key from ${endpoint.api_key_env}, which is not set"
-            )
+    key_env = endpoint.api_key_env if endpoint else None
+    found = find_key(*key_names(kind, key_env))
+    if key_env and found is None:
+        raise ModelSpecError(
+            f"provider {provider!r} reads its key from ${key_env}, which is not set "
+            f"(set it, or store it in the OS keyring: keyring set errands {key_env})"
+        )
+    options: dict[str, Any] = {"max_retries": 0}  # retries are RetryingModel's, not the SDK's
+    if endpoint and endpoint.timeout_seconds is not None:
+        options["timeout"] = endpoint.timeout_seconds
+    base_url = endpoint.base_url if endpoint else None
     try:
-        model: Model = client_class(
-            name, base_url=endpoint.base_url if endpoint else None, api_key=key
+        client: Model = client_class(
+            name, base_url=base_url, api_key=found[0] if found else None, **options
         )
     except ModelError as exc:
         raise ModelSpecError(str(exc)) from None
     if endpoint:
-        model.name = spec
-    return model
+        client.name = spec
+    # the endpoint the client actually talks to (a default may come from $..._BASE_URL)
+    key: EndpointKey = (kind, str(getattr(client, "base_url", None) or ""), key_env or "")
+    return router.provider_stack(client, key, name, endpoint), key, endpoint
 
 
 def check_spec(spec: str, settings: Settings) -> None:

@@ -1,0 +1,85 @@
+"""``errands models`` (what is configured) and ``errands doctor`` (does it work).
+
+Imported at the end of :mod:`errands.cli.app`, which registers these commands. Neither
+ever prints a key: only whether it is set, under which variable, and from where.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from errands.cli.app import KNOWN_ERRORS, JsonOpt, app, fail, out, settings
+from errands.models.inventory import doctor as run_doctor
+from errands.models.inventory import inventory
+
+__all__ = ["doctor", "models"]
+
+
+def _limits(limits: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in limits.items()) or "unlimited"
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """List the model providers, named endpoints, chains and the default model, and which
+    keys are present (never their values)."""
+    try:
+        inv = inventory(settings())
+    except KNOWN_ERRORS as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(inv, indent=2))
+        return
+    out.print(f"[bold]default model:[/bold] {escape(inv['default_model'])}")
+    out.print("[bold]providers:[/bold]")
+    for p in inv["providers"]:
+        tag = " (named endpoint)" if p["named"] and p["name"] != p["kind"] else ""
+        key = p["key"]
+        if key == "set":
+            key = f"set (from {p['key_from']})"
+        elif key == "missing":
+            key = "missing ($" + " or $".join(p["key_names"]) + ")"
+        line = (
+            f"  {p['name']}{tag}: kind {p['kind']}, {p['base_url']} [{p['base_url_from']}], "
+            f"key {key}, sdk {p['sdk']}, limits {_limits(p['limits'])}"
+        )
+        if p["models_in_use"]:
+            line += ", in use: " + ", ".join(p["models_in_use"])
+        out.print(escape(line), highlight=False)
+    out.print("[bold]chains:[/bold]" + ("" if inv["chains"] else " none"))
+    for name, members in inv["chains"].items():
+        out.print(escape(f"  chain:{name} = {', '.join(members)}"), highlight=False)
+    out.print(escape(f"keyring: {inv['keyring']}"), highlight=False)
+
+
+@app.command()
+def doctor(
+    as_json: JsonOpt = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for each endpoint.", min=0.1)
+    ] = 5.0,
+) -> None:
+    """Check each configured provider: key present, endpoint reachable and accepting the
+    key, model names known. One line per problem, saying what to fix; exit 1 if any."""
+    try:
+        checks = run_doctor(settings(), timeout=timeout)
+    except KNOWN_ERRORS as exc:
+        fail(str(exc))
+    problems = [p for c in checks for p in c.problems]
+    if as_json:
+        print(json.dumps({"ok": not problems, "checks": [c.to_json() for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            if c.ok:
+                detail = "; ".join(c.notes) or "ok"
+                out.print(escape(f"ok    {c.subject}: {detail}"), highlight=False)
+            for problem in c.problems:
+                out.print("[bold red]FIX[/bold red]   " + escape(problem), highlight=False)
+        summary = f"{len(problems)} problem(s)" if problems else "everything checks out"
+        out.print(escape(summary), highlight=False)
+    if problems:
+        raise typer.Exit(1)
