@@ -1,0 +1,76 @@
+"""``errands cost``: what errands cost, per errand, model and day."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from errands.cli.app import app, out, resolve_id, run_async
+from errands.config import Settings
+from errands.costs import CostReport, Rollup, build_report
+from errands.store.sqlite import SQLiteStore
+
+
+def _table(title: str, rows: list[Rollup]) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for name, justify in (
+        (title.split(" ")[-1], "left"),
+        ("calls", "right"),
+        ("input", "right"),
+        ("cached", "right"),
+        ("output", "right"),
+        ("cache hit", "right"),
+        ("USD", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        d = r.as_dict()
+        table.add_row(
+            r.key,
+            str(r.calls),
+            f"{r.usage.input_tokens:,}",
+            f"{r.usage.cached_input_tokens:,}",
+            f"{r.usage.output_tokens:,}",
+            f"{float(d['cache_hit_ratio']):.0%}",  # type: ignore[arg-type]
+            f"${r.usage.cost_usd:.4f}",
+        )
+    return table
+
+
+@app.command()
+def cost(
+    errand_id: Annotated[
+        str | None, typer.Argument(help="Only this errand (a unique prefix will do).")
+    ] = None,
+    days: Annotated[int | None, typer.Option(help="Only the last N days.")] = None,
+    top: Annotated[int, typer.Option(help="Errands to list, most expensive first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """What errands cost: totals per day, per model and per errand (from the log)."""
+
+    async def go(s: Settings, store: SQLiteStore) -> CostReport:
+        since = time.time() - days * 86400 if days else 0.0
+        full = resolve_id(store, errand_id) if errand_id else None
+        return build_report(store.usage_rows_sync(since=since, errand_id=full))
+
+    report = run_async(go)
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+        return
+    if not report.total.calls:
+        out.print("No model calls yet.")
+        return
+    out.print(_table("by day", report.by_day))
+    out.print(_table("by model", report.by_model))
+    out.print(_table("by errand", report.by_errand[:top]))
+    t = report.total
+    out.print(
+        f"[bold]total[/bold] {t.calls} calls · {t.usage.input_tokens:,} in "
+        f"({t.usage.cached_input_tokens:,} cached) / {t.usage.output_tokens:,} out · "
+        f"[bold]${t.usage.cost_usd:.4f}[/bold]"
+    )
