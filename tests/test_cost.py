@@ -26,3 +26,18 @@ def test_cost_rollups_match_the_log(cli: CLI, home: Path) -> None:
     one = json.loads(cli("cost", errands[0]["id"], "--json").stdout)
     assert one["total"]["calls"] == 4
     assert "total" in cli("cost").stdout
+
+
+def test_prices_come_from_genai_prices_unless_the_config_overrides() -> None:
+    from errands.config import Price
+    from errands.events import Usage
+    from errands.models.pricing import cost_usd
+
+    usage = Usage(input_tokens=1_000_000, cached_input_tokens=500_000, output_tokens=100_000)
+    # gpt-4o-mini: $0.15 / 1M input, $0.075 / 1M cached input, $0.60 / 1M output
+    assert abs(cost_usd("openai:gpt-4o-mini", usage, {}) - (0.075 + 0.0375 + 0.06)) < 1e-9
+    override = {"openai:gpt-4o-mini": Price(input=1.0, output=2.0)}
+    assert cost_usd("openai:gpt-4o-mini", usage, override) == 1.0 + 0.2
+    assert cost_usd("local:llama3", usage, {}) == 0.0  # unknown: unpriced, not an error
+    # a chain: the spec has no price, the member that answered has
+    assert cost_usd(("chain:main", "anthropic:claude-sonnet-4-5"), usage, {}) > 0

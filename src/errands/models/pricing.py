@@ -1,9 +1,11 @@
 """What a model call cost, in USD, from its normalised usage.
 
-Prices come from the config's ``[prices."PROVIDER:MODEL"]`` table (USD per million
-tokens); a model without a price costs 0 and is reported as unpriced. Cached input is
-billed at ``cached_input`` (default: the input price) and cache writes at
-``cache_write`` (default: the input price).
+Prices come first from the config's ``[prices."PROVIDER:MODEL"]`` table (USD per million
+tokens: for models the maintained source does not know yet, or negotiated rates), then
+from ``genai-prices``, the maintained price database (cache reads and writes, tiers).
+A model neither knows costs 0. In the config table cached input is billed at
+``cached_input`` (default: the input price) and cache writes at ``cache_write``
+(default: the input price).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def cost_usd(model: str | Sequence[str], usage: Usage, prices: Mapping[str, Pric
     candidates = [model] if isinstance(model, str) else list(model)
     price = next((p for m in candidates if m and (p := price_for(m, prices))), None)
     if price is None:
-        return 0.0
+        return next((c for m in candidates if m and (c := _maintained(m, usage)) is not None), 0.0)
     cached = usage.cached_input_tokens
     written = usage.cache_write_tokens
     fresh = max(0, usage.input_tokens - cached - written)
@@ -49,3 +51,39 @@ def cost_usd(model: str | Sequence[str], usage: Usage, prices: Mapping[str, Pric
         + usage.output_tokens * price.output
     )
     return total / PER
+
+
+# errands' provider kinds -> genai-prices provider ids
+_PROVIDERS = {
+    "openai": "openai",
+    "openai-responses": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+}
+
+
+def _maintained(model: str, usage: Usage) -> float | None:
+    """The price from genai-prices, or None if it does not know the model."""
+    kind, _, name = model.partition(":")
+    provider = _PROVIDERS.get(kind)
+    if provider is None or not name:
+        return None
+    try:
+        from genai_prices import Usage as PriceUsage
+        from genai_prices import calc_price
+    except ImportError:  # pragma: no cover - a core dependency
+        return None
+    try:
+        calc = calc_price(
+            PriceUsage(
+                input_tokens=usage.input_tokens,
+                cache_read_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                output_tokens=usage.output_tokens,
+            ),
+            model_ref=name,
+            provider_id=provider,
+        )
+    except LookupError:
+        return None
+    return float(calc.total_price)
