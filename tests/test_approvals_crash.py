@@ -50,7 +50,7 @@ def pending_ids(home: Path) -> list[str]:
 
 def run_to_end(home: Path, ledger: Path, errand_id: str, **env: str) -> tuple[int, str]:
     proc = worker(home, ledger, "resume", errand_id, **env)
-    out, err = proc.communicate(timeout=60)
+    out, _err = proc.communicate(timeout=60)
     return proc.returncode, out.strip()
 
 

@@ -89,7 +89,7 @@ async def test_untrusted_tool_output_taints_the_model_output(
     )
     final = [e for e in events if isinstance(e, ev.ModelResponded)][-1]
     assert final.content is not None and final.content.integrity is Integrity.untrusted
-    first = [e for e in events if isinstance(e, ev.ModelResponded)][0]
+    first = next(e for e in events if isinstance(e, ev.ModelResponded))
     assert first.content is not None and first.content.integrity is Integrity.trusted
 
 

@@ -41,12 +41,18 @@ async def create_errand(
     by: str = "local",
     channel: str = "cli",
     parent: str | None = None,
+    errand_id: str | None = None,
 ) -> str:
+    """Validate, make the workspace, log ``errand_created``; return the id.
+
+    *errand_id* lets a caller choose (and reserve) the id first -- the server does,
+    to make creation idempotent.
+    """
     if not text.strip():
         raise UserError("an errand needs some text: say what you want done")
     spec = (model or settings.default_model).strip()
     check_spec(spec, settings)
-    errand_id = new_errand_id()
+    errand_id = errand_id or new_errand_id()
     path = make_workspace(settings, errand_id, workspace)
     created = ev.ErrandCreated(
         title=title_for(text),

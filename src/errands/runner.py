@@ -26,7 +26,7 @@ from errands.states import ErrandView
 from errands.store.base import LeaseLost, Store, StoreError
 from errands.tools.registry import Registry
 
-__all__ = ["ErrandBusy", "Runner", "new_owner"]
+__all__ = ["ErrandBusy", "Runner", "dead_local_owner", "new_owner"]
 
 LEASE_TTL = 30.0
 
@@ -101,7 +101,7 @@ class Runner:
         if await self.store.acquire(errand_id, self.owner, self.lease_ttl):
             return True
         holder = self.store.lease_holder(errand_id)
-        if holder is None or not _dead_local_owner(holder[0]):
+        if holder is None or not dead_local_owner(holder[0]):
             return False
         await self.store.release(errand_id, holder[0])
         return await self.store.acquire(errand_id, self.owner, self.lease_ttl)
@@ -169,7 +169,7 @@ class Runner:
                     task.cancel()  # lost the lease: another process has taken over
 
 
-def _dead_local_owner(owner: str) -> bool:
+def dead_local_owner(owner: str) -> bool:
     """True if *owner* (host:pid:nonce) names a process on this host that no longer runs."""
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.prompt import Prompt
 
 from errands import __version__
+from errands.cli import remote
 from errands.cli.render import approval_card, errand_json, errands_table, event_line
 from errands.config import ConfigError, Settings, load_settings
 from errands.models.spec import ModelSpecError
@@ -122,6 +123,24 @@ def run_async(fn: Callable[[Settings, SQLiteStore], Coroutine[Any, Any, T]]) -> 
     except KeyboardInterrupt:
         err.print("[dim]interrupted; the errand is safe in the store (errands resume ID)[/dim]")
         raise typer.Exit(130) from None
+
+
+# --- a running server (errands up): decisions and messages go through it ----------------
+
+
+def _via_server(action: Callable[[remote.Remote], None]) -> bool:
+    """Run *action* against the server running for this home, if any (see cli/remote.py)."""
+    try:
+        server = remote.find(settings())
+        if server is None:
+            return False
+        action(server)
+    except KNOWN_ERRORS as exc:
+        fail(str(exc))
+    return True
+
+
+# ------------------------------------------------------------------------------------------
 
 
 def resolve_id(store: SQLiteStore, errand_id: str) -> str:
@@ -440,6 +459,8 @@ def tell(
     text: Annotated[str, typer.Argument(help="Your message to the errand.")],
 ) -> None:
     """Send a follow-up message: it reopens a finished errand or joins a running one."""
+    if _via_server(lambda server: remote.tell(server, settings(), errand_id, text)):
+        return
 
     async def go(s: Settings, store: SQLiteStore) -> str:
         full = resolve_id(store, errand_id)
@@ -453,6 +474,8 @@ def tell(
 @app.command()
 def approvals(as_json: JsonOpt = False) -> None:
     """List every action waiting for your approval, in full."""
+    if _via_server(lambda server: remote.approvals(server, as_json=as_json)):
+        return
 
     async def go(s: Settings, store: SQLiteStore) -> list[tuple[PendingApproval, str]]:
         pending = await store.pending_approvals()
@@ -477,6 +500,14 @@ def approvals(as_json: JsonOpt = False) -> None:
     out.print(
         "[dim]errands approve ID [--always] [--edit JSON] · errands deny ID --reason TEXT[/dim]"
     )
+
+
+def _always_pattern(pattern: str | None, always: bool) -> dict[str, str] | None:
+    if pattern is None:
+        return None
+    if not always:
+        raise UserError("--pattern goes with --always")
+    return {k: str(v) for k, v in _json_object(pattern).items()}
 
 
 @app.command("approve")
@@ -506,14 +537,21 @@ def approve_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Approve a pending action (optionally edited). The errand then runs it, exactly once."""
+    if _via_server(
+        lambda server: remote.approve(
+            server,
+            approval_id,
+            edited=_json_object(edit) if edit is not None else None,
+            always=always,
+            pattern=_always_pattern(pattern, always),
+            as_json=as_json,
+        )
+    ):
+        return
 
     async def go(s: Settings, store: SQLiteStore) -> str:
         edited = _json_object(edit) if edit is not None else None
-        glob = None
-        if pattern is not None:
-            if not always:
-                raise UserError("--pattern goes with --always")
-            glob = {k: str(v) for k, v in _json_object(pattern).items()}
+        glob = _always_pattern(pattern, always)
         await approve(
             store,
             builtin_registry(),
@@ -545,6 +583,8 @@ def deny_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Deny a pending action; the reason goes back to the model."""
+    if _via_server(lambda server: remote.deny(server, approval_id, reason=reason, as_json=as_json)):
+        return
 
     async def go(s: Settings, store: SQLiteStore) -> str:
         await deny(store, approval_id, reason=reason, by=_who(), channel="cli")
@@ -626,8 +666,17 @@ def version() -> None:
     out.print(__version__)
 
 
+# `errands up` and `errands inbox` live in their own module; importing it registers them.
+from errands.cli import cost_cmds as _cost_cmds  # noqa: E402, F401
+from errands.cli import models_cmds as _models_cmds  # noqa: E402, F401
+from errands.cli import server_cmds as _server_cmds  # noqa: E402, F401
+
+
 def main() -> None:
     """Entry point: no tracebacks for users unless ERRANDS_DEBUG is set."""
+    from errands.runtime import tune_gc
+
+    tune_gc()
     try:
         app()
     except (typer.Exit, SystemExit):

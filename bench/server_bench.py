@@ -1,0 +1,334 @@
+"""Server benchmark: the API of a real `errands up` under load.
+
+The workload (defaults): 1,000 errands waiting for approval, and 200 errands running
+against a scripted model with 200 ms latency (a ``list_files`` call every turn, for
+the whole measurement). The store is seeded first, in this process, through the same
+Runner the server uses; then ``errands up`` starts as a subprocess, claims the 200
+runnable errands, and serves the API while they run. Measured, from one sequential
+client (a person at the inbox):
+
+- start-up: from spawning ``errands up`` to the first HTTP 200 (``/api/health``);
+- latency (p50/p95/p99/max) of ``GET /api/errands`` (the list), ``GET /api/approvals``
+  (the whole queue), ``GET /api/errands/{id}``, and ``POST .../approve`` (500 of the
+  waiting approvals; each approved errand then runs its POST to a local endpoint);
+- the server's RSS after start-up and at the end, and how many model turns the
+  running errands made while the API was measured.
+
+    python bench/server_bench.py             # the full workload
+    python bench/server_bench.py --quick     # 200 waiting, 50 running (< 1 min)
+
+Prints a table; writes ``bench/results/server_bench.json`` with a machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from errands.config import load_settings
+from errands.operations import create_errand
+from errands.policy.rules import load_policy
+from errands.runner import Runner
+from errands.store.sqlite import SQLiteStore
+from errands.tools.builtin import builtin_registry
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "server_bench.json"
+TARGET_P99_MS = 50.0
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def endpoint() -> tuple[ThreadingHTTPServer, str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def write_script(path: Path, turns: list[dict[str, Any]], latency_ms: float) -> str:
+    path.write_text(json.dumps({"name": path.stem, "latency_ms": latency_ms, "turns": turns}))
+    return f"scripted:{path}"
+
+
+async def seed(home: Path, sink: str, waiting: int, running: int, turns: int) -> None:
+    """*waiting* errands run until they wait for approval; *running* errands queued."""
+    settings = load_settings(home)
+    post = {"name": "http_request", "arguments": {"method": "POST", "url": f"{sink}/done"}}
+    wait_spec = write_script(
+        home.parent / "wait.json",
+        [{"text": "Posting it.", "tool_calls": [post]}, {"text": "Posted."}],
+        0,
+    )
+    work = {"text": "Looking.", "tool_calls": [{"name": "list_files", "arguments": {"path": "."}}]}
+    run_spec = write_script(home.parent / "run.json", [work] * turns, 200)
+    store = SQLiteStore(settings.db_path)
+    try:
+        batch = 100
+        for start in range(0, waiting, batch):
+            await asyncio.gather(
+                *(
+                    create_errand(store, settings, f"waiting errand {i}", model=wait_spec)
+                    for i in range(start, min(start + batch, waiting))
+                )
+            )
+        runner = Runner(store, settings, builtin_registry(), load_policy(home))
+        await runner.claim()
+        await runner.wait_idle()
+        pending = len(await store.pending_approvals())
+        assert pending == waiting, f"{pending} of {waiting} errands wait for approval"
+        for start in range(0, running, batch):
+            await asyncio.gather(
+                *(
+                    create_errand(store, settings, f"running errand {i}", model=run_spec)
+                    for i in range(start, min(start + batch, running))
+                )
+            )
+    finally:
+        await store.close()
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    return {
+        "n": len(ordered),
+        "p50_ms": round(at(0.50), 2),
+        "p95_ms": round(at(0.95), 2),
+        "p99_ms": round(at(0.99), 2),
+        "max_ms": round(ordered[-1] * 1000, 2),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 2),
+    }
+
+
+def timed(client: httpx.Client, method: str, path: str, **kwargs: Any) -> float:
+    t0 = time.perf_counter()
+    r = client.request(method, path, **kwargs)
+    elapsed = time.perf_counter() - t0
+    if r.status_code >= 300:
+        raise RuntimeError(f"{method} {path}: {r.status_code} {r.text[:200]}")
+    return elapsed
+
+
+def model_turns(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return int(
+            conn.execute("SELECT count(*) FROM events WHERE type = 'model_responded'").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+def machine(directory: Path) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    from importlib.metadata import version
+
+    versions = {}
+    for dist in ("fastapi", "starlette", "uvicorn", "pydantic", "httptools", "uvloop"):
+        with contextlib.suppress(Exception):
+            versions[dist] = version(dist)
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "bench_dir": str(directory),
+        "load_avg_at_start": os.getloadavg(),
+        "versions": versions,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--waiting", type=int, default=1000)
+    parser.add_argument("--running", type=int, default=200)
+    parser.add_argument("--approve", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=300, help="per read endpoint")
+    parser.add_argument("--quick", action="store_true", help="200 waiting, 50 running")
+    args = parser.parse_args()
+    if args.quick:
+        args.waiting, args.running, args.approve, args.requests = 200, 50, 100, 100
+    sink_server, sink = endpoint()
+    machine_info = machine(Path(tempfile.gettempdir()))
+    with tempfile.TemporaryDirectory(prefix="errands-server-bench-") as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        (home / "errands.toml").write_text('[network]\nallow_private = ["127.0.0.1"]\n')
+        t0 = time.perf_counter()
+        asyncio.run(seed(home, sink, args.waiting, args.running, turns=2000))
+        seeded_s = time.perf_counter() - t0
+        print(f"seeded {args.waiting} waiting + {args.running} queued errands in {seeded_s:.1f}s")
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
+        env["ERRANDS_HOME"] = str(home)
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "errands", "up", "--port", "0"],
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=tmp,
+        )
+        try:
+            url = ""
+            while not url:
+                with contextlib.suppress(OSError, ValueError):
+                    info = json.loads((home / "server.json").read_text())
+                    if info.get("pid") == proc.pid:
+                        url = info["url"].rstrip("/")
+                if proc.poll() is not None:
+                    raise RuntimeError((Path(tmp) / "server.log").read_text())
+                time.sleep(0.005)
+            with httpx.Client(base_url=url, timeout=60) as client:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get("/api/health").status_code == 200:
+                            break
+                    time.sleep(0.005)
+                startup_s = time.perf_counter() - t0
+                server = psutil.Process(proc.pid)
+                rss_start = server.memory_info().rss
+                # let the runner claim and get going
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    running = client.get(
+                        "/api/errands", params={"state": "running", "limit": 1000}
+                    ).json()
+                    if len(running) >= args.running:
+                        break
+                    time.sleep(0.2)
+                time.sleep(2.0)
+                turns0, c0, w0 = (
+                    model_turns(home / "errands.sqlite"),
+                    server.cpu_times(),
+                    time.time(),
+                )
+                results: dict[str, dict[str, float]] = {}
+                results["GET /api/errands"] = percentiles(
+                    [timed(client, "GET", "/api/errands") for _ in range(args.requests)]
+                )
+                results["GET /api/approvals"] = percentiles(  # the whole queue, ~1 KB each
+                    [timed(client, "GET", "/api/approvals") for _ in range(args.requests // 10)]
+                )
+                pending = client.get("/api/approvals").json()
+                some = [a["errand_id"] for a in pending[: args.requests]]
+                results["GET /api/errands/{id}"] = percentiles(
+                    [timed(client, "GET", f"/api/errands/{e}") for e in some]
+                )
+                results["POST /api/approvals/{id}/approve"] = percentiles(
+                    [
+                        timed(
+                            client,
+                            "POST",
+                            f"/api/approvals/{a['id']}/approve",
+                            json={"args_hash": a["args_hash"]},
+                        )
+                        for a in pending[: args.approve]
+                    ]
+                )
+                window = time.time() - w0
+                c1 = server.cpu_times()
+                turns = model_turns(home / "errands.sqlite") - turns0
+                rss_end = server.memory_info().rss
+                still_running = len(
+                    client.get("/api/errands", params={"state": "running", "limit": 1000}).json()
+                )
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+    sink_server.shutdown()
+
+    worst = max(r["p99_ms"] for k, r in results.items() if k != "GET /api/approvals")
+    summary = {
+        "workload": {
+            "waiting_for_approval": args.waiting,
+            "running": args.running,
+            "model_latency_ms": 200,
+            "approved_during_run": args.approve,
+        },
+        "startup_to_first_200_s": round(startup_s, 3),
+        "seed_s": round(seeded_s, 1),
+        "rss_mb_after_startup": round(rss_start / 2**20, 1),
+        "rss_mb_at_end": round(rss_end / 2**20, 1),
+        "server_cpu_s_during_measurement": round((c1.user + c1.system) - (c0.user + c0.system), 2),
+        "measurement_window_s": round(window, 1),
+        "model_turns_during_measurement": turns,
+        "model_turns_per_s": round(turns / window, 1),
+        "errands_running_at_end": still_running,
+        "latency": results,
+        "target_p99_ms": TARGET_P99_MS,
+        "list_and_approve_p99_ok": worst < TARGET_P99_MS
+        and results["GET /api/errands"]["p99_ms"] < TARGET_P99_MS,
+        "machine": machine_info,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print()
+    print(f"{'request':36} {'n':>5} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for name, r in results.items():
+        print(
+            f"{name:36} {r['n']:>5} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+            f"{r['p99_ms']:>8.1f} {r['max_ms']:>8.1f}"
+        )
+    print()
+    print(f"start-up (spawn -> first HTTP 200): {summary['startup_to_first_200_s']:.2f} s")
+    print(
+        f"server RSS: {summary['rss_mb_after_startup']} MB after start-up, "
+        f"{summary['rss_mb_at_end']} MB at the end"
+    )
+    print(
+        f"while measuring ({summary['measurement_window_s']} s): "
+        f"{turns} model turns by the running errands ({summary['model_turns_per_s']}/s), "
+        f"server CPU {summary['server_cpu_s_during_measurement']} s"
+    )
+    verdict = "met" if summary["list_and_approve_p99_ok"] else "NOT met"
+    print(f"target p99 < {TARGET_P99_MS:.0f} ms for list and approve: {verdict}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()

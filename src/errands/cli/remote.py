@@ -1,0 +1,181 @@
+"""The CLI against a running server.
+
+When ``errands up`` runs for this ``ERRANDS_HOME`` (``server.json`` names a live
+process), ``errands inbox``, ``approvals``, ``approve``, ``deny`` and ``tell`` go
+through its HTTP API instead of writing to the store themselves -- the server then
+picks the decision up at once and the inbox updates live. The channel recorded is
+still ``cli``. Without a server (or with a stale ``server.json``) they work on the
+store directly; both paths write the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from errands.cli.render import approval_card
+from errands.config import Settings
+from errands.operations import UserError
+from errands.policy.approvals import parse_approval_id
+from errands.server.files import ServerRefused, live_server, load_token
+from errands.states import PendingApproval
+from errands.store.sqlite import SQLiteStore
+
+__all__ = [
+    "Remote",
+    "RemoteError",
+    "approvals",
+    "approve",
+    "deny",
+    "find",
+    "get",
+    "pending_from",
+    "tell",
+]
+
+out = Console()
+
+
+class RemoteError(UserError):
+    """The server refused the request, or did not answer; the message says why."""
+
+
+def _who() -> str:
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "local"
+
+
+@dataclass
+class Remote:
+    url: str
+    token: str | None
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        headers = {"X-Errands-Channel": "cli", "X-Errands-By": _who()[:64]}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            with httpx.Client(base_url=self.url, timeout=30.0, trust_env=False) as client:
+                response = client.request(method, path, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise RemoteError(
+                f"the errands server at {self.url} did not answer ({type(exc).__name__}); "
+                "is it still up? (errands up)"
+            ) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 400:
+            detail = data.get("detail") if isinstance(data, dict) else None
+            raise RemoteError(
+                str(detail) if detail else f"the server answered HTTP {response.status_code}"
+            )
+        return data
+
+
+def find(settings: Settings) -> Remote | None:
+    """The server running for this home, or None."""
+    info = live_server(settings.home)
+    if info is None:
+        return None
+    token = None
+    if info.get("token_required"):
+        try:
+            token, _ = load_token(settings.home, create=False)
+        except ServerRefused as exc:
+            raise RemoteError(str(exc)) from None
+        if token is None:
+            raise RemoteError(
+                f"the server at {info['url']} asks for a token, but "
+                f"{settings.home / 'server-token'} is missing"
+            )
+    return Remote(str(info["url"]), token)
+
+
+def get(remote: Remote, path: str) -> Any:
+    return remote.call("GET", path)
+
+
+def pending_from(item: dict[str, Any]) -> PendingApproval:
+    fields = PendingApproval.model_fields
+    return PendingApproval.model_validate({k: v for k, v in item.items() if k in fields})
+
+
+def approvals(remote: Remote, *, as_json: bool) -> None:
+    items: list[dict[str, Any]] = remote.call("GET", "/api/approvals")
+    if as_json:
+        sys.stdout.write(json.dumps(items) + "\n")
+        return
+    if not items:
+        out.print(f"Nothing waits for your approval. [dim](server {remote.url})[/dim]")
+        return
+    for item in items:
+        out.print(approval_card(pending_from(item), item.get("errand_title", "")))
+    out.print(
+        "[dim]errands approve ID [--always] [--edit JSON] · errands deny ID --reason TEXT · "
+        f"or in the inbox: {remote.url}[/dim]"
+    )
+
+
+def approve(
+    remote: Remote,
+    approval_id: str,
+    *,
+    edited: dict[str, Any] | None,
+    always: bool,
+    pattern: dict[str, str] | None,
+    as_json: bool,
+) -> None:
+    errand_id, _ = parse_approval_id(approval_id)
+    remote.call(
+        "POST",
+        f"/api/approvals/{approval_id.strip()}/approve",
+        {"edited_arguments": edited, "always": always, "always_pattern": pattern},
+    )
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"approved": approval_id, "errand": errand_id, "via": remote.url}) + "\n"
+        )
+    else:
+        out.print(
+            f"[green]approved[/green] {approval_id} via the server at {remote.url}; "
+            "it carries on now"
+        )
+
+
+def deny(remote: Remote, approval_id: str, *, reason: str, as_json: bool) -> None:
+    errand_id, _ = parse_approval_id(approval_id)
+    if not reason.strip():
+        raise RemoteError("say why you deny it: the reason goes back to the model")
+    remote.call("POST", f"/api/approvals/{approval_id.strip()}/deny", {"reason": reason})
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"denied": approval_id, "errand": errand_id, "via": remote.url}) + "\n"
+        )
+    else:
+        out.print(
+            f"[red]denied[/red] {approval_id} via the server at {remote.url}; the errand hears why"
+        )
+
+
+def resolve(settings: Settings, prefix: str) -> str:
+    """The full id of the errand a unique prefix names (read from the store)."""
+    store = SQLiteStore(settings.db_path)
+    try:
+        return store.find_sync(prefix)
+    finally:
+        store.close_sync()
+
+
+def tell(remote: Remote, settings: Settings, errand_id: str, text: str) -> None:
+    full = resolve(settings, errand_id)
+    if not text.strip():
+        raise RemoteError("the message is empty")
+    remote.call("POST", f"/api/errands/{full}/messages", {"text": text})
+    out.print(f"told {full} via the server at {remote.url}; it picks it up now")

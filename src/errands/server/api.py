@@ -1,0 +1,340 @@
+"""The JSON API: errands, their live streams, and the approval queue.
+
+Every body is a pydantic model (:mod:`.schemas`) and every answer is documented in
+``/openapi.json``; what each route does is in :mod:`.actions`, the streams in
+:mod:`.streams`. Refusals are specific (404, 409, 422) and a bug stays a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from errands import __version__
+from errands.operations import cancel_errand
+from errands.server.actions import (
+    ApiError,
+    create,
+    decide_approve,
+    decide_deny,
+    message,
+    pending_with_titles,
+    view_or_404,
+)
+from errands.server.context import ServerContext
+from errands.server.schemas import (
+    APPROVAL_ID,
+    APPROVALS,
+    ERRAND_ID,
+    MAX_SEQ,
+    SUMMARIES,
+    ApprovalOut,
+    ApproveBody,
+    CancelBody,
+    Channel,
+    Created,
+    CreateErrand,
+    Decision,
+    DenyBody,
+    ErrandDetail,
+    ErrandSummary,
+    ErrorBody,
+    Health,
+    Message,
+    MessageSent,
+    StoredEventOut,
+    approval_out,
+    summary,
+)
+from errands.server.streams import all_stream, errand_stream, streaming
+from errands.states import ErrandState
+from errands.store.base import NotFound, StoreError
+
+__all__ = ["build_router"]
+
+
+def _json(data: bytes, status: int = 200) -> Response:
+    return Response(content=data, status_code=status, media_type="application/json")
+
+
+def _who(by: str) -> str:
+    if by and len(by) <= 64 and by.isprintable() and by.strip():
+        return by.strip()
+    return "api"
+
+
+# -- the router ------------------------------------------------------------------------------
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "malformed request",
+        404: "no such errand or approval",
+        409: "conflicts with the errand's state",
+        422: "cannot be carried out as asked",
+    }
+    return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
+
+
+COMMON: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not valid JSON"},
+    401: {"model": ErrorBody, "description": "a token is needed"},
+    403: {"model": ErrorBody, "description": "cross-origin or CSRF check failed"},
+    413: {"model": ErrorBody, "description": "the body is too large"},
+    415: {"model": ErrorBody, "description": "the body is not JSON"},
+    421: {"model": ErrorBody, "description": "unknown Host"},
+    422: {"model": ErrorBody, "description": "invalid request"},
+}
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "server-sent events, one JSON object in each `data`: `event` (a log "
+        "event: {seq, event}), `view` (the errand's summary), `text` (a model text delta: "
+        "{delta}); `changed` (an errand's summary) on the all-errands stream. Reconnecting "
+        "with Last-Event-ID resumes after that seq.",
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string", "enum": ["event", "view", "text", "changed"]},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "id": {"type": "string", "pattern": "^[0-9]+$"},
+                        "retry": {"type": "integer"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+ERRAND_LINKS = {
+    op: {"operationId": op, "parameters": {"errand_id": "$response.body#/id"}}
+    for op in ("getErrand", "sendMessage", "cancelErrand")
+}
+APPROVAL_LINKS = {
+    op: {"operationId": op, "parameters": {"approval_id": "$response.body#/0/id"}}
+    for op in ("approve", "deny")
+}
+
+IdemKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="the same key gets the same response; nothing is created twice",
+    ),
+]
+ChannelHeader = Annotated[
+    Channel, Header(alias="X-Errands-Channel", description="recorded with the decision")
+]
+ByHeader = Annotated[
+    str, Header(alias="X-Errands-By", max_length=64, description="who decides (recorded)")
+]
+ErrandIdPath = Annotated[str, Path(pattern=ERRAND_ID, description="the errand's id")]
+ApprovalIdPath = Annotated[str, Path(pattern=APPROVAL_ID, description="ERRAND.SEQ")]
+
+
+def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
+    router = APIRouter(prefix="/api", responses=COMMON)
+
+    async def run(
+        request: Request,
+        fn: Callable[[ServerContext], Coroutine[Any, Any, tuple[int, Any]]],
+    ) -> Response:
+        status, data = await fn(get_ctx(request))
+        return _json(json.dumps(data).encode(), status)
+
+    @router.get("/health", response_model=Health, operation_id="health")
+    async def health() -> Health:
+        return Health(status="ok", version=__version__)
+
+    @router.post(
+        "/errands",
+        status_code=201,
+        response_model=Created,
+        responses={**_errors(422), 201: {"links": ERRAND_LINKS}},
+        summary="Start an errand",
+        operation_id="createErrand",
+    )
+    async def post_errand(
+        request: Request,
+        body: CreateErrand,
+        idempotency_key: IdemKey = "",
+        channel: ChannelHeader = "api",
+        by: ByHeader = "",
+    ) -> Response:
+        async def go(ctx: ServerContext) -> tuple[int, Any]:
+            return await create(ctx, body, idempotency_key or None, _who(by), channel)
+
+        return await run(request, go)
+
+    @router.get(
+        "/errands",
+        response_model=list[ErrandSummary],
+        summary="List errands",
+        operation_id="listErrands",
+    )
+    async def list_errands(
+        request: Request,
+        state: Annotated[list[ErrandState] | None, Query(description="only these states")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> Response:
+        views = get_ctx(request).store.list_errands_sync(states=state, limit=limit)
+        return _json(SUMMARIES.dump_json([summary(v) for v in views]))
+
+    @router.get(
+        "/errands/{errand_id}",
+        response_model=ErrandDetail,
+        responses=_errors(404),
+        summary="An errand: status, result, usage, approvals and events",
+        operation_id="getErrand",
+    )
+    async def get_errand(
+        request: Request,
+        errand_id: ErrandIdPath,
+        after: Annotated[
+            int, Query(ge=0, le=MAX_SEQ, description="only events after this seq")
+        ] = 0,
+    ) -> Response:
+        ctx = get_ctx(request)
+        view = view_or_404(ctx, errand_id)
+        stored = ctx.store.read_sync(errand_id, after=after)
+        detail = ErrandDetail(
+            **summary(view).model_dump(),
+            workspace=view.workspace,
+            approvals=[approval_out(p, view.title) for p in view.pending.values()],
+            events=[StoredEventOut(seq=s.seq, event=s.event) for s in stored],
+        )
+        return _json(detail.model_dump_json().encode())
+
+    @router.post(
+        "/errands/{errand_id}/messages",
+        status_code=201,
+        response_model=MessageSent,
+        responses=_errors(404),
+        summary="Tell an errand something (reopens a finished one)",
+        operation_id="sendMessage",
+    )
+    async def post_message(
+        request: Request,
+        errand_id: ErrandIdPath,
+        body: Message,
+        idempotency_key: IdemKey = "",
+        channel: ChannelHeader = "api",
+        by: ByHeader = "",
+    ) -> Response:
+        async def go(ctx: ServerContext) -> tuple[int, Any]:
+            key = idempotency_key or None
+            return await message(ctx, errand_id, body, key, _who(by), channel)
+
+        return await run(request, go)
+
+    @router.post(
+        "/errands/{errand_id}/cancel",
+        response_model=ErrandSummary,
+        responses=_errors(404, 409),
+        summary="Cancel an errand",
+        operation_id="cancelErrand",
+    )
+    async def post_cancel(
+        request: Request,
+        errand_id: ErrandIdPath,
+        body: CancelBody | None = None,
+        channel: ChannelHeader = "api",
+        by: ByHeader = "",
+    ) -> ErrandSummary:
+        ctx = get_ctx(request)
+        view_or_404(ctx, errand_id)
+        try:
+            await cancel_errand(
+                ctx.store,
+                errand_id,
+                reason=body.reason if body else "",
+                by=_who(by),
+                channel=channel,
+            )
+        except NotFound:
+            raise ApiError(404, f"no errand {errand_id}") from None
+        except StoreError as exc:
+            raise ApiError(409, str(exc)) from None
+        return summary(ctx.store.view_sync(errand_id))
+
+    @router.get(
+        "/errands/{errand_id}/stream",
+        response_class=StreamingResponse,
+        responses={**SSE_RESPONSE, **_errors(404)},
+        summary="The errand's events, live (server-sent events)",
+        operation_id="streamErrand",
+    )
+    async def stream(
+        request: Request,
+        errand_id: ErrandIdPath,
+        after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="start after this seq")] = 0,
+    ) -> StreamingResponse:
+        ctx = get_ctx(request)
+        view_or_404(ctx, errand_id)
+        # a reconnecting EventSource says where it got to (a malformed value is ignored)
+        last = request.headers.get("last-event-id", "")
+        start = max(after, int(last) if last.isdigit() and len(last) < 16 else 0)
+        return streaming(errand_stream(ctx, errand_id, start))
+
+    @router.get(
+        "/stream",
+        response_class=StreamingResponse,
+        responses=SSE_RESPONSE,
+        summary="Every errand's changes, live (server-sent events)",
+        operation_id="streamAll",
+    )
+    async def stream_all(request: Request) -> StreamingResponse:
+        return streaming(all_stream(get_ctx(request)))
+
+    @router.get(
+        "/approvals",
+        response_model=list[ApprovalOut],
+        summary="Everything waiting for you",
+        operation_id="listApprovals",
+        responses={200: {"links": APPROVAL_LINKS}},
+    )
+    async def list_approvals(request: Request) -> Response:
+        pending = await pending_with_titles(get_ctx(request))
+        return _json(APPROVALS.dump_json(pending))
+
+    @router.post(
+        "/approvals/{approval_id}/approve",
+        response_model=Decision,
+        responses=_errors(404, 409, 422),
+        summary="Approve a pending action (optionally edited, or always)",
+        operation_id="approve",
+    )
+    async def post_approve(
+        request: Request,
+        approval_id: ApprovalIdPath,
+        body: ApproveBody | None = None,
+        channel: ChannelHeader = "api",
+        by: ByHeader = "",
+    ) -> Decision:
+        return await decide_approve(
+            get_ctx(request), approval_id, body or ApproveBody(), _who(by), channel
+        )
+
+    @router.post(
+        "/approvals/{approval_id}/deny",
+        response_model=Decision,
+        responses=_errors(404, 409),
+        summary="Deny a pending action; the reason goes back to the model",
+        operation_id="deny",
+    )
+    async def post_deny(
+        request: Request,
+        approval_id: ApprovalIdPath,
+        body: DenyBody,
+        channel: ChannelHeader = "api",
+        by: ByHeader = "",
+    ) -> Decision:
+        return await decide_deny(get_ctx(request), approval_id, body, _who(by), channel)
+
+    return router

@@ -1,0 +1,75 @@
+"""What the routes share: settings, the store, the runner, the live hub, the checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from errands.config import Settings
+from errands.models.keys import DEFAULT_KEY_ENVS, find_key
+from errands.server.auth import Security
+from errands.server.hub import Hub
+from errands.server.idempotency import IdempotencyStore
+from errands.store.base import NotFound
+from errands.store.sqlite import SQLiteStore
+from errands.tools.registry import Registry
+
+__all__ = ["ServerContext", "model_help"]
+
+
+@dataclass
+class ServerContext:
+    settings: Settings
+    store: SQLiteStore
+    registry: Registry
+    hub: Hub
+    security: Security
+    idempotency: IdempotencyStore
+    base_url: str
+    # claim runnable errands now (set when errands run in this process)
+    nudge_runner: Callable[[], None] | None = None
+
+    _titles: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def title(self, errand_id: str) -> str:
+        """An errand's title (titles never change: cached)."""
+        title = self._titles.get(errand_id)
+        if title is None:
+            try:
+                title = self.store.view_sync(errand_id).title
+            except NotFound:
+                return ""
+            if len(self._titles) >= 100_000:
+                self._titles.clear()
+            self._titles[errand_id] = title
+        return title
+
+    def nudge(self) -> None:
+        """Something became runnable (a new errand, a decision, a message)."""
+        if self.nudge_runner is not None:
+            self.nudge_runner()
+
+
+def model_help(settings: Settings) -> list[str]:
+    """What to do to connect a real model; empty when one looks connected (a key for a
+    known provider in the environment or the keyring, an OpenAI-compatible base URL, or a
+    configured endpoint)."""
+    if os.environ.get("OPENAI_BASE_URL"):
+        return []
+    known = sorted({name for names in DEFAULT_KEY_ENVS.values() for name in names})
+    if find_key(*known) is not None:
+        return []
+    for provider in settings.providers.values():
+        if provider.base_url or (provider.api_key_env and find_key(provider.api_key_env)):
+            return []
+    return [
+        "No model is connected yet, so only the scripted model (scripted:demo) can run.",
+        "To use a hosted model, set its API key before errands up, e.g. "
+        "export OPENAI_API_KEY=sk-…, and choose the model openai:gpt-4o-mini "
+        "(ANTHROPIC_API_KEY and GEMINI_API_KEY work the same way; see errands models).",
+        "To use a local model, run an OpenAI-compatible server such as Ollama and point "
+        "errands at it: export OPENAI_BASE_URL=http://127.0.0.1:11434/v1, then choose the "
+        "model openai:llama3.2.",
+        "Restart errands up after setting the variable.",
+    ]

@@ -1,0 +1,103 @@
+"""Live updates for the server-sent event streams.
+
+The store calls :meth:`Hub.committed` after each durable commit (in this process);
+the runner calls :meth:`Hub.text` for each streamed model text delta. Subscribers
+are woken, not fed: a stream reads what is new from the store itself, so a slow
+client can never make the server hold an unbounded queue, and a woken stream always
+sends exactly the committed log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from errands.store.base import Store
+
+__all__ = ["Hub", "Subscription"]
+
+MAX_BUFFERED_TEXT = 64_000  # characters of model text held for one slow subscriber
+
+
+class Subscription:
+    def __init__(self, errand_id: str | None) -> None:
+        self.errand_id = errand_id
+        self.wake = asyncio.Event()
+        self.texts: list[str] = []
+        self.text_chars = 0
+        self.changed: set[str] = set()
+
+    def take_texts(self) -> list[str]:
+        texts, self.texts, self.text_chars = self.texts, [], 0
+        return texts
+
+    def take_changed(self) -> set[str]:
+        changed, self.changed = self.changed, set()
+        return changed
+
+
+class Hub:
+    def __init__(self, store: Store) -> None:
+        self._by_errand: dict[str, set[Subscription]] = {}
+        self._all: set[Subscription] = set()
+        self.closing = asyncio.Event()
+        store.subscribe(self.committed)
+
+    def committed(self, errand_id: str, seq: int) -> None:
+        for sub in self._by_errand.get(errand_id, ()):
+            sub.wake.set()
+        for sub in self._all:
+            sub.changed.add(errand_id)
+            sub.wake.set()
+
+    def text(self, errand_id: str, delta: str) -> None:
+        for sub in self._by_errand.get(errand_id, ()):
+            if sub.text_chars < MAX_BUFFERED_TEXT:
+                sub.texts.append(delta)
+                sub.text_chars += len(delta)
+            sub.wake.set()
+
+    def watched(self, errand_id: str) -> bool:
+        """Does any stream follow this errand? (Safe to ask from another thread.)"""
+        return errand_id in self._by_errand
+
+    @contextlib.contextmanager
+    def subscribe(self, errand_id: str | None) -> Iterator[Subscription]:
+        """Wake-ups for one errand (or, with None, for every errand) while in the block."""
+        sub = Subscription(errand_id)
+        if errand_id is None:
+            self._all.add(sub)
+        else:
+            self._by_errand.setdefault(errand_id, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            if errand_id is None:
+                self._all.discard(sub)
+            else:
+                subs = self._by_errand.get(errand_id)
+                if subs is not None:
+                    subs.discard(sub)
+                    if not subs:
+                        del self._by_errand[errand_id]
+
+    async def wait(self, sub: Subscription, timeout: float) -> None:
+        """Until *sub* is woken, the hub closes, or *timeout* passes."""
+        if not sub.wake.is_set() and not self.closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.wake.wait(), timeout)
+        sub.wake.clear()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._all) + sum(len(s) for s in self._by_errand.values())
+
+    def close(self) -> None:
+        """End every stream (the server is shutting down)."""
+        self.closing.set()
+        for sub in self._all:
+            sub.wake.set()
+        for subs in self._by_errand.values():
+            for sub in subs:
+                sub.wake.set()

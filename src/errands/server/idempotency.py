@@ -1,0 +1,159 @@
+"""Idempotency keys for the API's creating requests, kept durably.
+
+``POST /api/errands`` and ``POST /api/errands/{id}/messages`` accept an
+``Idempotency-Key`` header: the same key (for the same request) gets the same
+response, and nothing is created twice -- across retries, concurrent duplicates and
+server restarts.
+
+The keys live in their own small SQLite file, ``ERRANDS_HOME/server.sqlite`` (not in
+the errand store: they are the server's bookkeeping, not part of any errand's log).
+A creation is made crash-safe by *reserving* before acting: the row holding the key
+is committed first, with the errand id the creation will use; the errand is created
+under that id; then the response is recorded. A retry that finds a reservation
+without a response looks in the store -- if the reserved errand exists, it was
+created, and its response is recorded now; if not, it is created now. For a message
+the row records how long the errand's log was; a retry looks for the message (same
+text, from the API) after that point before sending it again.
+
+Keys are kept for 24 hours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["IdempotencyStore", "KeyReused", "Reservation", "fingerprint"]
+
+KEEP_SECONDS = 24 * 3600
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    reserved TEXT,            -- what the creation will use: an errand id, or a log length
+    status INTEGER,           -- the response, once there is one
+    response TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (scope, key)
+)
+"""
+
+
+class KeyReused(Exception):
+    """The key was used before for a different request."""
+
+
+def fingerprint(body: Any) -> str:
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass
+class _Held:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
+class Reservation:
+    scope: str
+    key: str
+    reserved: str | None  # set when the row already existed without a response
+    status: int | None = None
+    response: Any = None
+
+    @property
+    def done(self) -> bool:
+        return self.status is not None
+
+
+class IdempotencyStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(_SCHEMA)
+        self._conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ?", (time.time() - KEEP_SECONDS,)
+        )
+        self._db_lock = threading.Lock()
+        self._locks: dict[tuple[str, str], _Held] = {}
+
+    @contextlib.asynccontextmanager
+    async def held(self, scope: str, key: str) -> AsyncIterator[None]:
+        """Serialise requests with the same key (a duplicate waits for the first)."""
+        entry = self._locks.setdefault((scope, key), _Held())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[(scope, key)]
+
+    def _begin(self, scope: str, key: str, fp: str, reserve: str) -> Reservation:
+        with self._db_lock:
+            row = self._conn.execute(
+                "SELECT fingerprint, reserved, status, response FROM idempotency"
+                " WHERE scope = ? AND key = ?",
+                (scope, key),
+            ).fetchone()
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO idempotency(scope, key, fingerprint, reserved, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (scope, key, fp, reserve, time.time()),
+                )
+                return Reservation(scope, key, reserved=None)
+        if row[0] != fp:
+            raise KeyReused(
+                "this Idempotency-Key was used before for a different request; "
+                "use a new key for a new request"
+            )
+        if row[2] is not None:
+            return Reservation(scope, key, row[1], int(row[2]), json.loads(row[3]))
+        return Reservation(scope, key, reserved=row[1])
+
+    async def begin(self, scope: str, key: str, body: Any, reserve: str) -> Reservation:
+        """Find the key, or reserve it (durably) with *reserve*; hold :meth:`held` first."""
+        return await asyncio.to_thread(self._begin, scope, key, fingerprint(body), reserve)
+
+    def _finish(self, scope: str, key: str, status: int, response: Any) -> None:
+        with self._db_lock:
+            self._conn.execute(
+                "UPDATE idempotency SET status = ?, response = ? WHERE scope = ? AND key = ?",
+                (status, json.dumps(response), scope, key),
+            )
+
+    async def finish(self, scope: str, key: str, status: int, response: Any) -> None:
+        await asyncio.to_thread(self._finish, scope, key, status, response)
+
+    def _forget(self, scope: str, key: str) -> None:
+        with self._db_lock:
+            self._conn.execute(
+                "DELETE FROM idempotency WHERE scope = ? AND key = ? AND status IS NULL",
+                (scope, key),
+            )
+
+    async def forget(self, scope: str, key: str) -> None:
+        """Drop a reservation whose request failed before creating anything."""
+        await asyncio.to_thread(self._forget, scope, key)
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._conn.close()

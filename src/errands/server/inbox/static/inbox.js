@@ -1,0 +1,331 @@
+// errands inbox: live updates over server-sent events, actions through the JSON API.
+// No framework, no build step. Every state-changing request sends X-CSRF-Token (the
+// value of the page's csrf-token meta tag, equal to the errands_csrf cookie).
+"use strict";
+
+(() => {
+  const csrf = document.querySelector('meta[name="csrf-token"]').content;
+  const body = document.body;
+  const page = body.dataset.page;
+
+  function randomKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function post(path, data, headers = {}) {
+    const response = await fetch(path, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {
+        "Content-Type": "application/json",
+        "X-CSRF-Token": csrf,
+        "X-Errands-Channel": "inbox",
+        ...headers,
+      },
+      body: JSON.stringify(data ?? {}),
+    });
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch (_) {
+      answer = null;
+    }
+    if (!response.ok) {
+      const detail = answer && typeof answer.detail === "string" ? answer.detail : `HTTP ${response.status}`;
+      throw new Error(detail);
+    }
+    return answer;
+  }
+
+  function showError(el, message) {
+    if (!el) return;
+    el.textContent = message || "";
+    el.hidden = !message;
+  }
+
+  function fragment(html) {
+    const t = document.createElement("template");
+    t.innerHTML = html;
+    return t.content;
+  }
+
+  function setBadge(count) {
+    const badge = document.getElementById("badge");
+    if (!badge || Number.isNaN(count)) return;
+    badge.textContent = String(count);
+    badge.dataset.count = String(count);
+    badge.classList.toggle("empty", count === 0);
+    document.title = (count ? `(${count}) ` : "") + document.title.replace(/^\(\d+\) /, "");
+  }
+
+  // Replace the cards in *container* with those in *fresh*, keeping cards that are still
+  // pending untouched (a half-typed edit or reason survives a live update).
+  function mergeCards(container, fresh) {
+    if (!container) return;
+    const wanted = Array.from(fresh.querySelectorAll("article.approval"));
+    const ids = new Set(wanted.map((c) => c.dataset.approvalId));
+    container.querySelectorAll("article.approval").forEach((card) => {
+      if (!ids.has(card.dataset.approvalId)) card.remove();
+    });
+    let anchor = null;
+    for (const card of wanted) {
+      const existing = container.querySelector(`article.approval[data-approval-id="${CSS.escape(card.dataset.approvalId)}"]`);
+      const node = existing || card;
+      if (anchor) anchor.after(node);
+      else container.prepend(node);
+      anchor = node;
+    }
+  }
+
+  // -- live connection --------------------------------------------------------------------
+
+  function listen(url, handlers) {
+    const live = document.getElementById("live");
+    const source = new EventSource(url);
+    source.onopen = () => live && live.classList.add("on");
+    source.onerror = () => live && live.classList.remove("on");
+    for (const [name, fn] of Object.entries(handlers)) {
+      source.addEventListener(name, (event) => fn(JSON.parse(event.data)));
+    }
+    return source;
+  }
+
+  function debounce(fn, ms) {
+    let timer = null;
+    let running = false;
+    let again = false;
+    const run = async () => {
+      timer = null;
+      if (running) {
+        again = true;
+        return;
+      }
+      running = true;
+      try {
+        await fn();
+      } catch (err) {
+        console.warn("errands: refresh failed", err);
+      } finally {
+        running = false;
+        if (again) {
+          again = false;
+          schedule();
+        }
+      }
+    };
+    const schedule = () => {
+      if (timer === null) timer = setTimeout(run, ms);
+    };
+    return schedule;
+  }
+
+  // -- the inbox page ---------------------------------------------------------------------
+
+  async function refreshInbox() {
+    const response = await fetch("/fragments/inbox", { credentials: "same-origin" });
+    if (!response.ok) return;
+    const fresh = fragment(await response.text());
+    const queue = document.getElementById("queue");
+    const freshQueue = fresh.getElementById("queue");
+    if (queue && freshQueue) {
+      const count = Number(freshQueue.dataset.count);
+      queue.dataset.count = String(count);
+      queue.querySelector("h2 .count").textContent = String(count);
+      let cards = queue.querySelector(".cards");
+      const note = queue.querySelector(".empty-note");
+      if (count > 0 && !cards) {
+        cards = document.createElement("div");
+        cards.className = "cards";
+        queue.append(cards);
+      }
+      if (cards) mergeCards(cards, freshQueue);
+      if (note) note.hidden = count > 0;
+      if (count === 0 && !note) queue.append(fresh.querySelector("#queue .empty-note") || "");
+      setBadge(count);
+    }
+    const errands = document.getElementById("errands");
+    const freshErrands = fresh.getElementById("errands");
+    if (errands && freshErrands) errands.replaceWith(freshErrands);
+  }
+
+  // -- an errand's page ---------------------------------------------------------------------
+
+  const errandId = body.dataset.errandId;
+  let lastSeq = Number(body.dataset.lastSeq || 0);
+
+  async function refreshErrand() {
+    const response = await fetch(`/fragments/errands/${encodeURIComponent(errandId)}?after=${lastSeq}`, {
+      credentials: "same-origin",
+    });
+    if (!response.ok) return;
+    const fresh = fragment(await response.text());
+    const head = fresh.getElementById("f-head");
+    const timeline = document.getElementById("timeline");
+    let sawModel = false;
+    fresh.querySelectorAll("#f-events > li").forEach((item) => {
+      const seq = Number(item.dataset.seq);
+      if (seq <= lastSeq || timeline.querySelector(`li[data-seq="${seq}"]`)) return;
+      if (item.classList.contains("ev-model")) sawModel = true;
+      timeline.append(item);
+    });
+    if (head) {
+      lastSeq = Math.max(lastSeq, Number(head.dataset.lastSeq));
+      body.dataset.lastSeq = String(lastSeq);
+      document.getElementById("head").replaceChildren(...head.childNodes);
+      if (head.dataset.pending !== "") setBadge(Number(head.dataset.pending));
+    }
+    mergeCards(document.getElementById("errand-approvals"), fresh.getElementById("f-approvals"));
+    if (sawModel) {
+      const liveText = document.getElementById("live-text");
+      liveText.hidden = true;
+      liveText.querySelector(".text").textContent = "";
+    }
+  }
+
+  // -- actions ------------------------------------------------------------------------------
+
+  let refresh = () => {};
+
+  async function decide(card, action, button) {
+    const id = card.dataset.approvalId;
+    const error = card.querySelector(".error");
+    showError(error, "");
+    if (action === "edit") {
+      const editor = card.querySelector(".editor");
+      editor.hidden = !editor.hidden;
+      card.querySelector('[data-action="approve"]').textContent = editor.hidden ? "Approve" : "Approve edited";
+      if (!editor.hidden) editor.querySelector("textarea").focus();
+      return;
+    }
+    let path;
+    let data;
+    if (action === "deny") {
+      const denier = card.querySelector(".denier");
+      const input = denier.querySelector("input");
+      if (denier.hidden) {
+        denier.hidden = false;
+        button.textContent = "Deny with this reason";
+        input.focus();
+        return;
+      }
+      const reason = input.value.trim();
+      if (!reason) {
+        showError(error, "Say why: the reason goes back to the model.");
+        input.focus();
+        return;
+      }
+      path = `/api/approvals/${encodeURIComponent(id)}/deny`;
+      data = { reason };
+    } else {
+      data = { args_hash: card.dataset.argsHash, always: card.querySelector(".always-box").checked };
+      const editor = card.querySelector(".editor");
+      if (!editor.hidden) {
+        try {
+          data.edited_arguments = JSON.parse(editor.querySelector("textarea").value);
+        } catch (err) {
+          showError(error, `The arguments are not valid JSON: ${err.message}`);
+          return;
+        }
+        if (data.edited_arguments === null || typeof data.edited_arguments !== "object" || Array.isArray(data.edited_arguments)) {
+          showError(error, "The arguments must be a JSON object.");
+          return;
+        }
+      }
+      path = `/api/approvals/${encodeURIComponent(id)}/approve`;
+    }
+    const buttons = card.querySelectorAll("button");
+    buttons.forEach((b) => (b.disabled = true));
+    try {
+      await post(path, data);
+      card.classList.add("decided");
+      card.remove();
+      refresh();
+    } catch (err) {
+      showError(error, err.message);
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const action = button.dataset.action;
+    if (action === "logout") {
+      await post("/logout", {}).catch(() => null);
+      window.location.href = "/login";
+      return;
+    }
+    if (action === "cancel") {
+      if (!window.confirm("Cancel this errand? Its pending approvals become void.")) return;
+      button.disabled = true;
+      try {
+        await post(`/api/errands/${encodeURIComponent(button.dataset.errandId)}/cancel`, { reason: "cancelled in the inbox" });
+      } catch (err) {
+        button.disabled = false;
+        window.alert(err.message);
+      }
+      refresh();
+      return;
+    }
+    const card = button.closest("article.approval");
+    if (card) await decide(card, action, button);
+  });
+
+  function composer(form, submit) {
+    if (!form) return;
+    let key = randomKey(); // one key per request: a double submit creates nothing twice
+    form.addEventListener("input", () => {
+      key = randomKey();
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const error = form.querySelector(".error");
+      const button = form.querySelector("button[type=submit]");
+      showError(error, "");
+      button.disabled = true;
+      try {
+        await submit(new FormData(form), key);
+        key = randomKey();
+      } catch (err) {
+        showError(error, err.message);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  composer(document.getElementById("start-form"), async (data, key) => {
+    const text = String(data.get("text") || "");
+    const model = String(data.get("model") || "").trim();
+    const created = await post("/api/errands", { text, model: model || null }, { "Idempotency-Key": key });
+    window.location.href = `/errands/${encodeURIComponent(created.id)}`;
+  });
+
+  composer(document.getElementById("reply-form"), async (data, key) => {
+    const form = document.getElementById("reply-form");
+    await post(`/api/errands/${encodeURIComponent(form.dataset.errandId)}/messages`, { text: String(data.get("text") || "") }, {
+      "Idempotency-Key": key,
+    });
+    form.reset();
+  });
+
+  // -- wiring ---------------------------------------------------------------------------------
+
+  if (page === "inbox") {
+    refresh = debounce(refreshInbox, 250);
+    listen("/api/stream", { changed: refresh });
+  } else if (page === "errand" && errandId) {
+    refresh = debounce(refreshErrand, 100);
+    const liveText = document.getElementById("live-text");
+    listen(`/api/errands/${encodeURIComponent(errandId)}/stream?after=${lastSeq}`, {
+      event: refresh,
+      view: refresh,
+      text: (data) => {
+        liveText.hidden = false;
+        liveText.querySelector(".text").textContent += data.delta;
+      },
+    });
+  }
+})();

@@ -1,0 +1,302 @@
+"""``errands up``: one long-running process that runs errands and serves the inbox and API.
+
+Start-up: refuse if a server already runs for this ``ERRANDS_HOME``; load (or create)
+the token when one is needed; bind; release leases left by dead local processes;
+start the runner (which claims every runnable errand) and the HTTP server; write
+``ERRANDS_HOME/server.json`` (url, pid) so the CLI can find the server.
+
+Shutdown on SIGINT/SIGTERM: stop accepting connections and end the live streams, let
+in-flight requests finish, stop the runner (its loops stop and release their leases;
+nothing is lost -- everything that happened is in the store), flush notifications,
+close the store, remove ``server.json``. A second signal skips the waiting. After a
+crash ``server.json`` is stale (its pid is dead) and the next start replaces it; a
+restart resumes every errand from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from errands import __version__
+from errands.config import Settings
+from errands.policy.rules import load_policy
+from errands.runner import dead_local_owner
+from errands.runtime import tune_gc
+from errands.server.app import create_app
+from errands.server.auth import Security
+from errands.server.context import ServerContext, model_help
+from errands.server.files import (
+    SERVER_FILE,
+    ServerRefused,
+    is_loopback,
+    live_server,
+    load_token,
+)
+from errands.server.hub import Hub
+from errands.server.idempotency import IdempotencyStore
+from errands.server.notify import Notifier
+from errands.server.worker import RunnerThread
+from errands.states import ErrandState
+from errands.store.redact import Redactor, secret_env_values
+from errands.store.sqlite import SQLiteStore
+from errands.tools.builtin import builtin_registry
+
+__all__ = ["release_dead_leases", "run_server"]
+
+REAP_SECONDS = 30.0
+
+log = logging.getLogger("errands.server")
+
+
+async def release_dead_leases(store: SQLiteStore) -> int:
+    """Free the leases of runnable errands whose owner died on this host (a SIGKILL):
+    the runner then claims them at once instead of waiting for the leases to expire."""
+
+    def dead() -> list[tuple[str, str]]:
+        out = []
+        for view in store.list_errands_sync(
+            states=[ErrandState.queued, ErrandState.running], limit=1_000_000
+        ):
+            holder = store.lease_holder(view.id)
+            if holder is not None and dead_local_owner(holder[0]):
+                out.append((view.id, holder[0]))
+        return out
+
+    found = await asyncio.to_thread(dead)
+    for errand_id, owner in found:
+        await store.release(errand_id, owner)
+    if found:
+        log.info("released %d lease(s) left by processes that died", len(found))
+    return len(found)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServerRefused(f"cannot listen on {host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerRefused(
+                f"port {port} on {host} is in use (another errands up, or another program); "
+                "choose another with --port"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ServerRefused(
+                f"not allowed to listen on {host} port {port}; choose a port above 1023"
+            ) from None
+        raise ServerRefused(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, without its own signal handling: ``errands up`` handles the signals and
+    shuts the runner and the store down after the HTTP side."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def run_server(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    echo: Callable[[str], None] = print,
+) -> None:
+    """Run until SIGINT/SIGTERM. Raises :class:`ServerRefused` if it cannot start."""
+    home = settings.home
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        probe = home / f".write-test.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ServerRefused(
+            f"ERRANDS_HOME {home} is not writable: {exc.strerror}; "
+            "run errands up as the user who owns it, or choose another with --home"
+        ) from None
+    running = live_server(home)
+    if running is not None:
+        raise ServerRefused(
+            f"errands is already up for {home} at {running['url']} (pid {running['pid']})"
+        )
+    need_token = not is_loopback(host) or settings.server.require_token
+    token, created = load_token(home, create=True) if need_token else (None, False)
+    security = Security(
+        host=host,
+        port=port,
+        token=token,
+        allowed_hosts=settings.server.allowed_hosts,
+        max_body_bytes=settings.server.max_body_bytes,
+    )  # checks allowed_hosts before binding
+    sock = _bind(host, port)
+    actual = sock.getsockname()[1]
+    security.port = actual
+    url = _url(host, actual)
+    # errands' own network tools must never reach this server
+    settings = settings.model_copy(update={"server_port": actual})
+    lines = [f"errands is up: {url}", "  the inbox, and the API (/openapi.json)"]
+    if host in ("0.0.0.0", "::"):
+        lines.append(f"  listening on every interface: http://{socket.gethostname()}:{actual}/")
+    if token is not None and created:
+        lines.append(f"  token (shown once; also in {home / 'server-token'}): {token}")
+    elif token is not None:
+        lines.append(f"  the token is in {home / 'server-token'}")
+    for line in model_help(settings):
+        lines.append(f"  {line}")
+    lines.append("  Ctrl-C stops it; every errand keeps its place and resumes on the next start")
+    asyncio.run(_main(settings, security, sock, url, lambda: echo("\n".join(lines))))
+
+
+async def _main(
+    settings: Settings,
+    security: Security,
+    sock: socket.socket,
+    url: str,
+    announce: Callable[[], None],
+) -> None:
+    loop = asyncio.get_running_loop()
+    home = settings.home
+    store = SQLiteStore(settings.db_path, redactor=Redactor(secret_env_values()))
+    idempotency = IdempotencyStore(home / "server.sqlite")
+    info_path = home / SERVER_FILE
+    try:
+        hub = Hub(store)
+        registry = builtin_registry()
+
+        def on_text(errand_id: str, delta: str) -> None:  # called on the runner's thread
+            if hub.watched(errand_id):  # each hand-over costs a wake-up of the API loop
+                loop.call_soon_threadsafe(hub.text, errand_id, delta)
+
+        runner = RunnerThread(store, settings, registry, load_policy(home), on_text=on_text)
+        ctx = ServerContext(
+            settings=settings,
+            store=store,
+            registry=registry,
+            hub=hub,
+            security=security,
+            idempotency=idempotency,
+            base_url=url,
+            nudge_runner=runner.nudge,
+        )
+        notifier = Notifier(settings.notify, store, url)
+        config = uvicorn.Config(
+            create_app(ctx),
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=3,
+            timeout_keep_alive=5,
+        )
+        server = _Server(config)
+        stop = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                server.force_exit = True  # a second signal: stop waiting
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await release_dead_leases(store)
+        runner.start()
+        assert runner.finished is not None
+        server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not server_task.done():
+            await asyncio.sleep(0.01)
+        _write_json_atomic(
+            info_path,
+            {
+                "url": url,
+                "pid": os.getpid(),
+                "host": security.host,
+                "port": security.port,
+                "token_required": security.token is not None,
+                "started_at": time.time(),
+                "version": __version__,
+            },
+        )
+        announce()
+        sys.stdout.flush()
+        _tune_runtime()
+        reaper = asyncio.create_task(_reap_forever(store))
+        stopping = asyncio.create_task(stop.wait())
+        watched: list[asyncio.Future[Any]] = [stopping, server_task, runner.finished]
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        log.info("shutting down")
+        hub.close()  # ends the live streams, so connections can close
+        server.should_exit = True
+        await server_task
+        try:
+            await runner.stop()
+        finally:
+            for task in (reaper, stopping):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await notifier.close()
+        if runner.error is not None:
+            raise ServerRefused(f"the runner failed: {runner.error}")
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(info_path.read_text()).get("pid") == os.getpid():
+                info_path.unlink()
+        idempotency.close()
+        await store.close()
+
+
+def _tune_runtime() -> None:
+    """Freeze what start-up allocated (the app, its schemas) so the collector stops
+    rescanning it (:func:`errands.runtime.tune_gc`), and shorten the interpreter's thread
+    switch interval so that a request waits less for the runner's thread."""
+    tune_gc()
+    sys.setswitchinterval(0.001)
+
+
+async def _reap_forever(store: SQLiteStore) -> None:
+    while True:
+        await asyncio.sleep(REAP_SECONDS)
+        try:
+            await release_dead_leases(store)
+        except Exception:
+            log.exception("releasing dead leases failed")

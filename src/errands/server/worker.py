@@ -1,0 +1,124 @@
+"""The runner's own thread: errands run on an event loop of their own.
+
+The HTTP side and the errands share one process and one store (one writer thread,
+group commit), but not one event loop: with hundreds of errands running, a request
+queued behind every ready errand callback on a shared loop would wait for all of
+them. On its own loop, a request waits only for the interpreter's thread switch.
+
+Cross-thread calls are explicit: :meth:`RunnerThread.nudge` (from the API loop: claim
+now), the text listener (from the runner loop: handed to the API loop by the
+caller), and :meth:`RunnerThread.stop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from errands.config import Settings
+from errands.loop import TextListener
+from errands.policy.hook import PolicyHook
+from errands.runner import Runner
+from errands.store.base import Store
+from errands.tools.registry import Registry
+
+__all__ = ["RunnerThread"]
+
+log = logging.getLogger("errands.server")
+
+
+class RunnerThread:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        registry: Registry,
+        policy: PolicyHook,
+        *,
+        on_text: TextListener,
+        poll: float = 0.25,
+    ) -> None:
+        self._make: Callable[[], Runner] = lambda: Runner(
+            store, settings, registry, policy, on_text=on_text
+        )
+        self.poll = poll
+        self.runner: Runner | None = None
+        self.error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._claiming: asyncio.Task[None] | None = None
+        self._again = False
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="errands-runner", daemon=True)
+        self.finished: asyncio.Future[None] | None = None  # resolved on the caller's loop
+
+    def start(self) -> None:
+        """Start the thread; returns once the runner is serving."""
+        caller = asyncio.get_running_loop()
+        self.finished = caller.create_future()
+        self._caller = caller
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to the server, which shuts down
+            self.error = exc
+            log.exception("the runner stopped with an error")
+        finally:
+            self._ready.set()
+            with contextlib.suppress(RuntimeError):  # the caller's loop is gone
+                self._caller.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(None)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.runner = self._make()  # subscribes to the store on this loop
+        self._ready.set()
+        try:
+            await self.runner.serve(self._stop, poll=self.poll)
+        finally:
+            if self._claiming is not None:
+                self._claiming.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._claiming
+
+    # -- called from other threads ---------------------------------------------------------
+
+    def nudge(self) -> None:
+        """Something became runnable: claim it now, not at the next poll. Coalesced."""
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._nudge)
+
+    def _nudge(self) -> None:
+        if self._claiming is not None and not self._claiming.done():
+            self._again = True
+            return
+        self._claiming = asyncio.ensure_future(self._claim())
+
+    async def _claim(self) -> None:
+        assert self.runner is not None
+        while True:
+            self._again = False
+            try:
+                await self.runner.claim()
+            except Exception:  # the runner's own poll claims it a moment later
+                log.exception("claiming runnable errands failed")
+            if not self._again:
+                return
+
+    async def stop(self) -> None:
+        """Stop serving (the loops stop, leases are released) and wait for the thread."""
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        await asyncio.to_thread(self._thread.join)
