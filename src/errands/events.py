@@ -167,7 +167,9 @@ class UserMessage(_Event):
 class ModelRequested(_Event):
     """Written before the model is called; its context is the log before this event."""
 
+    VERSION: ClassVar[int] = 2
     type: Literal["model_requested"] = "model_requested"
+    v: int = 2
     model: str
     tools_hash: str
     max_tokens: int | None = None
@@ -324,8 +326,17 @@ def _errand_created_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _model_requested_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    # v1 named its context by ``context_seq``, always the sequence number just before
+    # the request itself; v2 drops it (the context is the log before the event).
+    data = {k: v for k, v in data.items() if k != "context_seq"}
+    data["v"] = 2
+    return data
+
+
 UPGRADERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("errand_created", 1): _errand_created_1_to_2,
+    ("model_requested", 1): _model_requested_1_to_2,
 }
 
 

@@ -7,10 +7,11 @@ projection tables are only a cache of that fold, rebuildable from the log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from errands import events as ev
 
@@ -68,83 +69,143 @@ class ErrandView(BaseModel):
     updated_at: float = 0.0
     last_seq: int = 0
     steps: int = 0  # model turns answered
-    usage: ev.Usage = ev.Usage()
+    usage: ev.Usage = Field(default_factory=ev.Usage)
     result: str | None = None
     reason: str = ""  # why the errand is in its state (failed, needs_attention, cancelled)
-    pending: dict[int, PendingApproval] = {}
+    pending: dict[int, PendingApproval] = Field(default_factory=dict)
     cancel_requested: bool = False
     purged: bool = False
 
 
 def apply(view: ErrandView, seq: int, event: ev.Event) -> None:
-    """Fold one event into *view* (in place). Pure in (view, seq, event)."""
-    assert seq == view.last_seq + 1, f"gap or duplicate in {view.id}: {view.last_seq} -> {seq}"
-    view.last_seq = seq
-    view.updated_at = max(view.updated_at, event.at)
-    terminal = view.state in TERMINAL
-    match event:
-        case ev.ErrandCreated():
-            view.title = event.title
-            view.model = event.model
-            view.workspace = event.workspace
-            view.parent = event.parent
-            view.created_at = event.at
-            view.state = ErrandState.queued
-        case ev.UserMessage():
-            # a follow-up reopens a finished errand, or joins a running one
-            if terminal or view.state is ErrandState.needs_attention:
-                view.state = ErrandState.queued
-                view.result = None
-                view.reason = ""
-                view.cancel_requested = False
-        case ev.ModelResponded():
-            view.steps += 1
-            view.usage = view.usage + event.usage
-            _running(view)
-        case ev.ModelRequested() | ev.ToolIntent() | ev.ToolResult():
-            _running(view)
-        case ev.ApprovalRequested():
-            view.pending = {
-                **view.pending,
-                seq: PendingApproval(
-                    errand_id=view.id,
-                    seq=seq,
-                    call_id=event.call_id,
-                    tool=event.tool,
-                    arguments=event.arguments,
-                    args_hash=event.args_hash,
-                    effect=event.effect.value,
-                    reason=event.reason,
-                    rule=event.rule,
-                    preview=event.preview,
-                    at=event.at,
-                ),
-            }
-            if not terminal:
-                view.state = ErrandState.waiting_approval
-        case ev.ApprovalGranted() | ev.ApprovalDenied():
-            view.pending = {k: v for k, v in view.pending.items() if k != event.request_seq}
-            if view.state is ErrandState.waiting_approval and not view.pending:
-                view.state = ErrandState.running
-        case ev.StateChanged():
-            view.state = ErrandState(event.state)
-            view.reason = event.reason
-            if event.result is not None:
-                view.result = event.result.text
-        case ev.CancelRequested():
-            view.cancel_requested = True
-            if not terminal:
-                view.state = ErrandState.cancelled
-                view.reason = event.reason or "cancelled"
-                view.pending = {}
-        case ev.ErrorRaised():
-            pass
-        case ev.ErrandPurged():
-            view.purged = True
+    """Fold one event into *view* (in place). Pure in (view, seq, event).
+
+    Nested values (``usage``, ``pending``) are replaced, never mutated in place, so a
+    value read from a view stays as it was (the store relies on this to tell which
+    projection columns changed).
+    """
+    fields = view.__dict__  # (the two fields every event sets, written where pydantic keeps
+    # them, without its per-assignment dispatch: this runs for every event the store writes)
+    assert seq == fields["last_seq"] + 1, f"gap or duplicate in {view.id}: {view.last_seq} -> {seq}"
+    fields["last_seq"] = seq
+    if event.at > fields["updated_at"]:
+        fields["updated_at"] = event.at
+    view.__pydantic_fields_set__.update(_EVERY_EVENT_SETS)
+    _FOLD[type(event)](view, seq, event)
+
+
+_EVERY_EVENT_SETS = ("last_seq", "updated_at")
+
+
+# One rule per event type (a table rather than a chain of isinstance checks: the
+# store folds every event it writes).
+
+
+def _errand_created(view: ErrandView, seq: int, event: ev.ErrandCreated) -> None:
+    view.title = event.title
+    view.model = event.model
+    view.workspace = event.workspace
+    view.parent = event.parent
+    view.created_at = event.at
+    view.state = ErrandState.queued
+
+
+def _user_message(view: ErrandView, seq: int, event: ev.UserMessage) -> None:
+    # a follow-up reopens a finished errand, or joins a running one
+    if view.state in TERMINAL or view.state is ErrandState.needs_attention:
+        view.state = ErrandState.queued
+        view.result = None
+        view.reason = ""
+        view.cancel_requested = False
+
+
+def _model_responded(view: ErrandView, seq: int, event: ev.ModelResponded) -> None:
+    view.steps += 1
+    view.usage = view.usage + event.usage
+    _running(view)
+
+
+def _working(
+    view: ErrandView, seq: int, event: ev.ModelRequested | ev.ToolIntent | ev.ToolResult
+) -> None:
+    _running(view)
+
+
+def _approval_requested(view: ErrandView, seq: int, event: ev.ApprovalRequested) -> None:
+    view.pending = {
+        **view.pending,
+        seq: PendingApproval(
+            errand_id=view.id,
+            seq=seq,
+            call_id=event.call_id,
+            tool=event.tool,
+            arguments=event.arguments,
+            args_hash=event.args_hash,
+            effect=event.effect.value,
+            reason=event.reason,
+            rule=event.rule,
+            preview=event.preview,
+            at=event.at,
+        ),
+    }
+    if view.state not in TERMINAL:
+        view.state = ErrandState.waiting_approval
+
+
+def _approval_decided(
+    view: ErrandView, seq: int, event: ev.ApprovalGranted | ev.ApprovalDenied
+) -> None:
+    view.pending = {k: v for k, v in view.pending.items() if k != event.request_seq}
+    if view.state is ErrandState.waiting_approval and not view.pending:
+        view.state = ErrandState.running
+
+
+def _state_changed(view: ErrandView, seq: int, event: ev.StateChanged) -> None:
+    view.state = ErrandState(event.state)
+    view.reason = event.reason
+    if event.result is not None:
+        view.result = event.result.text
+
+
+def _cancel_requested(view: ErrandView, seq: int, event: ev.CancelRequested) -> None:
+    view.cancel_requested = True
+    if view.state not in TERMINAL:
+        view.state = ErrandState.cancelled
+        view.reason = event.reason or "cancelled"
+        view.pending = {}
+
+
+def _error_raised(view: ErrandView, seq: int, event: ev.ErrorRaised) -> None:
+    pass
+
+
+def _errand_purged(view: ErrandView, seq: int, event: ev.ErrandPurged) -> None:
+    view.purged = True
+
+
+_FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
+    ev.ErrandCreated: _errand_created,
+    ev.UserMessage: _user_message,
+    ev.ModelRequested: _working,
+    ev.ModelResponded: _model_responded,
+    ev.ToolIntent: _working,
+    ev.ToolResult: _working,
+    ev.ApprovalRequested: _approval_requested,
+    ev.ApprovalGranted: _approval_decided,
+    ev.ApprovalDenied: _approval_decided,
+    ev.StateChanged: _state_changed,
+    ev.ErrorRaised: _error_raised,
+    ev.CancelRequested: _cancel_requested,
+    ev.ErrandPurged: _errand_purged,
+}
+assert set(_FOLD) == set(ev.EVENT_TYPES.values()), "every event type has a fold rule"
+
+
+_STARTS_RUNNING = frozenset({ErrandState.queued, ErrandState.sleeping})
 
 
 def _running(view: ErrandView) -> None:
-    if view.state in (ErrandState.queued, ErrandState.sleeping):
+    if view.state in _STARTS_RUNNING:
         view.state = ErrandState.running
 
 

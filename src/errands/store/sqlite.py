@@ -8,15 +8,18 @@ commit. Reads use per-thread connections (WAL lets them run beside the writer).
 
 The ``errands`` table is a projection: a cache of :func:`errands.states.fold` over
 the log, updated in the same transaction as the events and rebuildable from them
-(:meth:`SQLiteStore.rebuild_projections`). Its indexed columns (state, title, times,
+(:meth:`SQLiteStore.rebuild_projections`). Its queryable columns (state, title, times,
 sequence, parent, pending count) are real columns; the ``view`` column holds only the
 rest of the :class:`~errands.states.ErrandView`, with default values left out, so that
 the row rewritten for every errand in every batch stays small.
 
-What the writer thread does per event is kept to the minimum, because it is the one
-serial part: callers serialise and redact their events before they enqueue them, and a
-projection row whose indexed columns did not change is updated without touching its
-indexes. See ``docs/store.md`` for the design and the benchmark.
+The writer thread is the one serial part, so what it does per event is kept small:
+callers serialise and redact their events before they enqueue them; a projection row
+whose indexed columns did not change is updated without touching the indexes, and its
+JSON is not re-dumped when its fields did not change; WAL checkpoints run in a thread
+of their own; and a batch's callers are told it committed while the *next* batch waits
+for its fsync, so that their tasks run while the writer does not need the GIL. See
+``docs/store.md`` for the design and the benchmark.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import operator
 import queue
 import sqlite3
 import threading
@@ -49,10 +53,18 @@ MAX_BATCH = 4096  # operations per group commit
 PURGED = "[purged]"
 WRITER_CACHE_KIB = 64 * 1024  # the writer's page cache: the hot leaf pages of every errand
 VIEW_CACHE_MAX = 20_000  # views the writer keeps in memory
+# Checkpoints run in their own thread, off the writer's path (see _checkpointer).
+CHECKPOINT_INTERVAL = 0.5  # seconds between two checkpoints at most
+WAL_RESTART_FRAMES = 16_384  # past this many WAL frames (64 MiB), restart the WAL
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what a restarted WAL file is truncated back to
+BUSY_TIMEOUT = 30.0  # seconds to wait for another process's write lock
 
 # The projection's columns; the ``view`` column holds the other fields of ErrandView.
 _COLUMNS = ("id", "state", "title", "created_at", "updated_at", "last_seq", "parent")
 _COLUMN_SET = set(_COLUMNS)
+# The rest, which the ``view`` column holds (as JSON, defaults left out).
+_EXTRA_FIELDS = tuple(f for f in ErrandView.model_fields if f not in _COLUMN_SET)
+_extras = operator.attrgetter(*_EXTRA_FIELDS)
 _SELECT_VIEW = (
     "SELECT id, state, title, created_at, updated_at, last_seq, parent, view FROM errands"
 )
@@ -86,12 +98,22 @@ class WriterStats:
 
 @dataclass(slots=True)
 class _Op:
-    fn: Callable[[_Tx], Any]
+    """One queued write: ``fn(tx)`` in the writer thread, or (``fn`` None) an append.
+
+    Appends, the hot path, carry their arguments here rather than in a closure: fewer
+    objects per append for the garbage collector to trace while it waits.
+    """
+
+    fn: Callable[[_Tx], Any] | None
     future: asyncio.Future[Any] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     done: threading.Event | None = None  # for callers without an event loop
     result: Any = None
     error: BaseException | None = None
+    errand_id: str = ""
+    prepared: list[_Prepared] | None = None
+    owner: str | None = None
+    guard: Guard | None = None
 
 
 @dataclass
@@ -117,7 +139,8 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class SQLiteStore:
-    """The default store. Open with :meth:`open`; close with :meth:`close`."""
+    """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
+    with :meth:`close`."""
 
     def __init__(
         self,
@@ -138,7 +161,9 @@ class SQLiteStore:
         # writer-thread state: caches, dropped whenever a transaction fails or another
         # connection has written (PRAGMA data_version)
         self._views: dict[str, ErrandView] = {}
-        self._indexed: dict[str, tuple[str, int]] = {}  # errand -> (state, pending) on disk
+        # errand -> what its projection row on disk holds: (state, pending count), and the
+        # values of the view column's fields with their JSON (to skip dumping it again)
+        self._written: dict[str, tuple[tuple[str, int], tuple[Any, ...], str]] = {}
         self._held: dict[str, str] = {}  # errand -> owner, leases this writer knows are held
         self._data_version = -1
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -147,13 +172,27 @@ class SQLiteStore:
             # purged content is overwritten on disk, not just unlinked
             self._wconn.execute("PRAGMA secure_delete = ON")
             self._wconn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            # the checkpointer thread checkpoints, not the writer's COMMIT
+            self._wconn.execute("PRAGMA wal_autocheckpoint = 0")
+            self._wconn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             migrate(self._wconn)
+            # the writer waits for other processes' locks itself (see _begin)
+            self._wconn.execute("PRAGMA busy_timeout = 0")
+            self._cconn = _connect(self.path)
         except BaseException:
             self._wconn.close()
             raise
-        self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
+        self._untold: list[_Op] = []  # committed, callers not told yet (writer thread only)
+        self._restart_wal = False  # set by the checkpointer when the WAL has grown too big
+        self._committed = threading.Event()  # set after each commit: wakes the checkpointer
+        self._stopping = threading.Event()  # set by close: stops the checkpointer
         self._closed = False
+        self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
+        self._checkpoint_thread = threading.Thread(
+            target=self._checkpointer, name="errands-store-checkpointer", daemon=True
+        )
         self._thread.start()
+        self._checkpoint_thread.start()
 
     # ---------------------------------------------------------------- plumbing
 
@@ -184,8 +223,13 @@ class SQLiteStore:
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
-            first = get()
+            try:
+                first = get_nowait()
+            except queue.Empty:  # nothing to overlap with: tell the last batch's callers now
+                self._tell()
+                first = get()
             if first is None:
+                self._tell()
                 return
             batch = [first]
             while len(batch) < MAX_BATCH:
@@ -199,11 +243,53 @@ class SQLiteStore:
                 batch.append(nxt)
             self._commit_batch(batch)
 
+    def _checkpointer(self) -> None:
+        """Copy committed WAL frames into the database file, beside the writer.
+
+        SQLite's automatic checkpoint would run inside the writer's COMMIT, holding up
+        every append of the next batch. Here a PASSIVE checkpoint (which never blocks
+        the writer) runs after commits, at most every ``CHECKPOINT_INTERVAL``. Under
+        continuous load the WAL is never found fully copied when a transaction starts,
+        so it is never reset and keeps growing; past ``WAL_RESTART_FRAMES`` this thread
+        asks the writer to restart it (``_restart_wal``), which the writer does between
+        two batches, when little is left to copy. (A RESTART checkpoint from this
+        thread would have to win the write lock from a writer that never pauses.)
+        Durability is unaffected: a commit is durable once its WAL frames are synced,
+        before any checkpoint.
+        """
+        conn = self._cconn
+        try:
+            while not self._stopping.is_set():
+                if not self._committed.wait(timeout=1.0):
+                    continue
+                if self._stopping.wait(CHECKPOINT_INTERVAL):  # (a pause close can cut short)
+                    return
+                self._committed.clear()
+                try:
+                    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:
+                    continue  # busy or interrupted: the next commit tries again
+                if frames >= WAL_RESTART_FRAMES:
+                    self._restart_wal = True
+        finally:
+            conn.close()
+
+    def _tell(self) -> None:
+        """Resolve the futures of the last committed batch (see ``_run_tx``)."""
+        if self._untold:
+            self._resolve(self._untold)
+            self._untold = []
+
     def _commit_batch(self, batch: list[_Op]) -> None:
         conn = self._wconn
         try:
             self._run_tx(conn, batch)
+            self._untold = batch  # told just before the next COMMIT, or when idle
+            if self._restart_wal:
+                self._restart()
+            return
         except Exception as exc:  # a batch-level failure: retry each op on its own
+            self._tell()
             self._forget()
             if len(batch) > 1:
                 for op in batch:
@@ -215,8 +301,47 @@ class SQLiteStore:
             batch[0].error = exc
         self._resolve(batch)
 
+    def _restart(self) -> None:
+        """Checkpoint what is left of the WAL, so that the next transaction restarts it."""
+        self._tell()  # (they are committed; this may take a moment)
+        try:
+            busy, _, _ = self._wconn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error:
+            return  # another checkpoint is running: after the next batch, then
+        if not busy:
+            self._restart_wal = False
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, waiting (up to ``BUSY_TIMEOUT``) while another process writes."""
+        deadline = 0.0
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                self._tell()  # don't keep committed callers waiting on another's lock
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + BUSY_TIMEOUT
+                elif now >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
     def _run_tx(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        conn.execute("BEGIN IMMEDIATE")
+        """One batch in one transaction.
+
+        The previous batch's callers are told (their futures resolved) only once this
+        batch is written and about to COMMIT: their tasks then run on the event loop
+        while this thread waits for the fsync with the GIL released, instead of
+        contending for the GIL with this thread's staging and row writing. Nothing is
+        acknowledged before its own COMMIT; the wait is only as long as one batch's
+        staging (and when the queue is empty, there is none).
+        """
+        self._begin(conn)
         try:
             t0 = time.perf_counter()
             version = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -228,7 +353,7 @@ class SQLiteStore:
             for op in batch:
                 staged = len(rows)
                 try:
-                    op.result = op.fn(tx)
+                    op.result = self._append_in_tx(tx, op) if op.fn is None else op.fn(tx)
                 except StoreError as exc:
                     # refused before it staged anything: the rest of the batch goes on
                     invariant(len(rows) == staged, "a refused operation staged nothing")
@@ -236,6 +361,7 @@ class SQLiteStore:
             t1 = time.perf_counter()
             self._flush(tx)
             t2 = time.perf_counter()
+            self._tell()
             fault("mid_batch")
             conn.execute("COMMIT")
             t3 = time.perf_counter()
@@ -252,6 +378,7 @@ class SQLiteStore:
         stats.staging_s += t1 - t0
         stats.writing_s += t2 - t1
         stats.committing_s += t3 - t2
+        self._committed.set()
         self._after_commit(tx)
 
     def _flush(self, tx: _Tx) -> None:
@@ -268,15 +395,34 @@ class SQLiteStore:
         if tx.dirty:
             upserts: list[tuple[Any, ...]] = []
             updates: list[tuple[Any, ...]] = []
-            indexed = self._indexed
+            written = self._written
             for errand_id, view in tx.dirty.items():
-                row = _view_row(view)
-                key = (row[1], row[7])
-                if indexed.get(errand_id) == key:
-                    updates.append((row[2], row[4], row[5], row[6], row[8], errand_id))
+                key = (view.state.value, len(view.pending))
+                extras = _extras(view)
+                before = written.get(errand_id)
+                if before is not None and before[1] == extras:
+                    data = before[2]  # apply replaces values, never mutates them: unchanged
                 else:
-                    upserts.append(row)
-                    indexed[errand_id] = key
+                    data = view.model_dump_json(exclude=_COLUMN_SET, exclude_defaults=True)
+                written[errand_id] = (key, extras, data)
+                if before is not None and before[0] == key:
+                    updates.append(
+                        (view.title, view.updated_at, view.last_seq, view.parent, data, errand_id)
+                    )
+                else:
+                    upserts.append(
+                        (
+                            errand_id,
+                            key[0],
+                            view.title,
+                            view.created_at,
+                            view.updated_at,
+                            view.last_seq,
+                            view.parent,
+                            key[1],
+                            data,
+                        )
+                    )
             if upserts:
                 conn.executemany(_UPSERT_VIEW, upserts)
             if updates:
@@ -314,7 +460,7 @@ class SQLiteStore:
 
     def _forget(self) -> None:
         self._views.clear()
-        self._indexed.clear()
+        self._written.clear()
         self._held.clear()
 
     # ------------------------------------------------------- writer-side helpers
@@ -354,7 +500,7 @@ class SQLiteStore:
     def _cache(self, view: ErrandView) -> None:
         if len(self._views) >= VIEW_CACHE_MAX:
             self._views.clear()
-            self._indexed.clear()
+            self._written.clear()
         self._views[view.id] = view
 
     def _check_lease(self, tx: _Tx, errand_id: str, owner: str) -> None:
@@ -369,7 +515,7 @@ class SQLiteStore:
 
     def _stage(self, tx: _Tx, view: ErrandView, prepared: Sequence[_Prepared]) -> list[int]:
         errand_id = view.id
-        rows, appended = tx.rows, tx.appended
+        rows = tx.rows
         seqs: list[int] = []
         for event, body, blob in prepared:
             seq = view.last_seq + 1
@@ -381,8 +527,9 @@ class SQLiteStore:
             tx.body_bytes += len(body)
             apply(view, seq, event)
             seqs.append(seq)
-            appended.append((errand_id, seq))
         tx.dirty[errand_id] = view
+        if self._listeners:
+            tx.appended.append((errand_id, seqs[-1]))
         return seqs
 
     # ------------------------------------------------------------------ writes
@@ -414,28 +561,37 @@ class SQLiteStore:
         guard: Guard | None = None,
     ) -> list[int]:
         require(len(events) > 0, "at least one event")
-        require(
-            not any(isinstance(e, ev.ErrandCreated) for e in events),
-            "errand_created only through create()",
+        prepared: list[_Prepared] = []
+        for event in events:
+            require(event.type != "errand_created", "errand_created only through create()")
+            prepared.append(self._prepare(event))
+        # (the hot path: no closure, and _submit inlined -- fewer objects per append)
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._queue.put(
+            _Op(None, future, loop, None, None, None, errand_id, prepared, owner, guard)
         )
-        prepared = [self._prepare(e) for e in events]
-        count = len(prepared)
+        return await future
 
-        def op(tx: _Tx) -> list[int]:
-            view = self._view_for(tx, errand_id)
-            if owner is not None:
-                self._check_lease(tx, errand_id, owner)
-            if guard is not None:
-                guard(view)
-            first = view.last_seq + 1
-            seqs = self._stage(tx, view, prepared)
-            ensure(seqs == list(range(first, first + count)), "contiguous sequence numbers")
-            if owner is None:
-                tx.wakeups.append(errand_id)
-            return seqs
-
-        result: list[int] = await self._submit(op)
-        return result
+    def _append_in_tx(self, tx: _Tx, op: _Op) -> list[int]:
+        errand_id, prepared, owner, guard = op.errand_id, op.prepared, op.owner, op.guard
+        assert prepared is not None
+        view = self._view_for(tx, errand_id)
+        if owner is not None:
+            self._check_lease(tx, errand_id, owner)
+        if guard is not None:
+            guard(view)
+        first = view.last_seq + 1
+        seqs = self._stage(tx, view, prepared)
+        ensure(
+            seqs[0] == first and seqs[-1] == first + len(prepared) - 1 == view.last_seq,
+            "contiguous sequence numbers",
+        )
+        if owner is None:
+            tx.wakeups.append(errand_id)
+        return seqs
 
     async def acquire(self, errand_id: str, owner: str, ttl: float) -> bool:
         def op(tx: _Tx) -> bool:
@@ -656,6 +812,25 @@ class SQLiteStore:
             return after, []
         return int(rows[-1][0]), list(dict.fromkeys(r[1] for r in rows))
 
+    def usage_rows_sync(
+        self, *, since: float = 0.0, errand_id: str | None = None
+    ) -> list[tuple[str, float, str, ev.Usage]]:
+        """(errand, time, model, usage) of every logged model call since *since*."""
+        sql = (
+            "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
+            " LEFT JOIN blobs b ON b.hash = e.blob WHERE e.type = 'model_responded' AND e.at >= ?"
+        )
+        params: list[Any] = [since]
+        if errand_id is not None:
+            sql += " AND e.errand_id = ?"
+            params.append(errand_id)
+        out = []
+        for eid, at, body in self._reader().execute(sql, params):
+            event = ev.load_event(body)
+            assert isinstance(event, ev.ModelResponded)
+            out.append((str(eid), float(at), event.model, event.usage))
+        return out
+
     def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
         """Who holds the errand's lease, and until when (None if nobody)."""
         row = (
@@ -675,7 +850,7 @@ class SQLiteStore:
                 for stored in self.read_sync(errand_id):
                     apply(view, stored.seq, stored.event)
                 tx.dirty[errand_id] = view
-                self._indexed.pop(errand_id, None)  # rewrite every column
+                self._written.pop(errand_id, None)  # rewrite every column
                 self._cache(view)
             return len(ids)
 
@@ -719,6 +894,9 @@ class SQLiteStore:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        self._stopping.set()
+        self._committed.set()  # (wakes the checkpointer if it is waiting for a commit)
+        self._checkpoint_thread.join()
         self._wconn.close()
         with self._readers_lock:
             for conn in self._readers:
@@ -741,20 +919,6 @@ def _settle(ops: list[_Op]) -> None:
 def _notify(listener: Callable[[str, int], None], latest: dict[str, int]) -> None:
     for errand_id, seq in latest.items():
         listener(errand_id, seq)
-
-
-def _view_row(view: ErrandView) -> tuple[Any, ...]:
-    return (
-        view.id,
-        view.state.value,
-        view.title,
-        view.created_at,
-        view.updated_at,
-        view.last_seq,
-        view.parent,
-        len(view.pending),
-        view.model_dump_json(exclude=_COLUMN_SET, exclude_defaults=True),
-    )
 
 
 def _view_from_row(row: Sequence[Any]) -> ErrandView:
