@@ -41,7 +41,7 @@ from typing import Any
 from errands import events as ev
 from errands.contracts import ensure, invariant, require
 from errands.faults import fault
-from errands.states import ErrandState, ErrandView, PendingApproval, apply
+from errands.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
 from errands.store.base import ErrandExists, Guard, LeaseLost, NotFound, StoredEvent, StoreError
 from errands.store.migrations import migrate
 from errands.store.redact import Redactor
@@ -375,6 +375,12 @@ class SQLiteStore:
         stats.events += len(rows)
         stats.bytes += tx.body_bytes
         stats.max_batch = max(stats.max_batch, len(batch))
+        # waiting costs nothing: an errand that stopped (waiting, finished) leaves the
+        # writer's caches; its row is read back if it is written to again
+        for errand_id, view in tx.dirty.items():
+            if view.state not in RUNNABLE:
+                self._views.pop(errand_id, None)
+                self._written.pop(errand_id, None)
         stats.staging_s += t1 - t0
         stats.writing_s += t2 - t1
         stats.committing_s += t3 - t2
