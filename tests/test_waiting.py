@@ -42,7 +42,8 @@ async def _wait_many(store: SQLiteStore, settings: Settings, tmp_path: Path, n: 
     await runner.wait_idle()
     gc.collect()
     assert len(runner.tasks) == 0
-    assert len(asyncio.all_tasks()) == tasks_before  # no task per waiting errand
+    # no task per waiting errand (tasks other tests left behind may finish meanwhile)
+    assert len(asyncio.all_tasks()) <= tasks_before
     assert threading.active_count() <= threads_before + 8  # the store's reader pool at most
     pending = await store.pending_approvals()
     assert len(pending) == n
