@@ -287,7 +287,7 @@ def test_idempotency_key_gives_the_same_response_and_creates_once(
     other = api.post(
         "/api/errands", json={**body, "text": "something else"}, headers={"Idempotency-Key": "k-1"}
     )
-    assert other.status_code == 422 and "different request" in other.json()["detail"]
+    assert other.status_code == 409 and "different request" in other.json()["detail"]
     errand_id = first.json()["id"]
     m1 = api.post(
         f"/api/errands/{errand_id}/messages", json={"text": "hi"}, headers={"Idempotency-Key": "m"}

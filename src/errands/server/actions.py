@@ -237,8 +237,8 @@ def error_response(exc: Exception) -> JSONResponse | None:
     """The answer for an exception the API knows how to explain; None for the rest."""
     if isinstance(exc, ApiError):
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-    if isinstance(exc, KeyReused):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    if isinstance(exc, KeyReused):  # the key conflicts with an earlier, different request
+        return JSONResponse({"detail": str(exc)}, status_code=409)
     if isinstance(exc, NotFound):
         return JSONResponse({"detail": str(exc)}, status_code=404)
     if isinstance(exc, (UserError, ModelSpecError, WorkspaceRefused, ConfigError)):

@@ -74,7 +74,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
         400: "malformed request",
         404: "no such errand or approval",
-        409: "conflicts with the errand's state",
+        409: "conflicts with the errand's state, or an Idempotency-Key used for another request",
         422: "cannot be carried out as asked",
     }
     return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
@@ -156,7 +156,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         "/errands",
         status_code=201,
         response_model=Created,
-        responses={**_errors(422), 201: {"links": ERRAND_LINKS}},
+        responses={**_errors(409, 422), 201: {"links": ERRAND_LINKS}},
         summary="Start an errand",
         operation_id="createErrand",
     )
@@ -215,7 +215,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         "/errands/{errand_id}/messages",
         status_code=201,
         response_model=MessageSent,
-        responses=_errors(404),
+        responses=_errors(404, 409),
         summary="Tell an errand something (reopens a finished one)",
         operation_id="sendMessage",
     )
