@@ -34,7 +34,9 @@ __all__ = [
 
 ERRAND_ID = r"^[A-Za-z0-9_-]{1,64}$"
 APPROVAL_ID = r"^[A-Za-z0-9_-]{1,64}\.[0-9]{1,9}$"
-NOT_BLANK = r"\S"
+# at least one character that is not white space -- by every definition in play: the JSON
+# Schema (ECMAScript) regex of a client, pydantic's (Unicode) regex, and Python's str.strip()
+NOT_BLANK = r"[^\s\u0085\ufeff\u001c-\u001f]"
 MAX_TEXT = 50_000  # characters; even fully escaped, a body stays under the 1 MiB cap
 MAX_SEQ = 2**53
 
