@@ -166,6 +166,30 @@ def test_malformed_json_is_400_and_writes_nothing(api: httpx.Client) -> None:
     assert count_errands(api) == before
 
 
+def test_an_errand_budget_is_set_by_the_api_and_today_is_reported(
+    server: ServerProc, api: httpx.Client, sink: Sink
+) -> None:
+    before = count_errands(api)
+    for bad in (-1, "lots", 1e9):
+        r = api.post("/api/errands", json={"text": "go", "max_cost_usd": bad})
+        assert r.status_code == 422 and "max_cost_usd" in r.json()["detail"], r.text
+    assert count_errands(api) == before
+    r = api.post("/api/errands", json={"text": "go", "max_cost_usd": 0.25, "model": "x:y"})
+    assert r.status_code == 422  # (the model is checked too: still nothing written)
+    spec = model(server, sink, "budgeted")
+    r = api.post("/api/errands", json={"text": "go", "model": spec, "max_cost_usd": 0.25})
+    assert r.status_code == 201
+    store = SQLiteStore(load_settings(server.home).db_path)
+    try:
+        created = store.read_sync(r.json()["id"])[0].event
+        assert created.limits.max_cost_usd == 0.25  # type: ignore[union-attr]
+    finally:
+        store.close_sync()
+    budget = api.get("/api/budget").json()
+    assert budget["daily_usd"] is None and budget["left_usd"] is None
+    assert budget["spent_usd"] >= 0 and budget["day"].count("-") == 2
+
+
 def test_oversized_bodies_are_413(api: httpx.Client) -> None:
     before = count_errands(api)
     big = json.dumps({"text": "x" * (1024 * 1024 + 10)}).encode()

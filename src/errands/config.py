@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from errands.events import Limits
 
 __all__ = [
+    "BudgetSettings",
     "ConfigError",
     "NetworkSettings",
     "NotifySettings",
@@ -92,6 +93,17 @@ class Price(BaseModel):
     cache_write: float | None = Field(default=None, ge=0)
 
 
+class BudgetSettings(BaseModel):
+    """``[budget]``: spending caps enforced in the store before every model call
+    (docs/providers.md, "Budgets"). An errand's own cap is its ``max_cost_usd`` limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: float | None = Field(default=None, gt=0)  # every errand together, per day
+    # how long a reservation outlives a call that never settles (a crash, a lost process)
+    hold_seconds: float = Field(default=900.0, gt=0)
+
+
 class ProviderSettings(BaseModel):
     """``[providers.NAME]``: a named endpoint (``NAME:MODEL`` specs), or the limits and
     retry settings of a built-in provider when NAME is ``openai``, ``anthropic``, ...
@@ -128,6 +140,7 @@ class Settings(BaseModel):
     )
     max_tokens: int = Field(default=4096, gt=0)
     limits: Limits = Limits()
+    budget: BudgetSettings = BudgetSettings()
     network: NetworkSettings = NetworkSettings()
     prices: dict[str, Price] = {}
     providers: dict[str, ProviderSettings] = {}

@@ -11,7 +11,7 @@ a crash continues exactly where the log says the last one stopped:
   safe (idempotent, or the tool honours the idempotency key); otherwise the errand goes
   to ``needs_attention`` naming the call in doubt.
 
-Policy, limits and tool dispatch are things the loop calls, not branches inside it.
+Policy, limits, budgets and tool dispatch are things the loop calls, not branches inside it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from errands import events as ev
+from errands.budgets import Budgets
 from errands.config import Settings
 from errands.dispatch import Dispatcher
 from errands.faults import fault, switch
@@ -56,6 +57,7 @@ class Loop:
         self.models = models
         self.dispatch = dispatcher
         self.settings = settings
+        self.budgets = Budgets(store, settings)
         self.owner = owner
         self.on_text = on_text
         self.dirty: set[str] = set()  # errands an outsider wrote to since we last looked
@@ -169,6 +171,10 @@ class Loop:
             errand_id=p.errand_id,
             priority=0 if p.view.parent else 1,  # parents before their fan-out
         )
+        refused = await self.budgets.reserve(p, model, request, request_seq)
+        if refused is not None:
+            await self._append(p, [ev.StateChanged(state=refused.state, reason=refused.reason)])
+            return
         try:
             reply = await self._complete(model, request, p.errand_id)
         except ModelError as exc:

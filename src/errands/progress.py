@@ -62,6 +62,8 @@ class Progress:
     final_text: str | None = None
     always_allowed: list[tuple[str, str]] = field(default_factory=list)  # (tool, pattern JSON)
     requested_args: dict[int, dict[str, Any]] = field(default_factory=dict)  # validated, by seq
+    last_usage: ev.Usage | None = None  # of the latest model call (budgets estimate from it)
+    answered: int = 0  # how many messages the latest model call's context and reply made
 
     @classmethod
     def empty(cls, errand_id: str) -> Progress:
@@ -83,6 +85,8 @@ class Progress:
                 self.open_request_seq = seq
             case ev.ModelResponded():
                 self.open_request_seq = None
+                self.last_usage = event.usage
+                self.answered = len(self.messages) + 1  # this reply's message included
                 label = event.content.label if event.content else self.label
                 self.messages.append(
                     Message(

@@ -65,6 +65,7 @@ class ErrandView(BaseModel):
     model: str = ""
     workspace: str = ""
     parent: str | None = None
+    budget_usd: float | None = None  # the errand's cost cap, for it and its descendants
     created_at: float = 0.0
     updated_at: float = 0.0
     last_seq: int = 0
@@ -106,6 +107,7 @@ def _errand_created(view: ErrandView, seq: int, event: ev.ErrandCreated) -> None
     view.model = event.model
     view.workspace = event.workspace
     view.parent = event.parent
+    view.budget_usd = event.limits.max_cost_usd
     view.created_at = event.at
     view.state = ErrandState.queued
 

@@ -224,6 +224,7 @@ class SimServer:
         self.default_turn: Turn | None = None  # served when no scripted turn matches
         self.cache = PrefixCache()
         self.limiter: SlidingWindowLimiter | None = None  # see enforce_limits()
+        self.latency = 0.0  # seconds every answer waits (calls overlap: one thread each)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -400,6 +401,8 @@ class SimServer:
             over = self.limiter.admit(body)
             if over is not None:
                 return self._limit_reply(over), body, "rate_limit"
+        if self.latency:
+            self._stopping.wait(self.latency)
         fault = self._take_fault()
         if fault is not None:
             if fault.kind == "hang":

@@ -319,6 +319,15 @@ def run(
     workspace: Annotated[
         str | None, typer.Option("--workspace", "-w", help="Directory the errand may work in.")
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost",
+            min=0.0,
+            help="Budget in USD for this errand and any errands it starts; each model call "
+            "reserves its worst case first, so the errand stops before passing it.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     no_input: NoInputOpt = False,
 ) -> None:
@@ -332,7 +341,12 @@ def run(
     """
 
     async def go(s: Settings, store: SQLiteStore) -> tuple[ErrandView, SQLiteStore]:
-        errand_id = await create_errand(store, s, text, model=model, workspace=workspace)
+        limits = s.limits if max_cost is None else s.limits.model_copy(
+            update={"max_cost_usd": max_cost}
+        )
+        errand_id = await create_errand(
+            store, s, text, model=model, workspace=workspace, limits=limits
+        )
         interactive = _interactive(no_input, as_json)
         return await _foreground(
             s, store, errand_id, as_json=as_json, interactive=interactive

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -53,17 +53,22 @@ def cost(
 ) -> None:
     """What errands cost: totals per day, per model and per errand (from the log)."""
 
-    async def go(s: Settings, store: SQLiteStore) -> CostReport:
+    async def go(s: Settings, store: SQLiteStore) -> tuple[CostReport, dict[str, Any]]:
         since = time.time() - days * 86400 if days else 0.0
         full = resolve_id(store, errand_id) if errand_id else None
-        return build_report(store.usage_rows_sync(since=since, errand_id=full))
+        budget = store.budget_sync(s.budget.daily_usd)
+        if full is not None:
+            view = await store.view(full)
+            budget["errand"] = {"id": full, "budget_usd": view.budget_usd}
+        return build_report(store.usage_rows_sync(since=since, errand_id=full)), budget
 
-    report = run_async(go)
+    report, budget = run_async(go)
     if as_json:
-        sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+        sys.stdout.write(json.dumps({**report.as_dict(), "budget": budget}) + "\n")
         return
     if not report.total.calls:
         out.print("No model calls yet.")
+        out.print(_budget_line(budget))
         return
     out.print(_table("by day", report.by_day))
     out.print(_table("by model", report.by_model))
@@ -74,3 +79,17 @@ def cost(
         f"({t.usage.cached_input_tokens:,} cached) / {t.usage.output_tokens:,} out · "
         f"[bold]${t.usage.cost_usd:.4f}[/bold]"
     )
+    errand = budget.get("errand")
+    if errand and errand["budget_usd"] is not None:
+        out.print(f"this errand's budget: ${t.usage.cost_usd:.4f} of ${errand['budget_usd']:.4f}")
+    out.print(_budget_line(budget))
+
+
+def _budget_line(b: dict[str, Any]) -> str:
+    """Today against the daily budget, with what calls in flight have reserved."""
+    line = f"today ({b['day']}): ${b['spent_usd']:.4f} spent"
+    if b["calls_in_flight"]:
+        line += f", ${b['reserved_usd']:.4f} reserved by {b['calls_in_flight']} call(s) in flight"
+    if b["daily_usd"] is None:
+        return line + " · no daily budget (set [budget] daily_usd in errands.toml)"
+    return line + f" · daily budget ${b['daily_usd']:.2f}, [bold]${b['left_usd']:.4f} left[/bold]"

@@ -80,10 +80,17 @@ async def _create_reserved(
         body.text,
         model=body.model,
         workspace=body.workspace,
+        limits=_limits(ctx, body),
         by=by,
         channel=channel,
         errand_id=errand_id,
     )
+
+
+def _limits(ctx: ServerContext, body: CreateErrand) -> ev.Limits:
+    if body.max_cost_usd is None:
+        return ctx.settings.limits
+    return ctx.settings.limits.model_copy(update={"max_cost_usd": body.max_cost_usd})
 
 
 async def create(
@@ -96,6 +103,7 @@ async def create(
             body.text,
             model=body.model,
             workspace=body.workspace,
+            limits=_limits(ctx, body),
             by=by,
             channel=channel,
         )

@@ -34,6 +34,7 @@ from errands.server.schemas import (
     SUMMARIES,
     ApprovalOut,
     ApproveBody,
+    Budget,
     CancelBody,
     Channel,
     Created,
@@ -291,6 +292,16 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
     )
     async def stream_all(request: Request) -> StreamingResponse:
         return streaming(all_stream(get_ctx(request)))
+
+    @router.get(
+        "/budget",
+        response_model=Budget,
+        summary="Today's spend against the daily budget",
+        operation_id="getBudget",
+    )
+    async def get_budget(request: Request) -> Budget:
+        ctx = get_ctx(request)
+        return Budget.model_validate(ctx.store.budget_sync(ctx.settings.budget.daily_usd))
 
     @router.get(
         "/approvals",

@@ -65,6 +65,26 @@ class CreateErrand(BaseModel):
         pattern=r"\S",
         description="a directory the errand may work in (default: a new one in ERRANDS_HOME)",
     )
+    max_cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        allow_inf_nan=False,
+        description="budget in USD for this errand and the errands it starts (default: "
+        "[limits] max_cost_usd in errands.toml); each model call reserves its worst case "
+        "first, so the errand stops before passing it",
+    )
+
+
+class Budget(BaseModel):
+    """Today's spend against the daily budget (``[budget] daily_usd``)."""
+
+    day: str = Field(description="the local date, YYYY-MM-DD")
+    spent_usd: float = Field(description="logged cost of today's model calls")
+    reserved_usd: float = Field(description="worst cases held by model calls in flight")
+    calls_in_flight: int
+    daily_usd: float | None = Field(description="the daily budget; null: none configured")
+    left_usd: float | None = Field(description="what new calls may still reserve today")
 
 
 class Created(BaseModel):

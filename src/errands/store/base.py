@@ -9,6 +9,7 @@ from typing import Protocol
 
 from errands import events as ev
 from errands.states import ErrandState, ErrandView, PendingApproval
+from errands.store.spend import Refusal
 
 __all__ = ["ErrandExists", "LeaseLost", "NotFound", "Store", "StoreError", "StoredEvent"]
 
@@ -92,6 +93,21 @@ class Store(Protocol):
 
     async def wakeups(self, after: int) -> tuple[int, list[str]]:
         """Errands written to by outsiders since wake-up id *after*; and the newest id."""
+        ...
+
+    async def reserve(
+        self,
+        errand_id: str,
+        request_seq: int,
+        amount_usd: float,
+        *,
+        daily_usd: float | None,
+        ttl: float,
+    ) -> Refusal | None:
+        """Hold *amount_usd* for the model call of request *request_seq* against every
+        cap that applies (the daily one, the errand's and its ancestors' budgets), or
+        return why not, writing nothing. The transaction that logs the response
+        settles the hold; otherwise it expires after *ttl* seconds."""
         ...
 
     async def purge(self, errand_id: str) -> None: ...

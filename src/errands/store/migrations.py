@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
+from errands.store import spend
 from errands.store.base import StoreError
 
 __all__ = ["LATEST", "MIGRATIONS", "SchemaTooNew", "migrate"]
@@ -13,7 +15,32 @@ class SchemaTooNew(StoreError):
     """The database was written by a newer errands than this one."""
 
 
-MIGRATIONS: list[str] = [
+_BUDGETS = """
+    CREATE TABLE spend (scope TEXT PRIMARY KEY, nanos INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE budget_holds (
+        hold TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        nanos INTEGER NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (hold, scope)
+    ) WITHOUT ROWID;
+    CREATE INDEX budget_holds_scope ON budget_holds(scope, expires_at);
+    """
+
+
+def _budgets(conn: sqlite3.Connection) -> None:
+    _run_sql(conn, _BUDGETS)
+    spend.rebuild(conn)
+
+
+def _run_sql(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+# each step is SQL, or a function of the connection (run inside the step's transaction)
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: the log, its projections (a cache of the fold), blobs, leases, wake-ups
     """
     CREATE TABLE events (
@@ -59,6 +86,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX events_blob ON events(blob) WHERE blob IS NOT NULL;
     """,
+    # 3: budgets (errands.store.spend): what was spent, a projection of the log kept per
+    # day and per errand tree, backfilled from the log here; and the reservations of
+    # calls in flight
+    _budgets,
 ]
 
 LATEST = len(MIGRATIONS)
@@ -77,9 +108,11 @@ def migrate(conn: sqlite3.Connection) -> int:
         try:
             current = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if current == version:  # another process may have migrated meanwhile
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                step = MIGRATIONS[version]
+                if isinstance(step, str):
+                    _run_sql(conn, step)
+                else:
+                    step(conn)
                 conn.execute(f"PRAGMA user_version = {version + 1}")
             conn.execute("COMMIT")
         except BaseException:

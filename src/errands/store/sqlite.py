@@ -42,6 +42,7 @@ from errands import events as ev
 from errands.contracts import ensure, invariant, require
 from errands.faults import fault
 from errands.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
+from errands.store import spend
 from errands.store.base import ErrandExists, Guard, LeaseLost, NotFound, StoredEvent, StoreError
 from errands.store.migrations import migrate
 from errands.store.redact import Redactor
@@ -60,6 +61,7 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024  # what a restarted WAL file is truncated back
 BUSY_TIMEOUT = 30.0  # seconds to wait for another process's write lock
 
 # The projection's columns; the ``view`` column holds the other fields of ErrandView.
+_BOOKED = frozenset({"model_responded", "state_changed"})  # events that touch the budget tables
 _COLUMNS = ("id", "state", "title", "created_at", "updated_at", "last_seq", "parent")
 _COLUMN_SET = set(_COLUMNS)
 # The rest, which the ``view`` column holds (as JSON, defaults left out).
@@ -533,10 +535,32 @@ class SQLiteStore:
             tx.body_bytes += len(body)
             apply(view, seq, event)
             seqs.append(seq)
+            if event.type in _BOOKED:
+                self._book(tx, view, event)
         tx.dirty[errand_id] = view
         if self._listeners:
             tx.appended.append((errand_id, seqs[-1]))
         return seqs
+
+    def _book(self, tx: _Tx, view: ErrandView, event: ev.Event) -> None:
+        """Keep the budget tables in step with the log, in the same transaction."""
+        conn = tx.conn
+        if isinstance(event, ev.ModelResponded):
+            spend.settle(conn, spend.hold_id(view.id, event.request_seq))
+            cost = spend.nanos(event.usage.cost_usd)
+            if cost:
+
+                def parent_of(errand_id: str) -> str | None:
+                    if errand_id == view.id:
+                        return view.parent
+                    try:
+                        return self._view_for(tx, errand_id).parent
+                    except NotFound:
+                        return None
+
+                spend.add(conn, spend.scopes_of(view.id, event.at, parent_of), cost)
+        else:  # the errand changed state: no call of its is in flight any more
+            spend.release(conn, view.id)
 
     # ------------------------------------------------------------------ writes
 
@@ -659,6 +683,78 @@ class SQLiteStore:
                 del self._held[errand_id]
 
         await self._submit(op)
+
+    async def reserve(
+        self,
+        errand_id: str,
+        request_seq: int,
+        amount_usd: float,
+        *,
+        daily_usd: float | None,
+        ttl: float,
+    ) -> spend.Refusal | None:
+        """Reserve *amount_usd* for the model call of request *request_seq*, against the
+        daily cap and the budget of the errand and of each of its ancestors; or say why
+        not (nothing written). Settled by the transaction that logs the response."""
+        require(amount_usd >= 0 and ttl > 0, "a non-negative amount and a positive ttl")
+
+        def op(tx: _Tx) -> spend.Refusal | None:
+            view = self._view_for(tx, errand_id)
+            caps = []
+            if daily_usd is not None:
+                caps.append(spend.Cap(spend.DAY, spend.nanos(daily_usd), "the daily budget"))
+            current: ErrandView | None = view
+            depth = 0
+            while current is not None and depth < spend.MAX_DEPTH:
+                if current.budget_usd is not None:
+                    what = (
+                        "this errand's budget"
+                        if current is view
+                        else (f"the budget of errand {current.id} (an ancestor)")
+                    )
+                    caps.append(
+                        spend.Cap(
+                            spend.tree_scope(current.id), spend.nanos(current.budget_usd), what
+                        )
+                    )
+                try:
+                    current = self._view_for(tx, current.parent) if current.parent else None
+                except NotFound:
+                    current = None
+                depth += 1
+            return spend.reserve(
+                tx.conn,
+                spend.hold_id(errand_id, request_seq),
+                caps,
+                spend.nanos(amount_usd),
+                tx.now,
+                tx.now + ttl,
+            )
+
+        result: spend.Refusal | None = await self._submit(op)
+        return result
+
+    def budget_sync(self, daily_usd: float | None = None) -> dict[str, Any]:
+        """Today's spend and reservations, for people (``errands cost``, the API)."""
+        now = self.clock()
+        reader = self._reader()
+        row = reader.execute(
+            "SELECT nanos FROM spend WHERE scope = ?", (spend.day_scope(now),)
+        ).fetchone()
+        spent = int(row[0]) if row else 0
+        held, calls = spend.held_total(reader, spend.DAY, now)
+        if daily_usd is None:  # no daily cap: no day holds either; count every errand's
+            held, calls = spend.held_all(reader, now)
+        return {
+            "day": spend.day_scope(now).removeprefix("day:"),
+            "spent_usd": spend.usd(spent),
+            "reserved_usd": spend.usd(held),
+            "calls_in_flight": calls,
+            "daily_usd": daily_usd,
+            "left_usd": None
+            if daily_usd is None
+            else max(0.0, daily_usd - spend.usd(spent + held)),
+        }
 
     async def purge(self, errand_id: str) -> None:
         """Remove the errand's private content from the log (and from disk pages).
@@ -858,6 +954,7 @@ class SQLiteStore:
                 tx.dirty[errand_id] = view
                 self._written.pop(errand_id, None)  # rewrite every column
                 self._cache(view)
+            spend.rebuild(tx.conn)
             return len(ids)
 
         result: int = self.submit_sync(op)
@@ -887,6 +984,12 @@ class SQLiteStore:
             "SELECT id FROM errands WHERE id NOT IN (SELECT errand_id FROM events)"
         ).fetchall()
         problems.extend(f"{errand_id}: a projection without a log" for (errand_id,) in orphans)
+        expected, actual = spend.expected(reader), spend.totals(reader)
+        problems.extend(
+            f"spend {scope}: {actual.get(scope, 0)} nano-USD, the log says {expected.get(scope, 0)}"
+            for scope in sorted(expected.keys() | actual.keys())
+            if expected.get(scope, 0) != actual.get(scope, 0)
+        )
         return problems
 
     # ----------------------------------------------------------------- closing

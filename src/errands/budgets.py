@@ -1,0 +1,132 @@
+"""Budgets: before each model call, reserve its worst case in the store; refuse the
+call when a cap would be passed.
+
+Caps: ``[budget] daily_usd`` (every errand together, per local day) and each errand's
+``max_cost_usd`` limit, which covers the errand *and its descendants* (a fan-out spends
+its parent's budget). The store does the arithmetic atomically
+(:meth:`errands.store.sqlite.SQLiteStore.reserve`, :mod:`errands.store.spend`): every
+call in flight holds its worst case until the transaction that logs its response
+settles it, so however many calls run at once -- in one process or several over one
+store -- spend stays within each cap, give or take how far a worst case
+underestimates (below).
+
+The worst case of a call is its input at the full (uncached) input price plus
+``max_tokens`` at the output price, at the dearest model a fallback chain may use.
+Its input tokens are bounded from what is known exactly: the previous call's input
+and output tokens as the provider reported them, plus the UTF-8 bytes of every
+message added since (a token is at least one byte for byte-level BPE tokenizers),
+plus a per-message and per-image allowance; the first call of an errand counts the
+bytes of its whole request. A model with no known price costs 0 and is never refused
+for its cost (only for a cap already spent).
+
+With no cap that applies, nothing is reserved and the call costs no extra write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from errands.config import Settings
+from errands.events import Usage
+from errands.models.pricing import cost_usd
+from errands.models.protocol import Message, Model, ModelRequest
+from errands.progress import Progress
+from errands.store.base import Store
+
+__all__ = ["Budgets", "Refused", "input_tokens_bound", "worst_case_usd"]
+
+MESSAGE_TOKENS = 16  # role markers, separators, tool-call framing
+IMAGE_TOKENS = 3_000  # above what any provider charges for one image after its resizing
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A call the budget refused: the errand stops in *state* with *reason*."""
+
+    state: str  # "needs_attention" (the daily budget: a person may raise it) or "failed"
+    reason: str
+
+
+def _message_bytes(m: Message) -> int:
+    size = len(m.text.encode())
+    for call in m.tool_calls:
+        size += len(call.name) + len(json.dumps(call.arguments, ensure_ascii=False).encode())
+    return size + MESSAGE_TOKENS + IMAGE_TOKENS * len(m.images)
+
+
+def input_tokens_bound(request: ModelRequest, last: Usage | None, answered: int) -> int:
+    """An upper bound on the input tokens of *request*.
+
+    *last* is the usage of the errand's previous call and *answered* how many of
+    ``request.messages`` that call's context and reply made up (0: no call yet).
+    """
+    if last is not None and 0 < answered <= len(request.messages):
+        known = last.input_tokens + last.output_tokens + MESSAGE_TOKENS
+        return known + sum(_message_bytes(m) for m in request.messages[answered:])
+    tools = sum(
+        len(t.name) + len(t.description.encode()) + len(json.dumps(t.parameters).encode())
+        for t in request.tools
+    )
+    return (
+        len(request.system.encode())
+        + tools
+        + sum(_message_bytes(m) for m in request.messages)
+        + MESSAGE_TOKENS
+    )
+
+
+def _price_names(model: Model) -> list[str]:
+    members = getattr(model, "members", None)  # a fallback chain: any member may answer
+    if members:
+        return [m.name for m, _ in members]
+    return [model.name]
+
+
+def worst_case_usd(model: Model, request: ModelRequest, settings: Settings, p: Progress) -> float:
+    usage = Usage(
+        input_tokens=input_tokens_bound(request, p.last_usage, p.answered),
+        output_tokens=request.max_tokens or settings.max_tokens,
+    )
+    return max(cost_usd(name, usage, settings.prices) for name in _price_names(model))
+
+
+class Budgets:
+    """What the loop calls before each model call (see the module docstring)."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def applies(self, p: Progress) -> bool:
+        """Whether any cap could apply to this errand's calls."""
+        return (
+            self.settings.budget.daily_usd is not None
+            or p.view.budget_usd is not None
+            or p.view.parent is not None  # an ancestor may have a budget
+        )
+
+    async def reserve(
+        self, p: Progress, model: Model, request: ModelRequest, request_seq: int
+    ) -> Refused | None:
+        if not self.applies(p):
+            return None
+        amount = worst_case_usd(model, request, self.settings, p)
+        refusal = await self.store.reserve(
+            p.errand_id,
+            request_seq,
+            amount,
+            daily_usd=self.settings.budget.daily_usd,
+            ttl=self.settings.budget.hold_seconds,
+        )
+        if refusal is None:
+            return None
+        if refusal.daily:
+            return Refused(
+                "needs_attention",
+                f"{refusal.message()}. It resets at midnight; to go on (then, or now "
+                "after raising [budget] daily_usd in errands.toml), tell the errand so: "
+                f'errands tell {p.errand_id} "go on" (then errands resume {p.errand_id},'
+                " unless errands up is running)",
+            )
+        return Refused("failed", refusal.message())
