@@ -12,7 +12,9 @@ Two tables (schema migration 3), both written only inside the writer's transacti
   request it covers (``ERRAND#REQUEST_SEQ``): it is deleted by the transaction that
   logs that request's response (settled), replaced when a resumed run asks again for
   the same request, released when the errand changes state, and otherwise expires --
-  so a crash leaves a hold that blocks budget only until ``expires_at``.
+  so a crash leaves a hold that blocks budget only until ``expires_at``. (The store
+  settles and releases only the holds its own writer made, so an errand without a
+  budget costs no budget-table write per step.)
 
 Amounts are integers in nano-USD, so sums are exact and a rebuild from the log gives
 the same numbers to the unit.

@@ -167,6 +167,10 @@ class SQLiteStore:
         # values of the view column's fields with their JSON (to skip dumping it again)
         self._written: dict[str, tuple[tuple[str, int], tuple[Any, ...], str]] = {}
         self._held: dict[str, str] = {}  # errand -> owner, leases this writer knows are held
+        # errands with budget holds this writer made: only their responses and state
+        # changes need to touch the holds (one left by a dead process expires, or the
+        # run that resumes its errand replaces it)
+        self._reserved: set[str] = set()
         self._data_version = -1
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._wconn = _connect(self.path)
@@ -546,7 +550,8 @@ class SQLiteStore:
         """Keep the budget tables in step with the log, in the same transaction."""
         conn = tx.conn
         if isinstance(event, ev.ModelResponded):
-            spend.settle(conn, spend.hold_id(view.id, event.request_seq))
+            if view.id in self._reserved:
+                spend.settle(conn, spend.hold_id(view.id, event.request_seq))
             cost = spend.nanos(event.usage.cost_usd)
             if cost:
 
@@ -559,8 +564,9 @@ class SQLiteStore:
                         return None
 
                 spend.add(conn, spend.scopes_of(view.id, event.at, parent_of), cost)
-        else:  # the errand changed state: no call of its is in flight any more
+        elif view.id in self._reserved:  # it changed state: no call of its is in flight
             spend.release(conn, view.id)
+            self._reserved.discard(view.id)
 
     # ------------------------------------------------------------------ writes
 
@@ -722,7 +728,7 @@ class SQLiteStore:
                 except NotFound:
                     current = None
                 depth += 1
-            return spend.reserve(
+            refusal = spend.reserve(
                 tx.conn,
                 spend.hold_id(errand_id, request_seq),
                 caps,
@@ -730,6 +736,9 @@ class SQLiteStore:
                 tx.now,
                 tx.now + ttl,
             )
+            if refusal is None and caps:
+                self._reserved.add(errand_id)
+            return refusal
 
         result: spend.Refusal | None = await self._submit(op)
         return result
