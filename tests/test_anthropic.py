@@ -273,7 +273,9 @@ async def test_reasoning_maps_to_thinking_and_signatures_round_trip(
 ) -> None:
     anthropic_sim.script(
         Turn(
-            tool_calls=(call("get_weather", {"city": "Oslo"}, call_id="t1"),), reasoning_tokens=40
+            tool_calls=(call("get_weather", {"city": "Oslo"}, call_id="t1"),),
+            reasoning_tokens=40,
+            redacted_thinking=True,
         ),
         Turn(text="Cold.", reasoning_tokens=10),
     )
@@ -285,26 +287,66 @@ async def test_reasoning_maps_to_thinking_and_signatures_round_trip(
     body = bodies(anthropic_sim)[0]
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 4096}
     assert body["max_tokens"] == 1000 + 4096
-    loop = ModelRequest(
-        system="You are terse.",
-        messages=(
-            Message(role="user", text="Oslo?"),
-            Message(role="assistant", tool_calls=tuple(first.tool_calls)),
-            Message(role="tool", text="-5C", tool_call_id="t1"),
-        ),
-        tools=(WEATHER,),
-        reasoning="medium",
-    )
-    final = await model.complete(loop)
+    # the signed blocks come back on the reply, exactly as issued, for the log
+    issued = anthropic_sim.issued_thinking[0]
+    assert [b["type"] for b in issued] == ["thinking", "redacted_thinking"]
+    assert first.replay == {"kind": "anthropic", "model": "anthropic:claude-test", "blocks": issued}
+
+    def loop(replay: dict[str, Any] | None) -> ModelRequest:
+        return ModelRequest(
+            system="You are terse.",
+            messages=(
+                Message(role="user", text="Oslo?"),
+                Message(role="assistant", tool_calls=tuple(first.tool_calls), replay=replay),
+                Message(role="tool", text="-5C", tool_call_id="t1"),
+            ),
+            tools=(WEATHER,),
+            reasoning="medium",
+        )
+
+    # a fresh client (another process) needs nothing but the message's replay state
+    final = await model_for(anthropic_sim).complete(loop(first.replay))
     assert final.text == "Cold."
-    sent = bodies(anthropic_sim)[1]["messages"][1]["content"]
-    assert sent[0]["type"] == "thinking" and sent[0]["signature"]  # given back, verified
-    # a fresh process does not know the thinking blocks: it asks without thinking
+    sent = bodies(anthropic_sim)[1]
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 4096}
+    assert sent["messages"][1]["content"][:2] == issued  # given back verbatim, verified
+    assert first.replay["blocks"] == issued  # the request did not mark the logged blocks
+    # without it (a log from before replay state, or another model's turn): no thinking
     anthropic_sim.script("Cold again.")
-    fresh = model_for(anthropic_sim)
-    assert (await fresh.complete(loop)).text == "Cold again."
+    assert (await model_for(anthropic_sim).complete(loop(None))).text == "Cold again."
     assert bodies(anthropic_sim)[2]["thinking"] == {"type": "disabled"}
     assert bodies(anthropic_sim)[2]["messages"][1]["content"][0]["type"] == "tool_use"
+
+
+def test_replay_state_is_sent_only_where_it_can_be_verified() -> None:
+    blocks = [{"type": "thinking", "thinking": "hmm", "signature": "sig"}]
+    call_ = ToolCall(call_id="t1", name="get_weather", arguments={})
+
+    def first_block(replay: dict[str, Any], *, name: str | None = None) -> str:
+        request = ModelRequest(
+            system="",
+            messages=(
+                Message(role="user", text="x"),
+                Message(role="assistant", tool_calls=(call_,), replay=replay),
+                Message(role="tool", text="r", tool_call_id="t1"),
+            ),
+            tools=(WEATHER,),
+            reasoning="low",
+        )
+        params = build_params("claude-test", request, name=name)
+        assert params["thinking"]["type"] == (
+            "enabled" if params["messages"][1]["content"][0]["type"] == "thinking" else "disabled"
+        )
+        return str(params["messages"][1]["content"][0]["type"])
+
+    own = {"kind": "anthropic", "model": "anthropic:claude-test", "blocks": blocks}
+    assert first_block(own) == "thinking"
+    assert first_block(own, name="corp:claude-test") == "tool_use"  # another endpoint's
+    assert first_block({**own, "kind": "gemini"}) == "tool_use"
+    assert first_block({**own, "model": "anthropic:claude-other"}) == "tool_use"
+    assert first_block({**own, "blocks": [{"type": "thinking", "thinking": "x"}]}) == "tool_use"
+    redacted = [{"type": "thinking", "thinking": "the key is [REDACTED:KEY]", "signature": "s"}]
+    assert first_block({**own, "blocks": redacted}) == "tool_use"  # the signature would fail
 
 
 def test_reasoning_levels() -> None:

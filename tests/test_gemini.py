@@ -3,12 +3,13 @@ requests with the ``google-genai`` SDK's own types and emulating implicit cachin
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import httpx
 import pytest
 from sim.core import Turn, call
-from sim.gemini_server import GeminiSim
+from sim.gemini_server import GeminiSim, _b64
 
 from errands.config import Settings
 from errands.events import ToolCall
@@ -75,7 +76,12 @@ async def test_tool_call_round_trip_with_error_result(gemini_sim: GeminiSim) -> 
         system="You are terse.",
         messages=(
             Message(role="user", text="Paris and Atlantis?"),
-            Message(role="assistant", text=first.text, tool_calls=tuple(first.tool_calls)),
+            Message(
+                role="assistant",
+                text=first.text,
+                tool_calls=tuple(first.tool_calls),
+                replay=first.replay,
+            ),
             Message(role="tool", text="18C", tool_call_id="c1", tool_name="get_weather"),
             Message(
                 role="tool",
@@ -101,7 +107,14 @@ async def test_tool_call_round_trip_with_error_result(gemini_sim: GeminiSim) -> 
         "name": "get_weather",
         "args": {"city": "Paris"},
     }
-    assert model_turn["parts"][1]["thoughtSignature"]  # given back (Gemini 3 requires it)
+    # the signature the call came with goes back on it (Gemini 3 requires it)
+    assert first.replay == {
+        "kind": "gemini",
+        "model": "gemini:gemini-3-flash",
+        "signatures": {"c1": base64.b64encode(gemini_sim.issued_signatures["c1"]).decode()},
+    }
+    assert _b64(model_turn["parts"][1]["thoughtSignature"]) == gemini_sim.issued_signatures["c1"]
+    assert "thoughtSignature" not in model_turn["parts"][2]  # the API gave none for c2
     assert results["role"] == "user"
     assert [p["functionResponse"]["response"] for p in results["parts"]] == [
         {"output": "18C"},

@@ -174,6 +174,76 @@ async def test_reasoning_effort_images_and_max_tokens_are_sent(
     assert official["prompt_cache_key"] == "e1"
 
 
+async def test_reasoning_items_round_trip_in_a_tool_loop(
+    openai_responses_sim: OpenAIResponsesSim,
+) -> None:
+    sim = openai_responses_sim
+    sim.script(
+        Turn(
+            tool_calls=(call("get_weather", {"city": "Oslo"}, call_id="c1"),), reasoning_tokens=30
+        ),
+        Turn(text="Cold.", reasoning_tokens=5),
+    )
+    first = await model_for(sim).complete(ask("Oslo?", tools=(WEATHER,), reasoning="low"))
+    assert bodies(sim)[0]["include"] == ["reasoning.encrypted_content"]
+    (issued,) = sim.issued_reasoning
+    assert issued["encrypted_content"]
+    item = {k: v for k, v in issued.items() if k != "status"}
+    assert first.replay == {
+        "kind": "openai-responses",
+        "model": "openai-responses:gpt-test",
+        "items": [item],
+    }
+
+    def loop(replay: dict[str, Any] | None) -> ModelRequest:
+        return ModelRequest(
+            system="",
+            messages=(
+                Message(role="user", text="Oslo?"),
+                Message(role="assistant", tool_calls=tuple(first.tool_calls), replay=replay),
+                Message(role="tool", text="-5C", tool_call_id="c1"),
+            ),
+            tools=(WEATHER,),
+            reasoning="low",
+        )
+
+    # a fresh client sends the item back, just before the call it led to
+    assert (await model_for(sim).complete(loop(first.replay))).text == "Cold."
+    sent = bodies(sim)[1]["input"]
+    assert sent[1] == item and sent[2]["type"] == "function_call"
+    # the simulator really checks them: an item without its content is not found
+    broken = {**first.replay, "items": [{**item, "encrypted_content": "AAAA"}]}
+    with pytest.raises(OpenAIHTTPError, match="could not be verified"):
+        await model_for(sim).complete(loop(broken))
+    body = {**bodies(sim)[1], "input": [m for m in sent if m != item] + [item]}
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            sim.base_url + "/responses",
+            headers={"authorization": f"Bearer {sim.api_key}"},
+            json=body,
+        )
+    assert response.status_code == 400 and "required following item" in response.text
+    no_content = {
+        **bodies(sim)[1],
+        "input": [{k: v for k, v in m.items() if k != "encrypted_content"} for m in sent],
+    }
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            sim.base_url + "/responses",
+            headers={"authorization": f"Bearer {sim.api_key}"},
+            json=no_content,
+        )
+    assert response.status_code == 404 and "not persisted" in response.text
+    # another model's items, or no reasoning level (no encrypted content asked): none sent
+    other = {**first.replay, "model": "openai-responses:gpt-other"}
+    assert all(
+        i.get("type") != "reasoning"
+        for i in build_params("gpt-test", loop(other), cache_key=False)["input"]
+    )
+    plain = build_params("gpt-test", ask("x"), cache_key=False)
+    assert "include" not in plain and "reasoning" not in plain
+
+
 async def test_invalid_tool_arguments_become_raw_arguments(
     openai_responses_sim: OpenAIResponsesSim,
 ) -> None:

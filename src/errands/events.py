@@ -183,6 +183,10 @@ class ModelResponded(_Event):
     tool_calls: list[ToolCall] = []
     usage: Usage = Usage()
     stop_reason: str = "end"
+    # opaque provider state the API needs back with this turn (signed thinking blocks,
+    # thought signatures, encrypted reasoning items), tagged with the client's kind and
+    # model; see errands.models.protocol.  Optional: older logs have none.
+    replay: dict[str, Any] | None = None
 
 
 class ToolIntent(_Event):

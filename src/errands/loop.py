@@ -204,6 +204,7 @@ class Loop:
             tool_calls=reply.tool_calls,
             usage=usage,
             stop_reason=reply.stop_reason,
+            replay=reply.replay,
         )
         routed = [
             self.dispatch.route(p, call, i, request_seq) for i, call in enumerate(reply.tool_calls)

@@ -5,7 +5,9 @@
 tool calls of the latest model turn with where each one stands (routed, waiting for a
 decision, intent logged, result logged), and whether the model must be asked next.
 Because it is derived from the log alone, a resumed errand picks up exactly where the
-crashed one stopped.
+crashed one stopped -- including the opaque provider state (``ModelResponded.replay``:
+signed thinking, thought signatures, encrypted reasoning) that an assistant message
+must carry back to its API.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from errands import events as ev
+from errands.faults import switch
 from errands.labels import BOTTOM, Label
 from errands.models.protocol import Message
 from errands.states import ErrandView, apply
@@ -93,6 +96,8 @@ class Progress:
                         role="assistant",
                         text=event.content.text if event.content else "",
                         tool_calls=tuple(event.tool_calls),
+                        # negative control only: provider state not carried by the log
+                        replay=None if switch("no_replay") else event.replay,
                     )
                 )
                 self.calls = {

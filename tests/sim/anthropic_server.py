@@ -13,8 +13,14 @@ answered with Anthropic's 400 ``invalid_request_error`` body:
   a 5-minute one (the order is tools, system, messages);
 * extended thinking: ``budget_tokens`` >= 1024 and < ``max_tokens``; while thinking is
   enabled, the assistant messages of the current tool-use loop must start with a
-  thinking block, and a thinking block's ``signature`` must be one this simulator
-  issued for exactly that thinking text.
+  thinking block, a thinking block's ``signature`` must be one this simulator issued
+  for exactly that thinking text, and a ``redacted_thinking`` block's ``data`` one it
+  issued.
+
+With thinking on and a turn's ``reasoning_tokens`` > 0, a reply starts with a thinking
+block (its text unique to the reply, signed) and, for ``Turn.redacted_thinking``, a
+``redacted_thinking`` block; :attr:`AnthropicSim.issued_thinking` keeps what each reply
+carried, so tests can check exactly what comes back.
 
 Auth: ``x-api-key: KEY`` or ``Authorization: Bearer KEY`` (the SDK sends the latter) and
 an ``anthropic-version`` header; a bad key gets 401 ``authentication_error`` whose
@@ -50,6 +56,7 @@ Tokens: ceil(chars / 4) of each block's canonical JSON (``sim.core.approx_tokens
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -70,6 +77,7 @@ from anthropic.types import (
     RawMessageDeltaEvent,
     RawMessageStartEvent,
     RawMessageStopEvent,
+    RedactedThinkingBlock,
     SignatureDelta,
     TextBlock,
     TextDelta,
@@ -226,6 +234,7 @@ class AnthropicSim(SimServer):
         super().__init__(api_key=api_key, port=port)
         self.anthropic_cache = AnthropicCache(minimum=min_cacheable)
         self._secret = uuid.uuid4().bytes
+        self.issued_thinking: list[list[dict[str, Any]]] = []  # per reply that thought
 
     @property
     def env(self) -> dict[str, str]:
@@ -234,6 +243,7 @@ class AnthropicSim(SimServer):
     def reset(self) -> None:
         super().reset()
         self.anthropic_cache = AnthropicCache(minimum=self.anthropic_cache.minimum)
+        self.issued_thinking = []
 
     # -- errors ----------------------------------------------------------------------
 
@@ -278,6 +288,19 @@ class AnthropicSim(SimServer):
 
     def _sign(self, thinking: str) -> str:
         return hmac.new(self._secret, thinking.encode(), hashlib.sha256).hexdigest()
+
+    def _redacted(self) -> str:
+        """Opaque ``redacted_thinking`` data: a nonce and its MAC, base64."""
+        nonce = uuid.uuid4().bytes
+        return base64.b64encode(nonce + hmac.new(self._secret, nonce, "sha256").digest()).decode()
+
+    def _redacted_is_ours(self, data: str) -> bool:
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except ValueError:
+            return False
+        nonce, mac = raw[:16], raw[16:]
+        return hmac.compare_digest(mac, hmac.new(self._secret, nonce, "sha256").digest())
 
     def validate(self, method: str, path: str, body: Any) -> JSONReply | None:
         if method != "POST" or path != "/v1/messages":
@@ -373,6 +396,10 @@ class AnthropicSim(SimServer):
                         b.get("thinking", "")
                     ):
                         return f"messages.{i}.content: Invalid `signature` in `thinking` block"
+                    if b.get("type") == "redacted_thinking" and not self._redacted_is_ours(
+                        b.get("data", "")
+                    ):
+                        return f"messages.{i}.content: Invalid `data` in `redacted_thinking` block"
             for j, b in enumerate(items):
                 if b.get("type") == "text" and not b.get("text"):
                     return f"messages.{i}.content.{j}.text: text content blocks must be non-empty"
@@ -435,7 +462,17 @@ class AnthropicSim(SimServer):
         cache, output_tokens = self._usage(body, turn)
         uncached = cache.total - cache.read - cache.write
         thinking_on = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
-        thought = "Let me think this through." if thinking_on and turn.reasoning_tokens else ""
+        thinks = thinking_on and turn.reasoning_tokens > 0
+        thought = f"Let me think this through ({message_id[-6:]})." if thinks else ""
+        redacted = self._redacted() if thinks and turn.redacted_thinking else ""
+        if thinks:
+            issued: list[dict[str, Any]] = [
+                {"type": "thinking", "thinking": thought, "signature": self._sign(thought)}
+            ]
+            if redacted:
+                issued.append({"type": "redacted_thinking", "data": redacted})
+            with self._lock:
+                self.issued_thinking.append(issued)
         stop = turn.finish_reason or ("tool_use" if turn.tool_calls else "end_turn")
         call_ids = [c.call_id or f"toolu_{uuid.uuid4().hex[:24]}" for c in turn.tool_calls]
         details = (
@@ -460,6 +497,8 @@ class AnthropicSim(SimServer):
                 content.append(
                     ThinkingBlock(type="thinking", thinking=thought, signature=self._sign(thought))
                 )
+            if redacted:
+                content.append(RedactedThinkingBlock(type="redacted_thinking", data=redacted))
             if turn.text:
                 content.append(TextBlock(type="text", text=turn.text))
             for cid, c in zip(call_ids, turn.tool_calls, strict=True):
@@ -531,6 +570,20 @@ class AnthropicSim(SimServer):
                         type="content_block_delta",
                         index=index,
                         delta=SignatureDelta(type="signature_delta", signature=self._sign(thought)),
+                    )
+                )
+            )
+            events.append(sse(RawContentBlockStopEvent(type="content_block_stop", index=index)))
+            index += 1
+        if redacted:
+            events.append(
+                sse(
+                    RawContentBlockStartEvent(
+                        type="content_block_start",
+                        index=index,
+                        content_block=RedactedThinkingBlock(
+                            type="redacted_thinking", data=redacted
+                        ),
                     )
                 )
             )

@@ -112,6 +112,8 @@ class Turn:
     when: str | None = None  # only for a request whose last message contains this
     cached_tokens: int | None = None  # None: emulate prefix caching (PrefixCache)
     reasoning_tokens: int = 0  # added to the output tokens, as providers count them
+    # Anthropic with thinking on: also a redacted_thinking block after the thinking one
+    redacted_thinking: bool = False
     finish_reason: str | None = None  # None: the natural one (tool calls or stop)
 
     def matches(self, last_text: str) -> bool:

@@ -13,7 +13,10 @@ given, id), function names match Gemini's pattern, ``thinkingConfig`` takes a bu
 a level, not both, and -- for ``gemini-3*`` models -- the first function call of each
 model turn in the current turn carries a ``thoughtSignature`` this simulator issued
 (or Google's documented placeholder ``skip_thought_signature_validator``). Errors are
-Google's ``{"error": {"code", "message", "status"}}`` bodies.
+Google's ``{"error": {"code", "message", "status"}}`` bodies. The first function call of
+each reply carries a signature (a MAC of its name and arguments);
+:attr:`GeminiSim.issued_signatures` keeps them by call id, so tests can check exactly
+what comes back.
 
 Auth: ``x-goog-api-key`` (what the SDK sends). A bad key gets what the real API sends,
 HTTP 400 ``INVALID_ARGUMENT`` "API key not valid" -- echoing the key, so tests can check
@@ -113,6 +116,7 @@ class GeminiSim(SimServer):
         self.min_cacheable = min_cacheable
         self._caches: dict[int, FastPrefixCache] = {}
         self._secret = uuid.uuid4().bytes
+        self.issued_signatures: dict[str, bytes] = {}  # call id -> thought signature
 
     @property
     def env(self) -> dict[str, str]:
@@ -121,6 +125,7 @@ class GeminiSim(SimServer):
     def reset(self) -> None:
         super().reset()
         self._caches = {}
+        self.issued_signatures = {}
 
     def minimum_for(self, model: str) -> int:
         if self.min_cacheable is not None:
@@ -323,14 +328,15 @@ class GeminiSim(SimServer):
                 call_parts = []
                 break
             fc = {"name": c.name, "args": dict(args)}
+            call_id = c.call_id or f"call_{uuid.uuid4().hex[:16]}"
+            signature = self._sign(fc) if i == 0 else None
+            if signature is not None:
+                with self._lock:
+                    self.issued_signatures[call_id] = signature
             call_parts.append(
                 types.Part(
-                    function_call=types.FunctionCall(
-                        id=c.call_id or f"call_{uuid.uuid4().hex[:16]}",
-                        name=c.name,
-                        args=dict(args),
-                    ),
-                    thought_signature=self._sign(fc) if i == 0 else None,
+                    function_call=types.FunctionCall(id=call_id, name=c.name, args=dict(args)),
+                    thought_signature=signature,
                 )
             )
         out_text = turn.text + "".join(c.name + c.arguments_json() for c in turn.tool_calls)

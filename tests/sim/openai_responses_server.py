@@ -8,7 +8,18 @@ input with the same ``call_id`` ("No tool call found for function call output"),
 ``function_call`` is answered ("No tool output found for function call"), function
 names match ``^[a-zA-Z0-9_-]{1,64}$``, and ``previous_response_id`` is refused (this
 simulator keeps no conversation state: clients must send the whole input, as ours
-does with ``store: false``). A bad request gets HTTP 400 with OpenAI's error body.
+does with ``store: false``). Reasoning items in the input must carry an
+``encrypted_content`` this simulator issued for that item id (an item without it is
+"not found": nothing is stored) and must be followed by another item. A bad request
+gets HTTP 400 (404 for an item not found) with OpenAI's error body.
+
+**Reasoning items**: for a request with ``reasoning`` and a turn with
+``reasoning_tokens`` > 0 the output starts with a ``reasoning`` item (the
+``response.output_item.added`` / ``.done`` events, and the
+``response.reasoning_summary_*`` events when ``reasoning.summary`` asks for a summary);
+it carries ``encrypted_content`` (a MAC of the item id) only when ``include`` lists
+``reasoning.encrypted_content``. :attr:`OpenAIResponsesSim.issued_reasoning` keeps each
+item issued, so tests can check exactly what comes back.
 
 Responses are built with the SDK's models (``Response``, ``ResponseUsage``, the
 ``ResponseStreamEvent`` members: ``response.created``, ``response.in_progress``,
@@ -31,6 +42,9 @@ plus the turn's ``reasoning_tokens``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import re
 import time
@@ -53,6 +67,11 @@ from openai.types.responses import (
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseReasoningItem,
+    ResponseReasoningSummaryPartAddedEvent,
+    ResponseReasoningSummaryPartDoneEvent,
+    ResponseReasoningSummaryTextDeltaEvent,
+    ResponseReasoningSummaryTextDoneEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
     ResponseUsage,
@@ -60,6 +79,13 @@ from openai.types.responses import (
 from openai.types.responses.response_create_params import (
     ResponseCreateParamsNonStreaming,
     ResponseCreateParamsStreaming,
+)
+from openai.types.responses.response_reasoning_item import Summary
+from openai.types.responses.response_reasoning_summary_part_added_event import (
+    Part as SummaryPartAdded,
+)
+from openai.types.responses.response_reasoning_summary_part_done_event import (
+    Part as SummaryPartDone,
 )
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -120,10 +146,28 @@ class OpenAIResponsesSim(OpenAIChatSim):
     def __init__(self, *, api_key: str = "sk-sim-0123456789abcdef", port: int = 0) -> None:
         super().__init__(api_key=api_key, port=port)
         self.cache = FastPrefixCache()
+        self._secret = uuid.uuid4().bytes
+        self.issued_reasoning: list[dict[str, Any]] = []  # each reasoning item, as output
 
     def reset(self) -> None:
         super().reset()
         self.cache = FastPrefixCache()
+        self.issued_reasoning = []
+
+    def _encrypt(self, item_id: str) -> str:
+        """Opaque ``encrypted_content`` for a reasoning item: a nonce and a MAC, base64."""
+        nonce = uuid.uuid4().bytes
+        mac = hmac.new(self._secret, nonce + item_id.encode(), hashlib.sha256).digest()
+        return base64.b64encode(nonce + mac).decode()
+
+    def _decrypts(self, item_id: str, encrypted: str) -> bool:
+        try:
+            raw = base64.b64decode(encrypted, validate=True)
+        except ValueError:
+            return False
+        nonce, mac = raw[:16], raw[16:]
+        expected = hmac.new(self._secret, nonce + item_id.encode(), hashlib.sha256).digest()
+        return hmac.compare_digest(mac, expected)
 
     def fixed_reply(self, method: str, path: str) -> Reply | None:
         return None
@@ -155,6 +199,41 @@ class OpenAIResponsesSim(OpenAIChatSim):
         problem = self._responses_problem(body)
         if problem is not None:
             return self._error(400, problem, param="input")
+        missing = self._reasoning_problem(body)
+        if missing is not None:
+            return missing
+        return None
+
+    def _reasoning_problem(self, body: dict[str, Any]) -> JSONReply | None:
+        items = body.get("input")
+        if not isinstance(items, list):
+            return None
+        for i, item in enumerate(items):
+            if item.get("type") != "reasoning":
+                continue
+            rid = str(item.get("id"))
+            encrypted = item.get("encrypted_content")
+            if not encrypted:
+                return self._error(
+                    404,
+                    f"Item with id '{rid}' not found. Items are not persisted when `store` is "
+                    "set to false. Try again with `store` set to true, or remove this item "
+                    "from your input.",
+                    param="input",
+                )
+            if not self._decrypts(rid, str(encrypted)):
+                return self._error(
+                    400,
+                    f"The encrypted content for item {rid} could not be verified.",
+                    param="input",
+                )
+            if i + 1 >= len(items) or items[i + 1].get("type") == "reasoning":
+                return self._error(
+                    400,
+                    f"Item '{rid}' of type 'reasoning' was provided without its required "
+                    "following item.",
+                    param="input",
+                )
         return None
 
     @staticmethod
@@ -251,6 +330,9 @@ class OpenAIResponsesSim(OpenAIChatSim):
         status = "incomplete" if turn.finish_reason == "length" else "completed"
         msg_id = f"msg_{uuid.uuid4().hex[:24]}"
         final_output: list[Any] = []
+        reasoning = self._reasoning_item(body, turn)
+        if reasoning is not None:
+            final_output.append(reasoning)
         if turn.text:
             final_output.append(
                 ResponseOutputMessage(
@@ -303,6 +385,9 @@ class OpenAIResponsesSim(OpenAIChatSim):
             ),
         ]
         index = 0
+        if reasoning is not None:
+            events += self._reasoning_events(reasoning, index, seq, sse)
+            index += 1
         if turn.text:
             empty = ResponseOutputText(type="output_text", text="", annotations=[])
             events.append(
@@ -377,7 +462,7 @@ class OpenAIResponsesSim(OpenAIChatSim):
                     ResponseOutputItemDoneEvent(
                         type="response.output_item.done",
                         output_index=index,
-                        item=final_output[0],
+                        item=final_output[index],
                         sequence_number=next(seq),
                     )
                 )
@@ -447,6 +532,104 @@ class OpenAIResponsesSim(OpenAIChatSim):
                 )
             )
         return StreamReply(events)
+
+    def _reasoning_item(self, body: dict[str, Any], turn: Turn) -> ResponseReasoningItem | None:
+        config = body.get("reasoning")
+        if not isinstance(config, dict) or turn.reasoning_tokens <= 0:
+            return None
+        item_id = f"rs_{uuid.uuid4().hex[:24]}"
+        summary = (
+            [Summary(type="summary_text", text=f"Weighing the options ({item_id[-6:]}).")]
+            if config.get("summary")
+            else []
+        )
+        encrypted = (
+            self._encrypt(item_id)
+            if "reasoning.encrypted_content" in (body.get("include") or [])
+            else None
+        )
+        item = ResponseReasoningItem(
+            id=item_id,
+            type="reasoning",
+            summary=summary,
+            encrypted_content=encrypted,
+            status="completed",
+        )
+        with self._lock:
+            self.issued_reasoning.append(item.model_dump(mode="json", exclude_none=True))
+        return item
+
+    @staticmethod
+    def _reasoning_events(
+        item: ResponseReasoningItem, index: int, seq: Any, sse: Any
+    ) -> list[bytes]:
+        added = item.model_copy(
+            update={"summary": [], "encrypted_content": None, "status": "in_progress"}
+        )
+        events = [
+            sse(
+                ResponseOutputItemAddedEvent(
+                    type="response.output_item.added",
+                    output_index=index,
+                    item=added,
+                    sequence_number=next(seq),
+                )
+            )
+        ]
+        for k, part in enumerate(item.summary):
+            common = {"item_id": item.id, "output_index": index, "summary_index": k}
+            events.append(
+                sse(
+                    ResponseReasoningSummaryPartAddedEvent(
+                        type="response.reasoning_summary_part.added",
+                        part=SummaryPartAdded(type="summary_text", text=""),
+                        sequence_number=next(seq),
+                        **common,
+                    )
+                )
+            )
+            events += [
+                sse(
+                    ResponseReasoningSummaryTextDeltaEvent(
+                        type="response.reasoning_summary_text.delta",
+                        delta=p,
+                        sequence_number=next(seq),
+                        **common,
+                    )
+                )
+                for p in _pieces(part.text)
+            ]
+            events.append(
+                sse(
+                    ResponseReasoningSummaryTextDoneEvent(
+                        type="response.reasoning_summary_text.done",
+                        text=part.text,
+                        sequence_number=next(seq),
+                        **common,
+                    )
+                )
+            )
+            events.append(
+                sse(
+                    ResponseReasoningSummaryPartDoneEvent(
+                        type="response.reasoning_summary_part.done",
+                        part=SummaryPartDone(type="summary_text", text=part.text),
+                        sequence_number=next(seq),
+                        **common,
+                    )
+                )
+            )
+        events.append(
+            sse(
+                ResponseOutputItemDoneEvent(
+                    type="response.output_item.done",
+                    output_index=index,
+                    item=item,
+                    sequence_number=next(seq),
+                )
+            )
+        )
+        return events
 
     def error_event(self, message: str) -> bytes:
         err = {"type": "error", "code": "server_error", "message": message, "sequence_number": 999}

@@ -36,10 +36,16 @@ cost more) on every breakpoint; the default is the API's 5 minutes.
 count toward ``max_tokens``, so the budget is added to the request's ``max_tokens``:
 the visible answer keeps its allowance. With thinking on, the API requires the
 assistant's thinking blocks (with their signatures) to be sent back with its
-``tool_use`` blocks within one tool-use loop; :class:`~errands.models.protocol.Message`
-has no place for them, so the adapter remembers them in memory by tool-call id and
-puts them back. When they are not known (the process restarted mid-loop), the request
-goes with thinking disabled instead of failing.
+``tool_use`` blocks within one tool-use loop. The reply carries them, unmodified and in
+order, as ``ModelReply.replay = {"kind": "anthropic", "model": NAME, "blocks": [...]}``
+(``thinking`` + ``signature``, ``redacted_thinking`` + ``data``); the loop logs that
+with the response, so after a restart the assistant ``Message.replay`` still has them
+and they go back first in that message's content. State from another client kind or
+another model spec (a fallback chain) is not sent, nor thinking whose text the store
+redacted (its signature would no longer match), nor thinking of a turn with no text
+and no tool call (nothing to attach it to). When an assistant message of the current
+loop lacks its thinking blocks for any of those reasons, the request goes with thinking
+disabled instead of failing.
 
 **Usage**: ``input_tokens`` = ``input_tokens + cache_read_input_tokens +
 cache_creation_input_tokens`` (the API reports them apart), ``cached_input_tokens`` =
@@ -65,11 +71,19 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from errands.events import ToolCall, Usage
-from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.protocol import (
+    Message,
+    ModelError,
+    ModelReply,
+    ModelRequest,
+    TextSink,
+    replay_for,
+)
 from errands.models.retry import retry_after_from_headers
 
 __all__ = ["THINKING_BUDGETS", "AnthropicHTTPError", "AnthropicModel", "build_params"]
 
+KIND = "anthropic"
 ANTHROPIC_HOST = "api.anthropic.com"
 PLACEHOLDER_KEY = "not-needed"
 DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; used when the request has none
@@ -136,10 +150,36 @@ def _user_blocks(m: Message) -> list[Block]:
     return blocks
 
 
-def _assistant_blocks(m: Message, thinking: dict[str, tuple[Block, ...]]) -> list[Block]:
-    blocks: list[Block] = []
-    if m.tool_calls:
-        blocks.extend(thinking.get(m.tool_calls[0].call_id, ()))
+_REDACTED = "[REDACTED:"  # the store's marker for a secret it took out of an event
+
+
+def _strings(block: dict[str, Any], *keys: str) -> bool:
+    return all(isinstance(block.get(k), str) for k in keys)
+
+
+def _thinking_blocks(m: Message, name: str) -> list[Block]:
+    """The signed thinking blocks to send back with assistant message *m* (fresh
+    copies: the request marks blocks with ``cache_control``)."""
+    state = replay_for(m, KIND, name)
+    if state is None or not (m.text or m.tool_calls):
+        return []
+    blocks = state.get("blocks")
+    out: list[Block] = []
+    for b in blocks if isinstance(blocks, list) else ():
+        kind = b.get("type") if isinstance(b, dict) else None
+        if kind == "thinking" and _strings(b, "thinking", "signature"):
+            out.append({"type": "thinking", "thinking": b["thinking"], "signature": b["signature"]})
+        elif kind == "redacted_thinking" and _strings(b, "data"):
+            out.append({"type": "redacted_thinking", "data": b["data"]})
+        else:
+            return []  # not what this client wrote: send none rather than a broken block
+    if any(_REDACTED in str(b.get("thinking", "")) for b in out):
+        return []  # the log redacted a secret the model thought about: the signature fails
+    return out
+
+
+def _assistant_blocks(m: Message, name: str) -> list[Block]:
+    blocks = _thinking_blocks(m, name)
     if m.text:
         blocks.append({"type": "text", "text": m.text})
     for c in m.tool_calls:
@@ -157,13 +197,11 @@ def _tool_result_block(m: Message) -> Block:
     return block
 
 
-def _messages(
-    request: ModelRequest, thinking: dict[str, tuple[Block, ...]]
-) -> list[dict[str, Any]]:
+def _messages(request: ModelRequest, name: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in request.messages:
         if m.role == "assistant":
-            role, blocks = "assistant", _assistant_blocks(m, thinking)
+            role, blocks = "assistant", _assistant_blocks(m, name)
         elif m.role == "tool":
             role, blocks = "user", [_tool_result_block(m)]
         else:
@@ -185,12 +223,12 @@ def build_params(
     model: str,
     request: ModelRequest,
     *,
-    thinking_blocks: dict[str, tuple[Block, ...]] | None = None,
+    name: str | None = None,
     cache_ttl: CacheTTL | None = None,
 ) -> dict[str, Any]:
     """The ``messages.create`` parameters for *request* (``stream`` excluded), with the
-    cache breakpoints placed (see the module docstring)."""
-    memo = thinking_blocks or {}
+    cache breakpoints placed (see the module docstring). *name* is the client's spec
+    name (default ``anthropic:MODEL``): only replay state it produced is sent back."""
     cache_control: dict[str, str] = {"type": "ephemeral"}
     if cache_ttl is not None:
         cache_control["ttl"] = cache_ttl
@@ -210,7 +248,7 @@ def build_params(
         _mark(system, cache_control)
         marks += 1
         params["system"] = [system]
-    messages = _messages(request, memo)
+    messages = _messages(request, name or f"{KIND}:{model}")
     if messages:
         last = len(messages) - 1
         previous_end = None  # the message that ended the previous request
@@ -222,7 +260,7 @@ def build_params(
         for i in targets[-(MAX_BREAKPOINTS - marks) :] if marks < MAX_BREAKPOINTS else []:
             _mark(messages[i]["content"][-1], cache_control)
     params["messages"] = messages
-    thinking = _thinking(request, messages, memo)
+    thinking = _thinking(request, messages)
     if thinking is not None:
         params["thinking"] = thinking
         budget = thinking.get("budget_tokens")
@@ -231,9 +269,7 @@ def build_params(
     return params
 
 
-def _thinking(
-    request: ModelRequest, messages: list[dict[str, Any]], memo: dict[str, tuple[Block, ...]]
-) -> dict[str, Any] | None:
+def _thinking(request: ModelRequest, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     if request.reasoning is None:
         return None
     if request.reasoning not in THINKING_BUDGETS:
@@ -368,7 +404,7 @@ class _Accumulator:
                 out.append(ToolCall(call_id=call_id, name=b.name, arguments={}, raw_arguments=raw))
         return out
 
-    def thinking_blocks(self) -> tuple[Block, ...]:
+    def thinking_blocks(self) -> list[Block]:
         out: list[Block] = []
         for b in self.ordered():
             if b.type == "thinking":
@@ -377,7 +413,7 @@ class _Accumulator:
                 )
             elif b.type == "redacted_thinking":
                 out.append({"type": "redacted_thinking", "data": b.data})
-        return tuple(out)
+        return out
 
     def usage(self) -> Usage:
         return Usage(
@@ -413,7 +449,6 @@ class AnthropicModel:
         self.timeout = timeout
         self.max_retries = max_retries
         self.cache_ttl: CacheTTL | None = cache_ttl
-        self._thinking: dict[str, tuple[Block, ...]] = {}  # first tool-call id -> blocks
         self._sdk: Any = None
         self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
@@ -449,9 +484,7 @@ class AnthropicModel:
 
     def params(self, request: ModelRequest) -> dict[str, Any]:
         """What :meth:`complete` sends (without ``stream``)."""
-        return build_params(
-            self.model_name, request, thinking_blocks=self._thinking, cache_ttl=self.cache_ttl
-        )
+        return build_params(self.model_name, request, name=self.name, cache_ttl=self.cache_ttl)
 
     def _redact(self, text: str) -> str:
         return _redact(text, self._api_key or "")
@@ -497,16 +530,14 @@ class AnthropicModel:
                 "finished (no message_stop)",
                 retryable=True,
             )
-        calls = acc.tool_calls()
         thinking = acc.thinking_blocks()
-        if calls and thinking:
-            self._thinking[calls[0].call_id] = thinking
         return ModelReply(
             text=acc.text(),
-            tool_calls=calls,
+            tool_calls=acc.tool_calls(),
             usage=acc.usage(),
             stop_reason=_STOP_REASONS.get(acc.stop_reason, acc.stop_reason),
             model=acc.model or self.model_name,
+            replay={"kind": KIND, "model": self.name, "blocks": thinking} if thinking else None,
         )
 
     def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:

@@ -14,10 +14,13 @@ for an error result) in the ``user`` turn that follows. Tool schemas go as
 merged.
 
 **Thought signatures**: Gemini 3 models return a ``thought_signature`` with a function
-call and require it back on that call within the current turn. The adapter remembers
-signatures in memory by call id and puts them back; for a call it has no signature for
-(the process restarted, or the call came from another model) it sends Google's
-documented placeholder ``skip_thought_signature_validator``.
+call and require it back on that call within the current turn. The reply carries them
+as ``ModelReply.replay = {"kind": "gemini", "model": NAME, "signatures": {call_id:
+base64}}``; the loop logs that with the response, so after a restart the assistant
+``Message.replay`` still has them and each goes back on its call. For the first call of
+a model turn without a signature of its own -- the call came from another client kind
+or model spec (a fallback chain), or from an older log -- a Gemini 3 request carries
+Google's documented placeholder ``skip_thought_signature_validator`` instead.
 
 **Prompt caching** on the Gemini API is implicit (2.5 and newer models): nothing is
 sent; a request whose prefix matches a recent one gets ``cached_content_token_count``.
@@ -54,7 +57,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from errands.events import ToolCall, Usage
-from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.protocol import (
+    Message,
+    ModelError,
+    ModelReply,
+    ModelRequest,
+    TextSink,
+    replay_for,
+)
 from errands.models.retry import retry_after_from_headers
 
 __all__ = [
@@ -65,6 +75,7 @@ __all__ = [
     "GeminiModel",
 ]
 
+KIND = "gemini"
 GEMINI_HOST = "generativelanguage.googleapis.com"
 PLACEHOLDER_KEY = "not-needed"
 NO_KEY_HELP = "no API key for Gemini: set GEMINI_API_KEY (or GOOGLE_API_KEY)"
@@ -218,7 +229,6 @@ class GeminiModel:
         self._api_key: str | None = key or (None if official else PLACEHOLDER_KEY)
         self.timeout = timeout
         self.max_retries = max_retries
-        self._signatures: dict[str, bytes] = {}  # call id -> thought signature
         self._sdk: Any = None
         self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
@@ -260,11 +270,15 @@ class GeminiModel:
 
     # -- request -----------------------------------------------------------------------
 
-    def _signature(self, call_id: str) -> bytes | None:
-        known = self._signatures.get(call_id)
-        if known is None and _uses_levels(self.model_name):
-            return SKIP_SIGNATURE  # Gemini 3 requires one; 2.x does not
-        return known
+    def _signatures(self, m: Message) -> dict[str, bytes]:
+        """The thought signatures this client got with assistant message *m*, by call id."""
+        state = replay_for(m, KIND, self.name)
+        found = state.get("signatures") if state is not None else None
+        out: dict[str, bytes] = {}
+        for call_id, encoded in found.items() if isinstance(found, dict) else ():
+            with contextlib.suppress(ValueError, TypeError):
+                out[call_id] = base64.b64decode(encoded, validate=True)
+        return out
 
     def contents(self, request: ModelRequest) -> list[Any]:
         """The ``contents`` of the request as SDK types."""
@@ -284,14 +298,17 @@ class GeminiModel:
     def _parts(self, m: Message, types: Any) -> tuple[str, list[Any]]:
         if m.role == "assistant":
             parts = [types.Part(text=m.text)] if m.text else []
+            signatures = self._signatures(m)
             for i, c in enumerate(m.tool_calls):
+                signature = signatures.get(c.call_id)
+                if signature is None and i == 0 and _uses_levels(self.model_name):
+                    signature = SKIP_SIGNATURE  # Gemini 3 requires one on a turn's first call
                 parts.append(
                     types.Part(
                         function_call=types.FunctionCall(
                             id=c.call_id, name=c.name, args=c.arguments
                         ),
-                        # the signature goes on the first call of a turn
-                        thought_signature=self._signature(c.call_id) if i == 0 else None,
+                        thought_signature=signature,
                     )
                 )
             return "model", parts
@@ -401,9 +418,11 @@ class GeminiModel:
                 + (f": {self._redact(acc.finish_message)[:300]}" if acc.finish_message else ""),
                 retryable=True,
             )
-        for call, signature in acc.calls:
-            if signature:
-                self._signatures[call.call_id] = signature
+        signatures = {
+            call.call_id: base64.b64encode(signature).decode()
+            for call, signature in acc.calls
+            if signature
+        }
         calls = [c for c, _ in acc.calls]
         stop = (
             "tool_use"
@@ -416,6 +435,9 @@ class GeminiModel:
             usage=acc.normalised_usage(),
             stop_reason=stop,
             model=acc.model or self.model_name,
+            replay=(
+                {"kind": KIND, "model": self.name, "signatures": signatures} if signatures else None
+            ),
         )
 
     def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:

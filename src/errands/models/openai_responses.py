@@ -19,7 +19,19 @@ the input append-only) and sends ``prompt_cache_key`` = the errand id to api.ope
 so one errand's requests reach the same cache.
 
 **Reasoning**: ``ModelRequest.reasoning`` is sent as ``reasoning.effort``
-(``minimal`` / ``low`` / ``medium`` / ``high``, the API's own names).
+(``minimal`` / ``low`` / ``medium`` / ``high``, the API's own names), with
+``include: ["reasoning.encrypted_content"]``: with ``store: false`` the API keeps no
+reasoning between requests, so within a tool loop the model's reasoning items
+(``{"type": "reasoning", "id", "summary", "encrypted_content"}``) must be sent back in
+the input. The reply carries them as ``ModelReply.replay = {"kind":
+"openai-responses", "model": NAME, "items": [...]}``; the loop logs that with the
+response, so after a restart the assistant ``Message.replay`` still has them, and they
+go back just before that turn's message and ``function_call`` items. Only items with
+``encrypted_content`` are kept (without it a stateless request cannot use them); items
+from another client kind or model spec (a fallback chain) are not sent: another model
+cannot use them, and one without reasoning refuses reasoning items. A request without a reasoning level
+asks for no encrypted content (models without reasoning refuse the ``include``), so a
+reasoning model's default reasoning is not carried from one request to the next.
 
 **Usage**: ``input_tokens`` (cached included), ``input_tokens_details.cached_tokens``,
 ``output_tokens`` (reasoning included), ``output_tokens_details.reasoning_tokens``.
@@ -44,7 +56,14 @@ from urllib.parse import urlsplit
 
 from errands.events import ToolCall, Usage
 from errands.models.openai_chat import OPENAI_HOST, PLACEHOLDER_KEY, OpenAIHTTPError, _redact
-from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.protocol import (
+    Message,
+    ModelError,
+    ModelReply,
+    ModelRequest,
+    TextSink,
+    replay_for,
+)
 from errands.models.retry import retry_after_from_headers
 
 if TYPE_CHECKING:
@@ -52,6 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenAIResponsesModel", "build_params"]
 
+KIND = "openai-responses"
 NO_KEY_HELP = "no API key for OpenAI: set OPENAI_API_KEY (or OPENAI_BASE_URL for another server)"
 REASONING_EFFORTS = ("minimal", "low", "medium", "high")
 _RETRYABLE_FAILURES = frozenset({"server_error", "rate_limit_exceeded", "vector_store_timeout"})
@@ -61,7 +81,27 @@ class _Garbage(Exception):
     pass
 
 
-def _input_items(m: Message) -> list[dict[str, Any]]:
+_REASONING_KEYS = ("type", "id", "summary", "content", "encrypted_content")
+
+
+def _reasoning_items(m: Message, name: str) -> list[dict[str, Any]]:
+    """The reasoning items to send back just before assistant message *m*'s items."""
+    state = replay_for(m, KIND, name)
+    items = state.get("items") if state is not None else None
+    out: list[dict[str, Any]] = []
+    for item in items if isinstance(items, list) else ():
+        if not (
+            isinstance(item, dict)
+            and item.get("type") == "reasoning"
+            and isinstance(item.get("id"), str)
+            and isinstance(item.get("encrypted_content"), str)
+        ):
+            return []  # not what this client wrote: send none rather than a broken item
+        out.append({k: item[k] for k in _REASONING_KEYS if k in item})
+    return out
+
+
+def _input_items(m: Message, name: str) -> list[dict[str, Any]]:
     if m.role == "user":
         if not m.images:
             return [{"role": "user", "content": m.text}]
@@ -79,7 +119,7 @@ def _input_items(m: Message) -> list[dict[str, Any]]:
     if m.role == "tool":
         text = f"ERROR: {m.text}" if m.is_error else m.text
         return [{"type": "function_call_output", "call_id": m.tool_call_id or "", "output": text}]
-    items: list[dict[str, Any]] = []
+    items = _reasoning_items(m, name)
     if m.text or not m.tool_calls:
         items.append({"role": "assistant", "content": m.text})
     for c in m.tool_calls:
@@ -95,8 +135,13 @@ def _input_items(m: Message) -> list[dict[str, Any]]:
     return items
 
 
-def build_params(model: str, request: ModelRequest, *, cache_key: bool) -> dict[str, Any]:
-    """The ``responses.create`` parameters for *request* (``stream`` excluded)."""
+def build_params(
+    model: str, request: ModelRequest, *, cache_key: bool, name: str | None = None
+) -> dict[str, Any]:
+    """The ``responses.create`` parameters for *request* (``stream`` excluded). *name* is
+    the client's spec name (default ``openai-responses:MODEL``): only reasoning items it
+    produced are sent back."""
+    spec = name or f"{KIND}:{model}"
     params: dict[str, Any] = {"model": model}
     if request.system:
         params["instructions"] = request.system
@@ -111,7 +156,7 @@ def build_params(model: str, request: ModelRequest, *, cache_key: bool) -> dict[
             }
             for t in request.tools
         ]
-    params["input"] = [item for m in request.messages for item in _input_items(m)]
+    params["input"] = [item for m in request.messages for item in _input_items(m, spec)]
     params["store"] = False
     if request.max_tokens is not None:
         params["max_output_tokens"] = request.max_tokens
@@ -122,6 +167,7 @@ def build_params(model: str, request: ModelRequest, *, cache_key: bool) -> dict[
                 + ", ".join(REASONING_EFFORTS)
             )
         params["reasoning"] = {"effort": request.reasoning}
+        params["include"] = ["reasoning.encrypted_content"]
     if cache_key and request.errand_id:
         params["prompt_cache_key"] = request.errand_id
     return params
@@ -146,6 +192,7 @@ class _Accumulator:
     model: str = ""
     refusal: bool = False
     started: bool = False
+    reasoning: dict[str, dict[str, Any]] = field(default_factory=dict)  # by item id, in order
 
     def _call(self, item_id: str) -> _PendingCall:
         if item_id not in self.calls:
@@ -154,6 +201,13 @@ class _Accumulator:
         return self.calls[item_id]
 
     def _item(self, item: Any) -> None:
+        if getattr(item, "type", None) == "reasoning":
+            if getattr(item, "encrypted_content", None) and item.id:
+                dumped = item.model_dump(mode="json", exclude_none=True)
+                self.reasoning[str(item.id)] = {
+                    k: dumped[k] for k in _REASONING_KEYS if k in dumped
+                }
+            return
         if getattr(item, "type", None) != "function_call":
             return
         p = self._call(str(item.id or item.call_id))
@@ -300,7 +354,7 @@ class OpenAIResponsesModel:
             self._sdk = None
 
     def params(self, request: ModelRequest) -> dict[str, Any]:
-        return build_params(self.model_name, request, cache_key=self.official)
+        return build_params(self.model_name, request, cache_key=self.official, name=self.name)
 
     def _redact(self, text: str) -> str:
         return _redact(text, self._api_key or "")
@@ -356,12 +410,14 @@ class OpenAIResponsesModel:
             stop = "content_filter" if acc.incomplete_reason == "content_filter" else "max_tokens"
         else:
             stop = "tool_use" if calls else "end"
+        reasoning = list(acc.reasoning.values())
         return ModelReply(
             text="".join(acc.text),
             tool_calls=calls,
             usage=acc.normalised_usage(),
             stop_reason=stop,
             model=acc.model or self.model_name,
+            replay={"kind": KIND, "model": self.name, "items": reasoning} if reasoning else None,
         )
 
     def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:

@@ -4,6 +4,14 @@ The loop builds a :class:`ModelRequest` from the errand's log (system prompt, th
 transcript as :class:`Message` items, tool schemas) and gets a :class:`ModelReply`.
 Provider clients translate this to and from their wire formats; wrappers (fallback,
 retry, rate limits) compose around the same protocol.
+
+**Replay state.** Some APIs return opaque state with an assistant turn that must be
+sent back with that turn on later requests (Anthropic's signed thinking blocks, Gemini's
+thought signatures, OpenAI Responses' encrypted reasoning items). A client puts it in
+:attr:`ModelReply.replay` as a JSON-serialisable dict tagged with the client's ``kind``
+and ``model`` (its spec name); the loop logs it with the response, and the fold puts it
+back on the assistant :class:`Message`, so it survives a restart. A client takes it
+from a message only through :func:`replay_for`, i.e. only its own kind and model's.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ __all__ = [
     "ModelRequest",
     "TextSink",
     "ToolSchema",
+    "replay_for",
 ]
 
 
@@ -53,6 +62,7 @@ class Message:
     tool_name: str | None = None  # tool only
     is_error: bool = False  # tool only
     images: tuple[Image, ...] = ()  # user only, for models that take images
+    replay: dict[str, Any] | None = None  # assistant only: provider state to send back
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,17 @@ class ModelReply:
     usage: Usage = field(default_factory=Usage)
     stop_reason: str = "end"
     model: str = ""
+    # opaque provider state to send back with this turn: {"kind": ..., "model": ..., ...}
+    replay: dict[str, Any] | None = None
+
+
+def replay_for(message: Message, kind: str, model: str) -> dict[str, Any] | None:
+    """The replay state on *message* if a client of *kind* for *model* (its spec name)
+    produced it, else None: state from another provider or model is never sent."""
+    state = message.replay
+    if state is None or state.get("kind") != kind or state.get("model") != model:
+        return None
+    return state
 
 
 TextSink = Callable[[str], None]  # receives streamed text deltas

@@ -1,0 +1,313 @@
+"""Provider reasoning state survives a restart, through the errand log.
+
+Anthropic's signed thinking blocks, Gemini's thought signatures and the Responses API's
+encrypted reasoning items must go back to the API with their assistant turn. Each test
+here runs the real loop on a real SQLite store against a provider's wire simulator
+until the model has asked for a tool call that needs an approval (the errand waits,
+its process may go away), then -- in a "new process": a new store object on the same
+file, a new runner, a fresh client -- approves and resumes, and checks that the next
+request carried exactly the state the simulator issued.
+
+Each guarantee has its negative control: the same run with the state dropped from the
+fold (the test-only switch ``no_replay``) must fail the check. And state from one
+member of a fallback chain never reaches another.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.kit import Ledger, ledger_registry
+from sim.anthropic_server import AnthropicSim
+from sim.core import SimServer, Turn, call
+from sim.gemini_server import GeminiSim, _b64
+from sim.openai_responses_server import OpenAIResponsesSim
+
+from errands import events as ev
+from errands import faults
+from errands.config import Settings
+from errands.models.anthropic import AnthropicModel
+from errands.models.fallback import CircuitBreaker, FallbackModel
+from errands.models.gemini import SKIP_SIGNATURE, GeminiModel
+from errands.models.openai_responses import OpenAIResponsesModel
+from errands.models.protocol import Model, ModelReply, ModelRequest, TextSink
+from errands.operations import create_errand
+from errands.policy.approvals import approve
+from errands.policy.rules import Policy
+from errands.runner import Runner
+from errands.states import ErrandState
+from errands.store.sqlite import SQLiteStore
+from errands.tools.registry import Registry
+
+SEND = call("send_message", {"to": "bob", "body": "hi"}, call_id="c1")
+
+
+class Reasoning:
+    """Asks every request with a reasoning level (the loop leaves it to the model)."""
+
+    def __init__(self, inner: Model, level: str = "medium") -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.level = level
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        return await self.inner.complete(replace(request, reasoning=self.level), on_text)
+
+    async def aclose(self) -> None:
+        close = getattr(self.inner, "aclose", None)
+        if close is not None:
+            await close()
+
+
+# -- the providers: a fresh client, and what the simulator issued / got back ----------
+
+
+@dataclass
+class Provider:
+    kind: str
+    sim: SimServer
+    fresh: Callable[[], Model]  # a new client, as a new process would build
+    issued: Callable[[], Any]  # the state the simulator gave out with the first reply
+    sent: Callable[[dict[str, Any]], Any]  # the state a request body carried back
+    first: Turn = field(default_factory=lambda: Turn(tool_calls=(SEND,), reasoning_tokens=40))
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [r.body for r in self.sim.requests if r.status == 200]
+
+
+def anthropic(sim: AnthropicSim, model: str = "claude-test") -> Provider:
+    def sent(body: dict[str, Any]) -> Any:
+        assistant = next(m for m in body["messages"] if m["role"] == "assistant")
+        return [b for b in assistant["content"] if "thinking" in b["type"]]
+
+    return Provider(
+        "anthropic",
+        sim,
+        lambda: AnthropicModel(model, base_url=sim.base_url, api_key=sim.api_key, max_retries=0),
+        lambda: sim.issued_thinking[0],
+        sent,
+        Turn(tool_calls=(SEND,), reasoning_tokens=40, redacted_thinking=True),
+    )
+
+
+def gemini(sim: GeminiSim) -> Provider:
+    def sent(body: dict[str, Any]) -> Any:
+        model_turn = next(c for c in body["contents"] if c["role"] == "model")
+        (part,) = [p for p in model_turn["parts"] if "functionCall" in p]
+        return {part["functionCall"]["id"]: _b64(part.get("thoughtSignature", ""))}
+
+    return Provider(
+        "gemini",
+        sim,
+        lambda: GeminiModel(
+            "gemini-3-flash", base_url=sim.base_url, api_key=sim.api_key, max_retries=0
+        ),
+        lambda: dict(sim.issued_signatures),
+        sent,
+    )
+
+
+def responses(sim: OpenAIResponsesSim) -> Provider:
+    def sent(body: dict[str, Any]) -> Any:
+        return [i for i in body["input"] if i.get("type") == "reasoning"]
+
+    return Provider(
+        "openai-responses",
+        sim,
+        lambda: OpenAIResponsesModel(
+            "gpt-test", base_url=sim.base_url, api_key=sim.api_key, max_retries=0
+        ),
+        lambda: [{k: v for k, v in sim.issued_reasoning[0].items() if k != "status"}],
+        sent,
+    )
+
+
+@pytest.fixture(params=["anthropic", "gemini", "openai-responses"])
+def provider(
+    request: pytest.FixtureRequest,
+    anthropic_sim: AnthropicSim,
+    gemini_sim: GeminiSim,
+    openai_responses_sim: OpenAIResponsesSim,
+) -> Provider:
+    return {
+        "anthropic": lambda: anthropic(anthropic_sim),
+        "gemini": lambda: gemini(gemini_sim),
+        "openai-responses": lambda: responses(openai_responses_sim),
+    }[request.param]()
+
+
+@pytest.fixture
+def unsafe(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Turn one guard off, for a negative control."""
+
+    def switch_off(name: str) -> None:
+        monkeypatch.setattr(faults, "_SWITCHES", frozenset({name}))
+
+    return switch_off
+
+
+# -- a process: its own store object, runner and client ---------------------------------
+
+
+class World:
+    def __init__(self, settings: Settings, tmp: Path) -> None:
+        self.settings = settings
+        self.registry: Registry = ledger_registry(Ledger(tmp / "ledger"))
+        self._closers: list[Any] = []
+
+    def process(self, model: Model) -> Runner:
+        """A new process: a new store on the same file, a new runner, this client."""
+        store = SQLiteStore(self.settings.db_path)
+        wrapped = Reasoning(model)
+        self._closers += [store.close, wrapped.aclose]
+        return Runner(store, self.settings, self.registry, Policy(), models=lambda spec: wrapped)
+
+    async def close(self) -> None:
+        for close in reversed(self._closers):
+            await close()
+
+
+@pytest.fixture
+async def world(settings: Settings, tmp_path: Path) -> Any:
+    w = World(settings, tmp_path)
+    yield w
+    await w.close()
+
+
+async def until_approval(world: World, model: Model) -> tuple[str, ev.ModelResponded]:
+    """Run a new errand in one process until it waits for approval of its tool call."""
+    runner = world.process(model)
+    eid = await create_errand(runner.store, world.settings, "tell bob", model="scripted:demo")
+    view = await runner.run_errand(eid)
+    assert view.state is ErrandState.waiting_approval
+    (pending,) = view.pending.values()
+    await approve(runner.store, world.registry, pending.id, by="ann", channel="cli")
+    (response,) = [
+        s.event for s in await runner.store.read(eid) if isinstance(s.event, ev.ModelResponded)
+    ]
+    return eid, response
+
+
+async def resume(world: World, eid: str, model: Model) -> None:
+    """Resume the errand in another process (a fresh client) to the end."""
+    view = await world.process(model).run_errand(eid)
+    assert view.state is ErrandState.done, view
+
+
+async def restart_mid_loop(world: World, p: Provider) -> tuple[Any, Any]:
+    """(what the simulator issued with the tool call, what came back after a restart)."""
+    p.sim.script(p.first, Turn(text="Told bob.", reasoning_tokens=5))
+    eid, response = await until_approval(world, p.fresh())
+    assert response.replay is not None and response.replay["kind"] == p.kind  # logged
+    await resume(world, eid, p.fresh())
+    _, second = p.bodies()
+    return p.issued(), p.sent(second)
+
+
+# -- the guarantee and its negative control ----------------------------------------------
+
+
+async def test_reasoning_state_survives_a_restart(world: World, provider: Provider) -> None:
+    issued, sent = await restart_mid_loop(world, provider)
+    assert issued  # the simulator did think / sign
+    # the exact signed blocks / signature (not the placeholder) / reasoning items
+    assert sent == issued
+    if provider.kind == "anthropic":
+        body = provider.bodies()[1]
+        assert body["thinking"]["type"] == "enabled"  # still thinking after the restart
+
+
+async def test_negative_control_without_the_log_the_state_is_lost(
+    world: World, provider: Provider, unsafe: Callable[[str], None]
+) -> None:
+    unsafe("no_replay")
+    issued, sent = await restart_mid_loop(world, provider)
+    assert issued and sent != issued  # the check above would have failed
+    if provider.kind == "gemini":
+        assert list(sent.values()) == [SKIP_SIGNATURE]
+    if provider.kind == "anthropic":
+        assert provider.bodies()[1]["thinking"] == {"type": "disabled"}
+
+
+# -- fallback: one member's state never reaches another ----------------------------------
+
+
+def _opaque(state: Any) -> Iterator[str]:
+    """The opaque strings in a provider's issued state (signatures, encrypted content)."""
+    if isinstance(state, dict):
+        for key, value in state.items():
+            if isinstance(value, bytes):
+                yield base64.b64encode(value).decode()
+            elif key in ("signature", "data", "encrypted_content"):
+                yield str(value)
+            else:
+                yield from _opaque(value)
+    elif isinstance(state, list):
+        for item in state:
+            yield from _opaque(item)
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ("anthropic", "gemini"),
+        ("gemini", "openai-responses"),
+        ("openai-responses", "anthropic"),
+        ("anthropic", "anthropic-other-model"),
+    ],
+)
+async def test_a_fallback_member_never_gets_anothers_state(
+    world: World,
+    anthropic_sim: AnthropicSim,
+    gemini_sim: GeminiSim,
+    openai_responses_sim: OpenAIResponsesSim,
+    first: str,
+    then: str,
+) -> None:
+    providers = {
+        "anthropic": anthropic(anthropic_sim),
+        "gemini": gemini(gemini_sim),
+        "openai-responses": responses(openai_responses_sim),
+        "anthropic-other-model": anthropic(anthropic_sim, "claude-other"),
+    }
+    a, b = providers[first], providers[then]
+
+    def chain() -> Model:
+        return FallbackModel(
+            "chain",
+            [(a.fresh(), CircuitBreaker(first)), (b.fresh(), CircuitBreaker(then))],
+        )
+
+    a.sim.script(a.first)
+    eid, response = await until_approval(world, chain())
+    assert response.replay is not None and response.replay["kind"] == a.kind
+    a.sim.fault("server_error", status=503)  # the first member is down after the restart
+    b.sim.script(Turn(text="Told bob.", reasoning_tokens=5))
+    await resume(world, eid, chain())
+    body = b.bodies()[-1]
+    wire = json.dumps(body)
+    issued = list(_opaque(a.issued()))
+    assert issued and not any(s in wire for s in issued)
+    if b.kind == "gemini":
+        assert list(b.sent(body).values()) == [SKIP_SIGNATURE]
+    if b.kind == "anthropic":
+        assert b.sent(body) == [] and body["thinking"] == {"type": "disabled"}
+    if b.kind == "openai-responses":
+        assert b.sent(body) == []
+    responded = [
+        s.event
+        for s in await world.process(a.fresh()).store.read(eid)
+        if isinstance(s.event, ev.ModelResponded)
+    ]
+    last = responded[-1]
+    assert last.model == b.fresh().name  # B answered; its own state (if any) is B's
+    assert last.replay is None or (last.replay["kind"], last.replay["model"]) == (
+        b.kind,
+        last.model,
+    )
