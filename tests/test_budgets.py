@@ -307,6 +307,22 @@ def test_the_input_bound_is_never_below_a_tokenizers_count() -> None:
     assert bound < input_tokens_bound(later, None, 0)  # the known count is tighter
 
 
+def test_a_reasoning_level_adds_its_thinking_to_the_worst_case(settings: Settings) -> None:
+    from errands.budgets import REASONING_TOKENS, worst_case_usd
+    from errands.models.scripted import ScriptedModel, load_script
+    from errands.progress import Progress
+
+    s = settings.model_copy(update={"prices": {"scripted:demo": Price(input=1.0, output=10.0)}})
+    model = ScriptedModel(load_script("demo"), name="scripted:demo")
+    plain = ModelRequest(system="s", messages=(Message("user", "hi"),), tools=(), max_tokens=100)
+    thinking = ModelRequest(
+        system="s", messages=(Message("user", "hi"),), tools=(), max_tokens=100, reasoning="high"
+    )
+    p = Progress.empty("e")
+    extra = worst_case_usd(model, thinking, s, p) - worst_case_usd(model, plain, s, p)
+    assert extra == pytest.approx(REASONING_TOKENS["high"] * 10.0 / 1e6)
+
+
 # -- 200 concurrent calls against a cap, through real errands ------------------------------
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from errands.models.anthropic import AnthropicModel
 from errands.models.fallback import CircuitBreaker, FallbackModel
 from errands.models.gemini import SKIP_SIGNATURE, GeminiModel
 from errands.models.openai_responses import OpenAIResponsesModel
-from errands.models.protocol import Model, ModelReply, ModelRequest, TextSink
+from errands.models.protocol import Model
 from errands.operations import create_errand
 from errands.policy.approvals import approve
 from errands.policy.rules import Policy
@@ -46,23 +46,6 @@ from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry
 
 SEND = call("send_message", {"to": "bob", "body": "hi"}, call_id="c1")
-
-
-class Reasoning:
-    """Asks every request with a reasoning level (the loop leaves it to the model)."""
-
-    def __init__(self, inner: Model, level: str = "medium") -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.level = level
-
-    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
-        return await self.inner.complete(replace(request, reasoning=self.level), on_text)
-
-    async def aclose(self) -> None:
-        close = getattr(self.inner, "aclose", None)
-        if close is not None:
-            await close()
 
 
 # -- the providers: a fresh client, and what the simulator issued / got back ----------
@@ -157,16 +140,16 @@ def unsafe(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
 
 class World:
     def __init__(self, settings: Settings, tmp: Path) -> None:
-        self.settings = settings
+        # a reasoning level from the config, as a person sets it (reasoning = "medium")
+        self.settings = settings.model_copy(update={"reasoning": "medium"})
         self.registry: Registry = ledger_registry(Ledger(tmp / "ledger"))
         self._closers: list[Any] = []
 
     def process(self, model: Model) -> Runner:
         """A new process: a new store on the same file, a new runner, this client."""
         store = SQLiteStore(self.settings.db_path)
-        wrapped = Reasoning(model)
-        self._closers += [store.close, wrapped.aclose]
-        return Runner(store, self.settings, self.registry, Policy(), models=lambda spec: wrapped)
+        self._closers += [store.close, model.aclose]
+        return Runner(store, self.settings, self.registry, Policy(), models=lambda spec: model)
 
     async def close(self) -> None:
         for close in reversed(self._closers):

@@ -228,6 +228,8 @@ async def test_purge_removes_private_content_from_the_file_bytes(tmp_path: Path)
                         call_id="c9", name="mail.send", arguments={}, raw_arguments=f"{{{PRIVATE}"
                     )
                 ],
+                # the model's signed thinking is derived from the private context
+                replay={"kind": "anthropic", "blocks": [{"thinking": f"ana at {PRIVATE}"}]},
             ),
             ev.ApprovalRequested(
                 call_id="c2",

@@ -11,7 +11,8 @@ store -- spend stays within each cap, give or take how far a worst case
 underestimates (below).
 
 The worst case of a call is its input at the full (uncached) input price plus
-``max_tokens`` at the output price, at the dearest model a fallback chain may use.
+``max_tokens`` (and the thinking its reasoning level may add) at the output price, at
+the dearest model a fallback chain may use.
 Its input tokens are bounded from what is known exactly: the previous call's input
 and output tokens as the provider reported them, plus the UTF-8 bytes of every
 message added since (a token is at least one byte for byte-level BPE tokenizers),
@@ -38,6 +39,10 @@ __all__ = ["Budgets", "Refused", "input_tokens_bound", "worst_case_usd"]
 
 MESSAGE_TOKENS = 16  # role markers, separators, tool-call framing
 IMAGE_TOKENS = 3_000  # above what any provider charges for one image after its resizing
+# thinking a reasoning level may add beyond max_tokens: the larger of Anthropic's budget
+# (which its client adds to max_tokens) and Gemini 2.x's thinking_budget for the level;
+# OpenAI counts reasoning inside its output limit
+REASONING_TOKENS = {"minimal": 0, "low": 1_024, "medium": 8_192, "high": 24_576}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +91,8 @@ def _price_names(model: Model) -> list[str]:
 def worst_case_usd(model: Model, request: ModelRequest, settings: Settings, p: Progress) -> float:
     usage = Usage(
         input_tokens=input_tokens_bound(request, p.last_usage, p.answered),
-        output_tokens=request.max_tokens or settings.max_tokens,
+        output_tokens=(request.max_tokens or settings.max_tokens)
+        + REASONING_TOKENS.get(request.reasoning or "minimal", 0),
     )
     return max(cost_usd(name, usage, settings.prices) for name in _price_names(model))
 

@@ -139,6 +139,9 @@ class Settings(BaseModel):
         "Use the tools you are given; say plainly when you are done and what you did."
     )
     max_tokens: int = Field(default=4096, gt=0)
+    # how hard models think before answering, mapped per provider (docs/providers.md);
+    # None: the provider's default
+    reasoning: Literal["minimal", "low", "medium", "high"] | None = None
     limits: Limits = Limits()
     budget: BudgetSettings = BudgetSettings()
     network: NetworkSettings = NetworkSettings()

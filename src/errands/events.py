@@ -176,7 +176,9 @@ class ModelRequested(_Event):
 
 
 class ModelResponded(_Event):
+    VERSION: ClassVar[int] = 2
     type: Literal["model_responded"] = "model_responded"
+    v: int = 2
     request_seq: int
     model: str
     content: Content | None = None  # the model's text, labelled with its context's join
@@ -338,9 +340,16 @@ def _model_requested_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _model_responded_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    # v2 added ``replay`` (optional): a v1 event is a v2 one without it. The bump makes
+    # an older errands refuse a new log clearly instead of choking on the field.
+    return {**data, "v": 2}
+
+
 UPGRADERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
     ("errand_created", 1): _errand_created_1_to_2,
     ("model_requested", 1): _model_requested_1_to_2,
+    ("model_responded", 1): _model_responded_1_to_2,
 }
 
 

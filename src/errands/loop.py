@@ -168,6 +168,7 @@ class Loop:
             messages=tuple(p.messages),
             tools=self.dispatch.registry.schemas(),
             max_tokens=self.settings.max_tokens,
+            reasoning=self.settings.reasoning,
             errand_id=p.errand_id,
             priority=0 if p.view.parent else 1,  # parents before their fan-out
         )

@@ -1053,6 +1053,7 @@ def _view_from_row(row: Sequence[Any]) -> ErrandView:
 # Free-text fields that may carry the person's private words or derived content.
 _PURGE_TEXT_KEYS = frozenset({"title", "preview", "reason", "message", "raw_arguments"})
 _PURGE_ARG_KEYS = frozenset({"arguments", "edited_arguments"})
+_PURGE_DROP_KEYS = frozenset({"replay"})
 
 
 def _purge_value(value: Any) -> Any:
@@ -1068,6 +1069,8 @@ def _purge_value(value: Any) -> Any:
         for key, item in value.items():
             if key in _PURGE_ARG_KEYS and isinstance(item, dict):
                 out[key] = {"purged": True}
+            elif key in _PURGE_DROP_KEYS:
+                out[key] = None  # opaque provider state: nothing of it can stay
             elif key in _PURGE_TEXT_KEYS and isinstance(item, str) and item:
                 out[key] = PURGED
             else:
