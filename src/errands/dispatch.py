@@ -204,7 +204,7 @@ class Dispatcher:
             content=ev.Content.labelled(
                 text,
                 Provenance(kind="tool", name=intent.tool, source=output.source),
-                Label(integrity=output.integrity, confidentiality=output.confidentiality),
+                Label.of(output.integrity, output.confidentiality),
             ),
         )
 

@@ -72,7 +72,7 @@ class Content(BaseModel):
 
     @property
     def label(self) -> Label:
-        return Label(integrity=self.integrity, confidentiality=self.confidentiality)
+        return Label.of(self.integrity, self.confidentiality)
 
     @classmethod
     def labelled(cls, text: str, provenance: Provenance, label: Label) -> Content:

@@ -55,6 +55,12 @@ class Label(BaseModel):
     integrity: Integrity = Integrity.trusted
     confidentiality: Confidentiality = Confidentiality.private
 
+    @staticmethod
+    def of(integrity: Integrity, confidentiality: Confidentiality) -> Label:
+        """The label with these values. There are only six, built once: labels are
+        frozen, and every content item and every fold step asks for one."""
+        return _LABELS[integrity, confidentiality]
+
     def joined(self, other: Label) -> Label:
         integrity = (
             Integrity.untrusted
@@ -64,10 +70,13 @@ class Label(BaseModel):
         conf = max(self.confidentiality, other.confidentiality, key=_CONF_RANK.__getitem__)
         if integrity is self.integrity and conf is self.confidentiality:
             return self
-        return Label(integrity=integrity, confidentiality=conf)
+        return _LABELS[integrity, conf]
 
 
-BOTTOM = Label(integrity=Integrity.trusted, confidentiality=Confidentiality.public)
+_LABELS = {
+    (i, c): Label(integrity=i, confidentiality=c) for i in Integrity for c in Confidentiality
+}
+BOTTOM = Label.of(Integrity.trusted, Confidentiality.public)
 
 
 def join(labels: Iterable[Label]) -> Label:
