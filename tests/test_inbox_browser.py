@@ -16,7 +16,17 @@ from typing import Any
 import httpx
 import playwright.sync_api as playwright_api
 import pytest
-from helpers.server import ServerProc, Sink, free_port, post_script, wait_for, write_config
+from helpers.server import (
+    ServerProc,
+    Sink,
+    clean_env,
+    free_port,
+    post_script,
+    wait_for,
+    write_config,
+)
+from sim.core import Turn, call
+from sim.openai_server import OpenAIChatSim
 
 expect = playwright_api.expect
 
@@ -30,6 +40,7 @@ ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 20_000
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
@@ -163,6 +174,53 @@ def test_a_pending_approval_survives_a_server_crash(
     assert [e["always"] for e in grants if e["type"] == "approval_granted"] == [True]
     with httpx.Client(base_url=server.url) as api:
         assert api.get("/api/approvals").json() == []
+
+
+# every value the live text of the errand's page shows, in order
+RECORD_LIVE_TEXT = """
+window.liveTexts = [];
+new MutationObserver(() => {
+  const node = document.querySelector("#live-text .text");
+  const now = node ? node.textContent : "";
+  if (window.liveTexts[window.liveTexts.length - 1] !== now) window.liveTexts.push(now);
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def test_a_retried_reply_streams_once(
+    page: Any, sink: Sink, tmp_path: Path, openai_sim: OpenAIChatSim
+) -> None:
+    answer = "The note is posted; the board shows it at the top of this week's column."
+    home = tmp_path / "home"
+    write_config(
+        home,
+        f'[providers.sim]\nkind = "openai"\nbase_url = "{openai_sim.base_url}"\n'
+        'api_key_env = "INBOX_SIM_KEY"',
+    )
+    openai_sim.script(
+        Turn(tool_calls=(call("http_request", {"method": "POST", "url": sink.url, "body": "hi"}),)),
+        answer,
+    )
+    env = clean_env(home, INBOX_SIM_KEY=openai_sim.api_key)
+    proc = ServerProc(home, port=free_port(), env=env).start()
+    try:
+        with proc.client() as api:
+            r = api.post("/api/errands", json={"text": "post it", "model": "sim:gpt-sim"})
+            errand_id = r.json()["id"]
+        page.add_init_script(RECORD_LIVE_TEXT)
+        page.goto(f"{proc.url}/errands/{errand_id}")
+        card = page.locator("#errand-approvals article.approval")
+        expect(card).to_have_count(1)
+        expect(page.locator("#live.on")).to_have_count(1)  # the stream is open
+        openai_sim.fault("stream_error")  # the reply breaks half-way; the retry answers
+        card.locator("[data-action=approve]").click()
+        expect(page.locator(".final .text")).to_have_text(answer)
+        shown: list[str] = page.evaluate("window.liveTexts")
+    finally:
+        proc.kill()
+    assert answer in shown  # it streamed live, and the broken attempt's fragment was
+    assert all(answer.startswith(t) for t in shown)  # cleared, never shown before it
+    assert [r.fault for r in openai_sim.requests] == [None, "stream_error", None]
 
 
 def test_off_loopback_the_inbox_asks_for_the_token_first(page: Any, tmp_path: Path) -> None:

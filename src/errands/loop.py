@@ -29,6 +29,7 @@ from errands.labels import Provenance
 from errands.limits import exceeded
 from errands.models.pricing import cost_usd
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest
+from errands.models.streaming import ErrandText
 from errands.progress import CallState, Progress
 from errands.states import TERMINAL, ErrandState, ErrandView
 from errands.store.base import Store, StoreError
@@ -213,13 +214,8 @@ class Loop:
         await self._route_and_run(p, routed, first=[response])
 
     async def _complete(self, model: Model, request: ModelRequest, errand_id: str) -> ModelReply:
-        sink = None
-        if self.on_text is not None:
-            listener = self.on_text
-
-            def sink(delta: str) -> None:
-                fault("mid_stream")
-                listener(errand_id, delta)
+        # streamed text, and the resets of retries and fallbacks, go to the listener
+        sink = None if self.on_text is None else ErrandText(self.on_text, errand_id)
 
         # retries, fallback and rate limits are wrappers around the model (models/spec.py)
         return await model.complete(request, sink)

@@ -152,16 +152,23 @@ def make_runner(s: Settings, store: SQLiteStore) -> Runner:
 
 
 class _LivePrinter:
-    """Streams the model's text as it arrives."""
+    """Streams the model's text as it arrives (the loop's text listener)."""
 
     def __init__(self) -> None:
         self.streaming = False
 
-    def text(self, errand_id: str, delta: str) -> None:
+    def __call__(self, errand_id: str, delta: str, /) -> None:
         if not self.streaming:
             out.print("    [bold]model:[/bold] ", end="")
             self.streaming = True
         out.print(delta, end="", markup=False, highlight=False)
+
+    def reset(self, errand_id: str) -> None:
+        """A retry or the next model of a chain starts the reply over."""
+        if self.streaming:
+            out.print()
+            self.streaming = False
+        out.print("    [dim](retrying — the text above is discarded)[/dim]")
 
     def end(self) -> bool:
         was = self.streaming
@@ -192,7 +199,7 @@ async def _foreground(
     printer = _LivePrinter()
     runner = make_runner(s, store)
     if not as_json:
-        runner.loop.on_text = printer.text
+        runner.loop.on_text = printer
         shown = [0]
 
         async def show_new() -> None:

@@ -20,6 +20,10 @@ by the vendor is a dead provider too). Any other error (a 400 about this request
 moves the call on to the next model but says nothing about the provider's health.
 When every model fails or is skipped, the call fails with one message that names each
 member and why.
+
+The text a failed member streamed is taken back before the next member starts: the
+chain resets the text sink (see :mod:`errands.models.streaming`) if it streamed
+anything, so the person sees the answering member's text once, not after a fragment.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Literal
 
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.streaming import attempt_text
 
 __all__ = ["CircuitBreaker", "FallbackModel", "provider_failed", "shared_breaker"]
 
@@ -133,6 +138,7 @@ class FallbackModel:
         problems: list[str] = []
         retryable = False
         retry_after: float | None = None
+        sink = attempt_text(on_text)
         for model, breaker in self.members:
             if not breaker.allow():
                 problems.append(f"{model.name}: skipped ({breaker.describe()})")
@@ -140,8 +146,10 @@ class FallbackModel:
                 wait = breaker.reopens_in()
                 retry_after = wait if retry_after is None else min(retry_after, wait)
                 continue
+            if sink is not None:
+                sink.reset()  # what an earlier member streamed before it failed
             try:
-                reply = await model.complete(request, on_text)
+                reply = await model.complete(request, sink)
             except ModelError as exc:
                 if provider_failed(exc):
                     breaker.failed()

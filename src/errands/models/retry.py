@@ -11,9 +11,11 @@ retry whose wait would end past it is not made, and the last error is raised.
 A non-retryable error is raised at once, never retried.
 
 Nothing is counted twice: a failed attempt returns no reply, so it adds no usage;
-only the reply of the attempt that succeeded reaches the log. The streamed text of a
-failed attempt has already reached the text sink, though; the retry streams its text
-again from the start.
+only the reply of the attempt that succeeded reaches the log. Nor is anything shown
+twice: the text a failed attempt streamed has already reached the text sink, so before
+retrying, the wrapper takes it back -- it resets the sink (see
+:mod:`errands.models.streaming`) if the attempt streamed anything -- and the retry
+streams its text from the start.
 
 The provider SDKs' own hidden retries are switched off when :func:`resolve_model
 <errands.models.spec.resolve_model>` builds a client, so every attempt passes through
@@ -30,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.streaming import attempt_text
 
 __all__ = ["RetryPolicy", "RetryingModel", "retry_after_from_headers"]
 
@@ -92,9 +95,10 @@ class RetryingModel:
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         start = self._clock()
         attempt = 0
+        sink = attempt_text(on_text)
         while True:
             try:
-                return await self.inner.complete(request, on_text)
+                return await self.inner.complete(request, sink)
             except ModelError as exc:
                 attempt += 1
                 if not exc.retryable or attempt >= self.policy.max_attempts:
@@ -105,6 +109,8 @@ class RetryingModel:
                 if self._clock() - start + wait > self.policy.max_elapsed:
                     raise
                 self.retries += 1
+                if sink is not None:
+                    sink.reset()  # the person is told at once, not after the wait
                 await self._sleep(wait)
 
     async def aclose(self) -> None:

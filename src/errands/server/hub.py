@@ -1,10 +1,11 @@
 """Live updates for the server-sent event streams.
 
 The store calls :meth:`Hub.committed` after each durable commit (in this process);
-the runner calls :meth:`Hub.text` for each streamed model text delta. Subscribers
-are woken, not fed: a stream reads what is new from the store itself, so a slow
-client can never make the server hold an unbounded queue, and a woken stream always
-sends exactly the committed log.
+the runner (through :class:`LiveText`) calls :meth:`Hub.text` for each streamed model
+text delta and :meth:`Hub.text_reset` when a retry or fallback takes the text of a
+failed attempt back. Subscribers are woken, not fed: a stream reads what is new from
+the store itself, so a slow client can never make the server hold an unbounded queue,
+and a woken stream always sends exactly the committed log.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 from errands.store.base import Store
 
-__all__ = ["Hub", "Subscription"]
+__all__ = ["Hub", "LiveText", "Subscription"]
 
 MAX_BUFFERED_TEXT = 64_000  # characters of model text held for one slow subscriber
 
@@ -26,11 +27,14 @@ class Subscription:
         self.wake = asyncio.Event()
         self.texts: list[str] = []
         self.text_chars = 0
+        self.text_reset = False  # the text sent so far is to be discarded
         self.changed: set[str] = set()
 
-    def take_texts(self) -> list[str]:
-        texts, self.texts, self.text_chars = self.texts, [], 0
-        return texts
+    def take_texts(self) -> tuple[bool, list[str]]:
+        """(was the text sent so far reset?, the deltas since)."""
+        reset, texts = self.text_reset, self.texts
+        self.text_reset, self.texts, self.text_chars = False, [], 0
+        return reset, texts
 
     def take_changed(self) -> set[str]:
         changed, self.changed = self.changed, set()
@@ -56,6 +60,12 @@ class Hub:
             if sub.text_chars < MAX_BUFFERED_TEXT:
                 sub.texts.append(delta)
                 sub.text_chars += len(delta)
+            sub.wake.set()
+
+    def text_reset(self, errand_id: str) -> None:
+        """The text streamed so far for the current model call is to be discarded."""
+        for sub in self._by_errand.get(errand_id, ()):
+            sub.texts, sub.text_chars, sub.text_reset = [], 0, True  # unsent: just drop it
             sub.wake.set()
 
     def watched(self, errand_id: str) -> bool:
@@ -101,3 +111,20 @@ class Hub:
         for subs in self._by_errand.values():
             for sub in subs:
                 sub.wake.set()
+
+
+class LiveText:
+    """The runner's text listener: hands deltas and resets from the runner's thread to
+    the hub on the API's event loop, for errands a stream follows."""
+
+    def __init__(self, hub: Hub, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = hub
+        self.loop = loop
+
+    def __call__(self, errand_id: str, delta: str, /) -> None:
+        if self.hub.watched(errand_id):  # each hand-over costs a wake-up of the API loop
+            self.loop.call_soon_threadsafe(self.hub.text, errand_id, delta)
+
+    def reset(self, errand_id: str) -> None:
+        if self.hub.watched(errand_id):
+            self.loop.call_soon_threadsafe(self.hub.text_reset, errand_id)

@@ -46,7 +46,7 @@ from errands.server.files import (
     live_server,
     load_token,
 )
-from errands.server.hub import Hub
+from errands.server.hub import Hub, LiveText
 from errands.server.idempotency import IdempotencyStore
 from errands.server.notify import Notifier
 from errands.server.worker import RunnerThread
@@ -202,10 +202,7 @@ async def _main(
         hub = Hub(store)
         registry = builtin_registry()
 
-        def on_text(errand_id: str, delta: str) -> None:  # called on the runner's thread
-            if hub.watched(errand_id):  # each hand-over costs a wake-up of the API loop
-                loop.call_soon_threadsafe(hub.text, errand_id, delta)
-
+        on_text = LiveText(hub, loop)  # called on the runner's thread
         runner = RunnerThread(store, settings, registry, load_policy(home), on_text=on_text)
         ctx = ServerContext(
             settings=settings,

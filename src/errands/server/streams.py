@@ -26,14 +26,17 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 
 async def errand_stream(ctx: ServerContext, errand_id: str, after: int) -> AsyncIterator[bytes]:
-    """The errand's log from *after* on, then live: events, view changes, model text."""
+    """The errand's log from *after* on, then live: events, view changes, model text
+    (and ``text_reset`` when the text streamed so far is taken back)."""
     hub, store = ctx.hub, ctx.store
     with hub.subscribe(errand_id) as sub:
         yield b"retry: 2000\n\n"
         last_beat = asyncio.get_running_loop().time()
         while not hub.closing.is_set():
-            texts = sub.take_texts()
+            reset, texts = sub.take_texts()
             stored = await store.read(errand_id, after=after)
+            if reset:  # a retry or fallback starts the reply over: drop the partial text
+                yield _sse("text_reset", {})
             for delta in texts:
                 yield _sse("text", {"delta": delta})
             for s in stored:

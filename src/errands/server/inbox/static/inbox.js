@@ -163,11 +163,11 @@
     const fresh = fragment(await response.text());
     const head = fresh.getElementById("f-head");
     const timeline = document.getElementById("timeline");
-    let sawModel = false;
+    let callEnded = false; // a model response (or an error): the live text is done
     fresh.querySelectorAll("#f-events > li").forEach((item) => {
       const seq = Number(item.dataset.seq);
       if (seq <= lastSeq || timeline.querySelector(`li[data-seq="${seq}"]`)) return;
-      if (item.classList.contains("ev-model")) sawModel = true;
+      if (item.classList.contains("ev-model") || item.classList.contains("ev-error")) callEnded = true;
       timeline.append(item);
     });
     if (head) {
@@ -177,11 +177,13 @@
       if (head.dataset.pending !== "") setBadge(Number(head.dataset.pending));
     }
     mergeCards(document.getElementById("errand-approvals"), fresh.getElementById("f-approvals"));
-    if (sawModel) {
-      const liveText = document.getElementById("live-text");
-      liveText.hidden = true;
-      liveText.querySelector(".text").textContent = "";
-    }
+    if (callEnded) clearLiveText();
+  }
+
+  function clearLiveText() {
+    const liveText = document.getElementById("live-text");
+    liveText.hidden = true;
+    liveText.querySelector(".text").textContent = "";
   }
 
   // -- actions ------------------------------------------------------------------------------
@@ -326,6 +328,8 @@
         liveText.hidden = false;
         liveText.querySelector(".text").textContent += data.delta;
       },
+      // a retry or the next model of a chain starts the reply over: drop the partial text
+      text_reset: clearLiveText,
     });
   }
 })();
