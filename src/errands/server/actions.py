@@ -112,7 +112,8 @@ async def create(
     idem = ctx.idempotency
     async with idem.held("create", key):
         fresh = new_errand_id()
-        r = await idem.begin("create", key, body.model_dump(), reserve=fresh)
+        # fields left unset are left out: adding an optional field keeps old keys valid
+        r = await idem.begin("create", key, body.model_dump(exclude_none=True), reserve=fresh)
         if r.done:
             return r.status or 201, r.response
         errand_id = r.reserved or fresh  # reserved by an attempt that died, or just now
