@@ -264,3 +264,45 @@ def test_policy_file_is_written_once_and_never_rewritten(home: Path) -> None:
     assert load_policy(home).effects[ev.EffectClass.external] == "deny"
     assert load_policy(home).effects[ev.EffectClass.read] == "allow"  # defaults fill the rest
     assert path.read_text() == '[effects]\nexternal = "deny"\n'
+
+
+# --- a restarted node with a stable name --------------------------------------------
+
+
+@pytest.mark.parametrize("decided", ["before the restart", "after the restart"])
+async def test_a_decision_reaches_an_errand_whose_lease_a_previous_run_of_this_node_left(
+    world: World, decided: str
+) -> None:
+    """A node that restarts under the same owner name finds its own lease on an errand
+    that waits for a person. The lease is 'ours' (renewed with the rest), so claiming
+    would never take it, and a wake-up from before the node started is not seen: the
+    node gives up such leases when it starts, and a decision's wake-up starts it."""
+    model = script(SEND, DONE)
+    before = Runner(
+        world.store, world.settings, world.registry, Policy(), models=lambda s: model, owner="node"
+    )
+    eid = await create_errand(world.store, world.settings, "tell bob", model="scripted:demo")
+    assert await world.store.acquire(eid, "node", 30.0)
+    await before.loop.run(eid)  # then the node dies: the lease stays, held by "node"
+    assert world.store.lease_holder(eid) is not None
+    after = Runner(
+        world.store, world.settings, world.registry, Policy(), models=lambda s: model, owner="node"
+    )
+    pending = await _pending_id(world, eid)
+    if decided == "before the restart":
+        await approve(world.store, world.registry, pending, by="ann", channel="cli")
+    stop = asyncio.Event()
+    serving = asyncio.create_task(after.serve(stop, poll=0.02))
+    try:
+        await asyncio.sleep(0.1)
+        if decided == "after the restart":
+            await approve(world.store, world.registry, pending, by="ann", channel="cli")
+        for _ in range(150):
+            if (await world.store.view(eid)).state is ErrandState.done:
+                break
+            await asyncio.sleep(0.02)
+        assert (await world.store.view(eid)).state is ErrandState.done
+        assert len(world.sends()) == 1
+    finally:
+        stop.set()
+        await serving

@@ -131,6 +131,13 @@ class Runner:
         """Run errands until *stop* is set: claim, renew, wake. Waiting costs no task."""
         renew = asyncio.create_task(self._renew_forever())
         wake_mark, _ = await self.store.wakeups(0)
+        # leases an earlier run of this node (the same owner name) left on errands it is
+        # not running now: give them up, so that claiming (free or expired leases only)
+        # takes each one as soon as it is runnable -- a wake-up before the mark above
+        # would otherwise be lost on an errand nobody may claim
+        for errand_id in await self.store.renew(self.owner, self.lease_ttl):
+            if errand_id not in self.tasks:
+                await self.store.release(errand_id, self.owner)
         try:
             while not stop.is_set():
                 await self.claim()
@@ -138,6 +145,11 @@ class Runner:
                 for errand_id in woken:
                     if errand_id in self.tasks:
                         self.loop.dirty.add(errand_id)
+                    elif await self.store.acquire(errand_id, self.owner, self.lease_ttl):
+                        # a free lease, or ours but not running here: a previous run of
+                        # this node (same owner name) left it, and claiming (which takes
+                        # only free or expired leases) would never take it back
+                        self.start(errand_id)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
         finally:
