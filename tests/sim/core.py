@@ -41,6 +41,7 @@ from typing import (
     Literal,
     NotRequired,
     Required,
+    Self,
     Union,
     get_args,
     get_origin,
@@ -230,7 +231,7 @@ class SimServer:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> SimServer:
+    def start(self) -> Self:
         httpd = _HTTPServer(("127.0.0.1", self._port), _Handler)
         httpd.sim = self
         self._httpd = httpd
@@ -248,7 +249,7 @@ class SimServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> SimServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -263,6 +264,11 @@ class SimServer:
     @property
     def base_url(self) -> str:
         return self.origin
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point the provider's client at this simulator."""
+        raise NotImplementedError
 
     # -- scripting -------------------------------------------------------------------
 

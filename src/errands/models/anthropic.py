@@ -55,20 +55,16 @@ cache reads, ``cache_write_tokens`` = cache creation, ``reasoning_tokens`` from
 **Errors** become :class:`~errands.models.protocol.ModelError`: connection failures,
 timeouts, a stream cut short, 408/409/429/5xx/529 and in-stream ``error`` events are
 retryable; other 4xx and garbage are not. Error messages never contain the API key.
+
+The configuration, the SDK client and the error messages are
+:class:`~errands.models.provider_client.ProviderClient`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import os
-import re
 import uuid
-import weakref
 from dataclasses import dataclass, field
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any, Literal, Unpack
 
 from errands.events import ToolCall, Usage
 from errands.models.protocol import (
@@ -79,15 +75,33 @@ from errands.models.protocol import (
     TextSink,
     replay_for,
 )
+from errands.models.provider_client import (
+    ClientOptions,
+    HTTPStatusError,
+    ProviderAPI,
+    ProviderClient,
+    StreamGarbage,
+    check_reasoning_level,
+    error_fields,
+    sdk_missing,
+    tool_call,
+)
 from errands.models.retry import retry_after_from_headers
 
 __all__ = ["THINKING_BUDGETS", "AnthropicHTTPError", "AnthropicModel", "build_params"]
 
 KIND = "anthropic"
 ANTHROPIC_HOST = "api.anthropic.com"
-PLACEHOLDER_KEY = "not-needed"
+ANTHROPIC_API = ProviderAPI(
+    host=ANTHROPIC_HOST,
+    url=f"https://{ANTHROPIC_HOST}",
+    base_url_env="ANTHROPIC_BASE_URL",
+    key_envs=("ANTHROPIC_API_KEY",),
+    key_pattern=r"\bsk-ant-[A-Za-z0-9_\-*.]{3,}",
+    key_mask="sk-ant-[redacted]",
+    no_key_help="no API key for Anthropic: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL for a proxy)",
+)
 DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; used when the request has none
-NO_KEY_HELP = "no API key for Anthropic: set ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL for a proxy)"
 THINKING_BUDGETS: dict[str, int | None] = {
     "minimal": None,  # thinking disabled
     "low": 1024,  # the API's minimum budget
@@ -104,31 +118,11 @@ _STOP_REASONS = {
     "pause_turn": "pause",
     "model_context_window_exceeded": "max_tokens",
 }
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 CacheTTL = Literal["5m", "1h"]
 
 
-class AnthropicHTTPError(ModelError):
+class AnthropicHTTPError(HTTPStatusError):
     """A :class:`ModelError` for an HTTP error status."""
-
-    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
-        super().__init__(
-            message,
-            retryable=status in _RETRYABLE_STATUS or status >= 500,
-            retry_after=retry_after,
-        )
-        self.status = status
-
-
-class _Garbage(Exception):
-    """The server sent something that is not a valid Messages stream."""
-
-
-def _redact(text: str, key: str) -> str:
-    if key and key != PLACEHOLDER_KEY:
-        text = text.replace(key, "[redacted]")
-    text = re.sub(r"Bearer\s+\S+", "Bearer [redacted]", text)
-    return re.sub(r"\bsk-ant-[A-Za-z0-9_\-*.]{3,}", "sk-ant-[redacted]", text)
 
 
 # -- request building --------------------------------------------------------------------
@@ -272,11 +266,7 @@ def build_params(
 def _thinking(request: ModelRequest, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     if request.reasoning is None:
         return None
-    if request.reasoning not in THINKING_BUDGETS:
-        raise ModelError(
-            f"unknown reasoning level {request.reasoning!r}: use one of "
-            + ", ".join(THINKING_BUDGETS)
-        )
+    check_reasoning_level(request.reasoning, THINKING_BUDGETS)
     budget = THINKING_BUDGETS[request.reasoning]
     if budget is None:
         return {"type": "disabled"}
@@ -343,7 +333,7 @@ class _Accumulator:
             self.model = str(getattr(event.message, "model", "") or "")
             self._usage(getattr(event.message, "usage", None))
         elif not self.started:
-            raise _Garbage(f"a {kind!r} event before message_start")
+            raise StreamGarbage(f"a {kind!r} event before message_start")
         elif kind == "content_block_start":
             cb = event.content_block
             b = _Block(type=str(cb.type))
@@ -359,7 +349,7 @@ class _Accumulator:
         elif kind == "content_block_delta":
             b_or_none = self.blocks.get(int(event.index))
             if b_or_none is None:
-                raise _Garbage(f"a delta for block {event.index} that was never started")
+                raise StreamGarbage(f"a delta for block {event.index} that was never started")
             d = event.delta
             if d.type == "text_delta":
                 b_or_none.text.append(d.text)
@@ -377,7 +367,7 @@ class _Accumulator:
         elif kind == "message_stop":
             self.stopped = True
         elif kind not in ("content_block_stop", "ping"):
-            raise _Garbage(f"an unknown event type {kind!r}")
+            raise StreamGarbage(f"an unknown event type {kind!r}")
         return ""
 
     def ordered(self) -> list[_Block]:
@@ -387,22 +377,11 @@ class _Accumulator:
         return "".join("".join(b.text) for b in self.ordered() if b.type == "text")
 
     def tool_calls(self) -> list[ToolCall]:
-        out: list[ToolCall] = []
-        for b in self.ordered():
-            if b.type != "tool_use":
-                continue
-            raw = "".join(b.text)
-            parsed: Any
-            try:
-                parsed = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                parsed = None
-            call_id = b.call_id or f"toolu_{uuid.uuid4().hex[:24]}"
-            if isinstance(parsed, dict):
-                out.append(ToolCall(call_id=call_id, name=b.name, arguments=parsed))
-            else:
-                out.append(ToolCall(call_id=call_id, name=b.name, arguments={}, raw_arguments=raw))
-        return out
+        return [
+            tool_call(b.call_id or f"toolu_{uuid.uuid4().hex[:24]}", b.name, "".join(b.text))
+            for b in self.ordered()
+            if b.type == "tool_use"
+        ]
 
     def thinking_blocks(self) -> list[Block]:
         out: list[Block] = []
@@ -425,111 +404,54 @@ class _Accumulator:
         )
 
 
-class AnthropicModel:
+class AnthropicModel(ProviderClient):
     """A :class:`~errands.models.protocol.Model` over the Anthropic Messages API."""
+
+    kind = KIND
+    api = ANTHROPIC_API
 
     def __init__(
         self,
         model_name: str,
         *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 300.0,
-        max_retries: int = 2,
         cache_ttl: CacheTTL | None = None,
         name: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        self.model_name = model_name
-        self.name = name or "anthropic:" + model_name
-        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or "").strip() or None
-        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
-        key = (key or "").strip()
-        official = self.base_url is None or urlsplit(self.base_url).hostname == ANTHROPIC_HOST
-        self._api_key: str | None = key or (None if official else PLACEHOLDER_KEY)
-        self.timeout = timeout
-        self.max_retries = max_retries
+        super().__init__(model_name, name=name, **options)
         self.cache_ttl: CacheTTL | None = cache_ttl
-        self._sdk: Any = None
-        self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
-    def __repr__(self) -> str:  # never the key
-        return f"AnthropicModel({self.model_name!r}, base_url={self.base_url!r})"
-
-    @property
-    def _where(self) -> str:
-        return self.base_url or f"https://{ANTHROPIC_HOST}"
-
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._sdk is None or self._sdk_loop is None or self._sdk_loop() is not loop:
-            try:
-                from anthropic import AsyncAnthropic
-            except ImportError as exc:
-                raise ModelError(
-                    "the anthropic package is not installed: pip install 'errands[anthropic]'"
-                ) from exc
-            self._sdk = AsyncAnthropic(
-                api_key=self._api_key,
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-            )
-            self._sdk_loop = weakref.ref(loop)
-        return self._sdk
-
-    async def aclose(self) -> None:
-        if self._sdk is not None:
-            await self._sdk.close()
-            self._sdk = None
+    def _new_sdk(self) -> Any:
+        try:
+            from anthropic import AsyncAnthropic
+        except ImportError as exc:
+            raise sdk_missing("anthropic", "anthropic") from exc
+        return AsyncAnthropic(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
 
     def params(self, request: ModelRequest) -> dict[str, Any]:
         """What :meth:`complete` sends (without ``stream``)."""
         return build_params(self.model_name, request, name=self.name, cache_ttl=self.cache_ttl)
 
-    def _redact(self, text: str) -> str:
-        return _redact(text, self._api_key or "")
-
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
-        if self._api_key is None:
-            raise ModelError(f"{self.name}: {NO_KEY_HELP}")
-        import anthropic
-
+        self._require_key()
         params = self.params(request)
         client = self._client()
         acc = _Accumulator()
-        try:
-            stream = await client.messages.create(**params, stream=True)
-        except (anthropic.AnthropicError, ValueError) as exc:
-            raise self._translate(exc, acc) from None
-        try:
-            iterator = stream.__aiter__()
-            while True:
-                try:
-                    event = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
-                except (anthropic.AnthropicError, ValueError) as exc:
-                    raise self._translate(exc, acc) from None
-                except Exception as exc:  # the SDK lets transport errors of a stream through
-                    raise self._transport(exc, acc) from None
-                try:
-                    delta = acc.feed(event)
-                except (_Garbage, AttributeError, TypeError, ValueError) as exc:
-                    raise ModelError(
-                        f"{self.name}: {self._where} sent an event that is not a valid "
-                        f"Messages stream event: {self._redact(str(exc))[:300]}"
-                    ) from None
-                if delta and on_text is not None:
-                    on_text(delta)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+        await self._read_stream(
+            lambda: client.messages.create(**params, stream=True),
+            acc.feed,
+            on_text,
+            errors=(Exception,),  # the SDK lets transport errors of a stream through
+            translate=lambda exc: self._translate(exc, acc),
+            not_valid="an event that is not a valid Messages stream event",
+        )
         if not acc.stopped or acc.stop_reason is None:
-            raise ModelError(
-                f"{self.name}: the stream from {self._where} ended before the reply was "
-                "finished (no message_stop)",
-                retryable=True,
-            )
+            raise self._cut_short("message_stop")
         thinking = acc.thinking_blocks()
         return ModelReply(
             text=acc.text(),
@@ -540,81 +462,46 @@ class AnthropicModel:
             replay={"kind": KIND, "model": self.name, "blocks": thinking} if thinking else None,
         )
 
-    def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:
+    def _translate(self, exc: Exception, acc: _Accumulator) -> BaseException:
+        """An SDK, decoding or transport exception as a ModelError; any other exception
+        is raised as it is."""
         import anthropic
 
         if isinstance(exc, anthropic.APIStatusError):
             return self._status_error(exc, mid_stream=acc.started)
         if isinstance(exc, anthropic.APITimeoutError):
-            return ModelError(
-                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
-                retryable=True,
-            )
+            return self._timed_out()
         if isinstance(exc, anthropic.APIConnectionError):
-            cause = self._redact(str(exc.__cause__ or exc))
-            what = (
-                "the connection broke in the middle of the stream"
-                if acc.started
-                else "cannot connect to"
-            )
-            return ModelError(f"{self.name}: {what} {self._where}: {cause}", retryable=True)
+            return self._connection_failed(exc.__cause__ or exc, mid_stream=acc.started)
         if isinstance(exc, anthropic.APIResponseValidationError | ValueError):
             return ModelError(
                 f"{self.name}: {self._where} sent invalid JSON or an unexpected body "
                 f"({self._redact(str(exc))[:300]}); is it the Anthropic API?"
             )
-        return ModelError(f"{self.name}: {self._redact(str(exc))[:500]}")
-
-    def _transport(self, exc: Exception, acc: _Accumulator) -> Exception:
-        """An httpx transport error raised while reading the stream, as a ModelError
-        (anything else is re-raised as it is)."""
+        if isinstance(exc, anthropic.AnthropicError):
+            return ModelError(f"{self.name}: {self._redact(str(exc))[:500]}")
+        # an httpx error raised while reading the stream (known by name: no httpx import)
         names = {cls.__name__ for cls in type(exc).__mro__}
         if "TimeoutException" in names:
-            return ModelError(
-                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
-                retryable=True,
-            )
+            return self._timed_out()
         if "TransportError" in names:
-            what = (
-                "the connection broke in the middle of the stream"
-                if acc.started
-                else "cannot connect to"
-            )
-            return ModelError(
-                f"{self.name}: {what} {self._where}: {self._redact(str(exc))[:300]}",
-                retryable=True,
-            )
+            return self._connection_failed(exc, mid_stream=acc.started, limit=300)
         return exc
 
     def _status_error(self, exc: Any, *, mid_stream: bool) -> ModelError:
         status = int(exc.status_code)
-        detail = str(exc.message)
-        body = exc.body
-        kind = ""
-        if isinstance(body, dict):
-            err = body.get("error", body)
-            if isinstance(err, dict):
-                if isinstance(err.get("message"), str):
-                    detail = err["message"]
-                if isinstance(err.get("type"), str):
-                    kind = err["type"]
-        detail = self._redact(detail)[:500]
+        said = error_fields(exc.body)
+        detail = self._redact(said.get("message", str(exc.message)))[:500]
+        kind = said.get("type", "")
         if mid_stream:  # an `error` event inside a 200 stream (e.g. overloaded_error)
-            return ModelError(
-                f"{self.name}: {self._where} reported an error mid-stream: "
+            return self._mid_stream_error(
                 f"{kind + ': ' if kind else ''}{detail}",
                 retryable=kind not in ("invalid_request_error", "authentication_error"),
             )
         retry_after = retry_after_from_headers(getattr(exc.response, "headers", None))
-        hint = ""
-        if status == 401:
-            hint = " (check ANTHROPIC_API_KEY)"
-        elif status == 404:
-            hint = " (check the model name and the base URL)"
-        elif status == 429 and retry_after is not None:
-            hint = f" (retry after {retry_after:g}s)"
+        hint = self._status_hint(status, retry_after, "check the model name and the base URL")
         return AnthropicHTTPError(
-            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}",
+            self._status_message(status, detail, hint),
             status=status,
             retry_after=retry_after,
         )

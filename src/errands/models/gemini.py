@@ -39,22 +39,21 @@ the model allows it), ``low`` -> 1024, ``medium`` -> 8192, ``high`` -> 24576 tok
 ``reasoning_tokens`` = ``thoughts_token_count``.
 
 **Errors** become :class:`~errands.models.protocol.ModelError`: connection failures,
-timeouts, a stream cut short, 408/429/5xx and error objects inside the stream are
+timeouts, a stream cut short, 408/409/429/5xx and error objects inside the stream are
 retryable; other 4xx and garbage are not. Error messages never contain the API key.
+
+The configuration, the SDK client and the error messages are
+:class:`~errands.models.provider_client.ProviderClient`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import os
 import re
 import uuid
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from errands.events import ToolCall, Usage
 from errands.models.protocol import (
@@ -64,6 +63,16 @@ from errands.models.protocol import (
     ModelRequest,
     TextSink,
     replay_for,
+)
+from errands.models.provider_client import (
+    HTTPStatusError,
+    ProviderAPI,
+    ProviderClient,
+    StreamGarbage,
+    check_reasoning_level,
+    retryable_status,
+    sdk_missing,
+    token_count,
 )
 from errands.models.retry import retry_after_from_headers
 
@@ -77,8 +86,15 @@ __all__ = [
 
 KIND = "gemini"
 GEMINI_HOST = "generativelanguage.googleapis.com"
-PLACEHOLDER_KEY = "not-needed"
-NO_KEY_HELP = "no API key for Gemini: set GEMINI_API_KEY (or GOOGLE_API_KEY)"
+GEMINI_API = ProviderAPI(
+    host=GEMINI_HOST,
+    url=f"https://{GEMINI_HOST}",
+    base_url_env="GOOGLE_GEMINI_BASE_URL",
+    key_envs=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    key_pattern=r"\bAIza[0-9A-Za-z_\-]{3,}",
+    key_mask="AIza[redacted]",
+    no_key_help="no API key for Gemini: set GEMINI_API_KEY (or GOOGLE_API_KEY)",
+)
 SKIP_SIGNATURE = b"skip_thought_signature_validator"
 THINKING_LEVELS = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH"}
 THINKING_BUDGETS = {"minimal": 0, "low": 1024, "medium": 8192, "high": 24576}
@@ -91,19 +107,10 @@ _STOP_REASONS = {
     "PROHIBITED_CONTENT": "content_filter",
     "SPII": "content_filter",
 }
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
-class GeminiHTTPError(ModelError):
+class GeminiHTTPError(HTTPStatusError):
     """A :class:`ModelError` for an HTTP error status."""
-
-    def __init__(self, message: str, *, status: int, retry_after: float | None = None) -> None:
-        super().__init__(
-            message,
-            retryable=status in _RETRYABLE_STATUS or status >= 500,
-            retry_after=retry_after,
-        )
-        self.status = status
 
 
 def _retry_after(exc: Any) -> float | None:
@@ -120,17 +127,6 @@ def _retry_after(exc: Any) -> float | None:
             with contextlib.suppress(ValueError):
                 return float(delay[:-1])
     return None
-
-
-class _Garbage(Exception):
-    pass
-
-
-def _redact(text: str, key: str) -> str:
-    if key and key != PLACEHOLDER_KEY:
-        text = text.replace(key, "[redacted]")
-    text = re.sub(r"Bearer\s+\S+", "Bearer [redacted]", text)
-    return re.sub(r"\bAIza[0-9A-Za-z_\-]{3,}", "AIza[redacted]", text)
 
 
 def _uses_levels(model: str) -> bool:
@@ -191,82 +187,42 @@ class _Accumulator:
 
     def normalised_usage(self) -> Usage:
         u = self.usage
-
-        def count(name: str) -> int:
-            value = getattr(u, name, None) if u is not None else None
-            return value if isinstance(value, int) else 0
-
-        thoughts = count("thoughts_token_count")
+        thoughts = token_count(u, "thoughts_token_count")
         return Usage(
-            input_tokens=count("prompt_token_count") + count("tool_use_prompt_token_count"),
-            cached_input_tokens=count("cached_content_token_count"),
-            output_tokens=count("candidates_token_count") + thoughts,
+            input_tokens=token_count(u, "prompt_token_count")
+            + token_count(u, "tool_use_prompt_token_count"),
+            cached_input_tokens=token_count(u, "cached_content_token_count"),
+            output_tokens=token_count(u, "candidates_token_count") + thoughts,
             reasoning_tokens=thoughts,
         )
 
 
-class GeminiModel:
+class GeminiModel(ProviderClient):
     """A :class:`~errands.models.protocol.Model` over the Gemini API."""
 
-    def __init__(
-        self,
-        model_name: str,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 300.0,
-        max_retries: int = 2,
-        name: str | None = None,
-    ) -> None:
-        self.model_name = model_name
-        self.name = name or "gemini:" + model_name
-        self.base_url = (base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or "").strip() or None
-        key = api_key
-        if key is None:
-            key = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
-        key = (key or "").strip()
-        official = self.base_url is None or urlsplit(self.base_url).hostname == GEMINI_HOST
-        self._api_key: str | None = key or (None if official else PLACEHOLDER_KEY)
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self._sdk: Any = None
-        self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+    kind = KIND
+    api = GEMINI_API
 
-    def __repr__(self) -> str:  # never the key
-        return f"GeminiModel({self.model_name!r}, base_url={self.base_url!r})"
+    def _new_sdk(self) -> Any:
+        try:
+            from google import genai
+            from google.genai import types
+        except ImportError as exc:
+            raise sdk_missing("google-genai", "gemini") from exc
+        options = types.HttpOptions(
+            base_url=self.base_url,
+            timeout=int(self.timeout * 1000),
+            # attempts include the first; with retry options set the SDK also stops
+            # its own hidden retries of connection errors
+            retry_options=types.HttpRetryOptions(
+                attempts=self.max_retries + 1, initial_delay=0.5, max_delay=8.0
+            ),
+        )
+        return genai.Client(api_key=self._api_key, http_options=options)
 
-    @property
-    def _where(self) -> str:
-        return self.base_url or f"https://{GEMINI_HOST}"
-
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._sdk is None or self._sdk_loop is None or self._sdk_loop() is not loop:
-            try:
-                from google import genai
-                from google.genai import types
-            except ImportError as exc:
-                raise ModelError(
-                    "the google-genai package is not installed: pip install 'errands[gemini]'"
-                ) from exc
-            options = types.HttpOptions(
-                base_url=self.base_url,
-                timeout=int(self.timeout * 1000),
-                # attempts include the first; with retry options set the SDK also stops
-                # its own hidden retries of connection errors
-                retry_options=types.HttpRetryOptions(
-                    attempts=self.max_retries + 1, initial_delay=0.5, max_delay=8.0
-                ),
-            )
-            self._sdk = genai.Client(api_key=self._api_key, http_options=options)
-            self._sdk_loop = weakref.ref(loop)
-        return self._sdk
-
-    async def aclose(self) -> None:
-        if self._sdk is not None:
-            with contextlib.suppress(Exception):
-                await self._sdk.aio.aclose()
-            self._sdk = None
+    async def _close_sdk(self, sdk: Any) -> None:
+        with contextlib.suppress(Exception):
+            await sdk.aio.aclose()
 
     # -- request -----------------------------------------------------------------------
 
@@ -358,11 +314,7 @@ class GeminiModel:
         if request.max_tokens is not None:
             kwargs["max_output_tokens"] = request.max_tokens
         if request.reasoning is not None:
-            if request.reasoning not in THINKING_LEVELS:
-                raise ModelError(
-                    f"unknown reasoning level {request.reasoning!r}: use one of "
-                    + ", ".join(THINKING_LEVELS)
-                )
+            check_reasoning_level(request.reasoning, THINKING_LEVELS)
             if _uses_levels(self.model_name):
                 kwargs["thinking_config"] = types.ThinkingConfig(
                     thinking_level=THINKING_LEVELS[request.reasoning]
@@ -375,12 +327,8 @@ class GeminiModel:
 
     # -- call --------------------------------------------------------------------------
 
-    def _redact(self, text: str) -> str:
-        return _redact(text, self._api_key or "")
-
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
-        if self._api_key is None:
-            raise ModelError(f"{self.name}: {NO_KEY_HELP}")
+        self._require_key()
         contents = self.contents(request)
         config = self.config(request)
         client = self._client()
@@ -392,10 +340,9 @@ class GeminiModel:
             async for chunk in stream:
                 try:
                     delta = acc.feed(chunk)
-                except (_Garbage, AttributeError, TypeError, ValueError) as exc:
-                    raise ModelError(
-                        f"{self.name}: {self._where} sent a chunk that is not a valid "
-                        f"GenerateContentResponse: {self._redact(str(exc))[:300]}"
+                except (StreamGarbage, AttributeError, TypeError, ValueError) as exc:
+                    raise self._garbage(
+                        "a chunk that is not a valid GenerateContentResponse", exc
                     ) from None
                 if delta and on_text is not None:
                     on_text(delta)
@@ -406,11 +353,7 @@ class GeminiModel:
         if acc.blocked and acc.finish is None:
             raise ModelError(f"{self.name}: the prompt was blocked ({acc.blocked})")
         if acc.finish is None:
-            raise ModelError(
-                f"{self.name}: the stream from {self._where} ended before the reply was "
-                "finished (no finish_reason)",
-                retryable=True,
-            )
+            raise self._cut_short("finish_reason")
         if acc.finish == "MALFORMED_FUNCTION_CALL":
             # nothing usable came back; asking again usually gets a well-formed call
             raise ModelError(
@@ -446,26 +389,12 @@ class GeminiModel:
         if isinstance(exc, errors.APIError):
             return self._status_error(exc, mid_stream=acc.chunks > 0)
         if isinstance(exc, errors.UnknownApiResponseError | ValueError):
-            return ModelError(
-                f"{self.name}: {self._where} sent invalid JSON in its stream "
-                f"({self._redact(str(exc))[:200]}); is it the Gemini API?"
-            )
+            return self._invalid_json(exc, "the Gemini API")
         names = {cls.__name__ for cls in type(exc).__mro__}
         if names & {"TimeoutException", "TimeoutError", "ReadTimeout", "ConnectTimeout"}:
-            return ModelError(
-                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
-                retryable=True,
-            )
+            return self._timed_out()
         if names & {"TransportError", "ConnectError", "OSError", "RemoteProtocolError"}:
-            what = (
-                "the connection broke in the middle of the stream"
-                if acc.chunks
-                else "cannot connect to"
-            )
-            return ModelError(
-                f"{self.name}: {what} {self._where}: {self._redact(str(exc))[:300]}",
-                retryable=True,
-            )
+            return self._connection_failed(exc, mid_stream=acc.chunks > 0, limit=300)
         return ModelError(
             f"{self.name}: unexpected error talking to {self._where}: "
             f"{type(exc).__name__}: {self._redact(str(exc))[:300]}"
@@ -475,17 +404,16 @@ class GeminiModel:
         status = int(exc.code or 0)
         detail = self._redact(str(exc.message or exc.status or ""))[:500]
         if mid_stream:
-            return ModelError(
-                f"{self.name}: {self._where} reported an error mid-stream: {status} {detail}",
-                retryable=status in _RETRYABLE_STATUS or status >= 500 or status == 0,
+            return self._mid_stream_error(
+                f"{status} {detail}", retryable=retryable_status(status) or status == 0
             )
         hint = ""
         if status in (401, 403) or "API key" in detail or "API_KEY" in detail:
-            hint = " (check GEMINI_API_KEY)"
+            hint = f" (check {self.api.key_envs[0]})"
         elif status == 404:
             hint = " (check the model name and the base URL)"
         return GeminiHTTPError(
-            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}",
+            self._status_message(status, detail, hint),
             status=status,
             retry_after=_retry_after(exc),
         )

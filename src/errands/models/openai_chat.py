@@ -19,35 +19,54 @@ Errors become :class:`~errands.models.protocol.ModelError`: connection failures,
 timeouts, a stream cut short, 408/409/429/5xx and in-stream error events are
 retryable; other 4xx and garbage (invalid JSON, impossible chunks) are not. The SDK
 itself retries ``max_retries`` times first. Error messages never contain the API key.
+
+The configuration, the SDK client and the error messages are
+:class:`~errands.models.provider_client.ProviderClient`'s; :class:`OpenAIClient` adds
+what both OpenAI clients share (this one and
+:class:`~errands.models.openai_responses.OpenAIResponsesModel`): the ``openai`` SDK and
+its errors.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
-import re
 import uuid
-import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Unpack
 
 from errands.events import ToolCall, Usage
 from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
+from errands.models.provider_client import (
+    ClientOptions,
+    HTTPStatusError,
+    ProviderAPI,
+    ProviderClient,
+    StreamGarbage,
+    error_fields,
+    sdk_missing,
+    token_count,
+    tool_call,
+)
 from errands.models.retry import retry_after_from_headers
 
 if TYPE_CHECKING:
     from openai import APIStatusError
 
-__all__ = ["OpenAIChatModel", "OpenAIHTTPError"]
+__all__ = ["OPENAI_API", "OpenAIChatModel", "OpenAIClient", "OpenAIHTTPError"]
 
 OPENAI_HOST = "api.openai.com"
-PLACEHOLDER_KEY = "not-needed"
 NO_KEY_HELP = (
     "no API key for OpenAI: set OPENAI_API_KEY, or set OPENAI_BASE_URL to an "
     "OpenAI-compatible server (for Ollama: OPENAI_BASE_URL=http://127.0.0.1:11434/v1)"
+)
+OPENAI_API = ProviderAPI(
+    host=OPENAI_HOST,
+    url=f"https://{OPENAI_HOST}/v1",
+    base_url_env="OPENAI_BASE_URL",
+    key_envs=("OPENAI_API_KEY",),
+    key_pattern=r"\bsk-[A-Za-z0-9_\-*.]{3,}",
+    key_mask="sk-[redacted]",
+    no_key_help=NO_KEY_HELP,
 )
 _STOP_REASONS = {
     "stop": "end",
@@ -56,11 +75,10 @@ _STOP_REASONS = {
     "length": "max_tokens",
     "content_filter": "content_filter",
 }
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
 MaxTokensParam = Literal["max_completion_tokens", "max_tokens"]
 
 
-class OpenAIHTTPError(ModelError):
+class OpenAIHTTPError(HTTPStatusError):
     """A :class:`ModelError` for an HTTP error status, with what the server said."""
 
     def __init__(
@@ -71,26 +89,63 @@ class OpenAIHTTPError(ModelError):
         param: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(
-            message,
-            retryable=status in _RETRYABLE_STATUS or status >= 500,
-            retry_after=retry_after,  # seconds, from a retry-after(-ms) header
-        )
-        self.status = status
+        super().__init__(message, status=status, retry_after=retry_after)
         self.param = param  # the request parameter the server objected to, if it said
 
 
-class _Garbage(Exception):
-    """The server sent something that is not a valid Chat Completions stream."""
+class OpenAIClient(ProviderClient):
+    """What both OpenAI clients share: the ``openai`` SDK, and its errors as
+    :class:`ModelError` s. A subclass says what it expects the server to be."""
 
+    api = OPENAI_API
+    expected_server: ClassVar[str]  # "is it ...?" when the stream is not JSON
+    json_detail_limit: ClassVar[int | None]  # how much of a JSON error to show
+    not_found_hint: ClassVar[str]  # what a 404 suggests; {where} is the base URL
 
-def _redact(text: str, key: str) -> str:
-    """Remove the API key, however the server echoed it, and bearer tokens."""
-    if key and key != PLACEHOLDER_KEY:
-        text = text.replace(key, "[redacted]")
-    text = re.sub(r"Bearer\s+\S+", "Bearer [redacted]", text)
-    # partial echoes such as "sk-proj-****abcd": nothing after the prefix is useful
-    return re.sub(r"\bsk-[A-Za-z0-9_\-*.]{3,}", "sk-[redacted]", text)
+    def _new_sdk(self) -> Any:
+        try:
+            from openai import AsyncOpenAI
+        except ImportError as exc:
+            raise sdk_missing("openai", "openai") from exc
+        return AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+
+    def _translate(self, exc: Exception, *, started: bool) -> ModelError:
+        """An SDK or decoding exception as a ModelError (never with the key in it);
+        *started*: whether the stream had begun."""
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            return self._status_error(exc)
+        if isinstance(exc, openai.APITimeoutError):
+            return self._timed_out()
+        if isinstance(exc, openai.APIConnectionError):
+            return self._connection_failed(exc.__cause__ or exc, mid_stream=started)
+        if isinstance(exc, openai.APIError):  # an error event inside the stream
+            return self._mid_stream_error(self._redact(exc.message))
+        # json.JSONDecodeError (a ValueError) from the SSE decoder
+        return self._invalid_json(exc, self.expected_server, self.json_detail_limit)
+
+    def _status_error(self, exc: APIStatusError) -> OpenAIHTTPError:
+        status = exc.status_code
+        said = error_fields(exc.body)
+        detail = self._redact(said.get("message", exc.message))[:500]
+        retry_after = retry_after_from_headers(exc.response.headers)
+        hint = self._status_hint(
+            status,
+            retry_after,
+            self.not_found_hint.format(where=self._where),
+        )
+        return OpenAIHTTPError(
+            self._status_message(status, detail, hint),
+            status=status,
+            param=said.get("param"),
+            retry_after=retry_after,
+        )
 
 
 @dataclass(slots=True)
@@ -116,7 +171,7 @@ class _Accumulator:
     def feed(self, chunk: Any) -> str:
         """Take one chunk; return its text delta (possibly empty)."""
         if not hasattr(chunk, "choices"):
-            raise _Garbage(f"a stream chunk without 'choices': {str(chunk)[:200]!r}")
+            raise StreamGarbage(f"a stream chunk without 'choices': {str(chunk)[:200]!r}")
         if getattr(chunk, "model", None):
             self.model = str(chunk.model)
         if getattr(chunk, "usage", None) is not None:
@@ -131,7 +186,7 @@ class _Accumulator:
                 refusal = getattr(delta, "refusal", None)
                 for piece in (content, refusal):
                     if piece is not None and not isinstance(piece, str):
-                        raise _Garbage(f"non-text content in a delta: {piece!r:.200}")
+                        raise StreamGarbage(f"non-text content in a delta: {piece!r:.200}")
                 if refusal:
                     self.refusal = True
                 out += (content or "") + (refusal or "")
@@ -149,7 +204,7 @@ class _Accumulator:
         name = getattr(fn, "name", None) or ""
         arguments = getattr(fn, "arguments", None) or ""
         if not isinstance(name, str) or not isinstance(arguments, str):
-            raise _Garbage(f"a tool call delta with non-string fields: {tc!r:.200}")
+            raise StreamGarbage(f"a tool call delta with non-string fields: {tc!r:.200}")
         slot = self.calls.setdefault(index, [])
         new_id = tc.id if isinstance(getattr(tc, "id", None), str) else ""
         # a new id at a used index is a new call (some servers send every call at index 0)
@@ -167,38 +222,23 @@ class _Accumulator:
             pending.arguments.append(arguments)
 
     def tool_calls(self) -> list[ToolCall]:
-        out: list[ToolCall] = []
-        for p in self.order:
-            raw = "".join(p.arguments)
-            call_id = p.call_id or f"call_{uuid.uuid4().hex[:24]}"
-            parsed: Any
-            try:
-                parsed = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                out.append(ToolCall(call_id=call_id, name=p.name, arguments=parsed))
-            else:
-                out.append(ToolCall(call_id=call_id, name=p.name, arguments={}, raw_arguments=raw))
-        return out
+        return [
+            tool_call(p.call_id or f"call_{uuid.uuid4().hex[:24]}", p.name, "".join(p.arguments))
+            for p in self.order
+        ]
 
     def normalised_usage(self) -> Usage:
         u = self.usage
         if u is None:
             return Usage()
-
-        def count(obj: Any, name: str) -> int:
-            value = getattr(obj, name, None) if obj is not None else None
-            return value if isinstance(value, int) else 0
-
         prompt_details = getattr(u, "prompt_tokens_details", None)
         completion_details = getattr(u, "completion_tokens_details", None)
         return Usage(
-            input_tokens=count(u, "prompt_tokens"),
-            cached_input_tokens=count(prompt_details, "cached_tokens"),
-            cache_write_tokens=count(prompt_details, "cache_write_tokens"),
-            output_tokens=count(u, "completion_tokens"),
-            reasoning_tokens=count(completion_details, "reasoning_tokens"),
+            input_tokens=token_count(u, "prompt_tokens"),
+            cached_input_tokens=token_count(prompt_details, "cached_tokens"),
+            cache_write_tokens=token_count(prompt_details, "cache_write_tokens"),
+            output_tokens=token_count(u, "completion_tokens"),
+            reasoning_tokens=token_count(completion_details, "reasoning_tokens"),
         )
 
 
@@ -235,65 +275,26 @@ def _chat_message(m: Message) -> dict[str, Any]:
     return msg
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(OpenAIClient):
     """A :class:`~errands.models.protocol.Model` over the Chat Completions API."""
+
+    kind = "openai"
+    expected_server = "an OpenAI-compatible server"
+    json_detail_limit = None
+    not_found_hint = "check the model name, and that the base URL {where} ends in /v1"
 
     def __init__(
         self,
         model_name: str,
         *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 300.0,
-        max_retries: int = 2,
         max_tokens_param: MaxTokensParam | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        self.model_name = model_name
-        self.name = "openai:" + model_name
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        key = (key or "").strip()
-        self.official = self.base_url is None or urlsplit(self.base_url).hostname == OPENAI_HOST
-        self._api_key: str | None = key or (None if self.official else PLACEHOLDER_KEY)
-        self.timeout = timeout
-        self.max_retries = max_retries
+        super().__init__(model_name, **options)
         self.max_tokens_param: MaxTokensParam = max_tokens_param or (
             "max_completion_tokens" if self.official else "max_tokens"
         )
         self._param_forced = max_tokens_param is not None
-        self._sdk: Any = None
-        self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
-
-    def __repr__(self) -> str:  # never the key
-        return f"OpenAIChatModel({self.model_name!r}, base_url={self.base_url!r})"
-
-    @property
-    def _where(self) -> str:
-        return self.base_url or f"https://{OPENAI_HOST}/v1"
-
-    def _client(self) -> Any:
-        """The SDK client, one per event loop (its connection pool belongs to one)."""
-        loop = asyncio.get_running_loop()
-        if self._sdk is None or self._sdk_loop is None or self._sdk_loop() is not loop:
-            try:
-                from openai import AsyncOpenAI
-            except ImportError as exc:
-                raise ModelError(
-                    "the openai package is not installed: pip install 'errands[openai]'"
-                ) from exc
-            self._sdk = AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-            )
-            self._sdk_loop = weakref.ref(loop)
-        return self._sdk
-
-    async def aclose(self) -> None:
-        if self._sdk is not None:
-            await self._sdk.close()
-            self._sdk = None
 
     def _params(self, request: ModelRequest) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -323,8 +324,7 @@ class OpenAIChatModel:
         return params
 
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
-        if self._api_key is None:
-            raise ModelError(f"{self.name}: {NO_KEY_HELP}")
+        self._require_key()
         client = self._client()
         try:
             return await self._complete(client, request, on_text)
@@ -356,37 +356,17 @@ class OpenAIChatModel:
         import openai
 
         acc = _Accumulator()
-        try:
-            stream = await client.chat.completions.create(**self._params(request))
-        except (openai.APIError, ValueError) as exc:
-            raise self._translate(exc, acc) from None
-        try:
-            iterator = stream.__aiter__()
-            while True:
-                try:
-                    chunk = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
-                except (openai.APIError, ValueError) as exc:
-                    raise self._translate(exc, acc) from None
-                try:
-                    delta = acc.feed(chunk)
-                except (_Garbage, AttributeError, TypeError, ValueError) as exc:
-                    raise ModelError(
-                        f"{self.name}: {self._where} sent a chunk that is not a valid chat "
-                        f"completion: {self._redact(str(exc))}"
-                    ) from None
-                if delta and on_text is not None:
-                    on_text(delta)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+        await self._read_stream(
+            lambda: client.chat.completions.create(**self._params(request)),
+            acc.feed,
+            on_text,
+            errors=(openai.APIError, ValueError),
+            translate=lambda exc: self._translate(exc, started=bool(acc.model)),
+            not_valid="a chunk that is not a valid chat completion",
+            limit=None,
+        )
         if acc.finish_reason is None:
-            raise ModelError(
-                f"{self.name}: the stream from {self._where} ended before the reply was "
-                "finished (no finish_reason)",
-                retryable=True,
-            )
+            raise self._cut_short("finish_reason")
         stop = _STOP_REASONS.get(acc.finish_reason, acc.finish_reason)
         return ModelReply(
             text="".join(acc.text),
@@ -394,65 +374,4 @@ class OpenAIChatModel:
             usage=acc.normalised_usage(),
             stop_reason="refusal" if acc.refusal else stop,
             model=acc.model or self.model_name,
-        )
-
-    def _redact(self, text: str) -> str:
-        return _redact(text, self._api_key or "")
-
-    def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:
-        """An SDK or decoding exception as a ModelError (never with the key in it)."""
-        import openai
-
-        if isinstance(exc, openai.APIStatusError):
-            return self._status_error(exc)
-        if isinstance(exc, openai.APITimeoutError):
-            return ModelError(
-                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
-                retryable=True,
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            cause = self._redact(str(exc.__cause__ or exc))
-            if acc.model:
-                what = "the connection broke in the middle of the stream"
-            else:
-                what = "cannot connect to"
-            return ModelError(f"{self.name}: {what} {self._where}: {cause}", retryable=True)
-        if isinstance(exc, openai.APIError):  # an error event inside the stream
-            return ModelError(
-                f"{self.name}: {self._where} reported an error mid-stream: "
-                f"{self._redact(exc.message)}",
-                retryable=True,
-            )
-        # json.JSONDecodeError (a ValueError) from the SSE decoder
-        return ModelError(
-            f"{self.name}: {self._where} sent invalid JSON in its stream "
-            f"({self._redact(str(exc))}); is it an OpenAI-compatible server?"
-        )
-
-    def _status_error(self, exc: APIStatusError) -> OpenAIHTTPError:
-        status = exc.status_code
-        detail: str = exc.message
-        param: str | None = None
-        body = exc.body
-        if isinstance(body, dict):
-            err = body.get("error", body)
-            if isinstance(err, dict):
-                if isinstance(err.get("message"), str):
-                    detail = err["message"]
-                if isinstance(err.get("param"), str):
-                    param = err["param"]
-        detail = self._redact(detail)[:500]
-        retry_after = retry_after_from_headers(exc.response.headers)
-        hint = ""
-        if status == 401:
-            hint = " (check OPENAI_API_KEY)"
-        elif status == 404:
-            hint = f" (check the model name, and that the base URL {self._where} ends in /v1)"
-        elif status == 429 and retry_after is not None:
-            hint = f" (retry after {retry_after:g}s)"
-        return OpenAIHTTPError(
-            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}",
-            status=status,
-            param=param,
-            retry_after=retry_after,
         )

@@ -37,25 +37,23 @@ reasoning model's default reasoning is not carried from one request to the next.
 ``output_tokens`` (reasoning included), ``output_tokens_details.reasoning_tokens``.
 
 **Errors** become :class:`~errands.models.protocol.ModelError` as in
-:mod:`errands.models.openai_chat`: connection failures, timeouts, a stream cut short,
-408/409/429/5xx, ``error`` events and ``response.failed`` with a server error are
-retryable; other 4xx and garbage are not. Error messages never contain the API key.
+:mod:`errands.models.openai_chat` (the SDK and its errors are
+:class:`~errands.models.openai_chat.OpenAIClient`'s): connection failures, timeouts, a
+stream cut short, 408/409/429/5xx, ``error`` events and ``response.failed`` with a
+server error are retryable; other 4xx and garbage are not. Error messages never contain
+the API key.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import dataclasses
 import json
-import os
 import uuid
-import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from errands.events import ToolCall, Usage
-from errands.models.openai_chat import OPENAI_HOST, PLACEHOLDER_KEY, OpenAIHTTPError, _redact
+from errands.models.openai_chat import OPENAI_API, OpenAIClient
 from errands.models.protocol import (
     Message,
     ModelError,
@@ -64,10 +62,12 @@ from errands.models.protocol import (
     TextSink,
     replay_for,
 )
-from errands.models.retry import retry_after_from_headers
-
-if TYPE_CHECKING:
-    from openai import APIStatusError
+from errands.models.provider_client import (
+    StreamGarbage,
+    check_reasoning_level,
+    token_count,
+    tool_call,
+)
 
 __all__ = ["OpenAIResponsesModel", "build_params"]
 
@@ -75,11 +75,6 @@ KIND = "openai-responses"
 NO_KEY_HELP = "no API key for OpenAI: set OPENAI_API_KEY (or OPENAI_BASE_URL for another server)"
 REASONING_EFFORTS = ("minimal", "low", "medium", "high")
 _RETRYABLE_FAILURES = frozenset({"server_error", "rate_limit_exceeded", "vector_store_timeout"})
-
-
-class _Garbage(Exception):
-    pass
-
 
 _REASONING_KEYS = ("type", "id", "summary", "content", "encrypted_content")
 
@@ -161,11 +156,7 @@ def build_params(
     if request.max_tokens is not None:
         params["max_output_tokens"] = request.max_tokens
     if request.reasoning is not None:
-        if request.reasoning not in REASONING_EFFORTS:
-            raise ModelError(
-                f"unknown reasoning level {request.reasoning!r}: use one of "
-                + ", ".join(REASONING_EFFORTS)
-            )
+        check_reasoning_level(request.reasoning, REASONING_EFFORTS)
         params["reasoning"] = {"effort": request.reasoning}
         params["include"] = ["reasoning.encrypted_content"]
     if cache_key and request.errand_id:
@@ -219,7 +210,7 @@ class _Accumulator:
     def feed(self, event: Any) -> str:
         kind = getattr(event, "type", None)
         if not isinstance(kind, str):
-            raise _Garbage(f"a stream event without a type: {str(event)[:200]!r}")
+            raise StreamGarbage(f"a stream event without a type: {str(event)[:200]!r}")
         if kind in ("response.created", "response.in_progress"):
             self.started = True
             self.model = str(getattr(event.response, "model", "") or self.model)
@@ -265,144 +256,57 @@ class _Accumulator:
         return ""
 
     def tool_calls(self) -> list[ToolCall]:
-        out: list[ToolCall] = []
-        for p in self.order:
-            raw = p.done if p.done is not None else "".join(p.arguments)
-            call_id = p.call_id or f"call_{uuid.uuid4().hex[:24]}"
-            parsed: Any
-            try:
-                parsed = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                out.append(ToolCall(call_id=call_id, name=p.name, arguments=parsed))
-            else:
-                out.append(ToolCall(call_id=call_id, name=p.name, arguments={}, raw_arguments=raw))
-        return out
+        return [
+            tool_call(
+                p.call_id or f"call_{uuid.uuid4().hex[:24]}",
+                p.name,
+                p.done if p.done is not None else "".join(p.arguments),
+            )
+            for p in self.order
+        ]
 
     def normalised_usage(self) -> Usage:
         u = self.usage
-
-        def count(obj: Any, name: str) -> int:
-            value = getattr(obj, name, None) if obj is not None else None
-            return value if isinstance(value, int) else 0
-
         in_details = getattr(u, "input_tokens_details", None)
         out_details = getattr(u, "output_tokens_details", None)
         return Usage(
-            input_tokens=count(u, "input_tokens"),
-            cached_input_tokens=count(in_details, "cached_tokens"),
-            cache_write_tokens=count(in_details, "cache_write_tokens"),
-            output_tokens=count(u, "output_tokens"),
-            reasoning_tokens=count(out_details, "reasoning_tokens"),
+            input_tokens=token_count(u, "input_tokens"),
+            cached_input_tokens=token_count(in_details, "cached_tokens"),
+            cache_write_tokens=token_count(in_details, "cache_write_tokens"),
+            output_tokens=token_count(u, "output_tokens"),
+            reasoning_tokens=token_count(out_details, "reasoning_tokens"),
         )
 
 
-class OpenAIResponsesModel:
+class OpenAIResponsesModel(OpenAIClient):
     """A :class:`~errands.models.protocol.Model` over the OpenAI Responses API."""
 
-    def __init__(
-        self,
-        model_name: str,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 300.0,
-        max_retries: int = 2,
-        name: str | None = None,
-    ) -> None:
-        self.model_name = model_name
-        self.name = name or "openai-responses:" + model_name
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").strip() or None
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        key = (key or "").strip()
-        self.official = self.base_url is None or urlsplit(self.base_url).hostname == OPENAI_HOST
-        self._api_key: str | None = key or (None if self.official else PLACEHOLDER_KEY)
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self._sdk: Any = None
-        self._sdk_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
-
-    def __repr__(self) -> str:  # never the key
-        return f"OpenAIResponsesModel({self.model_name!r}, base_url={self.base_url!r})"
-
-    @property
-    def _where(self) -> str:
-        return self.base_url or f"https://{OPENAI_HOST}/v1"
-
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._sdk is None or self._sdk_loop is None or self._sdk_loop() is not loop:
-            try:
-                from openai import AsyncOpenAI
-            except ImportError as exc:
-                raise ModelError(
-                    "the openai package is not installed: pip install 'errands[openai]'"
-                ) from exc
-            self._sdk = AsyncOpenAI(
-                api_key=self._api_key,
-                base_url=self.base_url,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-            )
-            self._sdk_loop = weakref.ref(loop)
-        return self._sdk
-
-    async def aclose(self) -> None:
-        if self._sdk is not None:
-            await self._sdk.close()
-            self._sdk = None
+    kind = KIND
+    api = dataclasses.replace(OPENAI_API, no_key_help=NO_KEY_HELP)
+    expected_server = "an OpenAI Responses server"
+    json_detail_limit = 200
+    not_found_hint = "check the model name, and that {where} serves the Responses API"
 
     def params(self, request: ModelRequest) -> dict[str, Any]:
         return build_params(self.model_name, request, cache_key=self.official, name=self.name)
 
-    def _redact(self, text: str) -> str:
-        return _redact(text, self._api_key or "")
-
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
-        if self._api_key is None:
-            raise ModelError(f"{self.name}: {NO_KEY_HELP}")
+        self._require_key()
         import openai
 
         params = self.params(request)
         client = self._client()
         acc = _Accumulator()
-        try:
-            stream = await client.responses.create(**params, stream=True)
-        except (openai.APIError, ValueError) as exc:
-            raise self._translate(exc, acc) from None
-        try:
-            iterator = stream.__aiter__()
-            while True:
-                try:
-                    event = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
-                except (openai.APIError, ValueError) as exc:
-                    raise self._translate(exc, acc) from None
-                try:
-                    delta = acc.feed(event)
-                except ModelError as exc:
-                    raise ModelError(
-                        f"{self.name}: {self._where}: {self._redact(str(exc))[:500]}",
-                        retryable=exc.retryable,
-                    ) from None
-                except (_Garbage, AttributeError, TypeError, ValueError) as exc:
-                    raise ModelError(
-                        f"{self.name}: {self._where} sent an event that is not a valid "
-                        f"Responses stream event: {self._redact(str(exc))[:300]}"
-                    ) from None
-                if delta and on_text is not None:
-                    on_text(delta)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
+        await self._read_stream(
+            lambda: client.responses.create(**params, stream=True),
+            lambda event: self._feed(acc, event),
+            on_text,
+            errors=(openai.APIError, ValueError),
+            translate=lambda exc: self._translate(exc, started=acc.started),
+            not_valid="an event that is not a valid Responses stream event",
+        )
         if acc.status is None:
-            raise ModelError(
-                f"{self.name}: the stream from {self._where} ended before the reply was "
-                "finished (no response.completed)",
-                retryable=True,
-            )
+            raise self._cut_short("response.completed")
         calls = acc.tool_calls()
         if acc.refusal:
             stop = "refusal"
@@ -420,59 +324,11 @@ class OpenAIResponsesModel:
             replay={"kind": KIND, "model": self.name, "items": reasoning} if reasoning else None,
         )
 
-    def _translate(self, exc: Exception, acc: _Accumulator) -> ModelError:
-        import openai
-
-        if isinstance(exc, openai.APIStatusError):
-            return self._status_error(exc)
-        if isinstance(exc, openai.APITimeoutError):
-            return ModelError(
-                f"{self.name}: timed out after {self.timeout:g}s waiting for {self._where}",
-                retryable=True,
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            cause = self._redact(str(exc.__cause__ or exc))
-            what = (
-                "the connection broke in the middle of the stream"
-                if acc.started
-                else "cannot connect to"
-            )
-            return ModelError(f"{self.name}: {what} {self._where}: {cause}", retryable=True)
-        if isinstance(exc, openai.APIError):
-            return ModelError(
-                f"{self.name}: {self._where} reported an error mid-stream: "
-                f"{self._redact(exc.message)}",
-                retryable=True,
-            )
-        return ModelError(
-            f"{self.name}: {self._where} sent invalid JSON in its stream "
-            f"({self._redact(str(exc))[:200]}); is it an OpenAI Responses server?"
-        )
-
-    def _status_error(self, exc: APIStatusError) -> OpenAIHTTPError:
-        status = exc.status_code
-        detail: str = exc.message
-        param: str | None = None
-        body = exc.body
-        if isinstance(body, dict):
-            err = body.get("error", body)
-            if isinstance(err, dict):
-                if isinstance(err.get("message"), str):
-                    detail = err["message"]
-                if isinstance(err.get("param"), str):
-                    param = err["param"]
-        detail = self._redact(detail)[:500]
-        retry_after = retry_after_from_headers(exc.response.headers)
-        hint = ""
-        if status == 401:
-            hint = " (check OPENAI_API_KEY)"
-        elif status == 404:
-            hint = f" (check the model name, and that {self._where} serves the Responses API)"
-        elif status == 429 and retry_after is not None:
-            hint = f" (retry after {retry_after:g}s)"
-        return OpenAIHTTPError(
-            f"{self.name}: HTTP {status} from {self._where}: {detail}{hint}",
-            status=status,
-            param=param,
-            retry_after=retry_after,
-        )
+    def _feed(self, acc: _Accumulator, event: Any) -> str:
+        try:
+            return acc.feed(event)
+        except ModelError as exc:  # response.failed or an error event
+            raise ModelError(
+                f"{self.name}: {self._where}: {self._redact(str(exc))[:500]}",
+                retryable=exc.retryable,
+            ) from None
