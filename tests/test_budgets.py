@@ -116,6 +116,24 @@ async def test_an_unsettled_hold_expires(store: SQLiteStore, settings: Settings)
     assert [h[0] for h in holds(store)] == [f"{b}#{rb}"]  # the expired one is cleared
 
 
+async def test_a_hold_lasts_while_its_process_renews_the_errands_lease(
+    store: SQLiteStore, settings: Settings
+) -> None:
+    now = [time.time()]
+    store.clock = lambda: now[0]
+    a = await create_errand(store, settings, "a")
+    b = await create_errand(store, settings, "b")
+    assert await store.acquire(a, "node-1", 30)
+    ra, rb = await ask(store, a), await ask(store, b)
+    assert await store.reserve(a, ra, 0.9, daily_usd=1.0, ttl=60) is None
+    for _ in range(5):  # a call stuck in a rate-limit queue for 4 minutes
+        now[0] += 50
+        await store.renew("node-1", 30)
+    assert await store.reserve(b, rb, 0.9, daily_usd=1.0, ttl=60) is not None  # still held
+    now[0] += 31  # node-1 died: its lease and the hold run out together
+    assert await store.reserve(b, rb, 0.9, daily_usd=1.0, ttl=60) is None
+
+
 async def test_a_state_change_releases_the_errands_holds(
     store: SQLiteStore, settings: Settings
 ) -> None:

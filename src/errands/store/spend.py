@@ -11,8 +11,9 @@ Two tables (schema migration 3), both written only inside the writer's transacti
   flight, one row per capped scope (``day`` or ``tree:ID``). A hold is named after the
   request it covers (``ERRAND#REQUEST_SEQ``): it is deleted by the transaction that
   logs that request's response (settled), replaced when a resumed run asks again for
-  the same request, released when the errand changes state, and otherwise expires --
-  so a crash leaves a hold that blocks budget only until ``expires_at``. (The store
+  the same request, released when the errand changes state, kept alive while its
+  process renews the errand's lease (:func:`extend`), and otherwise expires -- so a
+  crash leaves a hold that blocks budget only until ``expires_at``. (The store
   settles and releases only the holds its own writer made, so an errand without a
   budget costs no budget-table write per step.)
 
@@ -43,6 +44,7 @@ __all__ = [
     "Refusal",
     "add",
     "day_scope",
+    "extend",
     "hold_id",
     "nanos",
     "rebuild",
@@ -189,6 +191,18 @@ def release(conn: sqlite3.Connection, errand_id: str) -> None:
     conn.execute(
         "DELETE FROM budget_holds WHERE hold >= ? AND hold < ?",
         (errand_id + "#", errand_id + "$"),  # every ERRAND#SEQ; '$' follows '#'
+    )
+
+
+def extend(conn: sqlite3.Connection, owner: str, until: float) -> None:
+    """Holds of errands whose lease *owner* holds last at least *until*: a call that
+    waits long (a rate-limit queue, retries) keeps its reservation while its process
+    lives; a dead process's holds run out with its leases."""
+    conn.execute(
+        "UPDATE budget_holds SET expires_at = ? WHERE expires_at < ? AND"
+        " substr(hold, 1, instr(hold, '#') - 1) IN"
+        " (SELECT errand_id FROM leases WHERE owner = ?)",
+        (until, until, owner),
     )
 
 

@@ -669,6 +669,7 @@ class SQLiteStore:
             tx.conn.execute(
                 "UPDATE leases SET expires_at = ? WHERE owner = ?", (tx.now + ttl, owner)
             )
+            spend.extend(tx.conn, owner, tx.now + ttl)
             held = {
                 r[0]
                 for r in tx.conn.execute("SELECT errand_id FROM leases WHERE owner = ?", (owner,))
