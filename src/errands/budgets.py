@@ -20,6 +20,12 @@ plus a per-message and per-image allowance; the first call of an errand counts t
 bytes of its whole request. A model with no known price costs 0 and is never refused
 for its cost (only for a cap already spent).
 
+A call refused only because calls in flight hold the budget (it would fit beside what
+was spent) is not refused for good: the loop waits -- 50 ms, doubling to 2 s -- and asks
+again, so a fan-out runs as many calls at once as the cap's worst cases allow and the
+rest follow as they settle. A call that would not fit beside what was spent stops its
+errand.
+
 With no cap that applies, nothing is reserved and the call costs no extra write.
 """
 
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 
 from errands.config import Settings
 from errands.events import Usage
+from errands.faults import switch
 from errands.models.pricing import cost_usd
 from errands.models.protocol import Message, Model, ModelRequest
 from errands.progress import Progress
@@ -47,10 +54,13 @@ REASONING_TOKENS = {"minimal": 0, "low": 1_024, "medium": 8_192, "high": 24_576}
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A call the budget refused: the errand stops in *state* with *reason*."""
+    """A call the budget refused: the errand stops in *state* with *reason* -- or, when
+    only calls in flight stand in the way (their holds will settle at most at what they
+    hold, usually far less), it waits *wait* seconds and asks again."""
 
     state: str  # "needs_attention" (the daily budget: a person may raise it) or "failed"
     reason: str
+    wait: float = 0.0  # > 0: not now, ask again after this long
 
 
 def _message_bytes(m: Message) -> int:
@@ -100,9 +110,13 @@ def worst_case_usd(model: Model, request: ModelRequest, settings: Settings, p: P
 class Budgets:
     """What the loop calls before each model call (see the module docstring)."""
 
+    WAIT_FIRST = 0.05  # seconds before asking again while calls in flight hold the budget
+    WAIT_MAX = 2.0
+
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        self._waits: dict[str, float] = {}  # errand -> its next wait (doubling, capped)
 
     def applies(self, p: Progress) -> bool:
         """Whether any cap could apply to this errand's calls."""
@@ -126,7 +140,14 @@ class Budgets:
             ttl=self.settings.budget.hold_seconds,
         )
         if refusal is None:
+            self._waits.pop(p.errand_id, None)
             return None
+        if refusal.spent + refusal.amount <= refusal.cap.nanos and not switch("no_budget_wait"):
+            # it fits beside what was spent: only calls in flight hold the rest
+            wait = self._waits.get(p.errand_id, self.WAIT_FIRST)
+            self._waits[p.errand_id] = min(wait * 2, self.WAIT_MAX)
+            return Refused("running", refusal.message(), wait=wait)
+        self._waits.pop(p.errand_id, None)
         if refusal.daily:
             return Refused(
                 "needs_attention",

@@ -174,6 +174,9 @@ class Loop:
             priority=0 if p.view.parent else 1,  # parents before their fan-out
         )
         refused = await self.budgets.reserve(p, model, request, request_seq)
+        if refused is not None and refused.wait:
+            await asyncio.sleep(refused.wait)  # calls in flight hold the budget: ask again
+            return  # (the next step first folds in what others wrote: a cancel, a message)
         if refused is not None:
             await self._append(p, [ev.StateChanged(state=refused.state, reason=refused.reason)])
             return
