@@ -188,6 +188,8 @@ def test_an_errand_budget_is_set_by_the_api_and_today_is_reported(
     budget = api.get("/api/budget").json()
     assert budget["daily_usd"] is None and budget["left_usd"] is None
     assert budget["spent_usd"] >= 0 and budget["day"].count("-") == 2
+    inbox = api.get("/fragments/inbox").text  # the inbox says what today cost
+    assert f"Today: ${budget['spent_usd']:.4f} spent" in inbox and "no daily budget" in inbox
 
 
 def test_oversized_bodies_are_413(api: httpx.Client) -> None:
@@ -557,3 +559,17 @@ def test_a_second_server_for_the_same_home_is_refused(server: ServerProc) -> Non
     other = ServerProc(server.home)
     with pytest.raises(RuntimeError, match="already up"):
         other.start()
+
+
+def test_the_inbox_and_the_api_show_the_daily_budget(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home, "[budget]\ndaily_usd = 2.5")
+    proc = ServerProc(home).start()
+    try:
+        with proc.client() as client:
+            budget = client.get("/api/budget").json()
+            assert budget["daily_usd"] == 2.5 and budget["left_usd"] == 2.5
+            inbox = client.get("/").text
+            assert "daily budget $2.50" in inbox and "$2.5000 left" in inbox
+    finally:
+        proc.kill()

@@ -135,6 +135,7 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             "approvals": approvals[:MAX_CARDS],  # the oldest first
             "errands": [summary(v) for v in views],
             "pending_count": len(approvals),
+            "budget": ctx.store.budget_sync(ctx.settings.budget.daily_usd),
         }
 
     @router.get("/", response_class=HTMLResponse)
