@@ -311,3 +311,27 @@ def test_a_machine_without_a_keyring_backend_falls_back_silently(
     finally:
         keyring.set_keyring(previous)
         keys.forget_keyring_lookups()
+
+
+def test_doctor_says_when_a_budget_cannot_count_a_models_calls(cli: CLI, home: Path) -> None:
+    write_config(
+        home,
+        'default_model = "openai:my-finetune-2031,local:llama3"\n'
+        '[providers.local]\nkind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        "[budget]\ndaily_usd = 5.0\n",
+    )
+    r = cli("doctor", "--json", **no_provider_keys())
+    [check] = [c for c in json.loads(r.stdout)["checks"] if c["subject"] == "budget"]
+    assert check["notes"][0] == "daily $5.00, no default errand cap"
+    assert check["problems"] == [
+        "budget: openai:my-finetune-2031 has no known price, so a budget cannot count its "
+        'calls -- add [prices."openai:my-finetune-2031"] input = ..., output = ... '
+        "(USD per million tokens)"
+    ]
+    assert any("local:llama3 has no price: counted as free" in n for n in check["notes"])
+    # priced: no problem
+    with open(home / "errands.toml", "a") as f:
+        f.write('[prices."openai:my-finetune-2031"]\ninput = 1.0\noutput = 2.0\n')
+    r = cli("doctor", "--json", **no_provider_keys())
+    [check] = [c for c in json.loads(r.stdout)["checks"] if c["subject"] == "budget"]
+    assert check["problems"] == []

@@ -23,10 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from errands.config import ProviderSettings, Settings
+from errands.events import Usage
 from errands.models.anthropic import ANTHROPIC_HOST
 from errands.models.gemini import GEMINI_HOST
 from errands.models.keys import KeyStatus, find_key, key_status
 from errands.models.openai_chat import OPENAI_HOST
+from errands.models.pricing import cost_usd
 from errands.models.spec import CHAIN_PREFIX, ModelSpecError, check_spec, endpoint_kind
 
 __all__ = ["Check", "ProviderInfo", "doctor", "inventory", "keyring_state"]
@@ -336,6 +338,32 @@ def doctor(settings: Settings, timeout: float = 5.0) -> list[Check]:
             check.problems.append(f"{name}: no API key -- {_key_hint(info)}")
             continue  # a request without the key says nothing more
         _probe(info, check, timeout)
+    checks.append(_budget_check(settings))
     for check in checks:
         check.ok = not check.problems
     return checks
+
+
+def _budget_check(settings: Settings) -> Check:
+    """A budget counts only what has a price: a capped provider API model without one
+    would be called without ever being counted (docs/budgets.md)."""
+    check = Check("budget", True)
+    daily, errand = settings.budget.daily_usd, settings.limits.max_cost_usd
+    caps = [f"daily ${daily:.2f}" if daily is not None else "no daily cap"]
+    caps.append(f"each errand ${errand:.2f}" if errand is not None else "no default errand cap")
+    check.notes.append(", ".join(caps))
+    if daily is None and errand is None:
+        return check
+    probe = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    for spec in _specs_in_use(settings):
+        provider = spec.partition(":")[0]
+        if provider == "scripted" or cost_usd(spec, probe, settings.prices) > 0:
+            continue
+        fix = f'add [prices."{spec}"] input = ..., output = ... (USD per million tokens)'
+        if provider in BUILTIN:
+            check.problems.append(
+                f"budget: {spec} has no known price, so a budget cannot count its calls -- {fix}"
+            )
+        else:  # a named endpoint: often a local server that costs nothing
+            check.notes.append(f"{spec} has no price: counted as free ({fix} if it is not)")
+    return check
