@@ -151,9 +151,9 @@ class Budgets:
         if refusal.daily:
             return Refused(
                 "needs_attention",
-                f"{refusal.message()}. It resets at midnight; to go on (then, or now "
-                "after raising [budget] daily_usd in errands.toml), tell the errand so: "
-                f'errands tell {p.errand_id} "go on" (then errands resume {p.errand_id},'
-                " unless errands up is running)",
+                f"{refusal.message()}. It resets at midnight; to go on sooner, raise "
+                "[budget] daily_usd in errands.toml (and restart errands up if it runs). "
+                f'Then tell the errand: errands tell {p.errand_id} "go on" (a running '
+                f"errands up picks it up; otherwise errands resume {p.errand_id})",
             )
         return Refused("failed", refusal.message())
