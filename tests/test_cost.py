@@ -64,3 +64,13 @@ def test_a_spent_daily_budget_stops_errands_clearly_and_tell_goes_on(cli: CLI, h
     assert told.returncode == 0, told.stderr
     assert cli("resume", stopped["id"]).returncode == 0
     assert json.loads(cli("show", stopped["id"], "--json").stdout)["status"] == "done"
+
+
+def test_an_errands_budget_is_shown_with_it(cli: CLI) -> None:
+    r = cli("run", "x", "-m", "scripted:demo", "--max-cost", "0.25", "--json", "--no-input")
+    shown = json.loads(r.stdout)
+    assert shown["budget_usd"] == 0.25
+    assert json.loads(cli("show", shown["id"], "--json").stdout)["budget_usd"] == 0.25
+    assert "this errand's budget: $" in cli("cost", shown["id"]).stdout
+    bad = cli("run", "x", "--max-cost", "-1")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -141,6 +141,7 @@ def errand_json(view: ErrandView, events: list[StoredEvent] | None = None) -> di
         "reason": view.reason or None,
         "steps": view.steps,
         "usage": view.usage.model_dump(),
+        "budget_usd": view.budget_usd,  # its max_cost_usd (descendants included), or null
         "pending_approvals": [p.model_dump() | {"id": p.id} for p in view.pending.values()],
     }
     if events is not None:
