@@ -14,11 +14,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CLI
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -345,13 +345,8 @@ def test_a_reasoning_level_adds_its_thinking_to_the_worst_case(settings: Setting
 
 
 @pytest.fixture
-def sim() -> Iterator[OpenAIChatSim]:
-    s = OpenAIChatSim()
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+def sim(openai_sim: OpenAIChatSim) -> OpenAIChatSim:
+    return openai_sim  # (sim.fixtures starts and stops it)
 
 
 def priced(settings: Settings, sim: OpenAIChatSim, daily: float | None) -> Settings:
@@ -477,7 +472,7 @@ async def test_a_crash_mid_call_leaves_a_hold_that_the_resumed_run_takes_over(
     store = SQLiteStore(settings.db_path)
     eid = await create_errand(store, settings, "x", model="sim:gpt-sim")
     other = await create_errand(store, settings, "y", model="sim:gpt-sim")
-    env = {**_env(home), KEY_ENV: sim.api_key}
+    env = {**CLI(home).env(), KEY_ENV: sim.api_key}
     worker = subprocess.Popen([sys.executable, "-c", WORKER], env=env)
     try:
         deadline = time.monotonic() + 30
@@ -526,7 +521,7 @@ async def test_two_processes_with_100_calls_each_stay_within_one_cap(
             await create_errand(store, settings, f"errand {i}", model="sim:gpt-sim")
             for i in range(200)
         ]
-        env = {**_env(home), KEY_ENV: sim.api_key, "CLAIM": "100"}
+        env = {**CLI(home).env(), KEY_ENV: sim.api_key, "CLAIM": "100"}
         workers = [subprocess.Popen([sys.executable, "-c", WORKER], env=env) for _ in range(2)]
         for w in workers:
             assert w.wait(timeout=120) == 0
@@ -537,11 +532,3 @@ async def test_two_processes_with_100_calls_each_stay_within_one_cap(
         assert store.integrity_check() == []
     finally:
         await store.close()
-
-
-def _env(home: Path) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
-    env["ERRANDS_HOME"] = str(home)
-    return env

@@ -38,6 +38,7 @@ async def create_errand(
     model: str | None = None,
     workspace: str | Path | None = None,
     limits: ev.Limits | None = None,
+    max_cost_usd: float | None = None,
     by: str = "local",
     channel: str = "cli",
     parent: str | None = None,
@@ -46,7 +47,8 @@ async def create_errand(
     """Validate, make the workspace, log ``errand_created``; return the id.
 
     *errand_id* lets a caller choose (and reserve) the id first -- the server does,
-    to make creation idempotent.
+    to make creation idempotent. *max_cost_usd*, when given, is the errand's budget in
+    place of the one in *limits* (default: the config's ``[limits]``).
     """
     if not text.strip():
         raise UserError("an errand needs some text: say what you want done")
@@ -64,7 +66,7 @@ async def create_errand(
         ),
         model=spec,
         workspace=str(path),
-        limits=limits or settings.limits,
+        limits=_limits(limits or settings.limits, max_cost_usd),
         parent=parent,
         by=by,
         channel=channel,
@@ -98,3 +100,9 @@ async def cancel_errand(
 ) -> None:
     event = ev.CancelRequested(reason=reason or f"cancelled by {by}", by=by, channel=channel)
     await store.append(errand_id, [event], guard=_cancellable)
+
+
+def _limits(limits: ev.Limits, max_cost_usd: float | None) -> ev.Limits:
+    if max_cost_usd is None:
+        return limits
+    return limits.model_copy(update={"max_cost_usd": max_cost_usd})

@@ -348,11 +348,8 @@ def run(
     """
 
     async def go(s: Settings, store: SQLiteStore) -> tuple[ErrandView, SQLiteStore]:
-        limits = s.limits if max_cost is None else s.limits.model_copy(
-            update={"max_cost_usd": max_cost}
-        )
         errand_id = await create_errand(
-            store, s, text, model=model, workspace=workspace, limits=limits
+            store, s, text, model=model, workspace=workspace, max_cost_usd=max_cost
         )
         interactive = _interactive(no_input, as_json)
         return await _foreground(

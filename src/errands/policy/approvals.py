@@ -28,11 +28,16 @@ from errands.states import TERMINAL, ErrandState, ErrandView, PendingApproval
 from errands.store.base import Store, StoreError
 from errands.tools.registry import Registry, ToolContext, ToolError
 
-__all__ = ["ApprovalRefused", "approve", "deny", "parse_approval_id"]
+__all__ = ["ApprovalRefused", "EditRefused", "approve", "deny", "parse_approval_id"]
 
 
 class ApprovalRefused(StoreError):
     """The decision cannot be recorded; the message says why. Nothing was written."""
+
+
+class EditRefused(ApprovalRefused):
+    """The edited arguments fail the tool's schema or preconditions (a bad request, not
+    a conflict): nothing was written."""
 
 
 def parse_approval_id(approval_id: str) -> tuple[str, int]:
@@ -164,7 +169,7 @@ def _validate_edit(
             ),
         )
     except ToolError as exc:
-        raise ApprovalRefused(f"the edited arguments are not valid: {exc}") from None
+        raise EditRefused(f"the edited arguments are not valid: {exc}") from None
     return args
 
 

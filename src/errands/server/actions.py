@@ -8,7 +8,6 @@ known exception through (see :func:`error_response`); nothing else becomes a 4xx
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -18,7 +17,7 @@ from errands.config import ConfigError
 from errands.ids import new_errand_id
 from errands.models.spec import ModelSpecError
 from errands.operations import UserError, create_errand, tell_errand
-from errands.policy.approvals import ApprovalRefused, approve, deny
+from errands.policy.approvals import ApprovalRefused, EditRefused, approve, deny
 from errands.server.context import ServerContext
 from errands.server.idempotency import KeyReused
 from errands.server.schemas import (
@@ -32,7 +31,6 @@ from errands.server.schemas import (
 )
 from errands.states import ErrandState, ErrandView, PendingApproval
 from errands.store.base import ErrandExists, NotFound
-from errands.tools.registry import ToolContext, ToolError
 from errands.tools.workspace import WorkspaceRefused
 
 __all__ = [
@@ -70,43 +68,29 @@ def view_or_404(ctx: ServerContext, errand_id: str) -> ErrandView:
         raise ApiError(404, f"no errand {errand_id}") from None
 
 
-async def _create_reserved(
-    ctx: ServerContext, errand_id: str, body: CreateErrand, by: str, channel: str
-) -> None:
-    """:func:`errands.operations.create_errand`, under an id chosen (and reserved) first."""
-    await create_errand(
+async def _create(
+    ctx: ServerContext, body: CreateErrand, by: str, channel: str, errand_id: str | None = None
+) -> str:
+    """:func:`errands.operations.create_errand` from a request body (under *errand_id*
+    when one was chosen, and reserved, first)."""
+    return await create_errand(
         ctx.store,
         ctx.settings,
         body.text,
         model=body.model,
         workspace=body.workspace,
-        limits=_limits(ctx, body),
+        max_cost_usd=body.max_cost_usd,
         by=by,
         channel=channel,
         errand_id=errand_id,
     )
 
 
-def _limits(ctx: ServerContext, body: CreateErrand) -> ev.Limits:
-    if body.max_cost_usd is None:
-        return ctx.settings.limits
-    return ctx.settings.limits.model_copy(update={"max_cost_usd": body.max_cost_usd})
-
-
 async def create(
     ctx: ServerContext, body: CreateErrand, key: str | None, by: str, channel: str
 ) -> tuple[int, dict[str, Any]]:
     if key is None:
-        errand_id = await create_errand(
-            ctx.store,
-            ctx.settings,
-            body.text,
-            model=body.model,
-            workspace=body.workspace,
-            limits=_limits(ctx, body),
-            by=by,
-            channel=channel,
-        )
+        errand_id = await _create(ctx, body, by, channel)
         ctx.nudge()
         return 201, {"id": errand_id}
     idem = ctx.idempotency
@@ -121,7 +105,7 @@ async def create(
             ctx.store.view_sync(errand_id)  # that attempt created it, then died: answer now
         except NotFound:
             try:
-                await _create_reserved(ctx, errand_id, body, by, channel)
+                await _create(ctx, body, by, channel, errand_id)
             except ErrandExists:
                 pass  # created meanwhile under the reserved id: the same errand
             except (UserError, ModelSpecError, WorkspaceRefused, ConfigError):
@@ -180,33 +164,12 @@ async def _pending_or_refuse(
     raise ApiError(409, f"approval {approval_id} is not pending: it was decided already")
 
 
-def _check_edit(
-    ctx: ServerContext, view: ErrandView, p: PendingApproval, edited: dict[str, Any]
-) -> None:
-    try:
-        tool = ctx.registry.get(p.tool)
-        args = tool.validate(edited)
-        tool.check_preconditions(
-            args,
-            ToolContext(
-                errand_id=p.errand_id,
-                seq=p.seq,
-                idempotency_key="",
-                workspace=Path(view.workspace),
-            ),
-        )
-    except ToolError as exc:
-        raise ApiError(422, f"the edited arguments are not valid: {exc}") from None
-
-
 async def decide_approve(
     ctx: ServerContext, approval_id: str, body: ApproveBody, by: str, channel: str
 ) -> Decision:
-    view, pending = await _pending_or_refuse(ctx, approval_id)
+    _, pending = await _pending_or_refuse(ctx, approval_id)
     if body.always_pattern is not None and not body.always:
         raise ApiError(422, "always_pattern goes with always: true")
-    if body.edited_arguments is not None:
-        _check_edit(ctx, view, pending, body.edited_arguments)
     try:
         grant = await approve(
             ctx.store,
@@ -219,6 +182,8 @@ async def decide_approve(
             always_pattern=body.always_pattern,
             seen_hash=body.args_hash,
         )
+    except EditRefused as exc:
+        raise ApiError(422, str(exc)) from None
     except ApprovalRefused as exc:
         raise ApiError(409, str(exc)) from None
     ctx.nudge()
