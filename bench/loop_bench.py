@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +44,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
+
+from machine_info import machine_info
 
 from errands.config import Settings, load_settings
 from errands.events import EffectClass
@@ -431,41 +430,6 @@ async def langgraph_workload(
 # ------------------------------------------------------------------------ reporting
 
 
-def machine(directory: Path) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        fs = (
-            subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True, check=True)
-            .stdout.splitlines()[-1]
-            .split()
-        )
-        filesystem = f"{fs[1]} ({fs[0]}, mounted on {fs[-1]})"
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        filesystem = "unknown"
-    versions: dict[str, str] = {}
-    for dist in ("langgraph", "langgraph-checkpoint-sqlite", "aiosqlite"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            versions[dist] = version(dist)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-        "filesystem": filesystem,
-        "bench_dir": str(directory),
-        "load_avg_at_start": os.getloadavg(),
-        "versions": versions,
-    }
-
-
 HEADERS = (
     "system",
     "case",
@@ -618,7 +582,7 @@ def main() -> None:
         tune_gc()  # as the errands CLI and server run (both systems share this process)
 
     base = args.dir or Path(tempfile.gettempdir())
-    info = machine(base)
+    info = machine_info(base, ("langgraph", "langgraph-checkpoint-sqlite", "aiosqlite"))
     if "tmpfs" in info["filesystem"]:
         print(
             f"warning: {base} is tmpfs; fsync is free there and the numbers are fake",

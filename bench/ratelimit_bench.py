@@ -39,12 +39,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -56,6 +53,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from machine_info import machine_info  # noqa: E402  (bench/ is the script's directory)
 from sim.core import SimLimits, Turn, approx_tokens  # noqa: E402
 from sim.openai_server import OpenAIChatSim  # noqa: E402
 
@@ -222,33 +220,6 @@ async def run_case(case: Case, n: int, window: float, base: Path) -> Row:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def machine(directory: Path) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions: dict[str, str] = {}
-    for dist in ("openai", "httpx"):
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            versions[dist] = version(dist)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-        "bench_dir": str(directory),
-        "load_avg_at_start": os.getloadavg(),
-        "versions": versions,
-        "note": "simulator and errands share the machine (the simulator is threads in "
-        "the same process); the box is shared with other work, see the load averages",
-    }
-
-
 HEADERS = (
     "case",
     "errands",
@@ -312,7 +283,11 @@ def main() -> None:
     if args.only:
         cases = [c for c in cases if c.name == args.only]
     base = Path(tempfile.gettempdir())
-    info = machine(base)
+    info = machine_info(base, ("openai", "httpx"))
+    info["note"] = (
+        "simulator and errands share the machine (the simulator is threads in "
+        "the same process); the box is shared with other work, see the load averages"
+    )
     started = time.monotonic()
     rows: list[Row] = []
     for case in cases:

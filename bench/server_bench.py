@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import sqlite3
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from typing import Any
 
 import httpx
 import psutil
+from machine_info import machine_info
 
 from errands.config import load_settings
 from errands.operations import create_errand
@@ -150,32 +150,6 @@ def model_turns(db: Path) -> int:
         conn.close()
 
 
-def machine(directory: Path) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    from importlib.metadata import version
-
-    versions = {}
-    for dist in ("fastapi", "starlette", "uvicorn", "pydantic", "httptools", "uvloop"):
-        with contextlib.suppress(Exception):
-            versions[dist] = version(dist)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-        "bench_dir": str(directory),
-        "load_avg_at_start": os.getloadavg(),
-        "versions": versions,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waiting", type=int, default=1000)
@@ -187,7 +161,10 @@ def main() -> None:
     if args.quick:
         args.waiting, args.running, args.approve, args.requests = 200, 50, 100, 100
     sink_server, sink = endpoint()
-    machine_info = machine(Path(tempfile.gettempdir()))
+    info = machine_info(
+        Path(tempfile.gettempdir()),
+        ("fastapi", "starlette", "uvicorn", "pydantic", "httptools", "uvloop"),
+    )
     with tempfile.TemporaryDirectory(prefix="errands-server-bench-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
@@ -302,7 +279,7 @@ def main() -> None:
         "target_p99_ms": TARGET_P99_MS,
         "list_and_approve_p99_ok": worst < TARGET_P99_MS
         and results["GET /api/errands"]["p99_ms"] < TARGET_P99_MS,
-        "machine": machine_info,
+        "machine": info,
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     print()

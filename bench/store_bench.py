@@ -24,17 +24,16 @@ import asyncio
 import gc
 import json
 import os
-import platform
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+
+from machine_info import machine_info
 
 from errands import events as ev
 from errands.labels import Provenance
@@ -239,36 +238,6 @@ def _baseline(path: Path, writers: int, seconds: float, warmup: float) -> dict[s
 # ------------------------------------------------------------------------ reporting
 
 
-def machine(directory: Path) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        fs = (
-            subprocess.run(["df", "-T", str(directory)], capture_output=True, text=True, check=True)
-            .stdout.splitlines()[-1]
-            .split()
-        )
-        filesystem = f"{fs[1]} ({fs[0]}, mounted on {fs[-1]})"
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        filesystem = "unknown"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-        "filesystem": filesystem,
-        "bench_dir": str(directory),
-        "load_avg_at_start": os.getloadavg(),
-    }
-
-
 def print_table(rows: list[Row]) -> None:
     headers = (
         "writers",
@@ -338,7 +307,7 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="errands-bench-", dir=args.dir) as tmp:
         directory = Path(tmp)
-        info = machine(directory)
+        info = machine_info(directory)
         for n in writers:
             # store and baseline alternate, `repeats` times: a busy neighbour slows both
             stores: list[dict[str, float]] = []
