@@ -35,7 +35,6 @@ import gc
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from machine_info import machine_info
+from probes import disk_bytes, machine_info
 
 from errands.config import Settings, load_settings
 from errands.events import EffectClass
@@ -94,19 +93,6 @@ class Result:
     @property
     def wall_over_ideal(self) -> float:
         return self.wall_s / self.ideal_s if self.ideal_s else 0.0
-
-
-def disk_bytes(path: Path) -> int:
-    """Bytes of used pages in the database file, after folding the WAL into it."""
-    conn = sqlite3.connect(path, timeout=30.0)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
-    finally:
-        conn.close()
 
 
 class CpuProbe:

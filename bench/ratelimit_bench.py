@@ -53,7 +53,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from machine_info import machine_info  # noqa: E402  (bench/ is the script's directory)
+from probes import machine_info  # noqa: E402  (bench/ is the script's directory)
 from sim.core import SimLimits, Turn, approx_tokens  # noqa: E402
 from sim.openai_server import OpenAIChatSim  # noqa: E402
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 import psutil
-from machine_info import machine_info
+from probes import machine_info
 
 from errands.config import load_settings
 from errands.operations import create_errand

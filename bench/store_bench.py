@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from machine_info import machine_info
+from probes import disk_bytes, machine_info
 
 from errands import events as ev
 from errands.labels import Provenance
@@ -103,18 +103,6 @@ def _event(i: int) -> ev.ToolResult:
     )
 
 
-def _disk_bytes(path: Path) -> int:
-    conn = sqlite3.connect(path)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
-    finally:
-        conn.close()
-
-
 # ------------------------------------------------------------------------ the store
 
 
@@ -130,7 +118,7 @@ async def _store_run(path: Path, writers: int, seconds: float, warmup: float) ->
     await asyncio.gather(*(store.create(e, created) for e in ids))
     got = await asyncio.gather(*(store.acquire(e, f"owner-{i}", 3600.0) for i, e in enumerate(ids)))
     assert all(got)
-    size_before = await asyncio.to_thread(_disk_bytes, path)
+    size_before = await asyncio.to_thread(disk_bytes, path)
 
     state = {"measuring": False, "stop": False}
     counts = [0] * writers
@@ -161,7 +149,7 @@ async def _store_run(path: Path, writers: int, seconds: float, warmup: float) ->
     await asyncio.gather(*tasks)
     total_events = store.stats.events - writers  # minus the errand_created events
     await store.close()
-    size_after = await asyncio.to_thread(_disk_bytes, path)
+    size_after = await asyncio.to_thread(disk_bytes, path)
     appends = sum(counts)
     return {
         "seconds": elapsed,
@@ -217,7 +205,7 @@ def _baseline_run(path: Path, writers: int, seconds: float, warmup: float) -> di
     elapsed = time.perf_counter() - t_measure
     total = seq * writers
     conn.close()
-    size = _disk_bytes(path)
+    size = disk_bytes(path)
     return {
         "appends_per_s": appends / elapsed,
         "commits_per_s": commits / elapsed,

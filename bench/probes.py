@@ -1,7 +1,10 @@
-"""What a benchmark ran on, recorded in its JSON results: the same fields for every
-benchmark in ``bench/`` (CPU, cores, memory, Python, SQLite, platform, the filesystem of
-the directory it wrote to, the load average at the start, and the versions of the
-packages it compares or depends on)."""
+"""What the benchmarks in ``bench/`` record besides time.
+
+:func:`machine_info`: what a benchmark ran on, the same fields in every result (CPU,
+cores, memory, Python, SQLite, platform, the filesystem of the directory it wrote to, the
+load average at the start, the versions of the packages it compares or depends on).
+:func:`disk_bytes`: the bytes a SQLite file really uses.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info"]
+__all__ = ["disk_bytes", "machine_info"]
 
 
 def _cpu() -> str:
@@ -64,3 +67,16 @@ def machine_info(directory: Path, packages: Sequence[str] = ()) -> dict[str, Any
         "load_avg_at_start": os.getloadavg(),
         "versions": versions,
     }
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of used pages in the database file, after folding the WAL into it."""
+    conn = sqlite3.connect(path, timeout=30.0)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+    finally:
+        conn.close()
