@@ -53,6 +53,23 @@ class PendingApproval(BaseModel):
     def id(self) -> str:
         return f"{self.errand_id}.{self.seq}"
 
+    @classmethod
+    def of(cls, errand_id: str, seq: int, event: ev.ApprovalRequested) -> PendingApproval:
+        """The approval that the event logged at *seq* asks for."""
+        return cls(
+            errand_id=errand_id,
+            seq=seq,
+            call_id=event.call_id,
+            tool=event.tool,
+            arguments=event.arguments,
+            args_hash=event.args_hash,
+            effect=event.effect.value,
+            reason=event.reason,
+            rule=event.rule,
+            preview=event.preview,
+            at=event.at,
+        )
+
 
 class ErrandView(BaseModel):
     """Everything about an errand that is derived from its log."""
@@ -134,22 +151,7 @@ def _working(
 
 
 def _approval_requested(view: ErrandView, seq: int, event: ev.ApprovalRequested) -> None:
-    view.pending = {
-        **view.pending,
-        seq: PendingApproval(
-            errand_id=view.id,
-            seq=seq,
-            call_id=event.call_id,
-            tool=event.tool,
-            arguments=event.arguments,
-            args_hash=event.args_hash,
-            effect=event.effect.value,
-            reason=event.reason,
-            rule=event.rule,
-            preview=event.preview,
-            at=event.at,
-        ),
-    }
+    view.pending = {**view.pending, seq: PendingApproval.of(view.id, seq, event)}
     if view.state not in TERMINAL:
         view.state = ErrandState.waiting_approval
 

@@ -81,18 +81,7 @@ async def _pending(store: Store, errand_id: str, seq: int) -> tuple[ErrandView, 
         for stored in await store.read(errand_id, after=seq - 1):
             e = stored.event
             if stored.seq == seq and isinstance(e, ev.ApprovalRequested):
-                pending = PendingApproval(
-                    errand_id=errand_id,
-                    seq=seq,
-                    call_id=e.call_id,
-                    tool=e.tool,
-                    arguments=e.arguments,
-                    args_hash=e.args_hash,
-                    effect=e.effect.value,
-                    reason=e.reason,
-                    rule=e.rule,
-                    at=e.at,
-                )
+                pending = PendingApproval.of(errand_id, seq, e)
             break
     if pending is None:
         if view.cancel_requested:
