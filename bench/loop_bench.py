@@ -1,7 +1,7 @@
 """Full-loop benchmark: errands' Runner/Loop/SQLiteStore vs LangGraph + AsyncSqliteSaver.
 
 A *step* is one model turn plus one tool call, through the same pieces ``errands run``
-uses: :class:`~errands.runner.Runner` (leases, ``claim()``), :class:`~errands.loop.Loop`,
+uses: :class:`~errands.engine.runner.Runner` (leases, ``claim()``), :class:`~errands.engine.loop.Loop`,
 a :class:`~errands.tools.registry.Registry` tool, the policy hook, and
 :class:`~errands.store.sqlite.SQLiteStore` on a disk file (WAL, ``synchronous=FULL``).
 The model is the scripted model (:class:`~errands.models.scripted.ScriptedModel`,
@@ -47,12 +47,12 @@ from typing import Annotated, Any
 from probes import disk_bytes, machine_info
 
 from errands.config import Settings, load_settings
-from errands.events import EffectClass
+from errands.core.events import EffectClass
+from errands.core.states import ErrandState
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.models.scripted import ScriptedModel, load_script
-from errands.operations import create_errand
 from errands.policy.hook import AllowAll, PolicyCall, PolicyHook
-from errands.runner import Runner
-from errands.states import ErrandState
 from errands.store.redact import Redactor, secret_env_values
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry
@@ -263,7 +263,7 @@ async def errands_workload(
 def _check_policy_allows(
     policy: PolicyHook, registry: Registry, settings: Settings, errand_id: str
 ) -> None:
-    from errands.labels import BOTTOM
+    from errands.core.labels import BOTTOM
 
     tool = registry.get("note")
     args = tool.validate({"text": NOTE})
@@ -563,7 +563,7 @@ def main() -> None:
     if args.gc_threshold:
         gc.set_threshold(args.gc_threshold, 20, 20)
     elif not args.default_gc:
-        from errands.runtime import tune_gc
+        from errands.engine.runtime import tune_gc
 
         tune_gc()  # as the errands CLI and server run (both systems share this process)
 

@@ -58,10 +58,10 @@ from sim.core import SimLimits, Turn, approx_tokens  # noqa: E402
 from sim.openai_server import OpenAIChatSim  # noqa: E402
 
 from errands.config import ProviderSettings, load_settings  # noqa: E402
-from errands.operations import create_errand  # noqa: E402
+from errands.core.states import ErrandState  # noqa: E402
+from errands.engine.operations import create_errand  # noqa: E402
+from errands.engine.runner import Runner  # noqa: E402
 from errands.policy.hook import AllowAll  # noqa: E402
-from errands.runner import Runner  # noqa: E402
-from errands.states import ErrandState  # noqa: E402
 from errands.store.sqlite import SQLiteStore  # noqa: E402
 from errands.tools.registry import Registry  # noqa: E402
 

@@ -43,9 +43,9 @@ import psutil
 from probes import machine_info
 
 from errands.config import load_settings
-from errands.operations import create_errand
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.policy.rules import load_policy
-from errands.runner import Runner
 from errands.store.sqlite import SQLiteStore
 from errands.tools.builtin import builtin_registry
 

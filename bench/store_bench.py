@@ -6,7 +6,7 @@ Side by side, in the same run, a *bare baseline*: one writer thread doing ``exec
 of same-size rows into a similar table every 2 ms (one row per writer per commit), with
 WAL and ``synchronous=FULL`` -- the practical limit of group commit on this disk. The
 process tunes its garbage collector as the ``errands`` command does
-(:func:`errands.runtime.tune_gc`); ``--python-gc`` keeps Python's defaults. Each figure
+(:func:`errands.engine.runtime.tune_gc`); ``--python-gc`` keeps Python's defaults. Each figure
 is the median of several store/baseline pairs run in alternation.
 
     python bench/store_bench.py            # full run (~3-4 minutes)
@@ -35,9 +35,9 @@ from pathlib import Path
 
 from probes import disk_bytes, machine_info
 
-from errands import events as ev
-from errands.labels import Provenance
-from errands.runtime import tune_gc
+from errands.core import events as ev
+from errands.core.labels import Provenance
+from errands.engine.runtime import tune_gc
 from errands.store.sqlite import SQLiteStore
 
 HERE = Path(__file__).resolve().parent
@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument(
         "--python-gc",
         action="store_true",
-        help="keep Python's default GC settings (default: errands.runtime.tune_gc(), as"
+        help="keep Python's default GC settings (default: errands.engine.runtime.tune_gc(), as"
         " the errands command does)",
     )
     args = parser.parse_args()
@@ -323,7 +323,7 @@ def main() -> None:
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "machine": {**info, "load_avg_at_end": os.getloadavg()},
                 "settings": {
-                    "gc": "python default" if args.python_gc else "errands.runtime.tune_gc()",
+                    "gc": "python default" if args.python_gc else "errands.engine.runtime.tune_gc()",
                     "gc_threshold": gc.get_threshold(),
                     "measured_seconds": seconds,
                     "warmup_seconds": warmup,

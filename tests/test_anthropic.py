@@ -12,11 +12,11 @@ from sim.anthropic_server import AnthropicSim
 from sim.core import Turn, call
 
 from errands.config import ProviderSettings, Settings
-from errands.events import ToolCall
-from errands.models.anthropic import AnthropicHTTPError, AnthropicModel, build_params
+from errands.core.events import ToolCall
 from errands.models.protocol import Image, Message, ModelError, ModelRequest, ToolSchema
-from errands.models.router import innermost
+from errands.models.providers.anthropic import AnthropicHTTPError, AnthropicModel, build_params
 from errands.models.spec import ModelSpecError, resolve_model
+from errands.models.wrappers.router import innermost
 
 WEATHER = ToolSchema(
     name="get_weather",

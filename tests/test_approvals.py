@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 from helpers.kit import Ledger, call, ledger_registry, script
 
-from errands import events as ev
-from errands import faults
-from errands.canonical import canonical_hash
 from errands.config import Settings
-from errands.operations import cancel_errand, create_errand
+from errands.core import events as ev
+from errands.core import faults
+from errands.core.canonical import canonical_hash
+from errands.core.states import ErrandState
+from errands.engine.operations import cancel_errand, create_errand
+from errands.engine.runner import Runner
 from errands.policy.approvals import ApprovalRefused, approve, deny
 from errands.policy.rules import Policy, load_policy
-from errands.runner import Runner
-from errands.states import ErrandState
 from errands.store.sqlite import SQLiteStore
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from errands import events as ev
-from errands.progress import Progress
-from errands.states import ErrandState, fold
+from errands.core import events as ev
+from errands.core.progress import Progress
+from errands.core.states import ErrandState, fold
 from errands.store.sqlite import SQLiteStore
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"

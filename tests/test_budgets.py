@@ -26,15 +26,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from sim.core import Turn
 from sim.openai_server import OpenAIChatSim
 
-from errands import events as ev
-from errands import faults
-from errands.budgets import input_tokens_bound
 from errands.config import BudgetSettings, Price, ProviderSettings, Settings
+from errands.core import events as ev
+from errands.core import faults
+from errands.core.states import ErrandState, ErrandView
+from errands.costs.budgets import input_tokens_bound
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.models.protocol import Message, ModelRequest
-from errands.operations import create_errand
 from errands.policy.hook import AllowAll
-from errands.runner import Runner
-from errands.states import ErrandState, ErrandView
 from errands.store import spend
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry
@@ -326,9 +326,9 @@ def test_the_input_bound_is_never_below_a_tokenizers_count() -> None:
 
 
 def test_a_reasoning_level_adds_its_thinking_to_the_worst_case(settings: Settings) -> None:
-    from errands.budgets import REASONING_TOKENS, worst_case_usd
+    from errands.core.progress import Progress
+    from errands.costs.budgets import REASONING_TOKENS, worst_case_usd
     from errands.models.scripted import ScriptedModel, load_script
-    from errands.progress import Progress
 
     s = settings.model_copy(update={"prices": {"scripted:demo": Price(input=1.0, output=10.0)}})
     model = ScriptedModel(load_script("demo"), name="scripted:demo")
@@ -430,7 +430,7 @@ async def test_negative_control_checking_spend_alone_overshoots_by_the_fan_out(
 WORKER = """
 import asyncio, os, sys
 from errands.config import load_settings
-from errands.runner import Runner
+from errands.engine.runner import Runner
 from errands.policy.hook import AllowAll
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from errands.canonical import canonical_hash, canonical_json
+from errands.core.canonical import canonical_hash, canonical_json
 
 # RFC 8785 Appendix B: IEEE 754 bit patterns and their JCS spelling.
 RFC_NUMBERS = [

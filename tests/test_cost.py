@@ -30,8 +30,8 @@ def test_cost_rollups_match_the_log(cli: CLI, home: Path) -> None:
 
 def test_prices_come_from_genai_prices_unless_the_config_overrides() -> None:
     from errands.config import Price
-    from errands.events import Usage
-    from errands.models.pricing import cost_usd
+    from errands.core.events import Usage
+    from errands.costs.pricing import cost_usd
 
     usage = Usage(input_tokens=1_000_000, cached_input_tokens=500_000, output_tokens=100_000)
     # gpt-4o-mini: $0.15 / 1M input, $0.075 / 1M cached input, $0.60 / 1M output

@@ -80,11 +80,11 @@ from typing import Any
 
 import pytest
 
-from errands import events as ev
 from errands.config import Settings
-from errands.operations import create_errand
+from errands.core import events as ev
+from errands.core.states import ErrandState, ErrandView, apply
+from errands.engine.operations import create_errand
 from errands.policy.approvals import approve
-from errands.states import ErrandState, ErrandView, apply
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry
 

@@ -12,11 +12,11 @@ from sim.core import Turn, call
 from sim.gemini_server import GeminiSim, _b64
 
 from errands.config import Settings
-from errands.events import ToolCall
-from errands.models.gemini import GeminiHTTPError, GeminiModel
+from errands.core.events import ToolCall
 from errands.models.protocol import Image, Message, ModelError, ModelRequest, ToolSchema
-from errands.models.router import innermost
+from errands.models.providers.gemini import GeminiHTTPError, GeminiModel
 from errands.models.spec import resolve_model
+from errands.models.wrappers.router import innermost
 
 WEATHER = ToolSchema(
     name="get_weather",

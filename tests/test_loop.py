@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from helpers.kit import Ledger, call, ledger_registry, script
 
-from errands import events as ev
 from errands.config import Settings
-from errands.labels import Integrity, Provenance
+from errands.core import events as ev
+from errands.core.labels import Integrity, Provenance
+from errands.core.states import ErrandState
+from errands.engine.operations import cancel_errand, create_errand, tell_errand
+from errands.engine.runner import ErrandBusy, Runner
 from errands.models.scripted import ScriptedModel
-from errands.operations import cancel_errand, create_errand, tell_errand
 from errands.policy.hook import AllowAll
-from errands.runner import ErrandBusy, Runner
-from errands.states import ErrandState
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Contract, Registry
 

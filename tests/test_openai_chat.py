@@ -12,9 +12,9 @@ import pytest
 from sim.core import Turn, call
 from sim.openai_server import OpenAIChatSim
 
-from errands.events import ToolCall
-from errands.models.openai_chat import OpenAIChatModel, OpenAIHTTPError
+from errands.core.events import ToolCall
 from errands.models.protocol import Message, ModelError, ModelRequest, ToolSchema
+from errands.models.providers.openai_chat import OpenAIChatModel, OpenAIHTTPError
 
 WEATHER = ToolSchema(
     name="get_weather",
@@ -438,7 +438,7 @@ def test_tool_call_deltas_from_quirky_servers() -> None:
         ChoiceDeltaToolCallFunction,
     )
 
-    from errands.models.openai_chat import _Accumulator
+    from errands.models.providers.openai_chat import _Accumulator
 
     def chunk(call_id: str | None, name: str | None, args: str) -> ChatCompletionChunk:
         delta = ChoiceDeltaToolCall(

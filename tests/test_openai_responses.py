@@ -12,12 +12,12 @@ from sim.core import Turn, call
 from sim.openai_responses_server import OpenAIResponsesSim, common_prefix_length
 
 from errands.config import Settings
-from errands.events import ToolCall
-from errands.models.openai_chat import OpenAIHTTPError
-from errands.models.openai_responses import OpenAIResponsesModel, build_params
+from errands.core.events import ToolCall
 from errands.models.protocol import Image, Message, ModelError, ModelRequest, ToolSchema
-from errands.models.router import innermost
+from errands.models.providers.openai_chat import OpenAIHTTPError
+from errands.models.providers.openai_responses import OpenAIResponsesModel, build_params
 from errands.models.spec import resolve_model
+from errands.models.wrappers.router import innermost
 
 WEATHER = ToolSchema(
     name="get_weather",

@@ -3,7 +3,7 @@
 A fixed agent workload -- a ~10K-token stable prefix (an ~8K-token system prompt and
 ~2K tokens of tool schemas), then 50 turns that each append a tool call and a ~2K-token
 tool result -- is driven through the real client adapters, with each request built the
-way :mod:`errands.loop` builds it (``ModelRequest(system, messages, tools, max_tokens,
+way :mod:`errands.engine.loop` builds it (``ModelRequest(system, messages, tools, max_tokens,
 errand_id)`` from the transcript so far). Each simulator implements its provider's
 documented caching rule (OpenAI: automatic prefix caching; Anthropic: explicit
 breakpoints, which the adapter places; Gemini: implicit caching) and reports cached
@@ -12,7 +12,7 @@ tokens the way the real API does.
 Two properties are checked per provider:
 
 * **the cache works**: at least 90% of the input tokens of turns 2-50 are served from
-  the cache (:func:`errands.models.usage.cache_hit_ratio` of their summed usage);
+  the cache (:func:`errands.costs.report.cache_hit_ratio` of their summed usage);
 * **the prefix is byte-stable**: each request's prompt items (in the order the provider
   renders them: tools / system / transcript, each item serialised exactly as received,
   key order included) start with exactly the items of the previous request -- compared
@@ -41,13 +41,13 @@ from sim.openai_responses_server import FastPrefixCache, OpenAIResponsesSim
 from sim.openai_server import OpenAIChatSim
 
 from errands.config import Settings
-from errands.events import Usage
-from errands.models.anthropic import AnthropicModel
-from errands.models.gemini import GeminiModel
-from errands.models.openai_chat import OpenAIChatModel
-from errands.models.openai_responses import OpenAIResponsesModel
+from errands.core.events import Usage
+from errands.costs.report import cache_hit_ratio
 from errands.models.protocol import Message, Model, ModelRequest, ToolSchema
-from errands.models.usage import cache_hit_ratio
+from errands.models.providers.anthropic import AnthropicModel
+from errands.models.providers.gemini import GeminiModel
+from errands.models.providers.openai_chat import OpenAIChatModel
+from errands.models.providers.openai_responses import OpenAIResponsesModel
 from errands.store.sqlite import SQLiteStore
 
 TURNS = 50
@@ -286,11 +286,11 @@ async def test_real_errand_through_the_runner_is_served_from_cache(
 ) -> None:
     """The loop itself builds the requests: a real errand, a real tool, the real client
     against the simulator. Its summed usage must come mostly from the cache."""
-    from errands import events as ev
-    from errands.operations import create_errand
+    from errands.core import events as ev
+    from errands.core.states import ErrandState
+    from errands.engine.operations import create_errand
+    from errands.engine.runner import Runner
     from errands.policy.hook import AllowAll
-    from errands.runner import Runner
-    from errands.states import ErrandState
     from errands.tools.registry import Registry
 
     turns = 12

@@ -29,19 +29,19 @@ from sim.core import SimServer, Turn, call
 from sim.gemini_server import GeminiSim, _b64
 from sim.openai_responses_server import OpenAIResponsesSim
 
-from errands import events as ev
-from errands import faults
 from errands.config import Settings
-from errands.models.anthropic import AnthropicModel
-from errands.models.fallback import CircuitBreaker, FallbackModel
-from errands.models.gemini import SKIP_SIGNATURE, GeminiModel
-from errands.models.openai_responses import OpenAIResponsesModel
+from errands.core import events as ev
+from errands.core import faults
+from errands.core.states import ErrandState
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.models.protocol import Model
-from errands.operations import create_errand
+from errands.models.providers.anthropic import AnthropicModel
+from errands.models.providers.gemini import SKIP_SIGNATURE, GeminiModel
+from errands.models.providers.openai_responses import OpenAIResponsesModel
+from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
 from errands.policy.approvals import approve
 from errands.policy.rules import Policy
-from errands.runner import Runner
-from errands.states import ErrandState
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry
 

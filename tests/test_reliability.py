@@ -23,18 +23,18 @@ from sim.gemini_server import GeminiSim
 from sim.openai_responses_server import OpenAIResponsesSim
 from sim.openai_server import OpenAIChatSim
 
-from errands import events as ev
 from errands.config import ProviderSettings, Settings
-from errands.events import EffectClass, Usage
-from errands.models.fallback import CircuitBreaker, FallbackModel
+from errands.core import events as ev
+from errands.core.events import EffectClass, Usage
+from errands.core.states import ErrandState, ErrandView
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.models.protocol import Message, ModelError, ModelRequest
-from errands.models.ratelimit import RateLimiter, RateLimits
-from errands.models.router import innermost
 from errands.models.spec import ModelSpecError, resolve_model
-from errands.operations import create_errand
+from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
+from errands.models.wrappers.ratelimit import RateLimiter, RateLimits
+from errands.models.wrappers.router import innermost
 from errands.policy.hook import AllowAll
-from errands.runner import Runner
-from errands.states import ErrandState, ErrandView
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry
 

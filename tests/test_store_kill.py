@@ -29,13 +29,13 @@ from pathlib import Path
 
 import pytest
 
-from errands import events as ev
+from errands.core import events as ev
 from errands.store.sqlite import SQLiteStore
 
 WRITER = r"""
 import asyncio, sys
-from errands import events as ev
-from errands.labels import Provenance
+from errands.core import events as ev
+from errands.core.labels import Provenance
 from errands.store.base import ErrandExists
 from errands.store.sqlite import SQLiteStore
 

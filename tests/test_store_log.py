@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from errands import events as ev
-from errands.labels import Confidentiality, Integrity, Provenance
-from errands.states import ErrandState, ErrandView, fold
+from errands.core import events as ev
+from errands.core.labels import Confidentiality, Integrity, Provenance
+from errands.core.states import ErrandState, ErrandView, fold
 from errands.store.base import StoreError
 from errands.store.migrations import LATEST, MIGRATIONS, SchemaTooNew
 from errands.store.redact import Redactor

@@ -36,9 +36,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from errands import events as ev
-from errands.labels import Confidentiality, Integrity, Provenance
-from errands.states import ErrandState, ErrandView, apply, fold
+from errands.core import events as ev
+from errands.core.labels import Confidentiality, Integrity, Provenance
+from errands.core.states import ErrandState, ErrandView, apply, fold
 from errands.store.base import ErrandExists, LeaseLost, NotFound, StoreError
 from errands.store.sqlite import PURGED, SQLiteStore
 

@@ -25,18 +25,18 @@ from sim.core import Turn, call
 from sim.gemini_server import GeminiSim
 from sim.openai_server import OpenAIChatSim
 
-from errands import faults
 from errands.config import ProviderSettings, Settings
-from errands.models.fallback import CircuitBreaker, FallbackModel
+from errands.core import faults
+from errands.core.states import ErrandState
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.models.protocol import Message, Model, ModelRequest
-from errands.models.retry import RetryingModel, RetryPolicy
-from errands.models.router import innermost
 from errands.models.spec import resolve_model
 from errands.models.streaming import ErrandText, TextStream
-from errands.operations import create_errand
+from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
+from errands.models.wrappers.retry import RetryingModel, RetryPolicy
+from errands.models.wrappers.router import innermost
 from errands.policy.hook import AllowAll
-from errands.runner import Runner
-from errands.states import ErrandState
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from errands.config import Settings
-from errands.labels import Confidentiality, Integrity
+from errands.core.labels import Confidentiality, Integrity
 from errands.tools.builtin import builtin_registry
 from errands.tools.builtin.files import LIST_CAP, READ_CAP, read_file
 from errands.tools.registry import Registry, ToolContext, ToolError, ToolOutput

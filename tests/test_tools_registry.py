@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import pytest
 
-from errands.events import EffectClass
-from errands.labels import Confidentiality, Integrity
+from errands.core.events import EffectClass
+from errands.core.labels import Confidentiality, Integrity
 from errands.tools.registry import (
     Contract,
     PostconditionFailed,

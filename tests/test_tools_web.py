@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from errands.config import NetworkSettings, Settings
-from errands.events import EffectClass
-from errands.labels import Confidentiality, Integrity
+from errands.core.events import EffectClass
+from errands.core.labels import Confidentiality, Integrity
 from errands.tools.builtin import builtin_registry
 from errands.tools.netguard import NetworkRefused, check_url, guarded_client
 from errands.tools.registry import Registry, ToolArgumentError, ToolContext, ToolError, ToolOutput

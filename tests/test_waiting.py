@@ -12,10 +12,10 @@ import pytest
 from helpers.kit import Ledger, call, ledger_registry, script
 
 from errands.config import Settings
-from errands.operations import create_errand
+from errands.core.states import ErrandState
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.policy.rules import Policy
-from errands.runner import Runner
-from errands.states import ErrandState
 from errands.store.sqlite import SQLiteStore
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from errands.events import Limits
+from errands.core.events import Limits
 
 __all__ = [
     "BudgetSettings",

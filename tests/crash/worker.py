@@ -57,16 +57,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from errands import events as ev
-from errands import faults
 from errands.config import Settings
-from errands.events import EffectClass
+from errands.core import events as ev
+from errands.core import faults
+from errands.core.events import EffectClass
+from errands.core.states import RUNNABLE, TERMINAL, ErrandState
+from errands.engine.runner import Runner
 from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.models.scripted import Script, ScriptedModel
 from errands.policy.hook import Decision
 from errands.policy.rules import Policy, Rule
-from errands.runner import Runner
-from errands.states import RUNNABLE, TERMINAL, ErrandState
 from errands.store.base import Guard, StoredEvent
 from errands.store.sqlite import SQLiteStore
 from errands.tools.registry import Registry, ToolContext
@@ -299,8 +299,8 @@ class AckingStore(SQLiteStore):
 def install_hit_markers(journal: Journal) -> None:
     """Note ``hit POINT N`` just before ERRANDS_FAULT kills us at POINT.
 
-    Every module that imported :func:`errands.faults.fault` (and ``errands.faults``
-    itself) gets a wrapper that counts passes exactly as :mod:`errands.faults` does --
+    Every module that imported :func:`errands.core.faults.fault` (and ``errands.core.faults``
+    itself) gets a wrapper that counts passes exactly as :mod:`errands.core.faults` does --
     every pass goes through one of the wrappers, which share one count -- and then
     calls the real one, which does the killing.
     """
@@ -314,7 +314,7 @@ def install_hit_markers(journal: Journal) -> None:
     lock = threading.Lock()
 
     def is_fault(fn: Any) -> bool:
-        return getattr(fn, "__module__", None) == "errands.faults" and fn.__name__ == "fault"
+        return getattr(fn, "__module__", None) == "errands.core.faults" and fn.__name__ == "fault"
 
     for module in list(sys.modules.values()):
         name = getattr(module, "__name__", "")
@@ -460,7 +460,7 @@ def _forked_worker(request: dict[str, Any]) -> None:
             os.environ.pop(name, None)
             if request.get(key):
                 os.environ[name] = request[key]
-        # errands.faults reads the environment when it is loaded: load it again. A reload
+        # errands.core.faults reads the environment when it is loaded: load it again. A reload
         # runs the module in its own namespace, so the ``fault`` every other module
         # imported sees the new plan.
         importlib.reload(faults)

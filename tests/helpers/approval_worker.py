@@ -14,9 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from errands.config import load_settings
-from errands.operations import create_errand
+from errands.engine.operations import create_errand
+from errands.engine.runner import Runner
 from errands.policy.rules import Policy
-from errands.runner import Runner
 from errands.store.sqlite import SQLiteStore
 from helpers.kit import Ledger, call, ledger_registry, script
 

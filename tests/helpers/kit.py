@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from errands.events import EffectClass
+from errands.core.events import EffectClass
 from errands.models.scripted import Script, ScriptedModel
 from errands.tools.registry import Registry, ToolContext
 

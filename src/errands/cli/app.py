@@ -17,12 +17,12 @@ from errands import __version__
 from errands.cli import remote
 from errands.cli.render import approval_card, errand_json, errands_table, event_line
 from errands.config import ConfigError, Settings, load_settings
+from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.engine.operations import UserError, cancel_errand, create_errand, tell_errand
+from errands.engine.runner import ErrandBusy, Runner
 from errands.models.spec import ModelSpecError
-from errands.operations import UserError, cancel_errand, create_errand, tell_errand
 from errands.policy.approvals import ApprovalRefused, approve, deny
 from errands.policy.rules import load_policy
-from errands.runner import ErrandBusy, Runner
-from errands.states import ErrandState, ErrandView, PendingApproval
 from errands.store.base import StoreError
 from errands.store.redact import Redactor, secret_env_values
 from errands.store.sqlite import SQLiteStore
@@ -633,7 +633,7 @@ def policy_explain(
     """Print the decision the policy makes for one call, and the rule that made it."""
     from pathlib import Path
 
-    from errands.labels import BOTTOM
+    from errands.core.labels import BOTTOM
     from errands.policy.hook import PolicyCall
     from errands.tools.registry import ToolError
 
@@ -692,7 +692,7 @@ from errands.cli import server_cmds as _server_cmds  # noqa: E402, F401
 
 def main() -> None:
     """Entry point: no tracebacks for users unless ERRANDS_DEBUG is set."""
-    from errands.runtime import tune_gc
+    from errands.engine.runtime import tune_gc
 
     tune_gc()
     try:

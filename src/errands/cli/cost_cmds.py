@@ -12,7 +12,7 @@ from rich.table import Table
 
 from errands.cli.app import app, out, resolve_id, run_async
 from errands.config import Settings
-from errands.costs import CostReport, Rollup, build_report
+from errands.costs.report import CostReport, Rollup, build_report
 from errands.store.sqlite import SQLiteStore
 
 

@@ -21,10 +21,10 @@ from rich.console import Console
 
 from errands.cli.render import approval_card
 from errands.config import Settings
-from errands.operations import UserError
+from errands.core.states import PendingApproval
+from errands.engine.operations import UserError
 from errands.policy.approvals import parse_approval_id
 from errands.server.files import ServerRefused, live_server, load_token
-from errands.states import PendingApproval
 from errands.store.sqlite import SQLiteStore
 
 __all__ = [

@@ -12,8 +12,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from errands import events as ev
-from errands.states import ErrandState, ErrandView, PendingApproval
+from errands.core import events as ev
+from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.store.base import StoredEvent
 
 __all__ = ["STATE_STYLE", "errand_json", "errands_table", "event_line", "short_args"]

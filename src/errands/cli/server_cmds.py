@@ -16,8 +16,8 @@ import typer
 from errands.cli import remote
 from errands.cli.app import KNOWN_ERRORS, JsonOpt, app, fail, out, run_async, settings
 from errands.cli.render import approval_card, errands_table
+from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.server.files import ServerRefused
-from errands.states import ErrandState, ErrandView, PendingApproval
 from errands.store.sqlite import SQLiteStore
 
 __all__ = ["inbox", "up"]

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from errands.config import ProviderSettings, Settings
-from errands.events import Usage
-from errands.models.anthropic import ANTHROPIC_HOST
-from errands.models.gemini import GEMINI_HOST
+from errands.core.events import Usage
+from errands.costs.pricing import cost_usd
 from errands.models.keys import KeyStatus, find_key, key_status
-from errands.models.openai_chat import OPENAI_HOST
-from errands.models.pricing import cost_usd
+from errands.models.providers.anthropic import ANTHROPIC_HOST
+from errands.models.providers.gemini import GEMINI_HOST
+from errands.models.providers.openai_chat import OPENAI_HOST
 from errands.models.spec import CHAIN_PREFIX, ModelSpecError, check_spec, endpoint_kind
 
 __all__ = ["Check", "ProviderInfo", "doctor", "inventory", "keyring_state"]

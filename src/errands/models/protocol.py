@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from errands.events import ToolCall, Usage
+from errands.core.events import ToolCall, Usage
 
 __all__ = [
     "Image",

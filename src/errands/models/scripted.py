@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from errands.events import ToolCall, Usage
+from errands.core.events import ToolCall, Usage
 from errands.models.protocol import ModelError, ModelReply, ModelRequest, TextSink
 
 __all__ = ["Script", "ScriptedModel", "load_script"]

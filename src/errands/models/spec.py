@@ -13,11 +13,11 @@ import importlib.util
 from typing import Any
 
 from errands.config import ProviderSettings, Settings
-from errands.models import router
-from errands.models.fallback import CircuitBreaker
 from errands.models.keys import find_key, key_names
 from errands.models.protocol import Model, ModelError
-from errands.models.router import EndpointKey, breaker_for
+from errands.models.wrappers import router
+from errands.models.wrappers.fallback import CircuitBreaker
+from errands.models.wrappers.router import EndpointKey, breaker_for
 
 __all__ = ["ModelSpecError", "check_spec", "endpoint_kind", "resolve_model"]
 
@@ -25,15 +25,15 @@ KINDS = ("scripted", "openai", "openai-responses", "anthropic", "gemini")
 CHAIN_PREFIX = "chain:"
 # kind -> (module, class, the SDK it imports, the extra that installs that SDK)
 _CLIENTS: dict[str, tuple[str, str, str, str]] = {
-    "openai": ("errands.models.openai_chat", "OpenAIChatModel", "openai", "openai"),
+    "openai": ("errands.models.providers.openai_chat", "OpenAIChatModel", "openai", "openai"),
     "openai-responses": (
-        "errands.models.openai_responses",
+        "errands.models.providers.openai_responses",
         "OpenAIResponsesModel",
         "openai",
         "openai",
     ),
-    "anthropic": ("errands.models.anthropic", "AnthropicModel", "anthropic", "anthropic"),
-    "gemini": ("errands.models.gemini", "GeminiModel", "google.genai", "gemini"),
+    "anthropic": ("errands.models.providers.anthropic", "AnthropicModel", "anthropic", "anthropic"),
+    "gemini": ("errands.models.providers.gemini", "GeminiModel", "google.genai", "gemini"),
 }
 
 
@@ -60,7 +60,7 @@ def _parse(spec: str) -> tuple[str, str]:
 def resolve_model(spec: str, settings: Settings) -> Model:
     """The model for *spec*: a provider model behind retries and its endpoint's rate
     limiter, or -- for ``a:x,b:y`` and ``chain:NAME`` -- a fallback chain of those,
-    each behind its endpoint's circuit breaker (see :mod:`errands.models.router`)."""
+    each behind its endpoint's circuit breaker (see :mod:`errands.models.wrappers.router`)."""
     spec = spec.strip()
     members = _chain_members(spec, settings)
     if members is None:

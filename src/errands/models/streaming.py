@@ -2,8 +2,8 @@
 
 The provider clients call the :data:`~errands.models.protocol.TextSink` they are given
 with text deltas, nothing else. A wrapper that starts the reply over --
-:class:`~errands.models.retry.RetryingModel` before another attempt,
-:class:`~errands.models.fallback.FallbackModel` before the next member of its chain --
+:class:`~errands.models.wrappers.retry.RetryingModel` before another attempt,
+:class:`~errands.models.wrappers.fallback.FallbackModel` before the next member of its chain --
 must first take back the failed attempt's text, which has already reached the person.
 It does so through a :class:`TextStream`: a sink that also has :meth:`~TextStream.reset`.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from errands.faults import fault, switch
+from errands.core.faults import fault, switch
 from errands.models.protocol import TextSink
 
 __all__ = ["AttemptText", "ErrandText", "ResettableListener", "TextStream", "attempt_text"]

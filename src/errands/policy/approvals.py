@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from errands import events as ev
-from errands.canonical import canonical_hash
-from errands.faults import switch
-from errands.states import TERMINAL, ErrandState, ErrandView, PendingApproval
+from errands.core import events as ev
+from errands.core.canonical import canonical_hash
+from errands.core.faults import switch
+from errands.core.states import TERMINAL, ErrandState, ErrandView, PendingApproval
 from errands.store.base import Store, StoreError
 from errands.tools.registry import Registry, ToolContext, ToolError
 

@@ -7,8 +7,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from errands.events import EffectClass
-from errands.labels import Label
+from errands.core.events import EffectClass
+from errands.core.labels import Label
 
 __all__ = ["AllowAll", "Decision", "PolicyCall", "PolicyHook", "Verdict"]
 

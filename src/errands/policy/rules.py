@@ -27,8 +27,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errands.config import ConfigError
-from errands.events import EffectClass
-from errands.faults import switch
+from errands.core.events import EffectClass
+from errands.core.faults import switch
 from errands.policy.hook import Decision, PolicyCall, Verdict
 
 __all__ = ["DEFAULT_POLICY_TOML", "Policy", "Rule", "load_policy", "pattern_matches"]

@@ -12,11 +12,12 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from errands import events as ev
 from errands.config import ConfigError
-from errands.ids import new_errand_id
+from errands.core import events as ev
+from errands.core.ids import new_errand_id
+from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.engine.operations import UserError, create_errand, tell_errand
 from errands.models.spec import ModelSpecError
-from errands.operations import UserError, create_errand, tell_errand
 from errands.policy.approvals import ApprovalRefused, EditRefused, approve, deny
 from errands.server.context import ServerContext
 from errands.server.idempotency import KeyReused
@@ -29,7 +30,6 @@ from errands.server.schemas import (
     Message,
     approval_out,
 )
-from errands.states import ErrandState, ErrandView, PendingApproval
 from errands.store.base import ErrandExists, NotFound
 from errands.tools.workspace import WorkspaceRefused
 
@@ -71,7 +71,7 @@ def view_or_404(ctx: ServerContext, errand_id: str) -> ErrandView:
 async def _create(
     ctx: ServerContext, body: CreateErrand, by: str, channel: str, errand_id: str | None = None
 ) -> str:
-    """:func:`errands.operations.create_errand` from a request body (under *errand_id*
+    """:func:`errands.engine.operations.create_errand` from a request body (under *errand_id*
     when one was chosen, and reserved, first)."""
     return await create_errand(
         ctx.store,

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from errands import __version__
-from errands.operations import cancel_errand
+from errands.core.states import ErrandState
+from errands.engine.operations import cancel_errand
 from errands.server.actions import (
     ApiError,
     create,
@@ -52,7 +53,6 @@ from errands.server.schemas import (
     summary,
 )
 from errands.server.streams import all_stream, errand_stream, streaming
-from errands.states import ErrandState
 from errands.store.base import NotFound, StoreError
 
 __all__ = ["build_router"]

@@ -13,8 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errands import __version__
 from errands.config import ConfigError
+from errands.engine.operations import UserError
 from errands.models.spec import ModelSpecError
-from errands.operations import UserError
 from errands.server.actions import ApiError, error_response
 from errands.server.api import build_router
 from errands.server.auth import Guard

@@ -23,10 +23,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from errands import __version__
+from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.server.actions import pending_with_titles
 from errands.server.context import ServerContext, model_help
 from errands.server.schemas import ERRAND_ID, approval_out, summary
-from errands.states import TERMINAL, ErrandState, ErrandView
 from errands.store.base import NotFound
 
 __all__ = ["STATIC_DIR", "build_inbox"]

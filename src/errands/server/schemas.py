@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from errands import events as ev
-from errands.states import ErrandState, ErrandView, PendingApproval
+from errands.core import events as ev
+from errands.core.states import ErrandState, ErrandView, PendingApproval
 
 __all__ = [
     "APPROVAL_ID",

@@ -32,10 +32,12 @@ from typing import Any
 import uvicorn
 
 from errands import __version__
+from errands.channels.webhook import Notifier
 from errands.config import Settings
+from errands.core.states import ErrandState
+from errands.engine.runner import dead_local_owner
+from errands.engine.runtime import tune_gc
 from errands.policy.rules import load_policy
-from errands.runner import dead_local_owner
-from errands.runtime import tune_gc
 from errands.server.app import create_app
 from errands.server.auth import Security
 from errands.server.context import ServerContext, model_help
@@ -48,9 +50,7 @@ from errands.server.files import (
 )
 from errands.server.hub import Hub, LiveText
 from errands.server.idempotency import IdempotencyStore
-from errands.server.notify import Notifier
 from errands.server.worker import RunnerThread
-from errands.states import ErrandState
 from errands.store.redact import Redactor, secret_env_values
 from errands.store.sqlite import SQLiteStore
 from errands.tools.builtin import builtin_registry
@@ -284,7 +284,7 @@ async def _main(
 
 def _tune_runtime() -> None:
     """Freeze what start-up allocated (the app, its schemas) so the collector stops
-    rescanning it (:func:`errands.runtime.tune_gc`), and shorten the interpreter's thread
+    rescanning it (:func:`errands.engine.runtime.tune_gc`), and shorten the interpreter's thread
     switch interval so that a request waits less for the runner's thread."""
     tune_gc()
     sys.setswitchinterval(0.001)

@@ -9,9 +9,9 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from errands.core.states import ErrandView
 from errands.server.context import ServerContext
 from errands.server.schemas import summary
-from errands.states import ErrandView
 from errands.store.base import NotFound
 
 __all__ = ["all_stream", "errand_stream", "streaming"]

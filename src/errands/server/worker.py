@@ -19,9 +19,9 @@ import threading
 from collections.abc import Callable
 
 from errands.config import Settings
-from errands.loop import TextListener
+from errands.engine.loop import TextListener
+from errands.engine.runner import Runner
 from errands.policy.hook import PolicyHook
-from errands.runner import Runner
 from errands.store.base import Store
 from errands.tools.registry import Registry
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from errands import events as ev
-from errands.states import ErrandState, ErrandView, PendingApproval
+from errands.core import events as ev
+from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.store.spend import Refusal
 
 __all__ = ["ErrandExists", "LeaseLost", "NotFound", "Store", "StoreError", "StoredEvent"]

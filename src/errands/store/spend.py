@@ -24,7 +24,7 @@ The admission rule (:func:`reserve`): a call may start only if, for every cap,
 ``spent + held + its worst case <= cap``. Since every call in flight holds its worst
 case and settles at no more than that, spend never passes a cap -- as long as the
 worst case really is one (an estimate of input tokens can be low; see
-:mod:`errands.budgets`).
+:mod:`errands.costs.budgets`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from errands.contracts import enabled, ensure, require
-from errands.faults import switch
+from errands.core.contracts import enabled, ensure, require
+from errands.core.faults import switch
 
 __all__ = [
     "DAY",

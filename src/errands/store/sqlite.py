@@ -6,11 +6,11 @@ transaction with *one* fsync, and only then resolves the futures -- so an append
 returns only once its event is on disk, and a thousand concurrent errands share a
 commit. Reads use per-thread connections (WAL lets them run beside the writer).
 
-The ``errands`` table is a projection: a cache of :func:`errands.states.fold` over
+The ``errands`` table is a projection: a cache of :func:`errands.core.states.fold` over
 the log, updated in the same transaction as the events and rebuildable from them
 (:meth:`SQLiteStore.rebuild_projections`). Its queryable columns (state, title, times,
 sequence, parent, pending count) are real columns; the ``view`` column holds only the
-rest of the :class:`~errands.states.ErrandView`, with default values left out, so that
+rest of the :class:`~errands.core.states.ErrandView`, with default values left out, so that
 the row rewritten for every errand in every batch stays small.
 
 The writer thread is the one serial part, so what it does per event is kept small:
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from errands import events as ev
-from errands.contracts import ensure, invariant, require
-from errands.faults import fault
-from errands.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
+from errands.core import events as ev
+from errands.core.contracts import ensure, invariant, require
+from errands.core.faults import fault
+from errands.core.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
 from errands.store import spend
 from errands.store.base import ErrandExists, Guard, LeaseLost, NotFound, StoredEvent, StoreError
 from errands.store.migrations import migrate

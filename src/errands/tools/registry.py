@@ -23,9 +23,9 @@ from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from errands.canonical import canonical_hash
-from errands.events import EffectClass
-from errands.labels import Confidentiality, Integrity
+from errands.core.canonical import canonical_hash
+from errands.core.events import EffectClass
+from errands.core.labels import Confidentiality, Integrity
 from errands.models.protocol import ToolSchema
 
 __all__ = [

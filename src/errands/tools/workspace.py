@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from errands import faults
+from errands.core import faults
 from errands.tools.registry import ToolError
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def make_workspace(settings: Settings, errand_id: str, requested: str | Path | N
 
 
 def _unconfined() -> bool:
-    """The negative-control switch: confinement off (tests only, see errands.faults)."""
+    """The negative-control switch: confinement off (tests only, see errands.core.faults)."""
     return faults.switch("no_confinement")
 
 

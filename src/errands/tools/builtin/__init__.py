@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from errands.events import EffectClass
+from errands.core.events import EffectClass
 from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
 from errands.tools.builtin.web import fetch_url, http_request, http_request_effect
 from errands.tools.registry import Contract, Registry, ToolContext, make_tool

@@ -18,7 +18,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from errands.labels import Confidentiality, Integrity
+from errands.core.labels import Confidentiality, Integrity
 from errands.tools.registry import Contract, ToolContext, ToolError, ToolOutput
 from errands.tools.workspace import PathRefused, locate_inside
 

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import html2text
 
 from errands.config import Settings
-from errands.events import EffectClass
-from errands.labels import Confidentiality, Integrity
+from errands.core.events import EffectClass
+from errands.core.labels import Confidentiality, Integrity
 from errands.tools.netguard import Fetched, guarded_request
 from errands.tools.registry import ToolArgumentError, ToolContext, ToolOutput
 

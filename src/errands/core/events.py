@@ -6,7 +6,7 @@ schema version ``v``; an event written by an older version is upgraded on read b
 :func:`upgrade` (see ``UPGRADERS``), so a log written by any earlier release replays.
 
 Every content item is a :class:`Content`: text with its provenance and its trust
-labels (see :mod:`errands.labels`).
+labels (see :mod:`errands.core.labels`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from errands.labels import Confidentiality, Integrity, Label, Provenance
+from errands.core.labels import Confidentiality, Integrity, Label, Provenance
 
 __all__ = [
     "EVENT_TYPES",

@@ -37,8 +37,8 @@ reasoning model's default reasoning is not carried from one request to the next.
 ``output_tokens`` (reasoning included), ``output_tokens_details.reasoning_tokens``.
 
 **Errors** become :class:`~errands.models.protocol.ModelError` as in
-:mod:`errands.models.openai_chat` (the SDK and its errors are
-:class:`~errands.models.openai_chat.OpenAIClient`'s): connection failures, timeouts, a
+:mod:`errands.models.providers.openai_chat` (the SDK and its errors are
+:class:`~errands.models.providers.openai_chat.OpenAIClient`'s): connection failures, timeouts, a
 stream cut short, 408/409/429/5xx, ``error`` events and ``response.failed`` with a
 server error are retryable; other 4xx and garbage are not. Error messages never contain
 the API key.
@@ -52,8 +52,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from errands.events import ToolCall, Usage
-from errands.models.openai_chat import OPENAI_API, OpenAIClient
+from errands.core.events import ToolCall, Usage
 from errands.models.protocol import (
     Message,
     ModelError,
@@ -62,12 +61,13 @@ from errands.models.protocol import (
     TextSink,
     replay_for,
 )
-from errands.models.provider_client import (
+from errands.models.providers.base import (
     StreamGarbage,
     check_reasoning_level,
     token_count,
     tool_call,
 )
+from errands.models.providers.openai_chat import OPENAI_API, OpenAIClient
 
 __all__ = ["OpenAIResponsesModel", "build_params"]
 

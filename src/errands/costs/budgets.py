@@ -35,11 +35,11 @@ import json
 from dataclasses import dataclass
 
 from errands.config import Settings
-from errands.events import Usage
-from errands.faults import switch
-from errands.models.pricing import cost_usd
+from errands.core.events import Usage
+from errands.core.faults import switch
+from errands.core.progress import Progress
+from errands.costs.pricing import cost_usd
 from errands.models.protocol import Message, Model, ModelRequest
-from errands.progress import Progress
 from errands.store.base import Store
 
 __all__ = ["Budgets", "Refused", "input_tokens_bound", "worst_case_usd"]

@@ -2,7 +2,7 @@
 
 One pass of :meth:`Loop.run` drives one errand until it finishes, fails, or has to
 wait (for an approval, a person, a timer). What to do next is always read from the
-:class:`~errands.progress.Progress` -- a fold of the log -- so a run that resumes after
+:class:`~errands.core.progress.Progress` -- a fold of the log -- so a run that resumes after
 a crash continues exactly where the log says the last one stopped:
 
 - a model response already logged is never requested again;
@@ -20,18 +20,18 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from errands import events as ev
-from errands.budgets import Budgets
 from errands.config import Settings
-from errands.dispatch import Dispatcher
-from errands.faults import fault, switch
-from errands.labels import Provenance
-from errands.limits import exceeded
-from errands.models.pricing import cost_usd
+from errands.core import events as ev
+from errands.core.faults import fault, switch
+from errands.core.labels import Provenance
+from errands.core.progress import CallState, Progress
+from errands.core.states import TERMINAL, ErrandState, ErrandView
+from errands.costs.budgets import Budgets
+from errands.costs.pricing import cost_usd
+from errands.engine.dispatch import Dispatcher
+from errands.engine.limits import exceeded
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest
 from errands.models.streaming import ErrandText
-from errands.progress import CallState, Progress
-from errands.states import TERMINAL, ErrandState, ErrandView
 from errands.store.base import Store, StoreError
 
 __all__ = ["Loop", "TextListener"]

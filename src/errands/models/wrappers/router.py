@@ -11,8 +11,8 @@ limiter for every errand on that endpoint before the retry waits out its
     FallbackModel([(member stack, shared breaker of the member's endpoint), ...])
 
 Limiters are shared per endpoint and model, breakers per endpoint, by every wrapper in
-the process (:func:`~errands.models.ratelimit.shared_limiter`,
-:func:`~errands.models.fallback.shared_breaker`); the Runner caches one stack per spec.
+the process (:func:`~errands.models.wrappers.ratelimit.shared_limiter`,
+:func:`~errands.models.wrappers.fallback.shared_breaker`); the Runner caches one stack per spec.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from errands.config import ProviderSettings
-from errands.models.fallback import CircuitBreaker, FallbackModel, shared_breaker
 from errands.models.protocol import Model
-from errands.models.ratelimit import (
+from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel, shared_breaker
+from errands.models.wrappers.ratelimit import (
     CACHE_READS_COUNT,
     RateLimitedModel,
     RateLimits,
     shared_limiter,
 )
-from errands.models.retry import RetryingModel, RetryPolicy
+from errands.models.wrappers.retry import RetryingModel, RetryPolicy
 
 __all__ = [
     "EndpointKey",

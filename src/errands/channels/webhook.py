@@ -34,14 +34,14 @@ from typing import Any
 
 import httpx
 
-from errands import events as ev
 from errands.config import NotifySettings
-from errands.states import ErrandState
+from errands.core import events as ev
+from errands.core.states import ErrandState
 from errands.store.base import NotFound, Store
 
 __all__ = ["Notifier"]
 
-log = logging.getLogger("errands.server.notify")
+log = logging.getLogger("errands.channels.webhook")
 
 QUEUE_LIMIT = 1000
 STATE_EVENTS = {

@@ -1,7 +1,7 @@
 """What the loop knows about an errand: its transcript and what to do next.
 
 :class:`Progress` is a fold of the errand's log, like the view in
-:mod:`errands.states` but richer: the transcript exactly as the model saw it, the
+:mod:`errands.core.states` but richer: the transcript exactly as the model saw it, the
 tool calls of the latest model turn with where each one stands (routed, waiting for a
 decision, intent logged, result logged), and whether the model must be asked next.
 Because it is derived from the log alone, a resumed errand picks up exactly where the
@@ -16,11 +16,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from errands import events as ev
-from errands.faults import switch
-from errands.labels import BOTTOM, Label
+from errands.core import events as ev
+from errands.core.faults import switch
+from errands.core.labels import BOTTOM, Label
+from errands.core.states import ErrandView, apply
 from errands.models.protocol import Message
-from errands.states import ErrandView, apply
 
 __all__ = ["CallState", "Progress"]
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from errands import events as ev
 from errands.config import Settings
-from errands.ids import new_errand_id
-from errands.labels import Confidentiality, Integrity, Provenance
+from errands.core import events as ev
+from errands.core.ids import new_errand_id
+from errands.core.labels import Confidentiality, Integrity, Provenance
+from errands.core.states import TERMINAL, ErrandView
 from errands.models.spec import check_spec
-from errands.states import TERMINAL, ErrandView
 from errands.store.base import Store, StoreError
 from errands.tools.workspace import make_workspace
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from errands import events as ev
+from errands.core import events as ev
 
 __all__ = ["TERMINAL", "ErrandState", "ErrandView", "PendingApproval", "apply", "fold"]
 

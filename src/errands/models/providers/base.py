@@ -1,8 +1,8 @@
 """What the SDK-backed provider clients share: :class:`ProviderClient` is the base of
-:class:`~errands.models.openai_chat.OpenAIChatModel`,
-:class:`~errands.models.openai_responses.OpenAIResponsesModel`,
-:class:`~errands.models.anthropic.AnthropicModel` and
-:class:`~errands.models.gemini.GeminiModel`. Each of those adds its wire format (the
+:class:`~errands.models.providers.openai_chat.OpenAIChatModel`,
+:class:`~errands.models.providers.openai_responses.OpenAIResponsesModel`,
+:class:`~errands.models.providers.anthropic.AnthropicModel` and
+:class:`~errands.models.providers.gemini.GeminiModel`. Each of those adds its wire format (the
 request, the stream's accumulator, the reply) and its SDK's errors; this module holds
 the plumbing that is the same for all:
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypedDict
 from urllib.parse import urlsplit
 
-from errands.events import ToolCall
+from errands.core.events import ToolCall
 from errands.models.protocol import ModelError, TextSink
 
 __all__ = [

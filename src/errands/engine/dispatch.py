@@ -1,9 +1,9 @@
 """Tool dispatch: route a call through validation and the policy, then run it.
 
 :meth:`Dispatcher.route` turns a model's tool call into the event that decides its
-fate -- a :class:`~errands.events.ToolIntent` (allowed: it will run), an
-:class:`~errands.events.ApprovalRequested` (a person must say yes) or a
-:class:`~errands.events.ToolResult` (refused: bad arguments, unknown tool, denied).
+fate -- a :class:`~errands.core.events.ToolIntent` (allowed: it will run), an
+:class:`~errands.core.events.ApprovalRequested` (a person must say yes) or a
+:class:`~errands.core.events.ToolResult` (refused: bad arguments, unknown tool, denied).
 :meth:`Dispatcher.execute` runs a logged intent and returns its result event; it
 never raises for anything the tool does.
 """
@@ -14,14 +14,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from errands import events as ev
-from errands.canonical import canonical_hash
 from errands.config import Settings
-from errands.faults import fault, switch
-from errands.labels import Confidentiality, Integrity, Label, Provenance
+from errands.core import events as ev
+from errands.core.canonical import canonical_hash
+from errands.core.faults import fault, switch
+from errands.core.labels import Confidentiality, Integrity, Label, Provenance
+from errands.core.progress import CallState, Progress
 from errands.policy.hook import Decision, PolicyCall, PolicyHook
 from errands.policy.preview import preview
-from errands.progress import CallState, Progress
 from errands.tools.registry import Registry, ToolContext, ToolError
 
 __all__ = ["MAX_RESULT_CHARS", "Dispatcher", "idempotency_key"]

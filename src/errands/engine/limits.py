@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from errands.events import Limits
-from errands.states import ErrandView
+from errands.core.events import Limits
+from errands.core.states import ErrandView
 
 __all__ = ["exceeded"]
 

@@ -57,7 +57,7 @@ timeouts, a stream cut short, 408/409/429/5xx/529 and in-stream ``error`` events
 retryable; other 4xx and garbage are not. Error messages never contain the API key.
 
 The configuration, the SDK client and the error messages are
-:class:`~errands.models.provider_client.ProviderClient`'s.
+:class:`~errands.models.providers.base.ProviderClient`'s.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Unpack
 
-from errands.events import ToolCall, Usage
+from errands.core.events import ToolCall, Usage
 from errands.models.protocol import (
     Message,
     ModelError,
@@ -75,7 +75,7 @@ from errands.models.protocol import (
     TextSink,
     replay_for,
 )
-from errands.models.provider_client import (
+from errands.models.providers.base import (
     ClientOptions,
     HTTPStatusError,
     ProviderAPI,
@@ -86,7 +86,7 @@ from errands.models.provider_client import (
     sdk_missing,
     tool_call,
 )
-from errands.models.retry import retry_after_from_headers
+from errands.models.wrappers.retry import retry_after_from_headers
 
 __all__ = ["THINKING_BUDGETS", "AnthropicHTTPError", "AnthropicModel", "build_params"]
 

@@ -65,7 +65,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from errands.events import Usage
+from errands.core.events import Usage
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest, TextSink
 
 __all__ = [

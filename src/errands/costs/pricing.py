@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from errands.config import Price
-from errands.events import Usage
+from errands.core.events import Usage
 
 __all__ = ["cost_usd", "price_for"]
 

@@ -17,12 +17,12 @@ import uuid
 from collections.abc import Callable
 
 from errands.config import Settings
-from errands.dispatch import Dispatcher
-from errands.loop import Loop, TextListener
+from errands.core.states import ErrandView
+from errands.engine.dispatch import Dispatcher
+from errands.engine.loop import Loop, TextListener
 from errands.models.protocol import Model
 from errands.models.spec import resolve_model
 from errands.policy.hook import PolicyHook
-from errands.states import ErrandView
 from errands.store.base import LeaseLost, Store, StoreError
 from errands.tools.registry import Registry
 

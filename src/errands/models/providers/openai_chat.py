@@ -7,7 +7,7 @@ servers ignore it; one that needs a key answers 401 and the error says what to s
 
 Requests always stream (``stream_options.include_usage``): text deltas go to
 ``on_text``, tool-call deltas are accumulated by index, and the final usage chunk is
-normalised into :class:`~errands.events.Usage`.
+normalised into :class:`~errands.core.events.Usage`.
 
 Output limit: ``max_completion_tokens`` for api.openai.com (``max_tokens`` is deprecated
 there and rejected by reasoning models), ``max_tokens`` for any other server (the one
@@ -21,9 +21,9 @@ retryable; other 4xx and garbage (invalid JSON, impossible chunks) are not. The 
 itself retries ``max_retries`` times first. Error messages never contain the API key.
 
 The configuration, the SDK client and the error messages are
-:class:`~errands.models.provider_client.ProviderClient`'s; :class:`OpenAIClient` adds
+:class:`~errands.models.providers.base.ProviderClient`'s; :class:`OpenAIClient` adds
 what both OpenAI clients share (this one and
-:class:`~errands.models.openai_responses.OpenAIResponsesModel`): the ``openai`` SDK and
+:class:`~errands.models.providers.openai_responses.OpenAIResponsesModel`): the ``openai`` SDK and
 its errors.
 """
 
@@ -34,9 +34,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Unpack
 
-from errands.events import ToolCall, Usage
+from errands.core.events import ToolCall, Usage
 from errands.models.protocol import Message, ModelError, ModelReply, ModelRequest, TextSink
-from errands.models.provider_client import (
+from errands.models.providers.base import (
     ClientOptions,
     HTTPStatusError,
     ProviderAPI,
@@ -47,7 +47,7 @@ from errands.models.provider_client import (
     token_count,
     tool_call,
 )
-from errands.models.retry import retry_after_from_headers
+from errands.models.wrappers.retry import retry_after_from_headers
 
 if TYPE_CHECKING:
     from openai import APIStatusError
