@@ -45,7 +45,6 @@ import argparse
 import asyncio
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import select
@@ -57,9 +56,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: seams, helpers
+
+from seams.controls import install
+from seams.faults import arm_from_spec
+
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core import faults
 from errands.core.events import EffectClass
 from errands.core.states import RUNNABLE, TERMINAL, ErrandState
 from errands.engine.runner import Runner
@@ -67,9 +70,10 @@ from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.models.scripted import Script, ScriptedModel
 from errands.policy.hook import Decision
 from errands.policy.rules import Policy, Rule
-from errands.store.base import Guard, StoredEvent
+from errands.store import AppendCheck, Store, StoredEvent
 from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry, ToolContext
+from errands.tools.tool import ToolContext
+from errands.tools.toolset import FunctionToolset
 
 __all__ = [
     "APPROVED_TOOL",
@@ -182,8 +186,8 @@ class Journal:
 # ------------------------------------------------------------------ the ledger tools
 
 
-def build_registry(journal: Journal) -> Registry:
-    reg = Registry()
+def build_registry(journal: Journal) -> FunctionToolset:
+    reg = FunctionToolset()
     lock = threading.Lock()  # parallel calls run in threads; processes take the flock
     lock_path = journal.path.with_suffix(".lock")
 
@@ -278,7 +282,7 @@ class AckingStore(SQLiteStore):
         events: Sequence[ev.Event],
         *,
         owner: str | None = None,
-        guard: Guard | None = None,
+        guard: AppendCheck | None = None,
     ) -> list[int]:
         seqs = await super().append(errand_id, events, owner=owner, guard=guard)
         # no await between the commit's acknowledgement and these lines: the caller
@@ -296,44 +300,14 @@ class AckingStore(SQLiteStore):
         return out
 
 
-def install_hit_markers(journal: Journal) -> None:
-    """Note ``hit POINT N`` just before ERRANDS_FAULT kills us at POINT.
-
-    Every module that imported :func:`errands.core.faults.fault` (and ``errands.core.faults``
-    itself) gets a wrapper that counts passes exactly as :mod:`errands.core.faults` does --
-    every pass goes through one of the wrappers, which share one count -- and then
-    calls the real one, which does the killing.
-    """
-    plan: dict[str, int] = {}
-    for part in filter(None, os.environ.get("ERRANDS_FAULT", "").split(",")):
-        name, _, count = part.strip().partition(":")
-        plan[name] = int(count or "1")
-    if not plan:
-        return
-    passes: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def is_fault(fn: Any) -> bool:
-        return getattr(fn, "__module__", None) == "errands.core.faults" and fn.__name__ == "fault"
-
-    for module in list(sys.modules.values()):
-        name = getattr(module, "__name__", "")
-        real = getattr(module, "fault", None)
-        if name.startswith("errands") and is_fault(real):
-            module.fault = _marked(real, plan, passes, lock, journal)  # type: ignore[attr-defined]
-
-
-def _marked(
-    real: Any, plan: dict[str, int], passes: dict[str, int], lock: threading.Lock, journal: Journal
-) -> Any:
-    def marked(point: str) -> None:
-        with lock:
-            n = passes[point] = passes.get(point, 0) + 1
-        if plan.get(point) == n:
-            journal.write("hit", point, n, journal.pid, sync=True)
-        real(point)
-
-    return marked
+def arm(journal: Journal) -> None:
+    """Arm the fault points as ``ERRANDS_FAULT`` says, noting ``hit POINT N`` (fsynced)
+    just before the kill; install the negative controls ``ERRANDS_TEST_CONTROLS`` names."""
+    arm_from_spec(
+        os.environ.get("ERRANDS_FAULT", ""),
+        on_hit=lambda point, n: journal.write("hit", point, n, journal.pid, sync=True),
+    )
+    install(filter(None, os.environ.get("ERRANDS_TEST_CONTROLS", "").split(",")))
 
 
 # ------------------------------------------------------------------ the worker
@@ -356,13 +330,13 @@ class TortureRunner(Runner):
         journal.write("error", errand_id, journal.pid, f"{type(exc).__name__}:{exc}"[:300])
 
 
-def _settled(store: SQLiteStore) -> bool:
-    return all(v.state in SETTLED for v in store.list_errands_sync(limit=1_000_000))
+async def _settled(store: Store) -> bool:
+    return all(v.state in SETTLED for v in await store.list_errands(limit=1_000_000))
 
 
 async def work(root: Path, lease_ttl: float, owner: str | None = None) -> None:
     journal = Journal(root / "journal.log")
-    install_hit_markers(journal)
+    arm(journal)
     store = AckingStore(root / "errands.sqlite", journal)
     model = JournalModel(
         ScriptedModel(Script.model_validate(SCRIPT), name="scripted:torture"), journal
@@ -381,7 +355,7 @@ async def work(root: Path, lease_ttl: float, owner: str | None = None) -> None:
     print("ready", flush=True)
     if owner is not None:
         # a restarted worker with a stable name takes its own leases back at once
-        for view in store.list_errands_sync(states=list(RUNNABLE), limit=1_000_000):
+        for view in await store.list_errands(states=list(RUNNABLE), limit=1_000_000):
             if await store.acquire(view.id, runner.owner, lease_ttl):
                 runner.start(view.id)
     # the errands of a dead worker with another name are claimed by serve() as soon as
@@ -390,7 +364,7 @@ async def work(root: Path, lease_ttl: float, owner: str | None = None) -> None:
     serving = asyncio.create_task(runner.serve(stop, poll=0.05))
     while not serving.done():
         await asyncio.sleep(0.05)
-        if not runner.tasks and _settled(store):
+        if not runner.tasks and await _settled(store):
             break
     stop.set()
     await serving
@@ -427,7 +401,7 @@ class Lines:
 def serve_forks() -> int:
     """Start workers fast: this process imports everything once, then forks a worker
     per request. Requests are JSON lines on stdin (``dir``, ``lease_ttl``, ``owner``,
-    ``fault``, ``switches``, ``stderr``); while the worker runs, the line ``kill`` sends
+    ``fault``, ``controls``, ``stderr``); while the worker runs, the line ``kill`` sends
     it SIGKILL. Answers on stdout: ``pid N``, the worker's own ``ready``, and ``exit N
     CODE`` (negative: killed by that signal). Workers run one at a time; this process
     holds no threads, stores or event loops when it forks, and it alone reaps its
@@ -456,14 +430,10 @@ def _forked_worker(request: dict[str, Any]) -> None:
     try:
         fd = os.open(request["stderr"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.dup2(fd, 2)
-        for name, key in (("ERRANDS_FAULT", "fault"), ("ERRANDS_UNSAFE_TEST_SWITCHES", "switches")):
+        for name, key in (("ERRANDS_FAULT", "fault"), ("ERRANDS_TEST_CONTROLS", "controls")):
             os.environ.pop(name, None)
             if request.get(key):
                 os.environ[name] = request[key]
-        # errands.core.faults reads the environment when it is loaded: load it again. A reload
-        # runs the module in its own namespace, so the ``fault`` every other module
-        # imported sees the new plan.
-        importlib.reload(faults)
         asyncio.run(work(Path(request["dir"]), request["lease_ttl"], request.get("owner")))
         code = 0
     except BaseException:

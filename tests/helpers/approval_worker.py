@@ -1,21 +1,32 @@
 """A real process for the approval crash tests.
 
-python approval_worker.py HOME LEDGER start      create an errand that asks to send,
-                                                 run it until it waits, print its id, hang
-python approval_worker.py HOME LEDGER resume ID  run the errand until it stops, print state
+python approval_worker.py HOME LEDGER start [CONTROL]
+    create an errand that asks to send, run it until it waits, and print
+    ``ERRAND STATE PENDING...`` (the approvals a person can decide now); then wait for a
+    line on stdin: ``approve`` grants them, runs the errand on and prints ``ERRAND STATE``
+python approval_worker.py HOME LEDGER resume ID [CONTROL]
+    run the errand until it stops, print ``ERRAND STATE``
+
+CONTROL names a negative control (a loop from ``seams.controls.LOOPS``). ``ERRANDS_FAULT``
+arms the fault points (``seams.faults``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from seams.controls import LOOPS, MemoryApprovalsLoop
+from seams.faults import arm_from_spec
+
 from errands.config import load_settings
 from errands.engine.operations import create_errand
 from errands.engine.runner import Runner
+from errands.policy.approvals import Approvals
 from errands.policy.rules import Policy
 from errands.store.sqlite import SQLiteStore
 from helpers.kit import Ledger, call, ledger_registry, script
@@ -26,26 +37,44 @@ TURNS = (
 )
 
 
-async def main(home: str, ledger: str, mode: str, errand_id: str | None) -> None:
+async def main(home: str, ledger: str, mode: str, errand_id: str | None, control: str) -> None:
+    arm_from_spec(os.environ.get("ERRANDS_FAULT", ""))
     settings = load_settings(home)
     store = SQLiteStore(settings.db_path)
     model = script(*TURNS)
+    registry = ledger_registry(Ledger(Path(ledger)))
     runner = Runner(
-        store, settings, ledger_registry(Ledger(Path(ledger))), Policy(), models=lambda s: model
+        store,
+        settings,
+        registry,
+        Policy(),
+        models=lambda s: model,
+        loop_class=LOOPS[control] if control else None,
     )
     if mode == "start":
         errand_id = await create_errand(store, settings, "tell bob hi", model="scripted:demo")
         view = await runner.run_errand(errand_id)
-        print(errand_id, view.state.value, flush=True)
-        await asyncio.sleep(3600)  # hold on, like a server would, until killed
-    else:
-        assert errand_id is not None
-        view = await runner.run_errand(errand_id)
-        print(errand_id, view.state.value, flush=True)
+        pending = [p.id for p in await store.pending_approvals()]
+        if isinstance(runner.loop, MemoryApprovalsLoop):
+            pending += runner.loop.pending()
+        print(errand_id, view.state.value, *pending, flush=True)
+        line = await asyncio.to_thread(sys.stdin.readline)  # hold on, like a server would
+        if line.strip() != "approve":
+            return
+        if isinstance(runner.loop, MemoryApprovalsLoop):
+            await runner.loop.grant(errand_id)
+        else:
+            for approval_id in pending:
+                await Approvals(store, registry).approve(approval_id, by="t", channel="cli")
+    assert errand_id is not None
+    view = await runner.run_errand(errand_id)
+    print(errand_id, view.state.value, flush=True)
     await store.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(
-        main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
-    )
+    args = sys.argv[1:]
+    mode = args[2]
+    errand = args[3] if mode == "resume" else None
+    rest = args[4:] if mode == "resume" else args[3:]
+    asyncio.run(main(args[0], args[1], mode, errand, rest[0] if rest else ""))

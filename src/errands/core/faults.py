@@ -1,58 +1,43 @@
-"""Fault injection for the crash tests, switched on only by environment variables.
+"""Named fault points: the places where a crash test may kill this process.
 
-``ERRANDS_FAULT=after_intent:7`` kills this process with SIGKILL the 7th time it passes
-the point ``after_intent``; several points may be listed, comma separated. Points:
+In production every point is a no-op: :func:`fault` checks one module variable and
+returns. Nothing in errands arms the points and nothing here reads the environment;
+the crash tests arm them from ``tests/seams`` (loaded by the processes they start),
+which passes :func:`arm` a hook that counts passes and sends SIGKILL at the chosen one.
+See docs/architecture.md, "Test seams".
+
+Points:
 
 - ``after_intent``      the tool intent is durable, the tool has not run
 - ``after_effect``      the tool has run, its result is not logged
 - ``mid_batch``         a group-commit batch is written but not committed
 - ``mid_stream``        a streamed model response is half received
 - ``after_approval``    an approval is durable, the approved action has not run
-
-``ERRANDS_UNSAFE_TEST_SWITCHES`` turns guards *off* for negative-control tests only
-(see :func:`switch`); nothing outside the test suite sets it.
 """
 
 from __future__ import annotations
 
-import os
-import signal
+from collections.abc import Callable
 
-__all__ = ["POINTS", "fault", "switch"]
+__all__ = ["POINTS", "FaultHook", "arm", "fault"]
 
 POINTS = ("after_intent", "after_effect", "mid_batch", "mid_stream", "after_approval")
 
+FaultHook = Callable[[str], None]
 
-def _parse(spec: str) -> dict[str, int]:
-    plan: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, count = part.partition(":")
-        if name not in POINTS:
-            raise ValueError(f"ERRANDS_FAULT: unknown point {name!r} (known: {', '.join(POINTS)})")
-        plan[name] = int(count or "1")
-    return plan
-
-
-_PLAN = _parse(os.environ.get("ERRANDS_FAULT", ""))
-_PASSES: dict[str, int] = {}
-_SWITCHES = frozenset(
-    s.strip() for s in os.environ.get("ERRANDS_UNSAFE_TEST_SWITCHES", "").split(",") if s.strip()
-)
+_hook: FaultHook | None = None
 
 
 def fault(point: str) -> None:
-    """Pass a fault point: die here with SIGKILL if the plan says so."""
-    if not _PLAN:
-        return
-    target = _PLAN.get(point)
-    if target is None:
-        return
-    n = _PASSES.get(point, 0) + 1
-    _PASSES[point] = n
-    if n == target:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Pass the fault point *point*: nothing happens unless a test armed the points."""
+    if _hook is not None:
+        _hook(point)
 
 
-def switch(name: str) -> bool:
-    """True if the test-only switch *name* (a guard turned off) is set."""
-    return name in _SWITCHES
+def arm(hook: FaultHook | None) -> None:
+    """From now on call *hook(point)* at every fault point this process passes (None:
+    disarm). Only the tests' seams call this."""
+    global _hook
+    if hook is not None and not callable(hook):
+        raise TypeError("a fault hook is a callable taking the point's name")
+    _hook = hook
