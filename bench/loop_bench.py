@@ -1,8 +1,8 @@
-"""Full-loop benchmark: errands' Runner/Loop/SQLiteStore vs LangGraph + AsyncSqliteSaver.
+"""Full-loop benchmark: errands (harness.build: Runner/Loop/SQLiteStore) vs LangGraph + AsyncSqliteSaver.
 
 A *step* is one model turn plus one tool call, through the same pieces ``errands run``
 uses: :class:`~errands.engine.runner.Runner` (leases, ``claim()``), :class:`~errands.engine.loop.Loop`,
-a :class:`~errands.tools.registry.Registry` tool, the policy hook, and
+a :class:`~errands.tools.tool.FunctionToolset` tool, the policy hook, and
 :class:`~errands.store.sqlite.SQLiteStore` on a disk file (WAL, ``synchronous=FULL``).
 The model is the scripted model (:class:`~errands.models.scripted.ScriptedModel`,
 loaded from a script file as ``scripted:/path/bench.json``) with a simulated latency.
@@ -49,13 +49,10 @@ from probes import disk_bytes, machine_info
 from errands.config import Settings, load_settings
 from errands.core.events import EffectClass
 from errands.core.states import ErrandState
-from errands.engine.operations import create_errand
-from errands.engine.runner import Runner
+from errands.harness import build
 from errands.models.scripted import ScriptedModel, load_script
-from errands.policy.hook import AllowAll, PolicyCall, PolicyHook
-from errands.store.redact import Redactor, secret_env_values
-from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.policy.hook import PolicyCall, PolicyHook
+from errands.tools.toolset import FunctionToolset
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "loop_bench.json"
@@ -131,17 +128,8 @@ class CpuProbe:
         return out
 
 
-def default_policy(settings: Settings) -> tuple[PolicyHook, str]:
-    """The policy ``errands run`` uses: ``ERRANDS_HOME/policy.toml`` (written with defaults)."""
-    try:
-        from errands.policy.rules import load_policy
-    except ImportError:  # before the rules engine existed
-        return AllowAll(), "AllowAll (errands.policy.rules not present)"
-    return load_policy(settings.home), "errands.policy.rules.load_policy (default policy.toml)"
-
-
-def bench_registry() -> Registry:
-    registry = Registry()
+def bench_registry() -> FunctionToolset:
+    registry = FunctionToolset()
 
     @registry.tool(effect=EffectClass.write_local, idempotent=True)
     async def note(text: str) -> str:
@@ -193,24 +181,21 @@ async def errands_workload(
     script = write_script(home / "bench-script.json", steps, latency_ms)
     spec = f"scripted:{script}"
     loaded = load_script(str(script))
-    # as the CLI opens it (errands.cli.app.open_store): redacting secrets from the env
-    store = SQLiteStore(settings.db_path, redactor=Redactor(secret_env_values()))
+    # wired as the CLI and the server wire it (errands.harness.build): the home's store with
+    # the secret redactor, the default policy.toml; only the tools and the model are the bench's
     registry = bench_registry()
-    policy, policy_name = default_policy(settings)
+    harness = build(
+        settings,
+        toolsets=[registry],
+        builtins=False,
+        models=lambda s: ScriptedModel(loaded, name=s, latency_ms=latency_ms),
+    )
+    store = harness.store
+    policy_name = "errands.policy.rules.load_policy (default policy.toml)"
     try:
-        ids = list(
-            await asyncio.gather(
-                *(create_errand(store, settings, TASK, model=spec) for _ in range(n))
-            )
-        )
-        _check_policy_allows(policy, registry, settings, ids[0])
-        runner = Runner(
-            store,
-            settings,
-            registry,
-            policy,
-            models=lambda s: ScriptedModel(loaded, name=s, latency_ms=latency_ms),
-        )
+        ids = list(await asyncio.gather(*(harness.create(TASK, model=spec) for _ in range(n))))
+        _check_policy_allows(harness.policy, registry, settings, ids[0])
+        runner = harness.runner()
         size0 = await asyncio.to_thread(disk_bytes, settings.db_path)
         s0 = (store.stats.commits, store.stats.events, store.stats.bytes)
         gc.collect()
@@ -229,7 +214,7 @@ async def errands_workload(
         body = store.stats.bytes - s0[2]
         states = [v.state for v in await store.list_errands(limit=n + 1)]
     finally:
-        await store.close()
+        await harness.close()
     size1 = await asyncio.to_thread(disk_bytes, settings.db_path)
     done = sum(1 for s in states if s is ErrandState.done)
     total = n * steps
@@ -261,7 +246,7 @@ async def errands_workload(
 
 
 def _check_policy_allows(
-    policy: PolicyHook, registry: Registry, settings: Settings, errand_id: str
+    policy: PolicyHook, registry: FunctionToolset, settings: Settings, errand_id: str
 ) -> None:
     from errands.core.labels import BOTTOM
 
@@ -275,6 +260,7 @@ def _check_policy_allows(
             effect=tool.effect(args),
             workspace=settings.workspaces / errand_id,
             context=BOTTOM,
+            roles=tool.arg_roles,
         )
     )
     if verdict.decision.value != "allow":

@@ -59,11 +59,8 @@ from sim.openai_server import OpenAIChatSim  # noqa: E402
 
 from errands.config import ProviderSettings, load_settings  # noqa: E402
 from errands.core.states import ErrandState  # noqa: E402
-from errands.engine.operations import create_errand  # noqa: E402
-from errands.engine.runner import Runner  # noqa: E402
+from errands.harness import build  # noqa: E402
 from errands.policy.hook import AllowAll  # noqa: E402
-from errands.store.sqlite import SQLiteStore  # noqa: E402
-from errands.tools.registry import Registry  # noqa: E402
 
 RESULTS = HERE / "results" / "ratelimit_bench.json"
 KEY_ENV = "RATELIMIT_BENCH_KEY"
@@ -172,19 +169,20 @@ async def run_case(case: Case, n: int, window: float, base: Path) -> Row:
             **limits,
         )
         settings = load_settings(home).model_copy(update={"providers": {"sim": endpoint}})
-        store = SQLiteStore(settings.db_path)
+        harness = build(settings, builtins=False, policy=AllowAll())
+        store = harness.store
         try:
             filler = ("Check the listing and report back. " * 400)[: case.text_chars]
             ids: list[str] = []
             for first in range(0, n, 100):  # concurrently, in batches (group commit)
                 ids += await asyncio.gather(
                     *(
-                        create_errand(store, settings, f"errand {i}: {filler}", model="sim:gpt-sim")
+                        harness.create(f"errand {i}: {filler}", model="sim:gpt-sim")
                         for i in range(first, min(n, first + 100))
                     )
                 )
-            runner = Runner(store, settings, Registry(), AllowAll())
-            model = runner.model("sim:gpt-sim")  # the shared stack every errand uses
+            runner = harness.runner()
+            model = harness.models("sim:gpt-sim")  # the shared stack every errand uses
             start, t0 = time.monotonic(), time.time()
             claimed = await runner.claim()
             assert len(claimed) == n
@@ -194,7 +192,7 @@ async def run_case(case: Case, n: int, window: float, base: Path) -> Row:
             views = [await store.view(eid) for eid in ids]
             durations = sorted(v.updated_at - t0 for v in views)
         finally:
-            await store.close()
+            await harness.close()
         received = [r for r in sim.requests if r.method == "POST"]
         rejected = sum(1 for r in received if r.status == 429)
         used, busiest, which = _used(limiter.admitted, case, window)

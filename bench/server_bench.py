@@ -43,11 +43,7 @@ import psutil
 from probes import machine_info
 
 from errands.config import load_settings
-from errands.engine.operations import create_errand
-from errands.engine.runner import Runner
-from errands.policy.rules import load_policy
-from errands.store.sqlite import SQLiteStore
-from errands.tools.builtin import builtin_registry
+from errands.harness import build
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "server_bench.json"
@@ -89,17 +85,18 @@ async def seed(home: Path, sink: str, waiting: int, running: int, turns: int) ->
     )
     work = {"text": "Looking.", "tool_calls": [{"name": "list_files", "arguments": {"path": "."}}]}
     run_spec = write_script(home.parent / "run.json", [work] * turns, 200)
-    store = SQLiteStore(settings.db_path)
+    harness = build(settings)  # as errands up wires it
+    store = harness.store
     try:
         batch = 100
         for start in range(0, waiting, batch):
             await asyncio.gather(
                 *(
-                    create_errand(store, settings, f"waiting errand {i}", model=wait_spec)
+                    harness.create(f"waiting errand {i}", model=wait_spec)
                     for i in range(start, min(start + batch, waiting))
                 )
             )
-        runner = Runner(store, settings, builtin_registry(), load_policy(home))
+        runner = harness.runner()
         await runner.claim()
         await runner.wait_idle()
         pending = len(await store.pending_approvals())
@@ -107,12 +104,12 @@ async def seed(home: Path, sink: str, waiting: int, running: int, turns: int) ->
         for start in range(0, running, batch):
             await asyncio.gather(
                 *(
-                    create_errand(store, settings, f"running errand {i}", model=run_spec)
+                    harness.create(f"running errand {i}", model=run_spec)
                     for i in range(start, min(start + batch, running))
                 )
             )
     finally:
-        await store.close()
+        await harness.close()
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:

@@ -323,7 +323,9 @@ def main() -> None:
                 "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "machine": {**info, "load_avg_at_end": os.getloadavg()},
                 "settings": {
-                    "gc": "python default" if args.python_gc else "errands.engine.runtime.tune_gc()",
+                    "gc": "python default"
+                    if args.python_gc
+                    else "errands.engine.runtime.tune_gc()",
                     "gc_threshold": gc.get_threshold(),
                     "measured_seconds": seconds,
                     "warmup_seconds": warmup,

@@ -1,4 +1,10 @@
-"""Shared fixtures: a fresh ERRANDS_HOME, its store, and a way to run the real CLI."""
+"""Shared fixtures: a fresh ERRANDS_HOME, its store, and a way to run the real CLI.
+
+The ``store`` fixture is parametrised by backend (:data:`BACKENDS`): a test that takes
+it runs once per backend and may use only the store protocol
+(:class:`errands.store.Store`). ``ERRANDS_TEST_BACKENDS=sqlite,postgres`` chooses which
+backends run (default: every backend this errands has).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from errands.config import Settings, load_settings
+from errands.store import Store
 from errands.store.sqlite import SQLiteStore
 
 pytest_plugins = ["sim.fixtures"]
@@ -29,9 +36,29 @@ def settings(home: Path) -> Settings:
     return load_settings(home)
 
 
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(settings.db_path)
+def _sqlite(settings: Settings) -> Store:
+    return SQLiteStore(settings.db_path)
+
+
+STORES = {"sqlite": _sqlite}  # backend -> how a test opens a fresh store of that backend
+BACKENDS = [
+    b.strip() for b in os.environ.get("ERRANDS_TEST_BACKENDS", ",".join(STORES)).split(",") if b
+]
+
+
+def open_test_store(backend: str, settings: Settings) -> Store:
+    try:
+        return STORES[backend](settings)
+    except KeyError:
+        raise pytest.UsageError(
+            f"unknown store backend {backend!r} (known: {sorted(STORES)})"
+        ) from None
+
+
+@pytest.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, settings: Settings) -> AsyncIterator[Store]:
+    """A fresh store for this test's home, on each backend in turn."""
+    s = open_test_store(request.param, settings)
     yield s
     await s.close()
 

@@ -22,6 +22,7 @@ from helpers.server import ServerProc, Sink, free_port, post_script, wait_for, w
 from errands.config import load_settings
 from errands.server.idempotency import fingerprint
 from errands.store.sqlite import SQLiteStore
+from errands.store.sync import BlockingStore
 
 
 @pytest.fixture(scope="module")
@@ -179,12 +180,9 @@ def test_an_errand_budget_is_set_by_the_api_and_today_is_reported(
     spec = model(server, sink, "budgeted")
     r = api.post("/api/errands", json={"text": "go", "model": spec, "max_cost_usd": 0.25})
     assert r.status_code == 201
-    store = SQLiteStore(load_settings(server.home).db_path)
-    try:
-        created = store.read_sync(r.json()["id"])[0].event
+    with BlockingStore(make=lambda: SQLiteStore(load_settings(server.home).db_path)) as store:
+        created = store.read(r.json()["id"])[0].event
         assert created.limits.max_cost_usd == 0.25  # type: ignore[union-attr]
-    finally:
-        store.close_sync()
     budget = api.get("/api/budget").json()
     assert budget["daily_usd"] is None and budget["left_usd"] is None
     assert budget["spent_usd"] >= 0 and budget["day"].count("-") == 2
@@ -535,13 +533,10 @@ def test_graceful_shutdown_releases_and_restart_resumes(tmp_path: Path) -> None:
         assert proc.proc.wait(30) == 0
         assert time.monotonic() - t0 < 10
         assert not (home / "server.json").exists()
-        store = SQLiteStore(load_settings(home).db_path)
-        try:
+        with BlockingStore(make=lambda: SQLiteStore(load_settings(home).db_path)) as store:
             assert store.lease_holder(running) is None  # released, not left to expire
-            assert store.view_sync(running).state.value == "running"
-            assert [p.id for p in store.pending_approvals_sync()] == [approval["id"]]
-        finally:
-            store.close_sync()
+            assert store.view(running).state.value == "running"
+            assert [p.id for p in store.pending_approvals()] == [approval["id"]]
         proc.start()
         with proc.client() as api:
             assert api.post(f"/api/approvals/{approval['id']}/approve", json={}).status_code == 200

@@ -1,50 +1,56 @@
 """The permission boundary and durable approvals, each guarantee with its negative control.
 
-A negative control runs the same scenario with the guard switched off (a test-only
-switch, ``ERRANDS_UNSAFE_TEST_SWITCHES``) and asserts that the check then *fails*, so
-none of these tests can silently become vacuous.
+A negative control runs the same scenario against a variant of errands without the
+guard (a subclass from ``seams.controls``, passed in by the test) and asserts that the
+check then *fails*, so none of these tests can silently become vacuous.
 """
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.kit import Ledger, call, ledger_registry, script
+from seams.controls import (
+    NoBindingLoop,
+    NoGatePolicy,
+    ReplayableApprovals,
+    UnseenApprovals,
+)
 
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core import faults
 from errands.core.canonical import canonical_hash
 from errands.core.states import ErrandState
 from errands.engine.operations import cancel_errand, create_errand
 from errands.engine.runner import Runner
-from errands.policy.approvals import ApprovalRefused, approve, deny
+from errands.policy.approvals import ApprovalRefused, Approvals
 from errands.policy.rules import Policy, load_policy
-from errands.store.sqlite import SQLiteStore
-
-
-@pytest.fixture
-def unsafe(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """Turn one guard off, for a negative control."""
-
-    def switch_off(name: str) -> None:
-        monkeypatch.setattr(faults, "_SWITCHES", frozenset({name}))
-
-    return switch_off
+from errands.store import Store
 
 
 class World:
-    def __init__(self, store: SQLiteStore, settings: Settings, tmp: Path) -> None:
+    def __init__(self, store: Store, settings: Settings, tmp: Path) -> None:
         self.store = store
         self.settings = settings
         self.ledger = Ledger(tmp / "ledger")
         self.registry = ledger_registry(self.ledger)
+        self.approvals = Approvals(store, self.registry)
 
-    def runner(self, *turns: dict[str, object]) -> Runner:
+    def runner(
+        self, *turns: dict[str, object], policy: Policy | None = None, **kwargs: Any
+    ) -> Runner:
         model = script(*turns)
-        return Runner(self.store, self.settings, self.registry, Policy(), models=lambda spec: model)
+        return Runner(
+            self.store,
+            self.settings,
+            self.registry,
+            policy or Policy(),
+            models=lambda spec: model,
+            **kwargs,
+        )
 
     async def errand(self, runner: Runner) -> str:
         eid = await create_errand(self.store, self.settings, "tell bob", model="scripted:demo")
@@ -56,7 +62,7 @@ class World:
 
 
 @pytest.fixture
-def world(store: SQLiteStore, settings: Settings, tmp_path: Path) -> World:
+def world(store: Store, settings: Settings, tmp_path: Path) -> World:
     return World(store, settings, tmp_path)
 
 
@@ -84,18 +90,16 @@ async def test_an_ask_call_waits_and_does_not_run(world: World) -> None:
     assert world.sends() == []
 
 
-async def test_negative_control_without_the_gate_the_call_runs(world: World, unsafe) -> None:  # type: ignore[no-untyped-def]
-    unsafe("no_approval_gate")
-    await world.errand(world.runner(SEND, DONE))
-    assert world.sends() != []  # the check above would have failed
+async def test_negative_control_without_the_gate_the_call_runs(world: World) -> None:
+    eid = await world.errand(world.runner(SEND, DONE, policy=NoGatePolicy()))
+    assert (await world.store.view(eid)).state is ErrandState.done
+    assert len(world.sends()) == 1  # the check above would have failed
 
 
 async def test_approve_runs_it_once_and_deny_tells_the_model(world: World) -> None:
     runner = world.runner(SEND, DONE)
     eid = await world.errand(runner)
-    await approve(
-        world.store, world.registry, await _pending_id(world, eid), by="ann", channel="cli"
-    )
+    await world.approvals.approve(await _pending_id(world, eid), by="ann", channel="cli")
     view = await runner.run_errand(eid)
     assert view.state is ErrandState.done
     assert len(world.sends()) == 1
@@ -106,8 +110,8 @@ async def test_approve_runs_it_once_and_deny_tells_the_model(world: World) -> No
 
     runner2 = world.runner(SEND, DONE)
     eid2 = await world.errand(runner2)
-    await deny(
-        world.store, await _pending_id(world, eid2), reason="not bob", by="ann", channel="api"
+    await world.approvals.deny(
+        await _pending_id(world, eid2), reason="not bob", by="ann", channel="api"
     )
     await runner2.run_errand(eid2)
     results = [s.event for s in await world.store.read(eid2) if isinstance(s.event, ev.ToolResult)]
@@ -122,12 +126,12 @@ async def test_second_approval_and_replay_are_refused(world: World) -> None:
     runner = world.runner(SEND, DONE)
     eid = await world.errand(runner)
     aid = await _pending_id(world, eid)
-    await approve(world.store, world.registry, aid, by="ann", channel="cli")
+    await world.approvals.approve(aid, by="ann", channel="cli")
     before = (await world.store.view(eid)).last_seq
     with pytest.raises(ApprovalRefused, match="not pending"):
-        await approve(world.store, world.registry, aid, by="ann", channel="cli")
+        await world.approvals.approve(aid, by="ann", channel="cli")
     with pytest.raises(ApprovalRefused, match="not pending"):
-        await deny(world.store, aid, reason="x", by="ann", channel="cli")
+        await world.approvals.deny(aid, reason="x", by="ann", channel="cli")
     assert (await world.store.view(eid)).last_seq == before  # nothing written
     await runner.run_errand(eid)
     assert len(world.sends()) == 1
@@ -137,7 +141,7 @@ async def test_concurrent_approvals_record_exactly_one(world: World) -> None:
     eid = await world.errand(world.runner(SEND, DONE))
     aid = await _pending_id(world, eid)
     outcomes = await asyncio.gather(
-        *(approve(world.store, world.registry, aid, by=f"p{i}", channel="api") for i in range(8)),
+        *(world.approvals.approve(aid, by=f"p{i}", channel="api") for i in range(8)),
         return_exceptions=True,
     )
     assert sum(not isinstance(o, Exception) for o in outcomes) == 1
@@ -145,13 +149,12 @@ async def test_concurrent_approvals_record_exactly_one(world: World) -> None:
 
 async def test_negative_control_without_the_replay_guard_a_second_grant_lands(
     world: World,
-    unsafe,  # type: ignore[no-untyped-def]
 ) -> None:
     eid = await world.errand(world.runner(SEND, DONE))
     aid = await _pending_id(world, eid)
-    await approve(world.store, world.registry, aid, by="ann", channel="cli")
-    unsafe("no_replay_guard")
-    await approve(world.store, world.registry, aid, by="ann", channel="cli")  # not refused
+    approvals = ReplayableApprovals(world.store, world.registry)
+    await approvals.approve(aid, by="ann", channel="cli")
+    await approvals.approve(aid, by="ann", channel="cli")  # what the test above refuses
     grants = [s for s in await world.store.read(eid) if isinstance(s.event, ev.ApprovalGranted)]
     assert len(grants) == 2
 
@@ -164,9 +167,22 @@ async def test_changed_arguments_need_a_new_approval(world: World) -> None:
     aid = await _pending_id(world, eid)
     stale = canonical_hash({"to": "bob", "body": "something else"})
     with pytest.raises(ApprovalRefused, match="different arguments"):
-        await approve(world.store, world.registry, aid, by="ann", channel="inbox", seen_hash=stale)
+        await world.approvals.approve(aid, by="ann", channel="inbox", seen_hash=stale)
+    assert not [s for s in await world.store.read(eid) if s.event.type == "approval_granted"]
     seen = canonical_hash({"to": "bob", "body": "hi"})
-    await approve(world.store, world.registry, aid, by="ann", channel="inbox", seen_hash=seen)
+    await world.approvals.approve(aid, by="ann", channel="inbox", seen_hash=seen)
+
+
+async def test_negative_control_without_the_seen_check_a_stale_yes_is_recorded(
+    world: World,
+) -> None:
+    eid = await world.errand(world.runner(SEND, DONE))
+    aid = await _pending_id(world, eid)
+    stale = canonical_hash({"to": "bob", "body": "something else"})
+    await UnseenApprovals(world.store, world.registry).approve(
+        aid, by="ann", channel="inbox", seen_hash=stale
+    )  # what the test above refuses
+    assert [s for s in await world.store.read(eid) if s.event.type == "approval_granted"]
 
 
 async def test_a_grant_for_other_arguments_never_runs(world: World) -> None:
@@ -186,9 +202,8 @@ async def test_a_grant_for_other_arguments_never_runs(world: World) -> None:
     assert world.sends() == []
 
 
-async def test_negative_control_without_binding_the_forged_grant_runs(world: World, unsafe) -> None:  # type: ignore[no-untyped-def]
-    unsafe("no_arg_binding")
-    runner = world.runner(SEND, DONE)
+async def test_negative_control_without_binding_the_forged_grant_runs(world: World) -> None:
+    runner = world.runner(SEND, DONE, loop_class=NoBindingLoop)
     eid = await world.errand(runner)
     (pending,) = (await world.store.view(eid)).pending.values()
     forged = ev.ApprovalGranted(
@@ -205,13 +220,9 @@ async def test_edited_arguments_are_validated_then_run(world: World) -> None:
     aid = await _pending_id(world, eid)
     before = (await world.store.view(eid)).last_seq
     with pytest.raises(ApprovalRefused, match="not valid"):
-        await approve(
-            world.store, world.registry, aid, by="a", channel="cli", edited_arguments={"to": 3}
-        )
+        await world.approvals.approve(aid, by="a", channel="cli", edited_arguments={"to": 3})
     assert (await world.store.view(eid)).last_seq == before
-    await approve(
-        world.store,
-        world.registry,
+    await world.approvals.approve(
         aid,
         by="a",
         channel="cli",
@@ -227,7 +238,7 @@ async def test_approval_after_cancel_is_refused(world: World) -> None:
     aid = await _pending_id(world, eid)
     await cancel_errand(world.store, eid)
     with pytest.raises(ApprovalRefused, match="cancelled"):
-        await approve(world.store, world.registry, aid, by="a", channel="cli")
+        await world.approvals.approve(aid, by="a", channel="cli")
     view = await runner.run_errand(eid)
     assert view.state is ErrandState.cancelled and world.sends() == []
 
@@ -237,9 +248,7 @@ async def test_always_allow_covers_like_calls_only(world: World) -> None:
     other = {"tool_calls": [call("send_message", to="eve", body="hi")]}
     runner = world.runner(SEND, again, other, DONE)
     eid = await world.errand(runner)
-    await approve(
-        world.store,
-        world.registry,
+    await world.approvals.approve(
         await _pending_id(world, eid),
         by="a",
         channel="cli",
@@ -284,19 +293,19 @@ async def test_a_decision_reaches_an_errand_whose_lease_a_previous_run_of_this_n
     eid = await create_errand(world.store, world.settings, "tell bob", model="scripted:demo")
     assert await world.store.acquire(eid, "node", 30.0)
     await before.loop.run(eid)  # then the node dies: the lease stays, held by "node"
-    assert world.store.lease_holder(eid) is not None
+    assert (await world.store.lease_holder(eid)) is not None
     after = Runner(
         world.store, world.settings, world.registry, Policy(), models=lambda s: model, owner="node"
     )
     pending = await _pending_id(world, eid)
     if decided == "before the restart":
-        await approve(world.store, world.registry, pending, by="ann", channel="cli")
+        await world.approvals.approve(pending, by="ann", channel="cli")
     stop = asyncio.Event()
     serving = asyncio.create_task(after.serve(stop, poll=0.02))
     try:
         await asyncio.sleep(0.1)
         if decided == "after the restart":
-            await approve(world.store, world.registry, pending, by="ann", channel="cli")
+            await world.approvals.approve(pending, by="ann", channel="cli")
         for _ in range(150):
             if (await world.store.view(eid)).state is ErrandState.done:
                 break

@@ -19,6 +19,7 @@ from errands.core import events as ev
 from errands.core.progress import Progress
 from errands.core.states import ErrandState, fold
 from errands.store.sqlite import SQLiteStore
+from errands.store.sync import BlockingStore
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 if str(BENCH) not in sys.path:
@@ -39,10 +40,10 @@ async def test_bench_workload_replays_from_the_log(tmp_path: Path) -> None:
     assert result.commits_per_s > 0 and result.body_bytes_per_step > 0
     assert len(set(work.errand_ids)) == N
 
-    store = SQLiteStore(work.db_path)
+    store = BlockingStore(make=lambda: SQLiteStore(work.db_path))
     try:
         for errand_id in work.errand_ids:
-            stored = store.read_sync(errand_id)
+            stored = store.read(errand_id)
             seqs = [s.seq for s in stored]
             assert seqs == list(range(1, len(seqs) + 1)), f"{errand_id}: gaps in {seqs}"
 
@@ -77,4 +78,4 @@ async def test_bench_workload_replays_from_the_log(tmp_path: Path) -> None:
 
         assert store.integrity_check() == []
     finally:
-        store.close_sync()
+        store.close()

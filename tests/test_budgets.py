@@ -23,21 +23,24 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from seams.controls import NoWaitLoop, SpendOnlyStore
 from sim.core import Turn
 from sim.openai_server import OpenAIChatSim
 
 from errands.config import BudgetSettings, Price, ProviderSettings, Settings
 from errands.core import events as ev
-from errands.core import faults
 from errands.core.states import ErrandState, ErrandView
-from errands.costs.budgets import input_tokens_bound
+from errands.costs import spend
+from errands.engine.budgets import input_tokens_bound
+from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
 from errands.engine.runner import Runner
 from errands.models.protocol import Message, ModelRequest
 from errands.policy.hook import AllowAll
-from errands.store import spend
+from errands.store import Store
 from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.store.sqlite import spend as spend_tables
+from errands.tools.toolset import FunctionToolset
 
 KEY_ENV = "BUDGET_SIM_KEY"
 
@@ -50,13 +53,13 @@ def responded(request_seq: int, cost: float) -> ev.ModelResponded:
     )
 
 
-async def ask(store: SQLiteStore, eid: str) -> int:
+async def ask(store: Store, eid: str) -> int:
     """Log a model request for *eid*; return its seq (the hold is named after it)."""
     (seq,) = await store.append(eid, [ev.ModelRequested(model="m", tools_hash="t")])
     return seq
 
 
-def holds(store: SQLiteStore) -> list[tuple[str, str, int]]:
+def holds(store: Store) -> list[tuple[str, str, int]]:
     conn = sqlite3.connect(store.path)
     try:
         return [
@@ -71,7 +74,7 @@ def holds(store: SQLiteStore) -> list[tuple[str, str, int]]:
 
 
 async def test_a_reservation_is_refused_when_it_could_pass_the_cap_and_writes_nothing(
-    store: SQLiteStore, settings: Settings
+    store: Store, settings: Settings
 ) -> None:
     a = await create_errand(store, settings, "a")
     b = await create_errand(store, settings, "b")
@@ -87,7 +90,7 @@ async def test_a_reservation_is_refused_when_it_could_pass_the_cap_and_writes_no
 
 
 async def test_the_response_settles_its_hold_and_counts_its_cost_once(
-    store: SQLiteStore, settings: Settings
+    store: Store, settings: Settings
 ) -> None:
     a = await create_errand(store, settings, "a")
     ra = await ask(store, a)
@@ -97,13 +100,13 @@ async def test_the_response_settles_its_hold_and_counts_its_cost_once(
     assert holds(store) == [(f"{a}#{ra}", "day", 700_000_000)]
     await store.append(a, [responded(ra, 0.25)])
     assert holds(store) == []
-    status = store.budget_sync(1.0)
-    assert status["spent_usd"] == 0.25 and status["reserved_usd"] == 0
-    assert status["left_usd"] == 0.75
-    assert store.integrity_check() == []
+    status = await store.budget(1.0)
+    assert status.spent_usd == 0.25 and status.reserved_usd == 0
+    assert status.left_usd == 0.75
+    assert (await store.integrity_check()) == []
 
 
-async def test_an_unsettled_hold_expires(store: SQLiteStore, settings: Settings) -> None:
+async def test_an_unsettled_hold_expires(store: Store, settings: Settings) -> None:
     now = [time.time()]
     store.clock = lambda: now[0]
     a = await create_errand(store, settings, "a")
@@ -117,7 +120,7 @@ async def test_an_unsettled_hold_expires(store: SQLiteStore, settings: Settings)
 
 
 async def test_a_hold_lasts_while_its_process_renews_the_errands_lease(
-    store: SQLiteStore, settings: Settings
+    store: Store, settings: Settings
 ) -> None:
     now = [time.time()]
     store.clock = lambda: now[0]
@@ -134,9 +137,7 @@ async def test_a_hold_lasts_while_its_process_renews_the_errands_lease(
     assert await store.reserve(b, rb, 0.9, daily_usd=1.0, ttl=60) is None
 
 
-async def test_a_state_change_releases_the_errands_holds(
-    store: SQLiteStore, settings: Settings
-) -> None:
+async def test_a_state_change_releases_the_errands_holds(store: Store, settings: Settings) -> None:
     a = await create_errand(store, settings, "a")
     ra = await ask(store, a)
     assert await store.reserve(a, ra, 0.9, daily_usd=1.0, ttl=60) is None
@@ -144,9 +145,7 @@ async def test_a_state_change_releases_the_errands_holds(
     assert holds(store) == []
 
 
-async def test_a_childs_calls_spend_its_ancestors_budgets(
-    store: SQLiteStore, settings: Settings
-) -> None:
+async def test_a_childs_calls_spend_its_ancestors_budgets(store: Store, settings: Settings) -> None:
     root = await create_errand(store, settings, "root", limits=ev.Limits(max_cost_usd=1.0))
     child = await create_errand(store, settings, "child", parent=root)
     grandchild = await create_errand(
@@ -167,19 +166,19 @@ async def test_a_childs_calls_spend_its_ancestors_budgets(
     assert totals[spend.tree_scope(root)] == 500_000_000  # 0.2 + 0.3: the whole tree
     assert totals[spend.tree_scope(child)] == 500_000_000
     assert totals[spend.tree_scope(grandchild)] == 300_000_000
-    assert store.integrity_check() == []
+    assert (await store.integrity_check()) == []
 
 
-def spend_totals(store: SQLiteStore) -> dict[str, int]:
+def spend_totals(store: Store) -> dict[str, int]:
     conn = sqlite3.connect(store.path)
     try:
-        return spend.totals(conn)
+        return spend_tables.totals(conn)
     finally:
         conn.close()
 
 
 async def test_integrity_check_finds_a_tampered_spend_and_rebuild_repairs_it(
-    store: SQLiteStore, settings: Settings
+    store: Store, settings: Settings
 ) -> None:
     a = await create_errand(store, settings, "a")
     await store.append(a, [responded(await ask(store, a), 0.125)])
@@ -187,11 +186,11 @@ async def test_integrity_check_finds_a_tampered_spend_and_rebuild_repairs_it(
     with conn:
         conn.execute("UPDATE spend SET nanos = 1 WHERE scope LIKE 'day:%'")
     conn.close()
-    problems = store.integrity_check()
+    problems = await store.integrity_check()
     assert len(problems) == 1 and problems[0].startswith("spend day:")
-    store.rebuild_projections()
-    assert store.integrity_check() == []
-    assert store.budget_sync()["spent_usd"] == 0.125
+    (await store.rebuild_projections())
+    assert (await store.integrity_check()) == []
+    assert (await store.budget(None)).spent_usd == 0.125
 
 
 async def test_a_store_from_before_budgets_is_backfilled_from_its_log(
@@ -205,13 +204,14 @@ async def test_a_store_from_before_budgets_is_backfilled_from_its_log(
     with conn:  # back to schema 2, as an older errands left it
         conn.execute("DROP TABLE spend")
         conn.execute("DROP TABLE budget_holds")
+        conn.execute("DROP TABLE migrations")  # (an older errands kept only the version)
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     store = SQLiteStore(settings.db_path)
     try:
-        assert store.budget_sync()["spent_usd"] == 0.5
+        assert (await store.budget(None)).spent_usd == 0.5
         assert spend_totals(store)[spend.tree_scope(a)] == 500_000_000
-        assert store.integrity_check() == []
+        assert (await store.integrity_check()) == []
     finally:
         await store.close()
 
@@ -251,14 +251,14 @@ class BudgetMachine(RuleBasedStateMachine):
             return
         eid = data.draw(st.sampled_from(self.idle))
         seq = self.run(ask(self.store, eid))
-        before = self.store.budget_sync(CAP)
+        before = self.run(self.store.budget(CAP))
         refusal = self.run(self.store.reserve(eid, seq, amount, daily_usd=CAP, ttl=100))
         if refusal is None:
             self.idle.remove(eid)
             self.inflight[eid] = (seq, amount)
-            assert before["spent_usd"] + before["reserved_usd"] + amount <= CAP + 1e-9
+            assert before.spent_usd + before.reserved_usd + amount <= CAP + 1e-9
         else:
-            assert before["spent_usd"] + before["reserved_usd"] + amount > CAP - 1e-9
+            assert before.spent_usd + before.reserved_usd + amount > CAP - 1e-9
 
     @rule(data=st.data(), share=st.floats(min_value=0.0, max_value=1.0))
     def settle(self, data: st.DataObject, share: float) -> None:
@@ -285,14 +285,14 @@ class BudgetMachine(RuleBasedStateMachine):
     def within_the_cap(self) -> None:
         if not hasattr(self, "store"):
             return
-        status = self.store.budget_sync(CAP)
-        assert status["spent_usd"] <= CAP + 1e-9
-        assert status["spent_usd"] + status["reserved_usd"] <= CAP + 1e-9
-        assert status["calls_in_flight"] <= len(self.inflight)
+        status = self.run(self.store.budget(CAP))
+        assert status.spent_usd <= CAP + 1e-9
+        assert status.spent_usd + status.reserved_usd <= CAP + 1e-9
+        assert status.calls_in_flight <= len(self.inflight)
 
     def teardown(self) -> None:
         if hasattr(self, "store"):
-            assert self.store.integrity_check() == []
+            assert self.run(self.store.integrity_check()) == []
             self.run(self.store.close())
         self.loop.close()
 
@@ -327,7 +327,7 @@ def test_the_input_bound_is_never_below_a_tokenizers_count() -> None:
 
 def test_a_reasoning_level_adds_its_thinking_to_the_worst_case(settings: Settings) -> None:
     from errands.core.progress import Progress
-    from errands.costs.budgets import REASONING_TOKENS, worst_case_usd
+    from errands.engine.budgets import REASONING_TOKENS, worst_case_usd
     from errands.models.scripted import ScriptedModel, load_script
 
     s = settings.model_copy(update={"prices": {"scripted:demo": Price(input=1.0, output=10.0)}})
@@ -364,13 +364,17 @@ def priced(settings: Settings, sim: OpenAIChatSim, daily: float | None) -> Setti
 
 
 async def fan_out(
-    store: SQLiteStore, settings: Settings, sim: OpenAIChatSim, n: int
+    store: Store,
+    settings: Settings,
+    sim: OpenAIChatSim,
+    n: int,
+    loop_class: type[Loop] | None = None,
 ) -> tuple[list[ErrandView], float, float]:
     """*n* errands, one model call each, all in flight at once; (views, spend, the
     largest single call's cost)."""
     sim.latency = 0.5  # every call is still running when the last one asks
     sim.script(default=Turn(text="done " * 300))
-    runner = Runner(store, settings, Registry(), AllowAll())
+    runner = Runner(store, settings, FunctionToolset(), AllowAll(), loop_class=loop_class)
     ids = [
         await create_errand(store, settings, f"errand {i}", model="sim:gpt-sim") for i in range(n)
     ]
@@ -382,7 +386,7 @@ async def fan_out(
 
 
 async def test_200_concurrent_calls_against_a_cap_end_within_it(
-    store: SQLiteStore, settings: Settings, sim: OpenAIChatSim, monkeypatch: pytest.MonkeyPatch
+    store: Store, settings: Settings, sim: OpenAIChatSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, sim.api_key)
     cap = 0.10  # a worst case is ~$0.0095 (~300 input tokens + 1,000 output): ~10 fit
@@ -399,28 +403,30 @@ async def test_200_concurrent_calls_against_a_cap_end_within_it(
     assert all("the daily budget of $0.1000 is reached" in v.reason for v in refused)
     assert all("errands tell" in v.reason for v in refused)
     assert len(sim.requests) == len(done)  # a refused call never reached the provider
-    assert store.budget_sync(cap)["reserved_usd"] == 0  # every hold settled or released
-    assert store.integrity_check() == []
+    assert (await store.budget(cap)).reserved_usd == 0  # every hold settled or released
+    assert (await store.integrity_check()) == []
 
 
 async def test_negative_control_refusing_instead_of_waiting_leaves_the_cap_unused(
-    store: SQLiteStore, settings: Settings, sim: OpenAIChatSim, monkeypatch: pytest.MonkeyPatch
+    store: Store, settings: Settings, sim: OpenAIChatSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, sim.api_key)
-    monkeypatch.setattr(faults, "_SWITCHES", frozenset({"no_budget_wait"}))
     cap = 0.10
-    views, spent, _ = await fan_out(store, priced(settings, sim, cap), sim, 200)
+    views, spent, _ = await fan_out(store, priced(settings, sim, cap), sim, 200, NoWaitLoop)
     assert spent < cap - 0.01  # what the check above rules out: a tenth of the fan-out ran
     assert sum(v.state is ErrandState.done for v in views) <= 12
 
 
 async def test_negative_control_checking_spend_alone_overshoots_by_the_fan_out(
-    store: SQLiteStore, settings: Settings, sim: OpenAIChatSim, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, sim: OpenAIChatSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(KEY_ENV, sim.api_key)
-    monkeypatch.setattr(faults, "_SWITCHES", frozenset({"no_budget_holds"}))
     cap = 0.10
-    views, spent, one_call = await fan_out(store, priced(settings, sim, cap), sim, 80)
+    store = SpendOnlyStore(settings.db_path)  # calls in flight hold nothing
+    try:
+        views, spent, one_call = await fan_out(store, priced(settings, sim, cap), sim, 80)
+    finally:
+        await store.close()
     assert spent > cap + one_call  # what the guarantee above rules out
     assert all(v.state is ErrandState.done for v in views)
 
@@ -433,12 +439,12 @@ from errands.config import load_settings
 from errands.engine.runner import Runner
 from errands.policy.hook import AllowAll
 from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.tools.toolset import FunctionToolset
 
 async def main():
     settings = load_settings()
     store = SQLiteStore(settings.db_path)
-    runner = Runner(store, settings, Registry(), AllowAll())
+    runner = Runner(store, settings, FunctionToolset(), AllowAll())
     if len(sys.argv) > 1:  # resume this one (taking it over from a dead worker)
         await runner.run_errand(sys.argv[1])
     else:
@@ -497,8 +503,8 @@ async def test_a_crash_mid_call_leaves_a_hold_that_the_resumed_run_takes_over(
         view = await store.view(resumed)
         assert view.state is ErrandState.done, view.reason
         assert holds(store) == []
-        assert store.budget_sync(0.015)["spent_usd"] == pytest.approx(view.usage.cost_usd)
-        assert store.integrity_check() == []
+        assert (await store.budget(0.015)).spent_usd == pytest.approx(view.usage.cost_usd)
+        assert (await store.integrity_check()) == []
     finally:
         await store.close()
 
@@ -529,6 +535,6 @@ async def test_two_processes_with_100_calls_each_stay_within_one_cap(
         costs = [v.usage.cost_usd for v in views if v.usage.cost_usd]
         assert all(v.state in (ErrandState.done, ErrandState.needs_attention) for v in views)
         assert len(costs) >= 8 and sum(costs) <= cap
-        assert store.integrity_check() == []
+        assert (await store.integrity_check()) == []
     finally:
         await store.close()

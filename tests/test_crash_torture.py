@@ -55,7 +55,7 @@ subprocess.Popen; ``ERRANDS_TORTURE_SPAWN=popen`` makes the torture use it too. 
 restarts reuse the dead worker's name (and take its leases back at once); the others
 come up under a new name and claim the errands when the dead worker's leases expire.
 
-The negative control runs the loop with ``ERRANDS_UNSAFE_TEST_SWITCHES=no_intent``
+The negative control runs the loop with the ``no_intent`` control (``seams.controls``)
 (tools run before their intent is logged) and asserts the checker reports the
 duplicate, so the torture cannot silently become vacuous.
 
@@ -64,7 +64,6 @@ Set ``ERRANDS_TORTURE_SEED`` to replay a seed; every failure message names it.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import os
@@ -84,9 +83,11 @@ from errands.config import Settings
 from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, apply
 from errands.engine.operations import create_errand
-from errands.policy.approvals import approve
+from errands.policy.approvals import Approvals
+from errands.store import Store
 from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.store.sync import BlockingStore
+from errands.tools.toolset import FunctionToolset
 
 WORKER_PATH = Path(__file__).parent / "crash" / "worker.py"
 _spec = importlib.util.spec_from_file_location("errands_crash_worker", WORKER_PATH)
@@ -217,7 +218,7 @@ def _doubtful(prefix: list[ev.Event]) -> set[str]:
 
 
 def check_round(
-    store: SQLiteStore,
+    store: Store,
     journal_path: Path,
     variants: dict[str, str],
     killed: set[int],
@@ -233,7 +234,7 @@ def check_round(
 class Checker:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: BlockingStore,
         journal: Journal,
         variants: dict[str, str],
         killed: set[int],
@@ -244,7 +245,7 @@ class Checker:
         self.variants = variants
         self.killed = killed
         self.reference = reference
-        self.logs = {e: [s.event for s in store.read_sync(e)] for e in variants}
+        self.logs = {e: [s.event for s in store.read(e)] for e in variants}
         self.bad: list[str] = []
         self.stats = Stats(errands=len(variants))
         # idempotency key -> (errand, seq, intent): keys name one call across all errands
@@ -391,7 +392,7 @@ class Checker:
 
     def settled_like_the_reference(self, e: str, log: list[ev.Event], in_doubt: bool) -> None:
         """5. + 6. needs_attention iff in doubt; otherwise done, as without crashes."""
-        final = self.store.view_sync(e)
+        final = self.store.view(e)
         expected = ErrandState.needs_attention if in_doubt else ErrandState.done
         if final.state is not expected:
             why = "a call was in doubt" if in_doubt else "no call was in doubt"
@@ -494,7 +495,7 @@ class ForkServer:
             "lease_ttl": LEASE_TTL,
             "owner": owner,
             "fault": env.get("ERRANDS_FAULT"),
-            "switches": env.get("ERRANDS_UNSAFE_TEST_SWITCHES"),
+            "controls": env.get("ERRANDS_TEST_CONTROLS"),
             "stderr": str(rnd.dir / "worker.err"),
         }
         self.send(json.dumps(request))
@@ -548,7 +549,7 @@ class ForkedWorker(Worker):
 
 
 def _clean_env() -> dict[str, str]:
-    drop = ("ERRANDS_FAULT", "ERRANDS_UNSAFE_TEST_SWITCHES")
+    drop = ("ERRANDS_FAULT", "ERRANDS_TEST_CONTROLS")
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
@@ -562,33 +563,30 @@ class Round:
         self.server = server
         self.dir = root / f"round{number:03d}"
         self.dir.mkdir(parents=True)
-        self.loop = asyncio.new_event_loop()
-        self.store = SQLiteStore(self.dir / "errands.sqlite")
+        path = self.dir / "errands.sqlite"
+        self.store = BlockingStore(make=lambda: SQLiteStore(path))
         self.journal = W.Journal(self.dir / "journal.log")
         settings = Settings(home=self.dir)
         self.variants: dict[str, str] = {}
         for i, v in enumerate(variants):
-            eid = self.loop.run_until_complete(
-                create_errand(self.store, settings, W.errand_text(v, i), model=W.MODEL_SPEC)
+            eid = self.store.run(
+                create_errand(self.store.store, settings, W.errand_text(v, i), model=W.MODEL_SPEC)
             )
             self.variants[eid] = v
         self.killed: set[int] = set()
         self.runs: list[Run] = []
 
     def close(self) -> None:
-        self.store.close_sync()
-        self.loop.close()
+        self.store.close()
 
     def settled(self) -> bool:
-        return all(v.state in W.SETTLED for v in self.store.list_errands_sync(limit=1_000_000))
+        return all(v.state in W.SETTLED for v in self.store.list_errands(limit=1_000_000))
 
     def approve_pending(self) -> None:
         """The person: grants every pending approval, with the hash they were shown."""
-        for pending in self.store.pending_approvals_sync():
-            self.loop.run_until_complete(
-                approve(
-                    self.store,
-                    Registry(),
+        for pending in self.store.pending_approvals():
+            self.store.run(
+                Approvals(self.store.store, FunctionToolset()).approve(
                     pending.id,
                     by="approver",
                     channel="torture",
@@ -602,15 +600,15 @@ class Round:
         *,
         fault: str | None = None,
         kill_after: float | None = None,
-        switches: str | None = None,
+        controls: str | None = None,
         owner: str | None = None,
         label: str = "",
     ) -> Run:
         env = {}
         if fault:
             env["ERRANDS_FAULT"] = fault
-        if switches:
-            env["ERRANDS_UNSAFE_TEST_SWITCHES"] = switches
+        if controls:
+            env["ERRANDS_TEST_CONTROLS"] = controls
         started = time.monotonic()
         worker: Worker = (
             self.server.start(self, env, owner) if self.server else PopenWorker(self, env, owner)
@@ -672,10 +670,9 @@ def reference_round(root: Path) -> Reference:
         run = rnd.run_worker(label="reference")
         assert run.rc == 0 and rnd.settled(), rnd.stderr_tail()
         ref = Reference(
-            result={v: rnd.store.view_sync(e).result for e, v in rnd.variants.items()},
+            result={v: rnd.store.view(e).result for e, v in rnd.variants.items()},
             transcript={
-                v: transcript([s.event for s in rnd.store.read_sync(e)])
-                for e, v in rnd.variants.items()
+                v: transcript([s.event for s in rnd.store.read(e)]) for e, v in rnd.variants.items()
             },
         )
         bad, stats = rnd.check(ref)
@@ -848,12 +845,12 @@ def test_crash_torture_slow(tmp_path: Path, reference: Reference) -> None:
     assert out.random_kills > 0, out.summary()
 
 
-def _targeted(root: Path, switches: str | None) -> tuple[list[str], Stats, Round]:
+def _targeted(root: Path, controls: str | None) -> tuple[list[str], Stats, Round]:
     """An errand whose first call is ledger_once: die right after it ran, restart."""
     rnd = Round(root, 1, ["B"])
-    first = rnd.run_worker(fault="after_effect:1", switches=switches, label="targeted")
+    first = rnd.run_worker(fault="after_effect:1", controls=controls, label="targeted")
     assert first.rc == -signal.SIGKILL and first.hit
-    rnd.run_worker(switches=switches, label="restart")
+    rnd.run_worker(controls=controls, label="restart")
     assert rnd.settled(), rnd.stderr_tail()
     bad, stats = rnd.check(None)
     return bad, stats, rnd
@@ -872,7 +869,7 @@ def test_positive_control_same_crash_goes_to_needs_attention(tmp_path: Path) -> 
     bad, stats, rnd = _targeted(tmp_path, None)
     try:
         assert not bad, bad
-        states = [rnd.store.view_sync(e).state for e in rnd.variants]
+        states = [rnd.store.view(e).state for e in rnd.variants]
         assert states == [ErrandState.needs_attention], states
         assert stats.in_doubt == 1 and stats.in_doubt_applied == 1
     finally:

@@ -48,7 +48,7 @@ from errands.models.providers.anthropic import AnthropicModel
 from errands.models.providers.gemini import GeminiModel
 from errands.models.providers.openai_chat import OpenAIChatModel
 from errands.models.providers.openai_responses import OpenAIResponsesModel
-from errands.store.sqlite import SQLiteStore
+from errands.store import Store
 
 TURNS = 50
 SYSTEM = "".join(
@@ -282,7 +282,7 @@ async def test_negative_control_timestamp_in_system_prompt(provider: Provider) -
 
 
 async def test_real_errand_through_the_runner_is_served_from_cache(
-    provider: Provider, store: SQLiteStore, settings: Settings
+    provider: Provider, store: Store, settings: Settings
 ) -> None:
     """The loop itself builds the requests: a real errand, a real tool, the real client
     against the simulator. Its summed usage must come mostly from the cache."""
@@ -291,10 +291,10 @@ async def test_real_errand_through_the_runner_is_served_from_cache(
     from errands.engine.operations import create_errand
     from errands.engine.runner import Runner
     from errands.policy.hook import AllowAll
-    from errands.tools.registry import Registry
+    from errands.tools.toolset import FunctionToolset
 
     turns = 12
-    registry = Registry()
+    registry = FunctionToolset()
 
     @registry.tool(effect=ev.EffectClass.read, idempotent=True)
     def read_page(page: int) -> str:

@@ -9,7 +9,7 @@ file, a new runner, a fresh client -- approves and resumes, and checks that the 
 request carried exactly the state the simulator issued.
 
 Each guarantee has its negative control: the same run with the state dropped from the
-fold (the test-only switch ``no_replay``) must fail the check. And state from one
+fold (the control ``seams.controls.NoReplayLoop``) must fail the check. And state from one
 member of a fallback chain never reaches another.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from helpers.kit import Ledger, ledger_registry
+from seams.controls import NoReplayLoop
 from sim.anthropic_server import AnthropicSim
 from sim.core import SimServer, Turn, call
 from sim.gemini_server import GeminiSim, _b64
@@ -31,8 +32,8 @@ from sim.openai_responses_server import OpenAIResponsesSim
 
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core import faults
 from errands.core.states import ErrandState
+from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
 from errands.engine.runner import Runner
 from errands.models.protocol import Model
@@ -40,10 +41,10 @@ from errands.models.providers.anthropic import AnthropicModel
 from errands.models.providers.gemini import SKIP_SIGNATURE, GeminiModel
 from errands.models.providers.openai_responses import OpenAIResponsesModel
 from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
-from errands.policy.approvals import approve
+from errands.policy.approvals import Approvals
 from errands.policy.rules import Policy
 from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.tools.toolset import FunctionToolset
 
 SEND = call("send_message", {"to": "bob", "body": "hi"}, call_id="c1")
 
@@ -125,16 +126,6 @@ def provider(
     }[request.param]()
 
 
-@pytest.fixture
-def unsafe(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    """Turn one guard off, for a negative control."""
-
-    def switch_off(name: str) -> None:
-        monkeypatch.setattr(faults, "_SWITCHES", frozenset({name}))
-
-    return switch_off
-
-
 # -- a process: its own store object, runner and client ---------------------------------
 
 
@@ -142,14 +133,22 @@ class World:
     def __init__(self, settings: Settings, tmp: Path) -> None:
         # a reasoning level from the config, as a person sets it (reasoning = "medium")
         self.settings = settings.model_copy(update={"reasoning": "medium"})
-        self.registry: Registry = ledger_registry(Ledger(tmp / "ledger"))
+        self.registry: FunctionToolset = ledger_registry(Ledger(tmp / "ledger"))
         self._closers: list[Any] = []
+        self.loop_class: type[Loop] | None = None  # a negative control's loop
 
     def process(self, model: Model) -> Runner:
         """A new process: a new store on the same file, a new runner, this client."""
         store = SQLiteStore(self.settings.db_path)
         self._closers += [store.close, model.aclose]
-        return Runner(store, self.settings, self.registry, Policy(), models=lambda spec: model)
+        return Runner(
+            store,
+            self.settings,
+            self.registry,
+            Policy(),
+            models=lambda spec: model,
+            loop_class=self.loop_class,
+        )
 
     async def close(self) -> None:
         for close in reversed(self._closers):
@@ -170,7 +169,7 @@ async def until_approval(world: World, model: Model) -> tuple[str, ev.ModelRespo
     view = await runner.run_errand(eid)
     assert view.state is ErrandState.waiting_approval
     (pending,) = view.pending.values()
-    await approve(runner.store, world.registry, pending.id, by="ann", channel="cli")
+    await Approvals(runner.store, world.registry).approve(pending.id, by="ann", channel="cli")
     (response,) = [
         s.event for s in await runner.store.read(eid) if isinstance(s.event, ev.ModelResponded)
     ]
@@ -207,9 +206,9 @@ async def test_reasoning_state_survives_a_restart(world: World, provider: Provid
 
 
 async def test_negative_control_without_the_log_the_state_is_lost(
-    world: World, provider: Provider, unsafe: Callable[[str], None]
+    world: World, provider: Provider
 ) -> None:
-    unsafe("no_replay")
+    world.loop_class = NoReplayLoop  # a fold that drops the state instead of carrying it
     issued, sent = await restart_mid_loop(world, provider)
     assert issued and sent != issued  # the check above would have failed
     if provider.kind == "gemini":

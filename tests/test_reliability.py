@@ -35,8 +35,8 @@ from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
 from errands.models.wrappers.ratelimit import RateLimiter, RateLimits
 from errands.models.wrappers.router import innermost
 from errands.policy.hook import AllowAll
-from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.store import Store
+from errands.tools.toolset import FunctionToolset
 
 KEY_ENV = "RELIABILITY_SIM_KEY"
 BACKUP_ENV = "RELIABILITY_BACKUP_KEY"
@@ -54,8 +54,8 @@ def with_providers(
     return settings.model_copy(update={"providers": providers, "chains": chains or {}})
 
 
-def lookup_registry(on_call: Any = None) -> Registry:
-    reg = Registry()
+def lookup_registry(on_call: Any = None) -> FunctionToolset:
+    reg = FunctionToolset()
 
     @reg.tool(effect=EffectClass.read, idempotent=True)
     def lookup(term: str) -> str:
@@ -72,18 +72,18 @@ def lookup_registry(on_call: Any = None) -> Registry:
 
 
 async def run_errand(
-    store: SQLiteStore,
+    store: Store,
     settings: Settings,
     model: str,
     text: str = "find the rent",
-    registry: Registry | None = None,
+    registry: FunctionToolset | None = None,
 ) -> ErrandView:
     runner = Runner(store, settings, registry or lookup_registry(), AllowAll())
     eid = await create_errand(store, settings, text, model=model)
     return await runner.run_errand(eid)
 
 
-async def responses(store: SQLiteStore, errand_id: str) -> list[ev.ModelResponded]:
+async def responses(store: Store, errand_id: str) -> list[ev.ModelResponded]:
     return [s.event for s in await store.read(errand_id) if isinstance(s.event, ev.ModelResponded)]
 
 
@@ -123,7 +123,7 @@ def ask(text: str, priority: int = 0) -> ModelRequest:
 
 
 async def test_server_errors_are_retried_and_only_the_answer_counts(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     turn = Turn(text="The rent is 1,900.", cached_tokens=0)
     openai_sim.script(turn)
@@ -141,7 +141,7 @@ async def test_server_errors_are_retried_and_only_the_answer_counts(
 
 @pytest.mark.parametrize("fault", ["truncated_stream", "stream_ends_early", "stream_error"])
 async def test_broken_streams_are_retried_without_double_counting(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str, fault: Any
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str, fault: Any
 ) -> None:
     turn = Turn(text="A reply long enough to be cut in the middle of its stream.", cached_tokens=0)
     openai_sim.script(turn)
@@ -155,7 +155,7 @@ async def test_broken_streams_are_retried_without_double_counting(
 
 
 async def test_429_retry_waits_at_least_retry_after(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(Turn(text="ok", cached_tokens=0))
     openai_sim.fault("rate_limit", retry_after=1.2)
@@ -169,7 +169,7 @@ async def test_429_retry_waits_at_least_retry_after(
 
 
 async def test_a_hung_connection_times_out_and_is_retried(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     turn = Turn(text="answered after the hang", cached_tokens=0)
     openai_sim.script(turn)
@@ -191,7 +191,7 @@ async def test_a_hung_connection_times_out_and_is_retried(
 
 
 async def test_malformed_json_is_not_retried_and_fails_clearly(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(Turn(text="never seen"))
     openai_sim.fault("malformed_json")
@@ -204,7 +204,7 @@ async def test_malformed_json_is_not_retried_and_fails_clearly(
 
 
 async def test_a_client_error_is_never_retried(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(Turn(text="never seen"))
     openai_sim.fault("server_error", status=422, message="unprocessable")
@@ -215,7 +215,7 @@ async def test_a_client_error_is_never_retried(
 
 
 async def test_attempts_are_capped(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(Turn(text="never seen"))
     openai_sim.fault("server_error", status=500, times=50)
@@ -226,7 +226,7 @@ async def test_attempts_are_capped(
 
 
 async def test_total_retry_time_is_capped(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(Turn(text="never seen"))
     openai_sim.fault("rate_limit", retry_after=60)
@@ -239,7 +239,7 @@ async def test_total_retry_time_is_capped(
 
 
 async def test_invalid_tool_arguments_are_told_to_the_model(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(
         Turn(tool_calls=(call("lookup", '{"term": "rent"'),)),  # cut-off JSON
@@ -257,7 +257,7 @@ async def test_invalid_tool_arguments_are_told_to_the_model(
 
 
 async def test_a_provider_that_vanishes_mid_errand_is_replaced_by_the_fallback(
-    store: SQLiteStore,
+    store: Store,
     settings: Settings,
     openai_sim: OpenAIChatSim,
     anthropic_sim: AnthropicSim,
@@ -307,7 +307,7 @@ async def test_a_provider_that_vanishes_mid_errand_is_replaced_by_the_fallback(
 
 
 async def test_a_named_chain_from_the_config(
-    store: SQLiteStore,
+    store: Store,
     settings: Settings,
     openai_sim: OpenAIChatSim,
     gemini_sim: GeminiSim,
@@ -332,7 +332,7 @@ async def test_a_named_chain_from_the_config(
 
 
 async def test_when_every_model_fails_the_errand_says_why_for_each(
-    store: SQLiteStore,
+    store: Store,
     settings: Settings,
     openai_sim: OpenAIChatSim,
     anthropic_sim: AnthropicSim,
@@ -542,7 +542,7 @@ def openai_prompt_tokens(body: Any) -> int:
 
 
 async def _burst(
-    store: SQLiteStore, settings: Settings, sim: OpenAIChatSim, *, limited: bool, n: int
+    store: Store, settings: Settings, sim: OpenAIChatSim, *, limited: bool, n: int
 ) -> tuple[list[ErrandView], int, int, float]:
     window, per_window = 2.0, 12
     limiter = sim.enforce_limits(
@@ -554,7 +554,7 @@ async def _burst(
         settings,
         sim=endpoint(sim, "openai", limit_window_seconds=window, max_attempts=8, **limits),
     )
-    runner = Runner(store, s, Registry(), AllowAll())
+    runner = Runner(store, s, FunctionToolset(), AllowAll())
     ids = [await create_errand(store, s, f"errand {i}", model="sim:gpt-sim") for i in range(n)]
     start = time.monotonic()
     assert len(await runner.claim()) == n
@@ -566,7 +566,7 @@ async def _burst(
 
 
 async def test_the_limiter_keeps_a_burst_under_the_providers_limit(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(default="done")
     views, admitted, rejected, used = await _burst(store, settings, openai_sim, limited=True, n=36)
@@ -578,7 +578,7 @@ async def test_the_limiter_keeps_a_burst_under_the_providers_limit(
 
 
 async def test_negative_control_without_the_limiter_the_burst_gets_429s(
-    store: SQLiteStore, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
+    store: Store, settings: Settings, openai_sim: OpenAIChatSim, sim_key: str
 ) -> None:
     openai_sim.script(default="done")
     _, _, rejected, _ = await _burst(store, settings, openai_sim, limited=False, n=36)
@@ -590,7 +590,7 @@ async def test_negative_control_without_the_limiter_the_burst_gets_429s(
 
 @pytest.mark.parametrize("kind", ["openai", "openai-responses", "anthropic", "gemini"])
 async def test_a_rejected_key_is_redacted_from_the_error_and_the_log(
-    store: SQLiteStore,
+    store: Store,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     kind: str,

@@ -28,6 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from seams import child_env
 
 from errands.core import events as ev
 from errands.store.sqlite import SQLiteStore
@@ -36,7 +37,7 @@ WRITER = r"""
 import asyncio, sys
 from errands.core import events as ev
 from errands.core.labels import Provenance
-from errands.store.base import ErrandExists
+from errands.errors import ErrandExists
 from errands.store.sqlite import SQLiteStore
 
 path, run, errands, appenders = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -91,7 +92,7 @@ asyncio.run(main())
 
 def _start(path: Path, run: str, env_extra: dict[str, str]) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
-    env.update(env_extra)
+    env = child_env(env, fault=env_extra.get("ERRANDS_FAULT"))  # arms the fault points
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path), run, "24", "160"],
         stdout=subprocess.PIPE,
@@ -130,10 +131,10 @@ def _check(path: Path, acked: list[tuple[str, int, str, int]]) -> int:
     async def read_all() -> dict[str, list[tuple[int, ev.Event]]]:
         store = SQLiteStore(path)  # recovers the WAL as a restarted process would
         try:
-            assert store.integrity_check() == []  # projections equal the fold
-            ids = [v.id for v in store.list_errands_sync(limit=10_000)]
-            # read_sync parses every row and asserts the log has no gaps
-            return {e: [(s.seq, s.event) for s in store.read_sync(e)] for e in ids}
+            assert await store.integrity_check() == []  # projections equal the fold
+            ids = [v.id for v in await store.list_errands(limit=10_000)]
+            # read parses every row and asserts the log has no gaps
+            return {e: [(s.seq, s.event) for s in await store.read(e)] for e in ids}
         finally:
             await store.close()
 

@@ -15,10 +15,14 @@ import pytest
 from errands.core import events as ev
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.states import ErrandState, ErrandView, fold
-from errands.store.base import StoreError
-from errands.store.migrations import LATEST, MIGRATIONS, SchemaTooNew
+from errands.errors import SchemaTooNew, StoreError
+from errands.store.base import BLOB_THRESHOLD
+from errands.store.purge import PURGED
 from errands.store.redact import Redactor
-from errands.store.sqlite import BLOB_THRESHOLD, PURGED, SQLiteStore
+from errands.store.sqlite import SQLiteStore
+from errands.store.sqlite.migrations import MIGRATIONS
+
+LATEST = len(MIGRATIONS)
 
 FROZEN = Path(__file__).parent / "data" / "frozen_log_v1.jsonl"
 
@@ -145,14 +149,14 @@ async def test_secret_values_never_reach_the_database_file(tmp_path: Path) -> No
         ],
     )
     # what readers see: markers, in the log and in the projection alike
-    stored = store.read_sync("e1")
+    stored = await store.read("e1")
     assert "[REDACTED:OPENAI_API_KEY]" in stored[1].event.model_dump_json()
-    view = store.view_sync("e1")
+    view = await store.view("e1")
     assert view.title == "use key [REDACTED:OPENAI_API_KEY]"
     assert view.result == "result [REDACTED:DB_PASSWORD]"
     (pending,) = view.pending.values()
     assert pending.arguments["pw"] == "[REDACTED:DB_PASSWORD]"
-    assert store.integrity_check() == []  # the projection is the fold of the redacted log
+    assert (await store.integrity_check()) == []  # the projection is the fold of the redacted log
     # and the raw bytes, while open (WAL) and after close (checkpointed)
     for when in ("open", "closed"):
         if when == "closed":
@@ -175,7 +179,7 @@ async def test_a_100_kib_tool_result_goes_to_a_blob_and_round_trips(tmp_path: Pa
         assert len(text) > 100 * 1024
         big = _tool_result(text)
         (seq,) = await store.append("e1", [big])
-        assert store.read_sync("e1")[-1].event == big
+        assert (await store.read("e1"))[-1].event == big
         conn = sqlite3.connect(path)
         try:
             body_len, blob = conn.execute(
@@ -194,7 +198,7 @@ async def test_a_100_kib_tool_result_goes_to_a_blob_and_round_trips(tmp_path: Pa
         assert ev.load_event(data) == big
         # a small event stays inline
         await store.append("e1", [_tool_result("short")])
-        assert store.integrity_check() == []
+        assert (await store.integrity_check()) == []
         assert len(data) > BLOB_THRESHOLD
     finally:
         await store.close()
@@ -260,14 +264,14 @@ async def test_purge_removes_private_content_from_the_file_bytes(tmp_path: Path)
         assert PUBLIC.encode() in data  # public content stays
         assert OTHER.encode() in data  # other errands are untouched
 
-        log = store.read_sync("e1")  # still a valid, contiguous log
+        log = await store.read("e1")  # still a valid, contiguous log
         assert [s.seq for s in log] == list(range(1, 10))
         assert isinstance(log[-1].event, ev.ErrandPurged)
         assert not any(PRIVATE in s.event.model_dump_json() for s in log)
-        view = store.view_sync("e1")
+        view = await store.view("e1")
         assert view.purged and view.title == PURGED and view.result == PURGED
         assert all(p.arguments == {"purged": True} for p in view.pending.values())
-        assert store.integrity_check() == []  # the projection is the fold of the purged log
+        assert (await store.integrity_check()) == []  # the projection is the fold of the purged log
         conn = sqlite3.connect(path)
         try:
             assert conn.execute("SELECT count(*) FROM blobs").fetchone() == (0,)
@@ -286,7 +290,7 @@ async def test_purge_removes_the_text_of_a_v1_errand_created(tmp_path: Path) -> 
         await store.purge("01JGX4T2N8")
         assert b"Watch these rental listings" not in _disk_bytes(path)
         assert b"Thanks! Also tell me" not in _disk_bytes(path)
-        assert store.integrity_check() == []
+        assert (await store.integrity_check()) == []
     finally:
         await store.close()
 
@@ -301,7 +305,7 @@ def _write_schema_1_db(path: Path, lines: list[str], errand_id: str = "01JGX4T2N
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(MIGRATIONS[0])
+        conn.executescript(MIGRATIONS[0].step)  # 0001_log, as the first errands wrote it
         conn.execute("PRAGMA user_version = 1")
         conn.executemany(
             "INSERT INTO events(errand_id, seq, type, at, body, blob) VALUES (?,?,?,?,?,NULL)",
@@ -341,9 +345,9 @@ async def test_a_schema_1_database_opens_migrates_and_keeps_working(tmp_path: Pa
             assert "events_blob" in indexes
         finally:
             conn.close()
-        assert store.view_sync("01JGX4T2N8") == expected  # the schema-1 projection reads
-        assert store.integrity_check() == []
-        (listed,) = store.list_errands_sync()
+        assert (await store.view("01JGX4T2N8")) == expected  # the schema-1 projection reads
+        assert (await store.integrity_check()) == []
+        (listed,) = await store.list_errands()
         assert listed == expected
         seqs = await store.append(
             "01JGX4T2N8",
@@ -354,13 +358,13 @@ async def test_a_schema_1_database_opens_migrates_and_keeps_working(tmp_path: Pa
             ],
         )
         assert seqs == [17]
-        assert store.view_sync("01JGX4T2N8").state is ErrandState.queued  # a follow-up reopens
-        assert store.integrity_check() == []
+        assert (await store.view("01JGX4T2N8")).state is ErrandState.queued  # a follow-up reopens
+        assert (await store.integrity_check()) == []
     finally:
         await store.close()
     again = SQLiteStore(path)  # and a re-open of the migrated file is a no-op
     try:
-        assert again.view_sync("01JGX4T2N8").last_seq == 17
+        assert (await again.view("01JGX4T2N8")).last_seq == 17
     finally:
         await again.close()
 
@@ -377,6 +381,41 @@ async def test_a_database_from_a_newer_errands_is_refused_clearly(tmp_path: Path
         SQLiteStore(path)
     assert isinstance(info.value, StoreError)
     assert f"schema version {LATEST + 1}" in str(info.value)
+
+
+def _applied(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+    finally:
+        conn.close()
+
+
+async def test_migrations_are_named_and_recorded_once(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    await SQLiteStore(path).close()
+    assert _applied(path) == [m.name for m in MIGRATIONS]
+    await SQLiteStore(path).close()  # opening again applies nothing twice
+    assert _applied(path) == [m.name for m in MIGRATIONS]
+    # a store from before named migrations (only user_version): its names are recorded
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE migrations")
+    conn.close()
+    store = SQLiteStore(path)
+    await store.create("e1", _created())
+    await store.close()
+    assert _applied(path) == [m.name for m in MIGRATIONS]
+
+
+async def test_a_migration_this_errands_does_not_know_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "e.db"
+    await SQLiteStore(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("INSERT INTO migrations(name, applied_at) VALUES ('0099_from_the_future', 0)")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="0099_from_the_future"):
+        SQLiteStore(path)
 
 
 # --- group commit ----------------------------------------------------------------------------
@@ -400,8 +439,8 @@ async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
         assert store.stats.commits - commits < 100  # 200 appends, far fewer fsyncs
         assert store.stats.max_batch > 1
         for e in ids:
-            assert [s.seq for s in store.read_sync(e)] == list(range(1, 12))
-        assert store.integrity_check() == []
+            assert [s.seq for s in (await store.read(e))] == list(range(1, 12))
+        assert (await store.integrity_check()) == []
     finally:
         await store.close()
 
@@ -429,8 +468,8 @@ async def test_a_failing_operation_fails_alone_in_its_batch(tmp_path: Path) -> N
         a, b, c = await asyncio.gather(*tasks, return_exceptions=True)
         assert a == [2] and c == [3]
         assert isinstance(b, ValueError)
-        assert [s.seq for s in store.read_sync("e2")] == [1]
-        assert store.integrity_check() == []
+        assert [s.seq for s in (await store.read("e2"))] == [1]
+        assert (await store.integrity_check()) == []
     finally:
         await store.close()
 
@@ -445,9 +484,9 @@ async def test_a_corrupted_projection_is_found_and_rebuilt(tmp_path: Path) -> No
         conn.execute("UPDATE errands SET state = 'running', view = '{}' WHERE id = 'e1'")
         conn.commit()
         conn.close()
-        assert store.integrity_check() == ["e1: projection differs from the fold"]
-        assert store.rebuild_projections() == 1
-        assert store.integrity_check() == []
-        assert store.view_sync("e1").state is ErrandState.done
+        assert (await store.integrity_check()) == ["e1: projection differs from the fold"]
+        assert (await store.rebuild_projections()) == 1
+        assert (await store.integrity_check()) == []
+        assert (await store.view("e1")).state is ErrandState.done
     finally:
         await store.close()

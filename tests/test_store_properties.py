@@ -7,7 +7,7 @@ crashes, and checks after every step that:
 
 - every acknowledged append is in the log, exactly as appended, at the sequence number
   it was given; per-errand sequence numbers have no gaps and no duplicates;
-- the projection (``view_sync``) equals ``fold(read_sync(...))`` whatever the batching,
+- the projection (``view``) equals ``fold(read(...))`` whatever the batching,
   and the projection seen after each step equals the fold of the log's prefix as it was
   then (replaying any prefix gives the state the store showed at that point);
 - two owners never hold one errand's lease at once (the leases table is the model's);
@@ -39,8 +39,9 @@ from hypothesis.stateful import (
 from errands.core import events as ev
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.states import ErrandState, ErrandView, apply, fold
-from errands.store.base import ErrandExists, LeaseLost, NotFound, StoreError
-from errands.store.sqlite import PURGED, SQLiteStore
+from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
+from errands.store.purge import PURGED
+from errands.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
 
@@ -208,7 +209,7 @@ class _Machine(RuleBasedStateMachine):
 
     def snapshot(self) -> None:
         for errand_id in self.logs:
-            view = self.store.view_sync(errand_id)
+            view = self.run(self.store.view(errand_id))
             self.seen.setdefault(errand_id, {})[view.last_seq] = _dump(view)
 
     # -- rules: errands and appends
@@ -221,10 +222,10 @@ class _Machine(RuleBasedStateMachine):
     def create(self, errand_id: str) -> None:
         created = _created(f"errand {errand_id}")
         if errand_id in self.logs:
-            before = self.store.read_sync(errand_id)
+            before = self.run(self.store.read(errand_id))
             with pytest.raises(ErrandExists):
                 self.run(self.store.create(errand_id, created))
-            assert self.store.read_sync(errand_id) == before
+            assert self.run(self.store.read(errand_id)) == before
         else:
             self.run(self.store.create(errand_id, created))
             self.logs[errand_id] = [created.model_dump(mode="json")]
@@ -242,16 +243,16 @@ class _Machine(RuleBasedStateMachine):
     def append(self, data: st.DataObject, batch: list[ev.Event]) -> None:
         errand_id, owner = self.draw_writer(data)
         expected = self.expect_append(errand_id, owner)
-        before = self.store.read_sync(errand_id) if errand_id in self.logs else []
-        view_before = self.store.view_sync(errand_id) if errand_id in self.logs else None
+        before = self.run(self.store.read(errand_id)) if errand_id in self.logs else []
+        view_before = self.run(self.store.view(errand_id)) if errand_id in self.logs else None
         try:
             got = self.run(self.store.append(errand_id, batch, owner=owner))
         except StoreError as exc:
             assert expected is not None and isinstance(exc, expected), (exc, expected)
             # a refused append writes nothing
             if errand_id in self.logs:
-                assert self.store.read_sync(errand_id) == before
-                assert self.store.view_sync(errand_id) == view_before
+                assert self.run(self.store.read(errand_id)) == before
+                assert self.run(self.store.view(errand_id)) == view_before
         else:
             assert expected is None, f"append should have raised {expected}"
             self.record(errand_id, batch, got)
@@ -311,7 +312,7 @@ class _Machine(RuleBasedStateMachine):
 
     @rule()
     def read_wakeups(self) -> None:
-        top, ids = self.store.wakeups_sync(self.wakeup_cursor)
+        top, ids = self.run(self.store.wakeups(self.wakeup_cursor))
         assert ids == list(dict.fromkeys(self.woken))
         assert top >= self.wakeup_cursor
         self.wakeup_cursor, self.woken = top, []
@@ -321,13 +322,13 @@ class _Machine(RuleBasedStateMachine):
     @invariant()
     def logs_are_what_was_acknowledged(self) -> None:
         for errand_id, expected in self.logs.items():
-            stored = self.store.read_sync(errand_id)
+            stored = self.run(self.store.read(errand_id))
             assert [s.seq for s in stored] == list(range(1, len(expected) + 1))
             assert [s.event.model_dump(mode="json") for s in stored] == expected
         for errand_id in set(ERRANDS) - set(self.logs):
-            assert self.store.read_sync(errand_id) == []
+            assert self.run(self.store.read(errand_id)) == []
             with pytest.raises(NotFound):
-                self.store.view_sync(errand_id)
+                self.run(self.store.view(errand_id))
 
     @invariant()
     def one_lease_holder_at_most(self) -> None:
@@ -341,7 +342,7 @@ class _Machine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            assert self.store.integrity_check() == []
+            assert self.run(self.store.integrity_check()) == []
             self.run(self.store.close())
         finally:
             self.loop.close()
@@ -356,7 +357,7 @@ class StoreMachine(_Machine):
     def refused_by_guard(self, data: st.DataObject, batch: list[ev.Event]) -> None:
         """An outside append whose guard refuses writes nothing -- not even a wake-up."""
         errand_id = data.draw(st.sampled_from(sorted(self.logs)))
-        before = self.store.read_sync(errand_id)
+        before = self.run(self.store.read(errand_id))
         seen: list[ErrandView] = []
 
         def guard(view: ErrandView) -> None:
@@ -365,9 +366,9 @@ class StoreMachine(_Machine):
 
         with pytest.raises(StoreError, match="refused by the guard"):
             self.run(self.store.append(errand_id, batch, guard=guard))
-        assert self.store.read_sync(errand_id) == before
+        assert self.run(self.store.read(errand_id)) == before
         # the guard saw the errand's current view
-        assert [_dump(v) for v in seen] == [_dump(self.store.view_sync(errand_id))]
+        assert [_dump(v) for v in seen] == [_dump(self.run(self.store.view(errand_id)))]
 
     @rule(data=st.data(), n=st.integers(3, 8))
     def concurrent_appends(self, data: st.DataObject, n: int) -> None:
@@ -408,7 +409,7 @@ class StoreMachine(_Machine):
     def purge(self, data: st.DataObject) -> None:
         errand_id = data.draw(st.sampled_from(sorted(self.logs)))
         self.run(self.store.purge(errand_id))
-        stored = self.store.read_sync(errand_id)
+        stored = self.run(self.store.read(errand_id))
         assert len(stored) == len(self.logs[errand_id]) + 1
         assert isinstance(stored[-1].event, ev.ErrandPurged)
         for s in stored:
@@ -421,7 +422,7 @@ class StoreMachine(_Machine):
 
     @rule()
     def rebuild_projections(self) -> None:
-        assert self.store.rebuild_projections() == len(self.logs)
+        assert self.run(self.store.rebuild_projections()) == len(self.logs)
 
     @rule()
     def reopen(self) -> None:
@@ -446,9 +447,9 @@ class StoreMachine(_Machine):
     @invariant()
     def projection_is_the_fold(self) -> None:
         for errand_id in self.logs:
-            stored = self.store.read_sync(errand_id)
+            stored = self.run(self.store.read(errand_id))
             folded = fold(errand_id, [(s.seq, s.event) for s in stored])
-            assert _dump(self.store.view_sync(errand_id)) == _dump(folded)
+            assert _dump(self.run(self.store.view(errand_id))) == _dump(folded)
             # replaying any prefix gives the projection the store showed at that point
             view = ErrandView(id=errand_id)
             seen = self.seen.get(errand_id, {})

@@ -4,7 +4,8 @@ The failures come from the wire simulators (a stream that breaks half-way, after
 text has streamed); the models are the real clients under the real wrappers. What the
 person sees is replayed from what the listener got -- deltas appended, a reset clearing
 -- and must be the answer, once. Each check has a negative control: with the
-``no_text_reset`` test switch the wrappers do not reset, and the same check fails.
+``no_text_reset`` control (``seams.controls``) the wrappers do not reset, and the same
+check fails.
 
 Through a real ``errands up``, the errand's stream carries ``event: text_reset``; through
 the real CLI, the foreground render marks the discarded text.
@@ -21,24 +22,25 @@ import httpx
 import pytest
 from conftest import CLI
 from helpers.server import ServerProc, Sink, clean_env, write_config
+from seams import child_env
+from seams.controls import reset_nothing
 from sim.core import Turn, call
 from sim.gemini_server import GeminiSim
 from sim.openai_server import OpenAIChatSim
 
 from errands.config import ProviderSettings, Settings
-from errands.core import faults
 from errands.core.states import ErrandState
 from errands.engine.operations import create_errand
 from errands.engine.runner import Runner
 from errands.models.protocol import Message, Model, ModelRequest
 from errands.models.spec import resolve_model
-from errands.models.streaming import ErrandText, TextStream
+from errands.models.streaming import AttemptText, ErrandText, TextStream
 from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
 from errands.models.wrappers.retry import RetryingModel, RetryPolicy
 from errands.models.wrappers.router import innermost
 from errands.policy.hook import AllowAll
-from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.store import Store
+from errands.tools.toolset import FunctionToolset
 
 ANSWER = "The rent is 1,900 a month, paid on the first; the deposit is two months."
 FAST = RetryPolicy(max_attempts=3, base_delay=0.02)
@@ -83,8 +85,8 @@ def client(sim: OpenAIChatSim | GeminiSim, kind: str, settings: Settings, key_en
 def no_reset(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Parametrised: False runs the real wrappers; True is the negative control."""
     off = bool(request.param)
-    if off:
-        monkeypatch.setattr(faults, "_SWITCHES", frozenset({"no_text_reset"}))
+    if off:  # wrappers that never take the text back
+        monkeypatch.setattr(AttemptText, "reset", reset_nothing)
     return off
 
 
@@ -176,7 +178,7 @@ class Listener:
 async def test_the_loop_passes_the_reset_to_its_listener(
     openai_sim: OpenAIChatSim,
     settings: Settings,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("TEXT_RESET_KEY", openai_sim.api_key)
@@ -187,7 +189,7 @@ async def test_the_loop_passes_the_reset_to_its_listener(
     )
     s = settings.model_copy(update={"providers": {"sim": endpoint}})
     listener = Listener()
-    runner = Runner(store, s, Registry(), AllowAll(), on_text=listener)
+    runner = Runner(store, s, FunctionToolset(), AllowAll(), on_text=listener)
     errand_id = await create_errand(store, s, "what is the rent?", model="sim:gpt-sim")
     view = await runner.run_errand(errand_id)
     assert view.state is ErrandState.done and view.result == ANSWER
@@ -216,9 +218,9 @@ def sse(stream: httpx.Response) -> Iterator[tuple[str, Any]]:
             yield kind, json.loads(line[6:])
 
 
-@pytest.mark.parametrize("switches", ["", "no_text_reset"], ids=["reset", "control"])
+@pytest.mark.parametrize("control", ["", "no_text_reset"], ids=["reset", "control"])
 def test_the_errand_stream_carries_the_reset(
-    tmp_path: Path, openai_sim: OpenAIChatSim, switches: str
+    tmp_path: Path, openai_sim: OpenAIChatSim, control: str
 ) -> None:
     home = tmp_path / "home"
     write_config(
@@ -226,9 +228,9 @@ def test_the_errand_stream_carries_the_reset(
         f'[providers.sim]\nkind = "openai"\nbase_url = "{openai_sim.base_url}"\n'
         'api_key_env = "TEXT_RESET_KEY"',
     )
-    env = clean_env(home, TEXT_RESET_KEY=openai_sim.api_key)
-    if switches:
-        env["ERRANDS_UNSAFE_TEST_SWITCHES"] = switches
+    env = child_env(
+        clean_env(home, TEXT_RESET_KEY=openai_sim.api_key), controls=[control] * bool(control)
+    )
     sink = Sink()
     # first an action that waits for approval, so the stream is surely open when the
     # reply that breaks half-way streams
@@ -261,7 +263,7 @@ def test_the_errand_stream_carries_the_reset(
         server.kill()
         sink.close()
     texts = [d["delta"] if k == "text" else None for k, d in seen if k in ("text", "text_reset")]
-    if switches:  # the control: no reset, and what the inbox shows is garbled
+    if control:  # the control: no reset, and what the inbox shows is garbled
         assert RESET not in texts and shown(texts) != ANSWER
         return
     assert texts.count(RESET) == 1

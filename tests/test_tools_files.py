@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from seams import child_env
 
 from errands.config import Settings
 from errands.core.labels import Confidentiality, Integrity
-from errands.tools.builtin import builtin_registry
+from errands.tools.builtin import builtin_toolset
 from errands.tools.builtin.files import LIST_CAP, READ_CAP, read_file
-from errands.tools.registry import Registry, ToolContext, ToolError, ToolOutput
+from errands.tools.tool import ToolContext, ToolError, ToolOutput
+from errands.tools.toolset import FunctionToolset
 from errands.tools.workspace import (
     PathRefused,
     WorkspaceRefused,
@@ -30,8 +32,8 @@ SECRET = "the secret outside the workspace"
 
 
 @pytest.fixture
-def registry() -> Registry:
-    return builtin_registry()
+def registry() -> FunctionToolset:
+    return builtin_toolset()
 
 
 @pytest.fixture
@@ -53,7 +55,7 @@ def ctx_for(ws: Path) -> ToolContext:
     return ToolContext("e1", 1, "e1:1", ws, Settings(home=ws.parent / "home"))
 
 
-async def call(registry: Registry, ws: Path, name: str, **args: Any) -> ToolOutput:
+async def call(registry: FunctionToolset, ws: Path, name: str, **args: Any) -> ToolOutput:
     tool = registry.get(name)
     return await tool.invoke(tool.validate(args), ctx_for(ws))
 
@@ -61,7 +63,7 @@ async def call(registry: Registry, ws: Path, name: str, **args: Any) -> ToolOutp
 # -- the tools do their job --------------------------------------------------------------
 
 
-async def test_write_then_read_round_trip(registry: Registry, ws: Path) -> None:
+async def test_write_then_read_round_trip(registry: FunctionToolset, ws: Path) -> None:
     out = await call(
         registry, ws, "write_file", path="notes/deep/todo.md", content="héllo\nworld\n"
     )
@@ -76,7 +78,9 @@ async def test_write_then_read_round_trip(registry: Registry, ws: Path) -> None:
     assert read.source == "notes/deep/todo.md"
 
 
-async def test_write_replaces_atomically_and_keeps_the_mode(registry: Registry, ws: Path) -> None:
+async def test_write_replaces_atomically_and_keeps_the_mode(
+    registry: FunctionToolset, ws: Path
+) -> None:
     target = ws / "run.sh"
     target.write_text("old content that is longer than the new one")
     target.chmod(0o750)
@@ -86,7 +90,9 @@ async def test_write_replaces_atomically_and_keeps_the_mode(registry: Registry, 
     assert sorted(p.name for p in ws.iterdir()) == ["run.sh"]  # no temp file left behind
 
 
-async def test_write_refuses_a_directory_and_the_workspace(registry: Registry, ws: Path) -> None:
+async def test_write_refuses_a_directory_and_the_workspace(
+    registry: FunctionToolset, ws: Path
+) -> None:
     (ws / "d").mkdir()
     with pytest.raises(ToolError, match="is a directory"):
         await call(registry, ws, "write_file", path="d", content="x")
@@ -94,7 +100,7 @@ async def test_write_refuses_a_directory_and_the_workspace(registry: Registry, w
         await call(registry, ws, "write_file", path=".", content="x")
 
 
-async def test_read_errors_are_clear(registry: Registry, ws: Path) -> None:
+async def test_read_errors_are_clear(registry: FunctionToolset, ws: Path) -> None:
     (ws / "blob.bin").write_bytes(b"\x89PNG\x00\x01\x02")
     (ws / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     (ws / "d").mkdir()
@@ -108,7 +114,9 @@ async def test_read_errors_are_clear(registry: Registry, ws: Path) -> None:
         await call(registry, ws, "read_file", path="d")
 
 
-async def test_read_cuts_a_large_file_at_the_cap_and_says_so(registry: Registry, ws: Path) -> None:
+async def test_read_cuts_a_large_file_at_the_cap_and_says_so(
+    registry: FunctionToolset, ws: Path
+) -> None:
     # a multi-byte character straddles the cap: the cut must not break the decoding
     (ws / "big.txt").write_text("a" * (READ_CAP - 1) + "é" + "b" * 1000, encoding="utf-8")
     out = await call(registry, ws, "read_file", path="big.txt")
@@ -118,7 +126,7 @@ async def test_read_cuts_a_large_file_at_the_cap_and_says_so(registry: Registry,
 
 
 async def test_list_files_recursive_with_sizes_and_links(
-    registry: Registry, ws: Path, outside: Path
+    registry: FunctionToolset, ws: Path, outside: Path
 ) -> None:
     (ws / "src/pkg").mkdir(parents=True)
     (ws / "src/pkg/mod.py").write_text("x = 1\n")
@@ -144,7 +152,7 @@ async def test_list_files_recursive_with_sizes_and_links(
         await call(registry, ws, "list_files", path="README.md")
 
 
-async def test_list_files_stops_at_the_cap(registry: Registry, ws: Path) -> None:
+async def test_list_files_stops_at_the_cap(registry: FunctionToolset, ws: Path) -> None:
     for i in range(LIST_CAP + 5):
         (ws / f"f{i:04d}").write_text("")
     lines = (await call(registry, ws, "list_files")).text.splitlines()
@@ -152,7 +160,9 @@ async def test_list_files_stops_at_the_cap(registry: Registry, ws: Path) -> None
     assert "stopped after" in lines[-1]
 
 
-async def test_paths_inside_are_allowed_in_every_spelling(registry: Registry, ws: Path) -> None:
+async def test_paths_inside_are_allowed_in_every_spelling(
+    registry: FunctionToolset, ws: Path
+) -> None:
     (ws / "a").mkdir()
     (ws / "a/f.txt").write_text("inside")
     (ws / "alias").symlink_to(ws / "a")  # a symlink that stays inside is fine
@@ -203,7 +213,7 @@ ESCAPES = [
 
 @pytest.mark.parametrize("attempt", ESCAPES)
 async def test_escape_is_refused_for_read(
-    registry: Registry, ws: Path, outside: Path, attempt: str
+    registry: FunctionToolset, ws: Path, outside: Path, attempt: str
 ) -> None:
     path = _escapes(ws, outside)[attempt]
     with pytest.raises(PathRefused, match="outside the workspace"):
@@ -214,7 +224,7 @@ async def test_escape_is_refused_for_read(
 
 @pytest.mark.parametrize("attempt", ESCAPES)
 async def test_escape_is_refused_for_write(
-    registry: Registry, ws: Path, outside: Path, attempt: str
+    registry: FunctionToolset, ws: Path, outside: Path, attempt: str
 ) -> None:
     path = _escapes(ws, outside)[attempt]
     before = sorted(p.name for p in outside.iterdir())
@@ -227,7 +237,7 @@ async def test_escape_is_refused_for_write(
 
 @pytest.mark.parametrize("path", ["..", "sub/hop", "/"])
 async def test_escape_is_refused_for_list(
-    registry: Registry, ws: Path, outside: Path, path: str
+    registry: FunctionToolset, ws: Path, outside: Path, path: str
 ) -> None:
     _escapes(ws, outside)
     with pytest.raises(PathRefused):
@@ -235,7 +245,7 @@ async def test_escape_is_refused_for_list(
 
 
 async def test_write_does_not_create_parents_outside(
-    registry: Registry, ws: Path, outside: Path
+    registry: FunctionToolset, ws: Path, outside: Path
 ) -> None:
     _escapes(ws, outside)
     with pytest.raises(PathRefused):
@@ -295,18 +305,18 @@ def test_nul_in_path_is_refused(ws: Path) -> None:
 # -- the negative control: with confinement off, the same escape succeeds ----------------
 
 
-@pytest.mark.parametrize("switched_off", [False, True])
+@pytest.mark.parametrize("control", [False, True], ids=["confined", "control"])
 def test_negative_control_escape_succeeds_without_confinement(
-    ws: Path, outside: Path, switched_off: bool
+    ws: Path, outside: Path, control: bool
 ) -> None:
     script = textwrap.dedent(
         """
         import asyncio, sys
         from pathlib import Path
-        from errands.tools.builtin import builtin_registry
-        from errands.tools.registry import ToolContext, ToolError
+        from errands.tools.builtin import builtin_toolset
+        from errands.tools.tool import ToolContext, ToolError
 
-        tool = builtin_registry().get("read_file")
+        tool = builtin_toolset().get("read_file")
         ctx = ToolContext("e1", 1, "k", Path(sys.argv[1]))
         try:
             print(asyncio.run(tool.invoke({"path": "../outside/secret.txt"}, ctx)).text)
@@ -314,9 +324,8 @@ def test_negative_control_escape_succeeds_without_confinement(
             print("REFUSED", exc)
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "ERRANDS_UNSAFE_TEST_SWITCHES"}
-    if switched_off:
-        env["ERRANDS_UNSAFE_TEST_SWITCHES"] = "no_confinement"
+    # the control: file tools that open whatever path they are given
+    env = child_env(controls=["no_confinement"] if control else [])
     done = subprocess.run(
         [sys.executable, "-c", script, str(ws)],
         env=env,
@@ -325,7 +334,7 @@ def test_negative_control_escape_succeeds_without_confinement(
         timeout=60,
         check=True,
     )
-    if switched_off:
+    if control:
         assert done.stdout.strip() == SECRET  # the test above would have caught this
     else:
         assert done.stdout.startswith("REFUSED")

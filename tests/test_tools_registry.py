@@ -12,17 +12,17 @@ import pytest
 
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
-from errands.tools.registry import (
+from errands.tools.tool import (
     Contract,
     PostconditionFailed,
     PreconditionFailed,
-    Registry,
     ToolArgumentError,
     ToolContext,
     ToolOutput,
     UnknownTool,
     make_tool,
 )
+from errands.tools.toolset import FunctionToolset
 
 CTX = ToolContext("e1", 3, "e1:3", Path("."))
 
@@ -98,24 +98,24 @@ def test_schema_from_hints_and_docstring() -> None:
 
 
 def test_schemas_are_ordered_and_fingerprinted() -> None:
-    first = Registry(
+    first = FunctionToolset(
         [
             make_tool(slow_echo, effect=EffectClass.none),
             make_tool(search_listings, effect=EffectClass.read),
         ]
     )
-    second = Registry(
+    second = FunctionToolset(
         [
             make_tool(search_listings, effect=EffectClass.read),
             make_tool(slow_echo, effect=EffectClass.none),
         ]
     )
-    assert [s.name for s in first.schemas()] == ["search_listings", "slow_echo"]
-    assert first.fingerprint() == second.fingerprint()
-    renamed = Registry([make_tool(slow_echo, effect=EffectClass.none, name="echo")])
+    assert [s.name for s in first.listing.schemas] == ["search_listings", "slow_echo"]
+    assert first.listing.fingerprint == second.listing.fingerprint
+    renamed = FunctionToolset([make_tool(slow_echo, effect=EffectClass.none, name="echo")])
     assert (
-        renamed.fingerprint()
-        != Registry([make_tool(slow_echo, effect=EffectClass.none)]).fingerprint()
+        renamed.listing.fingerprint
+        != FunctionToolset([make_tool(slow_echo, effect=EffectClass.none)]).listing.fingerprint
     )
 
 
@@ -178,7 +178,7 @@ def test_validation_errors_are_clear(args: dict[str, Any], message: str) -> None
 
 
 def test_unknown_tool_names_the_known_ones() -> None:
-    registry = Registry([make_tool(slow_echo, effect=EffectClass.none)])
+    registry = FunctionToolset([make_tool(slow_echo, effect=EffectClass.none)])
     with pytest.raises(UnknownTool, match="unknown tool 'rm_rf'; available tools: slow_echo"):
         registry.get("rm_rf")
     assert "slow_echo" in registry and "rm_rf" not in registry
@@ -257,7 +257,7 @@ def test_effect_as_a_function_of_the_arguments() -> None:
 
 
 def test_decorator_registers_and_varargs_are_refused() -> None:
-    registry = Registry()
+    registry = FunctionToolset()
 
     @registry.tool(effect=EffectClass.read, idempotent=True, name="lookup")
     def find(key: str) -> str:

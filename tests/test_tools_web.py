@@ -16,9 +16,10 @@ import pytest
 from errands.config import NetworkSettings, Settings
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
-from errands.tools.builtin import builtin_registry
+from errands.tools.builtin import builtin_toolset
 from errands.tools.netguard import NetworkRefused, check_url, guarded_client
-from errands.tools.registry import Registry, ToolArgumentError, ToolContext, ToolError, ToolOutput
+from errands.tools.tool import ToolArgumentError, ToolContext, ToolError, ToolOutput
+from errands.tools.toolset import FunctionToolset
 
 PAGE = (
     b"<!doctype html><html><head><title>Listings</title><style>p{}</style></head>"
@@ -118,12 +119,12 @@ ALLOW_LOOPBACK = ["127.0.0.1"]
 
 
 @pytest.fixture
-def registry() -> Registry:
-    return builtin_registry()
+def registry() -> FunctionToolset:
+    return builtin_toolset()
 
 
 async def call(
-    registry: Registry, settings: Settings, name: str, key: str = "e1:7", **args: Any
+    registry: FunctionToolset, settings: Settings, name: str, key: str = "e1:7", **args: Any
 ) -> ToolOutput:
     tool = registry.get(name)
     ctx = ToolContext("e1", 7, key, Path("."), settings)
@@ -133,7 +134,9 @@ async def call(
 # -- fetch_url -----------------------------------------------------------------------------
 
 
-async def test_fetch_html_as_readable_untrusted_text(registry: Registry, server: Server) -> None:
+async def test_fetch_html_as_readable_untrusted_text(
+    registry: FunctionToolset, server: Server
+) -> None:
     out = await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=server.url("/page"))
     assert out.text.startswith(f"HTTP 200 OK · text/html · {server.url('/page')}\n\n")
     assert "# Two bedrooms" in out.text
@@ -147,7 +150,7 @@ async def test_fetch_html_as_readable_untrusted_text(registry: Registry, server:
     assert out.confidentiality is Confidentiality.private
 
 
-async def test_fetch_caps_the_response(registry: Registry, server: Server) -> None:
+async def test_fetch_caps_the_response(registry: FunctionToolset, server: Server) -> None:
     settings = settings_for(ALLOW_LOOPBACK, max_response_bytes=1000)
     out = await call(registry, settings, "fetch_url", url=server.url("/big"))
     body = out.text.split("\n\n", 1)[1]
@@ -155,13 +158,13 @@ async def test_fetch_caps_the_response(registry: Registry, server: Server) -> No
     assert "x" * 1001 not in body
 
 
-async def test_fetch_does_not_show_binary(registry: Registry, server: Server) -> None:
+async def test_fetch_does_not_show_binary(registry: FunctionToolset, server: Server) -> None:
     out = await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=server.url("/binary"))
     assert out.text.endswith("[binary content, 1024 bytes, not shown]")
 
 
 async def test_fetch_follows_a_redirect_and_reports_where_it_landed(
-    registry: Registry, server: Server
+    registry: FunctionToolset, server: Server
 ) -> None:
     start = server.url("/redirect?to=/text")
     out = await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=start)
@@ -173,20 +176,20 @@ async def test_fetch_follows_a_redirect_and_reports_where_it_landed(
 # -- the guard: what must be refused ---------------------------------------------------------
 
 
-async def test_loopback_is_refused_by_default(registry: Registry, server: Server) -> None:
+async def test_loopback_is_refused_by_default(registry: FunctionToolset, server: Server) -> None:
     with pytest.raises(NetworkRefused, match=r"127\.0\.0\.1 is a loopback address"):
         await call(registry, settings_for(), "fetch_url", url=server.url("/text"))
     assert server.requests == []
 
 
-async def test_localhost_by_name_is_refused(registry: Registry, server: Server) -> None:
+async def test_localhost_by_name_is_refused(registry: FunctionToolset, server: Server) -> None:
     with pytest.raises(NetworkRefused, match="refused to connect to localhost"):
         await call(registry, settings_for(), "fetch_url", url=f"http://localhost:{server.port}/")
     assert server.requests == []
 
 
 async def test_own_server_port_is_refused_even_when_allowed(
-    registry: Registry, server: Server
+    registry: FunctionToolset, server: Server
 ) -> None:
     settings = settings_for(ALLOW_LOOPBACK)
     settings.server_port = server.port
@@ -245,7 +248,9 @@ def test_allow_list_matches_mapped_addresses_and_rejects_garbage() -> None:
         check_url("http://10.9.8.7/", settings_for(["intranet"]))
 
 
-async def test_redirect_to_a_refused_address_is_refused(registry: Registry, server: Server) -> None:
+async def test_redirect_to_a_refused_address_is_refused(
+    registry: FunctionToolset, server: Server
+) -> None:
     settings = settings_for(ALLOW_LOOPBACK)
     for target in ("http://169.254.169.254/latest/", f"http://[::1]:{server.port}/text"):
         url = server.url(f"/redirect?to={target}")
@@ -259,7 +264,7 @@ async def test_redirect_to_a_refused_address_is_refused(registry: Registry, serv
     assert all(r.path.startswith("/redirect") for r in server.requests)
 
 
-async def test_too_many_redirects_are_refused(registry: Registry, server: Server) -> None:
+async def test_too_many_redirects_are_refused(registry: FunctionToolset, server: Server) -> None:
     with pytest.raises(NetworkRefused, match="more than 5 redirects"):
         await call(registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=server.url("/hop/0"))
     assert len(server.requests) == 6
@@ -274,7 +279,7 @@ async def test_the_transport_itself_refuses_unvetted_addresses(server: Server) -
 
 
 async def test_dns_rebinding_gains_nothing(
-    registry: Registry, server: Server, monkeypatch: pytest.MonkeyPatch
+    registry: FunctionToolset, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A resolver that answers with a public address first, then with 127.0.0.1 -- the
     # rebinding attack. The resolver is faked (it is not ours); the guard is real.
@@ -295,7 +300,9 @@ async def test_dns_rebinding_gains_nothing(
 # -- http_request ----------------------------------------------------------------------------
 
 
-async def test_http_request_sends_the_idempotency_key(registry: Registry, server: Server) -> None:
+async def test_http_request_sends_the_idempotency_key(
+    registry: FunctionToolset, server: Server
+) -> None:
     out = await call(
         registry,
         settings_for(ALLOW_LOOPBACK),
@@ -324,7 +331,7 @@ async def test_http_request_sends_the_idempotency_key(registry: Registry, server
 
 
 async def test_http_get_follows_redirects_with_the_key_on_every_hop(
-    registry: Registry, server: Server
+    registry: FunctionToolset, server: Server
 ) -> None:
     url = server.url("/redirect?to=/echo")
     out = await call(
@@ -340,7 +347,9 @@ async def test_http_get_follows_redirects_with_the_key_on_every_hop(
     ]
 
 
-async def test_http_post_does_not_follow_a_redirect(registry: Registry, server: Server) -> None:
+async def test_http_post_does_not_follow_a_redirect(
+    registry: FunctionToolset, server: Server
+) -> None:
     url = server.url("/redirect?to=/echo")
     out = await call(
         registry, settings_for(ALLOW_LOOPBACK), "http_request", method="POST", url=url, body="x"
@@ -354,7 +363,7 @@ async def test_http_post_does_not_follow_a_redirect(registry: Registry, server: 
     assert len(server.requests) == 1
 
 
-async def test_http_request_is_guarded_too(registry: Registry, server: Server) -> None:
+async def test_http_request_is_guarded_too(registry: FunctionToolset, server: Server) -> None:
     with pytest.raises(NetworkRefused):
         await call(registry, settings_for(), "http_request", method="DELETE", url=server.url("/x"))
     assert server.requests == []
@@ -365,7 +374,7 @@ async def test_http_request_is_guarded_too(registry: Registry, server: Server) -
     ["Host", "host", "Transfer-Encoding", "Connection", "Upgrade", "Idempotency-Key", "Proxy-X"],
 )
 async def test_transport_headers_cannot_be_set(
-    registry: Registry, server: Server, header: str
+    registry: FunctionToolset, server: Server, header: str
 ) -> None:
     with pytest.raises(ToolArgumentError, match="cannot be set"):
         await call(
@@ -379,7 +388,7 @@ async def test_transport_headers_cannot_be_set(
     assert server.requests == []
 
 
-async def test_header_injection_is_refused(registry: Registry, server: Server) -> None:
+async def test_header_injection_is_refused(registry: FunctionToolset, server: Server) -> None:
     with pytest.raises(ToolArgumentError, match="forbidden characters"):
         await call(
             registry,
@@ -401,7 +410,7 @@ async def test_header_injection_is_refused(registry: Registry, server: Server) -
     assert server.requests == []
 
 
-def test_http_request_effect_depends_on_the_method(registry: Registry) -> None:
+def test_http_request_effect_depends_on_the_method(registry: FunctionToolset) -> None:
     tool = registry.get("http_request")
     assert tool.honours_idempotency_key and tool.safe_to_retry
     url = "https://example.com/"
@@ -413,15 +422,15 @@ def test_http_request_effect_depends_on_the_method(registry: Registry) -> None:
         tool.validate({"method": "TRACE", "url": url})
 
 
-def test_builtin_registry_has_the_five_tools(registry: Registry) -> None:
-    assert [t.name for t in registry] == [
+def test_builtin_toolset_has_the_five_tools(registry: FunctionToolset) -> None:
+    assert [t.name for t in registry.listing] == [
         "fetch_url",
         "http_request",
         "list_files",
         "read_file",
         "write_file",
     ]
-    effects = {t.name: t.effect({"method": "GET"}) for t in registry}
+    effects = {t.name: t.effect({"method": "GET"}) for t in registry.listing}
     assert effects == {
         "fetch_url": EffectClass.network,
         "http_request": EffectClass.network,
@@ -429,10 +438,10 @@ def test_builtin_registry_has_the_five_tools(registry: Registry) -> None:
         "read_file": EffectClass.read,
         "write_file": EffectClass.write_local,
     }
-    assert all(t.safe_to_retry for t in registry)
+    assert all(t.safe_to_retry for t in registry.listing)
 
 
-async def test_a_connection_failure_is_a_clear_tool_error(registry: Registry) -> None:
+async def test_a_connection_failure_is_a_clear_tool_error(registry: FunctionToolset) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

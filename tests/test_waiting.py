@@ -16,10 +16,10 @@ from errands.core.states import ErrandState
 from errands.engine.operations import create_errand
 from errands.engine.runner import Runner
 from errands.policy.rules import Policy
-from errands.store.sqlite import SQLiteStore
+from errands.store import Store
 
 
-async def _wait_many(store: SQLiteStore, settings: Settings, tmp_path: Path, n: int) -> None:
+async def _wait_many(store: Store, settings: Settings, tmp_path: Path, n: int) -> None:
     model = script({"text": "sending", "tool_calls": [call("send_message", to="bob", body="hi")]})
     runner = Runner(
         store, settings, ledger_registry(Ledger(tmp_path / "l")), Policy(), models=lambda s: model
@@ -58,13 +58,13 @@ async def _wait_many(store: SQLiteStore, settings: Settings, tmp_path: Path, n: 
 
 
 async def test_a_thousand_waiting_errands_hold_no_tasks(
-    store: SQLiteStore, settings: Settings, tmp_path: Path
+    store: Store, settings: Settings, tmp_path: Path
 ) -> None:
     await _wait_many(store, settings, tmp_path, 1000)
 
 
 @pytest.mark.slow
 async def test_ten_thousand_waiting_errands_hold_no_tasks(
-    store: SQLiteStore, settings: Settings, tmp_path: Path
+    store: Store, settings: Settings, tmp_path: Path
 ) -> None:
     await _wait_many(store, settings, tmp_path, 10_000)

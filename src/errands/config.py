@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errands.core.events import Limits
+from errands.errors import ConfigError
 
 __all__ = [
     "BudgetSettings",
@@ -27,10 +28,6 @@ __all__ = [
     "errands_home",
     "load_settings",
 ]
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; the message says where and why."""
 
 
 class NetworkSettings(BaseModel):

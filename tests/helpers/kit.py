@@ -9,7 +9,8 @@ from typing import Any
 
 from errands.core.events import EffectClass
 from errands.models.scripted import Script, ScriptedModel
-from errands.tools.registry import Registry, ToolContext
+from errands.tools.tool import ToolContext
+from errands.tools.toolset import FunctionToolset
 
 
 class Ledger:
@@ -32,10 +33,10 @@ class Ledger:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
-def ledger_registry(ledger: Ledger) -> Registry:
-    reg = Registry()
+def ledger_registry(ledger: Ledger) -> FunctionToolset:
+    reg = FunctionToolset()
 
-    @reg.tool(effect=EffectClass.external)
+    @reg.tool(effect=EffectClass.external, roles={"to": "recipient", "body": "body"})
     def send_message(to: str, body: str, ctx: ToolContext) -> str:
         """Send a message to someone.
 

@@ -37,7 +37,8 @@ import httpx
 from errands.config import NotifySettings
 from errands.core import events as ev
 from errands.core.states import ErrandState
-from errands.store.base import NotFound, Store
+from errands.errors import NotFound
+from errands.store import Store
 
 __all__ = ["Notifier"]
 

@@ -11,7 +11,6 @@ store directly; both paths write the same events.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +19,12 @@ import httpx
 from rich.console import Console
 
 from errands.cli.render import approval_card
+from errands.cli.whoami import who
 from errands.config import Settings
-from errands.core.states import PendingApproval
-from errands.engine.operations import UserError
+from errands.core.errand import ApprovalOut
+from errands.errors import UserError
 from errands.policy.approvals import parse_approval_id
 from errands.server.files import ServerRefused, live_server, load_token
-from errands.store.sqlite import SQLiteStore
 
 __all__ = [
     "Remote",
@@ -35,7 +34,6 @@ __all__ = [
     "deny",
     "find",
     "get",
-    "pending_from",
     "tell",
 ]
 
@@ -46,17 +44,13 @@ class RemoteError(UserError):
     """The server refused the request, or did not answer; the message says why."""
 
 
-def _who() -> str:
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or "local"
-
-
 @dataclass
 class Remote:
     url: str
     token: str | None
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        headers = {"X-Errands-Channel": "cli", "X-Errands-By": _who()[:64]}
+        headers = {"X-Errands-Channel": "cli", "X-Errands-By": who()[:64]}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         try:
@@ -102,11 +96,6 @@ def get(remote: Remote, path: str) -> Any:
     return remote.call("GET", path)
 
 
-def pending_from(item: dict[str, Any]) -> PendingApproval:
-    fields = PendingApproval.model_fields
-    return PendingApproval.model_validate({k: v for k, v in item.items() if k in fields})
-
-
 def approvals(remote: Remote, *, as_json: bool) -> None:
     items: list[dict[str, Any]] = remote.call("GET", "/api/approvals")
     if as_json:
@@ -116,7 +105,8 @@ def approvals(remote: Remote, *, as_json: bool) -> None:
         out.print(f"Nothing waits for your approval. [dim](server {remote.url})[/dim]")
         return
     for item in items:
-        out.print(approval_card(pending_from(item), item.get("errand_title", "")))
+        approval = ApprovalOut.model_validate(item)
+        out.print(approval_card(approval.pending(), approval.errand_title))
     out.print(
         "[dim]errands approve ID [--always] [--edit JSON] · errands deny ID --reason TEXT · "
         f"or in the inbox: {remote.url}[/dim]"
@@ -164,17 +154,7 @@ def deny(remote: Remote, approval_id: str, *, reason: str, as_json: bool) -> Non
         )
 
 
-def resolve(settings: Settings, prefix: str) -> str:
-    """The full id of the errand a unique prefix names (read from the store)."""
-    store = SQLiteStore(settings.db_path)
-    try:
-        return store.find_sync(prefix)
-    finally:
-        store.close_sync()
-
-
-def tell(remote: Remote, settings: Settings, errand_id: str, text: str) -> None:
-    full = resolve(settings, errand_id)
+def tell(remote: Remote, full: str, text: str) -> None:
     if not text.strip():
         raise RemoteError("the message is empty")
     remote.call("POST", f"/api/errands/{full}/messages", {"text": text})

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
@@ -14,9 +14,9 @@ from rich.text import Text
 
 from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
-from errands.store.base import StoredEvent
+from errands.store import StoredEvent
 
-__all__ = ["STATE_STYLE", "errand_json", "errands_table", "event_line", "short_args"]
+__all__ = ["STATE_STYLE", "approval_card", "errands_table", "event_line", "short_args"]
 
 STATE_STYLE = {
     ErrandState.queued: "cyan",
@@ -126,31 +126,6 @@ def errands_table(views: list[ErrandView]) -> Table:
             when(v.created_at),
         )
     return table
-
-
-def errand_json(view: ErrandView, events: list[StoredEvent] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": view.id,
-        "status": view.state.value,
-        "title": view.title,
-        "model": view.model,
-        "workspace": view.workspace,
-        "created_at": view.created_at,
-        "updated_at": view.updated_at,
-        "result": view.result,
-        "reason": view.reason or None,
-        "steps": view.steps,
-        "usage": view.usage.model_dump(),
-        "budget_usd": view.budget_usd,  # its max_cost_usd (descendants included), or null
-        "pending_approvals": [p.model_dump() | {"id": p.id} for p in view.pending.values()],
-    }
-    if events is not None:
-        out["events"] = [{"seq": s.seq, **s.event.model_dump(mode="json")} for s in events]
-    return out
-
-
-def print_json(console: Console, data: Any) -> None:
-    console.print_json(json.dumps(data, default=str))
 
 
 def approval_card(p: PendingApproval, title: str = "") -> Panel:

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from errands.core import events as ev
-from errands.core.faults import switch
 from errands.core.labels import BOTTOM, Label
+from errands.core.messages import Message
 from errands.core.states import ErrandView, apply
-from errands.models.protocol import Message
 
 __all__ = ["CallState", "Progress"]
 
@@ -96,8 +95,7 @@ class Progress:
                         role="assistant",
                         text=event.content.text if event.content else "",
                         tool_calls=tuple(event.tool_calls),
-                        # negative control only: provider state not carried by the log
-                        replay=None if switch("no_replay") else event.replay,
+                        replay=event.replay,  # provider state, carried by the log
                     )
                 )
                 self.calls = {

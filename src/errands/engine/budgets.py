@@ -4,7 +4,7 @@ call when a cap would be passed.
 Caps: ``[budget] daily_usd`` (every errand together, per local day) and each errand's
 ``max_cost_usd`` limit, which covers the errand *and its descendants* (a fan-out spends
 its parent's budget). The store does the arithmetic atomically
-(:meth:`errands.store.sqlite.SQLiteStore.reserve`, :mod:`errands.store.spend`): every
+(:meth:`errands.store.base.BaseStore.reserve`, :mod:`errands.costs.spend`): every
 call in flight holds its worst case until the transaction that logs its response
 settles it, so however many calls run at once -- in one process or several over one
 store -- spend stays within each cap, give or take how far a worst case
@@ -36,13 +36,13 @@ from dataclasses import dataclass
 
 from errands.config import Settings
 from errands.core.events import Usage
-from errands.core.faults import switch
 from errands.core.progress import Progress
 from errands.costs.pricing import cost_usd
+from errands.costs.spend import CapReached
 from errands.models.protocol import Message, Model, ModelRequest
-from errands.store.base import Store
+from errands.store import Store
 
-__all__ = ["Budgets", "Refused", "input_tokens_bound", "worst_case_usd"]
+__all__ = ["Blocked", "Budgets", "input_tokens_bound", "worst_case_usd"]
 
 MESSAGE_TOKENS = 16  # role markers, separators, tool-call framing
 IMAGE_TOKENS = 3_000  # above what any provider charges for one image after its resizing
@@ -53,8 +53,8 @@ REASONING_TOKENS = {"minimal": 0, "low": 1_024, "medium": 8_192, "high": 24_576}
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
-    """A call the budget refused: the errand stops in *state* with *reason* -- or, when
+class Blocked:
+    """A call the budget blocks: the errand stops in *state* with *reason* -- or, when
     only calls in flight stand in the way (their holds will settle at most at what they
     hold, usually far less), it waits *wait* seconds and asks again."""
 
@@ -126,34 +126,38 @@ class Budgets:
             or p.view.parent is not None  # an ancestor may have a budget
         )
 
+    def may_wait(self, reached: CapReached) -> bool:
+        """Would the call fit beside what was spent? Then only calls in flight hold the
+        rest, and it waits for them to settle instead of stopping its errand."""
+        return reached.spent + reached.amount <= reached.cap.nanos
+
     async def reserve(
         self, p: Progress, model: Model, request: ModelRequest, request_seq: int
-    ) -> Refused | None:
+    ) -> Blocked | None:
         if not self.applies(p):
             return None
         amount = worst_case_usd(model, request, self.settings, p)
-        refusal = await self.store.reserve(
+        reached = await self.store.reserve(
             p.errand_id,
             request_seq,
             amount,
             daily_usd=self.settings.budget.daily_usd,
             ttl=self.settings.budget.hold_seconds,
         )
-        if refusal is None:
+        if reached is None:
             self._waits.pop(p.errand_id, None)
             return None
-        if refusal.spent + refusal.amount <= refusal.cap.nanos and not switch("no_budget_wait"):
-            # it fits beside what was spent: only calls in flight hold the rest
+        if self.may_wait(reached):
             wait = self._waits.get(p.errand_id, self.WAIT_FIRST)
             self._waits[p.errand_id] = min(wait * 2, self.WAIT_MAX)
-            return Refused("running", refusal.message(), wait=wait)
+            return Blocked("running", reached.message(), wait=wait)
         self._waits.pop(p.errand_id, None)
-        if refusal.daily:
-            return Refused(
+        if reached.daily:
+            return Blocked(
                 "needs_attention",
-                f"{refusal.message()}. It resets at midnight; to go on sooner, raise "
+                f"{reached.message()}. It resets at midnight; to go on sooner, raise "
                 "[budget] daily_usd in errands.toml (and restart errands up if it runs). "
                 f'Then tell the errand: errands tell {p.errand_id} "go on" (a running '
                 f"errands up picks it up; otherwise errands resume {p.errand_id})",
             )
-        return Refused("failed", refusal.message())
+        return Blocked("failed", reached.message())

@@ -17,12 +17,13 @@ from typing import Any
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.canonical import canonical_hash
-from errands.core.faults import fault, switch
+from errands.core.faults import fault
 from errands.core.labels import Confidentiality, Integrity, Label, Provenance
 from errands.core.progress import CallState, Progress
 from errands.policy.hook import Decision, PolicyCall, PolicyHook
-from errands.policy.preview import preview
-from errands.tools.registry import Registry, ToolContext, ToolError
+from errands.policy.preview import preview_of
+from errands.tools.tool import Tool, ToolContext, ToolError
+from errands.tools.toolset import Toolset
 
 __all__ = ["MAX_RESULT_CHARS", "Dispatcher", "idempotency_key"]
 
@@ -42,7 +43,7 @@ def idempotency_key(errand_id: str, request_seq: int, index: int) -> str:
     return f"{errand_id}.{request_seq}.{index}"
 
 
-def _refusal(call: ev.ToolCall, kind: str, text: str) -> ev.ToolResult:
+def _error_result(call: ev.ToolCall, kind: str, text: str) -> ev.ToolResult:
     return ev.ToolResult(
         call_id=call.call_id,
         tool=call.name,
@@ -53,8 +54,8 @@ def _refusal(call: ev.ToolCall, kind: str, text: str) -> ev.ToolResult:
 
 
 class Dispatcher:
-    def __init__(self, registry: Registry, policy: PolicyHook, settings: Settings) -> None:
-        self.registry = registry
+    def __init__(self, toolset: Toolset, policy: PolicyHook, settings: Settings) -> None:
+        self.toolset = toolset
         self.policy = policy
         self.settings = settings
 
@@ -63,11 +64,11 @@ class Dispatcher:
     ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult:
         """Validate the call and ask the policy; return the event that records the outcome."""
         try:
-            tool = self.registry.get(call.name)
+            tool = self.toolset.tools(p.view).get(call.name)
         except ToolError as exc:
-            return _refusal(call, exc.kind, str(exc))
+            return _error_result(call, exc.kind, str(exc))
         if call.raw_arguments is not None:
-            return _refusal(
+            return _error_result(
                 call,
                 "bad_arguments",
                 f"the arguments for {call.name} were not a JSON object: {call.raw_arguments[:300]!r}",
@@ -75,7 +76,7 @@ class Dispatcher:
         try:
             args = tool.validate(call.arguments)
         except ToolError as exc:
-            return _refusal(call, exc.kind, str(exc))
+            return _error_result(call, exc.kind, str(exc))
         effect = tool.effect(args)
         verdict = self.policy.check(
             PolicyCall(
@@ -86,10 +87,11 @@ class Dispatcher:
                 workspace=_workspace(p.view.workspace),
                 context=p.label,
                 always_allowed=tuple(p.always_allowed),
+                roles=tool.arg_roles,
             )
         )
         if verdict.decision is Decision.deny:
-            return _refusal(
+            return _error_result(
                 call,
                 "denied",
                 f"denied by policy rule {verdict.rule}: {verdict.reason or 'not allowed'}",
@@ -103,13 +105,14 @@ class Dispatcher:
                 effect=effect,
                 reason=verdict.reason or f"{effect.value} actions need your approval",
                 rule=verdict.rule,
-                preview=preview(call.name, args, _workspace(p.view.workspace)),
+                preview=preview_of(tool, args, _workspace(p.view.workspace)),
             )
-        return self.intent(p.errand_id, call, index, request_seq, args, effect)
+        return self.intent(p.errand_id, tool, call, index, request_seq, args, effect)
 
     def intent(
         self,
         errand_id: str,
+        tool: Tool,
         call: ev.ToolCall,
         index: int,
         request_seq: int,
@@ -117,7 +120,6 @@ class Dispatcher:
         effect: ev.EffectClass,
         approval_seq: int | None = None,
     ) -> ev.ToolIntent:
-        tool = self.registry.get(call.name)
         return ev.ToolIntent(
             call_id=call.call_id,
             tool=call.name,
@@ -131,20 +133,23 @@ class Dispatcher:
     def decided(self, p: Progress, call: CallState) -> ev.ToolIntent | ev.ToolResult:
         """The event for a call a person has decided: its intent, or the denial."""
         if call.decision != "granted":
-            return _refusal(call.call, "denied", f"the person denied this call: {call.deny_reason}")
+            return _error_result(
+                call.call, "denied", f"the person denied this call: {call.deny_reason}"
+            )
         try:
-            tool = self.registry.get(call.call.name)
+            tool = self.toolset.tools(p.view).get(call.call.name)
             args = tool.validate(call.approved_args or {})
         except ToolError as exc:
-            return _refusal(call.call, exc.kind, str(exc))
-        if canonical_hash(args) != call.approved_hash and not switch("no_arg_binding"):
-            return _refusal(
+            return _error_result(call.call, exc.kind, str(exc))
+        if not self.bound(call, args):
+            return _error_result(
                 call.call,
                 "denied",
                 "refused: these arguments are not the ones that were approved; ask again",
             )
         return self.intent(
             p.errand_id,
+            tool,
             call.call,
             call.index,
             call.request_seq,
@@ -153,11 +158,15 @@ class Dispatcher:
             approval_seq=call.approval_seq,
         )
 
+    def bound(self, call: CallState, args: dict[str, Any]) -> bool:
+        """Are *args* the arguments the grant was bound to (their canonical hash)?"""
+        return canonical_hash(args) == call.approved_hash
+
     async def execute(self, p: Progress, seq: int, intent: ev.ToolIntent) -> ev.ToolResult:
         """Run a logged intent. Anything the tool does wrong becomes an error result."""
         provenance = Provenance(kind="tool", name=intent.tool)
         try:
-            tool = self.registry.get(intent.tool)
+            tool = self.toolset.tools(p.view).get(intent.tool)
             ctx = ToolContext(
                 errand_id=p.errand_id,
                 seq=seq,
@@ -165,7 +174,7 @@ class Dispatcher:
                 workspace=_workspace(p.view.workspace),
                 settings=self.settings,
             )
-            output = await tool.invoke(intent.arguments, ctx)
+            output = await self.toolset.call(tool, intent.arguments, ctx)
         except ToolError as exc:
             fault("after_effect")
             return ev.ToolResult(
@@ -210,7 +219,7 @@ class Dispatcher:
 
     def in_doubt(self, call: CallState) -> ev.ToolResult:
         assert call.intent is not None
-        return _refusal(
+        return _error_result(
             call.call,
             "in_doubt",
             f"errands stopped while {call.call.name} was running; it may or may not have taken "

@@ -22,17 +22,20 @@ from collections.abc import Callable, Sequence
 
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core.faults import fault, switch
+from errands.core.faults import fault
 from errands.core.labels import Provenance
 from errands.core.progress import CallState, Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
-from errands.costs.budgets import Budgets
 from errands.costs.pricing import cost_usd
+from errands.engine.budgets import Budgets
 from errands.engine.dispatch import Dispatcher
 from errands.engine.limits import exceeded
+from errands.errors import StoreError
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest
 from errands.models.streaming import ErrandText
-from errands.store.base import Store, StoreError
+from errands.policy.hook import PolicyHook
+from errands.store import Store
+from errands.tools.toolset import Toolset
 
 __all__ = ["Loop", "TextListener"]
 
@@ -45,30 +48,38 @@ def _not_cancelled(view: ErrandView) -> None:
 
 
 class Loop:
+    """Drives errands one step at a time. The parts it is built from are class
+    attributes, so that a variant (a test's negative control, say) is a subclass that
+    names another part -- never a switch the loop reads."""
+
+    progress_class: type[Progress] = Progress
+    dispatcher_class: type[Dispatcher] = Dispatcher
+    budgets_class: type[Budgets] = Budgets
+
     def __init__(
         self,
         store: Store,
         models: Callable[[str], Model],
-        dispatcher: Dispatcher,
+        toolset: Toolset,
+        policy: PolicyHook,
         settings: Settings,
         owner: str,
         on_text: TextListener | None = None,
     ) -> None:
         self.store = store
         self.models = models
-        self.dispatch = dispatcher
+        self.dispatch = self.dispatcher_class(toolset, policy, settings)
         self.settings = settings
-        self.budgets = Budgets(store, settings)
+        self.budgets = self.budgets_class(store, settings)
         self.owner = owner
         self.on_text = on_text
         self.dirty: set[str] = set()  # errands an outsider wrote to since we last looked
         # perf: what noticed() needs to tell our own appends from an outsider's
         self._live: set[str] = set()  # errands run() is driving
         self._seen: dict[str, int] = {}  # the newest seq a commit reported for each
-        self.volatile: dict[str, list[ev.Event]] = {}  # only under a test-only switch
 
     async def load(self, errand_id: str) -> Progress:
-        p = Progress.empty(errand_id)
+        p = self.progress_class.empty(errand_id)
         for stored in await self.store.read(errand_id):
             p.apply(stored.seq, stored.event)
         return p
@@ -106,8 +117,6 @@ class Loop:
             await self._catch_up(p)
         if p.view.state in TERMINAL or p.view.state is ErrandState.needs_attention:
             return False
-        if self.volatile.get(p.errand_id):
-            return False  # negative control: waiting on an approval that only memory holds
         if decided := p.decided():
             fault("after_approval")
             await self._route_and_run(p, [self.dispatch.decided(p, c) for c in decided])
@@ -160,25 +169,25 @@ class Loop:
             return
         model = self.models(p.view.model)
         if p.open_request_seq is None:
-            tools_hash = self.dispatch.registry.fingerprint()
+            tools_hash = self.dispatch.toolset.tools(p.view).fingerprint
             await self._append(p, [ev.ModelRequested(model=model.name, tools_hash=tools_hash)])
         request_seq = p.open_request_seq
         assert request_seq is not None
         request = ModelRequest(
             system=self.settings.system_prompt,
             messages=tuple(p.messages),
-            tools=self.dispatch.registry.schemas(),
+            tools=self.dispatch.toolset.tools(p.view).schemas,
             max_tokens=self.settings.max_tokens,
             reasoning=self.settings.reasoning,
             errand_id=p.errand_id,
             priority=0 if p.view.parent else 1,  # parents before their fan-out
         )
-        refused = await self.budgets.reserve(p, model, request, request_seq)
-        if refused is not None and refused.wait:
-            await asyncio.sleep(refused.wait)  # calls in flight hold the budget: ask again
+        blocked = await self.budgets.reserve(p, model, request, request_seq)
+        if blocked is not None and blocked.wait:
+            await asyncio.sleep(blocked.wait)  # calls in flight hold the budget: ask again
             return  # (the next step first folds in what others wrote: a cancel, a message)
-        if refused is not None:
-            await self._append(p, [ev.StateChanged(state=refused.state, reason=refused.reason)])
+        if blocked is not None:
+            await self._append(p, [ev.StateChanged(state=blocked.state, reason=blocked.reason)])
             return
         try:
             reply = await self._complete(model, request, p.errand_id)
@@ -233,31 +242,12 @@ class Loop:
         events = [*first, *routed]
         if not events:
             return
-        if switch("no_intent"):  # negative control only: effects before their intent is logged
-            events = await self._unsafe_run_before_logging(p, events)
-        if switch("memory_approvals"):  # negative control only: approvals held in memory
-            self.volatile[p.errand_id] = [e for e in events if e.type == "approval_requested"]
-            events = [e for e in events if e.type != "approval_requested"]
         try:
             await self._append(p, events, guard=_not_cancelled if routed else None)
         except StoreError:
             await self._catch_up(p)  # cancelled meanwhile: nothing was written, nothing runs
             return
         await self._run_calls(p, [c for c in p.in_flight()])
-
-    async def _unsafe_run_before_logging(
-        self, p: Progress, events: list[ev.Event]
-    ) -> list[ev.Event]:
-        """What frameworks without an outbox do: run, then log intent and result together.
-        Only reachable through the test-only switch ``no_intent``; the crash torture must
-        catch the duplicate effects it causes."""
-        out: list[ev.Event] = []
-        for event in events:
-            out.append(event)
-            if isinstance(event, ev.ToolIntent):
-                fault("after_intent")
-                out.append(await self.dispatch.execute(p, 0, event))
-        return out
 
     async def _run_calls(self, p: Progress, calls: list[CallState]) -> None:
         if not calls:
@@ -284,7 +274,9 @@ class Loop:
             return []
         model = self.models(p.view.model)
         return [
-            ev.ModelRequested(model=model.name, tools_hash=self.dispatch.registry.fingerprint())
+            ev.ModelRequested(
+                model=model.name, tools_hash=self.dispatch.toolset.tools(p.view).fingerprint
+            )
         ]
 
     async def _append(

@@ -14,15 +14,12 @@ from errands.core import events as ev
 from errands.core.ids import new_errand_id
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.states import TERMINAL, ErrandView
+from errands.errors import StoreError, UserError
 from errands.models.spec import check_spec
-from errands.store.base import Store, StoreError
+from errands.store import Store
 from errands.tools.workspace import make_workspace
 
 __all__ = ["UserError", "cancel_errand", "create_errand", "tell_errand", "title_for"]
-
-
-class UserError(Exception):
-    """The request cannot be carried out; the message says why. Nothing was written."""
 
 
 def title_for(text: str, limit: int = 72) -> str:

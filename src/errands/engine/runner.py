@@ -18,21 +18,17 @@ from collections.abc import Callable
 
 from errands.config import Settings
 from errands.core.states import ErrandView
-from errands.engine.dispatch import Dispatcher
 from errands.engine.loop import Loop, TextListener
+from errands.errors import ErrandBusy, LeaseLost, StoreError
 from errands.models.protocol import Model
-from errands.models.spec import resolve_model
+from errands.models.spec import Models
 from errands.policy.hook import PolicyHook
-from errands.store.base import LeaseLost, Store, StoreError
-from errands.tools.registry import Registry
+from errands.store import Store
+from errands.tools.toolset import Toolset
 
 __all__ = ["ErrandBusy", "Runner", "dead_local_owner", "new_owner"]
 
 LEASE_TTL = 30.0
-
-
-class ErrandBusy(Exception):
-    """Another process is running this errand right now."""
 
 
 def new_owner() -> str:
@@ -40,41 +36,31 @@ def new_owner() -> str:
 
 
 class Runner:
+    loop_class: type[Loop] = Loop  # the loop it drives errands with (a variant: a subclass)
+
     def __init__(
         self,
         store: Store,
         settings: Settings,
-        registry: Registry,
+        toolset: Toolset,
         policy: PolicyHook,
         *,
         models: Callable[[str], Model] | None = None,
         owner: str | None = None,
         lease_ttl: float = LEASE_TTL,
         on_text: TextListener | None = None,
+        loop_class: type[Loop] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.owner = owner or new_owner()
         self.lease_ttl = lease_ttl
-        self._models: dict[str, Model] = {}
-        self._model_factory = models or (lambda spec: resolve_model(spec, settings))
-        self.loop = Loop(
-            store,
-            self.model,
-            Dispatcher(registry, policy, settings),
-            settings,
-            self.owner,
-            on_text=on_text,
+        self.model: Callable[[str], Model] = models or Models(settings)
+        self.loop = (loop_class or self.loop_class)(
+            store, self.model, toolset, policy, settings, self.owner, on_text=on_text
         )
         self.tasks: dict[str, asyncio.Task[ErrandView | None]] = {}
         store.subscribe(self._on_append)
-
-    def model(self, spec: str) -> Model:
-        """One model object per spec, shared by every errand (rate limits, connections)."""
-        model = self._models.get(spec)
-        if model is None:
-            model = self._models[spec] = self._model_factory(spec)
-        return model
 
     def _on_append(self, errand_id: str, seq: int) -> None:
         if errand_id in self.tasks:
@@ -83,7 +69,7 @@ class Runner:
     async def run_errand(self, errand_id: str) -> ErrandView:
         """Run one errand in the foreground until it stops; refuse if someone else runs it."""
         if not await self._take(errand_id):
-            holder = self.store.lease_holder(errand_id)
+            holder = await self.store.lease_holder(errand_id)
             who = f" ({holder[0]})" if holder else ""
             raise ErrandBusy(f"errand {errand_id} is being run by another errands process{who}")
         renew = asyncio.create_task(self._renew_forever())
@@ -100,7 +86,7 @@ class Runner:
         """Acquire the lease; a holder that is a dead process on this host loses it at once."""
         if await self.store.acquire(errand_id, self.owner, self.lease_ttl):
             return True
-        holder = self.store.lease_holder(errand_id)
+        holder = await self.store.lease_holder(errand_id)
         if holder is None or not dead_local_owner(holder[0]):
             return False
         await self.store.release(errand_id, holder[0])

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from errands.core.events import ToolCall, Usage
+from errands.core.messages import Image, Message, ToolSchema
 
 __all__ = [
     "Image",
@@ -33,36 +34,6 @@ __all__ = [
     "ToolSchema",
     "replay_for",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class ToolSchema:
-    name: str
-    description: str
-    parameters: dict[str, Any]  # JSON schema of the arguments object
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    """An image in a user message: its MIME type (``image/png``, ``image/jpeg``,
-    ``image/gif``, ``image/webp``) and its bytes, base64-encoded."""
-
-    media_type: str
-    data_base64: str
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One transcript item in provider-neutral form."""
-
-    role: Literal["user", "assistant", "tool"]
-    text: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()  # assistant only
-    tool_call_id: str | None = None  # tool only
-    tool_name: str | None = None  # tool only
-    is_error: bool = False  # tool only
-    images: tuple[Image, ...] = ()  # user only, for models that take images
-    replay: dict[str, Any] | None = None  # assistant only: provider state to send back
 
 
 @dataclass(frozen=True, slots=True)

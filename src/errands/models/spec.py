@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 from errands.config import ProviderSettings, Settings
+from errands.errors import UserError
 from errands.models.keys import find_key, key_names
 from errands.models.protocol import Model, ModelError
 from errands.models.wrappers import router
 from errands.models.wrappers.fallback import CircuitBreaker
 from errands.models.wrappers.router import EndpointKey, breaker_for
 
-__all__ = ["ModelSpecError", "check_spec", "endpoint_kind", "resolve_model"]
+__all__ = ["ModelSpecError", "Models", "check_spec", "endpoint_kind", "resolve_model"]
 
 KINDS = ("scripted", "openai", "openai-responses", "anthropic", "gemini")
 CHAIN_PREFIX = "chain:"
@@ -44,7 +46,7 @@ def _installed(module: str) -> bool:
         return False
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError, ValueError):
     """The model spec cannot be used; the message says how to fix it."""
 
 
@@ -70,6 +72,31 @@ def resolve_model(spec: str, settings: Settings) -> Model:
         model, endpoint, config = _single(member, settings)
         built.append((model, breaker_for(endpoint, member, config)))
     return router.chain(spec, built)
+
+
+class Models:
+    """``models(spec)``: one model object per spec, shared by every errand of the process
+    (its rate limiter, circuit breakers and connections); *make* builds one (default:
+    :func:`resolve_model`)."""
+
+    def __init__(self, settings: Settings, make: Callable[[str], Model] | None = None) -> None:
+        self.settings = settings
+        self._make = make or (lambda spec: resolve_model(spec, settings))
+        self._models: dict[str, Model] = {}
+
+    def __call__(self, spec: str) -> Model:
+        model = self._models.get(spec)
+        if model is None:
+            model = self._models[spec] = self._make(spec)
+        return model
+
+    async def aclose(self) -> None:
+        """Close every model's connections (those that have any)."""
+        models, self._models = list(self._models.values()), {}
+        for model in models:
+            close = getattr(model, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def _chain_members(spec: str, settings: Settings) -> list[str] | None:

@@ -23,21 +23,13 @@ from typing import Any
 
 from errands.core import events as ev
 from errands.core.canonical import canonical_hash
-from errands.core.faults import switch
 from errands.core.states import TERMINAL, ErrandState, ErrandView, PendingApproval
-from errands.store.base import Store, StoreError
-from errands.tools.registry import Registry, ToolContext, ToolError
+from errands.errors import ApprovalRefused, EditRefused
+from errands.store import AppendCheck, Store
+from errands.tools.tool import ToolContext, ToolError
+from errands.tools.toolset import Toolset
 
-__all__ = ["ApprovalRefused", "EditRefused", "approve", "deny", "parse_approval_id"]
-
-
-class ApprovalRefused(StoreError):
-    """The decision cannot be recorded; the message says why. Nothing was written."""
-
-
-class EditRefused(ApprovalRefused):
-    """The edited arguments fail the tool's schema or preconditions (a bad request, not
-    a conflict): nothing was written."""
+__all__ = ["ApprovalRefused", "Approvals", "EditRefused", "parse_approval_id"]
 
 
 def parse_approval_id(approval_id: str) -> tuple[str, int]:
@@ -49,104 +41,111 @@ def parse_approval_id(approval_id: str) -> tuple[str, int]:
     return errand_id, int(seq)
 
 
-def _pending_guard(seq: int, expected_hash: str | None) -> Any:
-    def guard(view: ErrandView) -> None:
+class Approvals:
+    """Decisions on pending approvals, for every channel (CLI, API, inbox).
+
+    Each guarantee is one named check, used both before the write (to answer early)
+    and inside the store's transaction (to be atomic): :meth:`decidable` (not after a
+    cancel or the end), :meth:`pending` (the request still waits: no replayed or second
+    decision) and :meth:`as_seen` (the arguments the person saw are the ones bound to
+    the request).
+    """
+
+    def __init__(self, store: Store, toolset: Toolset) -> None:
+        self.store = store
+        self.toolset = toolset
+
+    # -- the checks ----------------------------------------------------------------------
+
+    def decidable(self, view: ErrandView) -> None:
+        """Refuse a decision on an errand that was cancelled or has finished."""
         if view.cancel_requested or view.state is ErrandState.cancelled:
             raise ApprovalRefused(f"errand {view.id} was cancelled; its approvals are void")
         if view.state in TERMINAL:
             raise ApprovalRefused(f"errand {view.id} is {view.state.value}")
+
+    def pending(self, view: ErrandView, seq: int) -> PendingApproval:
+        """The approval *seq* of *view* if it still waits for a decision; else refuse."""
+        self.decidable(view)
         pending = view.pending.get(seq)
-        if pending is None and not switch("no_replay_guard"):
+        if pending is None:
             raise ApprovalRefused(
                 f"approval {view.id}.{seq} is not pending: it was decided already, or never asked"
             )
-        if (
-            pending is not None
-            and expected_hash is not None
-            and pending.args_hash != expected_hash
-            and not switch("no_arg_binding")
-        ):
+        return pending
+
+    def as_seen(self, pending: PendingApproval, seen_hash: str | None) -> None:
+        """Refuse if the person was shown other arguments than the request is bound to."""
+        if seen_hash is not None and pending.args_hash != seen_hash:
             raise ApprovalRefused(
-                f"approval {view.id}.{seq} is for different arguments than the ones you saw; "
+                f"approval {pending.id} is for different arguments than the ones you saw; "
                 "look at it again (errands approvals)"
             )
 
-    return guard
+    def _guard(self, seq: int, seen_hash: str | None) -> AppendCheck:
+        def guard(view: ErrandView) -> None:  # inside the append's transaction
+            self.as_seen(self.pending(view, seq), seen_hash)
 
+        return guard
 
-async def _pending(store: Store, errand_id: str, seq: int) -> tuple[ErrandView, PendingApproval]:
-    view = await store.view(errand_id)
-    pending = view.pending.get(seq)
-    if pending is None and switch("no_replay_guard"):  # negative control only
-        for stored in await store.read(errand_id, after=seq - 1):
-            e = stored.event
-            if stored.seq == seq and isinstance(e, ev.ApprovalRequested):
-                pending = PendingApproval.of(errand_id, seq, e)
-            break
-    if pending is None:
-        if view.cancel_requested:
-            raise ApprovalRefused(f"errand {errand_id} was cancelled; its approvals are void")
-        raise ApprovalRefused(
-            f"approval {errand_id}.{seq} is not pending: it was decided already, or never asked"
+    # -- the decisions ---------------------------------------------------------------------
+
+    async def approve(
+        self,
+        approval_id: str,
+        *,
+        by: str,
+        channel: str,
+        edited_arguments: dict[str, Any] | None = None,
+        always: bool = False,
+        always_pattern: dict[str, str] | None = None,
+        seen_hash: str | None = None,
+    ) -> ev.ApprovalGranted:
+        """Grant a pending approval; returns the logged grant.
+
+        *seen_hash* is the canonical hash of the arguments the person was shown; when
+        given, the grant is refused if the request is bound to anything else.
+        """
+        errand_id, seq = parse_approval_id(approval_id)
+        view = await self.store.view(errand_id)
+        pending = self.pending(view, seq)
+        self.as_seen(pending, seen_hash)
+        args = pending.arguments
+        if edited_arguments is not None:
+            args = _validate_edit(self.toolset, view, pending, edited_arguments)
+        pattern = None
+        if always:
+            pattern = always_pattern if always_pattern is not None else _exact_pattern(args)
+        grant = ev.ApprovalGranted(
+            request_seq=seq,
+            args_hash=canonical_hash(args),
+            edited_arguments=args if edited_arguments is not None else None,
+            always=always,
+            always_pattern=pattern,
+            by=by,
+            channel=channel,
         )
-    return view, pending
+        await self.store.append(errand_id, [grant], guard=self._guard(seq, seen_hash))
+        return grant
 
-
-async def approve(
-    store: Store,
-    registry: Registry,
-    approval_id: str,
-    *,
-    by: str,
-    channel: str,
-    edited_arguments: dict[str, Any] | None = None,
-    always: bool = False,
-    always_pattern: dict[str, str] | None = None,
-    seen_hash: str | None = None,
-) -> ev.ApprovalGranted:
-    """Grant a pending approval; returns the logged grant.
-
-    *seen_hash* is the canonical hash of the arguments the person was shown; when
-    given, the grant is refused if the request is bound to anything else.
-    """
-    errand_id, seq = parse_approval_id(approval_id)
-    view, pending = await _pending(store, errand_id, seq)
-    args = pending.arguments
-    if edited_arguments is not None:
-        args = _validate_edit(registry, view, pending, edited_arguments)
-    pattern = None
-    if always:
-        pattern = always_pattern if always_pattern is not None else _exact_pattern(args)
-    grant = ev.ApprovalGranted(
-        request_seq=seq,
-        args_hash=canonical_hash(args),
-        edited_arguments=args if edited_arguments is not None else None,
-        always=always,
-        always_pattern=pattern,
-        by=by,
-        channel=channel,
-    )
-    await store.append(errand_id, [grant], guard=_pending_guard(seq, seen_hash))
-    return grant
-
-
-async def deny(
-    store: Store, approval_id: str, *, reason: str, by: str, channel: str
-) -> ev.ApprovalDenied:
-    errand_id, seq = parse_approval_id(approval_id)
-    if not reason.strip():
-        raise ApprovalRefused("say why you deny it: the reason goes back to the model")
-    await _pending(store, errand_id, seq)
-    denial = ev.ApprovalDenied(request_seq=seq, reason=reason, by=by, channel=channel)
-    await store.append(errand_id, [denial], guard=_pending_guard(seq, None))
-    return denial
+    async def deny(
+        self, approval_id: str, *, reason: str, by: str, channel: str
+    ) -> ev.ApprovalDenied:
+        """Deny a pending approval; *reason* goes back to the model."""
+        errand_id, seq = parse_approval_id(approval_id)
+        if not reason.strip():
+            raise ApprovalRefused("say why you deny it: the reason goes back to the model")
+        self.pending(await self.store.view(errand_id), seq)
+        denial = ev.ApprovalDenied(request_seq=seq, reason=reason, by=by, channel=channel)
+        await self.store.append(errand_id, [denial], guard=self._guard(seq, None))
+        return denial
 
 
 def _validate_edit(
-    registry: Registry, view: ErrandView, pending: PendingApproval, edited: dict[str, Any]
+    toolset: Toolset, view: ErrandView, pending: PendingApproval, edited: dict[str, Any]
 ) -> dict[str, Any]:
     try:
-        tool = registry.get(pending.tool)
+        tool = toolset.tools(view).get(pending.tool)
         args = tool.validate(edited)
         tool.check_preconditions(
             args,

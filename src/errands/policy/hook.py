@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 from errands.core.events import EffectClass
 from errands.core.labels import Label
+from errands.tools.tool import ArgRole
 
 __all__ = ["AllowAll", "Decision", "PolicyCall", "PolicyHook", "Verdict"]
 
@@ -29,7 +31,8 @@ class PolicyCall:
     effect: EffectClass
     workspace: Path
     context: Label  # the join of every label in the errand's context (flow control)
-    always_allowed: tuple[tuple[str, str], ...] = ()  # (tool, args pattern hash) granted "always"
+    always_allowed: tuple[tuple[str, str], ...] = ()  # (tool, args pattern JSON) granted "always"
+    roles: Mapping[str, ArgRole] = field(default_factory=dict)  # what each argument is
 
 
 @dataclass(frozen=True)

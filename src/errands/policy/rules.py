@@ -7,8 +7,9 @@ winning rule is named in the verdict (``errands policy explain`` prints it).
 
 Built-in rules that no file can loosen:
 
-- ``outside-workspace``: a ``path`` argument that leads outside the errand's
-  workspace is denied (the file tools also refuse it, this stops it before any intent);
+- ``outside-workspace``: an argument the tool declares a path (its role, not its name)
+  that leads outside the errand's workspace is denied (the file tools also refuse it;
+  this stops it before any intent);
 - ``always-allowed``: an ``ask`` becomes ``allow`` when the person approved this tool
   "always, for this errand" with a pattern the arguments match. It never overrides a
   ``deny``.
@@ -28,8 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errands.config import ConfigError
 from errands.core.events import EffectClass
-from errands.core.faults import switch
 from errands.policy.hook import Decision, PolicyCall, Verdict
+from errands.tools.tool import ArgRole
 
 __all__ = ["DEFAULT_POLICY_TOML", "Policy", "Rule", "load_policy", "pattern_matches"]
 
@@ -150,8 +151,6 @@ class Policy(BaseModel):
                         "always-allowed",
                         f"you allowed {tool} with arguments like these for this errand",
                     )
-        if switch("no_approval_gate") and verdict.decision is Decision.ask:
-            return Verdict(Decision.allow, "UNSAFE-no-approval-gate")  # negative control only
         return verdict
 
 
@@ -166,12 +165,16 @@ def _effect_reason(call: PolicyCall, decision: Decision) -> str:
 
 
 def _outside_workspace(call: PolicyCall) -> bool:
-    raw = call.arguments.get("path")
-    if not isinstance(raw, str):
-        return False
+    """Does any argument the tool declares a path lead outside the workspace?"""
     workspace = os.path.realpath(call.workspace)
-    target = os.path.realpath(os.path.join(workspace, raw))
-    return os.path.commonpath([workspace, target]) != workspace
+    for name, role in call.roles.items():
+        raw = call.arguments.get(name)
+        if role is not ArgRole.path or not isinstance(raw, str):
+            continue
+        target = os.path.realpath(os.path.join(workspace, raw))
+        if os.path.commonpath([workspace, target]) != workspace:
+            return True
+    return False
 
 
 def load_policy(home: Path, *, create: bool = True) -> Policy:

@@ -15,9 +15,11 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from errands import __version__
+from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import ErrandState
-from errands.engine.operations import cancel_errand
-from errands.server.actions import (
+from errands.errors import NotFound, StoreError
+from errands.server.context import ServerContext
+from errands.server.handlers import (
     ApiError,
     create,
     decide_approve,
@@ -26,14 +28,12 @@ from errands.server.actions import (
     pending_with_titles,
     view_or_404,
 )
-from errands.server.context import ServerContext
 from errands.server.schemas import (
     APPROVAL_ID,
     APPROVALS,
     ERRAND_ID,
     MAX_SEQ,
     SUMMARIES,
-    ApprovalOut,
     ApproveBody,
     Budget,
     CancelBody,
@@ -43,17 +43,13 @@ from errands.server.schemas import (
     Decision,
     DenyBody,
     ErrandDetail,
-    ErrandSummary,
     ErrorBody,
     Health,
     Message,
     MessageSent,
     StoredEventOut,
-    approval_out,
-    summary,
 )
 from errands.server.streams import all_stream, errand_stream, streaming
-from errands.store.base import NotFound, StoreError
 
 __all__ = ["build_router"]
 
@@ -62,7 +58,8 @@ def _json(data: bytes, status: int = 200) -> Response:
     return Response(content=data, status_code=status, media_type="application/json")
 
 
-def _who(by: str) -> str:
+def _caller(by: str) -> str:
+    """The X-Errands-By header, if it is a name worth recording; else 'api'."""
     if by and len(by) <= 64 and by.isprintable() and by.strip():
         return by.strip()
     return "api"
@@ -169,7 +166,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         by: ByHeader = "",
     ) -> Response:
         async def go(ctx: ServerContext) -> tuple[int, Any]:
-            return await create(ctx, body, idempotency_key or None, _who(by), channel)
+            return await create(ctx, body, idempotency_key or None, _caller(by), channel)
 
         return await run(request, go)
 
@@ -184,8 +181,8 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         state: Annotated[list[ErrandState] | None, Query(description="only these states")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> Response:
-        views = get_ctx(request).store.list_errands_sync(states=state, limit=limit)
-        return _json(SUMMARIES.dump_json([summary(v) for v in views]))
+        views = await get_ctx(request).store.list_errands(states=state, limit=limit)
+        return _json(SUMMARIES.dump_json([ErrandSummary.of(v) for v in views]))
 
     @router.get(
         "/errands/{errand_id}",
@@ -202,12 +199,12 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         ] = 0,
     ) -> Response:
         ctx = get_ctx(request)
-        view = view_or_404(ctx, errand_id)
-        stored = ctx.store.read_sync(errand_id, after=after)
+        view = await view_or_404(ctx, errand_id)
+        stored = await ctx.store.read(errand_id, after=after)
         detail = ErrandDetail(
-            **summary(view).model_dump(),
+            **ErrandSummary.of(view).model_dump(),
             workspace=view.workspace,
-            approvals=[approval_out(p, view.title) for p in view.pending.values()],
+            approvals=[ApprovalOut.of(p, view.title) for p in view.pending.values()],
             events=[StoredEventOut(seq=s.seq, event=s.event) for s in stored],
         )
         return _json(detail.model_dump_json().encode())
@@ -230,7 +227,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
     ) -> Response:
         async def go(ctx: ServerContext) -> tuple[int, Any]:
             key = idempotency_key or None
-            return await message(ctx, errand_id, body, key, _who(by), channel)
+            return await message(ctx, errand_id, body, key, _caller(by), channel)
 
         return await run(request, go)
 
@@ -249,20 +246,16 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         by: ByHeader = "",
     ) -> ErrandSummary:
         ctx = get_ctx(request)
-        view_or_404(ctx, errand_id)
+        await view_or_404(ctx, errand_id)
         try:
-            await cancel_errand(
-                ctx.store,
-                errand_id,
-                reason=body.reason if body else "",
-                by=_who(by),
-                channel=channel,
+            await ctx.harness.cancel(
+                errand_id, reason=body.reason if body else "", by=_caller(by), channel=channel
             )
         except NotFound:
             raise ApiError(404, f"no errand {errand_id}") from None
         except StoreError as exc:
             raise ApiError(409, str(exc)) from None
-        return summary(ctx.store.view_sync(errand_id))
+        return ErrandSummary.of(await ctx.store.view(errand_id))
 
     @router.get(
         "/errands/{errand_id}/stream",
@@ -277,7 +270,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="start after this seq")] = 0,
     ) -> StreamingResponse:
         ctx = get_ctx(request)
-        view_or_404(ctx, errand_id)
+        await view_or_404(ctx, errand_id)
         # a reconnecting EventSource says where it got to (a malformed value is ignored)
         last = request.headers.get("last-event-id", "")
         start = max(after, int(last) if last.isdigit() and len(last) < 16 else 0)
@@ -301,7 +294,8 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
     )
     async def get_budget(request: Request) -> Budget:
         ctx = get_ctx(request)
-        return Budget.model_validate(ctx.store.budget_sync(ctx.settings.budget.daily_usd))
+        status = await ctx.store.budget(ctx.settings.budget.daily_usd)
+        return Budget.model_validate(status.as_dict())
 
     @router.get(
         "/approvals",
@@ -329,7 +323,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         by: ByHeader = "",
     ) -> Decision:
         return await decide_approve(
-            get_ctx(request), approval_id, body or ApproveBody(), _who(by), channel
+            get_ctx(request), approval_id, body or ApproveBody(), _caller(by), channel
         )
 
     @router.post(
@@ -346,6 +340,6 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         channel: ChannelHeader = "api",
         by: ByHeader = "",
     ) -> Decision:
-        return await decide_deny(get_ctx(request), approval_id, body, _who(by), channel)
+        return await decide_deny(get_ctx(request), approval_id, body, _caller(by), channel)
 
     return router

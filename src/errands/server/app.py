@@ -12,30 +12,14 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errands import __version__
-from errands.config import ConfigError
-from errands.engine.operations import UserError
-from errands.models.spec import ModelSpecError
-from errands.server.actions import ApiError, error_response
+from errands.errors import ErrandsError
 from errands.server.api import build_router
-from errands.server.auth import Guard
+from errands.server.auth import RequestGuard
 from errands.server.context import ServerContext
-from errands.server.idempotency import KeyReused
+from errands.server.handlers import error_response
 from errands.server.inbox import STATIC_DIR, build_inbox
-from errands.store.base import NotFound
-from errands.tools.workspace import WorkspaceRefused
 
 __all__ = ["create_app"]
-
-# exceptions with a meaning for the client; anything else is a bug and stays a 500
-EXPLAINED: tuple[type[Exception], ...] = (
-    ApiError,
-    KeyReused,
-    NotFound,
-    UserError,
-    ModelSpecError,
-    WorkspaceRefused,
-    ConfigError,
-)
 
 
 def _context(request: Request) -> ServerContext:
@@ -45,7 +29,7 @@ def _context(request: Request) -> ServerContext:
 
 async def _explained(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(exc)
-    if response is None:  # pragma: no cover - only registered for EXPLAINED
+    if response is None:  # pragma: no cover - only registered for ErrandsError
         raise exc
     return response
 
@@ -120,12 +104,12 @@ def create_app(ctx: ServerContext) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.state.ctx = ctx
-    for exc_type in EXPLAINED:
-        app.add_exception_handler(exc_type, _explained)
+    # what errands explains (errands.errors, one table with the CLI); anything else: 500
+    app.add_exception_handler(ErrandsError, _explained)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.include_router(build_router(_context))
     app.include_router(build_inbox(_context))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(_AllowHeader, api=app)
-    app.add_middleware(Guard, security=ctx.security)
+    app.add_middleware(RequestGuard, security=ctx.security)
     return app

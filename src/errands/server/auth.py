@@ -1,6 +1,6 @@
 """Who may talk to the server, and from where.
 
-Every request passes :class:`Guard`, an ASGI middleware, before it reaches a route:
+Every request passes :class:`RequestGuard`, an ASGI middleware, before it reaches a route:
 
 - **Host**: only the names the server is bound to (``localhost``, ``127.0.0.1``,
   ``::1``, the bound address, ``[server] allowed_hosts``) with the right port -- a
@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errands.server.files import ServerRefused
 
-__all__ = ["Guard", "Security"]
+__all__ = ["RequestGuard", "Security"]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # paths a person can reach before logging in
@@ -240,7 +240,7 @@ class _TooLarge(Exception):
     pass
 
 
-class Guard:
+class RequestGuard:
     """ASGI middleware: Host, Origin, token, CSRF and body checks; security headers."""
 
     def __init__(self, app: ASGIApp, security: Security) -> None:

@@ -1,4 +1,4 @@
-"""What the routes share: settings, the store, the runner, the live hub, the checks."""
+"""What the routes share: errands itself (the harness), the live hub, the checks."""
 
 from __future__ import annotations
 
@@ -7,22 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from errands.config import Settings
+from errands.errors import NotFound
+from errands.harness import Harness
 from errands.models.keys import DEFAULT_KEY_ENVS, find_key
 from errands.server.auth import Security
 from errands.server.hub import Hub
 from errands.server.idempotency import IdempotencyStore
-from errands.store.base import NotFound
-from errands.store.sqlite import SQLiteStore
-from errands.tools.registry import Registry
+from errands.store import Store
 
 __all__ = ["ServerContext", "model_help"]
 
 
 @dataclass
 class ServerContext:
-    settings: Settings
-    store: SQLiteStore
-    registry: Registry
+    harness: Harness
     hub: Hub
     security: Security
     idempotency: IdempotencyStore
@@ -32,12 +30,20 @@ class ServerContext:
 
     _titles: dict[str, str] = field(default_factory=dict, repr=False)
 
-    def title(self, errand_id: str) -> str:
+    @property
+    def store(self) -> Store:
+        return self.harness.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.harness.settings
+
+    async def title(self, errand_id: str) -> str:
         """An errand's title (titles never change: cached)."""
         title = self._titles.get(errand_id)
         if title is None:
             try:
-                title = self.store.view_sync(errand_id).title
+                title = (await self.store.view(errand_id)).title
             except NotFound:
                 return ""
             if len(self._titles) >= 100_000:

@@ -14,6 +14,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from errands.errors import ErrandsError
+
 __all__ = [
     "SERVER_FILE",
     "TOKEN_FILE",
@@ -28,7 +30,7 @@ SERVER_FILE = "server.json"
 TOKEN_FILE = "server-token"
 
 
-class ServerRefused(Exception):
+class ServerRefused(ErrandsError):
     """The server cannot start (or be reached) as asked; the message says why and what to do."""
 
 

@@ -2,8 +2,9 @@
 
 404 for an unknown errand or approval, 409 when the request conflicts with the
 errand's state (decided already, cancelled, finished), 422 for a request that cannot
-be carried out (a bad model, an invalid edit). Each raises :class:`ApiError` or lets a
-known exception through (see :func:`error_response`); nothing else becomes a 4xx.
+be carried out (a bad model, an invalid edit): each is an
+:class:`~errands.errors.ErrandsError`, answered with its ``http_status``
+(:func:`error_response`, the one table the CLI shares). Anything else is a bug: a 500.
 """
 
 from __future__ import annotations
@@ -12,26 +13,13 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from errands.config import ConfigError
 from errands.core import events as ev
+from errands.core.errand import ApprovalOut
 from errands.core.ids import new_errand_id
 from errands.core.states import ErrandState, ErrandView, PendingApproval
-from errands.engine.operations import UserError, create_errand, tell_errand
-from errands.models.spec import ModelSpecError
-from errands.policy.approvals import ApprovalRefused, EditRefused, approve, deny
+from errands.errors import ErrandExists, ErrandsError, NotFound, UserError
 from errands.server.context import ServerContext
-from errands.server.idempotency import KeyReused
-from errands.server.schemas import (
-    ApprovalOut,
-    ApproveBody,
-    CreateErrand,
-    Decision,
-    DenyBody,
-    Message,
-    approval_out,
-)
-from errands.store.base import ErrandExists, NotFound
-from errands.tools.workspace import WorkspaceRefused
+from errands.server.schemas import ApproveBody, CreateErrand, Decision, DenyBody, Message
 
 __all__ = [
     "ApiError",
@@ -45,25 +33,23 @@ __all__ = [
 ]
 
 
-class ApiError(Exception):
+class ApiError(ErrandsError):
+    """A refusal with its HTTP status named where it is raised."""
+
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(detail)
-        self.status = status
+        self.http_status = status  # type: ignore[misc]
         self.detail = detail
 
 
 async def pending_with_titles(ctx: ServerContext) -> list[ApprovalOut]:
     pending = await ctx.store.pending_approvals()
-    return [approval_out(p, ctx.title(p.errand_id)) for p in pending]
+    return [ApprovalOut.of(p, await ctx.title(p.errand_id)) for p in pending]
 
 
-# Small reads run on the event loop itself (a fraction of a millisecond each): a hop to
-# a thread and back costs more than the read, twice over when the process is busy.
-
-
-def view_or_404(ctx: ServerContext, errand_id: str) -> ErrandView:
+async def view_or_404(ctx: ServerContext, errand_id: str) -> ErrandView:
     try:
-        return ctx.store.view_sync(errand_id)
+        return await ctx.store.view(errand_id)
     except NotFound:
         raise ApiError(404, f"no errand {errand_id}") from None
 
@@ -71,11 +57,9 @@ def view_or_404(ctx: ServerContext, errand_id: str) -> ErrandView:
 async def _create(
     ctx: ServerContext, body: CreateErrand, by: str, channel: str, errand_id: str | None = None
 ) -> str:
-    """:func:`errands.engine.operations.create_errand` from a request body (under *errand_id*
-    when one was chosen, and reserved, first)."""
-    return await create_errand(
-        ctx.store,
-        ctx.settings,
+    """Create the errand a request body asks for (under *errand_id* when one was
+    chosen, and reserved, first)."""
+    return await ctx.harness.create(
         body.text,
         model=body.model,
         workspace=body.workspace,
@@ -102,13 +86,13 @@ async def create(
             return r.status or 201, r.response
         errand_id = r.reserved or fresh  # reserved by an attempt that died, or just now
         try:
-            ctx.store.view_sync(errand_id)  # that attempt created it, then died: answer now
+            await ctx.store.view(errand_id)  # that attempt created it, then died: answer now
         except NotFound:
             try:
                 await _create(ctx, body, by, channel, errand_id)
             except ErrandExists:
                 pass  # created meanwhile under the reserved id: the same errand
-            except (UserError, ModelSpecError, WorkspaceRefused, ConfigError):
+            except UserError:
                 await idem.forget("create", key)
                 raise
         response = {"id": errand_id}
@@ -120,9 +104,9 @@ async def create(
 async def message(
     ctx: ServerContext, errand_id: str, body: Message, key: str | None, by: str, channel: str
 ) -> tuple[int, dict[str, Any]]:
-    view = view_or_404(ctx, errand_id)
+    view = await view_or_404(ctx, errand_id)
     if key is None:
-        seq = await tell_errand(ctx.store, errand_id, body.text, by=by, channel=channel)
+        seq = await ctx.harness.tell(errand_id, body.text, by=by, channel=channel)
         ctx.nudge()
         return 201, {"errand_id": errand_id, "seq": seq}
     idem = ctx.idempotency
@@ -139,7 +123,7 @@ async def message(
                     found = stored.seq
                     break
         if found is None:
-            found = await tell_errand(ctx.store, errand_id, body.text, by=by, channel=channel)
+            found = await ctx.harness.tell(errand_id, body.text, by=by, channel=channel)
         response = {"errand_id": errand_id, "seq": found}
         await idem.finish(scope, key, 201, response)
         ctx.nudge()
@@ -152,11 +136,11 @@ async def _pending_or_refuse(
     """The pending approval, or 404 (never asked) / 409 (decided, cancelled, finished)."""
     errand_id, _, seq_text = approval_id.rpartition(".")
     seq = int(seq_text)
-    view = view_or_404(ctx, errand_id)
+    view = await view_or_404(ctx, errand_id)
     pending = view.pending.get(seq)
     if pending is not None:
         return view, pending
-    asked = [s for s in ctx.store.read_sync(errand_id, after=seq - 1) if s.seq == seq]
+    asked = [s for s in await ctx.store.read(errand_id, after=seq - 1) if s.seq == seq]
     if not asked or not isinstance(asked[0].event, ev.ApprovalRequested):
         raise ApiError(404, f"no approval {approval_id}")
     if view.cancel_requested or view.state is ErrandState.cancelled:
@@ -170,22 +154,15 @@ async def decide_approve(
     _, pending = await _pending_or_refuse(ctx, approval_id)
     if body.always_pattern is not None and not body.always:
         raise ApiError(422, "always_pattern goes with always: true")
-    try:
-        grant = await approve(
-            ctx.store,
-            ctx.registry,
-            approval_id,
-            by=by,
-            channel=channel,
-            edited_arguments=body.edited_arguments,
-            always=body.always,
-            always_pattern=body.always_pattern,
-            seen_hash=body.args_hash,
-        )
-    except EditRefused as exc:
-        raise ApiError(422, str(exc)) from None
-    except ApprovalRefused as exc:
-        raise ApiError(409, str(exc)) from None
+    grant = await ctx.harness.approvals.approve(
+        approval_id,
+        by=by,
+        channel=channel,
+        edited_arguments=body.edited_arguments,
+        always=body.always,
+        always_pattern=body.always_pattern,
+        seen_hash=body.args_hash,
+    )  # (EditRefused: 422, ApprovalRefused: 409)
     ctx.nudge()
     return Decision(
         approval_id=approval_id,
@@ -199,22 +176,13 @@ async def decide_deny(
     ctx: ServerContext, approval_id: str, body: DenyBody, by: str, channel: str
 ) -> Decision:
     _, pending = await _pending_or_refuse(ctx, approval_id)
-    try:
-        await deny(ctx.store, approval_id, reason=body.reason, by=by, channel=channel)
-    except ApprovalRefused as exc:
-        raise ApiError(409, str(exc)) from None
+    await ctx.harness.approvals.deny(approval_id, reason=body.reason, by=by, channel=channel)
     ctx.nudge()
     return Decision(approval_id=approval_id, errand_id=pending.errand_id, decision="denied")
 
 
 def error_response(exc: Exception) -> JSONResponse | None:
-    """The answer for an exception the API knows how to explain; None for the rest."""
-    if isinstance(exc, ApiError):
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
-    if isinstance(exc, KeyReused):  # the key conflicts with an earlier, different request
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-    if isinstance(exc, NotFound):
-        return JSONResponse({"detail": str(exc)}, status_code=404)
-    if isinstance(exc, (UserError, ModelSpecError, WorkspaceRefused, ConfigError)):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    """The answer for an exception errands explains (:mod:`errands.errors`); None for a bug."""
+    if isinstance(exc, ErrandsError):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
     return None

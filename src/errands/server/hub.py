@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 
-from errands.store.base import Store
+from errands.store import Store
 
 __all__ = ["Hub", "LiveText", "Subscription"]
 

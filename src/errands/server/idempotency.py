@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from errands.errors import StoreError
+
 __all__ = ["IdempotencyStore", "KeyReused", "Reservation", "fingerprint"]
 
 KEEP_SECONDS = 24 * 3600
@@ -50,7 +52,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 
 
-class KeyReused(Exception):
+class KeyReused(StoreError):
     """The key was used before for a different request."""
 
 

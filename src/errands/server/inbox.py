@@ -23,11 +23,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from errands import __version__
+from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import TERMINAL, ErrandState, ErrandView
-from errands.server.actions import pending_with_titles
+from errands.errors import NotFound
 from errands.server.context import ServerContext, model_help
-from errands.server.schemas import ERRAND_ID, approval_out, summary
-from errands.store.base import NotFound
+from errands.server.handlers import pending_with_titles
+from errands.server.schemas import ERRAND_ID
 
 __all__ = ["STATIC_DIR", "build_inbox"]
 
@@ -130,12 +131,12 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
 
     async def inbox_values(ctx: ServerContext) -> dict[str, Any]:
         approvals = await pending_with_titles(ctx)
-        views = ctx.store.list_errands_sync(limit=100)
+        views = await ctx.store.list_errands(limit=100)
         return {
             "approvals": approvals[:MAX_CARDS],  # the oldest first
-            "errands": [summary(v) for v in views],
+            "errands": [ErrandSummary.of(v) for v in views],
             "pending_count": len(approvals),
-            "budget": ctx.store.budget_sync(ctx.settings.budget.daily_usd),
+            "budget": (await ctx.store.budget(ctx.settings.budget.daily_usd)).as_dict(),
         }
 
     @router.get("/", response_class=HTMLResponse)
@@ -159,14 +160,14 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         )
 
     async def errand_values(ctx: ServerContext, errand_id: str, after: int) -> dict[str, Any]:
-        view: ErrandView = ctx.store.view_sync(errand_id)
-        stored = ctx.store.read_sync(errand_id, after=after)
+        view: ErrandView = await ctx.store.view(errand_id)
+        stored = await ctx.store.read(errand_id, after=after)
         count = len(await ctx.store.pending_approvals()) if view.pending or after else None
         return {
-            "errand": summary(view),
+            "errand": ErrandSummary.of(view),
             "workspace": view.workspace,
             "events": stored,
-            "approvals": [approval_out(p, view.title) for p in view.pending.values()],
+            "approvals": [ApprovalOut.of(p, view.title) for p in view.pending.values()],
             "pending_count": count,
             "terminal": view.state in TERMINAL,
         }

@@ -1,4 +1,8 @@
-"""The API's bodies: every request and response is one of these pydantic models."""
+"""The API's bodies: every request and response is one of these pydantic models.
+
+An errand and a pending approval have the shapes every surface shares
+(:mod:`errands.core.errand`: :class:`ErrandSummary`, :class:`ApprovalOut`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from errands.core import events as ev
-from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.core.errand import ApprovalOut, ErrandSummary
 
 __all__ = [
     "APPROVAL_ID",
@@ -28,8 +32,6 @@ __all__ = [
     "Message",
     "MessageSent",
     "StoredEventOut",
-    "approval_out",
-    "summary",
 ]
 
 ERRAND_ID = r"^[A-Za-z0-9_-]{1,64}$"
@@ -89,39 +91,6 @@ class Budget(BaseModel):
 
 class Created(BaseModel):
     id: str
-
-
-class ErrandSummary(BaseModel):
-    id: str
-    status: ErrandState
-    title: str
-    model: str
-    parent: str | None
-    created_at: float
-    updated_at: float
-    steps: int
-    usage: ev.Usage
-    cost_usd: float
-    result: str | None
-    reason: str | None
-    pending_approvals: int
-    last_seq: int
-
-
-class ApprovalOut(BaseModel):
-    id: str = Field(description="ERRAND.SEQ")
-    errand_id: str
-    errand_title: str
-    seq: int
-    call_id: str
-    tool: str
-    arguments: dict[str, Any]
-    args_hash: str = Field(description="canonical hash of the arguments; send it back as seen")
-    effect: str
-    reason: str = Field(description="why it needs your approval")
-    rule: str = Field(description="the policy rule that asked")
-    preview: str = Field(description="what will happen: the diff, the request, the message")
-    at: float
 
 
 class StoredEventOut(BaseModel):
@@ -201,40 +170,3 @@ class Health(BaseModel):
 
 SUMMARIES: TypeAdapter[list[ErrandSummary]] = TypeAdapter(list[ErrandSummary])
 APPROVALS: TypeAdapter[list[ApprovalOut]] = TypeAdapter(list[ApprovalOut])
-
-
-def summary(view: ErrandView) -> ErrandSummary:
-    return ErrandSummary(
-        id=view.id,
-        status=view.state,
-        title=view.title,
-        model=view.model,
-        parent=view.parent,
-        created_at=view.created_at,
-        updated_at=view.updated_at,
-        steps=view.steps,
-        usage=view.usage,
-        cost_usd=view.usage.cost_usd,
-        result=view.result,
-        reason=view.reason or None,
-        pending_approvals=len(view.pending),
-        last_seq=view.last_seq,
-    )
-
-
-def approval_out(p: PendingApproval, title: str) -> ApprovalOut:
-    return ApprovalOut(
-        id=p.id,
-        errand_id=p.errand_id,
-        errand_title=title,
-        seq=p.seq,
-        call_id=p.call_id,
-        tool=p.tool,
-        arguments=p.arguments,
-        args_hash=p.args_hash,
-        effect=p.effect,
-        reason=p.reason,
-        rule=p.rule,
-        preview=p.preview,
-        at=p.at,
-    )

@@ -32,12 +32,11 @@ from typing import Any
 import uvicorn
 
 from errands import __version__
-from errands.channels.webhook import Notifier
 from errands.config import Settings
 from errands.core.states import ErrandState
 from errands.engine.runner import dead_local_owner
 from errands.engine.runtime import tune_gc
-from errands.policy.rules import load_policy
+from errands.harness import build
 from errands.server.app import create_app
 from errands.server.auth import Security
 from errands.server.context import ServerContext, model_help
@@ -51,9 +50,7 @@ from errands.server.files import (
 from errands.server.hub import Hub, LiveText
 from errands.server.idempotency import IdempotencyStore
 from errands.server.worker import RunnerThread
-from errands.store.redact import Redactor, secret_env_values
-from errands.store.sqlite import SQLiteStore
-from errands.tools.builtin import builtin_registry
+from errands.store import Store
 
 __all__ = ["release_dead_leases", "run_server"]
 
@@ -62,21 +59,16 @@ REAP_SECONDS = 30.0
 log = logging.getLogger("errands.server")
 
 
-async def release_dead_leases(store: SQLiteStore) -> int:
+async def release_dead_leases(store: Store) -> int:
     """Free the leases of runnable errands whose owner died on this host (a SIGKILL):
     the runner then claims them at once instead of waiting for the leases to expire."""
-
-    def dead() -> list[tuple[str, str]]:
-        out = []
-        for view in store.list_errands_sync(
-            states=[ErrandState.queued, ErrandState.running], limit=1_000_000
-        ):
-            holder = store.lease_holder(view.id)
-            if holder is not None and dead_local_owner(holder[0]):
-                out.append((view.id, holder[0]))
-        return out
-
-    found = await asyncio.to_thread(dead)
+    found = []
+    for view in await store.list_errands(
+        states=[ErrandState.queued, ErrandState.running], limit=1_000_000
+    ):
+        holder = await store.lease_holder(view.id)
+        if holder is not None and dead_local_owner(holder[0]):
+            found.append((view.id, holder[0]))
     for errand_id, owner in found:
         await store.release(errand_id, owner)
     if found:
@@ -195,26 +187,24 @@ async def _main(
 ) -> None:
     loop = asyncio.get_running_loop()
     home = settings.home
-    store = SQLiteStore(settings.db_path, redactor=Redactor(secret_env_values()))
+    harness = build(settings)
+    store = harness.store
     idempotency = IdempotencyStore(home / "server.sqlite")
     info_path = home / SERVER_FILE
     try:
         hub = Hub(store)
-        registry = builtin_registry()
-
         on_text = LiveText(hub, loop)  # called on the runner's thread
-        runner = RunnerThread(store, settings, registry, load_policy(home), on_text=on_text)
+        harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
+        runner = RunnerThread(lambda: harness.runner(on_text=on_text))
         ctx = ServerContext(
-            settings=settings,
-            store=store,
-            registry=registry,
+            harness=harness,
             hub=hub,
             security=security,
             idempotency=idempotency,
             base_url=url,
             nudge_runner=runner.nudge,
         )
-        notifier = Notifier(settings.notify, store, url)
+        channels = harness.channels(url)
         config = uvicorn.Config(
             create_app(ctx),
             lifespan="off",
@@ -271,7 +261,8 @@ async def _main(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await notifier.close()
+            for channel in channels:
+                await channel.close()
         if runner.error is not None:
             raise ServerRefused(f"the runner failed: {runner.error}")
     finally:
@@ -279,7 +270,7 @@ async def _main(
             if json.loads(info_path.read_text()).get("pid") == os.getpid():
                 info_path.unlink()
         idempotency.close()
-        await store.close()
+        await harness.close()
 
 
 def _tune_runtime() -> None:
@@ -290,7 +281,7 @@ def _tune_runtime() -> None:
     sys.setswitchinterval(0.001)
 
 
-async def _reap_forever(store: SQLiteStore) -> None:
+async def _reap_forever(store: Store) -> None:
     while True:
         await asyncio.sleep(REAP_SECONDS)
         try:

@@ -9,10 +9,10 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from errands.core.errand import ErrandSummary
 from errands.core.states import ErrandView
+from errands.errors import NotFound
 from errands.server.context import ServerContext
-from errands.server.schemas import summary
-from errands.store.base import NotFound
 
 __all__ = ["all_stream", "errand_stream", "streaming"]
 
@@ -44,7 +44,7 @@ async def errand_stream(ctx: ServerContext, errand_id: str, after: int) -> Async
                 after = s.seq
             if stored:
                 view = await store.view(errand_id)
-                yield _sse("view", summary(view).model_dump(mode="json"))
+                yield _sse("view", ErrandSummary.of(view).model_dump(mode="json"))
             now = asyncio.get_running_loop().time()
             if now - last_beat >= HEARTBEAT_SECONDS:
                 yield b": ping\n\n"
@@ -75,7 +75,7 @@ async def all_stream(ctx: ServerContext) -> AsyncIterator[bytes]:
                 ]
             for view in views:
                 seen[view.id] = view.last_seq
-                yield _sse("changed", summary(view).model_dump(mode="json"))
+                yield _sse("changed", ErrandSummary.of(view).model_dump(mode="json"))
             now = asyncio.get_running_loop().time()
             if now - last_beat >= HEARTBEAT_SECONDS:
                 yield b": ping\n\n"

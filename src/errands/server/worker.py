@@ -18,12 +18,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from errands.config import Settings
-from errands.engine.loop import TextListener
 from errands.engine.runner import Runner
-from errands.policy.hook import PolicyHook
-from errands.store.base import Store
-from errands.tools.registry import Registry
 
 __all__ = ["RunnerThread"]
 
@@ -31,19 +26,10 @@ log = logging.getLogger("errands.server")
 
 
 class RunnerThread:
-    def __init__(
-        self,
-        store: Store,
-        settings: Settings,
-        registry: Registry,
-        policy: PolicyHook,
-        *,
-        on_text: TextListener,
-        poll: float = 0.25,
-    ) -> None:
-        self._make: Callable[[], Runner] = lambda: Runner(
-            store, settings, registry, policy, on_text=on_text
-        )
+    def __init__(self, make: Callable[[], Runner], *, poll: float = 0.25) -> None:
+        """*make* builds the runner, on the thread's own loop (it subscribes to the
+        store there)."""
+        self._make = make
         self.poll = poll
         self.runner: Runner | None = None
         self.error: BaseException | None = None

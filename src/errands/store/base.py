@@ -1,55 +1,561 @@
-"""The store interface. SQLite implements it (:mod:`errands.store.sqlite`); a Postgres
-implementation fills the same interface without changing its callers."""
+"""The backend-neutral store: everything about keeping errand logs that is not SQL.
+
+:class:`BaseStore` implements the :class:`~errands.store.protocol.Store` protocol up to
+a set of small hooks -- each a few SQL statements -- that a backend fills in
+(:class:`errands.store.sqlite.SQLiteStore`; a PostgreSQL store beside it). What lives
+here:
+
+- **group commit**: callers enqueue an operation and await a future; one writer thread
+  drains everything queued, runs it in *one* transaction with *one* commit, and only
+  then resolves the futures -- an append returns once its event is durable, and a
+  thousand concurrent errands share a commit. A batch that fails as a whole is retried
+  one operation at a time, so one bad operation refuses only itself;
+- **staging and fold**: events are serialised and redacted in the caller's thread
+  (:meth:`_prepare`), then numbered and folded into the errand's view
+  (:func:`errands.core.states.apply`) inside the transaction; the view is the
+  projection row, written in the same commit and rebuildable from the log;
+- **the projection cache**: views of running errands stay in memory, and a row whose
+  indexed columns did not change is updated without touching them; an errand that
+  stops (waits, finishes) leaves the cache -- waiting costs nothing;
+- **spend booking and admission**: budgets (:mod:`errands.costs.spend`) are booked in
+  the same transaction as the events that change them, and a call is admitted only if
+  every cap that applies holds its worst case;
+- **purge rules** (:mod:`errands.store.purge`), the rebuild, and the integrity check.
+
+The writer thread is the one serial part, so what it does per event is kept small.
+"""
 
 from __future__ import annotations
 
+import abc
+import asyncio
+import contextlib
+import hashlib
+import json
+import operator
+import queue
+import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from errands.core import events as ev
-from errands.core.states import ErrandState, ErrandView, PendingApproval
-from errands.store.spend import Refusal
+from errands.core.contracts import enabled, ensure, invariant, require
+from errands.core.faults import fault
+from errands.core.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
+from errands.costs import spend
+from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
+from errands.store.protocol import (
+    AppendCheck,
+    BudgetStatus,
+    CommitListener,
+    StoredEvent,
+    UsageRow,
+)
+from errands.store.purge import purged
+from errands.store.redact import Redactor
 
-__all__ = ["ErrandExists", "LeaseLost", "NotFound", "Store", "StoreError", "StoredEvent"]
+__all__ = [
+    "BLOB_THRESHOLD",
+    "COLUMNS",
+    "BaseStore",
+    "Prepared",
+    "ProjectionRow",
+    "Tx",
+    "WriterStats",
+]
+
+BLOB_THRESHOLD = 16 * 1024  # event bodies above this go to content-addressed blobs
+MAX_BATCH = 4096  # operations per group commit
+VIEW_CACHE_MAX = 20_000  # views the writer keeps in memory
+_CHECK = enabled()
+
+# The projection row: these columns, and (as JSON, defaults left out) the rest of the view
+COLUMNS = ("id", "state", "title", "created_at", "updated_at", "last_seq", "parent")
+_COLUMN_SET = set(COLUMNS)
+_EXTRA_FIELDS = tuple(f for f in ErrandView.model_fields if f not in _COLUMN_SET)
+_extras = operator.attrgetter(*_EXTRA_FIELDS)
+_BOOKED = frozenset({"model_responded", "state_changed"})  # events that touch the budgets
+
+# (event as folded, its stored body, its blob hash or None)
+Prepared = tuple[ev.Event, str, str | None]
+# (id, state, title, created_at, updated_at, last_seq, parent, pending_count, view JSON)
+ProjectionRow = tuple[str, str, str, float, float, int, str | None, int, str]
+# (title, updated_at, last_seq, parent, view JSON, id): a row whose state and pending
+# count did not change -- the common case, a running errand logging its steps
+ProjectionUpdate = tuple[str, float, int, str | None, str, str]
 
 
-class StoreError(Exception):
-    """A store operation was refused; the message says why. Nothing was written."""
+@dataclass
+class WriterStats:
+    commits: int = 0
+    events: int = 0
+    ops: int = 0
+    bytes: int = 0  # event bytes written (bodies and blobs)
+    max_batch: int = 0
+    # seconds the writer spent running operations, writing rows, and committing
+    staging_s: float = 0.0
+    writing_s: float = 0.0
+    committing_s: float = 0.0
 
 
-class NotFound(StoreError):
-    pass
+@dataclass(slots=True)
+class _Op:
+    """One queued write: ``fn(tx)`` in the writer thread, or (``fn`` None) an append.
 
-
-class ErrandExists(StoreError):
-    pass
-
-
-class LeaseLost(StoreError):
-    """The caller no longer owns the errand: another process took it over."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    errand_id: str
-    seq: int
-    event: ev.Event
-
-
-# An extra check run inside the append's transaction, on the errand's current view,
-# before anything is written: raise StoreError to refuse the append. This is how
-# approvals (no double decision, no decision after cancel) stay atomic.
-Guard = Callable[[ErrandView], None]
-
-
-class Store(Protocol):
-    """Append-only errand logs with derived views, leases and wake-ups.
-
-    Every mutating call returns only after its effect is durable on disk.
+    Appends, the hot path, carry their arguments here rather than in a closure: fewer
+    objects per append for the garbage collector to trace while it waits.
     """
 
-    async def create(self, errand_id: str, created: ev.ErrandCreated) -> None: ...
+    fn: Callable[[Tx], Any] | None
+    future: asyncio.Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    done: threading.Event | None = None  # for callers without an event loop
+    result: Any = None
+    error: BaseException | None = None
+    errand_id: str = ""
+    prepared: list[Prepared] | None = None
+    owner: str | None = None
+    guard: AppendCheck | None = None
+
+
+@dataclass
+class Tx:
+    """What one batch accumulates before its single commit (``conn``: the backend's)."""
+
+    conn: Any
+    now: float
+    rows: list[tuple[str, int, str, float, str, str | None]] = field(default_factory=list)
+    blobs: dict[str, str] = field(default_factory=dict)
+    dirty: dict[str, ErrandView] = field(default_factory=dict)
+    wakeups: list[str] = field(default_factory=list)
+    appended: list[tuple[str, int]] = field(default_factory=list)
+    body_bytes: int = 0
+
+
+class BaseStore(abc.ABC):
+    """A store, up to its SQL. A backend opens its connections, then calls
+    :meth:`_start_writer`; it implements the hooks marked abstract below."""
+
+    def __init__(
+        self, *, redactor: Redactor | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.redact = redactor or Redactor()
+        self.clock = clock
+        self.stats = WriterStats()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, CommitListener]] = []
+        # writer-thread state: caches, dropped whenever a transaction fails or another
+        # process has written (:meth:`_written_elsewhere`)
+        self._views: dict[str, ErrandView] = {}
+        # errand -> what its projection row holds: (state, pending count), and the values
+        # of the view column's fields with their JSON (to skip dumping it again)
+        self._written: dict[str, tuple[tuple[str, int], tuple[Any, ...], str]] = {}
+        self._held: dict[str, str] = {}  # errand -> owner, leases this writer knows are held
+        # errands with budget holds this writer made: only their responses and state
+        # changes need to touch the holds (one left by a dead process expires, or the
+        # run that resumes its errand replaces it)
+        self._reserved: set[str] = set()
+        self._untold: list[_Op] = []  # committed, callers not told yet (writer thread only)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
+
+    def _start_writer(self) -> None:
+        self._thread.start()
+
+    # ================================================================= backend hooks
+    # (all run in the writer thread, inside the batch's transaction, unless noted)
+
+    @abc.abstractmethod
+    def _begin(self) -> Any:
+        """Start the batch's transaction; return the connection it runs on."""
+
+    @abc.abstractmethod
+    def _commit(self, conn: Any) -> None: ...
+
+    @abc.abstractmethod
+    def _rollback(self, conn: Any) -> None: ...
+
+    def _written_elsewhere(self, conn: Any) -> bool:
+        """Has another process committed since this writer's last transaction?"""
+        return True
+
+    def _after_batch(self) -> None:
+        """After a batch committed and its callers were told (housekeeping)."""
+        return None
+
+    @abc.abstractmethod
+    def _load_view(self, tx: Tx, errand_id: str) -> ErrandView | None:
+        """The errand's projection row as a view (None: no such errand)."""
+
+    @abc.abstractmethod
+    def _exists(self, tx: Tx, errand_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _write(self, tx: Tx, upserts: list[ProjectionRow], updates: list[ProjectionUpdate]) -> None:
+        """Write the batch: ``tx.blobs``, ``tx.rows`` (events), the projection rows, and
+        ``tx.wakeups``."""
+
+    @abc.abstractmethod
+    def _lease_owner(self, tx: Tx, errand_id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def _take_lease(self, tx: Tx, errand_id: str, owner: str, until: float) -> bool:
+        """Take the lease if it is free, expired or *owner*'s; True if taken."""
+
+    @abc.abstractmethod
+    def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
+        """Runnable errands whose lease is free or expired, least recently active first."""
+
+    @abc.abstractmethod
+    def _renew_leases(self, tx: Tx, owner: str, until: float) -> set[str]:
+        """Extend every lease *owner* holds (and its budget holds); return them."""
+
+    @abc.abstractmethod
+    def _drop_lease(self, tx: Tx, errand_id: str, owner: str) -> None: ...
+
+    @abc.abstractmethod
+    def _spent_on(self, tx: Tx, scope: str) -> int:
+        """What the log says was spent against *scope* (today's for the daily scope)."""
+
+    @abc.abstractmethod
+    def _held_on(self, tx: Tx, scope: str, hold: str) -> int:
+        """What calls in flight hold against *scope*, leaving out the hold *hold*."""
+
+    @abc.abstractmethod
+    def _place_hold(
+        self, tx: Tx, hold: str, caps: Sequence[spend.Cap], amount: int, ttl: float
+    ) -> None:
+        """Hold *amount* against every cap (replacing a hold of that name)."""
+
+    @abc.abstractmethod
+    def _settle_hold(self, tx: Tx, hold: str) -> None: ...
+
+    @abc.abstractmethod
+    def _release_holds(self, tx: Tx, errand_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def _add_spend(self, tx: Tx, scopes: Sequence[str], amount: int) -> None: ...
+
+    @abc.abstractmethod
+    def _log_bodies(self, tx: Tx, errand_id: str) -> list[tuple[int, str, str | None]]:
+        """Every event of the errand: (seq, stored JSON body, blob hash or None)."""
+
+    @abc.abstractmethod
+    def _rewrite_body(self, tx: Tx, errand_id: str, seq: int, body: str) -> None:
+        """Replace an event's body in place (no blob any more)."""
+
+    @abc.abstractmethod
+    def _drop_orphan_blobs(self, tx: Tx, hashes: Sequence[str]) -> None: ...
+
+    async def _after_purge(self) -> None:
+        """After a purge committed: wipe what the backend still holds of the old pages."""
+        return None
+
+    @abc.abstractmethod
+    def _errand_ids(self, tx: Tx) -> list[str]:
+        """Every errand that has a log."""
+
+    @abc.abstractmethod
+    def _rebuild_spend(self, tx: Tx) -> None: ...
+
+    # reads (called from any thread; no transaction)
+
+    @abc.abstractmethod
+    def _read_log(self, errand_id: str, after: int) -> list[StoredEvent]: ...
+
+    @abc.abstractmethod
+    def _read_view(self, errand_id: str) -> ErrandView: ...
+
+    @abc.abstractmethod
+    def _integrity_extra(self) -> list[str]:
+        """The backend's own checks: derived tables not covered by the fold
+        (pending counts, spend, orphan rows)."""
+
+    @abc.abstractmethod
+    def _close_backend(self) -> None: ...
+
+    # ================================================================= group commit
+
+    def subscribe(self, listener: CommitListener) -> None:
+        """Call *listener(errand_id, last_seq)* on this event loop after each commit."""
+        self._listeners.append((asyncio.get_running_loop(), listener))
+
+    async def _submit(self, fn: Callable[[Tx], Any]) -> Any:
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(fn, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            try:
+                first = get_nowait()
+            except queue.Empty:  # nothing to overlap with: tell the last batch's callers now
+                self._tell()
+                first = get()
+            if first is None:
+                self._tell()
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            self._commit_batch(batch)
+
+    def _tell(self) -> None:
+        """Resolve the futures of the last committed batch (see :meth:`_run_tx`)."""
+        if self._untold:
+            self._resolve(self._untold)
+            self._untold = []
+
+    def _commit_batch(self, batch: list[_Op]) -> None:
+        try:
+            self._run_tx(batch)
+            self._untold = batch  # told just before the next commit, or when idle
+            self._after_batch()
+            return
+        except Exception as exc:  # a batch-level failure: retry each op on its own
+            self._tell()
+            self._forget()
+            if len(batch) > 1:
+                for op in batch:
+                    op.result = None
+                    op.error = None
+                    self._commit_batch([op])
+                return
+            batch[0].result = None
+            batch[0].error = exc
+        self._resolve(batch)
+
+    def _run_tx(self, batch: list[_Op]) -> None:
+        """One batch in one transaction.
+
+        The previous batch's callers are told (their futures resolved) only once this
+        batch is written and about to commit: their tasks then run on the event loop
+        while this thread waits for the commit's sync with the GIL released, instead
+        of contending for the GIL with this thread's staging and row writing. Nothing
+        is acknowledged before its own commit; the wait is only as long as one batch's
+        staging (and when the queue is empty, there is none).
+        """
+        conn = self._begin()
+        try:
+            t0 = time.perf_counter()
+            if self._written_elsewhere(conn):
+                self._forget()  # someone else committed: our caches may be stale
+            tx = Tx(conn=conn, now=self.clock())
+            rows = tx.rows
+            for op in batch:
+                staged = len(rows)
+                try:
+                    op.result = self._append_in_tx(tx, op) if op.fn is None else op.fn(tx)
+                except StoreError as exc:
+                    # refused before it staged anything: the rest of the batch goes on
+                    invariant(len(rows) == staged, "a refused operation staged nothing")
+                    op.error = exc
+            t1 = time.perf_counter()
+            self._flush(tx)
+            t2 = time.perf_counter()
+            self._tell()
+            fault("mid_batch")
+            self._commit(conn)
+            t3 = time.perf_counter()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._rollback(conn)
+            raise
+        stats = self.stats
+        stats.commits += 1
+        stats.ops += len(batch)
+        stats.events += len(rows)
+        stats.bytes += tx.body_bytes
+        stats.max_batch = max(stats.max_batch, len(batch))
+        # waiting costs nothing: an errand that stopped (waiting, finished) leaves the
+        # writer's caches; its row is read back if it is written to again
+        for errand_id, view in tx.dirty.items():
+            if view.state not in RUNNABLE:
+                self._views.pop(errand_id, None)
+                self._written.pop(errand_id, None)
+        stats.staging_s += t1 - t0
+        stats.writing_s += t2 - t1
+        stats.committing_s += t3 - t2
+        self._after_commit(tx)
+
+    def _flush(self, tx: Tx) -> None:
+        upserts: list[ProjectionRow] = []
+        updates: list[ProjectionUpdate] = []
+        written = self._written
+        for errand_id, view in tx.dirty.items():
+            key = (view.state.value, len(view.pending))
+            extras = _extras(view)
+            before = written.get(errand_id)
+            if before is not None and before[1] == extras:
+                data = before[2]  # apply replaces values, never mutates them: unchanged
+            else:
+                data = view.model_dump_json(exclude=_COLUMN_SET, exclude_defaults=True)
+            written[errand_id] = (key, extras, data)
+            if before is not None and before[0] == key:
+                updates.append(
+                    (view.title, view.updated_at, view.last_seq, view.parent, data, errand_id)
+                )
+            else:
+                upserts.append(
+                    (
+                        errand_id,
+                        key[0],
+                        view.title,
+                        view.created_at,
+                        view.updated_at,
+                        view.last_seq,
+                        view.parent,
+                        key[1],
+                        data,
+                    )
+                )
+        self._write(tx, upserts, updates)
+
+    def _after_commit(self, tx: Tx) -> None:
+        if tx.appended and self._listeners:
+            latest: dict[str, int] = {}
+            for errand_id, seq in tx.appended:
+                latest[errand_id] = seq
+            for loop, listener in self._listeners:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_notify, listener, latest)
+
+    def _resolve(self, batch: list[_Op]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
+        for op in batch:
+            if op.done is not None:
+                op.done.set()
+                continue
+            assert op.loop is not None
+            ops = by_loop.get(op.loop)
+            if ops is None:
+                by_loop[op.loop] = [op]
+            else:
+                ops.append(op)
+        for loop, ops in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, ops)
+
+    def _forget(self) -> None:
+        self._views.clear()
+        self._written.clear()
+        self._held.clear()
+
+    # ================================================================= staging
+
+    def _prepare(self, event: ev.Event) -> Prepared:
+        """Serialise and redact one event (in the caller's thread, not the writer's).
+
+        When redaction changed the body, the event folded into the projection is the
+        one parsed back from the redacted body: the projection is a fold of the log as
+        stored, and a secret reaches neither.
+        """
+        body = event.model_dump_json()
+        if self.redact:
+            redacted = self.redact(body)
+            if redacted != body:
+                body = redacted
+                event = ev.load_event(body)
+        blob = None
+        if len(body) > BLOB_THRESHOLD:
+            blob = "sha256:" + hashlib.sha256(body.encode()).hexdigest()
+        return event, body, blob
+
+    def _view_for(self, tx: Tx, errand_id: str) -> ErrandView:
+        view = tx.dirty.get(errand_id)
+        if view is not None:
+            return view
+        view = self._views.get(errand_id)
+        if view is not None:
+            return view
+        view = self._load_view(tx, errand_id)
+        if view is None:
+            raise NotFound(f"no errand {errand_id}")
+        self._cache(view)
+        return view
+
+    def _cache(self, view: ErrandView) -> None:
+        if len(self._views) >= VIEW_CACHE_MAX:
+            self._views.clear()
+            self._written.clear()
+        self._views[view.id] = view
+
+    def _check_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
+        if self._held.get(errand_id) == owner:
+            return
+        if self._lease_owner(tx, errand_id) != owner:
+            raise LeaseLost(f"errand {errand_id} is owned by another process now")
+        self._held[errand_id] = owner
+
+    def _stage(self, tx: Tx, view: ErrandView, prepared: Sequence[Prepared]) -> list[int]:
+        errand_id = view.id
+        rows = tx.rows
+        seqs: list[int] = []
+        for event, body, blob in prepared:
+            seq = view.last_seq + 1
+            if blob is None:
+                rows.append((errand_id, seq, event.type, event.at, body, None))
+            else:
+                tx.blobs[blob] = body
+                rows.append((errand_id, seq, event.type, event.at, "", blob))
+            tx.body_bytes += len(body)
+            apply(view, seq, event)
+            seqs.append(seq)
+            if event.type in _BOOKED:
+                self._book(tx, view, event)
+        tx.dirty[errand_id] = view
+        if self._listeners:
+            tx.appended.append((errand_id, seqs[-1]))
+        return seqs
+
+    def _book(self, tx: Tx, view: ErrandView, event: ev.Event) -> None:
+        """Keep the budget tables in step with the log, in the same transaction."""
+        if isinstance(event, ev.ModelResponded):
+            if view.id in self._reserved:
+                self._settle_hold(tx, spend.hold_id(view.id, event.request_seq))
+            cost = spend.nanos(event.usage.cost_usd)
+            if cost:
+
+                def parent_of(errand_id: str) -> str | None:
+                    if errand_id == view.id:
+                        return view.parent
+                    try:
+                        return self._view_for(tx, errand_id).parent
+                    except NotFound:
+                        return None
+
+                self._add_spend(tx, spend.scopes_of(view.id, event.at, parent_of), cost)
+        elif view.id in self._reserved:  # it changed state: no call of its is in flight
+            self._release_holds(tx, view.id)
+            self._reserved.discard(view.id)
+
+    # ================================================================= writes
+
+    async def create(self, errand_id: str, created: ev.ErrandCreated) -> None:
+        require(bool(errand_id), "an errand id")
+        prepared = [self._prepare(created)]
+
+        def op(tx: Tx) -> None:
+            if errand_id in self._views or errand_id in tx.dirty or self._exists(tx, errand_id):
+                raise ErrandExists(f"errand {errand_id} exists already")
+            view = ErrandView(id=errand_id)
+            self._stage(tx, view, prepared)
+            self._cache(view)
+
+        await self._submit(op)
 
     async def append(
         self,
@@ -57,43 +563,82 @@ class Store(Protocol):
         events: Sequence[ev.Event],
         *,
         owner: str | None = None,
-        guard: Guard | None = None,
+        guard: AppendCheck | None = None,
     ) -> list[int]:
-        """Append *events* atomically; return their sequence numbers.
+        require(len(events) > 0, "at least one event")
+        prepared: list[Prepared] = []
+        for event in events:
+            require(event.type != "errand_created", "errand_created only through create()")
+            prepared.append(self._prepare(event))
+        # (the hot path: no closure, and _submit inlined -- fewer objects per append)
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        self._queue.put(
+            _Op(None, future, loop, None, None, None, errand_id, prepared, owner, guard)
+        )
+        return await future
 
-        With *owner*, refuse (:class:`LeaseLost`) unless *owner* holds the lease.
-        Without, the append is an outside input (a person's message, a decision) and
-        wakes whoever owns the errand.
-        """
-        ...
+    def _append_in_tx(self, tx: Tx, op: _Op) -> list[int]:
+        errand_id, prepared, owner, guard = op.errand_id, op.prepared, op.owner, op.guard
+        assert prepared is not None
+        view = self._view_for(tx, errand_id)
+        if owner is not None:
+            self._check_lease(tx, errand_id, owner)
+        if guard is not None:
+            guard(view)
+        first = view.last_seq + 1
+        seqs = self._stage(tx, view, prepared)
+        ensure(
+            seqs[0] == first and seqs[-1] == first + len(prepared) - 1 == view.last_seq,
+            "contiguous sequence numbers",
+        )
+        if owner is None:
+            tx.wakeups.append(errand_id)
+        return seqs
 
-    async def read(self, errand_id: str, after: int = 0) -> list[StoredEvent]: ...
+    def _acquire(self, tx: Tx, errand_id: str, owner: str, ttl: float) -> bool:
+        if self._take_lease(tx, errand_id, owner, tx.now + ttl):
+            self._held[errand_id] = owner
+            return True
+        if self._held.get(errand_id) == owner:
+            del self._held[errand_id]
+        return False
 
-    async def view(self, errand_id: str) -> ErrandView: ...
+    async def acquire(self, errand_id: str, owner: str, ttl: float) -> bool:
+        def op(tx: Tx) -> bool:
+            return self._acquire(tx, errand_id, owner, ttl)
 
-    async def list_errands(
-        self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
-    ) -> list[ErrandView]: ...
+        result: bool = await self._submit(op)
+        return result
 
-    async def pending_approvals(self) -> list[PendingApproval]: ...
+    async def claim_runnable(self, owner: str, ttl: float, limit: int) -> list[str]:
+        def op(tx: Tx) -> list[str]:
+            return [e for e in self._free_runnable(tx, limit) if self._acquire(tx, e, owner, ttl)]
 
-    async def acquire(self, errand_id: str, owner: str, ttl: float) -> bool: ...
-
-    async def claim_runnable(self, owner: str, ttl: float, limit: int) -> list[str]: ...
+        result: list[str] = await self._submit(op)
+        return result
 
     async def renew(self, owner: str, ttl: float) -> set[str]:
-        """Extend every lease *owner* holds; return the errand ids it still holds."""
-        ...
+        def op(tx: Tx) -> set[str]:
+            held = self._renew_leases(tx, owner, tx.now + ttl)
+            for errand_id in [e for e, o in self._held.items() if o == owner and e not in held]:
+                del self._held[errand_id]
+            return held
 
-    async def release(self, errand_id: str, owner: str) -> None: ...
+        result: set[str] = await self._submit(op)
+        return result
 
-    def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
-        """Who holds the errand's lease, and until when (None if nobody)."""
-        ...
+    async def release(self, errand_id: str, owner: str) -> None:
+        def op(tx: Tx) -> None:
+            self._drop_lease(tx, errand_id, owner)
+            if self._held.get(errand_id) == owner:
+                del self._held[errand_id]
 
-    async def wakeups(self, after: int) -> tuple[int, list[str]]:
-        """Errands written to by outsiders since wake-up id *after*; and the newest id."""
-        ...
+        await self._submit(op)
+
+    # ================================================================= budgets
 
     async def reserve(
         self,
@@ -103,17 +648,225 @@ class Store(Protocol):
         *,
         daily_usd: float | None,
         ttl: float,
-    ) -> Refusal | None:
-        """Hold *amount_usd* for the model call of request *request_seq* against every
-        cap that applies (the daily one, the errand's and its ancestors' budgets), or
-        return why not, writing nothing. The transaction that logs the response
-        settles the hold; otherwise it expires after *ttl* seconds."""
-        ...
+    ) -> spend.CapReached | None:
+        """Reserve *amount_usd* for the model call of request *request_seq*, against the
+        daily cap and the budget of the errand and of each of its ancestors; or say which
+        cap it would pass (nothing written). Settled by the transaction that logs the
+        response."""
+        require(amount_usd >= 0 and ttl > 0, "a non-negative amount and a positive ttl")
 
-    async def purge(self, errand_id: str) -> None: ...
+        def op(tx: Tx) -> spend.CapReached | None:
+            caps = self._caps(tx, self._view_for(tx, errand_id), daily_usd)
+            refusal = self._admit(
+                tx, spend.hold_id(errand_id, request_seq), caps, spend.nanos(amount_usd), ttl
+            )
+            if refusal is None and caps:
+                self._reserved.add(errand_id)
+            return refusal
 
-    def subscribe(self, listener: Callable[[str, int], None]) -> None:
-        """Call *listener(errand_id, last_seq)* in the event loop after each durable append."""
-        ...
+        result: spend.CapReached | None = await self._submit(op)
+        return result
 
-    async def close(self) -> None: ...
+    def _caps(self, tx: Tx, view: ErrandView, daily_usd: float | None) -> list[spend.Cap]:
+        """Every cap a call of *view*'s errand counts against."""
+        caps = []
+        if daily_usd is not None:
+            caps.append(spend.Cap(spend.DAY, spend.nanos(daily_usd), "the daily budget"))
+        current: ErrandView | None = view
+        depth = 0
+        while current is not None and depth < spend.MAX_DEPTH:
+            if current.budget_usd is not None:
+                what = (
+                    "this errand's budget"
+                    if current is view
+                    else f"the budget of errand {current.id} (an ancestor)"
+                )
+                caps.append(
+                    spend.Cap(spend.tree_scope(current.id), spend.nanos(current.budget_usd), what)
+                )
+            try:
+                current = self._view_for(tx, current.parent) if current.parent else None
+            except NotFound:
+                current = None
+            depth += 1
+        return caps
+
+    def _admit(
+        self, tx: Tx, hold: str, caps: Sequence[spend.Cap], amount: int, ttl: float
+    ) -> spend.CapReached | None:
+        """Hold *amount* against every cap, or refuse (writing nothing): a call may start
+        only if, for every cap, spent + held by calls in flight + its worst case <= cap.
+        A hold of the same name (the same request, asked again) replaces the old one."""
+        require(amount >= 0 and ttl > 0, "a non-negative amount and a positive ttl")
+        for cap in caps:
+            spent = self._spent_on(tx, cap.scope)
+            held = self._held_on(tx, cap.scope, hold)
+            if spent >= cap.nanos or spent + held + amount > cap.nanos:
+                return spend.CapReached(cap, spent, held, amount)
+        if caps:
+            self._place_hold(tx, hold, caps, amount, ttl)
+        if _CHECK:
+            for cap in caps:
+                ensure(
+                    self._spent_on(tx, cap.scope) + self._held_on(tx, cap.scope, "") <= cap.nanos,
+                    "spent + held stays within every cap",
+                )
+        return None
+
+    @abc.abstractmethod
+    def _budget_now(self, now: float, daily: bool) -> tuple[int, int, int]:
+        """(spent today, held, calls in flight) -- held against the daily scope when
+        *daily*, else by every call in flight whatever its caps. Any thread."""
+
+    async def budget(self, daily_usd: float | None) -> BudgetStatus:
+        now = self.clock()
+        spent, held, calls = self._budget_now(now, daily_usd is not None)
+        return BudgetStatus(
+            day=spend.day_scope(now).removeprefix("day:"),
+            spent_usd=spend.usd(spent),
+            reserved_usd=spend.usd(held),
+            calls_in_flight=calls,
+            daily_usd=daily_usd,
+            left_usd=None if daily_usd is None else max(0.0, daily_usd - spend.usd(spent + held)),
+        )
+
+    # ================================================================= purge, rebuild
+
+    async def purge(self, errand_id: str) -> None:
+        """Remove the errand's private content from the log (and from disk pages).
+
+        Every event is rewritten (upgraded to the current version first) with its
+        private text, arguments and free-text fields replaced (:mod:`errands.store.purge`);
+        orphaned blobs are deleted; the projection is refolded from the rewritten log;
+        and the backend then wipes what it still holds of the old pages.
+        """
+
+        def op(tx: Tx) -> None:
+            self._view_for(tx, errand_id)  # NotFound before anything is written
+            view = ErrandView(id=errand_id)
+            blobs: set[str] = set()
+            for seq, body, blob in self._log_bodies(tx, errand_id):
+                data = purged(ev.upgrade(json.loads(body)))
+                cleaned = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+                self._rewrite_body(tx, errand_id, seq, cleaned)
+                if blob:
+                    blobs.add(blob)
+                apply(view, seq, ev.parse_event(data))
+            self._drop_orphan_blobs(tx, sorted(blobs))
+            self._views[errand_id] = view
+            self._stage(tx, view, [self._prepare(ev.ErrandPurged())])
+
+        await self._submit(op)
+        await self._after_purge()
+
+    async def rebuild_projections(self) -> int:
+        """Refold every log and rewrite the projection and spend; return the errand count."""
+
+        def op(tx: Tx) -> int:
+            ids = self._errand_ids(tx)
+            for errand_id in ids:
+                view = ErrandView(id=errand_id)
+                for stored in self._read_log(errand_id, 0):
+                    apply(view, stored.seq, stored.event)
+                tx.dirty[errand_id] = view
+                self._written.pop(errand_id, None)  # rewrite every column
+                self._cache(view)
+            self._rebuild_spend(tx)
+            return len(ids)
+
+        result: int = await self._submit(op)
+        return result
+
+    def _integrity(self) -> list[str]:
+        problems = []
+        for errand_id in self._all_ids():
+            view = ErrandView(id=errand_id)
+            for stored in self._read_log(errand_id, 0):
+                apply(view, stored.seq, stored.event)
+            try:
+                cached = self._read_view(errand_id)
+            except NotFound:
+                problems.append(f"{errand_id}: no projection")
+                continue
+            if cached.model_dump() != view.model_dump():
+                problems.append(f"{errand_id}: projection differs from the fold")
+        return problems + self._integrity_extra()
+
+    @abc.abstractmethod
+    def _all_ids(self) -> list[str]:
+        """Every errand that has a log (any thread)."""
+
+    async def integrity_check(self) -> list[str]:
+        """Compare every projection with a fresh fold of its log (and the backend's other
+        derived tables with what the log says); return the mismatches."""
+        return await asyncio.to_thread(self._integrity)
+
+    # ================================================================= reads
+
+    async def read(self, errand_id: str, after: int = 0) -> list[StoredEvent]:
+        return await asyncio.to_thread(self._checked_log, errand_id, after)
+
+    def _checked_log(self, errand_id: str, after: int) -> list[StoredEvent]:
+        out = self._read_log(errand_id, after)
+        if out:
+            invariant(
+                [s.seq for s in out] == list(range(out[0].seq, out[0].seq + len(out))),
+                f"no gaps in the log of {errand_id}",
+            )
+        return out
+
+    async def view(self, errand_id: str) -> ErrandView:
+        # a point lookup: run here, a hop to a thread and back costs more than the read
+        return self._read_view(errand_id)
+
+    @abc.abstractmethod
+    async def find(self, prefix: str) -> str: ...
+
+    @abc.abstractmethod
+    async def list_errands(
+        self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
+    ) -> list[ErrandView]: ...
+
+    @abc.abstractmethod
+    async def pending_approvals(self) -> list[PendingApproval]: ...
+
+    @abc.abstractmethod
+    async def lease_holder(self, errand_id: str) -> tuple[str, float] | None: ...
+
+    @abc.abstractmethod
+    async def wakeups(self, after: int) -> tuple[int, list[str]]: ...
+
+    @abc.abstractmethod
+    async def usage(
+        self, *, since: float = 0.0, errand_id: str | None = None
+    ) -> list[UsageRow]: ...
+
+    # ================================================================= closing
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join()
+        self._close_backend()
+
+
+def _settle(ops: list[_Op]) -> None:
+    for op in ops:
+        fut = op.future
+        if fut is None or fut.done():
+            continue
+        if op.error is not None:
+            fut.set_exception(op.error)
+        else:
+            fut.set_result(op.result)
+
+
+def _notify(listener: CommitListener, latest: dict[str, int]) -> None:
+    for errand_id, seq in latest.items():
+        listener(errand_id, seq)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import httpcore
 import httpx
 
-from errands.tools.registry import ToolError
+from errands.tools.tool import ToolError
 
 if TYPE_CHECKING:
     from errands.config import Settings

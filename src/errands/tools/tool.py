@@ -1,44 +1,55 @@
-"""The tool registry: typed functions become tools with schemas, effects and contracts.
+"""Tools: typed functions with schemas, effects, argument roles, previews and contracts.
 
 A tool is a plain type-hinted function (sync or async). Its JSON schema comes from
 the signature and the docstring (Google-style ``Args:`` section); arguments are
-validated with pydantic before it runs. Each tool declares its effect class, whether
-it is idempotent (or honours the idempotency key the harness passes it), and its
-contracts: preconditions checked before it runs, postconditions after.
+validated with pydantic before it runs. Each tool declares:
+
+- its **effect class** (what a call can do to the world), and whether it is idempotent
+  (or honours the idempotency key the harness passes it);
+- the **role** of each argument that matters to the permission boundary
+  (:class:`ArgRole`: a path, a URL, a recipient, an amount, ...) -- the policy and the
+  approval card read these instead of guessing from argument names;
+- optionally its own **preview**: what the approval card shows a person (by default
+  one is built from the roles, :mod:`errands.policy.preview`);
+- its **contracts**: preconditions checked before it runs, postconditions after.
 
 If a tool function takes a parameter named ``ctx`` it receives the
 :class:`ToolContext` (workspace, idempotency key, config); ``ctx`` is not part of the
-schema the model sees.
+schema the model sees. Tools reach an errand through a toolset
+(:mod:`errands.tools.toolset`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
-from errands.core.canonical import canonical_hash
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
-from errands.models.protocol import ToolSchema
+from errands.core.messages import ToolSchema
 
 __all__ = [
+    "ArgRole",
     "Contract",
     "PostconditionFailed",
     "PreconditionFailed",
-    "Registry",
+    "Preview",
     "Tool",
     "ToolArgumentError",
     "ToolContext",
     "ToolError",
     "ToolOutput",
     "UnknownTool",
+    "make_tool",
 ]
 
 
@@ -98,6 +109,28 @@ class Contract:
 EffectSpec = EffectClass | Callable[[Mapping[str, Any]], EffectClass]
 
 
+class ArgRole(StrEnum):
+    """What an argument *is*, for the permission boundary and the approval card."""
+
+    path = "path"  # a file path, judged against the errand's workspace
+    url = "url"  # where a network call goes
+    method = "method"  # an HTTP method
+    headers = "headers"  # request headers
+    body = "body"  # what is sent: a request or message body
+    content = "content"  # what is written to a file
+    recipient = "recipient"  # who a message goes to (to, cc, bcc)
+    subject = "subject"  # a message's subject
+    amount = "amount"  # an amount of money
+    currency = "currency"
+    payee = "payee"  # who is paid
+    command = "command"  # a command line to run
+
+
+# A tool's own preview: (validated arguments, the errand's workspace) -> what the
+# approval card shows; None: the default, built from the argument roles.
+Preview = Callable[[Mapping[str, Any], Path], str]
+
+
 @dataclass
 class Tool:
     name: str
@@ -110,7 +143,13 @@ class Tool:
     preconditions: tuple[Contract, ...] = ()
     postconditions: tuple[Contract, ...] = ()
     takes_ctx: bool = False
+    arg_roles: Mapping[str, ArgRole] = field(default_factory=dict)
+    preview: Preview | None = None
     _schema: dict[str, Any] = field(default_factory=dict)
+
+    def args_with(self, role: ArgRole) -> list[str]:
+        """The names of the arguments that have *role*, in declaration order."""
+        return [name for name, r in self.arg_roles.items() if r is role]
 
     @property
     def schema(self) -> ToolSchema:
@@ -179,8 +218,6 @@ def _as_text(value: Any) -> str:
         return value
     if value is None:
         return "ok"
-    import json
-
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
@@ -250,84 +287,6 @@ def _clean_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-class Registry:
-    """Tools by name. Schemas come out in a deterministic order (a byte-stable prefix)."""
-
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
-        self._tools: dict[str, Tool] = {}
-        self._schemas: tuple[ToolSchema, ...] | None = None
-        self._fingerprint: str | None = None
-        for t in tools:
-            self.add(t)
-
-    def add(self, tool: Tool) -> Tool:
-        if tool.name in self._tools:
-            raise ValueError(f"a tool named {tool.name} is registered already")
-        self._tools[tool.name] = tool
-        self._schemas = self._fingerprint = None
-        return tool
-
-    def tool(
-        self,
-        *,
-        effect: EffectSpec,
-        idempotent: bool = False,
-        honours_idempotency_key: bool = False,
-        name: str | None = None,
-        pre: Iterable[Contract] = (),
-        post: Iterable[Contract] = (),
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: register a typed function as a tool."""
-
-        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(
-                make_tool(
-                    fn,
-                    effect=effect,
-                    idempotent=idempotent,
-                    honours_idempotency_key=honours_idempotency_key,
-                    name=name,
-                    pre=pre,
-                    post=post,
-                )
-            )
-            return fn
-
-        return decorate
-
-    def get(self, name: str) -> Tool:
-        try:
-            return self._tools[name]
-        except KeyError:
-            known = ", ".join(sorted(self._tools)) or "none"
-            raise UnknownTool(f"unknown tool {name!r}; available tools: {known}") from None
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tools
-
-    def __iter__(self) -> Any:
-        return iter(sorted(self._tools.values(), key=lambda t: t.name))
-
-    def __len__(self) -> int:
-        return len(self._tools)
-
-    def schemas(self) -> tuple[ToolSchema, ...]:
-        if self._schemas is None:
-            self._schemas = tuple(t.schema for t in self)
-        return self._schemas
-
-    def fingerprint(self) -> str:
-        """Canonical hash of every schema: changes iff what the model sees changes."""
-        if self._fingerprint is None:
-            self._fingerprint = canonical_hash(
-                [
-                    {"name": s.name, "description": s.description, "parameters": s.parameters}
-                    for s in self.schemas()
-                ]
-            )
-        return self._fingerprint
-
-
 def make_tool(
     fn: Callable[..., Any],
     *,
@@ -337,10 +296,18 @@ def make_tool(
     name: str | None = None,
     pre: Iterable[Contract] = (),
     post: Iterable[Contract] = (),
+    roles: Mapping[str, ArgRole | str] | None = None,
+    preview: Preview | None = None,
 ) -> Tool:
+    """A tool from a typed function. *roles* names the role of the arguments that have
+    one (``{"path": "path"}``); *preview* renders the approval card's text."""
     tool_name = name or fn.__name__
     summary, docs = _parse_docstring(fn.__doc__ or "")
     args_model = _build_args_model(tool_name, fn, docs)
+    arg_roles = {arg: ArgRole(role) for arg, role in (roles or {}).items()}
+    unknown = sorted(set(arg_roles) - set(args_model.model_fields))
+    if unknown:
+        raise TypeError(f"tool {tool_name}: roles name arguments it does not take: {unknown}")
     return Tool(
         name=tool_name,
         description=summary or tool_name,
@@ -352,8 +319,7 @@ def make_tool(
         preconditions=tuple(pre),
         postconditions=tuple(post),
         takes_ctx="ctx" in inspect.signature(fn).parameters,
+        arg_roles=arg_roles,
+        preview=preview,
         _schema=_clean_schema(args_model.model_json_schema()),
     )
-
-
-ToolFn = Callable[..., Any | Awaitable[Any]]

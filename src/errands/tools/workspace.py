@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from errands.core import faults
-from errands.tools.registry import ToolError
+from errands.errors import UserError
+from errands.tools.tool import ToolError
 
 if TYPE_CHECKING:
     from errands.config import Settings
@@ -47,7 +47,7 @@ _DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | os.O_NOFOLLOW | _O_CLOEXEC
 _ERRAND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class WorkspaceRefused(ValueError):
+class WorkspaceRefused(UserError, ValueError):
     """A person-given workspace is unsafe or unusable; the message says why in one sentence."""
 
 
@@ -108,11 +108,6 @@ def make_workspace(settings: Settings, errand_id: str, requested: str | Path | N
     return path
 
 
-def _unconfined() -> bool:
-    """The negative-control switch: confinement off (tests only, see errands.core.faults)."""
-    return faults.switch("no_confinement")
-
-
 def resolve_inside(workspace: Path, path: str) -> Path:
     """The real absolute path *path* names inside *workspace*, or :class:`PathRefused`.
 
@@ -131,8 +126,6 @@ def resolve_inside(workspace: Path, path: str) -> Path:
         resolved = Path(os.path.realpath(candidate))
     except OSError as exc:  # a link changed while being resolved (lstat, then readlink)
         raise PathRefused(f"{path!r} changed while it was being resolved: {exc.strerror}") from None
-    if _unconfined():
-        return resolved
     if resolved == root or resolved.is_relative_to(root):
         return resolved
     lexical = Path(os.path.normpath(candidate))
@@ -177,10 +170,8 @@ def locate_inside(workspace: Path, path: str, *, create_parents: bool = False) -
         base, parts = root, ()
     elif resolved.is_relative_to(root):
         base, parts = root, resolved.relative_to(root).parts
-    else:  # only reachable with the negative-control switch on
-        if not _unconfined():
-            raise PathRefused(f"{path!r} is outside the workspace")
-        base, parts = Path(resolved.anchor), resolved.relative_to(resolved.anchor).parts
+    else:  # resolve_inside refuses this; a second check costs nothing
+        raise PathRefused(f"{path!r} is outside the workspace")
     relative = "/".join(parts) or "."
     fd = os.open(base, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
     try:

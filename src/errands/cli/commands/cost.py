@@ -10,10 +10,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from errands.cli.app import app, out, resolve_id, run_async
-from errands.config import Settings
+from errands.cli.common import JsonOpt, out, with_harness
 from errands.costs.report import CostReport, Rollup, build_report
-from errands.store.sqlite import SQLiteStore
+from errands.harness import Harness
+
+__all__ = ["register"]
 
 
 def _table(title: str, rows: list[Rollup]) -> Table:
@@ -42,27 +43,27 @@ def _table(title: str, rows: list[Rollup]) -> Table:
     return table
 
 
-@app.command()
 def cost(
     errand_id: Annotated[
         str | None, typer.Argument(help="Only this errand (a unique prefix will do).")
     ] = None,
     days: Annotated[int | None, typer.Option(help="Only the last N days.")] = None,
     top: Annotated[int, typer.Option(help="Errands to list, most expensive first.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """What errands cost: totals per day, per model and per errand (from the log)."""
 
-    async def go(s: Settings, store: SQLiteStore) -> tuple[CostReport, dict[str, Any]]:
+    async def go(h: Harness) -> tuple[CostReport, dict[str, Any]]:
+        store = h.store
         since = time.time() - days * 86400 if days else 0.0
-        full = resolve_id(store, errand_id) if errand_id else None
-        budget = store.budget_sync(s.budget.daily_usd)
+        full = await store.find(errand_id) if errand_id else None
+        budget = (await store.budget(h.settings.budget.daily_usd)).as_dict()
         if full is not None:
             view = await store.view(full)
             budget["errand"] = {"id": full, "budget_usd": view.budget_usd}
-        return build_report(store.usage_rows_sync(since=since, errand_id=full)), budget
+        return build_report(await store.usage(since=since, errand_id=full)), budget
 
-    report, budget = run_async(go)
+    report, budget = with_harness(go)
     if as_json:
         sys.stdout.write(json.dumps({**report.as_dict(), "budget": budget}) + "\n")
         return
@@ -91,5 +92,9 @@ def _budget_line(b: dict[str, Any]) -> str:
     if b["calls_in_flight"]:
         line += f", ${b['reserved_usd']:.4f} reserved by {b['calls_in_flight']} call(s) in flight"
     if b["daily_usd"] is None:
-        return line + " · no daily budget (set [budget] daily_usd in errands.toml)"
+        return line + " · no daily budget (set \\[budget] daily_usd in errands.toml)"
     return line + f" · daily budget ${b['daily_usd']:.2f}, [bold]${b['left_usd']:.4f} left[/bold]"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(cost)

@@ -1,6 +1,6 @@
 """``errands models`` (what is configured) and ``errands doctor`` (does it work).
 
-Imported at the end of :mod:`errands.cli.app`, which registers these commands. Neither
+Neither
 ever prints a key: only whether it is set, under which variable, and from where.
 """
 
@@ -12,24 +12,24 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from errands.cli.app import KNOWN_ERRORS, JsonOpt, app, fail, out, settings
+from errands.cli.common import JsonOpt, fail, out, settings
+from errands.errors import ErrandsError
 from errands.models.inventory import doctor as run_doctor
 from errands.models.inventory import inventory
 
-__all__ = ["doctor", "models"]
+__all__ = ["register"]
 
 
 def _limits(limits: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in limits.items()) or "unlimited"
 
 
-@app.command()
 def models(as_json: JsonOpt = False) -> None:
     """List the model providers, named endpoints, chains and the default model, and which
     keys are present (never their values)."""
     try:
         inv = inventory(settings())
-    except KNOWN_ERRORS as exc:
+    except ErrandsError as exc:
         fail(str(exc))
     if as_json:
         print(json.dumps(inv, indent=2))
@@ -56,7 +56,6 @@ def models(as_json: JsonOpt = False) -> None:
     out.print(escape(f"keyring: {inv['keyring']}"), highlight=False)
 
 
-@app.command()
 def doctor(
     as_json: JsonOpt = False,
     timeout: Annotated[
@@ -67,7 +66,7 @@ def doctor(
     key, model names known. One line per problem, saying what to fix; exit 1 if any."""
     try:
         checks = run_doctor(settings(), timeout=timeout)
-    except KNOWN_ERRORS as exc:
+    except ErrandsError as exc:
         fail(str(exc))
     problems = [p for c in checks for p in c.problems]
     if as_json:
@@ -83,3 +82,8 @@ def doctor(
         out.print(escape(summary), highlight=False)
     if problems:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(models)
+    app.command()(doctor)

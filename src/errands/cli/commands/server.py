@@ -1,7 +1,6 @@
-"""``errands up`` (the server) and ``errands inbox`` (what waits for you), on the CLI app.
+"""``errands up`` (the server) and ``errands inbox`` (what waits for you).
 
-Imported at the end of :mod:`errands.cli.app`, which registers these commands; the
-web framework is imported only when ``errands up`` runs.
+The web framework is imported only when ``errands up`` runs.
 """
 
 from __future__ import annotations
@@ -9,23 +8,21 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from errands.cli import remote
-from errands.cli.app import KNOWN_ERRORS, JsonOpt, app, fail, out, run_async, settings
+from errands.cli.common import JsonOpt, fail, out, server_for_home, settings, with_harness
 from errands.cli.render import approval_card, errands_table
-from errands.core.states import ErrandState, ErrandView, PendingApproval
-from errands.server.files import ServerRefused
-from errands.store.sqlite import SQLiteStore
+from errands.core.errand import ApprovalOut, Errand, ErrandSummary
+from errands.core.states import ErrandState, ErrandView
+from errands.errors import ErrandsError
+from errands.harness import Harness
 
-__all__ = ["inbox", "up"]
-
-REFUSED: tuple[type[Exception], ...] = (ServerRefused, *KNOWN_ERRORS)
+__all__ = ["register"]
 
 
-@app.command()
 def up(
     host: Annotated[
         str | None,
@@ -63,33 +60,10 @@ def up(
             port if port is not None else s.server.port,
             echo=lambda text: print(text, flush=True),
         )
-    except REFUSED as exc:
+    except ErrandsError as exc:
         fail(str(exc))
 
 
-def _summary(v: ErrandView | dict[str, Any]) -> dict[str, Any]:
-    if isinstance(v, dict):
-        keys = ("id", "status", "title", "model", "created_at", "updated_at", "steps")
-        return {k: v.get(k) for k in keys} | {
-            "cost_usd": v.get("cost_usd", 0.0),
-            "pending_approvals": v.get("pending_approvals", 0),
-            "reason": v.get("reason"),
-        }
-    return {
-        "id": v.id,
-        "status": v.state.value,
-        "title": v.title,
-        "model": v.model,
-        "created_at": v.created_at,
-        "updated_at": v.updated_at,
-        "steps": v.steps,
-        "cost_usd": v.usage.cost_usd,
-        "pending_approvals": len(v.pending),
-        "reason": v.reason or None,
-    }
-
-
-@app.command()
 def inbox(
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option(help="Show at most this many recent errands.")] = 20,
@@ -98,38 +72,38 @@ def inbox(
 
     Talks to the running server (errands up) if there is one, else reads the store.
     """
-    try:
-        server = remote.find(settings())
-    except KNOWN_ERRORS as exc:
-        fail(str(exc))
-    items: list[tuple[PendingApproval, str]]
+    server = server_for_home()
+    views: list[ErrandView] | None = None
     if server is not None:
         try:
             raw_pending = remote.get(server, "/api/approvals")
             raw_errands = remote.get(server, f"/api/errands?limit={max(1, min(limit, 1000))}")
-        except KNOWN_ERRORS as exc:
+            items = [ApprovalOut.model_validate(p) for p in raw_pending]
+            summaries = [ErrandSummary.model_validate(e) for e in raw_errands]
+        except ErrandsError as exc:
             fail(str(exc))
-        items = [(remote.pending_from(p), str(p.get("errand_title", ""))) for p in raw_pending]
-        summaries = [_summary(e) for e in raw_errands]
-        views: list[ErrandView] | None = None
+        except ValueError:
+            fail(f"the server at {server.url} answered something that is not an inbox")
     else:
 
-        async def go(s: Any, store: SQLiteStore) -> tuple[list[PendingApproval], list[ErrandView]]:
-            return await store.pending_approvals(), await store.list_errands(limit=limit)
+        async def go(h: Harness) -> tuple[list[ApprovalOut], list[ErrandView]]:
+            pending = await h.store.pending_approvals()
+            recent = await h.store.list_errands(limit=limit)
+            titles = {v.id: v.title for v in recent}
+            for p in pending:
+                if p.errand_id not in titles:
+                    titles[p.errand_id] = (await h.store.view(p.errand_id)).title
+            return [ApprovalOut.of(p, titles[p.errand_id]) for p in pending], recent
 
-        pending, views = run_async(go)
-        titles = {v.id: v.title for v in views}
-        items = [(p, titles.get(p.errand_id, "")) for p in pending]
-        summaries = [_summary(v) for v in views]
+        items, views = with_harness(go)
+        summaries = [Errand.of(v).summary() for v in views]
     if as_json:
         sys.stdout.write(
             json.dumps(
                 {
                     "server": server.url if server else None,
-                    "approvals": [
-                        p.model_dump() | {"id": p.id, "errand_title": t} for p, t in items
-                    ],
-                    "errands": summaries,
+                    "approvals": [a.model_dump() for a in items],
+                    "errands": [s.inbox_row() for s in summaries],
                 }
             )
             + "\n"
@@ -139,23 +113,23 @@ def inbox(
     out.print(f"[bold]Inbox[/bold] [dim]— from {where}[/dim]")
     if items:
         out.print(f"[bold yellow]{len(items)} waiting for your approval[/bold yellow]")
-        for p, title in items:
-            out.print(approval_card(p, title))
+        for a in items:
+            out.print(approval_card(a.pending(), a.errand_title))
     else:
         out.print("Nothing waits for your approval.")
-    attention = [e for e in summaries if e["status"] == ErrandState.needs_attention.value]
-    for e in attention:
-        out.print(
-            f"[magenta]needs your attention:[/magenta] {e['id']} {e['title']} — {e['reason'] or ''}"
-        )
+    for e in summaries:
+        if e.status is ErrandState.needs_attention:
+            out.print(
+                f"[magenta]needs your attention:[/magenta] {e.id} {e.title} — {e.reason or ''}"
+            )
     if views is not None and views:
         out.print(errands_table(views))
     elif summaries:
         for e in summaries:
-            waiting = f" ({e['pending_approvals']} waiting)" if e["pending_approvals"] else ""
+            waiting = f" ({e.pending_approvals} waiting)" if e.pending_approvals else ""
             out.print(
-                f"{e['id']}  {e['status']}{waiting}  {e['title']}  "
-                f"[dim]{e['steps']} steps · ${e['cost_usd']:.4f}[/dim]",
+                f"{e.id}  {e.status.value}{waiting}  {e.title}  "
+                f"[dim]{e.steps} steps · ${e.cost_usd:.4f}[/dim]",
                 highlight=False,
             )
     else:
@@ -163,3 +137,8 @@ def inbox(
     if items:
         hint = f"or open {server.url}" if server else "or run errands up for the inbox in a browser"
         out.print(f"[dim]errands approve ID · errands deny ID --reason TEXT · {hint}[/dim]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(inbox)

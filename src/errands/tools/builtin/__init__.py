@@ -5,9 +5,10 @@ from __future__ import annotations
 from errands.core.events import EffectClass
 from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
 from errands.tools.builtin.web import fetch_url, http_request, http_request_effect
-from errands.tools.registry import Contract, Registry, ToolContext, make_tool
+from errands.tools.tool import Contract, ToolContext, make_tool
+from errands.tools.toolset import FunctionToolset
 
-__all__ = ["builtin_registry"]
+__all__ = ["builtin_toolset"]
 
 
 def _workspace_exists(args: object, ctx: ToolContext) -> bool:
@@ -17,24 +18,38 @@ def _workspace_exists(args: object, ctx: ToolContext) -> bool:
 WORKSPACE_EXISTS = Contract("the errand's workspace is a directory", _workspace_exists)
 
 
-def builtin_registry() -> Registry:
-    """A registry holding the five built-in tools."""
-    return Registry(
+def builtin_toolset() -> FunctionToolset:
+    """A toolset holding the five built-in tools."""
+    return FunctionToolset(
         [
-            make_tool(read_file, effect=EffectClass.read, idempotent=True, pre=[WORKSPACE_EXISTS]),
+            make_tool(
+                read_file,
+                effect=EffectClass.read,
+                idempotent=True,
+                pre=[WORKSPACE_EXISTS],
+                roles={"path": "path"},
+            ),
             make_tool(
                 write_file,
                 effect=EffectClass.write_local,
                 idempotent=True,
                 pre=[WORKSPACE_EXISTS],
                 post=[WROTE_EXACTLY],
+                roles={"path": "path", "content": "content"},
             ),
-            make_tool(list_files, effect=EffectClass.read, idempotent=True, pre=[WORKSPACE_EXISTS]),
-            make_tool(fetch_url, effect=EffectClass.network, idempotent=True),
+            make_tool(
+                list_files,
+                effect=EffectClass.read,
+                idempotent=True,
+                pre=[WORKSPACE_EXISTS],
+                roles={"path": "path"},
+            ),
+            make_tool(fetch_url, effect=EffectClass.network, idempotent=True, roles={"url": "url"}),
             make_tool(
                 http_request,
                 effect=http_request_effect,
                 honours_idempotency_key=True,
+                roles={"method": "method", "url": "url", "headers": "headers", "body": "body"},
             ),
         ]
     )

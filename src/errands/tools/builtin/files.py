@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from errands.core.labels import Confidentiality, Integrity
-from errands.tools.registry import Contract, ToolContext, ToolError, ToolOutput
+from errands.tools.tool import Contract, ToolContext, ToolError, ToolOutput
 from errands.tools.workspace import PathRefused, locate_inside
 
 __all__ = [

@@ -18,7 +18,7 @@ from errands.config import Settings
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
 from errands.tools.netguard import Fetched, guarded_request
-from errands.tools.registry import ToolArgumentError, ToolContext, ToolOutput
+from errands.tools.tool import ToolArgumentError, ToolContext, ToolOutput
 
 __all__ = [
     "FORBIDDEN_HEADERS",

@@ -1,0 +1,158 @@
+"""The approval queue: ``approvals``, ``approve``, ``deny``.
+
+With a server up for this home they go through its API (it picks the decision up at
+once, and the inbox updates live); otherwise they write to the store. Both paths
+record the same events, with the channel ``cli``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from errands.cli import remote
+from errands.cli.common import JsonOpt, fail, json_object, out, server_for_home, who, with_harness
+from errands.cli.render import approval_card
+from errands.core.errand import ApprovalOut
+from errands.errors import ErrandsError, UserError
+from errands.harness import Harness
+
+__all__ = ["register"]
+
+HINT = "[dim]errands approve ID [--always] [--edit JSON] · errands deny ID --reason TEXT[/dim]"
+
+
+def approvals(as_json: JsonOpt = False) -> None:
+    """List every action waiting for your approval, in full."""
+    server = server_for_home()
+    if server is not None:
+        try:
+            remote.approvals(server, as_json=as_json)
+        except ErrandsError as exc:
+            fail(str(exc))
+        return
+
+    async def go(h: Harness) -> list[ApprovalOut]:
+        pending = await h.store.pending_approvals()
+        titles: dict[str, str] = {}
+        for p in pending:
+            if p.errand_id not in titles:
+                titles[p.errand_id] = (await h.store.view(p.errand_id)).title
+        return [ApprovalOut.of(p, titles[p.errand_id]) for p in pending]
+
+    items = with_harness(go)
+    if as_json:
+        sys.stdout.write(json.dumps([a.model_dump() for a in items]) + "\n")
+        return
+    if not items:
+        out.print("Nothing waits for your approval.")
+        return
+    for item in items:
+        out.print(approval_card(item.pending(), item.errand_title))
+    out.print(HINT)
+
+
+def _always_pattern(pattern: str | None, always: bool) -> dict[str, str] | None:
+    if pattern is None:
+        return None
+    if not always:
+        raise UserError("--pattern goes with --always")
+    return {k: str(v) for k, v in json_object(pattern).items()}
+
+
+def approve(
+    approval_id: Annotated[
+        str, typer.Argument(help="The approval's id, as errands approvals shows it.")
+    ],
+    always: Annotated[
+        bool,
+        typer.Option(
+            "--always",
+            help="Also allow later calls of this tool with arguments like these, for this errand.",
+        ),
+    ] = False,
+    edit: Annotated[
+        str | None,
+        typer.Option("--edit", help="Approve these arguments instead (a JSON object)."),
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--pattern",
+            help="With --always: argument globs that later calls must match, as JSON "
+            '(e.g. {"url": "https://api.example.com/*"}); default: the same values.',
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve a pending action (optionally edited). The errand then runs it, exactly once."""
+    try:
+        edited = json_object(edit) if edit is not None else None
+        glob = _always_pattern(pattern, always)
+    except ErrandsError as exc:
+        fail(str(exc))
+    server = server_for_home()
+    if server is not None:
+        try:
+            remote.approve(
+                server, approval_id, edited=edited, always=always, pattern=glob, as_json=as_json
+            )
+        except ErrandsError as exc:
+            fail(str(exc))
+        return
+
+    async def go(h: Harness) -> str:
+        await h.approvals.approve(
+            approval_id,
+            by=who(),
+            channel="cli",
+            edited_arguments=edited,
+            always=always,
+            always_pattern=glob,
+        )
+        return approval_id.rpartition(".")[0]
+
+    errand_id = with_harness(go)
+    if as_json:
+        sys.stdout.write(json.dumps({"approved": approval_id, "errand": errand_id}) + "\n")
+    else:
+        out.print(
+            f"[green]approved[/green] {approval_id}; a running server carries on, "
+            f"or continue here: errands resume {errand_id}"
+        )
+
+
+def deny(
+    approval_id: Annotated[
+        str, typer.Argument(help="The approval's id, as errands approvals shows it.")
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why; it goes back to the model.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Deny a pending action; the reason goes back to the model."""
+    server = server_for_home()
+    if server is not None:
+        try:
+            remote.deny(server, approval_id, reason=reason, as_json=as_json)
+        except ErrandsError as exc:
+            fail(str(exc))
+        return
+
+    async def go(h: Harness) -> str:
+        await h.approvals.deny(approval_id, reason=reason, by=who(), channel="cli")
+        return approval_id.rpartition(".")[0]
+
+    errand_id = with_harness(go)
+    if as_json:
+        sys.stdout.write(json.dumps({"denied": approval_id, "errand": errand_id}) + "\n")
+    else:
+        out.print(f"[red]denied[/red] {approval_id}; continue: errands resume {errand_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(approvals)
+    app.command("approve")(approve)
+    app.command("deny")(deny)

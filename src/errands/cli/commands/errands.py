@@ -1,0 +1,192 @@
+"""Errands themselves: ``run``, ``demo``, ``resume``, ``ls``, ``show``, ``cancel``, ``tell``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from errands.cli import remote
+from errands.cli.common import (
+    IdArg,
+    JsonOpt,
+    NoInputOpt,
+    fail,
+    out,
+    server_for_home,
+    with_harness,
+)
+from errands.cli.live import finish, foreground, interactive
+from errands.cli.render import errands_table, event_line
+from errands.core.errand import Errand
+from errands.core.states import ErrandState, ErrandView
+from errands.errors import ErrandsError
+from errands.harness import Harness
+
+__all__ = ["register"]
+
+
+def run(
+    text: Annotated[str, typer.Argument(help="What you want done, in plain words.")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="PROVIDER:MODEL, e.g. openai:gpt-4o-mini or scripted:demo."
+        ),
+    ] = None,
+    workspace: Annotated[
+        str | None, typer.Option("--workspace", "-w", help="Directory the errand may work in.")
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(
+            "--max-cost",
+            min=0.0,
+            help="Budget in USD for this errand and any errands it starts; each model call "
+            "reserves its worst case first, so the errand stops before passing it.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+    no_input: NoInputOpt = False,
+) -> None:
+    """Start an errand and run it here, showing its timeline live.
+
+    On a terminal, actions that need approval are shown in full and you are asked
+    inline; without one (or with --no-input) the errand is left waiting.
+
+    Exit codes: 0 done, 1 failed, 2 bad input, 3 waiting for approval,
+    4 needs attention, 5 cancelled.
+    """
+
+    async def go(h: Harness) -> ErrandView:
+        errand_id = await h.create(text, model=model, workspace=workspace, max_cost_usd=max_cost)
+        return await foreground(
+            h, errand_id, as_json=as_json, interactive=interactive(no_input, as_json)
+        )
+
+    finish(with_harness(go), as_json=as_json)
+
+
+def demo(as_json: JsonOpt = False) -> None:
+    """Run the bundled scripted demo errand (no model key needed)."""
+    run(
+        "Make me a shopping list for the weekend (oat milk, coffee beans, lemons, basil) "
+        "and save it in my workspace.",
+        model="scripted:demo",
+        workspace=None,
+        as_json=as_json,
+        no_input=True,
+    )
+
+
+def resume(
+    errand_id: IdArg,
+    as_json: JsonOpt = False,
+    no_input: NoInputOpt = False,
+) -> None:
+    """Continue an errand in the foreground (after a crash, a decision or a message)."""
+
+    async def go(h: Harness) -> ErrandView:
+        full = await h.store.find(errand_id)
+        return await foreground(
+            h, full, as_json=as_json, interactive=interactive(no_input, as_json)
+        )
+
+    finish(with_harness(go), as_json=as_json)
+
+
+def list_errands(
+    as_json: JsonOpt = False,
+    state_filter: Annotated[
+        list[ErrandState] | None, typer.Option("--state", help="Only errands in this state.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+) -> None:
+    """List errands, newest first."""
+
+    async def go(h: Harness) -> list[ErrandView]:
+        return await h.store.list_errands(states=state_filter, limit=limit)
+
+    views = with_harness(go)
+    if as_json:
+        sys.stdout.write(json.dumps([Errand.of(v).row() for v in views]) + "\n")
+    elif not views:
+        out.print('No errands yet. Try [bold]errands demo[/bold] or [bold]errands run "…"[/bold].')
+    else:
+        out.print(errands_table(views))
+
+
+def show(errand_id: IdArg, as_json: JsonOpt = False) -> None:
+    """Show an errand's timeline (every event in its log)."""
+
+    async def go(h: Harness) -> None:
+        full = await h.store.find(errand_id)
+        view = await h.store.view(full)
+        events = await h.store.read(full)
+        if as_json:
+            sys.stdout.write(json.dumps(Errand.of(view).detail(events), default=str) + "\n")
+            return
+        for stored in events:
+            line = event_line(stored)
+            if line:
+                out.print(line, highlight=False)
+        out.print(
+            f"[dim]{view.id} · {view.state.value} · {view.steps} steps · "
+            f"{view.usage.input_tokens} in / {view.usage.output_tokens} out · "
+            f"${view.usage.cost_usd:.4f}[/dim]"
+        )
+
+    with_harness(go)
+
+
+def cancel(
+    errand_id: IdArg,
+    reason: Annotated[str, typer.Option(help="Why (kept in the log).")] = "",
+) -> None:
+    """Cancel an errand; the process that runs it stops at its next step."""
+
+    async def go(h: Harness) -> str:
+        full = await h.store.find(errand_id)
+        await h.cancel(full, reason=reason)
+        return full
+
+    out.print(f"cancelled {with_harness(go)}")
+
+
+def tell(
+    errand_id: IdArg,
+    text: Annotated[str, typer.Argument(help="Your message to the errand.")],
+) -> None:
+    """Send a follow-up message: it reopens a finished errand or joins a running one."""
+
+    async def find(h: Harness) -> str:
+        return await h.store.find(errand_id)
+
+    server = server_for_home()
+    if server is not None:
+        full = with_harness(find)
+        try:
+            remote.tell(server, full, text)
+        except ErrandsError as exc:
+            fail(str(exc))
+        return
+
+    async def go(h: Harness) -> str:
+        full = await h.store.find(errand_id)
+        await h.tell(full, text)
+        return full
+
+    full = with_harness(go)
+    out.print(f"told {full}; a running server picks it up, or continue here: errands resume {full}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+    app.command()(demo)
+    app.command()(resume)
+    app.command("ls")(list_errands)
+    app.command()(show)
+    app.command()(cancel)
+    app.command()(tell)

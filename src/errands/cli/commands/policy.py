@@ -1,0 +1,80 @@
+"""``errands policy explain``: the decision the policy makes for one call, and why."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from errands.cli.common import JsonOpt, fail, json_object, out, settings
+from errands.core.labels import BOTTOM
+from errands.core.states import ErrandView
+from errands.errors import ErrandsError
+from errands.harness import toolset_for
+from errands.policy.hook import PolicyCall
+from errands.policy.rules import load_policy
+from errands.tools.tool import ToolError
+
+__all__ = ["register"]
+
+policy_app = typer.Typer(
+    help="Inspect the policy (ERRANDS_HOME/policy.toml).", no_args_is_help=True
+)
+
+
+@policy_app.command("explain")
+def explain(
+    tool: Annotated[str, typer.Argument(help="Tool name, e.g. http_request.")],
+    args_json: Annotated[str, typer.Argument(help="The call's arguments as a JSON object.")] = "{}",
+    workspace: Annotated[
+        str | None, typer.Option("--workspace", help="The errand workspace to judge paths against.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the decision the policy makes for one call, and the rule that made it."""
+    try:
+        s = settings()
+        policy = load_policy(s.home)
+        where = Path(workspace).resolve() if workspace else s.workspaces / "example"
+        toolset = toolset_for(s)  # the tools an errand would have
+        tool_obj = toolset.tools(ErrandView(id="explain", workspace=str(where))).get(tool)
+        args = tool_obj.validate(json_object(args_json))
+    except (ErrandsError, ToolError) as exc:
+        fail(str(exc))
+    effect = tool_obj.effect(args)
+    verdict = policy.check(
+        PolicyCall(
+            errand_id="explain",
+            tool=tool,
+            arguments=args,
+            effect=effect,
+            workspace=where,
+            context=BOTTOM,
+            roles=tool_obj.arg_roles,
+        )
+    )
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "decision": verdict.decision.value,
+                    "rule": verdict.rule,
+                    "reason": verdict.reason,
+                    "effect": effect.value,
+                }
+            )
+            + "\n"
+        )
+        return
+    style = {"allow": "green", "ask": "yellow", "deny": "red"}[verdict.decision.value]
+    out.print(
+        f"[bold {style}]{verdict.decision.value}[/bold {style}] — rule [bold]{verdict.rule}[/bold]"
+        f" (effect {effect.value})" + (f": {verdict.reason}" if verdict.reason else "")
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(policy_app, name="policy")

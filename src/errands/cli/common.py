@@ -1,0 +1,114 @@
+"""What every command shares: the consoles, the options, errors as one line, and
+opening errands (:func:`with_harness`) for the length of one command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from errands.cli import remote
+from errands.cli.whoami import who
+from errands.config import Settings, load_settings
+from errands.core.states import ErrandState
+from errands.errors import ErrandsError, UserError
+from errands.harness import Harness, build
+
+__all__ = [
+    "BAD_INPUT",
+    "EXIT",
+    "IdArg",
+    "JsonOpt",
+    "NoInputOpt",
+    "err",
+    "fail",
+    "json_object",
+    "out",
+    "server_for_home",
+    "settings",
+    "state",
+    "who",
+    "with_harness",
+]
+
+out = Console()
+err = Console(stderr=True)
+
+# Exit codes (documented in the README)
+EXIT = {
+    ErrandState.done: 0,
+    ErrandState.failed: 1,
+    ErrandState.waiting_approval: 3,
+    ErrandState.needs_attention: 4,
+    ErrandState.cancelled: 5,
+}
+BAD_INPUT = 2
+
+T = TypeVar("T")
+
+
+class _State:
+    home: str | None = None
+    config: str | None = None
+
+
+state = _State()
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+NoInputOpt = Annotated[
+    bool, typer.Option("--no-input", help="Never ask on the terminal; leave approvals waiting.")
+]
+IdArg = Annotated[str, typer.Argument(help="The errand's id (a unique prefix will do).")]
+
+
+def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
+    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    return load_settings(state.home, state.config)
+
+
+def json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"not valid JSON: {exc.msg} at character {exc.pos}") from None
+    if not isinstance(value, dict):
+        raise UserError('the arguments must be a JSON object, like {"path": "notes.md"}')
+    return value
+
+
+def with_harness(fn: Callable[[Harness], Coroutine[Any, Any, T]]) -> T:
+    """Build errands for this home, run *fn*, close; a refusal becomes one clear line."""
+    try:
+        harness = build(settings())
+    except ErrandsError as exc:
+        fail(str(exc))
+
+    async def body() -> T:
+        try:
+            return await fn(harness)
+        finally:
+            await harness.close()
+
+    try:
+        return asyncio.run(body())
+    except ErrandsError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("[dim]interrupted; the errand is safe in the store (errands resume ID)[/dim]")
+        raise typer.Exit(130) from None
+
+
+def server_for_home() -> remote.Remote | None:
+    """The server running for this home (``errands up``), if any (see cli/remote.py)."""
+    try:
+        return remote.find(settings())
+    except ErrandsError as exc:
+        fail(str(exc))

@@ -1,0 +1,159 @@
+"""Running an errand in the foreground: its timeline live, and approvals asked inline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import typer
+from rich.prompt import Prompt
+
+from errands.cli.common import EXIT, err, json_object, out, who
+from errands.cli.render import approval_card, event_line
+from errands.core.errand import Errand
+from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.errors import ApprovalRefused, UserError
+from errands.harness import Harness
+
+__all__ = ["LivePrinter", "finish", "foreground", "interactive"]
+
+
+class LivePrinter:
+    """Streams the model's text as it arrives (the loop's text listener)."""
+
+    def __init__(self) -> None:
+        self.streaming = False
+
+    def __call__(self, errand_id: str, delta: str, /) -> None:
+        if not self.streaming:
+            out.print("    [bold]model:[/bold] ", end="")
+            self.streaming = True
+        out.print(delta, end="", markup=False, highlight=False)
+
+    def reset(self, errand_id: str) -> None:
+        """A retry or the next model of a chain starts the reply over."""
+        if self.streaming:
+            out.print()
+            self.streaming = False
+        out.print("    [dim](retrying — the text above is discarded)[/dim]")
+
+    def end(self) -> bool:
+        was = self.streaming
+        if was:
+            out.print()
+        self.streaming = False
+        return was
+
+
+def interactive(no_input: bool, as_json: bool) -> bool:
+    return not (no_input or as_json) and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+async def foreground(
+    harness: Harness, errand_id: str, *, as_json: bool, interactive: bool = False
+) -> ErrandView:
+    """Run the errand here, printing its timeline live (unless --json)."""
+    store = harness.store
+    printer = LivePrinter()
+    runner = harness.runner(on_text=None if as_json else printer)
+    if not as_json:
+        shown = [0]
+
+        async def show_new() -> None:
+            for stored in await store.read(errand_id, after=shown[0]):
+                shown[0] = stored.seq
+                streamed = printer.end() if stored.event.type == "model_responded" else False
+                line = event_line(stored, streamed=streamed)
+                if line:
+                    out.print(line, highlight=False)
+
+        pending: list[asyncio.Task[None]] = []
+
+        def on_append(eid: str, seq: int) -> None:
+            if eid == errand_id:
+                pending.append(asyncio.ensure_future(show_new()))
+
+        store.subscribe(on_append)
+        await show_new()
+    while True:
+        view = await runner.run_errand(errand_id)
+        if not as_json:
+            await asyncio.gather(*pending)
+            await show_new()
+        if not (interactive and view.state is ErrandState.waiting_approval):
+            return view
+        for approval in list(view.pending.values()):
+            await _ask_inline(harness, approval, view.title)
+
+
+async def _ask_inline(harness: Harness, approval: PendingApproval, title: str) -> None:
+    """Show the whole action and record the person's decision (channel: cli)."""
+    out.print(approval_card(approval, title))
+    approvals = harness.approvals
+    while True:
+        answer = (
+            await asyncio.to_thread(
+                Prompt.ask,
+                "[bold]approve?[/bold] [y]es / [n]o / [e]dit / [a]lways for this errand",
+                choices=["y", "n", "e", "a"],
+                console=out,
+            )
+        ).strip()
+        try:
+            if answer == "n":
+                reason = await asyncio.to_thread(
+                    Prompt.ask, "reason (goes back to the model)", console=out
+                )
+                await approvals.deny(approval.id, reason=reason or "no", by=who(), channel="cli")
+            elif answer == "e":
+                raw = await asyncio.to_thread(
+                    Prompt.ask,
+                    "arguments (JSON)",
+                    default=json.dumps(approval.arguments),
+                    console=out,
+                )
+                await approvals.approve(
+                    approval.id,
+                    by=who(),
+                    channel="cli",
+                    edited_arguments=json_object(raw),
+                    seen_hash=approval.args_hash,
+                )
+            else:
+                await approvals.approve(
+                    approval.id,
+                    by=who(),
+                    channel="cli",
+                    always=answer == "a",
+                    seen_hash=approval.args_hash,
+                )
+            return
+        except (ApprovalRefused, UserError) as exc:
+            err.print(f"[red]{exc}[/red]")
+
+
+def finish(view: ErrandView, *, as_json: bool) -> None:
+    """The errand's last line (or its JSON), and the exit code of its state."""
+    if as_json:
+        sys.stdout.write(json.dumps(Errand.of(view).detail()) + "\n")
+    else:
+        if view.state is ErrandState.waiting_approval:
+            err.print(
+                f"[yellow]errand {view.id} is waiting for your approval[/yellow]: "
+                f"errands approvals, then errands approve ID or errands deny ID --reason …, "
+                f"then errands resume {view.id}"
+            )
+        elif view.state is ErrandState.needs_attention:
+            err.print(
+                f"[magenta]errand {view.id} needs your attention:[/magenta] {view.reason}\n"
+                f'tell it how to go on: errands tell {view.id} "…" && errands resume {view.id}'
+            )
+        cost = f"${view.usage.cost_usd:.4f}"
+        out.print(
+            f"[dim]{view.id} · {view.state.value} · {view.steps} steps · "
+            f"{view.usage.input_tokens} in / {view.usage.output_tokens} out · {cost}[/dim]"
+        )
+    code = EXIT.get(view.state, 0)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,194 @@
+"""The one place errands is wired together: ``build(settings) -> Harness``.
+
+The CLI, the server, the benchmarks and the tests all get their parts here: the store
+(with the secret redactor), the models, the toolsets, the policy, approvals and
+runners. A new capability -- a channel, a scheduler, an MCP toolset -- is added here,
+once, and every entry point has it::
+
+    harness = build(load_settings())
+    try:
+        errand_id = await harness.create("write hello.txt", model="scripted:demo")
+        view = await harness.runner().run_errand(errand_id)
+    finally:
+        await harness.close()
+
+Every part can be passed in instead of built (a test's store, a scripted model, a
+toolset of its own, a policy variant), which is how tests and benchmarks build the
+harness they need without a switch inside errands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from errands.channels import Channel
+from errands.config import Settings
+from errands.core import events as ev
+from errands.engine import operations
+from errands.engine.loop import Loop, TextListener
+from errands.engine.runner import LEASE_TTL, Runner
+from errands.models.protocol import Model
+from errands.models.spec import Models
+from errands.policy.approvals import Approvals
+from errands.policy.hook import PolicyHook
+from errands.policy.rules import load_policy
+from errands.store import Store, open_store
+from errands.store.redact import Redactor
+from errands.tools.builtin import builtin_toolset
+from errands.tools.toolset import CombinedToolset, Toolset
+
+__all__ = ["Harness", "build", "toolset_for"]
+
+
+@dataclass
+class Harness:
+    """errands, assembled. Close it when done (:meth:`close`, or ``async with``)."""
+
+    settings: Settings
+    store: Store
+    toolset: Toolset
+    models: Callable[[str], Model]
+    _policy: PolicyHook | None = None
+    _approvals: Approvals | None = field(default=None, repr=False)
+
+    @property
+    def policy(self) -> PolicyHook:
+        """The policy (``policy.toml``, written with defaults the first time it is read)."""
+        if self._policy is None:
+            self._policy = load_policy(self.settings.home)
+        return self._policy
+
+    @property
+    def approvals(self) -> Approvals:
+        """Decisions on pending approvals, for every channel."""
+        if self._approvals is None:
+            self._approvals = Approvals(self.store, self.toolset)
+        return self._approvals
+
+    def runner(
+        self,
+        *,
+        owner: str | None = None,
+        lease_ttl: float = LEASE_TTL,
+        on_text: TextListener | None = None,
+        loop_class: type[Loop] | None = None,
+    ) -> Runner:
+        """A runner over this harness's parts (each process or thread runs its own)."""
+        return Runner(
+            self.store,
+            self.settings,
+            self.toolset,
+            self.policy,
+            models=self.models,
+            owner=owner,
+            lease_ttl=lease_ttl,
+            on_text=on_text,
+            loop_class=loop_class,
+        )
+
+    # -- what a person does (engine.operations, with this harness's store and settings) --
+
+    async def create(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        workspace: str | Path | None = None,
+        limits: ev.Limits | None = None,
+        max_cost_usd: float | None = None,
+        by: str = "local",
+        channel: str = "cli",
+        parent: str | None = None,
+        errand_id: str | None = None,
+    ) -> str:
+        return await operations.create_errand(
+            self.store,
+            self.settings,
+            text,
+            model=model,
+            workspace=workspace,
+            limits=limits,
+            max_cost_usd=max_cost_usd,
+            by=by,
+            channel=channel,
+            parent=parent,
+            errand_id=errand_id,
+        )
+
+    async def tell(
+        self, errand_id: str, text: str, *, by: str = "local", channel: str = "cli"
+    ) -> int:
+        return await operations.tell_errand(self.store, errand_id, text, by=by, channel=channel)
+
+    async def cancel(
+        self, errand_id: str, *, reason: str = "", by: str = "local", channel: str = "cli"
+    ) -> None:
+        await operations.cancel_errand(self.store, errand_id, reason=reason, by=by, channel=channel)
+
+    def channels(self, inbox_url: str) -> list[Channel]:
+        """Start the channels the config asks for (in this event loop); the caller closes
+        them. *inbox_url*: the inbox's address, for links in what they send."""
+        from errands.channels.webhook import Notifier  # (only a serving process has channels)
+
+        return [Notifier(self.settings.notify, self.store, inbox_url)]
+
+    # -- closing ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        try:
+            close_models = getattr(self.models, "aclose", None)
+            if close_models is not None:
+                await close_models()
+        finally:
+            await self.store.close()
+
+    async def __aenter__(self) -> Harness:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def toolset_for(
+    settings: Settings, toolsets: Sequence[Toolset] = (), *, builtins: bool = True
+) -> Toolset:
+    """The tools errands gives an errand: the built-ins and *toolsets* (a tool name may
+    come from only one of them)."""
+    parts: list[Toolset] = [builtin_toolset()] if builtins else []
+    parts.extend(toolsets)
+    return parts[0] if len(parts) == 1 else CombinedToolset(parts)
+
+
+def build(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    toolsets: Sequence[Toolset] = (),
+    builtins: bool = True,
+    policy: PolicyHook | None = None,
+    models: Callable[[str], Model] | None = None,
+    redactor: Redactor | None = None,
+) -> Harness:
+    """Assemble errands for *settings*.
+
+    - *store*: default, the home's store (:func:`errands.store.open_store`, with the
+      secret redactor -- or *redactor*);
+    - *toolsets*: added to the built-in tools (or in their place, ``builtins=False``);
+    - *policy*: default, ``policy.toml`` in the home (read on first use);
+    - *models*: ``spec -> Model``; default, one model per spec from the config.
+    """
+    return Harness(
+        settings=settings,
+        store=store if store is not None else open_store(settings, redactor=redactor),
+        toolset=toolset_for(settings, toolsets, builtins=builtins),
+        models=models or Models(settings),
+        _policy=policy,
+    )

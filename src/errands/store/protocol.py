@@ -1,0 +1,196 @@
+"""The store interface: what every caller may use, whatever the backend.
+
+The server, the CLI, the engine and the tests reach the store only through these two
+protocols. :class:`StoreReader` is what reads need (a server's inbox, ``errands ls``,
+the cost report); :class:`Store` adds what the engine and a person's decisions write.
+Both are async; code without an event loop uses the one sync bridge,
+:class:`errands.store.sync.BlockingStore`.
+
+The backend-neutral part of an implementation lives in :mod:`errands.store.base`; the
+SQLite backend (:mod:`errands.store.sqlite`) fills in the SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol, runtime_checkable
+
+from errands.core import events as ev
+from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.costs.spend import CapReached
+
+__all__ = [
+    "AppendCheck",
+    "BudgetStatus",
+    "CommitListener",
+    "Store",
+    "StoreReader",
+    "StoredEvent",
+    "UsageRow",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    errand_id: str
+    seq: int
+    event: ev.Event
+
+
+class UsageRow(NamedTuple):
+    """One logged model call, for the cost report."""
+
+    errand_id: str
+    at: float
+    model: str  # the model that answered
+    usage: ev.Usage
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    """Today's spend against the daily budget, with what calls in flight hold."""
+
+    day: str  # the local date, YYYY-MM-DD
+    spent_usd: float
+    reserved_usd: float
+    calls_in_flight: int
+    daily_usd: float | None  # the daily cap (None: no daily budget)
+    left_usd: float | None  # what new calls may still reserve today (None: no cap)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "day": self.day,
+            "spent_usd": self.spent_usd,
+            "reserved_usd": self.reserved_usd,
+            "calls_in_flight": self.calls_in_flight,
+            "daily_usd": self.daily_usd,
+            "left_usd": self.left_usd,
+        }
+
+
+# An extra check run inside the append's transaction, on the errand's current view,
+# before anything is written: raise StoreError to refuse the append. This is how
+# approvals (no double decision, no decision after cancel) stay atomic.
+AppendCheck = Callable[[ErrandView], None]
+
+# Called in the subscriber's event loop after each durable commit: (errand, its last seq).
+CommitListener = Callable[[str, int], None]
+
+
+@runtime_checkable
+class StoreReader(Protocol):
+    """Reading errands: their logs, the views derived from them, and what waits."""
+
+    async def read(self, errand_id: str, after: int = 0) -> list[StoredEvent]:
+        """The errand's events after sequence number *after*, in order."""
+        ...
+
+    async def view(self, errand_id: str) -> ErrandView:
+        """The errand's state and summary (a fold of its log); :class:`NotFound` if none."""
+        ...
+
+    async def find(self, prefix: str) -> str:
+        """The full id of the one errand whose id starts with *prefix*."""
+        ...
+
+    async def list_errands(
+        self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
+    ) -> list[ErrandView]:
+        """Errands, newest first (only those in *states*, if given)."""
+        ...
+
+    async def pending_approvals(self) -> list[PendingApproval]:
+        """Every approval waiting for a person, oldest errand activity first."""
+        ...
+
+    async def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
+        """Who holds the errand's lease, and until when (None if nobody)."""
+        ...
+
+    async def wakeups(self, after: int) -> tuple[int, list[str]]:
+        """Errands written to by outsiders since wake-up id *after*; and the newest id."""
+        ...
+
+    async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
+        """Every logged model call since *since* (of one errand, if given)."""
+        ...
+
+    async def budget(self, daily_usd: float | None) -> BudgetStatus:
+        """Today's spend and reservations against the daily cap *daily_usd*."""
+        ...
+
+    async def integrity_check(self) -> list[str]:
+        """Compare every derived table with the log; the mismatches, in words."""
+        ...
+
+    def subscribe(self, listener: CommitListener) -> None:
+        """Call *listener(errand_id, last_seq)* in this event loop after each durable
+        commit this process makes."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Store(StoreReader, Protocol):
+    """Append-only errand logs with derived views, leases, wake-ups and budgets.
+
+    Every mutating call returns only after its effect is durable on disk; a refused
+    one raises :class:`~errands.errors.StoreError` and writes nothing.
+    """
+
+    async def create(self, errand_id: str, created: ev.ErrandCreated) -> None: ...
+
+    async def append(
+        self,
+        errand_id: str,
+        events: Sequence[ev.Event],
+        *,
+        owner: str | None = None,
+        guard: AppendCheck | None = None,
+    ) -> list[int]:
+        """Append *events* atomically; return their sequence numbers.
+
+        With *owner*, refuse (:class:`LeaseLost`) unless *owner* holds the lease.
+        Without, the append is an outside input (a person's message, a decision) and
+        wakes whoever owns the errand. *guard* runs inside the transaction first.
+        """
+        ...
+
+    async def acquire(self, errand_id: str, owner: str, ttl: float) -> bool:
+        """Take (or extend) the errand's lease if it is free, expired or ours."""
+        ...
+
+    async def claim_runnable(self, owner: str, ttl: float, limit: int) -> list[str]:
+        """Take the leases of up to *limit* runnable errands nobody holds; their ids."""
+        ...
+
+    async def renew(self, owner: str, ttl: float) -> set[str]:
+        """Extend every lease *owner* holds; return the errand ids it still holds."""
+        ...
+
+    async def release(self, errand_id: str, owner: str) -> None: ...
+
+    async def reserve(
+        self,
+        errand_id: str,
+        request_seq: int,
+        amount_usd: float,
+        *,
+        daily_usd: float | None,
+        ttl: float,
+    ) -> CapReached | None:
+        """Hold *amount_usd* for the model call of request *request_seq* against every
+        cap that applies (the daily one, the errand's and its ancestors' budgets), or
+        return which cap it would pass, writing nothing. The transaction that logs the
+        response settles the hold; otherwise it expires after *ttl* seconds."""
+        ...
+
+    async def purge(self, errand_id: str) -> None:
+        """Remove the errand's private content from its log, and from the disk."""
+        ...
+
+    async def rebuild_projections(self) -> int:
+        """Refold every log into the derived tables; return the number of errands."""
+        ...

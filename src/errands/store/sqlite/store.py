@@ -1,0 +1,439 @@
+"""The SQLite store: one file, WAL, ``synchronous=FULL``, group commit.
+
+Everything that is not SQL -- the writer thread and its batches, staging and the fold,
+the projection cache, budgets, purge rules -- is in :class:`~errands.store.base.BaseStore`;
+this is the SQL, the connections, and the checkpointer.
+
+Writes go through one writer connection (in the base's writer thread); reads use
+per-thread connections, which WAL lets run beside the writer. The ``errands`` table
+is a projection: a cache of the fold over the log, updated in the same transaction as
+the events and rebuildable from them. Its queryable columns (state, title, times,
+sequence, parent, pending count) are real columns; the ``view`` column holds only the
+rest of the view, with default values left out, so that the row rewritten for every
+errand in every batch stays small. WAL checkpoints run in a thread of their own. See
+``docs/store.md`` for the design and the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from errands.core import events as ev
+from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.costs import spend as money
+from errands.errors import NotFound, StoreError
+from errands.store.base import (
+    COLUMNS,
+    BaseStore,
+    ProjectionRow,
+    ProjectionUpdate,
+    Tx,
+)
+from errands.store.protocol import StoredEvent, UsageRow
+from errands.store.redact import Redactor
+from errands.store.sqlite import spend
+from errands.store.sqlite.connection import (
+    begin_immediate,
+    checkpointer,
+    connect,
+    writer_connection,
+)
+from errands.store.sqlite.migrations import migrate
+
+__all__ = ["SQLiteStore"]
+
+_SELECT_VIEW = (
+    "SELECT id, state, title, created_at, updated_at, last_seq, parent, view FROM errands"
+)
+_UPSERT_VIEW = (
+    "INSERT INTO errands(id, state, title, created_at, updated_at, last_seq, parent,"
+    " pending_count, view) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET"
+    " state=excluded.state, title=excluded.title, created_at=excluded.created_at,"
+    " updated_at=excluded.updated_at, last_seq=excluded.last_seq, parent=excluded.parent,"
+    " pending_count=excluded.pending_count, view=excluded.view"
+)
+# When state and pending_count are unchanged: leave the indexed columns (and so the
+# indexes) alone.
+_UPDATE_VIEW = "UPDATE errands SET title=?, updated_at=?, last_seq=?, parent=?, view=? WHERE id=?"
+_SELECT_LOG = (
+    "SELECT e.seq, e.body, e.blob, b.data FROM events e LEFT JOIN blobs b"
+    " ON b.hash = e.blob WHERE e.errand_id = ?"
+)
+
+
+class SQLiteStore(BaseStore):
+    """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
+    with :meth:`close`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        redactor: Redactor | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(redactor=redactor, clock=clock)
+        self.path = str(path)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._data_version = -1
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._wconn = writer_connection(self.path, migrate)
+        try:
+            cconn = connect(self.path)
+        except BaseException:
+            self._wconn.close()
+            raise
+        self._restart_wal = False  # set by the checkpointer when the WAL has grown too big
+        self._committed = threading.Event()  # set after each commit: wakes the checkpointer
+        self._stopping = threading.Event()  # set by close: stops the checkpointer
+        self._checkpoint_thread = threading.Thread(
+            target=checkpointer,
+            args=(cconn, self._committed, self._stopping, self._ask_restart),
+            name="errands-store-checkpointer",
+            daemon=True,
+        )
+        self._start_writer()
+        self._checkpoint_thread.start()
+
+    # ---------------------------------------------------------------- transactions
+
+    def _begin(self) -> sqlite3.Connection:
+        begin_immediate(self._wconn, self._tell)  # (tell committed callers while waiting)
+        return self._wconn
+
+    def _written_elsewhere(self, conn: sqlite3.Connection) -> bool:
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        return True
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        conn.execute("COMMIT")
+        self._committed.set()
+
+    def _rollback(self, conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+    def _ask_restart(self) -> None:
+        self._restart_wal = True
+
+    def _after_batch(self) -> None:
+        if not self._restart_wal:
+            return
+        # checkpoint what is left of the WAL, so that the next transaction restarts it
+        self._tell()  # (they are committed; this may take a moment)
+        try:
+            busy, _, _ = self._wconn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error:
+            return  # another checkpoint is running: after the next batch, then
+        if not busy:
+            self._restart_wal = False
+
+    # ---------------------------------------------------------------- writes
+
+    def _load_view(self, tx: Tx, errand_id: str) -> ErrandView | None:
+        row = tx.conn.execute(_SELECT_VIEW + " WHERE id = ?", (errand_id,)).fetchone()
+        return None if row is None else _view_from_row(row)
+
+    def _exists(self, tx: Tx, errand_id: str) -> bool:
+        return (
+            tx.conn.execute("SELECT 1 FROM errands WHERE id = ?", (errand_id,)).fetchone()
+            is not None
+        )
+
+    def _write(self, tx: Tx, upserts: list[ProjectionRow], updates: list[ProjectionUpdate]) -> None:
+        conn = tx.conn
+        if tx.blobs:
+            conn.executemany(
+                "INSERT OR IGNORE INTO blobs(hash, data) VALUES (?, ?)", list(tx.blobs.items())
+            )
+        if tx.rows:
+            conn.executemany(
+                "INSERT INTO events(errand_id, seq, type, at, body, blob) VALUES (?,?,?,?,?,?)",
+                tx.rows,
+            )
+        if upserts:
+            conn.executemany(_UPSERT_VIEW, upserts)
+        if updates:
+            conn.executemany(_UPDATE_VIEW, updates)
+        if tx.wakeups:
+            conn.executemany(
+                "INSERT INTO wakeups(errand_id, at) VALUES (?, ?)",
+                [(e, tx.now) for e in tx.wakeups],
+            )
+
+    def _lease_owner(self, tx: Tx, errand_id: str) -> str | None:
+        row = tx.conn.execute(
+            "SELECT owner FROM leases WHERE errand_id = ?", (errand_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _take_lease(self, tx: Tx, errand_id: str, owner: str, until: float) -> bool:
+        cur = tx.conn.execute(
+            "INSERT INTO leases(errand_id, owner, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(errand_id) DO UPDATE SET owner = excluded.owner,"
+            " expires_at = excluded.expires_at"
+            " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
+            (errand_id, owner, until, tx.now),
+        )
+        return bool(cur.rowcount == 1)
+
+    def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
+        rows = tx.conn.execute(
+            "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
+            " WHERE e.state IN ('queued', 'running')"
+            " AND (l.owner IS NULL OR l.expires_at <= ?) ORDER BY e.updated_at LIMIT ?",
+            (tx.now, limit),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def _renew_leases(self, tx: Tx, owner: str, until: float) -> set[str]:
+        tx.conn.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (until, owner))
+        spend.extend(tx.conn, owner, until)
+        return {
+            str(r[0])
+            for r in tx.conn.execute("SELECT errand_id FROM leases WHERE owner = ?", (owner,))
+        }
+
+    def _drop_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
+        tx.conn.execute("DELETE FROM leases WHERE errand_id = ? AND owner = ?", (errand_id, owner))
+
+    def _spent_on(self, tx: Tx, scope: str) -> int:
+        return spend.spent(tx.conn, scope, tx.now)
+
+    def _held_on(self, tx: Tx, scope: str, hold: str) -> int:
+        return spend.held(tx.conn, scope, tx.now, hold)
+
+    def _place_hold(
+        self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
+    ) -> None:
+        spend.place(tx.conn, hold, caps, amount, tx.now, tx.now + ttl)
+
+    def _settle_hold(self, tx: Tx, hold: str) -> None:
+        spend.settle(tx.conn, hold)
+
+    def _release_holds(self, tx: Tx, errand_id: str) -> None:
+        spend.release(tx.conn, errand_id)
+
+    def _add_spend(self, tx: Tx, scopes: Sequence[str], amount: int) -> None:
+        spend.add(tx.conn, scopes, amount)
+
+    def _log_bodies(self, tx: Tx, errand_id: str) -> list[tuple[int, str, str | None]]:
+        rows = tx.conn.execute(_SELECT_LOG + " ORDER BY e.seq", (errand_id,)).fetchall()
+        return [(int(seq), data if blob else body, blob) for seq, body, blob, data in rows]
+
+    def _rewrite_body(self, tx: Tx, errand_id: str, seq: int, body: str) -> None:
+        tx.conn.execute(
+            "UPDATE events SET body = ?, blob = NULL WHERE errand_id = ? AND seq = ?",
+            (body, errand_id, seq),
+        )
+
+    def _drop_orphan_blobs(self, tx: Tx, hashes: Sequence[str]) -> None:
+        # (secure_delete zeroes the freed space)
+        tx.conn.executemany(
+            "DELETE FROM blobs WHERE hash = ?1 AND NOT EXISTS (SELECT 1 FROM events WHERE blob = ?1)",
+            [(h,) for h in hashes],
+        )
+
+    async def _after_purge(self) -> None:
+        # the WAL still holds the old page images: copy it in and truncate it
+        await asyncio.to_thread(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (retried while readers block it)."""
+        conn = self._reader()
+        for _ in range(50):
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                return
+            time.sleep(0.05)
+        raise StoreError("could not checkpoint the WAL: the database is busy")
+
+    def _errand_ids(self, tx: Tx) -> list[str]:
+        return [str(r[0]) for r in tx.conn.execute("SELECT DISTINCT errand_id FROM events")]
+
+    def _rebuild_spend(self, tx: Tx) -> None:
+        spend.rebuild(tx.conn)
+
+    # ---------------------------------------------------------------- reads
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def _read_log(self, errand_id: str, after: int) -> list[StoredEvent]:
+        rows = (
+            self._reader()
+            .execute(_SELECT_LOG + " AND e.seq > ? ORDER BY e.seq", (errand_id, after))
+            .fetchall()
+        )
+        return [
+            StoredEvent(errand_id, seq, ev.load_event(data if blob else body))
+            for seq, body, blob, data in rows
+        ]
+
+    def _read_view(self, errand_id: str) -> ErrandView:
+        row = self._reader().execute(_SELECT_VIEW + " WHERE id = ?", (errand_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no errand {errand_id}")
+        return _view_from_row(row)
+
+    async def find(self, prefix: str) -> str:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT id FROM errands WHERE id >= ? AND id < ? LIMIT 2",
+                (prefix, prefix + "\U0010ffff"),
+            )
+            .fetchall()
+        )
+        if not rows:
+            raise NotFound(f"no errand {prefix}")
+        if len(rows) > 1:
+            raise NotFound(f"{prefix} matches several errands; give more of the id")
+        return str(rows[0][0])
+
+    def _list(self, states: Sequence[ErrandState] | None, limit: int) -> list[ErrandView]:
+        sql = _SELECT_VIEW
+        params: list[Any] = []
+        if states:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            params.extend(s.value for s in states)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        params.append(limit)
+        return [_view_from_row(r) for r in self._reader().execute(sql, params).fetchall()]
+
+    async def list_errands(
+        self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
+    ) -> list[ErrandView]:
+        return await asyncio.to_thread(self._list, states, limit)
+
+    def _pending(self) -> list[PendingApproval]:
+        rows = (
+            self._reader()
+            .execute(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at")
+            .fetchall()
+        )
+        out: list[PendingApproval] = []
+        for row in rows:
+            out.extend(_view_from_row(row).pending.values())
+        return out
+
+    async def pending_approvals(self) -> list[PendingApproval]:
+        return await asyncio.to_thread(self._pending)
+
+    async def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
+        row = (
+            self._reader()
+            .execute("SELECT owner, expires_at FROM leases WHERE errand_id = ?", (errand_id,))
+            .fetchone()
+        )
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    async def wakeups(self, after: int) -> tuple[int, list[str]]:
+        reader = self._reader()
+        rows = reader.execute(
+            "SELECT id, errand_id FROM wakeups WHERE id > ? ORDER BY id", (after,)
+        ).fetchall()
+        if not rows:
+            if after == 0:
+                top = reader.execute("SELECT max(id) FROM wakeups").fetchone()[0]
+                return int(top or 0), []
+            return after, []
+        return int(rows[-1][0]), list(dict.fromkeys(r[1] for r in rows))
+
+    def _usage(self, since: float, errand_id: str | None) -> list[UsageRow]:
+        sql = (
+            "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
+            " LEFT JOIN blobs b ON b.hash = e.blob WHERE e.type = 'model_responded' AND e.at >= ?"
+        )
+        params: list[Any] = [since]
+        if errand_id is not None:
+            sql += " AND e.errand_id = ?"
+            params.append(errand_id)
+        out = []
+        for eid, at, body in self._reader().execute(sql, params):
+            event = ev.load_event(body)
+            assert isinstance(event, ev.ModelResponded)
+            out.append(UsageRow(str(eid), float(at), event.model, event.usage))
+        return out
+
+    async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
+        return await asyncio.to_thread(self._usage, since, errand_id)
+
+    def _budget_now(self, now: float, daily: bool) -> tuple[int, int, int]:
+        reader = self._reader()
+        row = reader.execute(
+            "SELECT nanos FROM spend WHERE scope = ?", (money.day_scope(now),)
+        ).fetchone()
+        spent = int(row[0]) if row else 0
+        if daily:
+            held, calls = spend.held_total(reader, money.DAY, now)
+        else:  # no daily cap: no day holds either; count every errand's
+            held, calls = spend.held_all(reader, now)
+        return spent, held, calls
+
+    def _all_ids(self) -> list[str]:
+        return [str(r[0]) for r in self._reader().execute("SELECT DISTINCT errand_id FROM events")]
+
+    def _integrity_extra(self) -> list[str]:
+        reader = self._reader()
+        problems = []
+        for errand_id, pending, data in reader.execute(
+            "SELECT id, pending_count, view FROM errands"
+        ):
+            if pending != len(json.loads(data).get("pending", {})):
+                problems.append(f"{errand_id}: pending_count differs from the fold")
+        orphans = reader.execute(
+            "SELECT id FROM errands WHERE id NOT IN (SELECT errand_id FROM events)"
+        ).fetchall()
+        problems.extend(f"{errand_id}: a projection without a log" for (errand_id,) in orphans)
+        expected, actual = spend.expected(reader), spend.totals(reader)
+        problems.extend(
+            f"spend {scope}: {actual.get(scope, 0)} nano-USD, the log says {expected.get(scope, 0)}"
+            for scope in sorted(expected.keys() | actual.keys())
+            if expected.get(scope, 0) != actual.get(scope, 0)
+        )
+        return problems
+
+    # ---------------------------------------------------------------- closing
+
+    def _close_backend(self) -> None:
+        self._stopping.set()
+        self._committed.set()  # (wakes the checkpointer if it is waiting for a commit)
+        if self._checkpoint_thread.is_alive():
+            self._checkpoint_thread.join()
+        self._wconn.close()
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers.clear()
+
+
+def _view_from_row(row: Sequence[Any]) -> ErrandView:
+    """An ErrandView from ``_SELECT_VIEW``'s columns.
+
+    The ``view`` column of a database from migration 0001 holds the whole view; the
+    columns say the same, so overlaying them reads both layouts.
+    """
+    data: dict[str, Any] = json.loads(row[7])
+    data.update(zip(COLUMNS, row[:7], strict=True))
+    return ErrandView.model_validate(data)
