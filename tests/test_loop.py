@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from helpers.kit import Ledger, call, ledger_registry, script
+from helpers.kit import Ledger, call, harness_for, ledger_registry, script
 
 from errands.config import Settings
 from errands.core import events as ev
@@ -24,7 +24,7 @@ from errands.tools.toolset import FunctionToolset
 def runner_for(
     store: Store, settings: Settings, model: ScriptedModel, registry: FunctionToolset
 ) -> Runner:
-    return Runner(store, settings, registry, AllowAll(), models=lambda spec: model)
+    return harness_for(store, settings, tools=registry, model=model, policy=AllowAll()).runner()
 
 
 async def test_errand_runs_to_done_with_every_step_logged(

@@ -137,11 +137,16 @@ class Harness:
 
     # -- closing ---------------------------------------------------------------------------
 
+    async def close_models(self) -> None:
+        """Close the models' connections; call it on the event loop that used them (a
+        connection pool belongs to one loop)."""
+        close = getattr(self.models, "aclose", None)
+        if close is not None:
+            await close()
+
     async def close(self) -> None:
         try:
-            close_models = getattr(self.models, "aclose", None)
-            if close_models is not None:
-                await close_models()
+            await self.close_models()
         finally:
             await self.store.close()
 

@@ -7,10 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from errands.config import Settings
 from errands.core.events import EffectClass
+from errands.harness import Harness, build
+from errands.models.protocol import Model
 from errands.models.scripted import Script, ScriptedModel
+from errands.policy.hook import PolicyHook
+from errands.store import Store
 from errands.tools.tool import ToolContext
-from errands.tools.toolset import FunctionToolset
+from errands.tools.toolset import FunctionToolset, Toolset
 
 
 class Ledger:
@@ -83,3 +88,24 @@ def write_script(path: Path, *turns: dict[str, Any], latency_ms: float = 0) -> s
 
 def call(name: str, **arguments: Any) -> dict[str, Any]:
     return {"name": name, "arguments": arguments}
+
+
+def harness_for(
+    store: Store,
+    settings: Settings,
+    *,
+    tools: Toolset | None = None,
+    model: Model | None = None,
+    policy: PolicyHook | None = None,
+) -> Harness:
+    """errands wired by ``harness.build`` around a test's store: only *tools* (no
+    built-ins) when given, every model spec answered by *model*, *policy* (default: the
+    home's policy.toml). The test closes the store, not the harness."""
+    return build(
+        settings,
+        store=store,
+        toolsets=[tools] if tools is not None else [],
+        builtins=tools is None,
+        policy=policy,
+        models=(lambda spec: model) if model is not None else None,
+    )

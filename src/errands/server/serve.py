@@ -195,7 +195,7 @@ async def _main(
         hub = Hub(store)
         on_text = LiveText(hub, loop)  # called on the runner's thread
         harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
-        runner = RunnerThread(lambda: harness.runner(on_text=on_text))
+        runner = RunnerThread(lambda: harness.runner(on_text=on_text), on_stop=harness.close_models)
         ctx = ServerContext(
             harness=harness,
             hub=hub,
@@ -270,7 +270,7 @@ async def _main(
             if json.loads(info_path.read_text()).get("pid") == os.getpid():
                 info_path.unlink()
         idempotency.close()
-        await harness.close()
+        await harness.store.close()  # (the runner's thread closed the models on its loop)
 
 
 def _tune_runtime() -> None:

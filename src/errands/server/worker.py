@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from errands.engine.runner import Runner
 
@@ -26,10 +26,18 @@ log = logging.getLogger("errands.server")
 
 
 class RunnerThread:
-    def __init__(self, make: Callable[[], Runner], *, poll: float = 0.25) -> None:
+    def __init__(
+        self,
+        make: Callable[[], Runner],
+        *,
+        poll: float = 0.25,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         """*make* builds the runner, on the thread's own loop (it subscribes to the
-        store there)."""
+        store there); *on_stop* runs on that loop when it stops (closing the models'
+        connections, which belong to it)."""
         self._make = make
+        self._on_stop = on_stop
         self.poll = poll
         self.runner: Runner | None = None
         self.error: BaseException | None = None
@@ -76,6 +84,8 @@ class RunnerThread:
                 self._claiming.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._claiming
+            if self._on_stop is not None:
+                await self._on_stop()
 
     # -- called from other threads ---------------------------------------------------------
 

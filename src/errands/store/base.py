@@ -29,32 +29,27 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import hashlib
 import json
 import operator
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from errands.core import events as ev
 from errands.core.contracts import enabled, ensure, invariant, require
-from errands.core.faults import fault
 from errands.core.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
 from errands.costs import spend
 from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
 from errands.store.protocol import (
     AppendCheck,
     BudgetStatus,
-    CommitListener,
     StoredEvent,
     UsageRow,
 )
 from errands.store.purge import purged
 from errands.store.redact import Redactor
+from errands.store.writer import GroupCommit, Op, Prepared, Tx, WriterStats
 
 __all__ = [
     "BLOB_THRESHOLD",
@@ -67,7 +62,6 @@ __all__ = [
 ]
 
 BLOB_THRESHOLD = 16 * 1024  # event bodies above this go to content-addressed blobs
-MAX_BATCH = 4096  # operations per group commit
 VIEW_CACHE_MAX = 20_000  # views the writer keeps in memory
 _CHECK = enabled()
 
@@ -78,8 +72,6 @@ _EXTRA_FIELDS = tuple(f for f in ErrandView.model_fields if f not in _COLUMN_SET
 _extras = operator.attrgetter(*_EXTRA_FIELDS)
 _BOOKED = frozenset({"model_responded", "state_changed"})  # events that touch the budgets
 
-# (event as folded, its stored body, its blob hash or None)
-Prepared = tuple[ev.Event, str, str | None]
 # (id, state, title, created_at, updated_at, last_seq, parent, pending_count, view JSON)
 ProjectionRow = tuple[str, str, str, float, float, int, str | None, int, str]
 # (title, updated_at, last_seq, parent, view JSON, id): a row whose state and pending
@@ -87,65 +79,15 @@ ProjectionRow = tuple[str, str, str, float, float, int, str | None, int, str]
 ProjectionUpdate = tuple[str, float, int, str | None, str, str]
 
 
-@dataclass
-class WriterStats:
-    commits: int = 0
-    events: int = 0
-    ops: int = 0
-    bytes: int = 0  # event bytes written (bodies and blobs)
-    max_batch: int = 0
-    # seconds the writer spent running operations, writing rows, and committing
-    staging_s: float = 0.0
-    writing_s: float = 0.0
-    committing_s: float = 0.0
-
-
-@dataclass(slots=True)
-class _Op:
-    """One queued write: ``fn(tx)`` in the writer thread, or (``fn`` None) an append.
-
-    Appends, the hot path, carry their arguments here rather than in a closure: fewer
-    objects per append for the garbage collector to trace while it waits.
-    """
-
-    fn: Callable[[Tx], Any] | None
-    future: asyncio.Future[Any] | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    done: threading.Event | None = None  # for callers without an event loop
-    result: Any = None
-    error: BaseException | None = None
-    errand_id: str = ""
-    prepared: list[Prepared] | None = None
-    owner: str | None = None
-    guard: AppendCheck | None = None
-
-
-@dataclass
-class Tx:
-    """What one batch accumulates before its single commit (``conn``: the backend's)."""
-
-    conn: Any
-    now: float
-    rows: list[tuple[str, int, str, float, str, str | None]] = field(default_factory=list)
-    blobs: dict[str, str] = field(default_factory=dict)
-    dirty: dict[str, ErrandView] = field(default_factory=dict)
-    wakeups: list[str] = field(default_factory=list)
-    appended: list[tuple[str, int]] = field(default_factory=list)
-    body_bytes: int = 0
-
-
-class BaseStore(abc.ABC):
+class BaseStore(GroupCommit):
     """A store, up to its SQL. A backend opens its connections, then calls
     :meth:`_start_writer`; it implements the hooks marked abstract below."""
 
     def __init__(
         self, *, redactor: Redactor | None = None, clock: Callable[[], float] = time.time
     ) -> None:
+        super().__init__(clock)
         self.redact = redactor or Redactor()
-        self.clock = clock
-        self.stats = WriterStats()
-        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._listeners: list[tuple[asyncio.AbstractEventLoop, CommitListener]] = []
         # writer-thread state: caches, dropped whenever a transaction fails or another
         # process has written (:meth:`_written_elsewhere`)
         self._views: dict[str, ErrandView] = {}
@@ -157,33 +99,9 @@ class BaseStore(abc.ABC):
         # changes need to touch the holds (one left by a dead process expires, or the
         # run that resumes its errand replaces it)
         self._reserved: set[str] = set()
-        self._untold: list[_Op] = []  # committed, callers not told yet (writer thread only)
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
-
-    def _start_writer(self) -> None:
-        self._thread.start()
 
     # ================================================================= backend hooks
     # (all run in the writer thread, inside the batch's transaction, unless noted)
-
-    @abc.abstractmethod
-    def _begin(self) -> Any:
-        """Start the batch's transaction; return the connection it runs on."""
-
-    @abc.abstractmethod
-    def _commit(self, conn: Any) -> None: ...
-
-    @abc.abstractmethod
-    def _rollback(self, conn: Any) -> None: ...
-
-    def _written_elsewhere(self, conn: Any) -> bool:
-        """Has another process committed since this writer's last transaction?"""
-        return True
-
-    def _after_batch(self) -> None:
-        """After a batch committed and its callers were told (housekeeping)."""
-        return None
 
     @abc.abstractmethod
     def _load_view(self, tx: Tx, errand_id: str) -> ErrandView | None:
@@ -273,123 +191,7 @@ class BaseStore(abc.ABC):
         """The backend's own checks: derived tables not covered by the fold
         (pending counts, spend, orphan rows)."""
 
-    @abc.abstractmethod
-    def _close_backend(self) -> None: ...
-
-    # ================================================================= group commit
-
-    def subscribe(self, listener: CommitListener) -> None:
-        """Call *listener(errand_id, last_seq)* on this event loop after each commit."""
-        self._listeners.append((asyncio.get_running_loop(), listener))
-
-    async def _submit(self, fn: Callable[[Tx], Any]) -> Any:
-        if self._closed:
-            raise StoreError("the store is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Op(fn, future, loop))
-        return await future
-
-    def _run(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
-        while True:
-            try:
-                first = get_nowait()
-            except queue.Empty:  # nothing to overlap with: tell the last batch's callers now
-                self._tell()
-                first = get()
-            if first is None:
-                self._tell()
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(nxt)
-            self._commit_batch(batch)
-
-    def _tell(self) -> None:
-        """Resolve the futures of the last committed batch (see :meth:`_run_tx`)."""
-        if self._untold:
-            self._resolve(self._untold)
-            self._untold = []
-
-    def _commit_batch(self, batch: list[_Op]) -> None:
-        try:
-            self._run_tx(batch)
-            self._untold = batch  # told just before the next commit, or when idle
-            self._after_batch()
-            return
-        except Exception as exc:  # a batch-level failure: retry each op on its own
-            self._tell()
-            self._forget()
-            if len(batch) > 1:
-                for op in batch:
-                    op.result = None
-                    op.error = None
-                    self._commit_batch([op])
-                return
-            batch[0].result = None
-            batch[0].error = exc
-        self._resolve(batch)
-
-    def _run_tx(self, batch: list[_Op]) -> None:
-        """One batch in one transaction.
-
-        The previous batch's callers are told (their futures resolved) only once this
-        batch is written and about to commit: their tasks then run on the event loop
-        while this thread waits for the commit's sync with the GIL released, instead
-        of contending for the GIL with this thread's staging and row writing. Nothing
-        is acknowledged before its own commit; the wait is only as long as one batch's
-        staging (and when the queue is empty, there is none).
-        """
-        conn = self._begin()
-        try:
-            t0 = time.perf_counter()
-            if self._written_elsewhere(conn):
-                self._forget()  # someone else committed: our caches may be stale
-            tx = Tx(conn=conn, now=self.clock())
-            rows = tx.rows
-            for op in batch:
-                staged = len(rows)
-                try:
-                    op.result = self._append_in_tx(tx, op) if op.fn is None else op.fn(tx)
-                except StoreError as exc:
-                    # refused before it staged anything: the rest of the batch goes on
-                    invariant(len(rows) == staged, "a refused operation staged nothing")
-                    op.error = exc
-            t1 = time.perf_counter()
-            self._flush(tx)
-            t2 = time.perf_counter()
-            self._tell()
-            fault("mid_batch")
-            self._commit(conn)
-            t3 = time.perf_counter()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._rollback(conn)
-            raise
-        stats = self.stats
-        stats.commits += 1
-        stats.ops += len(batch)
-        stats.events += len(rows)
-        stats.bytes += tx.body_bytes
-        stats.max_batch = max(stats.max_batch, len(batch))
-        # waiting costs nothing: an errand that stopped (waiting, finished) leaves the
-        # writer's caches; its row is read back if it is written to again
-        for errand_id, view in tx.dirty.items():
-            if view.state not in RUNNABLE:
-                self._views.pop(errand_id, None)
-                self._written.pop(errand_id, None)
-        stats.staging_s += t1 - t0
-        stats.writing_s += t2 - t1
-        stats.committing_s += t3 - t2
-        self._after_commit(tx)
+    # ================================================================= staging
 
     def _flush(self, tx: Tx) -> None:
         upserts: list[ProjectionRow] = []
@@ -424,37 +226,18 @@ class BaseStore(abc.ABC):
                 )
         self._write(tx, upserts, updates)
 
-    def _after_commit(self, tx: Tx) -> None:
-        if tx.appended and self._listeners:
-            latest: dict[str, int] = {}
-            for errand_id, seq in tx.appended:
-                latest[errand_id] = seq
-            for loop, listener in self._listeners:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_notify, listener, latest)
-
-    def _resolve(self, batch: list[_Op]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
-        for op in batch:
-            if op.done is not None:
-                op.done.set()
-                continue
-            assert op.loop is not None
-            ops = by_loop.get(op.loop)
-            if ops is None:
-                by_loop[op.loop] = [op]
-            else:
-                ops.append(op)
-        for loop, ops in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
-                loop.call_soon_threadsafe(_settle, ops)
+    def _committed_tx(self, tx: Tx) -> None:
+        # waiting costs nothing: an errand that stopped (waiting, finished) leaves the
+        # writer's caches; its row is read back if it is written to again
+        for errand_id, view in tx.dirty.items():
+            if view.state not in RUNNABLE:
+                self._views.pop(errand_id, None)
+                self._written.pop(errand_id, None)
 
     def _forget(self) -> None:
         self._views.clear()
         self._written.clear()
         self._held.clear()
-
-    # ================================================================= staging
 
     def _prepare(self, event: ev.Event) -> Prepared:
         """Serialise and redact one event (in the caller's thread, not the writer's).
@@ -575,12 +358,10 @@ class BaseStore(abc.ABC):
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
-        self._queue.put(
-            _Op(None, future, loop, None, None, None, errand_id, prepared, owner, guard)
-        )
+        self._queue.put(Op(None, future, loop, None, None, None, errand_id, prepared, owner, guard))
         return await future
 
-    def _append_in_tx(self, tx: Tx, op: _Op) -> list[int]:
+    def _append_in_tx(self, tx: Tx, op: Op) -> list[int]:
         errand_id, prepared, owner, guard = op.errand_id, op.prepared, op.owner, op.guard
         assert prepared is not None
         view = self._view_for(tx, errand_id)
@@ -840,33 +621,3 @@ class BaseStore(abc.ABC):
     async def usage(
         self, *, since: float = 0.0, errand_id: str | None = None
     ) -> list[UsageRow]: ...
-
-    # ================================================================= closing
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self._close)
-
-    def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join()
-        self._close_backend()
-
-
-def _settle(ops: list[_Op]) -> None:
-    for op in ops:
-        fut = op.future
-        if fut is None or fut.done():
-            continue
-        if op.error is not None:
-            fut.set_exception(op.error)
-        else:
-            fut.set_result(op.result)
-
-
-def _notify(listener: CommitListener, latest: dict[str, int]) -> None:
-    for errand_id, seq in latest.items():
-        listener(errand_id, seq)

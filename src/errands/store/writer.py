@@ -1,0 +1,306 @@
+"""Group commit: one writer thread, one transaction and one commit per batch.
+
+Callers enqueue an operation and await a future; the writer thread drains everything
+queued, runs it in *one* transaction with *one* commit, and only then resolves the
+futures -- an append returns once its event is durable, and a thousand concurrent
+errands share a commit. Inside a batch each operation sees the effects of the ones
+before it; an operation refused with a :class:`~errands.errors.StoreError` stages
+nothing and the rest of the batch goes on. A batch that fails as a whole is retried one
+operation at a time, so one broken operation fails alone.
+
+:class:`GroupCommit` is the machinery, backend-neutral; :class:`~errands.store.base.BaseStore`
+says what an operation does in a transaction, and a backend how a transaction begins
+and commits.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from errands.core import events as ev
+from errands.core.contracts import invariant
+from errands.core.faults import fault
+from errands.core.states import ErrandView
+from errands.errors import StoreError
+from errands.store.protocol import AppendCheck, CommitListener
+
+__all__ = ["MAX_BATCH", "GroupCommit", "Op", "Prepared", "Tx", "WriterStats"]
+
+MAX_BATCH = 4096  # operations per group commit
+
+# (event as folded, its stored body, its blob hash or None)
+Prepared = tuple[ev.Event, str, str | None]
+
+
+@dataclass
+class WriterStats:
+    commits: int = 0
+    events: int = 0
+    ops: int = 0
+    bytes: int = 0  # event bytes written (bodies and blobs)
+    max_batch: int = 0
+    # seconds the writer spent running operations, writing rows, and committing
+    staging_s: float = 0.0
+    writing_s: float = 0.0
+    committing_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Op:
+    """One queued write: ``fn(tx)`` in the writer thread, or (``fn`` None) an append.
+
+    Appends, the hot path, carry their arguments here rather than in a closure: fewer
+    objects per append for the garbage collector to trace while it waits.
+    """
+
+    fn: Callable[[Tx], Any] | None
+    future: asyncio.Future[Any] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    done: threading.Event | None = None  # for callers without an event loop
+    result: Any = None
+    error: BaseException | None = None
+    errand_id: str = ""
+    prepared: list[Prepared] | None = None
+    owner: str | None = None
+    guard: AppendCheck | None = None
+
+
+@dataclass
+class Tx:
+    """What one batch accumulates before its single commit (``conn``: the backend's)."""
+
+    conn: Any
+    now: float
+    rows: list[tuple[str, int, str, float, str, str | None]] = field(default_factory=list)
+    blobs: dict[str, str] = field(default_factory=dict)
+    dirty: dict[str, ErrandView] = field(default_factory=dict)
+    wakeups: list[str] = field(default_factory=list)
+    appended: list[tuple[str, int]] = field(default_factory=list)
+    body_bytes: int = 0
+
+
+class GroupCommit(abc.ABC):
+    """The writer thread and its batches. Start it with :meth:`_start_writer` once the
+    backend's connections are open."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.stats = WriterStats()
+        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self._listeners: list[tuple[asyncio.AbstractEventLoop, CommitListener]] = []
+        self._untold: list[Op] = []  # committed, callers not told yet (writer thread only)
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
+
+    def _start_writer(self) -> None:
+        self._thread.start()
+
+    # -- what a subclass provides (all run in the writer thread) --------------------------
+
+    @abc.abstractmethod
+    def _begin(self) -> Any:
+        """Start the batch's transaction; return the connection it runs on."""
+
+    @abc.abstractmethod
+    def _commit(self, conn: Any) -> None: ...
+
+    @abc.abstractmethod
+    def _rollback(self, conn: Any) -> None: ...
+
+    def _written_elsewhere(self, conn: Any) -> bool:
+        """Has another process committed since this writer's last transaction?"""
+        return True
+
+    def _after_batch(self) -> None:
+        """After a batch committed and its callers were told (housekeeping)."""
+        return None
+
+    @abc.abstractmethod
+    def _append_in_tx(self, tx: Tx, op: Op) -> list[int]:
+        """Stage an append (an :class:`Op` without ``fn``) in the batch."""
+
+    @abc.abstractmethod
+    def _flush(self, tx: Tx) -> None:
+        """Write what the batch staged."""
+
+    @abc.abstractmethod
+    def _committed_tx(self, tx: Tx) -> None:
+        """The batch committed (before its callers are told)."""
+
+    @abc.abstractmethod
+    def _forget(self) -> None:
+        """Drop every cache (a failed transaction, or another process wrote)."""
+
+    @abc.abstractmethod
+    def _close_backend(self) -> None: ...
+
+    # -- the machinery ---------------------------------------------------------------------
+
+    def subscribe(self, listener: CommitListener) -> None:
+        """Call *listener(errand_id, last_seq)* on this event loop after each commit."""
+        self._listeners.append((asyncio.get_running_loop(), listener))
+
+    async def _submit(self, fn: Callable[[Tx], Any]) -> Any:
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(Op(fn, future, loop))
+        return await future
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            try:
+                first = get_nowait()
+            except queue.Empty:  # nothing to overlap with: tell the last batch's callers now
+                self._tell()
+                first = get()
+            if first is None:
+                self._tell()
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            self._commit_batch(batch)
+
+    def _tell(self) -> None:
+        """Resolve the futures of the last committed batch (see :meth:`_run_tx`)."""
+        if self._untold:
+            self._resolve(self._untold)
+            self._untold = []
+
+    def _commit_batch(self, batch: list[Op]) -> None:
+        try:
+            self._run_tx(batch)
+            self._untold = batch  # told just before the next commit, or when idle
+            self._after_batch()
+            return
+        except Exception as exc:  # a batch-level failure: retry each op on its own
+            self._tell()
+            self._forget()
+            if len(batch) > 1:
+                for op in batch:
+                    op.result = None
+                    op.error = None
+                    self._commit_batch([op])
+                return
+            batch[0].result = None
+            batch[0].error = exc
+        self._resolve(batch)
+
+    def _run_tx(self, batch: list[Op]) -> None:
+        """One batch in one transaction.
+
+        The previous batch's callers are told (their futures resolved) only once this
+        batch is written and about to commit: their tasks then run on the event loop
+        while this thread waits for the commit's sync with the GIL released, instead
+        of contending for the GIL with this thread's staging and row writing. Nothing
+        is acknowledged before its own commit; the wait is only as long as one batch's
+        staging (and when the queue is empty, there is none).
+        """
+        conn = self._begin()
+        try:
+            t0 = time.perf_counter()
+            if self._written_elsewhere(conn):
+                self._forget()  # someone else committed: our caches may be stale
+            tx = Tx(conn=conn, now=self.clock())
+            rows = tx.rows
+            for op in batch:
+                staged = len(rows)
+                try:
+                    op.result = self._append_in_tx(tx, op) if op.fn is None else op.fn(tx)
+                except StoreError as exc:
+                    # refused before it staged anything: the rest of the batch goes on
+                    invariant(len(rows) == staged, "a refused operation staged nothing")
+                    op.error = exc
+            t1 = time.perf_counter()
+            self._flush(tx)
+            t2 = time.perf_counter()
+            self._tell()
+            fault("mid_batch")
+            self._commit(conn)
+            t3 = time.perf_counter()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._rollback(conn)
+            raise
+        stats = self.stats
+        stats.commits += 1
+        stats.ops += len(batch)
+        stats.events += len(rows)
+        stats.bytes += tx.body_bytes
+        stats.max_batch = max(stats.max_batch, len(batch))
+        self._committed_tx(tx)
+        stats.staging_s += t1 - t0
+        stats.writing_s += t2 - t1
+        stats.committing_s += t3 - t2
+        self._after_commit(tx)
+
+    def _after_commit(self, tx: Tx) -> None:
+        if tx.appended and self._listeners:
+            latest: dict[str, int] = {}
+            for errand_id, seq in tx.appended:
+                latest[errand_id] = seq
+            for loop, listener in self._listeners:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_notify, listener, latest)
+
+    def _resolve(self, batch: list[Op]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Op]] = {}
+        for op in batch:
+            if op.done is not None:
+                op.done.set()
+                continue
+            assert op.loop is not None
+            ops = by_loop.get(op.loop)
+            if ops is None:
+                by_loop[op.loop] = [op]
+            else:
+                ops.append(op)
+        for loop, ops in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting
+                loop.call_soon_threadsafe(_settle, ops)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        if self._thread.is_alive():
+            self._thread.join()
+        self._close_backend()
+
+
+def _settle(ops: list[Op]) -> None:
+    for op in ops:
+        fut = op.future
+        if fut is None or fut.done():
+            continue
+        if op.error is not None:
+            fut.set_exception(op.error)
+        else:
+            fut.set_result(op.result)
+
+
+def _notify(listener: CommitListener, latest: dict[str, int]) -> None:
+    for errand_id, seq in latest.items():
+        listener(errand_id, seq)
