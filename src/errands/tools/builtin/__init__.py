@@ -44,7 +44,13 @@ def builtin_toolset() -> FunctionToolset:
                 pre=[WORKSPACE_EXISTS],
                 roles={"path": "path"},
             ),
-            make_tool(fetch_url, effect=EffectClass.network, idempotent=True, roles={"url": "url"}),
+            make_tool(
+                fetch_url,
+                effect=EffectClass.network,
+                idempotent=True,
+                roles={"url": "url"},
+                preview=lambda args, workspace: f"GET {args['url']}",
+            ),
             make_tool(
                 http_request,
                 effect=http_request_effect,
