@@ -1,9 +1,10 @@
 """Policy rules: allow / ask / deny on tool name, effect class and argument patterns.
 
 The policy lives in ``ERRANDS_HOME/policy.toml``, written with commented defaults on
-first run and never rewritten afterwards. Every rule that matches a call votes; the
-strictest vote wins -- **deny beats ask beats allow, whatever their order** -- and the
-winning rule is named in the verdict (``errands policy explain`` prints it).
+first run and never rewritten afterwards. Every rule that matches a call votes (when none
+does, the call's effect-class default votes instead); the strictest vote wins -- **deny
+beats ask beats allow, whatever their order** -- and the winning rule is named in the
+verdict (``errands policy explain`` prints it).
 
 Built-in rules that no file can loosen:
 
@@ -41,14 +42,15 @@ DEFAULT_POLICY_TOML = """\
 #
 # Every tool call passes this policy before it runs. Each matching rule votes
 # allow, ask or deny; the strictest vote wins (deny beats ask beats allow), whatever
-# the order of the rules. `errands policy explain TOOL 'ARGS-JSON'` shows the decision
+# the order of the rules. A call no rule matches is decided by its effect class. `errands policy explain TOOL 'ARGS-JSON'` shows the decision
 # and the rule that made it. errands writes this file once, on first run, and never
 # rewrites it: your edits survive upgrades.
 #
 # Built in, and not loosened by anything here: a path outside the errand's workspace
 # is denied; "always allow" approvals never override a deny.
 
-# Decisions by effect class (what a tool call can do to the world).
+# Decisions by effect class (what a tool call can do to the world), for the calls
+# that no rule below matches.
 [effects]
 none = "allow"          # pure computation
 read = "allow"          # reading inside the workspace
@@ -129,19 +131,27 @@ class Policy(BaseModel):
     rules: list[Rule] = []
 
     def check(self, call: PolicyCall) -> Verdict:
-        """The strictest vote of every matching rule; ties go to the first such rule."""
+        """The strictest vote; ties go to the first such vote (see the module docstring).
+
+        The votes: ``outside-workspace`` if a path leads out, then every rule that
+        matches, in file order -- or, when no rule matches, the effect-class default. A
+        rule is the person's word about these calls in particular, so it decides them in
+        place of the class default, which an allow rule may therefore loosen; among the
+        rules, deny beats ask beats allow whatever their order.
+        """
         votes: list[Verdict] = []
         if _outside_workspace(call):
             votes.append(
                 Verdict(Decision.deny, "outside-workspace", "the path leads outside the workspace")
             )
-        default = self.effects.get(call.effect, Decision.ask)
-        votes.append(
-            Verdict(default, f"effects.{call.effect.value}", _effect_reason(call, default))
-        )
-        for rule in self.rules:
-            if rule.matches(call):
-                votes.append(Verdict(rule.decision, rule.name, rule.reason))
+        matched = [Verdict(r.decision, r.name, r.reason) for r in self.rules if r.matches(call)]
+        if matched:
+            votes.extend(matched)
+        else:
+            default = self.effects.get(call.effect, Decision.ask)
+            votes.append(
+                Verdict(default, f"effects.{call.effect.value}", _effect_reason(call, default))
+            )
         verdict = max(votes, key=lambda v: SEVERITY[v.decision])  # first of the strictest
         if verdict.decision is Decision.ask:
             for tool, pattern_json in call.always_allowed:
