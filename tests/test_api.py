@@ -11,16 +11,25 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from helpers.kit import call, write_script
-from helpers.server import ServerProc, Sink, free_port, post_script, wait_for, write_config
+from helpers.server import (
+    ServerProc,
+    Sink,
+    clean_env,
+    free_port,
+    post_script,
+    wait_for,
+    write_config,
+)
+from seams import child_env
 
 from errands.config import load_settings
-from errands.server.idempotency import fingerprint
 from errands.store.sqlite import SQLiteStore
 from errands.store.sync import BlockingStore
 
@@ -343,27 +352,94 @@ def test_concurrent_duplicates_create_one_errand(
     assert count_errands(api) == before + 1
 
 
-def test_idempotency_survives_a_crash_between_reserving_and_answering(
-    server: ServerProc, api: httpx.Client, sink: Sink
+# -- idempotency across a real SIGKILL --------------------------------------------------------
+#
+# `errands up` reserves an Idempotency-Key with the errand id it will use (durably),
+# creates the errand, then records the answer. The fault points ``after_reserve`` and
+# ``after_create`` kill the server (SIGKILL, from inside: seams.faults) in each gap.
+
+CRASH_KEY = {"Idempotency-Key": "crash-1"}
+
+
+def dies_answering(proc: ServerProc, body: dict[str, Any]) -> None:
+    """POST *body* with CRASH_KEY to a server armed to die: the connection drops with no
+    answer, and the process is gone by SIGKILL."""
+    with proc.client() as api, pytest.raises(httpx.TransportError):
+        api.post("/api/errands", json=body, headers=CRASH_KEY)
+    assert proc.proc is not None and proc.proc.wait(30) == -signal.SIGKILL, proc.output()
+
+
+def key_row(home: Path) -> tuple[str, int | None]:
+    """(the errand id reserved for CRASH_KEY, the answer's status or None)."""
+    with closing(sqlite3.connect(home / "server.sqlite")) as db:
+        reserved, status = db.execute(
+            "SELECT reserved, status FROM idempotency WHERE scope = 'create' AND key = ?",
+            (CRASH_KEY["Idempotency-Key"],),
+        ).fetchone()
+    return reserved, status
+
+
+def errand_ids(home: Path) -> list[str]:
+    with BlockingStore(make=lambda: SQLiteStore(load_settings(home).db_path)) as store:
+        return [v.id for v in store.list_errands(limit=1000)]
+
+
+def test_idempotency_survives_sigkill_between_reserving_creating_and_answering(
+    tmp_path: Path,
 ) -> None:
-    """A reservation without a response (the server died in between) is completed by the
-    retry: under the reserved id, and without a second errand."""
-    spec = model(server, sink, "crashkey")
-    body = {"text": "reserved", "model": spec}  # (the server fingerprints the set fields)
-    db = sqlite3.connect(server.home / "server.sqlite")
-    with db:
-        db.execute(
-            "INSERT INTO idempotency(scope, key, fingerprint, reserved, created_at)"
-            " VALUES ('create', 'crash-1', ?, 'ereserved0001', ?)",
-            (fingerprint(body), time.time()),
-        )
-    db.close()
-    before = count_errands(api)
-    r = api.post("/api/errands", json=body, headers={"Idempotency-Key": "crash-1"})
-    assert r.status_code == 201 and r.json() == {"id": "ereserved0001"}
-    r = api.post("/api/errands", json=body, headers={"Idempotency-Key": "crash-1"})
-    assert r.json() == {"id": "ereserved0001"}
-    assert count_errands(api) == before + 1
+    """Killed after reserving, then (on the retry) after creating: the next retry
+    answers the id reserved first, and there is one errand."""
+    home = tmp_path / "home"
+    write_config(home)
+    body = {"text": "create me once", "model": write_script(tmp_path / "m.json", {"text": "ok"})}
+    proc = ServerProc(home, env=child_env(clean_env(home), fault="after_reserve:1"))
+    try:
+        proc.start()
+        dies_answering(proc, body)
+        reserved, status = key_row(home)
+        assert status is None and errand_ids(home) == []  # reserved, nothing created
+
+        proc.env = child_env(clean_env(home), fault="after_create:1")
+        proc.start()
+        dies_answering(proc, body)  # the retry
+        assert key_row(home) == (reserved, None)
+        assert errand_ids(home) == [reserved]  # created under the reserved id, not answered
+
+        proc.env = clean_env(home)
+        proc.start()
+        with proc.client() as api:
+            for _ in range(2):
+                r = api.post("/api/errands", json=body, headers=CRASH_KEY)
+                assert r.status_code == 201 and r.json() == {"id": reserved}
+        assert errand_ids(home) == [reserved]
+        assert key_row(home) == (reserved, 201)
+    finally:
+        proc.kill()
+
+
+def test_negative_control_a_retry_that_forgets_the_reservation_creates_twice(
+    tmp_path: Path,
+) -> None:
+    """The control: keys that remember answers but not what the dead attempt reserved.
+    The same crash after creating, the same retry: a second errand, another id."""
+    home = tmp_path / "home"
+    write_config(home)
+    body = {"text": "create me once", "model": write_script(tmp_path / "m.json", {"text": "ok"})}
+    env = child_env(clean_env(home), fault="after_create:1", controls=["forgetful_idempotency"])
+    proc = ServerProc(home, env=env)
+    try:
+        proc.start()
+        dies_answering(proc, body)
+        reserved, _ = key_row(home)
+        assert errand_ids(home) == [reserved]
+        proc.env = child_env(clean_env(home), controls=["forgetful_idempotency"])
+        proc.start()
+        with proc.client() as api:
+            r = api.post("/api/errands", json=body, headers=CRASH_KEY)
+        assert r.status_code == 201 and r.json() != {"id": reserved}
+        assert sorted(errand_ids(home)) == sorted([reserved, r.json()["id"]])  # created twice
+    finally:
+        proc.kill()
 
 
 # -- Host, Origin, CSRF ----------------------------------------------------------------------------

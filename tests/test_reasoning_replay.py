@@ -1,22 +1,30 @@
 """Provider reasoning state survives a restart, through the errand log.
 
 Anthropic's signed thinking blocks, Gemini's thought signatures and the Responses API's
-encrypted reasoning items must go back to the API with their assistant turn. Each test
-here runs the real loop on a real SQLite store against a provider's wire simulator
-until the model has asked for a tool call that needs an approval (the errand waits,
-its process may go away), then -- in a "new process": a new store object on the same
-file, a new runner, a fresh client -- approves and resumes, and checks that the next
-request carried exactly the state the simulator issued.
+encrypted reasoning items must go back to the API with their assistant turn. The
+restart tests run errands (``harness.build`` from the home's config: the real loop, a
+real SQLite store, the provider's client under its wrappers) in a real process,
+``helpers/replay_worker.py``, against a provider's wire simulator that runs in the test
+process (reached by its base URL, ``[providers.sim]``), until the model has asked for a
+tool call that needs an approval. That process is killed with SIGKILL while the errand
+waits; a person approves; a new worker process resumes the errand; and the test checks
+that its request carried exactly the state the simulator issued.
 
 Each guarantee has its negative control: the same run with the state dropped from the
-fold (the control ``seams.controls.NoReplayLoop``) must fail the check. And state from one
-member of a fallback chain never reaches another.
+fold (the control ``no_replay``, ``seams.controls.NoReplayLoop``, installed in both
+processes) must fail the check. And state from one member of a fallback chain never
+reaches another (those runs restart within this process: a new store on the same file,
+a new runner, fresh clients).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import select
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +32,16 @@ from typing import Any
 
 import pytest
 from helpers.kit import Ledger, ledger_registry
-from seams.controls import NoReplayLoop
+from helpers.server import clean_env
+from seams import child_env
 from sim.anthropic_server import AnthropicSim
 from sim.core import SimServer, Turn, call
 from sim.gemini_server import GeminiSim, _b64
 from sim.openai_responses_server import OpenAIResponsesSim
 
-from errands.config import Settings
+from errands.config import Settings, load_settings
 from errands.core import events as ev
 from errands.core.states import ErrandState
-from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
 from errands.engine.runner import Runner
 from errands.models.protocol import Model
@@ -47,6 +55,8 @@ from errands.store.sqlite import SQLiteStore
 from errands.tools.toolset import FunctionToolset
 
 SEND = call("send_message", {"to": "bob", "body": "hi"}, call_id="c1")
+WORKER = Path(__file__).parent / "helpers" / "replay_worker.py"
+KEY_ENV = "REPLAY_SIM_KEY"
 
 
 # -- the providers: a fresh client, and what the simulator issued / got back ----------
@@ -55,6 +65,7 @@ SEND = call("send_message", {"to": "bob", "body": "hi"}, call_id="c1")
 @dataclass
 class Provider:
     kind: str
+    model: str  # the model a process asks for (``sim:MODEL``, [providers.sim] of kind)
     sim: SimServer
     fresh: Callable[[], Model]  # a new client, as a new process would build
     issued: Callable[[], Any]  # the state the simulator gave out with the first reply
@@ -72,6 +83,7 @@ def anthropic(sim: AnthropicSim, model: str = "claude-test") -> Provider:
 
     return Provider(
         "anthropic",
+        model,
         sim,
         lambda: AnthropicModel(model, base_url=sim.base_url, api_key=sim.api_key, max_retries=0),
         lambda: sim.issued_thinking[0],
@@ -88,6 +100,7 @@ def gemini(sim: GeminiSim) -> Provider:
 
     return Provider(
         "gemini",
+        "gemini-3-flash",
         sim,
         lambda: GeminiModel(
             "gemini-3-flash", base_url=sim.base_url, api_key=sim.api_key, max_retries=0
@@ -103,6 +116,7 @@ def responses(sim: OpenAIResponsesSim) -> Provider:
 
     return Provider(
         "openai-responses",
+        "gpt-test",
         sim,
         lambda: OpenAIResponsesModel(
             "gpt-test", base_url=sim.base_url, api_key=sim.api_key, max_retries=0
@@ -126,7 +140,8 @@ def provider(
     }[request.param]()
 
 
-# -- a process: its own store object, runner and client ---------------------------------
+# -- a "process" within this one, for the fallback tests: its own store object, runner
+# -- and client ---------------------------------------------------------------------------
 
 
 class World:
@@ -135,10 +150,10 @@ class World:
         self.settings = settings.model_copy(update={"reasoning": "medium"})
         self.registry: FunctionToolset = ledger_registry(Ledger(tmp / "ledger"))
         self._closers: list[Any] = []
-        self.loop_class: type[Loop] | None = None  # a negative control's loop
 
     def process(self, model: Model) -> Runner:
-        """A new process: a new store on the same file, a new runner, this client."""
+        """A "new process" in this one: a new store on the same file, a new runner,
+        this client."""
         store = SQLiteStore(self.settings.db_path)
         self._closers += [store.close, model.aclose]
         return Runner(
@@ -147,7 +162,6 @@ class World:
             self.registry,
             Policy(),
             models=lambda spec: model,
-            loop_class=self.loop_class,
         )
 
     async def close(self) -> None:
@@ -182,21 +196,93 @@ async def resume(world: World, eid: str, model: Model) -> None:
     assert view.state is ErrandState.done, view
 
 
-async def restart_mid_loop(world: World, p: Provider) -> tuple[Any, Any]:
+# -- real processes: run until the approval, SIGKILL, approve, resume ------------------
+
+
+def configure(home: Path, p: Provider) -> str:
+    """errands.toml pointing ``sim:`` at *p*'s simulator; the model spec to ask for."""
+    (home / "errands.toml").write_text(
+        'reasoning = "medium"\n\n'  # a reasoning level, as a person sets it
+        "[providers.sim]\n"
+        f'kind = "{p.kind}"\nbase_url = "{p.sim.base_url}"\napi_key_env = "{KEY_ENV}"\n'
+        "max_attempts = 1\n"  # a failed call fails the test, it is not retried away
+    )
+    return f"sim:{p.model}"
+
+
+@dataclass
+class Worker:
+    """A ``helpers/replay_worker.py`` process, its stderr in a file."""
+
+    proc: subprocess.Popen[str]
+    err: Path
+
+    def said(self, timeout: float = 60.0) -> list[str]:
+        """The first line it prints, split (the test fails if none comes in time)."""
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            self.proc.kill()
+            raise AssertionError(f"the worker said nothing:\n{self.errors()}")
+        return line.split()
+
+    def errors(self) -> str:
+        return self.err.read_text()
+
+
+def worker(home: Path, p: Provider, control: bool, *args: str) -> Worker:
+    """A worker process for *p*; with *control*, the ``no_replay`` control installed."""
+    env = clean_env(home, **{KEY_ENV: p.sim.api_key})
+    err = home.parent / f"worker-{args[0]}.err"
+    with open(err, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKER), str(home), str(home.parent / "ledger"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+            env=child_env(env, controls=["no_replay"] if control else []),
+        )
+    return Worker(proc, err)
+
+
+async def restart_mid_loop(home: Path, p: Provider, control: bool = False) -> tuple[Any, Any]:
     """(what the simulator issued with the tool call, what came back after a restart)."""
     p.sim.script(p.first, Turn(text="Told bob.", reasoning_tokens=5))
-    eid, response = await until_approval(world, p.fresh())
-    assert response.replay is not None and response.replay["kind"] == p.kind  # logged
-    await resume(world, eid, p.fresh())
-    _, second = p.bodies()
-    return p.issued(), p.sent(second)
+    spec = configure(home, p)
+    first = worker(home, p, control, "start", spec)
+    said = first.said()
+    assert len(said) == 3 and said[1] == "waiting_approval", (said, first.errors())
+    eid, _, approval = said
+    first.proc.send_signal(signal.SIGKILL)  # the process goes away while the errand waits
+    assert first.proc.wait(30) == -signal.SIGKILL
+    first.proc.communicate()
+
+    store = SQLiteStore(load_settings(home).db_path)  # a person, from another process
+    try:
+        (response,) = [
+            s.event for s in await store.read(eid) if isinstance(s.event, ev.ModelResponded)
+        ]
+        assert response.replay is not None and response.replay["kind"] == p.kind  # logged
+        registry = ledger_registry(Ledger(home.parent / "ledger"))
+        await Approvals(store, registry).approve(approval, by="ann", channel="cli")
+    finally:
+        await store.close()
+
+    second = worker(home, p, control, "resume", eid)
+    out, _ = second.proc.communicate(timeout=60)
+    assert second.proc.returncode == 0 and out.split() == [eid, "done"], (out, second.errors())
+    assert len(Ledger(home.parent / "ledger").entries()) == 1  # the approved call ran once
+    _, resumed = p.bodies()
+    return p.issued(), p.sent(resumed)
 
 
 # -- the guarantee and its negative control ----------------------------------------------
 
 
-async def test_reasoning_state_survives_a_restart(world: World, provider: Provider) -> None:
-    issued, sent = await restart_mid_loop(world, provider)
+async def test_reasoning_state_survives_a_restart(home: Path, provider: Provider) -> None:
+    issued, sent = await restart_mid_loop(home, provider)
     assert issued  # the simulator did think / sign
     # the exact signed blocks / signature (not the placeholder) / reasoning items
     assert sent == issued
@@ -206,10 +292,10 @@ async def test_reasoning_state_survives_a_restart(world: World, provider: Provid
 
 
 async def test_negative_control_without_the_log_the_state_is_lost(
-    world: World, provider: Provider
+    home: Path, provider: Provider
 ) -> None:
-    world.loop_class = NoReplayLoop  # a fold that drops the state instead of carrying it
-    issued, sent = await restart_mid_loop(world, provider)
+    # a fold that drops the state instead of carrying it
+    issued, sent = await restart_mid_loop(home, provider, control=True)
     assert issued and sent != issued  # the check above would have failed
     if provider.kind == "gemini":
         assert list(sent.values()) == [SKIP_SIGNATURE]

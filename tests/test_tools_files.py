@@ -7,7 +7,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from seams import child_env
 
 from errands.config import Settings
 from errands.core.labels import Confidentiality, Integrity
+from errands.tools import workspace as workspace_module
 from errands.tools.builtin import builtin_toolset
 from errands.tools.builtin.files import LIST_CAP, READ_CAP, read_file
 from errands.tools.tool import ToolContext, ToolError, ToolOutput
@@ -261,13 +263,28 @@ def test_a_symlink_left_unresolved_is_not_followed_at_open(ws: Path, outside: Pa
         pass
 
 
-def test_a_directory_swapped_for_a_symlink_mid_call_is_not_followed(
-    ws: Path, outside: Path
-) -> None:
-    # Time-of-check/time-of-use: a thread keeps swapping ws/d between a real directory
-    # and a symlink to the outside while read_file reads d/secret.txt. Checking the path
-    # and then opening it by name leaks the secret here within a second (measured: ~10
-    # leaks/s); opening component by component with O_NOFOLLOW never does.
+def test_nul_in_path_is_refused(ws: Path) -> None:
+    with pytest.raises(PathRefused, match="NUL"):
+        resolve_inside(ws, "a\x00b")
+
+
+# -- the time-of-check/time-of-use race ----------------------------------------------------
+#
+# A thread keeps swapping ws/d between a real directory and a symlink to the outside
+# while a tool reads d/secret.txt. The race window is the time between the check
+# (resolve_inside: d is the real directory, the path is inside) and the open. Checking
+# and then opening by name leaks the secret there; locate_inside's O_NOFOLLOW walk must
+# refuse instead. The tests run until the window was hit (a generous bound on attempts:
+# on an idle machine it takes a few hundred, ~1 in 700 attempts lands in the window).
+
+RACE_ATTEMPTS = 200_000  # at most; each run stops as soon as it has seen enough
+WINDOW_REFUSAL = "is a symbolic link that was not resolved inside the workspace (it changed"
+
+
+@contextmanager
+def swapping(ws: Path, outside: Path) -> Iterator[None]:
+    """ws/d holds secret.txt ("inside") and is swapped, over and over, with a symlink
+    to *outside* (which holds the secret) until the block ends."""
     (ws / "d").mkdir()
     (ws / "d/secret.txt").write_text("inside")
     (ws / ".link").symlink_to(outside)
@@ -282,24 +299,67 @@ def test_a_directory_swapped_for_a_symlink_mid_call_is_not_followed(
 
     swapper = threading.Thread(target=swap)
     swapper.start()
-    seen: list[str] = []
     try:
-        deadline = time.monotonic() + 1.0
-        while time.monotonic() < deadline:
-            try:
-                seen.append(read_file("d/secret.txt", ctx_for(ws)).text)
-            except ToolError:
-                continue
+        yield
     finally:
         stop.set()
         swapper.join()
+
+
+def test_a_directory_swapped_for_a_symlink_mid_call_is_not_followed(
+    ws: Path, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Count the runs that hit the window: resolve_inside passed the path on the safe
+    # layout (d a real directory inside), and then the walk found d a symlink and
+    # refused it -- the refusal only a change between check and open produces.
+    checked: list[Path] = []
+
+    def recording_resolve(workspace: Path, path: str) -> Path:
+        resolved = resolve_inside(workspace, path)
+        checked.append(resolved)
+        return resolved
+
+    monkeypatch.setattr(workspace_module, "resolve_inside", recording_resolve)
+    safe = Path(os.path.realpath(ws)) / "d" / "secret.txt"
+    seen: list[str] = []
+    in_window = attempts = 0
+    with swapping(ws, outside):
+        while attempts < RACE_ATTEMPTS and not (in_window >= 3 and "inside" in seen):
+            attempts += 1
+            checked.clear()
+            try:
+                seen.append(read_file("d/secret.txt", ctx_for(ws)).text)
+                if seen[-1] == SECRET:
+                    break  # followed: no need to go on
+            except PathRefused as exc:
+                if checked == [safe] and WINDOW_REFUSAL in str(exc):
+                    in_window += 1
+            except ToolError:
+                continue
     assert SECRET not in seen
+    # the window was reached (more than once) and every time the walk refused to follow
+    assert in_window >= 3, f"{in_window} of {attempts} attempts hit the window"
     assert "inside" in seen  # the reads did happen while the swapping went on
 
 
-def test_nul_in_path_is_refused(ws: Path) -> None:
-    with pytest.raises(PathRefused, match="NUL"):
-        resolve_inside(ws, "a\x00b")
+def test_negative_control_checking_then_opening_by_path_reads_the_secret(
+    ws: Path, outside: Path
+) -> None:
+    # The control: the same check, then an open by path (following links) instead of
+    # the O_NOFOLLOW walk. Under the same swapping it reads the secret.
+    def naive_read(path: str) -> str:
+        return resolve_inside(ws, path).read_text()  # checked inside, then followed
+
+    leaked = attempts = 0
+    with swapping(ws, outside):
+        while attempts < RACE_ATTEMPTS and not leaked:
+            attempts += 1
+            try:
+                if naive_read("d/secret.txt") == SECRET:
+                    leaked += 1
+            except (PathRefused, OSError):
+                continue
+    assert leaked, f"no leak in {attempts} attempts"  # the check above would have caught this
 
 
 # -- the negative control: with confinement off, the same escape succeeds ----------------

@@ -19,6 +19,7 @@ a child process, installed by name (:func:`install`, through ``seams.child_env``
 | ``no_budget_holds`` | calls in flight hold their worst case against every cap    |
 | ``no_text_reset``   | a retried reply's discarded text is taken back             |
 | ``no_confinement``  | file tools never reach outside the errand's workspace      |
+| ``forgetful_idempotency`` | a creation retried after a crash completes the dead attempt, under its id |
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from errands.models.streaming import AttemptText
 from errands.policy.approvals import ApprovalRefused, Approvals
 from errands.policy.hook import Decision, PolicyCall, Verdict
 from errands.policy.rules import Policy
+from errands.server.idempotency import IdempotencyStore, Reservation
 from errands.store import AppendCheck
 from errands.store.base import Tx
 from errands.store.sqlite import SQLiteStore
@@ -246,6 +248,21 @@ def unconfined_locate(
         os.close(fd)
 
 
+# -- the server -----------------------------------------------------------------------------
+
+_begin = IdempotencyStore.begin
+
+
+async def _begin_forgetting(
+    self: IdempotencyStore, scope: str, key: str, body: Any, reserve: str
+) -> Reservation:
+    """Idempotency-Keys that remember answers but not reservations: a retry that finds
+    a key without an answer is told nothing was reserved (as a layer caching only
+    finished responses would tell it), and creates a second errand."""
+    found = await _begin(self, scope, key, body, reserve)
+    return found if found.done else replace(found, reserved=None)
+
+
 # -- by name, for child processes ----------------------------------------------------------
 
 
@@ -264,6 +281,7 @@ INSTALLERS: dict[str, Callable[[], None]] = {
     **{name: _loop(name) for name in LOOPS},
     "no_text_reset": _patch(AttemptText, "reset", reset_nothing),
     "no_confinement": _patch(files, "locate_inside", unconfined_locate),
+    "forgetful_idempotency": _patch(IdempotencyStore, "begin", _begin_forgetting),
 }
 
 

@@ -13,6 +13,9 @@ Points:
 - ``mid_batch``         a group-commit batch is written but not committed
 - ``mid_stream``        a streamed model response is half received
 - ``after_approval``    an approval is durable, the approved action has not run
+- ``after_reserve``     an API creation's Idempotency-Key and errand id are reserved
+                        (durably), the errand is not created
+- ``after_create``      that errand is created, the key's response is not recorded
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from collections.abc import Callable
 
 __all__ = ["POINTS", "FaultHook", "arm", "fault"]
 
-POINTS = ("after_intent", "after_effect", "mid_batch", "mid_stream", "after_approval")
+POINTS = (
+    "after_intent",
+    "after_effect",
+    "mid_batch",
+    "mid_stream",
+    "after_approval",
+    "after_reserve",
+    "after_create",
+)
 
 FaultHook = Callable[[str], None]
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 
 from errands.core import events as ev
 from errands.core.errand import ApprovalOut
+from errands.core.faults import fault
 from errands.core.ids import new_errand_id
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.errors import ErrandExists, ErrandsError, NotFound, UserError
@@ -85,6 +86,7 @@ async def create(
         if r.done:
             return r.status or 201, r.response
         errand_id = r.reserved or fresh  # reserved by an attempt that died, or just now
+        fault("after_reserve")
         try:
             await ctx.store.view(errand_id)  # that attempt created it, then died: answer now
         except NotFound:
@@ -95,6 +97,7 @@ async def create(
             except UserError:
                 await idem.forget("create", key)
                 raise
+        fault("after_create")
         response = {"id": errand_id}
         await idem.finish("create", key, 201, response)
         ctx.nudge()
