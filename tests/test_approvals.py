@@ -8,6 +8,8 @@ check then *fails*, so none of these tests can silently become vacuous.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +139,32 @@ async def test_second_approval_and_replay_are_refused(world: World) -> None:
     assert len(world.sends()) == 1
 
 
-async def test_concurrent_approvals_record_exactly_one(world: World) -> None:
+async def _approve_at_once(
+    world: World, approvals: Approvals, people: int
+) -> tuple[list[ev.ApprovalGranted | BaseException], list[ev.ApprovalGranted]]:
+    """*people* approve one request at the same time: each one's outcome, and the
+    grants in the log."""
     eid = await world.errand(world.runner(SEND, DONE))
     aid = await _pending_id(world, eid)
     outcomes = await asyncio.gather(
-        *(world.approvals.approve(aid, by=f"p{i}", channel="api") for i in range(8)),
+        *(approvals.approve(aid, by=f"p{i}", channel="api") for i in range(people)),
         return_exceptions=True,
     )
-    assert sum(not isinstance(o, Exception) for o in outcomes) == 1
+    grants = [
+        s.event for s in await world.store.read(eid) if isinstance(s.event, ev.ApprovalGranted)
+    ]
+    return outcomes, grants
+
+
+async def test_concurrent_approvals_record_exactly_one(world: World) -> None:
+    outcomes, grants = await _approve_at_once(world, world.approvals, 8)
+    (winner,) = [o for o in outcomes if isinstance(o, ev.ApprovalGranted)]
+    losers = [o for o in outcomes if o is not winner]
+    assert len(losers) == 7
+    for loser in losers:  # each one refused for the one reason, nothing else went wrong
+        assert isinstance(loser, ApprovalRefused), repr(loser)
+        assert "not pending" in str(loser), str(loser)
+    assert grants == [winner]  # the one that was told yes is the one in the log
 
 
 async def test_negative_control_without_the_replay_guard_a_second_grant_lands(
@@ -157,6 +177,15 @@ async def test_negative_control_without_the_replay_guard_a_second_grant_lands(
     await approvals.approve(aid, by="ann", channel="cli")  # what the test above refuses
     grants = [s for s in await world.store.read(eid) if isinstance(s.event, ev.ApprovalGranted)]
     assert len(grants) == 2
+
+
+async def test_negative_control_without_the_replay_guard_concurrent_grants_all_land(
+    world: World,
+) -> None:
+    approvals = ReplayableApprovals(world.store, world.registry)
+    outcomes, grants = await _approve_at_once(world, approvals, 8)
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
+    assert len(grants) == 8  # what the concurrency test refuses
 
 
 # --- approvals are bound to the arguments ------------------------------------------
@@ -277,6 +306,22 @@ def test_policy_file_is_written_once_and_never_rewritten(home: Path) -> None:
 
 # --- a restarted node with a stable name --------------------------------------------
 
+# The lease a previous run of the node leaves behind, and how long the test waits for
+# the restarted node. The node needs a few polls (0.02 s each) and two scripted turns:
+# well under a second, even on a busy 2-core runner. The deadline is generous, and
+# shorter than the lease, so a lease that lapses on its own cannot be what lets the
+# errand go on.
+LEFT_LEASE = 30.0
+DEADLINE = LEFT_LEASE / 2
+
+
+async def _eventually(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not await check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {DEADLINE:.0f} s: {what}")
+        await asyncio.sleep(0.02)
+
 
 @pytest.mark.parametrize("decided", ["before the restart", "after the restart"])
 async def test_a_decision_reaches_an_errand_whose_lease_a_previous_run_of_this_node_left(
@@ -291,7 +336,7 @@ async def test_a_decision_reaches_an_errand_whose_lease_a_previous_run_of_this_n
         world.store, world.settings, world.registry, Policy(), models=lambda s: model, owner="node"
     )
     eid = await create_errand(world.store, world.settings, "tell bob", model="scripted:demo")
-    assert await world.store.acquire(eid, "node", 30.0)
+    assert await world.store.acquire(eid, "node", LEFT_LEASE)
     await before.loop.run(eid)  # then the node dies: the lease stays, held by "node"
     assert (await world.store.lease_holder(eid)) is not None
     after = Runner(
@@ -302,16 +347,30 @@ async def test_a_decision_reaches_an_errand_whose_lease_a_previous_run_of_this_n
         await world.approvals.approve(pending, by="ann", channel="cli")
     stop = asyncio.Event()
     serving = asyncio.create_task(after.serve(stop, poll=0.02))
+
+    async def released() -> bool:
+        return await world.store.lease_holder(eid) is None
+
+    async def done() -> bool:
+        return (await world.store.view(eid)).state is ErrandState.done
+
     try:
-        await asyncio.sleep(0.1)
         if decided == "after the restart":
+            # the node has started: it gave up the lease (the errand still waits)
+            await _eventually("the restarted node gives up its old lease", released)
+            assert (await world.store.view(eid)).state is ErrandState.waiting_approval
             await world.approvals.approve(pending, by="ann", channel="cli")
-        for _ in range(150):
-            if (await world.store.view(eid)).state is ErrandState.done:
-                break
-            await asyncio.sleep(0.02)
-        assert (await world.store.view(eid)).state is ErrandState.done
-        assert len(world.sends()) == 1
+        await _eventually("the approved errand is done", done)
     finally:
         stop.set()
         await serving
+    # the approved call ran once, after the grant, its intent logged before its result
+    log = [s.event for s in await world.store.read(eid)]
+    kinds = [
+        type(e).__name__
+        for e in log
+        if isinstance(e, ev.ApprovalGranted)
+        or (isinstance(e, ev.ToolIntent | ev.ToolResult) and e.tool == "send_message")
+    ]
+    assert kinds == ["ApprovalGranted", "ToolIntent", "ToolResult"], kinds
+    assert len(world.sends()) == 1

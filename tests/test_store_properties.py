@@ -7,11 +7,15 @@ crashes, and checks after every step that:
 
 - every acknowledged append is in the log, exactly as appended, at the sequence number
   it was given; per-errand sequence numbers have no gaps and no duplicates;
-- the projection (``view``) equals ``fold(read(...))`` whatever the batching,
+- the projection (``view``) equals the fold of the model's log whatever the batching,
   and the projection seen after each step equals the fold of the log's prefix as it was
   then (replaying any prefix gives the state the store showed at that point);
 - two owners never hold one errand's lease at once (the leases table is the model's);
-- a refused append (LeaseLost, NotFound, ErrandExists) writes nothing.
+- a refused append (LeaseLost, NotFound, ErrandExists) writes nothing;
+- a purge rewrites the log as the purge rules say, applied to the model's log.
+
+The model's logs are built from what was appended, never copied from the store, so the
+checks compare the store with an independent expectation.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from errands.core import events as ev
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.states import ErrandState, ErrandView, apply, fold
 from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
-from errands.store.purge import PURGED
+from errands.store import StoredEvent
+from errands.store.purge import PURGED, purged
 from errands.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
@@ -337,7 +342,7 @@ class _Machine(RuleBasedStateMachine):
             rows = conn.execute("SELECT errand_id, owner, expires_at FROM leases").fetchall()
         finally:
             conn.close()
-        assert len({r[0] for r in rows}) == len(rows)
+        # (errand_id is the table's primary key: one row, so one holder, per errand)
         assert {r[0]: (r[1], r[2]) for r in rows} == self.leases
 
     def teardown(self) -> None:
@@ -410,13 +415,8 @@ class StoreMachine(_Machine):
         errand_id = data.draw(st.sampled_from(sorted(self.logs)))
         self.run(self.store.purge(errand_id))
         stored = self.run(self.store.read(errand_id))
-        assert len(stored) == len(self.logs[errand_id]) + 1
-        assert isinstance(stored[-1].event, ev.ErrandPurged)
-        for s in stored:
-            for item in _contents(s.event):
-                assert item.confidentiality is Confidentiality.public or item.text == PURGED
-        # the log is what it is now: the model follows the store
-        self.logs[errand_id] = [s.event.model_dump(mode="json") for s in stored]
+        # the model applies the purge rules to what it says was appended
+        self.logs[errand_id] = _expect_purged(self.logs[errand_id], stored)
         self.seen.pop(errand_id, None)  # earlier prefixes were rewritten
         self.snapshot()
 
@@ -446,25 +446,41 @@ class StoreMachine(_Machine):
 
     @invariant()
     def projection_is_the_fold(self) -> None:
-        for errand_id in self.logs:
-            stored = self.run(self.store.read(errand_id))
-            folded = fold(errand_id, [(s.seq, s.event) for s in stored])
-            assert _dump(self.run(self.store.view(errand_id))) == _dump(folded)
+        """The store's projection is the fold of the log the model says was appended
+        (not of what the store reads back: that could be wrong the same way)."""
+        for errand_id, log in self.logs.items():
+            view = self.run(self.store.view(errand_id))
+            assert _dump(view) == _dump(_fold_dumped(errand_id, log)), errand_id
             # replaying any prefix gives the projection the store showed at that point
-            view = ErrandView(id=errand_id)
+            replayed = ErrandView(id=errand_id)
             seen = self.seen.get(errand_id, {})
-            for s in stored:
-                apply(view, s.seq, s.event)
-                if s.seq in seen:
-                    assert _dump(view) == seen[s.seq], f"prefix {s.seq} of {errand_id}"
-                    assert (
-                        _dump(fold(errand_id, [(x.seq, x.event) for x in stored[: s.seq]]))
-                        == seen[s.seq]
-                    )
+            for seq, event in enumerate(log, start=1):
+                apply(replayed, seq, ev.load_event(event))
+                if seq in seen:
+                    assert _dump(replayed) == seen[seq], f"prefix {seq} of {errand_id}"
 
 
 def _fold_dumped(errand_id: str, log: list[dict[str, Any]]) -> ErrandView:
     return fold(errand_id, [(i + 1, ev.load_event(e)) for i, e in enumerate(log)])
+
+
+def _expect_purged(before: list[dict[str, Any]], stored: list[StoredEvent]) -> list[dict[str, Any]]:
+    """Check the log *stored* after a purge against the log *before* it (as dumped
+    events); return the log as the model now expects it."""
+    assert len(stored) == len(before) + 1
+    assert isinstance(stored[-1].event, ev.ErrandPurged)
+    for old, s in zip(before, stored[:-1], strict=True):
+        # the shape stays (type, time); public content is kept, the rest replaced
+        assert (s.event.type, s.event.at) == (old["type"], old["at"]), s.seq
+        was, now = _contents(ev.load_event(old)), _contents(s.event)
+        assert [c.confidentiality for c in now] == [c.confidentiality for c in was], s.seq
+        for a, b in zip(was, now, strict=True):
+            public = a.confidentiality is Confidentiality.public
+            assert (b == a) if public else (b.text == PURGED), s.seq
+    # and every other field as the purge rules say (arguments, free text, replay)
+    expected = [ev.load_event(purged(e)).model_dump(mode="json") for e in before]
+    assert [s.event.model_dump(mode="json") for s in stored[:-1]] == expected
+    return [*expected, stored[-1].event.model_dump(mode="json")]
 
 
 def _contents(event: ev.Event) -> list[ev.Content]:
@@ -528,8 +544,58 @@ def test_folding_a_prefix_equals_applying_it_step_by_step(batch: list[ev.Event],
     for seq, event in log[: cut + 1]:
         apply(view, seq, event)
     assert _dump(fold("x", log[: cut + 1])) == _dump(view)
-    # and folding is deterministic: the same log, the same view
-    assert _dump(fold("x", log)) == _dump(fold("x", list(log)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=st.lists(events, max_size=12))
+def test_folding_changes_neither_the_events_nor_a_value_read_from_the_view(
+    batch: list[ev.Event],
+) -> None:
+    """What the store relies on: ``apply`` replaces nested values (usage, pending),
+    never mutates them, so a value read from a view -- or kept as the last written
+    projection -- stays as it was; and folding leaves the events as they were logged,
+    so folding the events read back from JSON gives the same view."""
+    log: list[tuple[int, ev.Event]] = [(1, _created("t"))]
+    log += [(i + 2, e) for i, e in enumerate(batch)]
+    logged = [e.model_dump(mode="json") for _, e in log]
+    view = ErrandView(id="x")
+    for seq, event in log:
+        usage, pending = view.usage, view.pending
+        usage_was, pending_was = usage.model_dump(), {k: p.model_dump() for k, p in pending.items()}
+        apply(view, seq, event)
+        assert usage.model_dump() == usage_was, f"apply changed the usage read before {seq}"
+        assert {k: p.model_dump() for k, p in pending.items()} == pending_was, seq
+    assert [e.model_dump(mode="json") for _, e in log] == logged, "folding changed an event"
+    reread = [(seq, ev.load_event(e)) for (seq, _), e in zip(log, logged, strict=True)]
+    assert _dump(fold("x", reread)) == _dump(view)
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.lists(events, min_size=1, max_size=12))
+def test_a_purge_keeps_the_shape_and_removes_the_private_content(batch: list[ev.Event]) -> None:
+    """Random logs of every kind of event, purged. (The state machine purges only what
+    its appends happened to leave, and may go several runs without purging one kind.)"""
+    created = _created("private things")
+    before = [e.model_dump(mode="json") for e in [created, *batch]]
+
+    async def go(path: Path) -> None:
+        store = SQLiteStore(path)
+        try:
+            await store.create("p", created)
+            await store.append("p", batch)
+            assert [s.event.model_dump(mode="json") for s in await store.read("p")] == before
+            await store.purge("p")
+            expected = _expect_purged(before, await store.read("p"))
+            assert _dump(await store.view("p")) == _dump(_fold_dumped("p", expected))
+            assert await store.integrity_check() == []
+        finally:
+            await store.close()
+
+    tmp = Path(tempfile.mkdtemp(prefix="errands-purge-"))
+    try:
+        asyncio.run(go(tmp / "errands.db"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_apply_refuses_a_gap_or_a_duplicate() -> None:

@@ -122,13 +122,28 @@ class ServerProc:
         self.port = int(info["port"])
         if info.get("token_required"):
             self.token = (self.home / "server-token").read_text().strip()
+        last = "no answer yet"  # what /api/health said last
         with httpx.Client(base_url=self.url, headers=self.auth()) as client:
-            while time.monotonic() < deadline:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"errands up exited with {self.proc.returncode} before /api/health "
+                        f"answered ({last}); the end of its stderr:\n{self.stderr_tail()}"
+                    )
                 try:
-                    if client.get("/api/health").status_code == 200:
+                    response = client.get("/api/health")
+                    if response.status_code == 200:
                         break
-                except httpx.HTTPError:
-                    pass
+                    last = f"HTTP {response.status_code}: {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() >= deadline:
+                    self.kill()
+                    raise RuntimeError(
+                        f"errands up wrote server.json but {self.url}/api/health did not "
+                        f"answer 200 within {timeout}s (last: {last}); "
+                        f"the end of its stderr:\n{self.stderr_tail()}"
+                    )
                 time.sleep(0.05)
         self.started_in = time.monotonic() - t0
         return self
@@ -146,6 +161,14 @@ class ServerProc:
             with suppress(OSError):
                 parts.append(path.read_text(errors="replace"))
         return "\n".join(parts)
+
+    def stderr_tail(self, lines: int = 40) -> str:
+        """The last *lines* the server wrote to stderr (where a traceback would be)."""
+        try:
+            text = self.err_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no stderr: {exc})"
+        return "\n".join(text.splitlines()[-lines:]) or "(stderr is empty)"
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, and wait: a graceful shutdown."""
