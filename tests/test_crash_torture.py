@@ -813,10 +813,11 @@ def test_crash_torture_fast(tmp_path: Path, reference: Reference) -> None:
         reference=reference,
     ).run()
     print(f"ERRANDS_TORTURE_SEED={seed}: {out.summary()}")
-    assert out.kills >= kills, out.summary()
-    for w in WINDOWS:
-        assert out.hits[w] >= hits, f"window {w}: {out.hits[w]} hits; {out.summary()}"
+    # (run() returns only once every round checked clean and the kill and window targets
+    # are met -- it raises otherwise -- and each fault run's hit marker agreed with its
+    # SIGKILL; what is left to check is that the rounds did real work)
     assert out.stats.done > 0 and out.stats.acks > 0, out.summary()
+    assert out.random_kills > 0 and out.rounds >= 1, out.summary()
 
 
 @pytest.mark.slow
@@ -834,9 +835,7 @@ def test_crash_torture_slow(tmp_path: Path, reference: Reference) -> None:
         reference=reference,
     ).run()
     print(f"ERRANDS_TORTURE_SEED={seed}: {out.summary()}")
-    assert out.kills >= kills, out.summary()
-    for w in WINDOWS:
-        assert out.hits[w] >= hits, f"window {w}: {out.hits[w]} hits; {out.summary()}"
+    # (the kill and window targets: run() returns only once they are met)
     s = out.stats
     # not vacuous: every recovery path was taken -- in-doubt calls that had run and
     # calls that had not, repeated model requests, safe re-runs, deduplicated re-runs
