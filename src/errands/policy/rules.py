@@ -176,11 +176,13 @@ def _effect_reason(call: PolicyCall, decision: Decision) -> str:
 
 def _outside_workspace(call: PolicyCall) -> bool:
     """Does any argument the tool declares a path lead outside the workspace?"""
-    workspace = os.path.realpath(call.workspace)
+    workspace: str | None = None  # resolved only when there is a path to judge
     for name, role in call.roles.items():
         raw = call.arguments.get(name)
         if role is not ArgRole.path or not isinstance(raw, str):
             continue
+        if workspace is None:
+            workspace = os.path.realpath(call.workspace)
         target = os.path.realpath(os.path.join(workspace, raw))
         if os.path.commonpath([workspace, target]) != workspace:
             return True
