@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.kit import Ledger, call, ledger_registry, script
+from helpers.kit import Ledger, call, harness_for, ledger_registry, script
 from seams.controls import (
     NoBindingLoop,
     NoGatePolicy,
@@ -28,6 +28,8 @@ from errands.core.canonical import canonical_hash
 from errands.core.states import ErrandState
 from errands.engine.operations import cancel_errand, create_errand
 from errands.engine.runner import Runner
+from errands.harness import Harness
+from errands.models.scripted import ScriptedModel
 from errands.policy.approvals import ApprovalRefused, Approvals
 from errands.policy.rules import Policy, load_policy
 from errands.store import Store
@@ -44,14 +46,18 @@ class World:
     def runner(
         self, *turns: dict[str, object], policy: Policy | None = None, **kwargs: Any
     ) -> Runner:
-        model = script(*turns)
-        return Runner(
+        harness = harness_for(
             self.store,
             self.settings,
-            self.registry,
-            policy or Policy(),
-            models=lambda spec: model,
-            **kwargs,
+            tools=self.registry,
+            model=script(*turns),
+            policy=policy or Policy(),
+        )
+        return harness.runner(**kwargs)
+
+    def harness(self, model: ScriptedModel) -> Harness:
+        return harness_for(
+            self.store, self.settings, tools=self.registry, model=model, policy=Policy()
         )
 
     async def errand(self, runner: Runner) -> str:
@@ -332,16 +338,12 @@ async def test_a_decision_reaches_an_errand_whose_lease_a_previous_run_of_this_n
     would never take it, and a wake-up from before the node started is not seen: the
     node gives up such leases when it starts, and a decision's wake-up starts it."""
     model = script(SEND, DONE)
-    before = Runner(
-        world.store, world.settings, world.registry, Policy(), models=lambda s: model, owner="node"
-    )
+    before = world.harness(model).runner(owner="node")
     eid = await create_errand(world.store, world.settings, "tell bob", model="scripted:demo")
     assert await world.store.acquire(eid, "node", LEFT_LEASE)
     await before.loop.run(eid)  # then the node dies: the lease stays, held by "node"
     assert (await world.store.lease_holder(eid)) is not None
-    after = Runner(
-        world.store, world.settings, world.registry, Policy(), models=lambda s: model, owner="node"
-    )
+    after = world.harness(model).runner(owner="node")
     pending = await _pending_id(world, eid)
     if decided == "before the restart":
         await world.approvals.approve(pending, by="ann", channel="cli")

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from conftest import CLI
+from helpers.kit import harness_for
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -41,7 +42,6 @@ from errands.costs import spend
 from errands.engine.budgets import Blocked, input_tokens_bound, worst_case_usd
 from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
-from errands.engine.runner import Runner
 from errands.models.protocol import Message, Model, ModelRequest
 from errands.policy.hook import AllowAll
 from errands.store import Store
@@ -447,7 +447,8 @@ async def fan_out(
     calls at the provider until every errand has asked the budget and every call it
     let through is there; then it opens, and the rest run as the budget lets them."""
     sim.script(default=Turn(text="done " * 300))
-    runner = Runner(store, settings, FunctionToolset(), AllowAll(), loop_class=loop_class)
+    harness = harness_for(store, settings, tools=FunctionToolset(), policy=AllowAll())
+    runner = harness.runner(loop_class=loop_class)
     budgets = runner.loop.budgets
     reserve = budgets.reserve
     let_through: set[str] = set()
@@ -557,21 +558,19 @@ async def test_negative_control_checking_spend_alone_overshoots_by_the_fan_out(
 WORKER = """
 import asyncio, os, sys
 from errands.config import load_settings
-from errands.engine.runner import Runner
+from errands.harness import build
 from errands.policy.hook import AllowAll
-from errands.store.sqlite import SQLiteStore
-from errands.tools.toolset import FunctionToolset
 
 async def main():
     settings = load_settings()
-    store = SQLiteStore(settings.db_path)
-    runner = Runner(store, settings, FunctionToolset(), AllowAll())
+    harness = build(settings, builtins=False, policy=AllowAll())  # the home's store
+    store, runner = harness.store, harness.runner()
     if len(sys.argv) > 1:  # resume this one (taking it over from a dead worker)
         await runner.run_errand(sys.argv[1])
     else:
         await runner.claim(limit=int(os.environ.get("CLAIM", "10000")))
         await runner.wait_idle()
-    await store.close()
+    await harness.close()
 
 asyncio.run(main())
 """

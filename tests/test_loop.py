@@ -11,9 +11,11 @@ from helpers.kit import Ledger, call, harness_for, ledger_registry, script
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.labels import Integrity, Provenance
+from errands.core.progress import Progress
 from errands.core.states import ErrandState
 from errands.engine.operations import cancel_errand, create_errand, tell_errand
 from errands.engine.runner import ErrandBusy, Runner
+from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.models.scripted import ScriptedModel
 from errands.policy.hook import AllowAll
 from errands.store import Store
@@ -282,6 +284,75 @@ async def test_cancel_is_picked_up_at_the_next_step(
     assert 0 < n < 50
     await asyncio.sleep(0.1)
     assert len(ledger.entries()) == n
+
+
+class CancelledWhileThinking:
+    """A model that is asked for a tool call and, while it answers, the person cancels:
+    the cancel is durable before the answer (and its routing) reach the log."""
+
+    name = "scripted:demo"
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reply = script(
+            {"text": "sending", "tool_calls": [call("send_message", to="bob", body="hi")]}
+        )
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        await cancel_errand(self.store, request.errand_id, reason="stop")
+        return await self.reply.complete(request, on_text)
+
+
+async def test_a_cancel_during_the_model_call_stops_its_calls_before_any_intent(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    ledger = Ledger(tmp_path / "ledger")
+    model = CancelledWhileThinking(store)
+    runner = harness_for(
+        store,
+        settings,
+        tools=ledger_registry(ledger),
+        model=model,
+        policy=AllowAll(),  # type: ignore[arg-type]
+    ).runner()
+    eid = await create_errand(store, settings, "tell bob", model="scripted:demo")
+    view = await runner.run_errand(eid)
+    assert view.state is ErrandState.cancelled
+    types = [s.event.type for s in await store.read(eid)]
+    assert "cancel_requested" in types and "tool_intent" not in types  # nothing routed
+    assert ledger.entries() == []  # and nothing ran
+
+
+def test_a_second_result_for_one_call_changes_nothing() -> None:
+    """The fold takes the first result of a call; a duplicate (a log two writers raced
+    on, say) adds no second tool message and does not ask the model twice."""
+    created = ev.ErrandCreated(
+        title="t",
+        content=ev.Content(text="go", provenance=Provenance(kind="user")),
+        model="scripted:demo",
+        workspace="/tmp",
+    )
+    asked = ev.ModelResponded(
+        request_seq=2,
+        model="m",
+        tool_calls=[ev.ToolCall(call_id="c1", name="lookup", arguments={})],
+    )
+    result = ev.ToolResult(
+        call_id="c1",
+        tool="lookup",
+        ok=True,
+        content=ev.Content(text="r", provenance=Provenance(kind="tool")),
+    )
+    p = Progress.empty("e")
+    for seq, event in enumerate(
+        [created, ev.ModelRequested(model="m", tools_hash="h"), asked, result], start=1
+    ):
+        p.apply(seq, event)
+    assert [m.role for m in p.messages] == ["user", "assistant", "tool"] and p.needs_model
+    p.needs_model = False  # (as if the next request went out)
+    p.apply(5, result)
+    assert [m.role for m in p.messages] == ["user", "assistant", "tool"]
+    assert not p.needs_model
 
 
 async def test_two_runners_never_run_one_errand(

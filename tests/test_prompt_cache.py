@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from helpers.kit import harness_for
 from sim.anthropic_server import AnthropicSim
 from sim.core import SimServer, Turn, call
 from sim.gemini_server import GeminiSim
@@ -310,7 +311,6 @@ async def test_real_errand_through_the_runner_is_served_from_cache(
     from errands.core import events as ev
     from errands.core.states import ErrandState
     from errands.engine.operations import create_errand
-    from errands.engine.runner import Runner
     from errands.policy.hook import AllowAll
     from errands.tools.toolset import FunctionToolset
 
@@ -334,7 +334,9 @@ async def test_real_errand_through_the_runner_is_served_from_cache(
             sim.script(Turn(tool_calls=(call("read_page", {"page": k}),)))
         sim.script("All pages read.")
         model = provider.make_model(sim)
-        runner = Runner(store, settings, registry, AllowAll(), models=lambda spec: model)
+        runner = harness_for(
+            store, settings, tools=registry, model=model, policy=AllowAll()
+        ).runner()
         eid = await create_errand(store, settings, "Read the archive.", model="scripted:demo")
         view = await runner.run_errand(eid)
         assert view.state is ErrandState.done, view

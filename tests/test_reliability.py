@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from helpers.kit import harness_for
 from sim.anthropic_server import AnthropicSim
 from sim.core import RecordedRequest, SimLimits, SimServer, Turn, approx_tokens, call
 from sim.gemini_server import GeminiSim
@@ -34,7 +35,6 @@ from errands.core import events as ev
 from errands.core.events import EffectClass, Usage
 from errands.core.states import ErrandState, ErrandView
 from errands.engine.operations import create_errand
-from errands.engine.runner import Runner
 from errands.models.protocol import Message, ModelError, ModelRequest
 from errands.models.spec import ModelSpecError, resolve_model
 from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
@@ -84,7 +84,8 @@ async def run_errand(
     text: str = "find the rent",
     registry: FunctionToolset | None = None,
 ) -> ErrandView:
-    runner = Runner(store, settings, registry or lookup_registry(), AllowAll())
+    tools = registry or lookup_registry()
+    runner = harness_for(store, settings, tools=tools, policy=AllowAll()).runner()
     eid = await create_errand(store, settings, text, model=model)
     return await runner.run_errand(eid)
 
@@ -679,7 +680,7 @@ async def _burst(
             await asyncio.sleep(0.01)
             late.append(time.monotonic() - t - 0.01)
 
-    runner = Runner(store, s, FunctionToolset(), AllowAll())
+    runner = harness_for(store, s, tools=FunctionToolset(), policy=AllowAll()).runner()
     ids = [await create_errand(store, s, f"errand {i}", model="sim:gpt-sim") for i in range(n)]
     prober = asyncio.create_task(probe())
     assert len(await runner.claim()) == n

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import CLI
+from helpers.kit import harness_for
 from helpers.server import ServerProc, Sink, clean_env, write_config
 from seams import child_env
 from seams.controls import reset_nothing
@@ -31,7 +32,6 @@ from sim.openai_server import OpenAIChatSim
 from errands.config import ProviderSettings, Settings
 from errands.core.states import ErrandState
 from errands.engine.operations import create_errand
-from errands.engine.runner import Runner
 from errands.models.protocol import Message, Model, ModelRequest
 from errands.models.spec import resolve_model
 from errands.models.streaming import AttemptText, ErrandText, TextStream
@@ -189,7 +189,9 @@ async def test_the_loop_passes_the_reset_to_its_listener(
     )
     s = settings.model_copy(update={"providers": {"sim": endpoint}})
     listener = Listener()
-    runner = Runner(store, s, FunctionToolset(), AllowAll(), on_text=listener)
+    runner = harness_for(store, s, tools=FunctionToolset(), policy=AllowAll()).runner(
+        on_text=listener
+    )
     errand_id = await create_errand(store, s, "what is the rent?", model="sim:gpt-sim")
     view = await runner.run_errand(errand_id)
     assert view.state is ErrandState.done and view.result == ANSWER

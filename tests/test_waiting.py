@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers.kit import Ledger, call, ledger_registry, script
+from helpers.kit import Ledger, call, harness_for, ledger_registry, script
 
 from errands.config import Settings
 from errands.core.states import ErrandState
@@ -64,9 +64,8 @@ async def _to_waiting(store: Store, settings: Settings, runner: Runner, n: int) 
 
 async def _wait_many(store: Store, settings: Settings, tmp_path: Path, n: int) -> None:
     model = script({"text": "sending", "tool_calls": [call("send_message", to="bob", body="hi")]})
-    runner = Runner(
-        store, settings, ledger_registry(Ledger(tmp_path / "l")), Policy(), models=lambda s: model
-    )
+    tools = ledger_registry(Ledger(tmp_path / "l"))
+    runner = harness_for(store, settings, tools=tools, model=model, policy=Policy()).runner()
     proc = psutil.Process()
     await _to_waiting(store, settings, runner, WARM_UP)
     tasks_before = len(asyncio.all_tasks())

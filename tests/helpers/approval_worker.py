@@ -25,7 +25,7 @@ from seams.faults import arm_from_spec
 
 from errands.config import load_settings
 from errands.engine.operations import create_errand
-from errands.engine.runner import Runner
+from errands.harness import build
 from errands.policy.approvals import Approvals
 from errands.policy.rules import Policy
 from errands.store.sqlite import SQLiteStore
@@ -43,14 +43,15 @@ async def main(home: str, ledger: str, mode: str, errand_id: str | None, control
     store = SQLiteStore(settings.db_path)
     model = script(*TURNS)
     registry = ledger_registry(Ledger(Path(ledger)))
-    runner = Runner(
-        store,
+    harness = build(
         settings,
-        registry,
-        Policy(),
+        store=store,
+        toolsets=[registry],
+        builtins=False,
+        policy=Policy(),
         models=lambda s: model,
-        loop_class=LOOPS[control] if control else None,
     )
+    runner = harness.runner(loop_class=LOOPS[control] if control else None)
     if mode == "start":
         errand_id = await create_errand(store, settings, "tell bob hi", model="scripted:demo")
         view = await runner.run_errand(errand_id)
