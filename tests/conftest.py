@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from backends import BACKENDS, backend
 
 from errands.config import Settings, load_settings
 from errands.store import Store
-from errands.store.sqlite import SQLiteStore
 
 pytest_plugins = ["sim.fixtures"]
 
@@ -36,23 +36,9 @@ def settings(home: Path) -> Settings:
     return load_settings(home)
 
 
-def _sqlite(settings: Settings) -> Store:
-    return SQLiteStore(settings.db_path)
-
-
-STORES = {"sqlite": _sqlite}  # backend -> how a test opens a fresh store of that backend
-BACKENDS = [
-    b.strip() for b in os.environ.get("ERRANDS_TEST_BACKENDS", ",".join(STORES)).split(",") if b
-]
-
-
-def open_test_store(backend: str, settings: Settings) -> Store:
-    try:
-        return STORES[backend](settings)
-    except KeyError:
-        raise pytest.UsageError(
-            f"unknown store backend {backend!r} (known: {sorted(STORES)})"
-        ) from None
+def open_test_store(name: str, settings: Settings) -> Store:
+    """A fresh store of backend *name* for the home of *settings*."""
+    return backend(name).open(settings.home, None)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,6 +1,6 @@
-"""Property-based tests of the SQLite store, on a real database file.
+"""Property-based tests of the store, on every backend (tests/backends.py), on real files.
 
-A hypothesis state machine drives one :class:`SQLiteStore` with creates, appends by
+A hypothesis state machine drives one store (one machine per backend) with creates, appends by
 lease owners and by outsiders, concurrent appends that share a group-commit batch,
 lease acquire / renew / release / expiry under a fake clock, purges, re-opens and
 crashes, and checks after every step that:
@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sqlite3
 import tempfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from backends import BACKENDS, backend
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -44,9 +44,8 @@ from errands.core import events as ev
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.states import ErrandState, ErrandView, apply, fold
 from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
-from errands.store import StoredEvent
+from errands.store import Store, StoredEvent
 from errands.store.purge import PURGED, purged
-from errands.store.sqlite import SQLiteStore
 
 T = TypeVar("T")
 
@@ -173,15 +172,19 @@ def _dump(view: ErrandView) -> dict[str, Any]:
 
 
 class _Machine(RuleBasedStateMachine):
-    """The store against a model: expected logs, expected leases, expected wake-ups."""
+    """The store against a model: expected logs, expected leases, expected wake-ups.
+    One machine per backend (``BACKEND``, see the end of this section)."""
+
+    BACKEND = "sqlite"
 
     def __init__(self) -> None:
         super().__init__()
+        self.backend = backend(self.BACKEND)
         self.tmp = Path(tempfile.mkdtemp(prefix="errands-props-"))
-        self.path = self.tmp / "errands.db"
+        self.dir = self.tmp / "store"
         self.now = 1_000.0
         self.loop = asyncio.new_event_loop()
-        self.store = SQLiteStore(self.path, clock=lambda: self.now)
+        self.store = self.open()
         # the model
         self.logs: dict[str, list[dict[str, Any]]] = {}  # errand -> dumped events, seq = index+1
         self.leases: dict[str, tuple[str, float]] = {}  # errand -> (owner, expires_at)
@@ -192,6 +195,10 @@ class _Machine(RuleBasedStateMachine):
         self.wakeup_cursor = 0
 
     # -- helpers
+
+    def open(self) -> Store:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self.backend.open(self.dir, lambda: self.now)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
@@ -336,14 +343,9 @@ class _Machine(RuleBasedStateMachine):
                 self.run(self.store.view(errand_id))
 
     @invariant()
-    def one_lease_holder_at_most(self) -> None:
-        conn = sqlite3.connect(self.path)
-        try:
-            rows = conn.execute("SELECT errand_id, owner, expires_at FROM leases").fetchall()
-        finally:
-            conn.close()
-        # (errand_id is the table's primary key: one row, so one holder, per errand)
-        assert {r[0]: (r[1], r[2]) for r in rows} == self.leases
+    def the_leases_are_the_models(self) -> None:
+        held = {e: self.run(self.store.lease_holder(e)) for e in ERRANDS}
+        assert {e: h for e, h in held.items() if h is not None} == self.leases
 
     def teardown(self) -> None:
         try:
@@ -379,20 +381,15 @@ class StoreMachine(_Machine):
     def concurrent_appends(self, data: st.DataObject, n: int) -> None:
         """Several appends submitted at once, held back so that they share one batch."""
         ops = [(*self.draw_writer(data), data.draw(event_lists)) for _ in range(n)]
-        blocker = sqlite3.connect(self.path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")  # the writer waits for the lock; ops pile up
 
         async def go() -> list[list[int] | BaseException]:
-            tasks = [asyncio.ensure_future(self.store.append(e, b, owner=o)) for e, o, b in ops]
-            await asyncio.sleep(0.02)
-            blocker.execute("ROLLBACK")
+            with self.backend.hold_commits(self.dir):  # the writer waits: ops pile up
+                tasks = [asyncio.ensure_future(self.store.append(e, b, owner=o)) for e, o, b in ops]
+                await asyncio.sleep(0.02)
             return await asyncio.gather(*tasks, return_exceptions=True)
 
-        commits = self.store.stats.commits
-        try:
-            outcomes = self.run(go())
-        finally:
-            blocker.close()
+        commits = self.store.stats.commits  # type: ignore[attr-defined]
+        outcomes = self.run(go())
         # queued in submission order, run in that order: the model follows it
         for (errand_id, owner, batch), outcome in zip(ops, outcomes, strict=True):
             # (an earlier op of the batch may not change a later one's lease: appends don't)
@@ -404,7 +401,8 @@ class StoreMachine(_Machine):
                 self.record(errand_id, batch, outcome)
                 if owner is None:
                     self.woken.append(errand_id)
-        assert self.store.stats.commits - commits < len(ops), "the appends shared a commit"
+        shared = self.store.stats.commits - commits < len(ops)  # type: ignore[attr-defined]
+        assert shared, "the appends shared a commit"
         self.snapshot()
 
     # -- rules: leases under a fake clock
@@ -427,19 +425,17 @@ class StoreMachine(_Machine):
     @rule()
     def reopen(self) -> None:
         self.run(self.store.close())
-        self.store = SQLiteStore(self.path, clock=lambda: self.now)
+        self.store = self.open()
 
     @rule()
     def crash(self) -> None:
-        """The files as SIGKILL would leave them: db and WAL as they are, no clean close."""
-        target = Path(tempfile.mkdtemp(dir=self.tmp)) / "errands.db"
-        for suffix in ("", "-wal"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                shutil.copyfile(src, str(target) + suffix)
+        """The store as SIGKILL would leave it (for SQLite: the file and its WAL as they
+        are, no clean close), opened again -- which recovers what was committed."""
+        target = Path(tempfile.mkdtemp(dir=self.tmp))
+        self.backend.crash_copy(self.dir, target)
         old = self.store
-        self.path = target
-        self.store = SQLiteStore(self.path, clock=lambda: self.now)  # recovers the WAL
+        self.dir = target
+        self.store = self.open()
         self.run(old.close())
 
     # -- invariants
@@ -499,28 +495,29 @@ _PHASES = (
     if os.environ.get("ERRANDS_SHRINK")
     else tuple(p for p in Phase if p is not Phase.shrink)
 )
-StoreMachine.TestCase.settings = settings(
-    max_examples=25,
-    stateful_step_count=20,
-    deadline=None,
-    phases=_PHASES,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-TestStoreMachine = StoreMachine.TestCase
 
 
 class LeaseMachine(_Machine):
     """Only creates, appends and leases: more steps among the lease rules and their edges."""
 
 
-LeaseMachine.TestCase.settings = settings(
-    max_examples=30,
-    stateful_step_count=30,
-    deadline=None,
-    phases=_PHASES,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-TestLeaseMachine = LeaseMachine.TestCase
+def _on_every_backend(machine: type[_Machine], examples: int, steps: int) -> None:
+    """``Test<Machine>_<backend>``: the machine's test case for each backend."""
+    for name in BACKENDS:
+        variant = type(f"{machine.__name__}_{name}", (machine,), {"BACKEND": name})
+        case = variant.TestCase
+        case.settings = settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            deadline=None,
+            phases=_PHASES,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        globals()[f"Test{machine.__name__}_{name}"] = case
+
+
+_on_every_backend(StoreMachine, examples=25, steps=20)
+_on_every_backend(LeaseMachine, examples=30, steps=30)
 
 
 # --- plain properties -------------------------------------------------------------------
@@ -578,8 +575,8 @@ def test_a_purge_keeps_the_shape_and_removes_the_private_content(batch: list[ev.
     created = _created("private things")
     before = [e.model_dump(mode="json") for e in [created, *batch]]
 
-    async def go(path: Path) -> None:
-        store = SQLiteStore(path)
+    async def go(directory: Path, name: str) -> None:
+        store = backend(name).open(directory, None)
         try:
             await store.create("p", created)
             await store.append("p", batch)
@@ -593,7 +590,8 @@ def test_a_purge_keeps_the_shape_and_removes_the_private_content(batch: list[ev.
 
     tmp = Path(tempfile.mkdtemp(prefix="errands-purge-"))
     try:
-        asyncio.run(go(tmp / "errands.db"))
+        for name in BACKENDS:
+            asyncio.run(go(tmp / name, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
