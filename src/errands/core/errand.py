@@ -1,9 +1,9 @@
-"""An errand as people and machines see it: one model, every JSON shape made from it.
+"""An errand as people and machines see it: every JSON shape errands shows, in one place.
 
-:class:`Errand` is built from an :class:`~errands.core.states.ErrandView` (the fold of
-the log) and produces each shape errands shows:
+Each is built from the errand's :class:`~errands.core.states.ErrandView` (the fold of the
+log) -- :class:`Errand` in full, :class:`ErrandSummary` for lists:
 
-- :meth:`Errand.summary` -- the API's errand (``GET /api/errands``), :class:`ErrandSummary`;
+- :meth:`ErrandSummary.of` -- the API's errand (``GET /api/errands``);
 - :meth:`Errand.row` -- a line of ``errands ls --json``;
 - :meth:`ErrandSummary.inbox_row` -- a line of ``errands inbox --json``;
 - :meth:`Errand.detail` -- ``errands show --json`` and ``errands run --json``.
@@ -163,24 +163,6 @@ class Errand(BaseModel):
             reason=view.reason or None,
             last_seq=view.last_seq,
             approvals=[ApprovalOut.of(p, view.title) for p in view.pending.values()],
-        )
-
-    def summary(self) -> ErrandSummary:
-        return ErrandSummary(
-            id=self.id,
-            status=self.status,
-            title=self.title,
-            model=self.model,
-            parent=self.parent,
-            created_at=self.created_at,
-            updated_at=self.updated_at,
-            steps=self.steps,
-            usage=self.usage,
-            cost_usd=self.cost_usd,
-            result=self.result,
-            reason=self.reason,
-            pending_approvals=len(self.approvals),
-            last_seq=self.last_seq,
         )
 
     def row(self) -> dict[str, Any]:

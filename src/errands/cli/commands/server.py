@@ -15,7 +15,7 @@ import typer
 from errands.cli import remote
 from errands.cli.common import JsonOpt, fail, out, server_for_home, settings, with_harness
 from errands.cli.render import approval_card, errands_table
-from errands.core.errand import ApprovalOut, Errand, ErrandSummary
+from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import ErrandState, ErrandView
 from errands.errors import ErrandsError
 from errands.harness import Harness
@@ -96,7 +96,7 @@ def inbox(
             return [ApprovalOut.of(p, titles[p.errand_id]) for p in pending], recent
 
         items, views = with_harness(go)
-        summaries = [Errand.of(v).summary() for v in views]
+        summaries = [ErrandSummary.of(v) for v in views]
     if as_json:
         sys.stdout.write(
             json.dumps(
