@@ -23,7 +23,7 @@ from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 
 if TYPE_CHECKING:
-    from errands.store.protocol import StoredEvent
+    from errands.store.protocol import StoredEvent, StoreReader
 
 __all__ = ["ApprovalOut", "Errand", "ErrandSummary"]
 
@@ -47,28 +47,26 @@ class ApprovalOut(BaseModel):
 
     @classmethod
     def of(cls, p: PendingApproval, title: str) -> ApprovalOut:
-        return cls(
-            id=p.id,
-            errand_id=p.errand_id,
-            errand_title=title,
-            seq=p.seq,
-            call_id=p.call_id,
-            tool=p.tool,
-            arguments=p.arguments,
-            args_hash=p.args_hash,
-            effect=p.effect,
-            reason=p.reason,
-            rule=p.rule,
-            preview=p.preview,
-            at=p.at,
-        )
+        return cls(id=p.id, errand_title=title, **p.model_dump())
+
+    @classmethod
+    async def waiting(
+        cls, store: StoreReader, titles: dict[str, str] | None = None
+    ) -> list[ApprovalOut]:
+        """Every approval waiting in *store*, with its errand's title; *titles* holds the
+        titles already known (it is filled in with those read: titles never change)."""
+        known = {} if titles is None else titles
+        out = []
+        for p in await store.pending_approvals():
+            title = known.get(p.errand_id)
+            if title is None:
+                title = known[p.errand_id] = (await store.view(p.errand_id)).title
+            out.append(cls.of(p, title))
+        return out
 
     def pending(self) -> PendingApproval:
         """Back to the approval itself (what a client got from the API, say)."""
-        fields = PendingApproval.model_fields
-        return PendingApproval.model_validate(
-            {k: v for k, v in self.model_dump().items() if k in fields}
-        )
+        return PendingApproval.model_validate(self.model_dump(exclude={"id", "errand_title"}))
 
 
 class ErrandSummary(BaseModel):
@@ -124,44 +122,19 @@ class ErrandSummary(BaseModel):
         }
 
 
-class Errand(BaseModel):
-    """Everything errands shows about one errand."""
+class Errand(ErrandSummary):
+    """Everything errands shows about one errand: its summary, and more."""
 
-    id: str
-    status: ErrandState
-    title: str
-    model: str
     workspace: str
-    parent: str | None
-    created_at: float
-    updated_at: float
-    steps: int
-    usage: ev.Usage
-    cost_usd: float
     budget_usd: float | None  # its max_cost_usd (descendants included), or None
-    result: str | None
-    reason: str | None
-    last_seq: int
     approvals: list[ApprovalOut]
 
     @classmethod
     def of(cls, view: ErrandView) -> Errand:
         return cls(
-            id=view.id,
-            status=view.state,
-            title=view.title,
-            model=view.model,
+            **ErrandSummary.of(view).model_dump(),
             workspace=view.workspace,
-            parent=view.parent,
-            created_at=view.created_at,
-            updated_at=view.updated_at,
-            steps=view.steps,
-            usage=view.usage,
-            cost_usd=view.usage.cost_usd,
             budget_usd=view.budget_usd,
-            result=view.result,
-            reason=view.reason or None,
-            last_seq=view.last_seq,
             approvals=[ApprovalOut.of(p, view.title) for p in view.pending.values()],
         )
 
@@ -174,7 +147,7 @@ class Errand(BaseModel):
             "created_at": self.created_at,
             "steps": self.steps,
             "cost_usd": self.cost_usd,
-            "pending_approvals": len(self.approvals),
+            "pending_approvals": self.pending_approvals,
         }
 
     def detail(self, events: Sequence[StoredEvent] | None = None) -> dict[str, Any]:

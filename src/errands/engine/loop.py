@@ -168,15 +168,16 @@ class Loop:
             await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
             return
         model = self.models(p.view.model)
+        tools = self.dispatch.toolset.tools(p.view)
         if p.open_request_seq is None:
-            tools_hash = self.dispatch.toolset.tools(p.view).fingerprint
-            await self._append(p, [ev.ModelRequested(model=model.name, tools_hash=tools_hash)])
+            requested = ev.ModelRequested(model=model.name, tools_hash=tools.fingerprint)
+            await self._append(p, [requested])
         request_seq = p.open_request_seq
         assert request_seq is not None
         request = ModelRequest(
             system=self.settings.system_prompt,
             messages=tuple(p.messages),
-            tools=self.dispatch.toolset.tools(p.view).schemas,
+            tools=tools.schemas,
             max_tokens=self.settings.max_tokens,
             reasoning=self.settings.reasoning,
             errand_id=p.errand_id,

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from errands.config import Settings
-from errands.errors import NotFound
 from errands.harness import Harness
 from errands.models.keys import DEFAULT_KEY_ENVS, find_key
 from errands.server.auth import Security
@@ -28,7 +27,8 @@ class ServerContext:
     # claim runnable errands now (set when errands run in this process)
     nudge_runner: Callable[[], None] | None = None
 
-    _titles: dict[str, str] = field(default_factory=dict, repr=False)
+    # errand -> title, for the approval cards (titles never change)
+    titles: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def store(self) -> Store:
@@ -37,19 +37,6 @@ class ServerContext:
     @property
     def settings(self) -> Settings:
         return self.harness.settings
-
-    async def title(self, errand_id: str) -> str:
-        """An errand's title (titles never change: cached)."""
-        title = self._titles.get(errand_id)
-        if title is None:
-            try:
-                title = (await self.store.view(errand_id)).title
-            except NotFound:
-                return ""
-            if len(self._titles) >= 100_000:
-                self._titles.clear()
-            self._titles[errand_id] = title
-        return title
 
     def nudge(self) -> None:
         """Something became runnable (a new errand, a decision, a message)."""

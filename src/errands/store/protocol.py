@@ -13,7 +13,7 @@ SQLite backend (:mod:`errands.store.sqlite`) fills in the SQL.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from errands.core import events as ev
@@ -59,14 +59,7 @@ class BudgetStatus:
     left_usd: float | None  # what new calls may still reserve today (None: no cap)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "day": self.day,
-            "spent_usd": self.spent_usd,
-            "reserved_usd": self.reserved_usd,
-            "calls_in_flight": self.calls_in_flight,
-            "daily_usd": self.daily_usd,
-            "left_usd": self.left_usd,
-        }
+        return asdict(self)
 
 
 # An extra check run inside the append's transaction, on the errand's current view,

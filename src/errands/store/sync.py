@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -29,7 +29,9 @@ T = TypeVar("T")
 
 
 class BlockingStore:
-    def __init__(self, store: Store | None = None, *, make: Any = None) -> None:
+    def __init__(
+        self, store: Store | None = None, *, make: Callable[[], Store] | None = None
+    ) -> None:
         """Wrap *store*, or the store *make()* opens on the bridge's own loop (a store
         whose commit listeners must live on that loop)."""
         self._loop = asyncio.new_event_loop()
@@ -37,7 +39,11 @@ class BlockingStore:
             target=self._loop.run_forever, name="errands-blocking-store", daemon=True
         )
         self._thread.start()
-        self.store: Store = store if store is not None else self.run(_made(make))
+        if store is None:
+            if make is None:
+                raise TypeError("BlockingStore needs a store, or make= to open one")
+            store = self.run(_opened(make))
+        self.store: Store = store
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run *coro* on the bridge's loop and wait for its result."""
@@ -105,6 +111,5 @@ class BlockingStore:
         self.close()
 
 
-async def _made(make: Any) -> Store:
-    store: Store = make()
-    return store
+async def _opened(make: Callable[[], Store]) -> Store:
+    return make()  # (on the bridge's loop: a store subscribes its listeners to it)

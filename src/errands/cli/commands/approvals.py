@@ -36,12 +36,7 @@ def approvals(as_json: JsonOpt = False) -> None:
         return
 
     async def go(h: Harness) -> list[ApprovalOut]:
-        pending = await h.store.pending_approvals()
-        titles: dict[str, str] = {}
-        for p in pending:
-            if p.errand_id not in titles:
-                titles[p.errand_id] = (await h.store.view(p.errand_id)).title
-        return [ApprovalOut.of(p, titles[p.errand_id]) for p in pending]
+        return await ApprovalOut.waiting(h.store)
 
     items = with_harness(go)
     if as_json:

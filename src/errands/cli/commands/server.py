@@ -87,13 +87,9 @@ def inbox(
     else:
 
         async def go(h: Harness) -> tuple[list[ApprovalOut], list[ErrandView]]:
-            pending = await h.store.pending_approvals()
             recent = await h.store.list_errands(limit=limit)
             titles = {v.id: v.title for v in recent}
-            for p in pending:
-                if p.errand_id not in titles:
-                    titles[p.errand_id] = (await h.store.view(p.errand_id)).title
-            return [ApprovalOut.of(p, titles[p.errand_id]) for p in pending], recent
+            return await ApprovalOut.waiting(h.store, titles), recent
 
         items, views = with_harness(go)
         summaries = [ErrandSummary.of(v) for v in views]
