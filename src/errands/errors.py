@@ -22,6 +22,8 @@ The table, shared by the CLI and the API:
 | ``NotFound``                   | 404  | no such errand (or approval)                         |
 | ``LeaseLost``                  | 409  | (internal) another process took the errand over      |
 | ``SchemaTooNew``               | 409  | the store was written by a newer errands             |
+| ``StoreUnavailable``           | 503  | the disk is full, locked or failing: try again later |
+| ``StoreDamaged``               | 503  | the store failed its integrity check                 |
 
 Tool errors (:class:`errands.tools.tool.ToolError`) are not here: they go to the
 model, as the result of its call.
@@ -41,7 +43,9 @@ __all__ = [
     "LeaseLost",
     "NotFound",
     "SchemaTooNew",
+    "StoreDamaged",
     "StoreError",
+    "StoreUnavailable",
     "UserError",
     "http_status",
 ]
@@ -97,6 +101,22 @@ class EditRefused(ApprovalRefused):
     a conflict): nothing was written."""
 
     http_status = 422
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot write (or read) right now -- a full disk, another process
+    holding the write lock, an I/O error: a condition of the world that errands waits
+    out, never a bug. Nothing was written; the same request may succeed later."""
+
+    http_status = 503
+    retry_after: ClassVar[int] = 5  # seconds, for a client's Retry-After
+
+
+class StoreDamaged(StoreError):
+    """The store failed its integrity check; the message names the way out (restore
+    from a backup). errands refuses to run on it rather than answer wrongly."""
+
+    http_status = 503
 
 
 def http_status(exc: BaseException) -> int | None:
