@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs import spend as money
-from errands.errors import NotFound, StoreError
+from errands.errors import NotFound, StoreError, StoreUnavailable
+from errands.store import health
 from errands.store.base import (
     COLUMNS,
     BaseStore,
@@ -44,6 +46,8 @@ from errands.store.sqlite.connection import (
     begin_immediate,
     checkpointer,
     connect,
+    probe_write,
+    unavailable,
     writer_connection,
 )
 from errands.store.sqlite.migrations import migrate
@@ -68,6 +72,46 @@ _SELECT_LOG = (
     " ON b.hash = e.blob WHERE e.errand_id = ?"
 )
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _reads(
+    fn: Callable[Concatenate[SQLiteStore, _P], _R],
+) -> Callable[Concatenate[SQLiteStore, _P], _R]:
+    """A read that meets a condition of the world (an I/O error, a file it cannot open)
+    raises StoreUnavailable, like a write."""
+
+    @functools.wraps(fn)
+    def read(self: SQLiteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            condition = unavailable(exc, self.path)
+            if condition is None:
+                raise
+            raise condition from exc
+
+    return read
+
+
+def _reads_async(
+    fn: Callable[Concatenate[SQLiteStore, _P], Coroutine[Any, Any, _R]],
+) -> Callable[Concatenate[SQLiteStore, _P], Coroutine[Any, Any, _R]]:
+    """:func:`_reads`, for a read that is a coroutine."""
+
+    @functools.wraps(fn)
+    async def read(self: SQLiteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            condition = unavailable(exc, self.path)
+            if condition is None:
+                raise
+            raise condition from exc
+
+    return read
+
 
 class SQLiteStore(BaseStore):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
@@ -86,8 +130,7 @@ class SQLiteStore(BaseStore):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._data_version = -1
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._wconn = writer_connection(self.path, migrate)
+        self._wconn = _open_writer(self.path)
         try:
             cconn = connect(self.path)
         except BaseException:
@@ -107,8 +150,13 @@ class SQLiteStore(BaseStore):
 
     # ---------------------------------------------------------------- transactions
 
+    _changes = 0  # the writer connection's total_changes when its transaction began
+
     def _begin(self) -> sqlite3.Connection:
-        begin_immediate(self._wconn, self._tell)  # (tell committed callers while waiting)
+        locked = self.unavailable is not None and self.unavailable.condition == "locked"
+        # (tell committed callers while waiting)
+        begin_immediate(self._wconn, self._tell, known_locked=locked)
+        self._changes = self._wconn.total_changes
         return self._wconn
 
     def _written_elsewhere(self, conn: sqlite3.Connection) -> bool:
@@ -125,6 +173,15 @@ class SQLiteStore(BaseStore):
     def _rollback(self, conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable | None:
+        return unavailable(exc, self.path)
+
+    def _wrote(self, conn: sqlite3.Connection) -> bool:
+        return conn.total_changes != self._changes
+
+    def _probe_write(self, tx: Tx) -> None:
+        probe_write(tx.conn)
 
     def _ask_restart(self) -> None:
         self._restart_wal = True
@@ -278,6 +335,7 @@ class SQLiteStore(BaseStore):
                 self._readers.append(conn)
         return conn
 
+    @_reads
     def _read_log(self, errand_id: str, after: int) -> list[StoredEvent]:
         rows = (
             self._reader()
@@ -289,12 +347,14 @@ class SQLiteStore(BaseStore):
             for seq, body, blob, data in rows
         ]
 
+    @_reads
     def _read_view(self, errand_id: str) -> ErrandView:
         row = self._reader().execute(_SELECT_VIEW + " WHERE id = ?", (errand_id,)).fetchone()
         if row is None:
             raise NotFound(f"no errand {errand_id}")
         return _view_from_row(row)
 
+    @_reads_async
     async def find(self, prefix: str) -> str:
         rows = (
             self._reader()
@@ -310,6 +370,7 @@ class SQLiteStore(BaseStore):
             raise NotFound(f"{prefix} matches several errands; give more of the id")
         return str(rows[0][0])
 
+    @_reads
     def _list(self, states: Sequence[ErrandState] | None, limit: int) -> list[ErrandView]:
         sql = _SELECT_VIEW
         params: list[Any] = []
@@ -325,6 +386,7 @@ class SQLiteStore(BaseStore):
     ) -> list[ErrandView]:
         return await asyncio.to_thread(self._list, states, limit)
 
+    @_reads
     def _pending(self) -> list[PendingApproval]:
         rows = (
             self._reader()
@@ -339,6 +401,7 @@ class SQLiteStore(BaseStore):
     async def pending_approvals(self) -> list[PendingApproval]:
         return await asyncio.to_thread(self._pending)
 
+    @_reads_async
     async def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
         row = (
             self._reader()
@@ -347,6 +410,7 @@ class SQLiteStore(BaseStore):
         )
         return None if row is None else (str(row[0]), float(row[1]))
 
+    @_reads_async
     async def wakeups(self, after: int) -> tuple[int, list[str]]:
         reader = self._reader()
         rows = reader.execute(
@@ -359,6 +423,7 @@ class SQLiteStore(BaseStore):
             return after, []
         return int(rows[-1][0]), list(dict.fromkeys(r[1] for r in rows))
 
+    @_reads
     def _usage(self, since: float, errand_id: str | None) -> list[UsageRow]:
         sql = (
             "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
@@ -378,6 +443,7 @@ class SQLiteStore(BaseStore):
     async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
         return await asyncio.to_thread(self._usage, since, errand_id)
 
+    @_reads
     def _budget_now(self, now: float, daily: bool) -> tuple[int, int, int]:
         reader = self._reader()
         row = reader.execute(
@@ -390,9 +456,11 @@ class SQLiteStore(BaseStore):
             held, calls = spend.held_all(reader, now)
         return spent, held, calls
 
+    @_reads
     def _all_ids(self) -> list[str]:
         return [str(r[0]) for r in self._reader().execute("SELECT DISTINCT errand_id FROM events")]
 
+    @_reads
     def _integrity_extra(self) -> list[str]:
         reader = self._reader()
         problems = []
@@ -426,6 +494,27 @@ class SQLiteStore(BaseStore):
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._readers.clear()
+
+
+def _open_writer(path: str) -> sqlite3.Connection:
+    """The writer's connection, migrated, after the checks every open makes: a file
+    that is not a database or is truncated is refused as damaged
+    (:mod:`errands.store.health`), and so is one SQLite finds malformed while
+    migrating; a home this user cannot write is refused saying so."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise health.not_writable(path, exc.strerror or str(exc)) from None
+    problem = health.header_problem(path)
+    if problem is not None:
+        raise health.damaged(path, problem)
+    try:
+        return writer_connection(path, migrate)
+    except sqlite3.Error as exc:
+        explained = health.explain(path, exc)
+        if explained is None:
+            raise
+        raise explained from exc
 
 
 def _view_from_row(row: Sequence[Any]) -> ErrandView:
