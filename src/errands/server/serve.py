@@ -1,7 +1,8 @@
 """``errands up``: one long-running process that runs errands and serves the inbox and API.
 
-Start-up: refuse if a server already runs for this ``ERRANDS_HOME``; load (or create)
-the token when one is needed; bind; release leases left by dead local processes;
+Start-up: take the home's exclusive lock (``ERRANDS_HOME/errands.lock``, held for the
+server's life: one server per home) or refuse; refuse a store that fails SQLite's
+``quick_check``; load (or create) the token when one is needed; bind; release leases left by dead local processes;
 start the runner (which claims every runnable errand) and the HTTP server; write
 ``ERRANDS_HOME/server.json`` (url, pid) so the CLI can find the server.
 
@@ -50,7 +51,8 @@ from errands.server.files import (
 from errands.server.hub import Hub, LiveText
 from errands.server.idempotency import IdempotencyStore
 from errands.server.worker import RunnerThread
-from errands.store import Store
+from errands.store import Store, health
+from errands.store.lock import HomeLock, try_lock
 
 __all__ = ["release_dead_leases", "run_server"]
 
@@ -135,21 +137,44 @@ def run_server(
 ) -> None:
     """Run until SIGINT/SIGTERM. Raises :class:`ServerRefused` if it cannot start."""
     home = settings.home
+    lock = _claim_home(home)  # held for the server's life; the kernel drops it at exit
+    try:
+        health.verify(settings.db_path)  # quick_check and the schema: refuse a damaged store
+        _serve(settings, host, port, echo)
+    finally:
+        lock.release()
+
+
+def _claim_home(home: Path) -> HomeLock:
+    """Make sure *home* is writable and take its exclusive lock (:mod:`errands.store.lock`),
+    or refuse: one server per home. Taking the lock is the check: two servers started at
+    the same instant cannot both pass it."""
     try:
         home.mkdir(parents=True, exist_ok=True)
         probe = home / f".write-test.{os.getpid()}"
         probe.touch()
         probe.unlink()
+        lock = try_lock(home)
     except OSError as exc:
         raise ServerRefused(
             f"ERRANDS_HOME {home} is not writable: {exc.strerror}; "
             "run errands up as the user who owns it, or choose another with --home"
         ) from None
-    running = live_server(home)
-    if running is not None:
+    if lock is None:
+        running = live_server(home)
+        if running is not None:
+            raise ServerRefused(
+                f"errands is already up for {home} at {running['url']} (pid {running['pid']})"
+            )
         raise ServerRefused(
-            f"errands is already up for {home} at {running['url']} (pid {running['pid']})"
+            f"errands is already up for {home} (still starting), or errands restore is "
+            "running on it; wait for it, or stop it"
         )
+    return lock
+
+
+def _serve(settings: Settings, host: str, port: int, echo: Callable[[str], None]) -> None:
+    home = settings.home
     need_token = not is_loopback(host) or settings.server.require_token
     token, created = load_token(home, create=True) if need_token else (None, False)
     security = Security(
