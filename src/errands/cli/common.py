@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -17,6 +18,7 @@ from errands.config import Settings, load_settings
 from errands.core.states import ErrandState
 from errands.errors import ErrandsError, UserError
 from errands.harness import Harness, build
+from errands.store import health, open_store, writable
 
 __all__ = [
     "BAD_INPUT",
@@ -84,10 +86,17 @@ def json_object(raw: str) -> dict[str, Any]:
     return value
 
 
-def with_harness(fn: Callable[[Harness], Coroutine[Any, Any, T]]) -> T:
-    """Build errands for this home, run *fn*, close; a refusal becomes one clear line."""
+def with_harness(fn: Callable[[Harness], Coroutine[Any, Any, T]], *, write: bool = True) -> T:
+    """Build errands for this home, run *fn*, close; a refusal becomes one clear line.
+
+    A command that only reads (``write=False``: ``ls``, ``show``, ``cost``) opens the
+    store read-only when this user cannot write the home, so another user's home (or a
+    read-only mount) can still be looked at. A store SQLite finds damaged while *fn*
+    reads it is explained as such, with the way out, rather than as a bug."""
     try:
-        harness = build(settings())
+        s = settings()
+        store = None if write or writable(s) else open_store(s, read_only=True)
+        harness = build(s, store=store)
     except ErrandsError as exc:
         fail(str(exc))
 
@@ -101,6 +110,11 @@ def with_harness(fn: Callable[[Harness], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(body())
     except ErrandsError as exc:
         fail(str(exc))
+    except sqlite3.Error as exc:
+        explained = health.explain(s.db_path, exc, writing=write)
+        if explained is None:
+            raise
+        fail(str(explained))
     except KeyboardInterrupt:
         err.print("[dim]interrupted; the errand is safe in the store (errands resume ID)[/dim]")
         raise typer.Exit(130) from None

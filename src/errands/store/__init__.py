@@ -8,6 +8,7 @@ default backend.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
@@ -36,12 +37,39 @@ __all__ = [
     "StoredEvent",
     "UsageRow",
     "open_store",
+    "writable",
 ]
 
 
-def open_store(settings: Settings, *, redactor: Redactor | None = None) -> Store:
+def open_store(
+    settings: Settings, *, redactor: Redactor | None = None, read_only: bool = False
+) -> Store:
     """The store of *settings*' home, opened (and migrated), with every secret the
-    environment holds redacted before it reaches the log (or *redactor*'s)."""
+    environment holds redacted before it reaches the log (or *redactor*'s).
+
+    *read_only*: open it for reading only, without migrating or writing anything, as a
+    user who cannot write the home may (:class:`~errands.store.sqlite.readonly.
+    ReadOnlySQLiteStore`); every write is refused."""
+    if read_only:
+        from errands.store.sqlite.readonly import ReadOnlySQLiteStore
+
+        return ReadOnlySQLiteStore(settings.db_path)
     from errands.store.sqlite import SQLiteStore
 
     return SQLiteStore(settings.db_path, redactor=redactor or Redactor(secret_env_values()))
+
+
+def writable(settings: Settings) -> bool:
+    """May this process write the home's store: the file and its WAL and shared-memory
+    files where they exist, and the directory SQLite makes them in (or the nearest
+    existing directory above a home not made yet)?"""
+    db = settings.db_path
+    where = db.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not os.access(where, os.W_OK | os.X_OK):
+        return False
+    return all(
+        not f.exists() or os.access(f, os.R_OK | os.W_OK)
+        for f in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))
+    )

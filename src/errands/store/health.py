@@ -37,6 +37,7 @@ __all__ = [
     "header_problem",
     "not_writable",
     "open_readonly",
+    "reader",
     "verify",
 ]
 
@@ -136,23 +137,47 @@ def open_readonly(path: str | Path, *, immutable: bool = False) -> sqlite3.Conne
     return conn
 
 
+def reader(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection that has read the schema: ``mode=ro``, or -- where this
+    user cannot make the ``-shm`` and there is no WAL to read -- ``immutable=1``."""
+    conn = open_readonly(path)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if _code(exc) in _DAMAGED or _wal_has_frames(Path(path)):
+            raise
+    conn = open_readonly(path, immutable=True)
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return conn
+
+
 @dataclass
 class Report:
-    """What :func:`check` found: problems (one line each, saying what to do), the
-    refusals among them (a damaged file, a newer schema), and notes."""
+    """What :func:`check` found: problems (one line each, saying what to do), notes,
+    and the reasons to refuse the file among the problems: *damage* (what is wrong with
+    it) and *newer* (it was written by a newer errands)."""
 
     path: Path
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    refusals: list[ErrandsError] = field(default_factory=list)
+    damage: str | None = None
+    newer: SchemaTooNew | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def refuse(self, error: ErrandsError) -> None:
-        self.refusals.append(error)
-        self.problems.append(str(error))
+    def refusal(self) -> ErrandsError | None:
+        """The error that refuses this file, if any."""
+        if self.damage is not None:
+            return damaged(self.path, self.damage)
+        return self.newer
+
+    def _damaged(self, detail: str) -> None:
+        self.damage = detail
+        self.problems.append(str(damaged(self.path, detail)))
 
 
 def _schema(conn: sqlite3.Connection) -> tuple[int, list[str]]:
@@ -170,7 +195,12 @@ def _schema(conn: sqlite3.Connection) -> tuple[int, list[str]]:
 
 
 def _pages_check(conn: sqlite3.Connection, pragma: str) -> str | None:
-    rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}({_SHOWN + 1})").fetchall()]
+    try:
+        rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}({_SHOWN + 1})").fetchall()]
+    except sqlite3.DatabaseError as exc:  # (a page too damaged to walk stops the check)
+        if _code(exc) not in _DAMAGED:
+            raise
+        return str(exc)
     if rows == ["ok"]:
         return None
     return "; ".join(rows[:_SHOWN]) + (" …" if len(rows) > _SHOWN else "")
@@ -196,36 +226,29 @@ def check(path: str | Path, *, full: bool = False) -> Report:
         return report
     problem = header_problem(p)
     if problem is not None:
-        report.refuse(damaged(p, problem))
+        report._damaged(problem)
         return report
     writable = os.access(p, os.W_OK) and os.access(p.parent, os.W_OK)
     try:
-        conn = open_readonly(p)
+        conn = reader(p)
         try:
-            try:
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            except sqlite3.OperationalError:
-                if writable or _wal_has_frames(p):
-                    raise
-                conn.close()  # no -shm can be made here, and there is no WAL: read as is
-                conn = open_readonly(p, immutable=True)
             found = _pages_check(conn, pragma)
             version, names = _schema(conn)
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        explained = explain(p, exc, writing=False)
-        if explained is not None:
-            report.refuse(explained)
+        if _code(exc) in _DAMAGED:
+            report._damaged(str(exc))
         else:
             report.problems.append(f"{p} cannot be read: {exc}")
         return report
     if found is not None:
-        report.refuse(damaged(p, f"{pragma}: {found}"))
+        report._damaged(f"{pragma}: {found}")
     try:
         todo = to_apply(MIGRATIONS, names, version)
     except SchemaTooNew as exc:
-        report.refuse(exc)
+        report.newer = exc
+        report.problems.append(str(exc))
     else:
         pending = f" ({', '.join(m.name for m in todo)} applied on next open)" if todo else ""
         report.notes.append(f"schema {len(MIGRATIONS) - len(todo)} of {len(MIGRATIONS)}{pending}")
@@ -244,6 +267,6 @@ def verify(path: str | Path) -> None:
     by a newer errands (:class:`SchemaTooNew`). O(size of the file): for ``errands up``
     and restores, not for every command. (A home this user cannot write is refused
     where it is written.)"""
-    report = check(path)
-    if report.refusals:
-        raise report.refusals[0]
+    refusal = check(path).refusal()
+    if refusal is not None:
+        raise refusal

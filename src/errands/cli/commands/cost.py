@@ -63,7 +63,7 @@ def cost(
             budget["errand"] = {"id": full, "budget_usd": view.budget_usd}
         return build_report(await store.usage(since=since, errand_id=full)), budget
 
-    report, budget = with_harness(go)
+    report, budget = with_harness(go, write=False)
     if as_json:
         sys.stdout.write(json.dumps({**report.as_dict(), "budget": budget}) + "\n")
         return

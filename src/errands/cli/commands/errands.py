@@ -109,7 +109,7 @@ def list_errands(
     async def go(h: Harness) -> list[ErrandView]:
         return await h.store.list_errands(states=state_filter, limit=limit)
 
-    views = with_harness(go)
+    views = with_harness(go, write=False)
     if as_json:
         sys.stdout.write(json.dumps([Errand.of(v).row() for v in views]) + "\n")
     elif not views:
@@ -138,7 +138,7 @@ def show(errand_id: IdArg, as_json: JsonOpt = False) -> None:
             f"${view.usage.cost_usd:.4f}[/dim]"
         )
 
-    with_harness(go)
+    with_harness(go, write=False)
 
 
 def cancel(
