@@ -1,21 +1,24 @@
-"""``errands models`` (what is configured) and ``errands doctor`` (does it work).
+"""``errands models`` (what is configured) and ``errands doctor`` (does it work: the
+store, and every provider).
 
-Neither
-ever prints a key: only whether it is set, under which variable, and from where.
+Neither ever prints a key: only whether it is set, under which variable, and from where.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from errands.cli.commands import store as store_commands
 from errands.cli.common import JsonOpt, fail, out, settings
 from errands.errors import ErrandsError
+from errands.models.inventory import Check, inventory
 from errands.models.inventory import doctor as run_doctor
-from errands.models.inventory import inventory
+from errands.store import health
 
 __all__ = ["register"]
 
@@ -62,10 +65,12 @@ def doctor(
         float, typer.Option("--timeout", help="Seconds to wait for each endpoint.", min=0.1)
     ] = 5.0,
 ) -> None:
-    """Check each configured provider: key present, endpoint reachable and accepting the
-    key, model names known. One line per problem, saying what to fix; exit 1 if any."""
+    """Check the store (SQLite's full integrity_check, the schema, permissions) and each
+    configured provider: key present, endpoint reachable and accepting the key, model
+    names known. One line per problem, saying what to fix; exit 1 if any."""
     try:
-        checks = run_doctor(settings(), timeout=timeout)
+        s = settings()
+        checks = [_store_check(s.db_path), *run_doctor(s, timeout=timeout)]
     except ErrandsError as exc:
         fail(str(exc))
     problems = [p for c in checks for p in c.problems]
@@ -84,6 +89,14 @@ def doctor(
         raise typer.Exit(1)
 
 
+def _store_check(db: Path) -> Check:
+    """The store, checked in full (O(size of the file): doctor only)."""
+    report = health.check(db, full=True)
+    return Check("store file", report.ok, problems=report.problems, notes=[str(db), *report.notes])
+
+
 def register(app: typer.Typer) -> None:
     app.command()(models)
     app.command()(doctor)
+    # (backup and restore are registered here, beside doctor, to leave cli/app.py alone)
+    store_commands.register(app)
