@@ -51,6 +51,9 @@ BACKUP_ENV = "RELIABILITY_BACKUP_KEY"
 
 
 def endpoint(sim: SimServer, kind: str, key_env: str = KEY_ENV, **kw: Any) -> ProviderSettings:
+    # errands waits out a provider outage (15 min by default); these tests are about
+    # what happens at the end of the retries, so they do not wait unless they say so
+    kw.setdefault("outage_wait_seconds", 0)
     return ProviderSettings(kind=kind, base_url=sim.base_url, api_key_env=key_env, **kw)
 
 

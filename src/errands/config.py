@@ -119,7 +119,11 @@ class ProviderSettings(BaseModel):
     limit_window_seconds: float = Field(default=60.0, gt=0)  # the provider's window
     cache_reads_count: bool | None = None  # do cached input tokens count toward ITPM?
     # retries, timeouts and the circuit breaker (used in fallback chains)
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0)  # per read of the response
+    # a whole attempt's deadline, however the server trickles (keep-alives reset a read timeout)
+    call_deadline_seconds: float = Field(default=600.0, gt=0)
+    # after the retries: how long an errand waits for a provider that is down before failing
+    outage_wait_seconds: float = Field(default=900.0, ge=0)
     max_attempts: int = Field(default=4, ge=1, le=20)
     retry_max_seconds: float = Field(default=120.0, gt=0)
     breaker_failures: int = Field(default=3, ge=1)
@@ -136,6 +140,8 @@ class Settings(BaseModel):
         "Use the tools you are given; say plainly when you are done and what you did."
     )
     max_tokens: int = Field(default=4096, gt=0)
+    # a tool call still running after this long is stopped (its result says so)
+    tool_timeout_seconds: float = Field(default=600.0, gt=0)
     # how hard models think before answering, mapped per provider (docs/providers.md);
     # None: the provider's default
     reasoning: Literal["minimal", "low", "medium", "high"] | None = None

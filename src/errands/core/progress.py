@@ -66,6 +66,13 @@ class Progress:
     requested_args: dict[int, dict[str, Any]] = field(default_factory=dict)  # validated, by seq
     last_usage: ev.Usage | None = None  # of the latest model call (budgets estimate from it)
     answered: int = 0  # how many messages the latest model call's context and reply made
+    # the provider has been failing since this wall time (retryable errors, no reply yet)
+    outage_since: float | None = None
+    outage_errors: int = 0
+    # the same unexpected failure, this many times in a row with no progress in between
+    failures: int = 0
+    last_failure: str = ""
+    failed_by_model: bool = False  # the errand failed because its model could not answer
 
     @classmethod
     def empty(cls, errand_id: str) -> Progress:
@@ -87,6 +94,8 @@ class Progress:
                 self.open_request_seq = seq
             case ev.ModelResponded():
                 self.open_request_seq = None
+                self.outage_since, self.outage_errors = None, 0
+                self.failures, self.failed_by_model = 0, False
                 self.last_usage = event.usage
                 self.answered = len(self.messages) + 1  # this reply's message included
                 label = event.content.label if event.content else self.label
@@ -137,6 +146,7 @@ class Progress:
                     self.calls[event.call_id].intent_seq = seq
                     self.calls[event.call_id].intent = event
             case ev.ToolResult():
+                self.failures = 0
                 state = self.calls.get(event.call_id)
                 if state is not None and not state.done:
                     state.done = True
@@ -153,9 +163,22 @@ class Progress:
                     if all(c.done for c in self.calls.values()):
                         self.needs_model = True
                         self._release_held()
+            case ev.ErrorRaised(kind="model"):
+                self.failed_by_model = True  # until the model answers again
+                if event.retryable:
+                    if self.outage_since is None:
+                        self.outage_since = event.at
+                    self.outage_errors += 1
+            case ev.ErrorRaised(kind="internal"):
+                same = event.message == self.last_failure
+                self.failures = self.failures + 1 if same else 1
+                self.last_failure = event.message
             case ev.StateChanged():
                 if event.state in ("done", "failed"):
                     self.needs_model = False
+                elif event.state == "running":  # reopened: ask again what was not answered
+                    self.needs_model = self.needs_model or self.open_request_seq is not None
+                    self.failures, self.outage_since, self.outage_errors = 0, None, 0
             case _:
                 pass
 

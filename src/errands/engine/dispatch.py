@@ -4,8 +4,10 @@
 fate -- a :class:`~errands.core.events.ToolIntent` (allowed: it will run), an
 :class:`~errands.core.events.ApprovalRequested` (a person must say yes) or a
 :class:`~errands.core.events.ToolResult` (refused: bad arguments, unknown tool, denied).
-:meth:`Dispatcher.execute` runs a logged intent and returns its result event; it
-never raises for anything the tool does.
+:meth:`Dispatcher.execute` runs a logged intent and returns its result event. Neither
+raises for anything the model sent or the tool did: routing that fails unexpectedly
+(a tool's validator or the policy choking on an argument) refuses the call -- it fails
+closed -- and the model reads why.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from errands.core.canonical import canonical_hash
 from errands.core.faults import fault
 from errands.core.labels import Confidentiality, Integrity, Label, Provenance
 from errands.core.progress import CallState, Progress
+from errands.engine.replies import REFUSED_PREFIX
 from errands.policy.hook import Decision, PolicyCall, PolicyHook
 from errands.policy.preview import preview_of
 from errands.tools.tool import Tool, ToolContext, ToolError
@@ -64,15 +67,30 @@ class Dispatcher:
     ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult:
         """Validate the call and ask the policy; return the event that records the outcome."""
         try:
+            return self._route(p, call, index, request_seq)
+        except Exception as exc:  # fail closed: a call nothing could judge does not run
+            return _error_result(
+                call,
+                "bad_arguments",
+                f"refused: errands could not check this call's arguments "
+                f"({type(exc).__name__}: {str(exc)[:200]}); send them again in a plainer form",
+            )
+
+    def _route(
+        self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
+    ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult:
+        try:
             tool = self.toolset.tools(p.view).get(call.name)
         except ToolError as exc:
             return _error_result(call, exc.kind, str(exc))
         if call.raw_arguments is not None:
-            return _error_result(
-                call,
-                "bad_arguments",
-                f"the arguments for {call.name} were not a JSON object: {call.raw_arguments[:300]!r}",
+            raw = call.raw_arguments
+            why = (
+                f"were refused: {raw.removeprefix(REFUSED_PREFIX)}"
+                if raw.startswith(REFUSED_PREFIX)
+                else f"were not a JSON object: {raw[:300]!r}"
             )
+            return _error_result(call, "bad_arguments", f"the arguments for {call.name} {why}")
         try:
             args = tool.validate(call.arguments)
         except ToolError as exc:
@@ -214,6 +232,21 @@ class Dispatcher:
                 text,
                 Provenance(kind="tool", name=intent.tool, source=output.source),
                 Label.of(output.integrity, output.confidentiality),
+            ),
+        )
+
+    def stopped(self, seq: int, intent: ev.ToolIntent, kind: str, why: str) -> ev.ToolResult:
+        """The result of a call that was stopped while it ran (a cancel, a deadline)."""
+        return ev.ToolResult(
+            call_id=intent.call_id,
+            tool=intent.tool,
+            intent_seq=seq,
+            ok=False,
+            error_kind=kind,
+            content=ev.Content(
+                text=f"{intent.tool} was stopped: {why}; it may have partly taken effect",
+                provenance=SYSTEM,
+                confidentiality=Confidentiality.private,
             ),
         )
 

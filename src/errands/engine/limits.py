@@ -8,11 +8,12 @@ from errands.core.states import ErrandView
 __all__ = ["exceeded"]
 
 
-def exceeded(view: ErrandView, limits: Limits, now: float) -> str | None:
-    """The reason the errand must stop, or None if it may take another step."""
+def exceeded(view: ErrandView, limits: Limits, elapsed: float) -> str | None:
+    """The reason the errand must stop, or None if it may take another step. *elapsed*:
+    seconds since the errand was created (measured on a steady clock where it can be)."""
     if limits.max_steps is not None and view.steps >= limits.max_steps:
         return f"step limit reached ({view.steps} of {limits.max_steps} model turns)"
-    if limits.max_wall_seconds is not None and now - view.created_at >= limits.max_wall_seconds:
+    if limits.max_wall_seconds is not None and elapsed >= limits.max_wall_seconds:
         return f"wall-time limit reached ({limits.max_wall_seconds:g} s)"
     if limits.max_tokens is not None and view.usage.total_tokens >= limits.max_tokens:
         return f"token limit reached ({view.usage.total_tokens} of {limits.max_tokens})"

@@ -11,15 +11,24 @@ a crash continues exactly where the log says the last one stopped:
   safe (idempotent, or the tool honours the idempotency key); otherwise the errand goes
   to ``needs_attention`` naming the call in doubt.
 
+Every model and tool call is bounded: a cancel interrupts it (:meth:`Loop.interrupt`),
+and the errand's wall-time limit (and, for tools, ``tool_timeout_seconds``) ends it. A
+model reply is tamed (:mod:`errands.engine.replies`) and logged, with its cost, before
+anything else reads it; a provider that keeps failing is waited for (``[providers.NAME]
+outage_wait_seconds``) before the errand fails.
+
 Policy, limits, budgets and tool dispatch are things the loop calls, not branches inside it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Sequence
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
+from errands.clock import SYSTEM, Clock
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.faults import fault
@@ -30,21 +39,32 @@ from errands.costs.pricing import cost_usd
 from errands.engine.budgets import Budgets
 from errands.engine.dispatch import Dispatcher
 from errands.engine.limits import exceeded
-from errands.errors import StoreError
+from errands.engine.replies import tame
+from errands.errors import StoreError, StoreUnavailable
 from errands.models.protocol import Model, ModelError, ModelReply, ModelRequest
+from errands.models.spec import outage_wait_for
 from errands.models.streaming import ErrandText
 from errands.policy.hook import PolicyHook
 from errands.store import Store
 from errands.tools.toolset import Toolset
 
-__all__ = ["Loop", "TextListener"]
+__all__ = ["Interrupted", "Loop", "TextListener"]
 
 TextListener = Callable[[str, str], None]  # (errand_id, streamed text delta)
+T = TypeVar("T")
+
+
+class Interrupted(Exception):
+    """A cancel interrupted the call in flight (:meth:`Loop.interrupt`)."""
+
+
+class Stopped(StoreError):
+    """The errand was cancelled (or ended) before its calls could be routed."""
 
 
 def _not_cancelled(view: ErrandView) -> None:
     if view.cancel_requested or view.state in TERMINAL:
-        raise StoreError(f"errand {view.id} is {view.state.value}")
+        raise Stopped(f"errand {view.id} is {view.state.value}")
 
 
 class Loop:
@@ -65,8 +85,10 @@ class Loop:
         settings: Settings,
         owner: str,
         on_text: TextListener | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.models = models
         self.dispatch = self.dispatcher_class(toolset, policy, settings)
         self.settings = settings
@@ -77,6 +99,10 @@ class Loop:
         # perf: what noticed() needs to tell our own appends from an outsider's
         self._live: set[str] = set()  # errands run() is driving
         self._seen: dict[str, int] = {}  # the newest seq a commit reported for each
+        self._calls: dict[str, set[asyncio.Future[Any]]] = {}  # calls in flight, by errand
+        self._since: dict[str, tuple[float, float]] = {}  # run start: (wall, steady)
+        # replies the store could not take yet (a full disk): used, not asked for again
+        self._unlogged: dict[tuple[str, int], ModelReply] = {}
 
     async def load(self, errand_id: str) -> Progress:
         p = self.progress_class.empty(errand_id)
@@ -88,6 +114,7 @@ class Loop:
         """Drive the errand until it has to stop; return its view."""
         p = p or await self.load(errand_id)
         self._live.add(errand_id)
+        self._since[errand_id] = (self.clock.wall(), self.clock.steady())
         try:
             await self._recover(p)
             while await self._step(p):
@@ -95,7 +122,47 @@ class Loop:
         finally:
             self._live.discard(errand_id)
             self._seen.pop(errand_id, None)
+            self._since.pop(errand_id, None)
         return p.view
+
+    def interrupt(self, errand_id: str) -> bool:
+        """Stop the errand's model and tool calls in flight (a cancel came in); the next
+        step reads the log and stops there. True if a call was interrupted."""
+        self.dirty.add(errand_id)
+        calls = self._calls.get(errand_id, ())
+        for call in calls:
+            call.cancel()
+        return bool(calls)
+
+    async def _bounded(self, errand_id: str, call: Awaitable[T], seconds: float | None) -> T:
+        """Await *call*; :class:`Interrupted` if :meth:`interrupt` stopped it,
+        ``TimeoutError`` past *seconds* (None: no bound but the interrupt)."""
+        task = asyncio.ensure_future(call)
+        calls = self._calls.setdefault(errand_id, set())
+        calls.add(task)
+        try:
+            async with asyncio.timeout(seconds):
+                return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this loop itself is being stopped (or timed out): not an interrupt
+            raise Interrupted from None
+        finally:
+            calls.discard(task)
+            if not calls:
+                self._calls.pop(errand_id, None)
+
+    def _elapsed(self, p: Progress) -> float:
+        """Seconds since the errand was created: wall time up to this run's start, then
+        the steady clock (a clock step during the run changes nothing)."""
+        wall0, steady0 = self._since.get(p.errand_id) or (self.clock.wall(), self.clock.steady())
+        return max(0.0, wall0 - p.view.created_at) + (self.clock.steady() - steady0)
+
+    def _time_left(self, p: Progress) -> float | None:
+        assert p.created is not None
+        limit = p.created.limits.max_wall_seconds
+        return None if limit is None else max(0.0, limit - self._elapsed(p))
 
     def noticed(self, errand_id: str, seq: int) -> None:
         """A commit took the errand's log to *seq* (called after every commit).
@@ -163,7 +230,7 @@ class Loop:
 
     async def _ask_model(self, p: Progress) -> None:
         assert p.created is not None
-        reason = exceeded(p.view, p.created.limits, time.time())
+        reason = exceeded(p.view, p.created.limits, self._elapsed(p))
         if reason:
             await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
             return
@@ -190,17 +257,68 @@ class Loop:
         if blocked is not None:
             await self._append(p, [ev.StateChanged(state=blocked.state, reason=blocked.reason)])
             return
-        try:
-            reply = await self._complete(model, request, p.errand_id)
-        except ModelError as exc:
-            await self._append(
-                p,
-                [
-                    ev.ErrorRaised(kind="model", message=str(exc), retryable=exc.retryable),
-                    ev.StateChanged(state="failed", reason=f"the model failed: {exc}"),
-                ],
-            )
+        reply = self._unlogged.pop((p.errand_id, request_seq), None)
+        if reply is None:
+            reply = await self._call_model(p, model, request)
+        if reply is None:
             return
+        try:
+            await self._respond(p, model, request_seq, reply)
+        except StoreUnavailable:
+            if p.open_request_seq == request_seq:  # not logged: keep it, never pay twice
+                self._unlogged[(p.errand_id, request_seq)] = reply
+            raise
+
+    async def _call_model(
+        self, p: Progress, model: Model, request: ModelRequest
+    ) -> ModelReply | None:
+        """The model's reply, tamed; None when there is none (what happened is logged)."""
+        try:
+            call = self._complete(model, request, p.errand_id)
+            return tame(await self._bounded(p.errand_id, call, self._time_left(p)))
+        except Interrupted:
+            return None  # a cancel: the next step folds it in and stops
+        except TimeoutError:
+            assert p.created is not None
+            limit = p.created.limits.max_wall_seconds
+            reason = f"wall-time limit reached ({limit:g} s) during a model call"
+            await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
+        except ModelError as exc:
+            await self._model_failed(p, exc)
+        return None
+
+    async def _model_failed(self, p: Progress, exc: ModelError) -> None:
+        """After the retries: wait for a provider that is down (within its outage window,
+        the errand showing that it waits), else fail the errand saying why."""
+        window = outage_wait_for(p.view.model, self.settings)
+        now = self.clock.wall()
+        since = now if p.outage_since is None else min(p.outage_since, now)
+        if exc.retryable and now - since < window:
+            pause = min(60.0, 2.0 * 2 ** min(p.outage_errors, 5)) * (0.75 + 0.5 * random.random())
+            pause = max(pause, exc.retry_after or 0.0)
+            pause = min(pause, max(1.0, window - (now - since)))
+            message = (
+                f"{exc} -- the provider looks down: trying again in {pause:.0f} s "
+                f"(for up to {window / 60:g} min after the first failure)"
+            )
+            await self._append(p, [ev.ErrorRaised(kind="model", message=message, retryable=True)])
+            # (a cancel or the wall-time limit ends the wait: the next step sees to it)
+            with contextlib.suppress(Interrupted, TimeoutError):
+                await self._bounded(p.errand_id, self.clock.sleep(pause), self._time_left(p))
+            return
+        waited = f" (after waiting {(now - since) / 60:.0f} min for it)" if p.outage_since else ""
+        await self._append(
+            p,
+            [
+                ev.ErrorRaised(kind="model", message=str(exc), retryable=exc.retryable),
+                ev.StateChanged(state="failed", reason=f"the model failed: {exc}{waited}"),
+            ],
+        )
+
+    async def _respond(
+        self, p: Progress, model: Model, request_seq: int, reply: ModelReply
+    ) -> None:
+        """Log the reply (its cost booked) with the routing of its calls, then run them."""
         content = None
         if reply.text or not reply.tool_calls:
             content = ev.Content.labelled(
@@ -231,7 +349,13 @@ class Loop:
         sink = None if self.on_text is None else ErrandText(self.on_text, errand_id)
 
         # retries, fallback and rate limits are wrappers around the model (models/spec.py)
-        return await model.complete(request, sink)
+        try:
+            return await model.complete(request, sink)
+        except ModelError:
+            raise
+        except Exception as exc:  # a reply no code path expected: not a crash of the step
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise ModelError(f"{model.name}: its reply could not be read ({detail})") from None
 
     async def _route_and_run(
         self,
@@ -245,7 +369,7 @@ class Loop:
             return
         try:
             await self._append(p, events, guard=_not_cancelled if routed else None)
-        except StoreError:
+        except Stopped:
             await self._catch_up(p)  # cancelled meanwhile: nothing was written, nothing runs
             return
         await self._run_calls(p, [c for c in p.in_flight()])
@@ -257,7 +381,23 @@ class Loop:
         async def one(call: CallState) -> None:
             assert call.intent is not None and call.intent_seq is not None
             fault("after_intent")
-            result = await self.dispatch.execute(p, call.intent_seq, call.intent)
+            seq, intent = call.intent_seq, call.intent
+            limit = self._time_left(p)
+            limit = (
+                self.settings.tool_timeout_seconds
+                if limit is None
+                else min(limit, self.settings.tool_timeout_seconds)
+            )
+            try:
+                result = await self._bounded(
+                    p.errand_id, self.dispatch.execute(p, seq, intent), limit
+                )
+            except Interrupted:
+                result = self.dispatch.stopped(seq, intent, "cancelled", "a cancel stopped it")
+            except TimeoutError:
+                result = self.dispatch.stopped(
+                    seq, intent, "timed_out", f"it was still running after {limit:.0f} s"
+                )
             await self._append(p, [result, *self._next_request(p, call)])
 
         if len(calls) == 1:
@@ -271,7 +411,7 @@ class Loop:
         others_done = all(c.done for c in p.calls.values() if c is not finishing)
         if not others_done or p.held_messages or p.view.cancel_requested or p.created is None:
             return []
-        if exceeded(p.view, p.created.limits, time.time()):
+        if exceeded(p.view, p.created.limits, self._elapsed(p)):
             return []
         model = self.models(p.view.model)
         return [

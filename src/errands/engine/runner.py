@@ -5,21 +5,31 @@ foreground); the server uses :meth:`Runner.serve`, which claims every runnable e
 whose lease is free or expired, renews its leases, and wakes errands that an outsider
 (a person's message, a decision, a cancel) wrote to. A waiting errand has no task:
 its loop returns, its lease is released, and a wake-up starts a new loop later.
+
+Nothing that goes wrong in a step stops the process or loops unbilled
+(:meth:`Runner._guarded`): a store that cannot write right now (a full disk, a held
+lock) is waited out with backoff; any other exception is logged in the errand as an
+error and tried again after a pause, and the third identical failure in a row puts the
+errand in ``needs_attention`` with the reason. A cancel written while a model or tool
+call is in flight interrupts that call (:meth:`Runner._woken`), in ``errands run`` as
+in the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable
 
 from errands.config import Settings
+from errands.core import events as ev
 from errands.core.states import ErrandView
 from errands.engine.loop import Loop, TextListener
-from errands.errors import ErrandBusy, LeaseLost, StoreError
+from errands.errors import ErrandBusy, LeaseLost, StoreError, StoreUnavailable
 from errands.models.protocol import Model
 from errands.models.spec import Models
 from errands.policy.hook import PolicyHook
@@ -29,6 +39,12 @@ from errands.tools.toolset import Toolset
 __all__ = ["ErrandBusy", "Runner", "dead_local_owner", "new_owner"]
 
 LEASE_TTL = 30.0
+MAX_FAILURES = 3  # the same unexpected failure this many times in a row: needs attention
+FAILURE_PAUSES = (1.0, 5.0)  # seconds before trying again after the 1st, 2nd failure
+STORE_PAUSE_MAX = 30.0  # the longest wait between tries while the store cannot write
+WATCH_SECONDS = 0.25  # how often ``errands run`` looks for a cancel from outside
+
+log = logging.getLogger("errands.runner")
 
 
 def new_owner() -> str:
@@ -73,14 +89,79 @@ class Runner:
             who = f" ({holder[0]})" if holder else ""
             raise ErrandBusy(f"errand {errand_id} is being run by another errands process{who}")
         renew = asyncio.create_task(self._renew_forever())
+        watch = asyncio.create_task(self._watch(errand_id))
         try:
-            return await self.loop.run(errand_id)
+            view = await self._guarded(errand_id)
+            return view if view is not None else await self.store.view(errand_id)
         finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
+            for task in (renew, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreError):
+                    await task
             with contextlib.suppress(StoreError):
                 await self.store.release(errand_id, self.owner)
+
+    async def _watch(self, errand_id: str) -> None:
+        """Notice what other processes write to the errand (a cancel above all)."""
+        mark, _ = await self.store.wakeups(0)
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            with contextlib.suppress(StoreUnavailable):
+                mark, woken = await self.store.wakeups(mark)
+                if errand_id in woken:
+                    await self._woken(errand_id)
+
+    async def _woken(self, errand_id: str) -> None:
+        """Someone wrote to an errand this process runs: its loop reads it at its next
+        step; a cancel also interrupts the model or tool call in flight."""
+        self.loop.dirty.add(errand_id)
+        view = await self.store.view(errand_id)
+        if view.cancel_requested:
+            self.loop.interrupt(errand_id)
+
+    async def _guarded(self, errand_id: str) -> ErrandView | None:
+        """Drive the errand; what goes wrong in a step is waited out, or logged in the
+        errand and tried again, never raised to the process (but losing the lease)."""
+        pause = 0.0
+        while True:
+            try:
+                return await self.loop.run(errand_id)
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except StoreUnavailable as exc:  # a condition of the world: wait it out
+                pause = min(max(2 * pause, 1.0), STORE_PAUSE_MAX)
+                log.warning(
+                    "errand %s waits for the store (%s); next try in %.0f s", errand_id, exc, pause
+                )
+            except StoreError:
+                return None  # the errand cannot go on here (gone, taken): nothing to do
+            except Exception as exc:  # a bug, or a condition nothing foresaw
+                try:
+                    failures = await self._failed(errand_id, exc)
+                except StoreUnavailable:  # not even the error could be logged: wait
+                    failures = 1
+                if failures >= MAX_FAILURES:
+                    return await self.store.view(errand_id)
+                pause = FAILURE_PAUSES[min(failures, len(FAILURE_PAUSES)) - 1]
+            await asyncio.sleep(pause)
+
+    async def _failed(self, errand_id: str, exc: Exception) -> int:
+        """Log an unexpected failure in the errand; return how many identical ones came
+        in a row, and at :data:`MAX_FAILURES` put the errand in ``needs_attention``."""
+        what = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("errand %s: a step failed: %s", errand_id, what, exc_info=exc)
+        error = ev.ErrorRaised(kind="internal", message=what)
+        await self.store.append(errand_id, [error], owner=self.owner)
+        failures = (await self.loop.load(errand_id)).failures
+        if failures < MAX_FAILURES:
+            return failures
+        reason = (
+            f"errands failed {MAX_FAILURES} times in a row at the same point ({what}); "
+            "tell the errand how to go on, or cancel it"
+        )
+        change = ev.StateChanged(state="needs_attention", reason=reason)
+        await self.store.append(errand_id, [change], owner=self.owner)
+        return failures
 
     async def _take(self, errand_id: str) -> bool:
         """Acquire the lease; a holder that is a dead process on this host loses it at once."""
@@ -94,7 +175,7 @@ class Runner:
 
     async def _drive(self, errand_id: str) -> ErrandView | None:
         try:
-            return await self.loop.run(errand_id)
+            return await self._guarded(errand_id)
         except LeaseLost:
             return None  # another process owns it now; it carries on there
         finally:
@@ -130,7 +211,7 @@ class Runner:
                 wake_mark, woken = await self.store.wakeups(wake_mark)
                 for errand_id in woken:
                     if errand_id in self.tasks:
-                        self.loop.dirty.add(errand_id)
+                        await self._woken(errand_id)
                     elif await self.store.acquire(errand_id, self.owner, self.lease_ttl):
                         # a free lease, or ours but not running here: a previous run of
                         # this node (same owner name) left it, and claiming (which takes

@@ -181,6 +181,24 @@ def _single(spec: str, settings: Settings) -> tuple[Model, EndpointKey, Provider
     return router.provider_stack(client, key, name, endpoint), key, endpoint
 
 
+def outage_wait_for(spec: str, settings: Settings) -> float:
+    """How long an errand on *spec* waits for its provider to come back (seconds): the
+    ``outage_wait_seconds`` of its provider's ``[providers.NAME]`` (a chain: the longest
+    of its members'), else the default."""
+    default = ProviderSettings().outage_wait_seconds
+    try:
+        members = _chain_members(spec.strip(), settings) or [spec.strip()]
+    except ModelSpecError:
+        return default
+    waits = [
+        config.outage_wait_seconds
+        if (config := settings.providers.get(m.partition(":")[0]))
+        else default
+        for m in members
+    ]
+    return max(waits, default=default)
+
+
 def check_spec(spec: str, settings: Settings) -> None:
     """Refuse a bad spec early (before an errand is created), without network calls."""
     resolve_model(spec, settings)

@@ -126,6 +126,11 @@ class ArgRole(StrEnum):
     command = "command"  # a command line to run
 
 
+# roles whose value names a place (a file, a host, a program): no operating system or
+# protocol takes a NUL byte in one, and the checks that judge them must never see it
+_NAMES_A_PLACE = frozenset({ArgRole.path, ArgRole.url, ArgRole.recipient, ArgRole.command})
+
+
 # A tool's own preview: (validated arguments, the errand's workspace) -> what the
 # approval card shows; None: the default, built from the argument roles.
 Preview = Callable[[Mapping[str, Any], Path], str]
@@ -174,7 +179,15 @@ class Tool:
                 for e in exc.errors()
             )
             raise ToolArgumentError(f"bad arguments for {self.name}: {problems}") from None
-        return model.model_dump(mode="json")
+        args = model.model_dump(mode="json")
+        for name, role in self.arg_roles.items():
+            value = args.get(name)
+            if role in _NAMES_A_PLACE and isinstance(value, str) and "\x00" in value:
+                raise ToolArgumentError(
+                    f"bad arguments for {self.name}: {name}: a {role.value} cannot hold a NUL "
+                    "character"
+                )
+        return args
 
     def check_preconditions(self, args: Mapping[str, Any], ctx: ToolContext) -> None:
         for contract in self.preconditions:

@@ -8,7 +8,10 @@ half and all of ``base * 2**n``, capped at ``max_delay``). A ``retry_after`` the
 provider sent is honoured: the wait is never shorter than it. Attempts are capped
 (``max_attempts``, the first included) and so is the total time (``max_elapsed``): a
 retry whose wait would end past it is not made, and the last error is raised.
-A non-retryable error is raised at once, never retried.
+A non-retryable error is raised at once, never retried. Every attempt has a total
+deadline (``attempt_deadline``): a server that keeps the connection alive without
+finishing its reply (keep-alive comments reset a read timeout) fails the attempt, as
+a retryable timeout.
 
 Nothing is counted twice: a failed attempt returns no reply, so it adds no usage;
 only the reply of the attempt that succeeded reaches the log. Nor is anything shown
@@ -61,6 +64,7 @@ class RetryPolicy:
     max_elapsed: float = 120.0  # seconds from the first attempt; no retry would end later
     base_delay: float = 0.5  # the first backoff is between base/2 and base
     max_delay: float = 16.0  # backoff cap (a longer retry_after is still honoured)
+    attempt_deadline: float = 600.0  # seconds for a whole attempt, however the server trickles
 
     def backoff(self, retry: int, rng: Callable[[], float] = random.random) -> float:
         """The jittered wait before retry number *retry* (0 = the first retry)."""
@@ -98,7 +102,14 @@ class RetryingModel:
         sink = attempt_text(on_text)
         while True:
             try:
-                return await self.inner.complete(request, sink)
+                try:
+                    async with asyncio.timeout(self.policy.attempt_deadline):
+                        return await self.inner.complete(request, sink)
+                except TimeoutError:
+                    raise ModelError(
+                        f"{self.name}: no complete reply within {self.policy.attempt_deadline:g} s",
+                        retryable=True,
+                    ) from None
             except ModelError as exc:
                 attempt += 1
                 if not exc.retryable or attempt >= self.policy.max_attempts:

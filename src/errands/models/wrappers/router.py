@@ -62,7 +62,11 @@ def limits_for(kind: str, config: ProviderSettings | None) -> RateLimits:
 def retry_policy_for(config: ProviderSettings | None) -> RetryPolicy:
     if config is None:
         return RetryPolicy()
-    return RetryPolicy(max_attempts=config.max_attempts, max_elapsed=config.retry_max_seconds)
+    return RetryPolicy(
+        max_attempts=config.max_attempts,
+        max_elapsed=config.retry_max_seconds,
+        attempt_deadline=config.call_deadline_seconds,
+    )
 
 
 def provider_stack(
