@@ -37,6 +37,7 @@ from errands.policy.hook import PolicyHook
 from errands.policy.rules import load_policy
 from errands.store import Store, open_store
 from errands.store.redact import Redactor
+from errands.textlimit import check_text
 from errands.tools.builtin import builtin_toolset
 from errands.tools.toolset import CombinedToolset, Toolset
 
@@ -104,6 +105,7 @@ class Harness:
         parent: str | None = None,
         errand_id: str | None = None,
     ) -> str:
+        check_text(text, "the errand's text")
         return await operations.create_errand(
             self.store,
             self.settings,
@@ -121,6 +123,7 @@ class Harness:
     async def tell(
         self, errand_id: str, text: str, *, by: str = "local", channel: str = "cli"
     ) -> int:
+        check_text(text, "the message")
         return await operations.tell_errand(self.store, errand_id, text, by=by, channel=channel)
 
     async def cancel(

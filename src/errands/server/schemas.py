@@ -6,17 +6,20 @@ An errand and a pending approval have the shapes every surface shares
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic_core import PydanticCustomError
 
 from errands.core import events as ev
 from errands.core.errand import ApprovalOut, ErrandSummary
+from errands.textlimit import MAX_TEXT, too_long
 
 __all__ = [
     "APPROVAL_ID",
     "ERRAND_ID",
     "MAX_SEQ",
+    "MAX_TEXT",
     "ApprovalOut",
     "ApproveBody",
     "CancelBody",
@@ -39,10 +42,26 @@ APPROVAL_ID = r"^[A-Za-z0-9_-]{1,64}\.[0-9]{1,9}$"
 # at least one character that is not white space -- by every definition in play: the JSON
 # Schema (ECMAScript) regex of a client, pydantic's (Unicode) regex, and Python's str.strip()
 NOT_BLANK = r"[^\s\u0085\ufeff\u001c-\u001f]"
-MAX_TEXT = 50_000  # characters; even fully escaped, a body stays under the 1 MiB cap
+# MAX_TEXT (errands.textlimit): characters; even fully escaped, a body stays under the 1 MiB cap
 MAX_SEQ = 2**53
 
 Channel = Literal["api", "cli", "inbox"]
+
+
+def _within_limit(value: Any) -> Any:
+    """Text over the limit, refused with the message every surface gives (naming the
+    limit and the length given), before the schema's own maxLength says less."""
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise PydanticCustomError("string_too_long", too_long(len(value)))
+    return value
+
+
+# an errand's text or a message: not blank, at most MAX_TEXT characters
+Text = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_TEXT, pattern=NOT_BLANK),
+    BeforeValidator(_within_limit),
+]
 
 
 class ErrorBody(BaseModel):
@@ -53,7 +72,7 @@ class ErrorBody(BaseModel):
 class CreateErrand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=MAX_TEXT, pattern=NOT_BLANK)
+    text: Text
     model: str | None = Field(
         default=None,
         max_length=200,
@@ -107,7 +126,7 @@ class ErrandDetail(ErrandSummary):
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=MAX_TEXT, pattern=NOT_BLANK)
+    text: Text
 
 
 class MessageSent(BaseModel):

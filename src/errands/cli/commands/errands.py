@@ -24,6 +24,7 @@ from errands.core.errand import Errand
 from errands.core.states import ErrandState, ErrandView
 from errands.errors import ErrandsError
 from errands.harness import Harness
+from errands.textlimit import check_text
 
 __all__ = ["register"]
 
@@ -60,6 +61,11 @@ def run(
     4 needs attention, 5 cancelled.
     """
 
+    try:
+        check_text(text, "the errand's text")  # (before anything is opened)
+    except ErrandsError as exc:
+        fail(str(exc))
+
     async def go(h: Harness) -> ErrandView:
         errand_id = await h.create(text, model=model, workspace=workspace, max_cost_usd=max_cost)
         return await foreground(
@@ -86,10 +92,13 @@ def resume(
     as_json: JsonOpt = False,
     no_input: NoInputOpt = False,
 ) -> None:
-    """Continue an errand in the foreground (after a crash, a decision or a message)."""
+    """Continue an errand in the foreground (after a crash, a decision or a message);
+    an errand its model failed (a provider outage) asks the model again."""
 
     async def go(h: Harness) -> ErrandView:
         full = await h.store.find(errand_id)
+        if await h.retry_model(full) and not as_json:
+            out.print("[dim]the model failed this errand last time: asking it again[/dim]")
         return await foreground(
             h, full, as_json=as_json, interactive=interactive(no_input, as_json)
         )
@@ -160,6 +169,11 @@ def tell(
     text: Annotated[str, typer.Argument(help="Your message to the errand.")],
 ) -> None:
     """Send a follow-up message: it reopens a finished errand or joins a running one."""
+
+    try:
+        check_text(text, "the message")  # (the same limit as the API's, before either path)
+    except ErrandsError as exc:
+        fail(str(exc))
 
     async def find(h: Harness) -> str:
         return await h.store.find(errand_id)
