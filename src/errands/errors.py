@@ -111,6 +111,12 @@ class StoreUnavailable(StoreError):
     http_status = 503
     retry_after: ClassVar[int] = 5  # seconds, for a client's Retry-After
 
+    def __init__(self, message: str, condition: str = "io_error") -> None:
+        super().__init__(message)
+        # what is wrong, for machines (the API's "condition"): "disk_full", "locked"
+        # (another process holds the write lock) or "io_error" (anything else)
+        self.condition = condition
+
 
 class StoreDamaged(StoreError):
     """The store failed its integrity check; the message names the way out (restore

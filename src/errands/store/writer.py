@@ -8,6 +8,14 @@ before it; an operation refused with a :class:`~errands.errors.StoreError` stage
 nothing and the rest of the batch goes on. A batch that fails as a whole is retried one
 operation at a time, so one broken operation fails alone.
 
+A batch that fails because the store cannot write right now -- a full disk, another
+process holding the write lock, an I/O error -- is rolled back and every operation in
+it is answered with :class:`~errands.errors.StoreUnavailable` (nothing written). The
+writer thread goes on: it remembers the condition (:attr:`GroupCommit.unavailable`,
+for the server's health and the inbox), tries a write of its own now and then (every
+``PROBE_MAX`` seconds at most), and forgets the condition at the first commit that
+writes -- a held lock at the first commit.
+
 :class:`GroupCommit` is the machinery, backend-neutral; :class:`~errands.store.base.BaseStore`
 says what an operation does in a transaction, and a backend how a transaction begins
 and commits.
@@ -18,6 +26,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -29,12 +38,15 @@ from errands.core import events as ev
 from errands.core.contracts import invariant
 from errands.core.faults import fault
 from errands.core.states import ErrandView
-from errands.errors import StoreError
+from errands.errors import StoreError, StoreUnavailable
 from errands.store.protocol import AppendCheck, CommitListener
 
 __all__ = ["MAX_BATCH", "GroupCommit", "Op", "Prepared", "Tx", "WriterStats"]
 
 MAX_BATCH = 4096  # operations per group commit
+PROBE_FIRST, PROBE_MAX = 0.5, 5.0  # seconds between probes of an unavailable store
+
+log = logging.getLogger("errands.store")
 
 # (event as folded, its stored body, its blob hash or None)
 Prepared = tuple[ev.Event, str, str | None]
@@ -98,6 +110,11 @@ class GroupCommit(abc.ABC):
         self._listeners: list[tuple[asyncio.AbstractEventLoop, CommitListener]] = []
         self._untold: list[Op] = []  # committed, callers not told yet (writer thread only)
         self._closed = False
+        # why the store cannot write (the last failure), until a commit writes again
+        self.unavailable: StoreUnavailable | None = None
+        self.unavailable_since = 0.0  # when it started (the clock's time)
+        self._probe_delay = PROBE_FIRST
+        self._next_probe = 0.0  # (time.monotonic) when to probe an unavailable store next
         self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
 
     def _start_writer(self) -> None:
@@ -122,6 +139,32 @@ class GroupCommit(abc.ABC):
     def _after_batch(self) -> None:
         """After a batch committed and its callers were told (housekeeping)."""
         return None
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable | None:
+        """*exc*, a failed transaction's, as the condition of the world it reports (a
+        full disk, a held lock, an I/O error); None if it is not one."""
+        return exc if isinstance(exc, StoreUnavailable) else None
+
+    def _wrote(self, conn: Any) -> bool:
+        """Did the transaction that just committed write anything (not only read)?"""
+        return True
+
+    def _cleared(self, condition: StoreUnavailable, conn: Any) -> bool:
+        """A batch committed: is *condition* over? A held lock is (this commit had the
+        lock); a full disk or an I/O error once a commit wrote something -- a commit
+        that only read proves nothing."""
+        return condition.condition == "locked" or self._wrote(conn)
+
+    def _probe_write(self, tx: Tx) -> None:
+        """Write something that reaches the disk and leaves nothing behind (a probe of
+        an unavailable store)."""
+        return None
+
+    def _retry_alone(self, exc: StoreUnavailable) -> bool:
+        """Is a batch that failed with *exc* worth retrying one operation at a time? Only
+        on a full disk (one large operation may be what does not fit); a held lock or an
+        I/O error would fail each again, after as long a wait."""
+        return exc.condition == "disk_full"
 
     @abc.abstractmethod
     def _append_in_tx(self, tx: Tx, op: Op) -> list[int]:
@@ -159,11 +202,19 @@ class GroupCommit(abc.ABC):
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
         while True:
+            if self.unavailable is not None and time.monotonic() >= self._next_probe:
+                self._probe()  # (also between batches that only read: claims, renewals)
             try:
                 first = get_nowait()
             except queue.Empty:  # nothing to overlap with: tell the last batch's callers now
                 self._tell()
-                first = get()
+                if self.unavailable is None:
+                    first = get()
+                else:  # wait for work until the next probe is due
+                    try:
+                        first = get(timeout=max(0.0, self._next_probe - time.monotonic()))
+                    except queue.Empty:
+                        continue
             if first is None:
                 self._tell()
                 return
@@ -194,15 +245,47 @@ class GroupCommit(abc.ABC):
         except Exception as exc:  # a batch-level failure: retry each op on its own
             self._tell()
             self._forget()
-            if len(batch) > 1:
+            condition = self._unavailable(exc)
+            if condition is not None:
+                self._record(condition)
+            if len(batch) > 1 and (condition is None or self._retry_alone(condition)):
                 for op in batch:
                     op.result = None
                     op.error = None
                     self._commit_batch([op])
                 return
-            batch[0].result = None
-            batch[0].error = exc
+            for op in batch:  # (nothing of the batch was written)
+                op.result = None
+                op.error = exc if condition is None else condition
         self._resolve(batch)
+
+    def _probe(self) -> None:
+        """While the store cannot write, try a write now and then (backing off), so that
+        the condition is forgotten when it clears even if nothing else writes."""
+        self._probe_delay = min(2 * self._probe_delay, PROBE_MAX)
+        self._next_probe = time.monotonic() + self._probe_delay
+        self._commit_batch([Op(self._probe_write, done=threading.Event())])
+
+    def _record(self, condition: StoreUnavailable) -> None:
+        """The store cannot write: remember why (and since when, if it is new)."""
+        if self.unavailable is None:
+            self.unavailable_since = self.clock()
+            self._probe_delay = PROBE_FIRST
+            self._next_probe = time.monotonic() + PROBE_FIRST
+            log.info("the store cannot write: %s", condition)  # (info: a CLI shows the error)
+        self.unavailable = condition
+
+    def _recovered(self, conn: Any) -> None:
+        """A batch committed: forget the condition if it is over (:meth:`_cleared`)."""
+        gone = self.unavailable
+        if gone is None or not self._cleared(gone, conn):
+            return
+        self.unavailable = None
+        log.info(
+            "the store writes again (it could not for %.0f s: %s)",
+            self.clock() - self.unavailable_since,
+            gone.condition,
+        )
 
     def _run_tx(self, batch: list[Op]) -> None:
         """One batch in one transaction.
@@ -240,6 +323,8 @@ class GroupCommit(abc.ABC):
             with contextlib.suppress(Exception):
                 self._rollback(conn)
             raise
+        if self.unavailable is not None:
+            self._recovered(conn)
         stats = self.stats
         stats.commits += 1
         stats.ops += len(batch)

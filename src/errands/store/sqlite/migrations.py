@@ -111,9 +111,26 @@ def _state(conn: sqlite3.Connection) -> tuple[int, list[str]]:
     return version, applied
 
 
+def _applied_already(conn: sqlite3.Connection) -> int | None:
+    """The count applied, if nothing is left to apply -- read without the write lock, so
+    that opening a store while another process writes (or holds the lock) just reads;
+    None if there is something to do (or to record)."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    try:
+        applied = [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+    except sqlite3.OperationalError:  # no such table (yet): the slow path records it
+        return None
+    if to_apply(MIGRATIONS, applied, version) or version != len(applied):
+        return None
+    return len(applied)
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration not yet applied, one transaction each; return the count
     applied in all. Safe against another process migrating at the same time."""
+    done = _applied_already(conn)
+    if done is not None:
+        return done
     while True:
         conn.execute("BEGIN IMMEDIATE")
         try:

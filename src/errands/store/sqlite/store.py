@@ -46,6 +46,7 @@ from errands.store.sqlite.connection import (
     begin_immediate,
     checkpointer,
     connect,
+    disk_has_room,
     probe_write,
     unavailable,
     writer_connection,
@@ -179,6 +180,11 @@ class SQLiteStore(BaseStore):
 
     def _wrote(self, conn: sqlite3.Connection) -> bool:
         return conn.total_changes != self._changes
+
+    def _cleared(self, condition: StoreUnavailable, conn: sqlite3.Connection) -> bool:
+        if condition.condition == "disk_full" and not disk_has_room(self.path):
+            return False  # (what fits in the WAL's free frames still goes through)
+        return super()._cleared(condition, conn)
 
     def _probe_write(self, tx: Tx) -> None:
         probe_write(tx.conn)
