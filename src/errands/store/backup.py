@@ -193,12 +193,13 @@ def _move_aside(db: Path) -> Path | None:
             n += 1
             aside = db.with_name(f"{db.name}.before-restore-{stamp}-{n}")
         os.rename(db, aside)
-        if wal.exists():
+        if wal.exists() and wal.stat().st_size > 0:
             os.rename(wal, f"{aside}-wal")
-    elif wal.exists():
+    elif wal.exists() and wal.stat().st_size > 0:
         # a WAL without its database belongs to nothing: replayed onto the restored
         # file it would corrupt it
         os.rename(wal, db.with_name(f"{db.name}-wal.stale-{int(time.time())}"))
-    with contextlib.suppress(FileNotFoundError):
-        shm.unlink()
+    for stale in (wal, shm):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     return aside
