@@ -87,9 +87,9 @@ def header_problem(path: str | Path) -> str | None:
     """What is wrong with the file's header, or None: cheap enough for every open.
 
     A file that does not exist or is empty is a new store (None). Truncation is told
-    from the page count the header records; it is judged only when there is no WAL to
-    speak for the pages (mid-checkpoint, the header may already count pages that are
-    still only in the WAL)."""
+    from the page count the header records; it is judged only when no WAL (or rollback
+    journal) may speak for the pages (mid-checkpoint, the header may already count pages
+    that are still only in the WAL)."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -97,10 +97,8 @@ def header_problem(path: str | Path) -> str | None:
             return None
         with p.open("rb") as f:
             head = f.read(100)
-    except FileNotFoundError:
+    except OSError:  # (missing: a new store; unreadable: SQLite says so, not as damage)
         return None
-    except OSError as exc:
-        return f"cannot read it: {exc.strerror}"
     if not head.startswith(MAGIC[: len(head)]):
         return "it is not an SQLite database"
     if len(head) < 100:
@@ -111,7 +109,7 @@ def header_problem(path: str | Path) -> str | None:
         return "its header is damaged (page size)"
     change_counter, pages = head[24:28], int.from_bytes(head[28:32], "big")
     valid_for = head[92:96]
-    if pages and valid_for == change_counter and not _wal_has_frames(p):
+    if pages and valid_for == change_counter and not _journal_speaks_for_pages(p):
         expected = pages * page_size
         if size < expected:
             return (
@@ -119,6 +117,16 @@ def header_problem(path: str | Path) -> str | None:
                 f"the file has {size:,} bytes"
             )
     return None
+
+
+def _journal_speaks_for_pages(path: Path) -> bool:
+    """Is there a WAL with frames, or a rollback journal (a transaction that crashed in a
+    file not in WAL mode), that may hold pages the file does not have yet?"""
+    try:
+        journal = os.stat(f"{path}-journal").st_size > 0
+    except OSError:
+        journal = False
+    return journal or _wal_has_frames(path)
 
 
 def _wal_has_frames(path: Path) -> bool:
