@@ -16,12 +16,12 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from errands.clock import Clock
 from errands.store import Store
 from errands.store.sqlite import SQLiteStore
 
 __all__ = ["BACKENDS", "Backend", "backend"]
 
-Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from seams.controls import NoWaitLoop, SpendOnlyStore
 from sim.core import Turn
 from sim.openai_server import OpenAIChatSim
 
+from errands.clock import FakeClock, ReadingClock
 from errands.config import BudgetSettings, Price, ProviderSettings, Settings
 from errands.core import events as ev
 from errands.core.progress import Progress
@@ -115,15 +116,21 @@ async def test_the_response_settles_its_hold_and_counts_its_cost_once(
     assert (await store.integrity_check()) == []
 
 
+def fake_clock(store: Store) -> FakeClock:
+    """A fake clock for *store* (both its clocks: the wall and the lease clock)."""
+    clock = FakeClock(wall=time.time())
+    store.time, store.clock = clock, clock.wall  # type: ignore[attr-defined]
+    return clock
+
+
 async def test_an_unsettled_hold_expires(store: Store, settings: Settings) -> None:
-    now = [time.time()]
-    store.clock = lambda: now[0]
+    clock = fake_clock(store)
     a = await create_errand(store, settings, "a")
     b = await create_errand(store, settings, "b")
     ra, rb = await ask(store, a), await ask(store, b)
     assert await store.reserve(a, ra, 0.9, daily_usd=1.0, ttl=60) is None  # then a crash
     assert await store.reserve(b, rb, 0.9, daily_usd=1.0, ttl=60) is not None
-    now[0] += 61
+    clock.advance(61)
     assert await store.reserve(b, rb, 0.9, daily_usd=1.0, ttl=60) is None
     assert [h[0] for h in holds(store)] == [f"{b}#{rb}"]  # the expired one is cleared
 
@@ -131,18 +138,17 @@ async def test_an_unsettled_hold_expires(store: Store, settings: Settings) -> No
 async def test_a_hold_lasts_while_its_process_renews_the_errands_lease(
     store: Store, settings: Settings
 ) -> None:
-    now = [time.time()]
-    store.clock = lambda: now[0]
+    clock = fake_clock(store)
     a = await create_errand(store, settings, "a")
     b = await create_errand(store, settings, "b")
     assert await store.acquire(a, "node-1", 30)
     ra, rb = await ask(store, a), await ask(store, b)
     assert await store.reserve(a, ra, 0.9, daily_usd=1.0, ttl=60) is None
     for _ in range(5):  # a call stuck in a rate-limit queue for 4 minutes
-        now[0] += 50
+        clock.advance(50)
         await store.renew("node-1", 30)
     assert await store.reserve(b, rb, 0.9, daily_usd=1.0, ttl=60) is not None  # still held
-    now[0] += 31  # node-1 died: its lease and the hold run out together
+    clock.advance(31)  # node-1 died: its lease and the hold run out together
     assert await store.reserve(b, rb, 0.9, daily_usd=1.0, ttl=60) is None
 
 
@@ -247,7 +253,7 @@ class BudgetMachine(RuleBasedStateMachine):
         self.spent = 0  # what settled responses cost, by the model
         self.dir = tempfile.mkdtemp(prefix="errands-budgets-")
         self.settings = Settings(home=Path(self.dir))
-        self.store = SQLiteStore(Path(self.dir) / "e.sqlite", clock=lambda: self.now)
+        self.store = SQLiteStore(Path(self.dir) / "e.sqlite", clock=ReadingClock(lambda: self.now))
         for i in range(6):
             self.idle.append(self.run(create_errand(self.store, self.settings, f"e{i}")))
 

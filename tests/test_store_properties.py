@@ -40,6 +40,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from errands.clock import ReadingClock
 from errands.core import events as ev
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.states import ErrandState, ErrandView, apply, fold
@@ -198,7 +199,7 @@ class _Machine(RuleBasedStateMachine):
 
     def open(self) -> Store:
         self.dir.mkdir(parents=True, exist_ok=True)
-        return self.backend.open(self.dir, lambda: self.now)
+        return self.backend.open(self.dir, ReadingClock(lambda: self.now))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["SYSTEM", "Clock", "FakeClock", "SystemClock"]
+__all__ = ["SYSTEM", "Clock", "FakeClock", "ReadingClock", "SystemClock"]
 
 
 class Clock(Protocol):
@@ -110,4 +111,25 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
+        await asyncio.sleep(0)
+
+
+class ReadingClock:
+    """A clock whose wall and steady clocks both read *now()* -- for a test that keeps
+    one number as "the time" (a state machine's model) and wants the store to read it."""
+
+    def __init__(self, now: Callable[[], float], boot_id: str = "boot-1") -> None:
+        self._now = now
+        self._boot = boot_id
+
+    def wall(self) -> float:
+        return self._now()
+
+    def steady(self) -> float:
+        return self._now()
+
+    def boot_id(self) -> str:
+        return self._boot
+
+    async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(0)

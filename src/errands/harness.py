@@ -131,6 +131,10 @@ class Harness:
     ) -> None:
         await operations.cancel_errand(self.store, errand_id, reason=reason, by=by, channel=channel)
 
+    async def retry_model(self, errand_id: str) -> bool:
+        """Reopen an errand its model failed (True), so that running it asks again."""
+        return await operations.retry_model(self.store, errand_id)
+
     def channels(self, inbox_url: str) -> list[Channel]:
         """Start the channels the config asks for (in this event loop); the caller closes
         them. *inbox_url*: the inbox's address, for links in what they send."""

@@ -32,10 +32,10 @@ import asyncio
 import hashlib
 import json
 import operator
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from errands.clock import SYSTEM, Clock
 from errands.core import events as ev
 from errands.core.contracts import enabled, ensure, invariant, require
 from errands.core.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
@@ -83,10 +83,11 @@ class BaseStore(GroupCommit):
     """A store, up to its SQL. A backend opens its connections, then calls
     :meth:`_start_writer`; it implements the hooks marked abstract below."""
 
-    def __init__(
-        self, *, redactor: Redactor | None = None, clock: Callable[[], float] = time.time
-    ) -> None:
-        super().__init__(clock)
+    def __init__(self, *, redactor: Redactor | None = None, clock: Clock = SYSTEM) -> None:
+        # the wall clock stamps what people read (and dates the daily budget); leases and
+        # budget holds expire on the lease clock (:meth:`_lease_now`), which never steps
+        super().__init__(clock.wall)
+        self.time = clock
         self.redact = redactor or Redactor()
         # writer-thread state: caches, dropped whenever a transaction fails or another
         # process has written (:meth:`_written_elsewhere`)
@@ -99,6 +100,12 @@ class BaseStore(GroupCommit):
         # changes need to touch the holds (one left by a dead process expires, or the
         # run that resumes its errand replaces it)
         self._reserved: set[str] = set()
+
+    def _lease_now(self) -> float:
+        """Now on the clock leases and budget holds expire by: the host's steady clock
+        (every process on the host reads the same one; a backend whose database has a
+        clock of its own -- PostgreSQL -- uses that instead)."""
+        return self.time.steady()
 
     # ================================================================= backend hooks
     # (all run in the writer thread, inside the batch's transaction, unless noted)
@@ -380,7 +387,7 @@ class BaseStore(GroupCommit):
         return seqs
 
     def _acquire(self, tx: Tx, errand_id: str, owner: str, ttl: float) -> bool:
-        if self._take_lease(tx, errand_id, owner, tx.now + ttl):
+        if self._take_lease(tx, errand_id, owner, self._lease_now() + ttl):
             self._held[errand_id] = owner
             return True
         if self._held.get(errand_id) == owner:
@@ -403,7 +410,7 @@ class BaseStore(GroupCommit):
 
     async def renew(self, owner: str, ttl: float) -> set[str]:
         def op(tx: Tx) -> set[str]:
-            held = self._renew_leases(tx, owner, tx.now + ttl)
+            held = self._renew_leases(tx, owner, self._lease_now() + ttl)
             for errand_id in [e for e, o in self._held.items() if o == owner and e not in held]:
                 del self._held[errand_id]
             return held
@@ -495,13 +502,13 @@ class BaseStore(GroupCommit):
         return None
 
     @abc.abstractmethod
-    def _budget_now(self, now: float, daily: bool) -> tuple[int, int, int]:
+    def _budget_now(self, now: float, lease_now: float, daily: bool) -> tuple[int, int, int]:
         """(spent today, held, calls in flight) -- held against the daily scope when
         *daily*, else by every call in flight whatever its caps. Any thread."""
 
     async def budget(self, daily_usd: float | None) -> BudgetStatus:
         now = self.clock()
-        spent, held, calls = self._budget_now(now, daily_usd is not None)
+        spent, held, calls = self._budget_now(now, self._lease_now(), daily_usd is not None)
         return BudgetStatus(
             day=spend.day_scope(now).removeprefix("day:"),
             spent_usd=spend.usd(spent),

@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from errands.store.migrations import Migration, to_apply
-from errands.store.sqlite import spend
+from errands.store.sqlite import leaseclock, spend
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -85,6 +85,9 @@ MIGRATIONS: list[Migration] = [
     # budgets (errands.costs.spend): what was spent, kept per day and per errand tree and
     # backfilled from the log; and the reservations of calls in flight
     Migration("0003_budgets", _budgets),
+    # leases and budget holds expire on the host's steady clock, not the wall clock
+    # (errands.store.sqlite.leaseclock): a clock step can no longer expire them all
+    Migration("0004_lease_clock", leaseclock.to_lease_clock),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

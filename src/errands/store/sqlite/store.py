@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from errands.clock import SYSTEM, Clock
 from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs import spend as money
@@ -41,7 +42,7 @@ from errands.store.base import (
 )
 from errands.store.protocol import StoredEvent, UsageRow
 from errands.store.redact import Redactor
-from errands.store.sqlite import spend
+from errands.store.sqlite import leaseclock, spend
 from errands.store.sqlite.connection import (
     begin_immediate,
     checkpointer,
@@ -123,7 +124,7 @@ class SQLiteStore(BaseStore):
         path: str | Path,
         *,
         redactor: Redactor | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         super().__init__(redactor=redactor, clock=clock)
         self.path = str(path)
@@ -132,6 +133,7 @@ class SQLiteStore(BaseStore):
         self._readers_lock = threading.Lock()
         self._data_version = -1
         self._wconn = _open_writer(self.path)
+        leaseclock.forget_other_boots(self._wconn, clock)
         try:
             cconn = connect(self.path)
         except BaseException:
@@ -249,7 +251,7 @@ class SQLiteStore(BaseStore):
             " ON CONFLICT(errand_id) DO UPDATE SET owner = excluded.owner,"
             " expires_at = excluded.expires_at"
             " WHERE leases.owner = excluded.owner OR leases.expires_at <= ?",
-            (errand_id, owner, until, tx.now),
+            (errand_id, owner, until, self._lease_now()),
         )
         return bool(cur.rowcount == 1)
 
@@ -258,7 +260,7 @@ class SQLiteStore(BaseStore):
             "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
             " WHERE e.state IN ('queued', 'running')"
             " AND (l.owner IS NULL OR l.expires_at <= ?) ORDER BY e.updated_at LIMIT ?",
-            (tx.now, limit),
+            (self._lease_now(), limit),
         ).fetchall()
         return [str(r[0]) for r in rows]
 
@@ -277,12 +279,13 @@ class SQLiteStore(BaseStore):
         return spend.spent(tx.conn, scope, tx.now)
 
     def _held_on(self, tx: Tx, scope: str, hold: str) -> int:
-        return spend.held(tx.conn, scope, tx.now, hold)
+        return spend.held(tx.conn, scope, self._lease_now(), hold)
 
     def _place_hold(
         self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
     ) -> None:
-        spend.place(tx.conn, hold, caps, amount, tx.now, tx.now + ttl)
+        now = self._lease_now()
+        spend.place(tx.conn, hold, caps, amount, now, now + ttl)
 
     def _settle_hold(self, tx: Tx, hold: str) -> None:
         spend.settle(tx.conn, hold)
@@ -450,16 +453,16 @@ class SQLiteStore(BaseStore):
         return await asyncio.to_thread(self._usage, since, errand_id)
 
     @_reads
-    def _budget_now(self, now: float, daily: bool) -> tuple[int, int, int]:
+    def _budget_now(self, now: float, lease_now: float, daily: bool) -> tuple[int, int, int]:
         reader = self._reader()
         row = reader.execute(
             "SELECT nanos FROM spend WHERE scope = ?", (money.day_scope(now),)
         ).fetchone()
         spent = int(row[0]) if row else 0
         if daily:
-            held, calls = spend.held_total(reader, money.DAY, now)
+            held, calls = spend.held_total(reader, money.DAY, lease_now)
         else:  # no daily cap: no day holds either; count every errand's
-            held, calls = spend.held_all(reader, now)
+            held, calls = spend.held_all(reader, lease_now)
         return spent, held, calls
 
     @_reads
