@@ -74,6 +74,7 @@ FaultKind = Literal[
     "stream_ends_early",  # 200, the body ends cleanly halfway: no finish, no [DONE]
     "stream_error",  # 200, an error object arrives in the middle of the stream
     "hang",  # nothing is sent for `seconds` (released early by stop())
+    "trickle",  # 200, half the stream, then an SSE comment every `interval` s for `seconds`
 ]
 
 
@@ -126,9 +127,10 @@ class Fault:
     kind: FaultKind
     status: int = 500  # server_error only
     retry_after: float = 1.0  # rate_limit only; seconds
-    seconds: float = 30.0  # hang only
+    seconds: float = 30.0  # hang, trickle
     message: str = "simulated failure"
     times: int = 1
+    interval: float = 2.0  # trickle: seconds between keep-alive comments
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,8 @@ class StreamReply:
 
     events: list[bytes]
     truncate_after: int | None = None  # send this many events and half the next, then close
+    # (after, seconds, interval): after this many events, keep-alive comments for a while
+    trickle: tuple[int, float, float] | None = None
 
 
 Reply = JSONReply | StreamReply
@@ -289,9 +293,10 @@ class SimServer:
         retry_after: float = 1.0,
         seconds: float = 30.0,
         message: str = "simulated failure",
+        interval: float = 2.0,
     ) -> None:
         """Queue a fault for the next ``times`` valid, authenticated requests."""
-        f = Fault(kind, status, retry_after, seconds, message, times)
+        f = Fault(kind, status, retry_after, seconds, message, times, interval)
         with self._lock:
             self._faults.append(f)
 
@@ -466,6 +471,8 @@ class SimServer:
             reply.events = reply.events[:middle]
         elif fault.kind == "stream_error":
             reply.events = [*reply.events[:middle], self.error_event(fault.message)]
+        elif fault.kind == "trickle":
+            reply.trickle = (middle, fault.seconds, fault.interval)
         return reply
 
     def _handle(self, h: _Handler) -> None:
@@ -511,8 +518,7 @@ class SimServer:
         h.end_headers()
         h.wfile.write(reply.body)
 
-    @staticmethod
-    def _write_stream(h: _Handler, reply: StreamReply) -> None:
+    def _write_stream(self, h: _Handler, reply: StreamReply) -> None:
         h.send_response(200)
         h.send_header("content-type", "text/event-stream")
         h.send_header("cache-control", "no-cache")
@@ -524,6 +530,11 @@ class SimServer:
             h.wfile.flush()
 
         for i, event in enumerate(reply.events):
+            if reply.trickle is not None and i == reply.trickle[0]:
+                _, seconds, interval = reply.trickle
+                end = time.monotonic() + seconds
+                while time.monotonic() < end and not self._stopping.wait(interval):
+                    chunk(b": keep-alive\n\n")  # a comment: resets a read timeout
             if reply.truncate_after is not None and i >= reply.truncate_after:
                 # half an event in a chunk that promises more bytes, then hang up
                 part = event[: len(event) // 2]

@@ -117,6 +117,8 @@ def errands_table(views: list[ErrandView]) -> Table:
     for v in views:
         style = STATE_STYLE.get(v.state, "")
         waiting = f" ({len(v.pending)})" if v.pending else ""
+        if v.state is ErrandState.running and v.reason:
+            waiting = " (waiting for its provider)"
         table.add_row(
             v.id,
             f"[{style}]{v.state.value}{waiting}[/{style}]",

@@ -142,6 +142,8 @@ def _model_responded(view: ErrandView, seq: int, event: ev.ModelResponded) -> No
     view.steps += 1
     view.usage = view.usage + event.usage
     _running(view)
+    if view.state is ErrandState.running:
+        view.reason = ""  # (no longer waiting for a provider, if it was)
 
 
 def _working(
@@ -180,7 +182,8 @@ def _cancel_requested(view: ErrandView, seq: int, event: ev.CancelRequested) -> 
 
 
 def _error_raised(view: ErrandView, seq: int, event: ev.ErrorRaised) -> None:
-    pass
+    if event.kind == "model" and event.retryable and view.state is ErrandState.running:
+        view.reason = event.message  # what it waits for: a provider that is down
 
 
 def _errand_purged(view: ErrandView, seq: int, event: ev.ErrandPurged) -> None:

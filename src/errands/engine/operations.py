@@ -13,13 +13,21 @@ from errands.config import Settings
 from errands.core import events as ev
 from errands.core.ids import new_errand_id
 from errands.core.labels import Confidentiality, Integrity, Provenance
-from errands.core.states import TERMINAL, ErrandView
+from errands.core.progress import Progress
+from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.errors import StoreError, UserError
 from errands.models.spec import check_spec
 from errands.store import Store
 from errands.tools.workspace import make_workspace
 
-__all__ = ["UserError", "cancel_errand", "create_errand", "tell_errand", "title_for"]
+__all__ = [
+    "UserError",
+    "cancel_errand",
+    "create_errand",
+    "retry_model",
+    "tell_errand",
+    "title_for",
+]
 
 
 def title_for(text: str, limit: int = 72) -> str:
@@ -97,6 +105,26 @@ async def cancel_errand(
 ) -> None:
     event = ev.CancelRequested(reason=reason or f"cancelled by {by}", by=by, channel=channel)
     await store.append(errand_id, [event], guard=_cancellable)
+
+
+async def retry_model(store: Store, errand_id: str) -> bool:
+    """Reopen an errand that failed because its model could not answer (a provider
+    outage, a timeout): its unanswered request is asked again. False -- and nothing
+    written -- for any other errand."""
+    progress = Progress.empty(errand_id)
+    for stored in await store.read(errand_id):
+        progress.apply(stored.seq, stored.event)
+    if progress.view.state is not ErrandState.failed or not progress.failed_by_model:
+        return False
+    seen = progress.last_seq
+
+    def unchanged(view: ErrandView) -> None:
+        if view.last_seq != seen:
+            raise StoreError(f"errand {errand_id} changed meanwhile; try again")
+
+    reason = "resumed: asking the model again"
+    await store.append(errand_id, [ev.StateChanged(state="running", reason=reason)], guard=unchanged)
+    return True
 
 
 def _limits(limits: ev.Limits, max_cost_usd: float | None) -> ev.Limits:

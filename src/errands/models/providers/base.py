@@ -131,7 +131,7 @@ def tool_call(call_id: str, name: str, raw: str) -> ToolCall:
     parsed: Any
     try:
         parsed = json.loads(raw) if raw.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than the parser goes)
         parsed = None
     if isinstance(parsed, dict):
         return ToolCall(call_id=call_id, name=name, arguments=parsed)
