@@ -19,6 +19,7 @@ harness they need without a switch inside errands.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from types import TracebackType
 from errands.channels import Channel
 from errands.config import Settings
 from errands.core import events as ev
+from errands.core.ids import new_errand_id
 from errands.engine import operations
 from errands.engine.loop import Loop, TextListener
 from errands.engine.runner import LEASE_TTL, Runner
@@ -37,6 +39,7 @@ from errands.policy.hook import PolicyHook
 from errands.policy.rules import load_policy
 from errands.store import Store, open_store
 from errands.store.redact import Redactor
+from errands.store.sqlite.connection import unavailable
 from errands.textlimit import check_text
 from errands.tools.builtin import builtin_toolset
 from errands.tools.toolset import CombinedToolset, Toolset
@@ -106,19 +109,30 @@ class Harness:
         errand_id: str | None = None,
     ) -> str:
         check_text(text, "the errand's text")
-        return await operations.create_errand(
-            self.store,
-            self.settings,
-            text,
-            model=model,
-            workspace=workspace,
-            limits=limits,
-            max_cost_usd=max_cost_usd,
-            by=by,
-            channel=channel,
-            parent=parent,
-            errand_id=errand_id,
-        )
+        errand_id = errand_id or new_errand_id()
+        made = _not_there(self.settings, errand_id, workspace)
+        try:
+            return await operations.create_errand(
+                self.store,
+                self.settings,
+                text,
+                model=model,
+                workspace=workspace,
+                limits=limits,
+                max_cost_usd=max_cost_usd,
+                by=by,
+                channel=channel,
+                parent=parent,
+                errand_id=errand_id,
+            )
+        except Exception as exc:  # (not a cancel: the errand may have been created)
+            # a creation that failed leaves no (empty) workspace folder it made behind
+            remove_empty(made)
+            if isinstance(exc, OSError):  # (making the folder: a full disk, an I/O error)
+                condition = unavailable(exc, str(made[0] if made else self.settings.workspaces))
+                if condition is not None:
+                    raise condition from exc
+            raise
 
     async def tell(
         self, errand_id: str, text: str, *, by: str = "local", channel: str = "cli"
@@ -167,6 +181,30 @@ class Harness:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _not_there(settings: Settings, errand_id: str, requested: str | Path | None) -> list[Path]:
+    """The folders a creation would make for its workspace (the deepest first): the
+    workspace's, and those above it that do not exist yet."""
+    try:
+        where = settings.workspaces / errand_id if requested is None else Path(requested)
+        path = Path(os.path.realpath(where.expanduser()))
+    except (OSError, ValueError):
+        return []
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove *folders* (the deepest first) while they are empty; leave anything else."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def toolset_for(

@@ -7,6 +7,7 @@ opening errands) and :mod:`errands.cli.live` (running an errand in the foregroun
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Annotated
@@ -15,7 +16,9 @@ import typer
 
 from errands import __version__
 from errands.cli.commands import approvals, cost, errands, models, policy, server
-from errands.cli.common import err, out, state
+from errands.cli.common import BAD_INPUT, err, out, state
+from errands.cli.common import settings as common_settings
+from errands.errors import ErrandsError, StoreUnavailable
 
 __all__ = ["app", "main"]
 
@@ -71,8 +74,27 @@ def main() -> None:
     except Exception as exc:  # the last line of defence: one clear line, no traceback
         if os.environ.get("ERRANDS_DEBUG"):
             raise
+        explained = _explained(exc)
+        if explained is not None:  # a refusal, or a condition of the world: not a bug
+            err.print(f"[bold red]error:[/bold red] {explained}", highlight=False)
+            sys.exit(BAD_INPUT)
         err.print(
             f"[bold red]error:[/bold red] {type(exc).__name__}: {exc}\n"
             "[dim](this is a bug in errands; ERRANDS_DEBUG=1 shows the traceback)[/dim]"
         )
         sys.exit(70)
+
+
+def _explained(exc: BaseException) -> ErrandsError | None:
+    """*exc* as what errands tells a person: an ErrandsError that escaped a command, or
+    a full disk, a held lock or an I/O error met outside the store (which explains its
+    own); None for a bug."""
+    if isinstance(exc, ErrandsError):
+        return exc
+    from errands.store.sqlite.connection import unavailable
+
+    where = "errands' files"
+    with contextlib.suppress(Exception):
+        where = str(common_settings().db_path)
+    found: StoreUnavailable | None = unavailable(exc, where)
+    return found

@@ -2,22 +2,24 @@
 
 Every body is a pydantic model (:mod:`.schemas`) and every answer is documented in
 ``/openapi.json``; what each route does is in :mod:`.actions`, the streams in
-:mod:`.streams`. Refusals are specific (404, 409, 422) and a bug stays a 500.
+:mod:`.streams`. Refusals are specific (404, 409, 422), a store that cannot write right
+now is a 503 with ``Retry-After`` (and ``/api/health`` says why), and a bug stays a 500.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 
 from errands import __version__
 from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import ErrandState
-from errands.errors import NotFound, StoreError
+from errands.errors import NotFound, StoreError, StoreUnavailable
 from errands.server.context import ServerContext
 from errands.server.handlers import (
     ApiError,
@@ -26,6 +28,7 @@ from errands.server.handlers import (
     decide_deny,
     message,
     pending_with_titles,
+    store_condition,
     view_or_404,
 )
 from errands.server.schemas import (
@@ -65,6 +68,35 @@ def _caller(by: str) -> str:
     return "api"
 
 
+Condition = Literal["disk_full", "locked", "io_error"]
+
+# what /api/health says about the store while it cannot write (no path: health is public)
+CONDITION_TEXT: dict[str, str] = {
+    "disk_full": "the disk holding the store is full",
+    "locked": "another process holds the store's write lock",
+    "io_error": "the disk holding the store reports I/O errors",
+}
+
+
+class Unavailable(BaseModel):
+    """A 503: the store cannot write right now; nothing was written."""
+
+    detail: str
+    condition: Condition
+
+
+class StoreStatus(BaseModel):
+    """Why the store cannot write right now (errands waits, and goes on by itself)."""
+
+    condition: Condition
+    detail: str
+    since: float  # when it began (Unix time)
+
+
+class HealthOut(Health):
+    store: StoreStatus | None = None  # None: the store writes
+
+
 # -- the router ------------------------------------------------------------------------------
 
 
@@ -86,6 +118,12 @@ COMMON: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorBody, "description": "the body is not JSON"},
     421: {"model": ErrorBody, "description": "unknown Host"},
     422: {"model": ErrorBody, "description": "invalid request"},
+    503: {
+        "model": Unavailable,
+        "description": "the store cannot write right now (a full disk, a held lock, an I/O "
+        "error): nothing was written; try again after Retry-After seconds",
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+    },
 }
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -146,9 +184,21 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         status, data = await fn(get_ctx(request))
         return _json(json.dumps(data).encode(), status)
 
-    @router.get("/health", response_model=Health, operation_id="health")
-    async def health() -> Health:
-        return Health(status="ok", version=__version__)
+    @router.get("/health", response_model=HealthOut, operation_id="health")
+    async def health(request: Request) -> HealthOut:
+        found = store_condition(get_ctx(request))
+        store = None
+        if found is not None:
+            condition, since = found
+            text = CONDITION_TEXT.get(condition.condition, CONDITION_TEXT["io_error"])
+            store = StoreStatus.model_validate(
+                {
+                    "condition": condition.condition,
+                    "detail": f"{text}; errands waits and goes on by itself when it clears",
+                    "since": since,
+                }
+            )
+        return HealthOut(status="ok", version=__version__, store=store)
 
     @router.post(
         "/errands",
@@ -253,6 +303,8 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             )
         except NotFound:
             raise ApiError(404, f"no errand {errand_id}") from None
+        except StoreUnavailable:
+            raise  # a 503: try again later
         except StoreError as exc:
             raise ApiError(409, str(exc)) from None
         return ErrandSummary.of(await ctx.store.view(errand_id))

@@ -4,7 +4,10 @@
 errand's state (decided already, cancelled, finished), 422 for a request that cannot
 be carried out (a bad model, an invalid edit): each is an
 :class:`~errands.errors.ErrandsError`, answered with its ``http_status``
-(:func:`error_response`, the one table the CLI shares). Anything else is a bug: a 500.
+(:func:`error_response`, the one table the CLI shares). A store that cannot write right
+now (a full disk, a held lock, an I/O error) is a ``503`` with ``Retry-After`` and the
+condition: nothing was written, and the same request may succeed later. Anything else
+is a bug: a 500.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from errands.core.errand import ApprovalOut
 from errands.core.faults import fault
 from errands.core.ids import new_errand_id
 from errands.core.states import ErrandState, ErrandView, PendingApproval
-from errands.errors import ErrandExists, ErrandsError, NotFound, UserError
+from errands.errors import ErrandExists, ErrandsError, NotFound, StoreUnavailable, UserError
 from errands.server.context import ServerContext
 from errands.server.schemas import ApproveBody, CreateErrand, Decision, DenyBody, Message
 
@@ -30,6 +33,7 @@ __all__ = [
     "error_response",
     "message",
     "pending_with_titles",
+    "store_condition",
     "view_or_404",
 ]
 
@@ -185,8 +189,24 @@ async def decide_deny(
     return Decision(approval_id=approval_id, errand_id=pending.errand_id, decision="denied")
 
 
+def store_condition(ctx: ServerContext) -> tuple[StoreUnavailable, float] | None:
+    """Why the store cannot write right now, and since when; None while it can. (The
+    store's writer knows: it records the condition when a commit fails and forgets it
+    at the first commit that writes.)"""
+    condition = getattr(ctx.store, "unavailable", None)
+    if not isinstance(condition, StoreUnavailable):
+        return None
+    return condition, float(getattr(ctx.store, "unavailable_since", 0.0))
+
+
 def error_response(exc: Exception) -> JSONResponse | None:
     """The answer for an exception errands explains (:mod:`errands.errors`); None for a bug."""
+    if isinstance(exc, StoreUnavailable):  # waited out: try again later
+        return JSONResponse(
+            {"detail": str(exc), "condition": exc.condition},
+            status_code=exc.http_status,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     if isinstance(exc, ErrandsError):
         return JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
     return None

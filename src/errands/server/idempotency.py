@@ -27,16 +27,18 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from errands.errors import StoreError
+from errands.store.sqlite.connection import unavailable
 
 __all__ = ["IdempotencyStore", "KeyReused", "Reservation", "fingerprint"]
 
 KEEP_SECONDS = 24 * 3600
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -133,7 +135,17 @@ class IdempotencyStore:
 
     async def begin(self, scope: str, key: str, body: Any, reserve: str) -> Reservation:
         """Find the key, or reserve it (durably) with *reserve*; hold :meth:`held` first."""
-        return await asyncio.to_thread(self._begin, scope, key, fingerprint(body), reserve)
+        return await self._run(self._begin, scope, key, fingerprint(body), reserve)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """*fn* in a thread; a full disk, a held lock or an I/O error is StoreUnavailable."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            condition = unavailable(exc, str(self.path))
+            if condition is None:
+                raise
+            raise condition from exc
 
     def _finish(self, scope: str, key: str, status: int, response: Any) -> None:
         with self._db_lock:
@@ -143,7 +155,7 @@ class IdempotencyStore:
             )
 
     async def finish(self, scope: str, key: str, status: int, response: Any) -> None:
-        await asyncio.to_thread(self._finish, scope, key, status, response)
+        await self._run(self._finish, scope, key, status, response)
 
     def _forget(self, scope: str, key: str) -> None:
         with self._db_lock:
@@ -154,7 +166,7 @@ class IdempotencyStore:
 
     async def forget(self, scope: str, key: str) -> None:
         """Drop a reservation whose request failed before creating anything."""
-        await asyncio.to_thread(self._forget, scope, key)
+        await self._run(self._forget, scope, key)
 
     def close(self) -> None:
         with self._db_lock:

@@ -3,6 +3,11 @@
 No build step: Jinja templates and one small script (``inbox/static/inbox.js``) that
 listens to the server-sent event streams and fetches fresh fragments when something
 changed. The page calls the JSON API for every action, with the CSRF header.
+
+While the store cannot write (a full disk, another process holding the write lock, an
+I/O error), every page shows a banner saying so: reading works, actions wait until it
+clears, and errands goes on by itself; the page script keeps it current from
+``/api/health``.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.errors import NotFound
 from errands.server.context import ServerContext, model_help
-from errands.server.handlers import pending_with_titles
+from errands.server.handlers import pending_with_titles, store_condition
 from errands.server.schemas import ERRAND_ID
 
 __all__ = ["STATIC_DIR", "build_inbox"]
@@ -111,6 +116,15 @@ def _model_choices(ctx: ServerContext) -> list[str]:
     return list(dict.fromkeys(choices))
 
 
+def store_banner(ctx: ServerContext) -> dict[str, Any] | None:
+    """What the banner says while the store cannot write; None while it can."""
+    found = store_condition(ctx)
+    if found is None:
+        return None
+    condition, since = found
+    return {"condition": condition.condition, "detail": str(condition), "since": since}
+
+
 def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     env = environment()
@@ -122,6 +136,8 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         html = env.get_template(template).render(
             csrf=csrf,
             token_mode=sec.token is not None,
+            # (not on the login page: the detail names the store's path)
+            store_banner=None if template == "login.html" else store_banner(ctx),
             **values,
         )
         response = HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})

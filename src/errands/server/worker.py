@@ -8,6 +8,12 @@ them. On its own loop, a request waits only for the interpreter's thread switch.
 Cross-thread calls are explicit: :meth:`RunnerThread.nudge` (from the API loop: claim
 now), the text listener (from the runner loop: handed to the API loop by the
 caller), and :meth:`RunnerThread.stop`.
+
+A store that cannot write right now (:class:`~errands.errors.StoreUnavailable`: a full
+disk, another process holding the write lock, an I/O error) never stops the thread:
+if it escapes the runner's serve loop, the loop is started again after a pause that
+doubles up to ``RESTART_MAX`` (the errands resume from the store). Anything else is
+a bug, reported to the server (:attr:`RunnerThread.error`), which shuts down.
 """
 
 from __future__ import annotations
@@ -16,11 +22,16 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 from errands.engine.runner import Runner
+from errands.errors import StoreUnavailable
 
 __all__ = ["RunnerThread"]
+
+RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before serving again after the store failed
+STEADY = 60.0  # serving this long without the store failing: the next pause starts short
 
 log = logging.getLogger("errands.server")
 
@@ -41,6 +52,7 @@ class RunnerThread:
         self.poll = poll
         self.runner: Runner | None = None
         self.error: BaseException | None = None
+        self.restarts = 0  # times the serve loop was started again after the store failed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._claiming: asyncio.Task[None] | None = None
@@ -78,7 +90,7 @@ class RunnerThread:
         self.runner = self._make()  # subscribes to the store on this loop
         self._ready.set()
         try:
-            await self.runner.serve(self._stop, poll=self.poll)
+            await self._serve_through(self.runner, self._stop)
         finally:
             if self._claiming is not None:
                 self._claiming.cancel()
@@ -86,6 +98,23 @@ class RunnerThread:
                     await self._claiming
             if self._on_stop is not None:
                 await self._on_stop()
+
+    async def _serve_through(self, runner: Runner, stop: asyncio.Event) -> None:
+        """Serve until *stop*; the store failing for a while is waited out, not fatal."""
+        pause = 0.0
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                await runner.serve(stop, poll=self.poll)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() - started >= STEADY:
+                    pause = 0.0
+                pause = min(max(2 * pause, RESTART_FIRST), RESTART_MAX)
+                self.restarts += 1
+                log.warning("the runner waits for the store (%s); it goes on in %.0f s", exc, pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
 
     # -- called from other threads ---------------------------------------------------------
 
@@ -107,6 +136,8 @@ class RunnerThread:
             self._again = False
             try:
                 await self.runner.claim()
+            except StoreUnavailable as exc:  # the runner's own poll claims it later
+                log.info("claiming runnable errands waits for the store: %s", exc)
             except Exception:  # the runner's own poll claims it a moment later
                 log.exception("claiming runnable errands failed")
             if not self._again:

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from errands.cli.commands import store as store_commands
 from errands.cli.common import JsonOpt, fail, out, settings
+from errands.cli.storecheck import store_check
 from errands.errors import ErrandsError
 from errands.models.inventory import Check, inventory
 from errands.models.inventory import doctor as run_doctor
@@ -71,6 +72,7 @@ def doctor(
     try:
         s = settings()
         checks = [_store_check(s.db_path), *run_doctor(s, timeout=timeout)]
+        checks.insert(1, store_check(s))  # can the store write right now?
     except ErrandsError as exc:
         fail(str(exc))
     problems = [p for c in checks for p in c.problems]

@@ -313,6 +313,36 @@
     form.reset();
   });
 
+  // -- the store banner: shown while the store cannot write (a full disk, a held lock) ------
+
+  const STORE_POLL_MS = 5000;
+
+  async function checkStore() {
+    const banner = document.getElementById("store-banner");
+    if (!banner) return;
+    let store = null;
+    try {
+      const response = await fetch("/api/health", { credentials: "same-origin" });
+      if (!response.ok) return;
+      store = (await response.json()).store || null;
+    } catch (_) {
+      return; // the server is not answering: the live dot says so
+    }
+    if (!store) {
+      banner.hidden = true;
+      banner.dataset.condition = "";
+      return;
+    }
+    if (banner.hidden || banner.dataset.condition !== store.condition) {
+      banner.dataset.condition = store.condition;
+      banner.querySelector(".detail").textContent = store.detail;
+      banner.querySelector(".since").textContent = `(since ${new Date(store.since * 1000).toLocaleTimeString()})`;
+      banner.hidden = false;
+    }
+  }
+
+  if (document.getElementById("store-banner")) setInterval(checkStore, STORE_POLL_MS);
+
   // -- wiring ---------------------------------------------------------------------------------
 
   if (page === "inbox") {
