@@ -25,7 +25,9 @@ errands reads):
   (controls, one child each guard off: the generic error answer, no workspace
   cleanup, no banner, no condition in health);
 - ``errands up`` keeps its pid through a held write lock that makes the runner's own
-  writes fail (control: a runner thread that does not wait and start again).
+  writes fail (control: a runner thread that does not wait and start again);
+- with no server, ``errands ls`` and ``errands run`` on a full disk say so in one line,
+  exit 2 (control: SQLite's errors left as they are -- "this is a bug in errands").
 
 The busy wait is shortened (2 s, not 30 s) in the fast tests by the test, in the
 child's ``sitecustomize``; the slow test runs the issue's own timings unchanged.
@@ -525,9 +527,10 @@ def check_health_and_doctor(obs: dict[str, Any]) -> None:
 def check_cli(obs: dict[str, Any]) -> None:
     tell = obs["tell"]
     assert tell.returncode == 2, tell
-    lines = [x for x in tell.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "is full" in lines[0], tell.stderr
-    assert "bug" not in tell.stderr + tell.stdout
+    said = " ".join(tell.stderr.split())  # (one message; the console may wrap it)
+    assert said.startswith("error: the disk holding") and said.count("error:") == 1, said
+    assert "is full" in said and "free some space" in said, said
+    assert "bug" not in said and "Traceback" not in said and not tell.stdout, tell
 
 
 def check_recovery(obs: dict[str, Any]) -> None:
@@ -555,6 +558,48 @@ def test_negative_control_errands_up_with_the_guards_off(tmpfs: Path, tmp_path: 
         with pytest.raises(AssertionError):
             check(obs)
     check_reads(obs)  # (what the controls leave alone still holds)
+
+
+# -- the CLI on its own, on a full disk -----------------------------------------------------
+
+UNMAPPED = """
+    import errands.store.sqlite.connection as connection
+    connection.unavailable = lambda exc, path: None  # SQLite's errors as they were
+"""
+
+
+def cli_on_a_full_disk(home: Path, env: dict[str, str]) -> dict[str, Any]:
+    """errands with no server: a run, then ``ls`` and another run on the full disk."""
+    first = cli(home, {}, "run", "--no-input", "make me a shopping list")
+    assert first.returncode == 0, first
+    filler = Filler(home)
+    filler.fill()
+    try:
+        return {"ls": cli(home, env, "ls"), "run": cli(home, env, "run", "--no-input", "more")}
+    finally:
+        filler.free()
+
+
+def check_one_line(obs: dict[str, Any]) -> None:
+    for name in ("ls", "run"):
+        r = obs[name]
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 2, (name, r)
+        assert said.startswith("error: the disk holding") and "is full" in said, (name, said)
+        assert "bug" not in said and "Traceback" not in said, (name, said)
+
+
+def test_the_cli_says_a_full_disk_in_one_line(tmpfs: Path) -> None:
+    check_one_line(cli_on_a_full_disk(tmpfs, {}))
+
+
+def test_negative_control_unmapped_the_cli_calls_a_full_disk_a_bug(
+    tmpfs: Path, tmp_path: Path
+) -> None:
+    obs = cli_on_a_full_disk(tmpfs, child_site(tmp_path / "site", UNMAPPED))
+    with pytest.raises(AssertionError):
+        check_one_line(obs)
+    assert "this is a bug in errands" in obs["ls"].stderr
 
 
 # -- errands up through a held write lock ---------------------------------------------------

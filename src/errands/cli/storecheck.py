@@ -82,7 +82,6 @@ def store_check(settings: Settings) -> Check:
         if found is None:
             check.notes.append(f"{path} takes a write")
         else:
-            way_out = WAY_OUT.get(found.condition, WAY_OUT["io_error"]).format(path=path)
-            check.problems.append(f"store: {found} -- {way_out}")
+            check.problems.append(f"store: cannot write: {found}")
     check.ok = not check.problems
     return check

@@ -48,6 +48,7 @@ BUSY_TIMEOUT = 30.0  # seconds to wait for another process's write lock
 UNAVAILABLE_WAIT = 1.0
 _FULL_BELOW = 64 * 1024  # bytes free under which an I/O error is taken for a full disk
 _ROOM = 1024 * 1024  # bytes free from which a full disk is taken to be over
+_WAITS = "(errands up waits for it and goes on by itself)"
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _IO_ERRNOS = frozenset({errno.EIO, errno.EROFS, errno.ENXIO, errno.ESTALE})
 _NO_ACCESS = (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM)
@@ -98,8 +99,8 @@ def unavailable(exc: BaseException, path: str) -> StoreUnavailable | None:
             return _full(path)
         if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL):
             return StoreUnavailable(
-                f"another process holds the write lock on {path}; nothing was written, and "
-                "errands tries again once it lets go",
+                f"another process holds the write lock on {path}; nothing was written -- "
+                f"try again when it lets go {_WAITS}",
                 "locked",
             )
         if primary == sqlite3.SQLITE_IOERR:
@@ -129,15 +130,14 @@ def _mapped(exc: BaseException, path: str, *, opening: bool = False) -> BaseExce
 
 def _full(path: str) -> StoreUnavailable:
     return StoreUnavailable(
-        f"the disk holding {path} is full; nothing was written, and errands tries again "
-        "once there is space",
+        f"the disk holding {path} is full; nothing was written -- free some space {_WAITS}",
         "disk_full",
     )
 
 
 def _io(path: str, what: str) -> StoreUnavailable:
     return StoreUnavailable(
-        f"the disk holding {path} reports {what}; nothing was written, and errands tries again",
+        f"the disk holding {path} reports {what}; nothing was written -- check the disk {_WAITS}",
         "io_error",
     )
 
