@@ -6,8 +6,11 @@ makes sure nothing in it can break the code that reads it later:
 
 - text with lone surrogates (which no UTF-8 encoder takes: the log, the next request,
   the terminal) has them replaced by U+FFFD;
+- provider state to replay (``replay``) that could not be logged is dropped (the next
+  request goes without it, as after a change of model);
 - tool arguments nested deeper than :data:`MAX_DEPTH`, larger than
-  :data:`MAX_ARGUMENT_CHARS`, or holding numbers JSON cannot carry (NaN, infinities)
+  :data:`MAX_ARGUMENT_CHARS`, or holding numbers JSON cannot carry (NaN, infinities,
+  integers of thousands of digits)
   are not passed on: the call keeps its name and id, its arguments become ``{}`` and
   ``raw_arguments`` says what was wrong -- so routing answers the model with a
   ``bad_arguments`` tool error it can correct, instead of an exception in a step.
@@ -30,6 +33,8 @@ __all__ = ["MAX_ARGUMENT_CHARS", "MAX_DEPTH", "REFUSED_PREFIX", "tame"]
 
 MAX_DEPTH = 64  # no tool errands knows nests its arguments this deep
 MAX_ARGUMENT_CHARS = 2_000_000  # a whole file's content fits; a runaway model does not
+MAX_INT_BITS = 128  # larger integers are no one's real argument (and past ~4,300 digits
+# Python refuses to print them: the log could not hold one)
 REFUSED_PREFIX = "[errands] "  # raw_arguments that explain why errands refused them
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -37,11 +42,19 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def tame(reply: ModelReply) -> ModelReply:
     """*reply*, safe to log, serialise and route (the same object if it already was)."""
-    text = _clean(reply.text)
+    text, model, stop = _clean(reply.text), _clean(reply.model), _clean(reply.stop_reason)
     calls = [_tame_call(call) for call in reply.tool_calls]
-    if text is reply.text and all(a is b for a, b in zip(calls, reply.tool_calls, strict=True)):
+    replay = reply.replay
+    if replay is not None:
+        problem, dirty = _inspect(replay)
+        replay = None if problem is not None else (_cleaned(replay) if dirty else replay)
+    if (
+        (text, model, stop) == (reply.text, reply.model, reply.stop_reason)
+        and replay is reply.replay
+        and all(a is b for a, b in zip(calls, reply.tool_calls, strict=True))
+    ):
         return reply
-    return replace(reply, text=text, tool_calls=calls)
+    return replace(reply, text=text, model=model, stop_reason=stop, tool_calls=calls, replay=replay)
 
 
 def _clean(text: str) -> str:
@@ -93,6 +106,8 @@ def _inspect(arguments: dict[str, Any]) -> tuple[str | None, bool]:
                 stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, float) and not math.isfinite(value):
             return "the arguments hold a number JSON cannot carry (NaN or infinity)", dirty
+        elif isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            return "the arguments hold a number too large to be meant", dirty
         elif value is not None and not isinstance(value, bool | int | float):
             return f"the arguments hold a {type(value).__name__}, not JSON", dirty
         if size > MAX_ARGUMENT_CHARS:

@@ -53,6 +53,7 @@ def new_owner() -> str:
 
 class Runner:
     loop_class: type[Loop] = Loop  # the loop it drives errands with (a variant: a subclass)
+    failure_pauses: tuple[float, ...] = FAILURE_PAUSES
 
     def __init__(
         self,
@@ -142,7 +143,7 @@ class Runner:
                     failures = 1
                 if failures >= MAX_FAILURES:
                     return await self.store.view(errand_id)
-                pause = FAILURE_PAUSES[min(failures, len(FAILURE_PAUSES)) - 1]
+                pause = self.failure_pauses[min(failures, len(self.failure_pauses)) - 1]
             await asyncio.sleep(pause)
 
     async def _failed(self, errand_id: str, exc: Exception) -> int:
