@@ -20,14 +20,17 @@ import asyncio
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers.kit import harness_for
+from helpers.server import clean_env, running, write_config
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from seams import child_env
 from sim.core import Turn, call
 from sim.openai_server import OpenAIChatSim
 
@@ -409,3 +412,43 @@ def test_any_replies_end_in_a_logged_state_with_every_call_booked(
     assert model.calls <= max_steps  # (max_attempts is 1: this model has no retries)
     assert len(logged) == model.calls  # every call that was made is in the log ...
     assert view.usage.cost_usd == pytest.approx(model.calls * PER_CALL)  # ... and paid for
+
+
+# -- the server: one process, a bug after every reply -----------------------------------------
+
+
+@pytest.mark.parametrize("controls", [(), ("no_step_guard",)], ids=["guard", "control"])
+def test_in_the_server_a_bug_after_every_reply_costs_three_calls_not_a_loop(
+    tmp_path: Path, openai_sim: OpenAIChatSim, controls: tuple[str, ...]
+) -> None:
+    """The issue's report: the server re-claimed the errand every 0.5 s and paid the
+    model each time (39 requests in 10 s). Now three tries, then needs_attention, and
+    the same server process goes on."""
+    home = tmp_path / "home"
+    write_config(home, "[providers.openai]\noutage_wait_seconds = 0")
+    openai_sim.script(default="hello")
+    env = child_env(clean_env(home, **openai_sim.env), controls=("bug_after_reply", *controls))
+    with running(home, env=env) as server, server.client() as api:
+        assert server.proc is not None
+        pid = server.proc.pid
+        r = api.post("/api/errands", json={"text": "x", "model": "openai:gpt-sim"})
+        assert r.status_code in (200, 201), r.text
+        eid = r.json()["id"]
+        deadline = time.monotonic() + 20
+        state = ""
+        while time.monotonic() < deadline:
+            state = api.get(f"/api/errands/{eid}").json()["status"]
+            if state == "needs_attention" or len(openai_sim.requests) > 6:
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # (would a loop go on?)
+        paid = len([q for q in openai_sim.requests if q.method == "POST"])
+        if controls:
+            assert paid > 6, paid  # the paid loop
+            return
+        assert state == "needs_attention" and paid == 3
+        shown = api.get(f"/api/errands/{eid}").json()
+        assert "a bug met after the reply" in shown["reason"]
+        assert server.proc.poll() is None and server.proc.pid == pid
+        # and it still serves: another errand is taken and answered (here: also buggy)
+        assert api.get("/api/errands").status_code == 200

@@ -20,6 +20,10 @@ a child process, installed by name (:func:`install`, through ``seams.child_env``
 | ``no_text_reset``   | a retried reply's discarded text is taken back             |
 | ``no_confinement``  | file tools never reach outside the errand's workspace      |
 | ``forgetful_idempotency`` | a creation retried after a crash completes the dead attempt, under its id |
+| ``no_step_guard``   | a step's unexpected failure is logged, never a paid loop   |
+
+Not a control but a fault, installed the same way: ``bug_after_reply`` (every model
+reply meets a bug before it is logged -- what no test of errands' own code can make).
 """
 
 from __future__ import annotations
@@ -161,7 +165,22 @@ class NoWaitLoop(Loop):
     budgets_class = NoWaitBudgets
 
 
+class BugAfterReplyLoop(Loop):
+    """(A fault, not a control.) Every model reply meets an unexpected exception after
+    the model was paid and before the reply is logged."""
+
+    async def _respond(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug met after the reply")
+
+
+async def _unguarded(self: Runner, errand_id: str) -> ErrandView | None:
+    """The runner before issue 12: an exception in a step ends the errand's task (and,
+    in the server, the errand is claimed again at once and its model asked again)."""
+    return await self.loop.run(errand_id)
+
+
 LOOPS: dict[str, type[Loop]] = {
+    "bug_after_reply": BugAfterReplyLoop,
     "no_intent": NoIntentLoop,
     "memory_approvals": MemoryApprovalsLoop,
     "no_arg_binding": NoBindingLoop,
@@ -282,6 +301,7 @@ INSTALLERS: dict[str, Callable[[], None]] = {
     "no_text_reset": _patch(AttemptText, "reset", reset_nothing),
     "no_confinement": _patch(files, "locate_inside", unconfined_locate),
     "forgetful_idempotency": _patch(IdempotencyStore, "begin", _begin_forgetting),
+    "no_step_guard": _patch(Runner, "_guarded", _unguarded),
 }
 
 
