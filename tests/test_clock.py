@@ -25,6 +25,7 @@ from errands.core.states import ErrandState
 from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
 from errands.policy.hook import AllowAll
+from errands.server.idempotency import KEEP_SECONDS, IdempotencyStore
 from errands.store.sqlite import SQLiteStore, leaseclock
 from errands.tools.toolset import FunctionToolset
 
@@ -200,3 +201,50 @@ async def test_a_clock_step_during_a_run_does_not_end_it(
         assert view.state is ErrandState.done
     finally:
         await store.close()
+
+
+# -- idempotency keys ------------------------------------------------------------------------
+
+
+class WallRetention(IdempotencyStore):
+    """The control: keys dropped by their age on the wall clock alone."""
+
+    def _purge(self) -> None:
+        self._conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ?", (self.clock.wall() - KEEP_SECONDS,)
+        )
+
+
+@pytest.mark.parametrize("cls", [IdempotencyStore, WallRetention], ids=["guard", "control"])
+async def test_a_forward_step_at_restart_keeps_the_idempotency_keys(
+    tmp_path: Path, cls: type[IdempotencyStore]
+) -> None:
+    clock = FakeClock()
+    keys = cls(tmp_path / "server.sqlite", clock=clock)
+    await keys.begin("create", "k1", {"text": "x"}, reserve="e1")
+    keys.close()
+    clock.step_wall(+3 * 24 * HOUR)  # the server restarts with its clock three days ahead
+    keys = cls(tmp_path / "server.sqlite", clock=clock)
+    try:
+        found = await keys.begin("create", "k1", {"text": "x"}, reserve="e2")
+        if cls is WallRetention:
+            assert found.reserved is None  # forgotten: the retry would create a second errand
+            return
+        assert found.reserved == "e1"
+    finally:
+        keys.close()
+
+
+async def test_idempotency_keys_still_expire_after_a_day(tmp_path: Path) -> None:
+    clock = FakeClock()
+    keys = IdempotencyStore(tmp_path / "server.sqlite", clock=clock)
+    await keys.begin("create", "old", {"text": "x"}, reserve="e1")
+    clock.advance(KEEP_SECONDS + 60)
+    await keys.begin("create", "new", {"text": "y"}, reserve="e2")
+    keys.close()
+    keys = IdempotencyStore(tmp_path / "server.sqlite", clock=clock)
+    try:
+        assert (await keys.begin("create", "old", {"text": "x"}, reserve="e3")).reserved is None
+        assert (await keys.begin("create", "new", {"text": "y"}, reserve="e4")).reserved == "e2"
+    finally:
+        keys.close()

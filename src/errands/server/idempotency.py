@@ -15,7 +15,10 @@ created, and its response is recorded now; if not, it is created now. For a mess
 the row records how long the errand's log was; a retry looks for the message (same
 text, from the API) after that point before sending it again.
 
-Keys are kept for 24 hours.
+Keys are kept for 24 hours -- measured so that a clock step cannot cut it short: a key
+is dropped only once it is 24 hours older than *now* and than the newest key (which was
+stamped by the same clock as it). A wall clock stepped forward by days at a restart
+therefore drops nothing until a day of new keys has been stamped by the new clock.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import hashlib
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from errands.clock import SYSTEM, Clock
 from errands.errors import StoreError
 from errands.store.sqlite.connection import unavailable
 
@@ -83,19 +86,27 @@ class Reservation:
 
 
 class IdempotencyStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Clock = SYSTEM) -> None:
         self.path = path
+        self.clock = clock
         self._conn = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute(_SCHEMA)
-        self._conn.execute(
-            "DELETE FROM idempotency WHERE created_at < ?", (time.time() - KEEP_SECONDS,)
-        )
+        self._purge()
         self._db_lock = threading.Lock()
         self._locks: dict[tuple[str, str], _Held] = {}
+
+    def _purge(self) -> None:
+        """Drop the keys older than :data:`KEEP_SECONDS`, by the wall clock *and* by the
+        newest key's stamp (a clock stepped forward makes only the first say so)."""
+        self._conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ?"
+            " AND created_at < (SELECT MAX(created_at) FROM idempotency) - ?",
+            (self.clock.wall() - KEEP_SECONDS, KEEP_SECONDS),
+        )
 
     @contextlib.asynccontextmanager
     async def held(self, scope: str, key: str) -> AsyncIterator[None]:
@@ -121,7 +132,7 @@ class IdempotencyStore:
                 self._conn.execute(
                     "INSERT INTO idempotency(scope, key, fingerprint, reserved, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (scope, key, fp, reserve, time.time()),
+                    (scope, key, fp, reserve, self.clock.wall()),
                 )
                 return Reservation(scope, key, reserved=None)
         if row[0] != fp:
