@@ -9,6 +9,7 @@ back through a pipe.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pwd
@@ -43,6 +44,10 @@ pytestmark = pytest.mark.skipif(
 def as_user(user: str, fn: Callable[[], object]) -> tuple[str, str]:
     """Run *fn* in a child process as *user*: ('ok', repr(result)) or (exception, message)."""
     pw = pwd.getpwnam(user)
+    # the child may not be able to read the interpreter's own files (a Python installed
+    # under /root, mode 0700): load here, before the fork, the codecs it may look up
+    for codec in ("ascii", "utf-8", "latin-1"):
+        codecs.lookup(codec)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child
