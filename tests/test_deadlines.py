@@ -358,3 +358,44 @@ def test_provider_settings_name_the_new_knobs(tmp_path: Path) -> None:
     assert s.tool_timeout_seconds == 30
     assert s.providers["openai"].outage_wait_seconds == 60
     assert s.providers["openai"].call_deadline_seconds == 120
+
+
+class MarkOnlyRunner(Runner):
+    """The control: a wake-up only marks the errand to be read at its next step."""
+
+    async def _woken(self, errand_id: str) -> None:
+        self.loop.dirty.add(errand_id)
+
+
+@pytest.mark.parametrize("runner_class", [Runner, MarkOnlyRunner], ids=["guard", "control"])
+async def test_in_the_server_loop_cancel_interrupts_a_model_call_within_a_second(
+    store: Store,
+    settings: Settings,
+    openai_sim: OpenAIChatSim,
+    sim_key: str,
+    runner_class: type[Runner],
+) -> None:
+    """The server's path: Runner.serve claims the errand; a cancel from outside (the
+    API, another process) reaches it through the wake-ups and interrupts the call."""
+    openai_sim.script(Turn(text="slow"))
+    openai_sim.fault("trickle", seconds=60, interval=0.2)
+    s = provider(openai_sim, settings)
+    h = harness_for(store, s, tools=sleepy_tools(), policy=AllowAll())
+    runner = runner_class(h.store, s, h.toolset, h.policy, models=h.models)
+    stop = asyncio.Event()
+    serving = asyncio.create_task(runner.serve(stop, poll=0.1))
+    try:
+        eid = await create_errand(store, s, "x", model="sim:gpt-sim")
+        while not [r for r in openai_sim.requests if r.method == "POST"]:
+            await asyncio.sleep(0.05)
+        task = runner.tasks[eid]
+        await cancel_errand(store, eid)
+        if runner_class is MarkOnlyRunner:
+            with pytest.raises(AssertionError, match="still running"):
+                await finishes_within(2.0, asyncio.shield(task))
+            return
+        view = await finishes_within(1.0, asyncio.shield(task))
+        assert view is not None and view.state is ErrandState.cancelled
+    finally:
+        stop.set()
+        await serving
