@@ -18,7 +18,7 @@ from errands.errors import UserError
 from errands.models.keys import find_key, key_names
 from errands.models.protocol import Model, ModelError
 from errands.models.wrappers import router
-from errands.models.wrappers.fallback import CircuitBreaker
+from errands.models.wrappers.fallback import CircuitBreaker, FallbackModel
 from errands.models.wrappers.router import EndpointKey, breaker_for
 
 __all__ = ["ModelSpecError", "Models", "check_spec", "endpoint_kind", "resolve_model"]
@@ -200,5 +200,12 @@ def outage_wait_for(spec: str, settings: Settings) -> float:
 
 
 def check_spec(spec: str, settings: Settings) -> None:
-    """Refuse a bad spec early (before an errand is created), without network calls."""
-    resolve_model(spec, settings)
+    """Refuse a bad spec early (before an errand is created), without network calls: an
+    unknown provider, a missing SDK, and a provider whose key is nowhere to be found
+    (every member of a chain must have its key)."""
+    model = resolve_model(spec, settings)
+    members = [m for m, _ in model.members] if isinstance(model, FallbackModel) else [model]
+    for member in members:
+        problem = getattr(router.innermost(member), "key_problem", lambda: None)()
+        if problem is not None:
+            raise ModelSpecError(problem)

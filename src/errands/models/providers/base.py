@@ -212,9 +212,14 @@ class ProviderClient(abc.ABC):
             await self._close_sdk(self._sdk)
             self._sdk = None
 
+    def key_problem(self) -> str | None:
+        """What is wrong with the key before any call (None: nothing known)."""
+        return None if self._api_key is not None else f"{self.name}: {self.api.no_key_help}"
+
     def _require_key(self) -> None:
-        if self._api_key is None:
-            raise ModelError(f"{self.name}: {self.api.no_key_help}")
+        problem = self.key_problem()
+        if problem is not None:
+            raise ModelError(problem)
 
     # -- the stream ----------------------------------------------------------------------
 
