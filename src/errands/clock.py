@@ -22,10 +22,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Protocol
+from zoneinfo import ZoneInfo
 
-__all__ = ["SYSTEM", "Clock", "FakeClock", "ReadingClock", "SystemClock"]
+__all__ = [
+    "LOCAL",
+    "SYSTEM",
+    "Clock",
+    "FakeClock",
+    "ReadingClock",
+    "SystemClock",
+    "date_line",
+    "zone",
+]
 
 
 class Clock(Protocol):
@@ -133,3 +144,21 @@ class ReadingClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(0)
+
+
+LOCAL = "local"  # the time zone of the machine errands runs on
+
+
+def zone(name: str) -> tzinfo | None:
+    """The time zone called *name* (an IANA name such as ``Europe/Paris``; ``local``:
+    the machine's, as None). ``ZoneInfoNotFoundError`` / ``ValueError`` for a bad name."""
+    return None if name == LOCAL else ZoneInfo(name)
+
+
+def date_line(wall: float, zone_name: str) -> str:
+    """What the model is told about the date: the local date at *wall* in the zone --
+    the day only, so that it changes once a day (the prompt's prefix stays cacheable)."""
+    tz = zone(zone_name)
+    local = datetime.fromtimestamp(wall, tz) if tz is not None else datetime.fromtimestamp(wall)
+    label = zone_name if tz is not None else (local.astimezone().tzname() or "local time")
+    return f"(Today is {local:%A} {local.day} {local:%B %Y}, time zone {label}.)"

@@ -11,9 +11,11 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from errands.clock import zone
 from errands.core.events import Limits
 from errands.errors import ConfigError
 
@@ -140,6 +142,9 @@ class Settings(BaseModel):
         "Use the tools you are given; say plainly when you are done and what you did."
     )
     max_tokens: int = Field(default=4096, gt=0)
+    # the person's time zone (an IANA name, e.g. "Europe/Paris"; "local": the machine's):
+    # models are told the date in it, and schedules run by it
+    timezone: str = "local"
     # a tool call still running after this long is stopped (its result says so)
     tool_timeout_seconds: float = Field(default=600.0, gt=0)
     # how hard models think before answering, mapped per provider (docs/providers.md);
@@ -156,6 +161,18 @@ class Settings(BaseModel):
     server_port: int | None = None
     server: ServerSettings = ServerSettings()
     notify: NotifySettings = NotifySettings()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            zone(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {name!r}: use an IANA name such as Europe/Paris, "
+                'or "local" for this machine\'s'
+            ) from None
+        return name
 
     @property
     def db_path(self) -> Path:

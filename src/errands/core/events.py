@@ -155,6 +155,9 @@ class ErrandCreated(_Event):
     parent: str | None = None
     by: str = "local"
     channel: str = "cli"
+    # the person's time zone: the model is told the date in it (None: an errand from
+    # before errands told models the date -- its transcript stays as it was)
+    timezone: str | None = None
 
 
 class UserMessage(_Event):

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from errands.clock import date_line
 from errands.core import events as ev
 from errands.core.labels import BOTTOM, Label
 from errands.core.messages import Message
@@ -73,6 +74,7 @@ class Progress:
     failures: int = 0
     last_failure: str = ""
     failed_by_model: bool = False  # the errand failed because its model could not answer
+    dated: str = ""  # the latest date line the model was given ("": never told the date)
 
     @classmethod
     def empty(cls, errand_id: str) -> Progress:
@@ -87,6 +89,13 @@ class Progress:
         match event:
             case ev.ErrandCreated():
                 self.created = event
+                if event.timezone is None:
+                    self._user(event.content)
+                else:  # the request, headed by the date it was made on
+                    self.dated = date_line(event.at, event.timezone)
+                    self._user(event.content, heading=self.dated)
+            case ev.UserMessage(channel="clock"):
+                self.dated = event.content.text
                 self._user(event.content)
             case ev.UserMessage():
                 self._user(event.content)
@@ -182,8 +191,9 @@ class Progress:
             case _:
                 pass
 
-    def _user(self, content: ev.Content) -> None:
-        message = Message(role="user", text=content.text)
+    def _user(self, content: ev.Content, heading: str = "") -> None:
+        text = f"{heading}\n\n{content.text}" if heading else content.text
+        message = Message(role="user", text=text)
         self.label = self.label.joined(content.label)
         if any(not c.done for c in self.calls.values()):
             self.held_messages.append(message)  # joins at the next step, after the results

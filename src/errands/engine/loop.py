@@ -28,7 +28,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from errands.clock import SYSTEM, Clock
+from errands.clock import SYSTEM, Clock, date_line
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.faults import fault
@@ -101,6 +101,7 @@ class Loop:
         self._seen: dict[str, int] = {}  # the newest seq a commit reported for each
         self._calls: dict[str, set[asyncio.Future[Any]]] = {}  # calls in flight, by errand
         self._since: dict[str, tuple[float, float]] = {}  # run start: (wall, steady)
+        self._day_cache: tuple[tuple[str, int], str] = (("", -1), "")  # (zone, minute) -> line
         # replies the store could not take yet (a full disk): used, not asked for again
         self._unlogged: dict[tuple[str, int], ModelReply] = {}
 
@@ -234,6 +235,8 @@ class Loop:
         if reason:
             await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
             return
+        if p.created.timezone is not None and not await self._date_told(p, p.created.timezone):
+            return  # cancelled meanwhile
         model = self.models(p.view.model)
         tools = self.dispatch.toolset.tools(p.view)
         if p.open_request_seq is None:
@@ -286,6 +289,25 @@ class Loop:
         except ModelError as exc:
             await self._model_failed(p, exc)
         return None
+
+    async def _date_told(self, p: Progress, zone_name: str) -> bool:
+        """Tell the model the date when the person's local date has changed since it was
+        last told (a line appended to the transcript: the cached prefix stays as it is).
+        False if the errand was cancelled meanwhile."""
+        wall = self.clock.wall()
+        if self._day_cache[0] != (zone_name, int(wall // 60)):
+            self._day_cache = ((zone_name, int(wall // 60)), date_line(wall, zone_name))
+        line = self._day_cache[1]
+        if line == p.dated:
+            return True
+        content = ev.Content(text=line, provenance=Provenance(kind="system", name="clock"))
+        told = ev.UserMessage(content=content, by="errands", channel="clock")
+        try:
+            await self._append(p, [told], guard=_not_cancelled)
+        except Stopped:
+            await self._catch_up(p)
+            return False
+        return True
 
     async def _model_failed(self, p: Progress, exc: ModelError) -> None:
         """After the retries: wait for a provider that is down (within its outage window,

@@ -70,6 +70,7 @@ async def create_errand(
             confidentiality=Confidentiality.private,
         ),
         model=spec,
+        timezone=settings.timezone,
         workspace=str(path),
         limits=_limits(limits or settings.limits, max_cost_usd),
         parent=parent,
