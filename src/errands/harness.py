@@ -145,6 +145,14 @@ class Harness:
     ) -> None:
         await operations.cancel_errand(self.store, errand_id, reason=reason, by=by, channel=channel)
 
+    async def continue_errand(
+        self, errand_id: str, more_steps: int, *, by: str = "local", channel: str = "cli"
+    ) -> None:
+        """Give an errand more steps; one that stopped at its step limit goes on."""
+        await operations.continue_errand(
+            self.store, errand_id, more_steps, by=by, channel=channel
+        )
+
     async def retry_model(self, errand_id: str) -> bool:
         """Reopen an errand its model failed (True), so that running it asks again."""
         return await operations.retry_model(self.store, errand_id)

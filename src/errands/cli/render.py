@@ -103,6 +103,8 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
             return f"{seq}[dim]✖ cancel requested by {escape(e.by)}: {escape(e.reason)}[/dim]"
         case ev.ErrandPurged():
             return f"{seq}[dim]private content purged by {escape(e.by)}[/dim]"
+        case ev.LimitsRaised():
+            return f"{seq}[cyan]+ {e.more_steps} more steps[/cyan], given by {escape(e.by)}"
     return None
 
 

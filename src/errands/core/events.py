@@ -35,6 +35,7 @@ __all__ = [
     "ErrorRaised",
     "Event",
     "Limits",
+    "LimitsRaised",
     "ModelRequested",
     "ModelResponded",
     "StateChanged",
@@ -158,6 +159,16 @@ class ErrandCreated(_Event):
     # the person's time zone: the model is told the date in it (None: an errand from
     # before errands told models the date -- its transcript stays as it was)
     timezone: str | None = None
+
+
+class LimitsRaised(_Event):
+    """A person gave the errand more room (it reached a limit, or was about to): it
+    goes on from where it stopped."""
+
+    type: Literal["limits_raised"] = "limits_raised"
+    more_steps: int = 0
+    by: str = "local"
+    channel: str = "cli"
 
 
 class UserMessage(_Event):
@@ -291,7 +302,8 @@ Event = Annotated[
     | StateChanged
     | ErrorRaised
     | CancelRequested
-    | ErrandPurged,
+    | ErrandPurged
+    | LimitsRaised,
     Field(discriminator="type"),
 ]
 
@@ -311,6 +323,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         ErrorRaised,
         CancelRequested,
         ErrandPurged,
+        LimitsRaised,
     )
 }
 

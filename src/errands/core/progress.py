@@ -75,10 +75,19 @@ class Progress:
     last_failure: str = ""
     failed_by_model: bool = False  # the errand failed because its model could not answer
     dated: str = ""  # the latest date line the model was given ("": never told the date)
+    more_steps: int = 0  # steps a person added to the errand's limit
 
     @classmethod
     def empty(cls, errand_id: str) -> Progress:
         return cls(errand_id=errand_id, view=ErrandView(id=errand_id))
+
+    @property
+    def limits(self) -> ev.Limits:
+        """The errand's limits, with what a person added since."""
+        limits = self.created.limits if self.created is not None else ev.Limits()
+        if self.more_steps and limits.max_steps is not None:
+            return limits.model_copy(update={"max_steps": limits.max_steps + self.more_steps})
+        return limits
 
     @property
     def last_seq(self) -> int:
@@ -182,6 +191,11 @@ class Progress:
                 same = event.message == self.last_failure
                 self.failures = self.failures + 1 if same else 1
                 self.last_failure = event.message
+            case ev.LimitsRaised():
+                self.more_steps += event.more_steps
+                if self.final_text is None and not self.waiting():
+                    self.needs_model = not any(not c.done for c in self.calls.values())
+                self.failures = 0
             case ev.StateChanged():
                 if event.state in ("done", "failed"):
                     self.needs_model = False

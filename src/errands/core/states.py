@@ -186,6 +186,12 @@ def _error_raised(view: ErrandView, seq: int, event: ev.ErrorRaised) -> None:
         view.reason = event.message  # what it waits for: a provider that is down
 
 
+def _limits_raised(view: ErrandView, seq: int, event: ev.LimitsRaised) -> None:
+    if view.state is ErrandState.failed or view.state is ErrandState.needs_attention:
+        view.state = ErrandState.queued  # it goes on
+        view.reason = ""
+
+
 def _errand_purged(view: ErrandView, seq: int, event: ev.ErrandPurged) -> None:
     view.purged = True
 
@@ -204,6 +210,7 @@ _FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
     ev.ErrorRaised: _error_raised,
     ev.CancelRequested: _cancel_requested,
     ev.ErrandPurged: _errand_purged,
+    ev.LimitsRaised: _limits_raised,
 }
 assert set(_FOLD) == set(ev.EVENT_TYPES.values()), "every event type has a fold rule"
 

@@ -231,7 +231,7 @@ class Loop:
 
     async def _ask_model(self, p: Progress) -> None:
         assert p.created is not None
-        reason = exceeded(p.view, p.created.limits, self._elapsed(p))
+        reason = exceeded(p.view, p.limits, self._elapsed(p))
         if reason:
             await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
             return
@@ -433,7 +433,7 @@ class Loop:
         others_done = all(c.done for c in p.calls.values() if c is not finishing)
         if not others_done or p.held_messages or p.view.cancel_requested or p.created is None:
             return []
-        if exceeded(p.view, p.created.limits, self._elapsed(p)):
+        if exceeded(p.view, p.limits, self._elapsed(p)):
             return []
         model = self.models(p.view.model)
         return [

@@ -7,6 +7,8 @@ the problem) and writes nothing.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from errands.config import Settings
@@ -15,6 +17,7 @@ from errands.core.ids import new_errand_id
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.progress import Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
+from errands.engine.limits import exceeded
 from errands.errors import StoreError, UserError
 from errands.models.spec import check_spec
 from errands.store import Store
@@ -23,6 +26,7 @@ from errands.tools.workspace import make_workspace
 __all__ = [
     "UserError",
     "cancel_errand",
+    "continue_errand",
     "create_errand",
     "retry_model",
     "tell_errand",
@@ -84,9 +88,20 @@ async def create_errand(
 async def tell_errand(
     store: Store, errand_id: str, text: str, *, by: str = "local", channel: str = "cli"
 ) -> int:
-    """A follow-up from the person: reopens a finished errand or joins a running one."""
+    """A follow-up from the person: reopens a finished errand or joins a running one.
+    An errand that stopped at one of its limits cannot go on with a message alone: that
+    is refused, saying how to give it more room."""
     if not text.strip():
         raise UserError("the message is empty")
+    progress = await _progress(store, errand_id)
+    view = progress.view
+    if view.state is ErrandState.failed or view.state is ErrandState.needs_attention:
+        limit = exceeded(view, progress.limits, max(0.0, time.time() - view.created_at))
+        if limit is not None:
+            raise UserError(
+                f"errand {errand_id} stopped: {limit}; a message cannot continue it. "
+                f"Give it more room first: errands resume {errand_id} --more-steps 10"
+            )
     message = ev.UserMessage(
         content=ev.Content(text=text, provenance=Provenance(kind="user", name=by)),
         by=by,
@@ -108,23 +123,51 @@ async def cancel_errand(
     await store.append(errand_id, [event], guard=_cancellable)
 
 
+async def _progress(store: Store, errand_id: str) -> Progress:
+    progress = Progress.empty(errand_id)
+    for stored in await store.read(errand_id):
+        progress.apply(stored.seq, stored.event)
+    return progress
+
+
+def _unchanged_since(seen: int) -> Callable[[ErrandView], None]:
+    def unchanged(view: ErrandView) -> None:
+        if view.last_seq != seen:
+            raise StoreError(f"errand {view.id} changed meanwhile; try again")
+
+    return unchanged
+
+
+async def continue_errand(
+    store: Store, errand_id: str, more_steps: int, *, by: str = "local", channel: str = "cli"
+) -> None:
+    """Give an errand *more_steps* more model turns; one that stopped at a limit goes on."""
+    if more_steps < 1:
+        raise UserError("--more-steps must be at least 1")
+    progress = await _progress(store, errand_id)
+    state = progress.view.state
+    if state is ErrandState.done or state is ErrandState.cancelled:
+        raise UserError(
+            f"errand {errand_id} is {state.value}: nothing to continue "
+            f"(errands tell {errand_id} \"...\" starts it again with a new message)"
+        )
+    raised = ev.LimitsRaised(more_steps=more_steps, by=by, channel=channel)
+    await store.append(errand_id, [raised], guard=_unchanged_since(progress.last_seq))
+
+
 async def retry_model(store: Store, errand_id: str) -> bool:
     """Reopen an errand that failed because its model could not answer (a provider
     outage, a timeout): its unanswered request is asked again. False -- and nothing
     written -- for any other errand."""
-    progress = Progress.empty(errand_id)
-    for stored in await store.read(errand_id):
-        progress.apply(stored.seq, stored.event)
+    progress = await _progress(store, errand_id)
     if progress.view.state is not ErrandState.failed or not progress.failed_by_model:
         return False
-    seen = progress.last_seq
-
-    def unchanged(view: ErrandView) -> None:
-        if view.last_seq != seen:
-            raise StoreError(f"errand {errand_id} changed meanwhile; try again")
-
     reason = "resumed: asking the model again"
-    await store.append(errand_id, [ev.StateChanged(state="running", reason=reason)], guard=unchanged)
+    await store.append(
+        errand_id,
+        [ev.StateChanged(state="running", reason=reason)],
+        guard=_unchanged_since(progress.last_seq),
+    )
     return True
 
 

@@ -91,12 +91,22 @@ def resume(
     errand_id: IdArg,
     as_json: JsonOpt = False,
     no_input: NoInputOpt = False,
+    more_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--more-steps",
+            min=1,
+            help="Give it N more model turns first (an errand stopped at its step limit goes on).",
+        ),
+    ] = None,
 ) -> None:
     """Continue an errand in the foreground (after a crash, a decision or a message);
     an errand its model failed (a provider outage) asks the model again."""
 
     async def go(h: Harness) -> ErrandView:
         full = await h.store.find(errand_id)
+        if more_steps is not None:
+            await h.continue_errand(full, more_steps)
         if await h.retry_model(full) and not as_json:
             out.print("[dim]the model failed this errand last time: asking it again[/dim]")
         return await foreground(
