@@ -32,8 +32,10 @@ def test_webhook_is_told_and_retried_without_secrets(tmp_path: Path) -> None:
             wait_for(lambda: len(hook.effects) == 2, timeout=30)
             done = json.loads(hook.effects[1]["body"])
             assert done["event"] == "errand_done" and done["state"] == "done"
+            assert done["summary"] == "Sent: the note is posted."  # the result's first line
+            assert done["text"] == "errands: done — post it: Sent: the note is posted."
         assert len(hook.requests) == 4  # two refused, then one each
-        for request in hook.requests:  # never argument values, results or URLs it called
+        for request in hook.requests:  # never argument values or URLs it called
             assert "SECRET-BODY-42" not in request["body"]
             assert sink.url not in request["body"]
     finally:
@@ -64,3 +66,23 @@ def test_a_dead_webhook_never_blocks_errands(tmp_path: Path) -> None:
     finally:
         proc.kill()
         sink.close()
+
+
+def test_the_summary_is_a_first_line_and_never_a_secret_result() -> None:
+    from errands.channels.webhook import _summary
+    from errands.core import events as ev
+    from errands.core.labels import Confidentiality, Provenance
+
+    def ended(text: str, confidentiality: Confidentiality) -> ev.StateChanged:
+        content = ev.Content(
+            text=text, provenance=Provenance(kind="model"), confidentiality=confidentiality
+        )
+        return ev.StateChanged(state="done", result=content)
+
+    assert _summary(ended("\n  Three new flats.\nDetails...", Confidentiality.private)) == (
+        "Three new flats."
+    )
+    assert _summary(ended("the code is 1234", Confidentiality.secret)) == ""
+    assert len(_summary(ended("x" * 500, Confidentiality.public))) == 200
+    failed = ev.StateChanged(state="failed", reason="step limit reached (2 of 2 model turns)")
+    assert _summary(failed) == "step limit reached (2 of 2 model turns)"

@@ -58,7 +58,9 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, gt=0)
 
 
-NotifyEvent = Literal["approval_requested", "errand_done", "errand_failed", "needs_attention"]
+NotifyEvent = Literal[
+    "approval_requested", "errand_done", "errand_failed", "needs_attention", "watch_changed"
+]
 
 
 class NotifySettings(BaseModel):

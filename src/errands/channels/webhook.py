@@ -36,6 +36,7 @@ import httpx
 
 from errands.config import NotifySettings
 from errands.core import events as ev
+from errands.core.labels import Confidentiality
 from errands.core.states import ErrandState
 from errands.errors import NotFound
 from errands.store import Store
@@ -122,6 +123,7 @@ class Notifier:
                 "event": STATE_EVENTS[event.state],
                 "errand_id": errand_id,
                 "state": event.state,
+                "summary": _summary(event),
                 "url": url,
                 "at": event.at,
             }
@@ -201,14 +203,34 @@ class Notifier:
             await self._client.aclose()
 
 
+SUMMARY_CHARS = 200
+
+
+def _summary(event: ev.StateChanged) -> str:
+    """The first line of what the errand ended with: its result (unless the result is
+    secret) or the reason it stopped -- never arguments, never secrets (the log holds
+    them redacted already)."""
+    if event.result is not None:
+        if event.result.confidentiality is Confidentiality.secret:
+            return ""
+        text = event.result.text
+    else:
+        text = event.reason
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= SUMMARY_CHARS else line[: SUMMARY_CHARS - 1].rstrip() + "…"
+
+
 def _line(p: dict[str, Any]) -> str:
     title = p.get("title") or p["errand_id"]
+    summary = f": {p['summary']}" if p.get("summary") else ""
     match p["event"]:
         case "approval_requested":
             return f"errands: {p['tool']} ({p['effect']}) waits for your approval — {title}"
         case "errand_done":
-            return f"errands: done — {title}"
+            return f"errands: done — {title}{summary}"
         case "errand_failed":
-            return f"errands: failed — {title}"
+            return f"errands: failed — {title}{summary}"
+        case "watch_changed":
+            return f"errands: something changed — {title}{summary}"
         case _:
-            return f"errands: needs your attention — {title}"
+            return f"errands: needs your attention — {title}{summary}"
