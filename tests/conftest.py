@@ -57,7 +57,7 @@ class CLI:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
-        env.update(ERRANDS_HOME=str(self.home), COLUMNS="200", NO_COLOR="1", **extra)
+        env.update({"ERRANDS_HOME": str(self.home), "COLUMNS": "200", "NO_COLOR": "1", **extra})
         return env
 
     def __call__(

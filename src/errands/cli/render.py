@@ -108,27 +108,33 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
     return None
 
 
-def errands_table(views: list[ErrandView]) -> Table:
+def errands_table(views: list[ErrandView], width: int = 120) -> Table:
+    """The errands, one line each: a title longer than the terminal leaves room for
+    ends in an ellipsis (*width*: the terminal's columns)."""
+    wide = width >= 100  # narrower: no steps and no date, the title keeps its room
     table = Table(show_lines=False, header_style="bold")
     table.add_column("id", no_wrap=True)
     table.add_column("state", no_wrap=True)
-    table.add_column("title")
-    table.add_column("steps", justify="right")
-    table.add_column("cost", justify="right")
-    table.add_column("created", no_wrap=True)
+    # the other columns and the borders take: id 13, state up to 23, cost 9, 13 for
+    # borders and padding, and wide, steps 5 + created 19 + 6
+    rest = 58 + (30 if wide else 0)
+    table.add_column("title", no_wrap=True, overflow="ellipsis", max_width=max(10, width - rest))
+    if wide:
+        table.add_column("steps", justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("created", no_wrap=True)
     for v in views:
         style = STATE_STYLE.get(v.state, "")
         waiting = f" ({len(v.pending)})" if v.pending else ""
         if v.state is ErrandState.running and v.reason:
-            waiting = " (waiting for its provider)"
-        table.add_row(
-            v.id,
-            f"[{style}]{v.state.value}{waiting}[/{style}]",
-            escape(v.title),
-            str(v.steps),
-            f"${v.usage.cost_usd:.4f}",
-            when(v.created_at),
-        )
+            waiting = " (provider down)"
+        state = f"[{style}]{v.state.value}{waiting}[/{style}]"
+        cost = f"${v.usage.cost_usd:.4f}"
+        if wide:
+            table.add_row(v.id, state, escape(v.title), str(v.steps), cost, when(v.created_at))
+        else:
+            table.add_row(v.id, state, escape(v.title), cost)
     return table
 
 

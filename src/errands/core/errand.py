@@ -106,20 +106,18 @@ class ErrandSummary(BaseModel):
             last_seq=view.last_seq,
         )
 
+    def row(self) -> dict[str, Any]:
+        """One errand in JSON, the same everywhere (``errands ls --json``, ``errands inbox
+        --json``, the API's lists): ``pending_approvals`` is a count; the approvals
+        themselves are in :meth:`Errand.detail`."""
+        return self.model_dump(mode="json")
+
     def inbox_row(self) -> dict[str, Any]:
-        """``errands inbox --json``: one line per recent errand."""
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "title": self.title,
-            "model": self.model,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "steps": self.steps,
-            "cost_usd": self.cost_usd,
-            "pending_approvals": self.pending_approvals,
-            "reason": self.reason,
-        }
+        """``errands inbox --json``: the same shape as every errand row."""
+        return self.row()
+
+
+_DETAIL_ONLY = {"workspace", "budget_usd", "approvals"}
 
 
 class Errand(ErrandSummary):
@@ -139,35 +137,14 @@ class Errand(ErrandSummary):
         )
 
     def row(self) -> dict[str, Any]:
-        """``errands ls --json``: one line per errand."""
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "title": self.title,
-            "created_at": self.created_at,
-            "steps": self.steps,
-            "cost_usd": self.cost_usd,
-            "pending_approvals": self.pending_approvals,
-        }
+        """The errand's summary row (see :meth:`ErrandSummary.row`)."""
+        return ErrandSummary.model_validate(self.model_dump(exclude=_DETAIL_ONLY)).row()
 
     def detail(self, events: Sequence[StoredEvent] | None = None) -> dict[str, Any]:
-        """``errands show --json`` / ``errands run --json``: the errand, its approvals in
-        full, and (for show) its events."""
-        out: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status.value,
-            "title": self.title,
-            "model": self.model,
-            "workspace": self.workspace,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "result": self.result,
-            "reason": self.reason,
-            "steps": self.steps,
-            "usage": self.usage.model_dump(),
-            "budget_usd": self.budget_usd,
-            "pending_approvals": [a.pending().model_dump() | {"id": a.id} for a in self.approvals],
-        }
+        """``errands show --json`` / ``errands run --json`` (and the API's errand): the
+        row's fields, the workspace, the budget, the pending approvals in full
+        (``approvals``), and (for show) the events."""
+        out: dict[str, Any] = self.model_dump(mode="json")
         if events is not None:
             out["events"] = [{"seq": s.seq, **s.event.model_dump(mode="json")} for s in events]
         return out

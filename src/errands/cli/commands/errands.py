@@ -134,7 +134,7 @@ def list_errands(
     elif not views:
         out.print('No errands yet. Try [bold]errands demo[/bold] or [bold]errands run "…"[/bold].')
     else:
-        out.print(errands_table(views))
+        out.print(errands_table(views, out.width))
 
 
 def show(errand_id: IdArg, as_json: JsonOpt = False) -> None:

@@ -119,7 +119,7 @@ def inbox(
                 f"[magenta]needs your attention:[/magenta] {e.id} {e.title} — {e.reason or ''}"
             )
     if views is not None and views:
-        out.print(errands_table(views))
+        out.print(errands_table(views, out.width))
     elif summaries:
         for e in summaries:
             waiting = f" ({e.pending_approvals} waiting)" if e.pending_approvals else ""
