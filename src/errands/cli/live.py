@@ -95,7 +95,7 @@ async def _ask_inline(harness: Harness, approval: PendingApproval, title: str) -
         answer = (
             await asyncio.to_thread(
                 Prompt.ask,
-                "[bold]approve?[/bold] [y]es / [n]o / [e]dit / [a]lways for this errand",
+                "[bold]approve?[/bold] \\[y]es / \\[n]o / \\[e]dit / \\[a]lways for this errand",
                 choices=["y", "n", "e", "a"],
                 console=out,
             )
