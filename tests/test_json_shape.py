@@ -47,3 +47,12 @@ def test_ls_keeps_a_long_title_on_one_line(cli: CLI) -> None:
     body = [line for line in table.splitlines() if "│" in line]
     assert len(body) == 1, table  # one line for the errand
     assert all(len(line) <= 80 for line in table.splitlines())
+
+
+def test_help_shows_flags_as_flags_and_sentences_whole(cli: CLI) -> None:
+    for args in (["--help"], ["ls", "--help"], ["run", "--help"], ["doctor", "--help"]):
+        text = cli(*args, COLUMNS="100").stdout
+        assert "<bool>" not in text, (args, text)
+        assert "--json" in text or args == ["--help"]
+    models = " ".join(cli("models", "--help", COLUMNS="200").stdout.split())
+    assert "the default model, and which keys are present" in models  # one sentence

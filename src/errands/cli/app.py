@@ -10,17 +10,29 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
 from errands import __version__
-from errands.cli.commands import approvals, cost, errands, models, policy, server
+from errands.cli.commands import approvals, cost, errands, models, policy, server, store
 from errands.cli.common import BAD_INPUT, err, out, state
 from errands.cli.common import settings as common_settings
 from errands.errors import ErrandsError, StoreUnavailable
 
 __all__ = ["app", "main"]
+
+_option_type = TyperOption.display_type_rich
+
+
+def _flag_has_no_type(self: TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value: its help row shows none (typer writes ``<bool>``, which
+    reads as if ``--json true`` were wanted)."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_has_no_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="errands",
@@ -28,7 +40,7 @@ app = typer.Typer(
     "durably, asks before anything consequential, and tells you what each one cost.",
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 
@@ -59,6 +71,7 @@ policy.register(app)
 app.command()(version)
 cost.register(app)
 models.register(app)
+store.register(app)
 server.register(app)
 
 

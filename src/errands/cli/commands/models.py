@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from errands.cli.commands import store as store_commands
 from errands.cli.common import JsonOpt, fail, out, settings
 from errands.cli.storecheck import store_check
 from errands.errors import ErrandsError
@@ -100,5 +99,3 @@ def _store_check(db: Path) -> Check:
 def register(app: typer.Typer) -> None:
     app.command()(models)
     app.command()(doctor)
-    # (backup and restore are registered here, beside doctor, to leave cli/app.py alone)
-    store_commands.register(app)
