@@ -27,6 +27,7 @@ __all__ = [
     "Price",
     "ServerSettings",
     "Settings",
+    "ToolSettings",
     "errands_home",
     "load_settings",
 ]
@@ -81,6 +82,15 @@ class NotifySettings(BaseModel):
     timeout_seconds: float = Field(default=5.0, gt=0)
     # the inbox address put in notifications (default: the address the server listens on)
     inbox_url: str | None = None
+
+
+class ToolSettings(BaseModel):
+    """``[tools]``: modules whose ``errands_tools`` join the built-ins (and the installed
+    plugins); see errands.tools.plugins. Their code runs unsandboxed inside errands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    modules: list[str] = []
 
 
 class Price(BaseModel):
@@ -163,6 +173,7 @@ class Settings(BaseModel):
     server_port: int | None = None
     server: ServerSettings = ServerSettings()
     notify: NotifySettings = NotifySettings()
+    tools: ToolSettings = ToolSettings()
 
     @field_validator("timezone")
     @classmethod

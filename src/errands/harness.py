@@ -41,7 +41,7 @@ from errands.store import Store, open_store
 from errands.store.redact import Redactor
 from errands.store.sqlite.connection import unavailable
 from errands.textlimit import check_text
-from errands.tools.builtin import builtin_toolset
+from errands.tools.plugins import load_tools
 from errands.tools.toolset import CombinedToolset, Toolset
 
 __all__ = ["Harness", "build", "toolset_for"]
@@ -218,9 +218,10 @@ def remove_empty(folders: Sequence[Path]) -> None:
 def toolset_for(
     settings: Settings, toolsets: Sequence[Toolset] = (), *, builtins: bool = True
 ) -> Toolset:
-    """The tools errands gives an errand: the built-ins and *toolsets* (a tool name may
-    come from only one of them)."""
-    parts: list[Toolset] = [builtin_toolset()] if builtins else []
+    """The tools errands gives an errand: the built-ins, the installed plugins and the
+    config's ``[tools] modules`` (:mod:`errands.tools.plugins`), and *toolsets* (a tool
+    name may come from only one of them)."""
+    parts = [s.toolset for s in load_tools(settings.tools.modules, plugins=builtins)]
     parts.extend(toolsets)
     return parts[0] if len(parts) == 1 else CombinedToolset(parts)
 

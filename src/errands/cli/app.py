@@ -16,7 +16,16 @@ import typer
 from typer.core import TyperOption
 
 from errands import __version__
-from errands.cli.commands import approvals, cost, errands, models, policy, server, store
+from errands.cli.commands import (
+    approvals,
+    cost,
+    errands,
+    models,
+    policy,
+    server,
+    store,
+    tools,
+)
 from errands.cli.common import BAD_INPUT, err, out, state
 from errands.cli.common import settings as common_settings
 from errands.errors import ErrandsError, StoreUnavailable
@@ -72,6 +81,7 @@ app.command()(version)
 cost.register(app)
 models.register(app)
 store.register(app)
+tools.register(app)
 server.register(app)
 
 
