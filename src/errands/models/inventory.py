@@ -25,6 +25,7 @@ import httpx
 from errands.config import ProviderSettings, Settings
 from errands.core.events import Usage
 from errands.costs.pricing import cost_usd
+from errands.install import extra_hint
 from errands.models.keys import KeyStatus, find_key, key_status
 from errands.models.providers.anthropic import ANTHROPIC_HOST
 from errands.models.providers.gemini import GEMINI_HOST
@@ -82,7 +83,7 @@ def keyring_state() -> str:
     if os.environ.get("ERRANDS_NO_KEYRING"):
         return "off (ERRANDS_NO_KEYRING is set)"
     if not _installed("keyring"):
-        return "not installed (keys from the environment only; pip install 'errands[keyring]')"
+        return f"not installed (keys from the environment only; {extra_hint('keyring')})"
     try:
         import keyring  # type: ignore[import-not-found, unused-ignore]
 
@@ -153,7 +154,7 @@ def _provider_info(name: str, settings: Settings) -> ProviderInfo:
     sdk = (
         "installed"
         if sdk_module and _installed(sdk_module)
-        else (f"missing: pip install 'errands[{extra}]'" if extra else "-")
+        else (f"missing: {extra_hint(extra)}" if extra else "-")
     )
     limits: dict[str, float] = {}
     if config is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from errands.config import ProviderSettings, Settings
 from errands.errors import UserError
+from errands.install import extra_hint
 from errands.models.keys import find_key, key_names
 from errands.models.protocol import Model, ModelError
 from errands.models.wrappers import router
@@ -154,7 +155,7 @@ def _single(spec: str, settings: Settings) -> tuple[Model, EndpointKey, Provider
     module, cls, sdk, extra = _CLIENTS[kind]
     if not _installed(sdk):
         raise ModelSpecError(
-            f"the {kind} provider needs the {extra} extra: pip install 'errands[{extra}]'"
+            f"the {kind} provider needs the {extra} extra: {extra_hint(extra)}"
         )
     client_class = getattr(importlib.import_module(module), cls)
     key_env = endpoint.api_key_env if endpoint else None

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, TypedDict
 from urllib.parse import urlsplit
 
 from errands.core.events import ToolCall
+from errands.install import extra_hint
 from errands.models.protocol import ModelError, TextSink
 
 __all__ = [
@@ -106,7 +107,7 @@ class StreamGarbage(Exception):
 
 def sdk_missing(package: str, extra: str) -> ModelError:
     """The error for a provider SDK that is not installed."""
-    return ModelError(f"the {package} package is not installed: pip install 'errands[{extra}]'")
+    return ModelError(f"the {package} package is not installed: {extra_hint(extra)}")
 
 
 def check_reasoning_level(level: str, known: Collection[str]) -> None:
