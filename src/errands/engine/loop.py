@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from errands.clock import SYSTEM, Clock, date_line
 from errands.config import Settings
@@ -38,6 +38,7 @@ from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.costs.pricing import cost_usd
 from errands.engine.budgets import Budgets
 from errands.engine.dispatch import Dispatcher
+from errands.engine.inflight import InFlight, Interrupted
 from errands.engine.limits import exceeded
 from errands.engine.replies import tame
 from errands.errors import StoreError, StoreUnavailable
@@ -52,10 +53,6 @@ __all__ = ["Interrupted", "Loop", "TextListener"]
 
 TextListener = Callable[[str, str], None]  # (errand_id, streamed text delta)
 T = TypeVar("T")
-
-
-class Interrupted(Exception):
-    """A cancel interrupted the call in flight (:meth:`Loop.interrupt`)."""
 
 
 class Stopped(StoreError):
@@ -99,7 +96,7 @@ class Loop:
         # perf: what noticed() needs to tell our own appends from an outsider's
         self._live: set[str] = set()  # errands run() is driving
         self._seen: dict[str, int] = {}  # the newest seq a commit reported for each
-        self._calls: dict[str, set[asyncio.Future[Any]]] = {}  # calls in flight, by errand
+        self.in_flight = InFlight(lambda: self.clock.steady())  # model and tool calls
         self._since: dict[str, tuple[float, float]] = {}  # run start: (wall, steady)
         self._day_cache: tuple[tuple[str, int], str] = (("", -1), "")  # (zone, minute) -> line
         # replies the store could not take yet (a full disk): used, not asked for again
@@ -130,29 +127,12 @@ class Loop:
         """Stop the errand's model and tool calls in flight (a cancel came in); the next
         step reads the log and stops there. True if a call was interrupted."""
         self.dirty.add(errand_id)
-        calls = self._calls.get(errand_id, ())
-        for call in calls:
-            call.cancel()
-        return bool(calls)
+        return self.in_flight.interrupt(errand_id)
 
     async def _bounded(self, errand_id: str, call: Awaitable[T], seconds: float | None) -> T:
         """Await *call*; :class:`Interrupted` if :meth:`interrupt` stopped it,
         ``TimeoutError`` past *seconds* (None: no bound but the interrupt)."""
-        task = asyncio.ensure_future(call)
-        calls = self._calls.setdefault(errand_id, set())
-        calls.add(task)
-        try:
-            async with asyncio.timeout(seconds):
-                return await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # this loop itself is being stopped (or timed out): not an interrupt
-            raise Interrupted from None
-        finally:
-            calls.discard(task)
-            if not calls:
-                self._calls.pop(errand_id, None)
+        return await self.in_flight.run(errand_id, call, seconds)
 
     def _elapsed(self, p: Progress) -> float:
         """Seconds since the errand was created: wall time up to this run's start, then
@@ -161,8 +141,7 @@ class Loop:
         return max(0.0, wall0 - p.view.created_at) + (self.clock.steady() - steady0)
 
     def _time_left(self, p: Progress) -> float | None:
-        assert p.created is not None
-        limit = p.created.limits.max_wall_seconds
+        limit = p.limits.max_wall_seconds
         return None if limit is None else max(0.0, limit - self._elapsed(p))
 
     def noticed(self, errand_id: str, seq: int) -> None:
@@ -231,7 +210,9 @@ class Loop:
 
     async def _ask_model(self, p: Progress) -> None:
         assert p.created is not None
-        reason = exceeded(p.view, p.limits, self._elapsed(p))
+        limits = p.limits
+        elapsed = 0.0 if limits.max_wall_seconds is None else self._elapsed(p)
+        reason = exceeded(p.view, limits, elapsed)
         if reason:
             await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
             return
@@ -433,7 +414,9 @@ class Loop:
         others_done = all(c.done for c in p.calls.values() if c is not finishing)
         if not others_done or p.held_messages or p.view.cancel_requested or p.created is None:
             return []
-        if exceeded(p.view, p.limits, self._elapsed(p)):
+        limits = p.limits
+        elapsed = 0.0 if limits.max_wall_seconds is None else self._elapsed(p)
+        if exceeded(p.view, limits, elapsed):
             return []
         model = self.models(p.view.model)
         return [

@@ -58,6 +58,8 @@ def tame(reply: ModelReply) -> ModelReply:
 
 
 def _clean(text: str) -> str:
+    if text.isascii():  # (perf: the common case, with no copy)
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -81,6 +83,8 @@ def _tame_call(call: ToolCall) -> ToolCall:
 
 def _inspect(arguments: dict[str, Any]) -> tuple[str | None, bool]:
     """(what makes the arguments unusable or None, whether any string needs cleaning)."""
+    if _flat_ascii(arguments):  # (perf: most calls)
+        return None, False
     size = 0
     dirty = False
     stack: list[tuple[Any, int]] = [(arguments, 1)]
@@ -113,6 +117,22 @@ def _inspect(arguments: dict[str, Any]) -> tuple[str | None, bool]:
         if size > MAX_ARGUMENT_CHARS:
             return f"the arguments are larger than {MAX_ARGUMENT_CHARS:,} characters", dirty
     return None, dirty
+
+
+def _flat_ascii(arguments: dict[str, Any]) -> bool:
+    """Only ASCII string keys to ASCII strings (or bools, small ints), small in all?"""
+    size = 0
+    for key, value in arguments.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():
+                return False
+            size += len(value)
+        elif kind is not bool and (kind is not int or value.bit_length() > MAX_INT_BITS):
+            return False
+    return size <= MAX_ARGUMENT_CHARS
 
 
 def _cleaned(value: Any) -> Any:
