@@ -21,6 +21,14 @@ a child process, installed by name (:func:`install`, through ``seams.child_env``
 | ``no_confinement``  | file tools never reach outside the errand's workspace      |
 | ``forgetful_idempotency`` | a creation retried after a crash completes the dead attempt, under its id |
 | ``no_step_guard``   | a step's unexpected failure is logged, never a paid loop   |
+| ``no_proxy_token``  | a server answering to a name beyond loopback asks for its token |
+| ``open_to_proxies`` | a server without a token refuses what a proxy forwarded    |
+| ``token_anywhere``  | the token is printed to a terminal only, never into a log  |
+| ``no_workspace_roots`` | a named workspace lies under a workspace root           |
+| ``no_server_registry`` | no errands process reaches any errands server's port    |
+| ``loose_modes``     | the home, store and workspaces are made 0700/0600          |
+| ``blind_doctor``    | errands doctor names the loose files and the chmod         |
+| ``raw_terminal``    | no escape sequence from outside reaches the terminal       |
 
 Not a control but a fault, installed the same way: ``bug_after_reply`` (every model
 reply meets a bug before it is logged -- what no test of errands' own code can make).
@@ -169,7 +177,7 @@ class BugAfterReplyLoop(Loop):
     """(A fault, not a control.) Every model reply meets an unexpected exception after
     the model was paid and before the reply is logged."""
 
-    async def _respond(self, *args: Any, **kwargs: Any) -> None:
+    def _reply_events(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug met after the reply")
 
 
@@ -292,6 +300,30 @@ def _patch(owner: Any, name: str, value: Any) -> Callable[[], None]:
     return do
 
 
+def _patch_in(module: str, name: str, value: Any) -> Callable[[], None]:
+    """:func:`_patch` for a module imported only when the control is installed (the web
+    stack, the CLI: not every child process needs them)."""
+
+    def do() -> None:
+        import importlib
+
+        setattr(importlib.import_module(module), name, value)
+
+    return do
+
+
+def _all(*installers: Callable[[], None]) -> Callable[[], None]:
+    def do() -> None:
+        for install_one in installers:
+            install_one()
+
+    return do
+
+
+def _as_is(text: str) -> str:
+    return text
+
+
 def _loop(name: str) -> Callable[[], None]:
     return _patch(Runner, "loop_class", LOOPS[name])
 
@@ -302,6 +334,27 @@ INSTALLERS: dict[str, Callable[[], None]] = {
     "no_confinement": _patch(files, "locate_inside", unconfined_locate),
     "forgetful_idempotency": _patch(IdempotencyStore, "begin", _begin_forgetting),
     "no_step_guard": _patch(Runner, "_guarded", _unguarded),
+    # the security holes of issue 13, each reopened (see tests/test_security_server.py,
+    # test_workspace_roots.py, test_server_ports.py, test_home_permissions.py,
+    # test_terminal_escapes.py)
+    "no_proxy_token": _patch_in("errands.server.serve", "remote_names", lambda host, names: []),
+    "open_to_proxies": _patch_in("errands.server.auth", "FORWARDING_HEADERS", ()),
+    "token_anywhere": _patch_in("errands.server.serve", "_to_terminal", lambda: True),
+    "no_workspace_roots": _patch_in(
+        "errands.tools.workspace", "outside_roots", lambda path, settings: None
+    ),
+    "no_server_registry": _patch_in("errands.registry", "published_ports", dict),
+    "loose_modes": _all(
+        _patch_in("errands.private", "DIR_MODE", 0o755),
+        _patch_in("errands.private", "FILE_MODE", 0o644),
+    ),
+    "blind_doctor": _patch_in("errands.cli.permcheck", "loose", lambda home: []),
+    "raw_terminal": _all(
+        *(
+            _patch_in(f"errands.cli.{module}", "visible", _as_is)
+            for module in ("render", "live", "remote")
+        )
+    ),
 }
 
 

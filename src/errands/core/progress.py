@@ -76,18 +76,11 @@ class Progress:
     failed_by_model: bool = False  # the errand failed because its model could not answer
     dated: str = ""  # the latest date line the model was given ("": never told the date)
     more_steps: int = 0  # steps a person added to the errand's limit
+    limits: ev.Limits = field(default_factory=ev.Limits)  # the errand's, with what was added
 
     @classmethod
     def empty(cls, errand_id: str) -> Progress:
         return cls(errand_id=errand_id, view=ErrandView(id=errand_id))
-
-    @property
-    def limits(self) -> ev.Limits:
-        """The errand's limits, with what a person added since."""
-        limits = self.created.limits if self.created is not None else ev.Limits()
-        if self.more_steps and limits.max_steps is not None:
-            return limits.model_copy(update={"max_steps": limits.max_steps + self.more_steps})
-        return limits
 
     @property
     def last_seq(self) -> int:
@@ -98,6 +91,7 @@ class Progress:
         match event:
             case ev.ErrandCreated():
                 self.created = event
+                self.limits = event.limits
                 if event.timezone is None:
                     self._user(event.content)
                 else:  # the request, headed by the date it was made on
@@ -193,6 +187,9 @@ class Progress:
                 self.last_failure = event.message
             case ev.LimitsRaised():
                 self.more_steps += event.more_steps
+                if self.limits.max_steps is not None:
+                    steps = self.limits.max_steps + event.more_steps
+                    self.limits = self.limits.model_copy(update={"max_steps": steps})
                 if self.final_text is None and not self.waiting():
                     self.needs_model = not any(not c.done for c in self.calls.values())
                 self.failures = 0

@@ -129,11 +129,6 @@ class Loop:
         self.dirty.add(errand_id)
         return self.in_flight.interrupt(errand_id)
 
-    async def _bounded(self, errand_id: str, call: Awaitable[T], seconds: float | None) -> T:
-        """Await *call*; :class:`Interrupted` if :meth:`interrupt` stopped it,
-        ``TimeoutError`` past *seconds* (None: no bound but the interrupt)."""
-        return await self.in_flight.run(errand_id, call, seconds)
-
     def _elapsed(self, p: Progress) -> float:
         """Seconds since the errand was created: wall time up to this run's start, then
         the steady clock (a clock step during the run changes nothing)."""
@@ -246,8 +241,9 @@ class Loop:
             reply = await self._call_model(p, model, request)
         if reply is None:
             return
-        try:
-            await self._respond(p, model, request_seq, reply)
+        response, routed = self._reply_events(p, model, request_seq, reply)
+        try:  # the reply and its routing in one commit, then the calls run
+            await self._route_and_run(p, routed, first=[response])
         except StoreUnavailable:
             if p.open_request_seq == request_seq:  # not logged: keep it, never pay twice
                 self._unlogged[(p.errand_id, request_seq)] = reply
@@ -259,7 +255,7 @@ class Loop:
         """The model's reply, tamed; None when there is none (what happened is logged)."""
         try:
             call = self._complete(model, request, p.errand_id)
-            return tame(await self._bounded(p.errand_id, call, self._time_left(p)))
+            return tame(await self.in_flight.run(p.errand_id, call, self._time_left(p)))
         except Interrupted:
             return None  # a cancel: the next step folds it in and stops
         except TimeoutError:
@@ -307,7 +303,7 @@ class Loop:
             await self._append(p, [ev.ErrorRaised(kind="model", message=message, retryable=True)])
             # (a cancel or the wall-time limit ends the wait: the next step sees to it)
             with contextlib.suppress(Interrupted, TimeoutError):
-                await self._bounded(p.errand_id, self.clock.sleep(pause), self._time_left(p))
+                await self.in_flight.run(p.errand_id, self.clock.sleep(pause), self._time_left(p))
             return
         waited = f" (after waiting {(now - since) / 60:.0f} min for it)" if p.outage_since else ""
         await self._append(
@@ -318,10 +314,10 @@ class Loop:
             ],
         )
 
-    async def _respond(
+    def _reply_events(
         self, p: Progress, model: Model, request_seq: int, reply: ModelReply
-    ) -> None:
-        """Log the reply (its cost booked) with the routing of its calls, then run them."""
+    ) -> tuple[ev.ModelResponded, list[ev.Event]]:
+        """The reply as its event (its cost booked), and the routing of its calls."""
         content = None
         if reply.text or not reply.tool_calls:
             content = ev.Content.labelled(
@@ -342,10 +338,10 @@ class Loop:
             stop_reason=reply.stop_reason,
             replay=reply.replay,
         )
-        routed = [
+        routed: list[ev.Event] = [
             self.dispatch.route(p, call, i, request_seq) for i, call in enumerate(reply.tool_calls)
         ]
-        await self._route_and_run(p, routed, first=[response])
+        return response, routed
 
     async def _complete(self, model: Model, request: ModelRequest, errand_id: str) -> ModelReply:
         # streamed text, and the resets of retries and fallbacks, go to the listener
@@ -392,7 +388,7 @@ class Loop:
                 else min(limit, self.settings.tool_timeout_seconds)
             )
             try:
-                result = await self._bounded(
+                result = await self.in_flight.run(
                     p.errand_id, self.dispatch.execute(p, seq, intent), limit
                 )
             except Interrupted:

@@ -42,6 +42,8 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def tame(reply: ModelReply) -> ModelReply:
     """*reply*, safe to log, serialise and route (the same object if it already was)."""
+    if _plain(reply):  # (perf: nearly every reply)
+        return reply
     text, model, stop = _clean(reply.text), _clean(reply.model), _clean(reply.stop_reason)
     calls = [_tame_call(call) for call in reply.tool_calls]
     replay = reply.replay
@@ -55,6 +57,20 @@ def tame(reply: ModelReply) -> ModelReply:
     ):
         return reply
     return replace(reply, text=text, model=model, stop_reason=stop, tool_calls=calls, replay=replay)
+
+
+def _plain(reply: ModelReply) -> bool:
+    """ASCII text, no replay state, and calls with flat ASCII arguments: nothing to tame."""
+    if not (reply.text.isascii() and reply.model.isascii() and reply.stop_reason.isascii()):
+        return False
+    if reply.replay is not None:
+        return False
+    for call in reply.tool_calls:
+        if call.raw_arguments is not None or not (call.name.isascii() and call.call_id.isascii()):
+            return False
+        if not _flat_ascii(call.arguments):
+            return False
+    return True
 
 
 def _clean(text: str) -> str:
