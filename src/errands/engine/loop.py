@@ -25,8 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
 from errands.clock import SYSTEM, Clock, date_line
 from errands.config import Settings
@@ -52,7 +51,6 @@ from errands.tools.toolset import Toolset
 __all__ = ["Interrupted", "Loop", "TextListener"]
 
 TextListener = Callable[[str, str], None]  # (errand_id, streamed text delta)
-T = TypeVar("T")
 
 
 class Stopped(StoreError):
