@@ -443,8 +443,12 @@ def test_only_arguments_declared_paths_are_judged(tree: Tree) -> None:
     # the role, not the name: an argument called "path" without the role is not judged
     no_roles = pcall("tool", {"path": "../../etc/passwd"}, E.write_local, tree.ws)
     assert decided(policy.check(no_roles)) == (ALLOW, "effects.write_local")
-    as_url = pcall("tool", {"path": "../x"}, E.write_local, tree.ws, roles={"path": ArgRole.url})
+    url_role = {"path": ArgRole.url}
+    as_url = pcall("tool", {"path": "https://h/../x"}, E.write_local, tree.ws, roles=url_role)
     assert policy.check(as_url).decision is ALLOW
+    # a URL argument that is no URL is refused as such, not judged as a path
+    not_url = pcall("tool", {"path": "../x"}, E.write_local, tree.ws, roles=url_role)
+    assert decided(policy.check(not_url)) == (DENY, "unreadable-url")
     # any argument declared a path counts, whatever its name
     roles = {"src": ArgRole.path, "dest": ArgRole.path}
     both = pcall("copy", {"src": "a", "dest": "/tmp/b"}, E.write_local, tree.ws, roles=roles)
@@ -560,21 +564,74 @@ def ref_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def ref_args_match(globs: dict[str, str], args: dict[str, Any]) -> bool:
-    for name, glob in globs.items():
-        if name not in args or not fnmatch.fnmatchcase(ref_text(args[name]), glob):
+@dataclass(frozen=True)
+class Judged:
+    """What docs/policy.md says a call's arguments are matched by (written here, apart
+    from errands.tools.canonical): a URL or path argument by its canonical spelling."""
+
+    args: dict[str, Any]
+    roles: Mapping[str, ArgRole]
+    workspace: Path
+
+    def url(self, value: str) -> str | None:
+        # the generated URLs are canonical already; anything else is no URL at all
+        return value if value in URLS and value.startswith("https://") else None
+
+    def path(self, value: str) -> tuple[str, str] | None:
+        root = os.path.realpath(self.workspace)
+        given = value.strip() or "."
+        real = os.path.realpath(given if os.path.isabs(given) else os.path.join(root, given))
+        if real != root and not real.startswith(root + os.sep):
+            return None
+        return os.path.relpath(real, root), real
+
+    def matches(self, name: str, glob: str) -> bool:
+        if name not in self.args:
             return False
-    return True
+        value, role = self.args[name], self.roles.get(name)
+        if isinstance(value, str) and role is ArgRole.url:
+            url = self.url(value)
+            return url is not None and fnmatch.fnmatchcase(url, ref_url_glob(glob))
+        if isinstance(value, str) and role is ArgRole.path:
+            where = self.path(value)
+            if where is None:
+                return False
+            pattern = ref_path_glob(glob)
+            return fnmatch.fnmatchcase(where[1] if pattern.startswith("/") else where[0], pattern)
+        return fnmatch.fnmatchcase(ref_text(value), glob)
+
+    def all_match(self, globs: dict[str, str]) -> bool:
+        return all(self.matches(name, glob) for name, glob in globs.items())
 
 
-def ref_rule_matches(
-    rule: dict[str, Any], tool: str, effect: EffectClass, args: dict[str, Any]
-) -> bool:
+def ref_url_glob(glob: str) -> str:
+    """scheme://host with no glob character in the host: no trailing dot, "/" if no path."""
+    head, sep, rest = glob.partition("://")
+    if not sep or not head.isalpha():
+        return glob
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i != -1], default=len(rest))
+    host, tail = rest[:cut], rest[cut:]
+    if set("*?[") & set(host + head):
+        return glob
+    host = host[:-1] if host.endswith(".") else host
+    if not host or ".." in host:
+        return glob
+    return f"{head}://{host}{tail or '/'}"
+
+
+def ref_path_glob(glob: str) -> str:
+    text = glob.strip()
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    joined = "/".join(parts) + ("/" if text.endswith("/") and parts else "")
+    return "/" + joined if text.startswith("/") else joined or "."
+
+
+def ref_rule_matches(rule: dict[str, Any], tool: str, effect: EffectClass, judged: Judged) -> bool:
     if rule.get("tool") is not None and not fnmatch.fnmatchcase(tool, rule["tool"]):
         return False
     if rule.get("effect") is not None and rule["effect"] != effect.value:
         return False
-    return ref_args_match(rule.get("args", {}), args)
+    return judged.all_match(rule.get("args", {}))
 
 
 def reference(
@@ -582,19 +639,27 @@ def reference(
     rules: list[dict[str, Any]],
     tool: str,
     effect: EffectClass,
-    args: dict[str, Any],
+    judged: Judged,
     path_outside: bool,
     grants: list[tuple[str, dict[str, str]]],
 ) -> tuple[Decision, str]:
-    # 1. the votes, in order: outside-workspace, then the matching rules in file order --
-    #    or, when no rule matches, the effect default
+    # 1. the votes, in order: outside-workspace, unreadable-url, then the matching rules in
+    #    file order -- or, when no rule matches, the effect default (no generated path is
+    #    one that executes later)
     votes: list[tuple[Decision, str]] = []
     if path_outside:
         votes.append((DENY, "outside-workspace"))
+    votes += [
+        (DENY, "unreadable-url")
+        for name, role in judged.roles.items()
+        if role is ArgRole.url
+        and isinstance(judged.args.get(name), str)
+        and judged.url(judged.args[name]) is None
+    ]
     matched = [
         (Decision(rule["decision"]), rule["name"])
         for rule in rules
-        if ref_rule_matches(rule, tool, effect, args)
+        if ref_rule_matches(rule, tool, effect, judged)
     ]
     votes += matched or [(Decision(effects[effect.value]), f"effects.{effect.value}")]
     # 2. the strictest wins; among equally strict votes the first names the rule
@@ -603,7 +668,7 @@ def reference(
     # 3. an ask becomes allow under a matching "always" for the same tool; nothing else moves
     if winner[0] is ASK:
         for granted_tool, pattern in grants:
-            if granted_tool == tool and ref_args_match(pattern, args):
+            if granted_tool == tool and judged.all_match(pattern):
                 return ALLOW, "always-allowed"
     return winner
 
@@ -729,7 +794,7 @@ def check_against_reference(tree: Tree, **options: Any) -> dict[str, int]:
                 rules,
                 case["tool"],
                 case["effect"],
-                case["args"],
+                Judged(case["args"], case["roles"], tree.ws),
                 case["path_outside"],
                 grants,
             )
@@ -758,6 +823,7 @@ def test_the_generated_cases_reach_every_step_of_the_semantics(tree: Tree) -> No
     outcomes = check_against_reference(tree, derandomize=True)
     wanted = {
         "outside-workspace:deny",
+        "unreadable-url:deny",
         "always-allowed:allow",
         "effect:allow",
         "effect:ask",

@@ -6,21 +6,30 @@ does, the call's effect-class default votes instead); the strictest vote wins --
 beats ask beats allow, whatever their order** -- and the winning rule is named in the
 verdict (``errands policy explain`` prints it).
 
-Built-in rules that no file can loosen:
+Rules are matched on what the call will actually do, not on how it is spelled: an
+argument the tool declares a URL is matched as its canonical URL, one it declares a
+path as its canonical path relative to the workspace (symbolic links followed), a
+method in upper case (:mod:`errands.tools.canonical`; :class:`CallValues`). A rule's own
+URL or path glob is spelled the same way before it is matched.
 
-- ``outside-workspace``: an argument the tool declares a path (its role, not its name)
-  that leads outside the errand's workspace is denied (the file tools also refuse it;
-  this stops it before any intent);
+Built-in votes that no file can loosen:
+
+- ``outside-workspace`` (deny): an argument the tool declares a path (its role, not its
+  name) that leads outside the errand's workspace (the file tools also refuse it; this
+  stops it before any intent);
+- ``unreadable-url`` (deny): an argument the tool declares a URL that is not a URL
+  errands can read -- no rule could be matched on it;
+- ``executes-later`` (ask): a call that writes (effect ``write_local`` or above) to a
+  path other programs run or trust later (:data:`~errands.policy.executable.EXECUTES_LATER`);
 - ``always-allowed``: an ``ask`` becomes ``allow`` when the person approved this tool
   "always, for this errand" with a pattern the arguments match. It never overrides a
-  ``deny``.
+  ``deny``, nor an ``executes-later`` ask.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,10 +39,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errands.config import ConfigError
 from errands.core.events import EffectClass
+from errands.policy.executable import ExecutesLater, executes_later
 from errands.policy.hook import Decision, PolicyCall, Verdict
+from errands.tools.canonical import (
+    CanonicalPath,
+    UrlError,
+    canonical_path,
+    canonical_url,
+    path_pattern,
+    url_pattern,
+)
 from errands.tools.tool import ArgRole
 
-__all__ = ["DEFAULT_POLICY_TOML", "Policy", "Rule", "load_policy", "pattern_matches"]
+__all__ = [
+    "DEFAULT_POLICY_TOML",
+    "CallValues",
+    "Policy",
+    "Rule",
+    "load_policy",
+    "pattern_matches",
+]
 
 SEVERITY = {Decision.allow: 0, Decision.ask: 1, Decision.deny: 2}
 
@@ -47,7 +72,15 @@ DEFAULT_POLICY_TOML = """\
 # rewrites it: your edits survive upgrades.
 #
 # Built in, and not loosened by anything here: a path outside the errand's workspace
-# is denied; "always allow" approvals never override a deny.
+# is denied, and so is a URL errands cannot read; a write to a file other programs run
+# or trust later (.git/config, .envrc, .github/workflows/...) is asked about; "always
+# allow" approvals never override a deny or that ask.
+#
+# URL and path arguments are matched in their canonical spelling (lower-case scheme
+# and host, no default port, no user@, ".." resolved; paths relative to the workspace,
+# symbolic links followed); URL and path globs below are spelled the same way.
+# errands re-reads this file within 2 seconds of a change (`errands policy reload`
+# checks it); a file that is not valid is refused and the previous policy is kept.
 
 # Decisions by effect class (what a tool call can do to the world), for the calls
 # that no rule below matches.
@@ -83,6 +116,70 @@ irreversible = "ask"    # anything that cannot be undone
 """
 
 
+class CallValues:
+    """The values a call's arguments are judged by: canonical for the roles that name a
+    place, computed once per call and only when something asks.
+
+    - a **URL** role: the canonical URL text (:func:`~errands.tools.canonical.canonical_url`);
+      one errands cannot read is :attr:`unreadable`;
+    - a **path** role: the canonical path (relative to the workspace, links followed;
+      :func:`~errands.tools.canonical.canonical_path`); one that leads out is :attr:`outside`;
+    - a **method** role: upper case;
+    - anything else, and a value that is not a string: its text (JSON for non-strings).
+    """
+
+    __slots__ = ("_paths", "_urls", "call", "outside", "unreadable")
+
+    def __init__(self, call: PolicyCall) -> None:
+        self.call = call
+        self._paths: dict[str, CanonicalPath] = {}
+        self._urls: dict[str, str] = {}
+        self.outside: list[str] = []  # path arguments that lead outside the workspace
+        self.unreadable: list[tuple[str, str]] = []  # (URL argument, why) that cannot be read
+        for name, role in call.roles.items():
+            raw = call.arguments.get(name)
+            if not isinstance(raw, str):
+                continue
+            if role is ArgRole.path:
+                try:
+                    self._paths[name] = canonical_path(raw, call.workspace)
+                except (OSError, ValueError):
+                    self.outside.append(name)
+            elif role is ArgRole.url:
+                try:
+                    self._urls[name] = canonical_url(raw).text
+                except UrlError as exc:
+                    self.unreadable.append((name, str(exc)))
+
+    def path(self, name: str) -> CanonicalPath | None:
+        return self._paths.get(name)
+
+    def matches(self, name: str, glob: str) -> bool:
+        """Does argument *name* exist and match *glob* (spelled like its canonical value)?"""
+        arguments = self.call.arguments
+        if name not in arguments:
+            return False
+        value = arguments[name]
+        role = self.call.roles.get(name)
+        if isinstance(value, str) and role is not None:
+            if role is ArgRole.url:  # (one that cannot be read is denied anyway)
+                url = self._urls.get(name)
+                return url is not None and fnmatch.fnmatchcase(url, url_pattern(glob))
+            if role is ArgRole.path:  # (one that leads out is denied anyway)
+                where = self._paths.get(name)
+                if where is None:
+                    return False
+                pattern = path_pattern(glob)
+                text = where.absolute if pattern.startswith("/") else where.relative
+                return fnmatch.fnmatchcase(text, pattern)
+            if role is ArgRole.method:
+                return fnmatch.fnmatchcase(value.strip().upper(), glob.strip().upper())
+        return fnmatch.fnmatchcase(_text(value), glob)
+
+    def all_match(self, pattern: Mapping[str, str]) -> bool:
+        return all(self.matches(name, glob) for name, glob in pattern.items())
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,15 +187,15 @@ class Rule(BaseModel):
     decision: Decision
     tool: str | None = None  # glob on the tool name
     effect: EffectClass | None = None
-    args: dict[str, str] = Field(default_factory=dict)  # argument name -> glob on its text
+    args: dict[str, str] = Field(default_factory=dict)  # argument name -> glob on its value
     reason: str = ""
 
-    def matches(self, call: PolicyCall) -> bool:
+    def matches(self, call: PolicyCall, values: CallValues | None = None) -> bool:
         if self.tool is not None and not fnmatch.fnmatchcase(call.tool, self.tool):
             return False
         if self.effect is not None and call.effect is not self.effect:
             return False
-        return pattern_matches(self.args, call.arguments)
+        return (values or CallValues(call)).all_match(self.args)
 
 
 def _text(value: Any) -> str:
@@ -106,11 +203,14 @@ def _text(value: Any) -> str:
 
 
 def pattern_matches(pattern: Mapping[str, str], arguments: Mapping[str, Any]) -> bool:
-    """Every named argument exists and its text matches the glob."""
+    """Every named argument exists and its text matches the glob (no roles: raw text)."""
     return all(
         name in arguments and fnmatch.fnmatchcase(_text(arguments[name]), glob)
         for name, glob in pattern.items()
     )
+
+
+_WRITES = frozenset(EffectClass) - {EffectClass.none, EffectClass.read}
 
 
 DEFAULT_EFFECTS: dict[EffectClass, Decision] = {
@@ -133,18 +233,35 @@ class Policy(BaseModel):
     def check(self, call: PolicyCall) -> Verdict:
         """The strictest vote; ties go to the first such vote (see the module docstring).
 
-        The votes: ``outside-workspace`` if a path leads out, then every rule that
-        matches, in file order -- or, when no rule matches, the effect-class default. A
-        rule is the person's word about these calls in particular, so it decides them in
-        place of the class default, which an allow rule may therefore loosen; among the
-        rules, deny beats ask beats allow whatever their order.
+        The votes: ``outside-workspace`` if a path leads out, ``unreadable-url`` if a URL
+        cannot be read, ``executes-later`` if the call writes a file other programs run,
+        then every rule that matches, in file order -- or, when no rule matches, the
+        effect-class default. A rule is the person's word about these calls in
+        particular, so it decides them in place of the class default, which an allow
+        rule may therefore loosen; among the rules, deny beats ask beats allow whatever
+        their order. Arguments are matched by :meth:`values`.
         """
+        values = self.values(call)
         votes: list[Verdict] = []
-        if _outside_workspace(call):
+        if values.outside:
             votes.append(
                 Verdict(Decision.deny, "outside-workspace", "the path leads outside the workspace")
             )
-        matched = [Verdict(r.decision, r.name, r.reason) for r in self.rules if r.matches(call)]
+        for name, why in values.unreadable:
+            votes.append(Verdict(Decision.deny, "unreadable-url", f"{name}: {why}"))
+        later = self.executes_later(call, values)
+        if later is not None:
+            where, entry = later
+            votes.append(
+                Verdict(
+                    Decision.ask,
+                    "executes-later",
+                    f"{where} is a file other programs run or trust: {entry.why}",
+                )
+            )
+        matched = [
+            Verdict(r.decision, r.name, r.reason) for r in self.rules if r.matches(call, values)
+        ]
         if matched:
             votes.extend(matched)
         else:
@@ -153,15 +270,33 @@ class Policy(BaseModel):
                 Verdict(default, f"effects.{call.effect.value}", _effect_reason(call, default))
             )
         verdict = max(votes, key=lambda v: SEVERITY[v.decision])  # first of the strictest
-        if verdict.decision is Decision.ask:
+        if verdict.decision is Decision.ask and later is None:
             for tool, pattern_json in call.always_allowed:
-                if tool == call.tool and pattern_matches(json.loads(pattern_json), call.arguments):
+                if tool == call.tool and values.all_match(json.loads(pattern_json)):
                     return Verdict(
                         Decision.allow,
                         "always-allowed",
                         f"you allowed {tool} with arguments like these for this errand",
                     )
         return verdict
+
+    def values(self, call: PolicyCall) -> CallValues:
+        """The values the call's arguments are matched by (canonical URLs and paths)."""
+        return CallValues(call)
+
+    def executes_later(
+        self, call: PolicyCall, values: CallValues
+    ) -> tuple[str, ExecutesLater] | None:
+        """A path this call writes that other programs run or trust later, and its entry."""
+        if call.effect not in _WRITES:
+            return None
+        for name, role in call.roles.items():
+            where = values.path(name) if role is ArgRole.path else None
+            if where is not None:
+                entry = executes_later(where.relative)
+                if entry is not None:
+                    return where.relative, entry
+        return None
 
 
 def _effect_reason(call: PolicyCall, decision: Decision) -> str:
@@ -172,21 +307,6 @@ def _effect_reason(call: PolicyCall, decision: Decision) -> str:
             EffectClass.irreversible: "it cannot be undone",
         }.get(call.effect, f"{call.effect.value} actions need your approval")
     return ""
-
-
-def _outside_workspace(call: PolicyCall) -> bool:
-    """Does any argument the tool declares a path lead outside the workspace?"""
-    workspace: str | None = None  # resolved only when there is a path to judge
-    for name, role in call.roles.items():
-        raw = call.arguments.get(name)
-        if role is not ArgRole.path or not isinstance(raw, str):
-            continue
-        if workspace is None:
-            workspace = os.path.realpath(call.workspace)
-        target = os.path.realpath(os.path.join(workspace, raw))
-        if os.path.commonpath([workspace, target]) != workspace:
-            return True
-    return False
 
 
 def load_policy(home: Path, *, create: bool = True) -> Policy:

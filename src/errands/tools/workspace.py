@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from errands.errors import UserError
+from errands.tools.canonical import PathError, resolve_path
 from errands.tools.tool import ToolError
 
 if TYPE_CHECKING:
@@ -117,24 +118,10 @@ def resolve_inside(workspace: Path, path: str) -> Path:
     in the middle; ``..`` is resolved after the links, as the OS would. The result has
     no symlinks left in it at the time of the call.
     """
-    if "\x00" in path:
-        raise PathRefused("paths cannot contain NUL characters")
-    root = Path(os.path.realpath(workspace))
-    given = Path(path.strip() or ".").expanduser()  # "~/x" is then refused as outside
-    candidate = given if given.is_absolute() else root / given
-    try:
-        resolved = Path(os.path.realpath(candidate))
-    except OSError as exc:  # a link changed while being resolved (lstat, then readlink)
-        raise PathRefused(f"{path!r} changed while it was being resolved: {exc.strerror}") from None
-    if resolved == root or resolved.is_relative_to(root):
-        return resolved
-    lexical = Path(os.path.normpath(candidate))
-    if lexical == root or lexical.is_relative_to(root):
-        raise PathRefused(
-            f"{path!r} leads outside the workspace through a symbolic link; "
-            "only paths inside the workspace can be used"
-        )
-    raise PathRefused(f"{path!r} is outside the workspace; use a path relative to the workspace")
+    try:  # the one resolution, shared with the policy (errands.tools.canonical)
+        return Path(resolve_path(workspace, path)[1])
+    except PathError as exc:
+        raise PathRefused(str(exc)) from None
 
 
 @dataclass(frozen=True)

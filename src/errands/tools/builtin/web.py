@@ -4,6 +4,14 @@ Both go through :func:`errands.tools.netguard.guarded_request`: only public addr
 (or ones the person allow-listed), checked where the connection is made and again on
 every redirect; responses are capped at ``network.max_response_bytes``. What comes
 back is labelled untrusted: a web page is the classic carrier of prompt injection.
+
+A URL argument is validated into its canonical spelling
+(:func:`errands.tools.canonical.web_url`), so the policy judges, the approval card shows
+and the request goes to one and the same URL; credentials in a URL are refused (they
+belong in a header, where the effect class sees them). An ``http_request`` is a plain
+read (``network``) only when it is a GET or HEAD with no body and only headers from
+:data:`SAFE_READ_HEADERS`; anything else it carries may change or reveal something, so
+it is ``external``.
 """
 
 from __future__ import annotations
@@ -13,16 +21,21 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import html2text
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 from errands.config import Settings
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
+from errands.tools.canonical import UrlError, web_url
 from errands.tools.netguard import Fetched, guarded_request
 from errands.tools.tool import ToolArgumentError, ToolContext, ToolOutput
 
 __all__ = [
     "FORBIDDEN_HEADERS",
+    "SAFE_READ_HEADERS",
     "HttpMethod",
+    "WebUrl",
     "fetch_url",
     "http_request",
     "http_request_effect",
@@ -47,6 +60,45 @@ FORBIDDEN_HEADERS = frozenset(
         "idempotency-key",
     }
 )
+
+# Headers a plain read may carry and stay a read: they ask for a representation and
+# say nothing about who asks. Any other header (Authorization, Cookie, a custom one)
+# makes even a GET `external`.
+SAFE_READ_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "user-agent",
+        "if-none-match",
+        "if-modified-since",
+        "range",
+        "cache-control",
+    }
+)
+
+
+class WebUrl(str):
+    """An http(s) URL argument, validated into its canonical spelling (``web_url``).
+
+    Its JSON schema is a plain string; a URL errands cannot read, another scheme or
+    credentials in the URL are refused with one clear error before anything is judged.
+    """
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(web_url, core_schema.str_schema())
+
+
+def _sent_url(url: str) -> str:
+    """The URL a logged call goes to: canonical again (a redacted secret may have been
+    written into it since it was validated), refused like a bad argument."""
+    try:
+        return web_url(url)
+    except UrlError as exc:
+        raise ToolArgumentError(str(exc)) from None
+
 
 _SHOWN_HEADERS = (
     "content-type",
@@ -116,7 +168,7 @@ def _label(fetched: Fetched, default: Confidentiality) -> Confidentiality:
     return Confidentiality.private if fetched.reached_non_public else default
 
 
-async def fetch_url(url: str, ctx: ToolContext) -> ToolOutput:
+async def fetch_url(url: WebUrl, ctx: ToolContext) -> ToolOutput:
     """Fetch a web page or file with GET and return it as readable text.
 
     HTML is converted to plain text with links kept. Redirects are followed (at most
@@ -127,7 +179,7 @@ async def fetch_url(url: str, ctx: ToolContext) -> ToolOutput:
     """
     settings = _settings(ctx)
     fetched = await guarded_request(
-        "GET", url, settings, headers={"Accept-Encoding": "identity", "Accept": "*/*"}
+        "GET", _sent_url(url), settings, headers={"Accept-Encoding": "identity", "Accept": "*/*"}
     )
     media = _media_type(fetched)
     status = f"HTTP {fetched.status} {fetched.reason}".rstrip()
@@ -148,8 +200,18 @@ async def fetch_url(url: str, ctx: ToolContext) -> ToolOutput:
 
 
 def http_request_effect(args: Mapping[str, Any]) -> EffectClass:
-    """GET and HEAD only read (``network``); every other method may change something."""
-    return EffectClass.network if args.get("method") in ("GET", "HEAD") else EffectClass.external
+    """A plain read (``network``): GET or HEAD with no body and only headers from
+    :data:`SAFE_READ_HEADERS`. Anything else may change something or act as someone --
+    another method, a body, credentials (Authorization, Cookie), a custom header -- and
+    is ``external``."""
+    if args.get("method") not in ("GET", "HEAD") or args.get("body") not in (None, ""):
+        return EffectClass.external
+    headers = args.get("headers") or {}
+    if not isinstance(headers, Mapping):
+        return EffectClass.external
+    if any(str(name).strip().lower() not in SAFE_READ_HEADERS for name in headers):
+        return EffectClass.external
+    return EffectClass.network
 
 
 def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -176,7 +238,7 @@ def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 async def http_request(
     method: HttpMethod,
-    url: str,
+    url: WebUrl,
     ctx: ToolContext,
     headers: dict[str, str] | None = None,
     body: str | None = None,
@@ -200,7 +262,7 @@ async def http_request(
     settings = _settings(ctx)
     fetched = await guarded_request(
         method,
-        url,
+        _sent_url(url),
         settings,
         headers=send,
         content=body.encode("utf-8") if body is not None else None,
