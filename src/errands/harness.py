@@ -36,7 +36,7 @@ from errands.models.protocol import Model
 from errands.models.spec import Models
 from errands.policy.approvals import Approvals
 from errands.policy.hook import PolicyHook
-from errands.policy.rules import load_policy
+from errands.policy.reload import PolicyFile
 from errands.store import Store, open_store
 from errands.store.redact import Redactor
 from errands.store.sqlite.connection import unavailable
@@ -60,16 +60,17 @@ class Harness:
 
     @property
     def policy(self) -> PolicyHook:
-        """The policy (``policy.toml``, written with defaults the first time it is read)."""
+        """The policy (``policy.toml``, written with defaults the first time it is read;
+        read again within 2 s of a change, an invalid change refused: ``PolicyFile``)."""
         if self._policy is None:
-            self._policy = load_policy(self.settings.home)
+            self._policy = PolicyFile(self.settings.home)
         return self._policy
 
     @property
     def approvals(self) -> Approvals:
-        """Decisions on pending approvals, for every channel."""
+        """Decisions on pending approvals, for every channel (judged by :attr:`policy`)."""
         if self._approvals is None:
-            self._approvals = Approvals(self.store, self.toolset)
+            self._approvals = Approvals(self.store, self.toolset, self.policy)
         return self._approvals
 
     def runner(
@@ -241,7 +242,8 @@ def build(
     - *store*: default, the home's store (:func:`errands.store.open_store`, with the
       secret redactor -- or *redactor*);
     - *toolsets*: added to the built-in tools (or in their place, ``builtins=False``);
-    - *policy*: default, ``policy.toml`` in the home (read on first use);
+    - *policy*: default, ``policy.toml`` in the home (read on first use, and again
+      whenever it changes);
     - *models*: ``spec -> Model``; default, one model per spec from the config.
     """
     return Harness(

@@ -23,7 +23,7 @@ from errands.core.faults import fault
 from errands.core.labels import Confidentiality, Integrity, Label, Provenance
 from errands.core.progress import CallState, Progress
 from errands.engine.replies import REFUSED_PREFIX
-from errands.policy.hook import Decision, PolicyCall, PolicyHook
+from errands.policy.hook import Decision, PolicyCall, PolicyHook, Verdict
 from errands.policy.preview import preview_of
 from errands.tools.tool import Tool, ToolContext, ToolError
 from errands.tools.toolset import Toolset
@@ -154,16 +154,26 @@ class Dispatcher:
             return _error_result(
                 call.call, "denied", f"the person denied this call: {call.deny_reason}"
             )
+        approved = call.approved_args or {}
         try:
             tool = self.toolset.tools(p.view).get(call.call.name)
-            args = tool.validate(call.approved_args or {})
+            args = tool.validate(approved)
         except ToolError as exc:
             return _error_result(call.call, exc.kind, str(exc))
-        if not self.bound(call, args):
+        # bound as logged: validation may respell them (a canonical URL), not change them
+        if not self.bound(call, approved):
             return _error_result(
                 call.call,
                 "denied",
                 "refused: these arguments are not the ones that were approved; ask again",
+            )
+        verdict = self.permitted(p, tool, call.call.name, args)
+        if verdict.decision is Decision.deny:
+            return _error_result(
+                call.call,
+                "denied",
+                f"denied by policy rule {verdict.rule}: {verdict.reason or 'not allowed'} "
+                "(a person's yes does not override a deny)",
             )
         return self.intent(
             p.errand_id,
@@ -174,6 +184,23 @@ class Dispatcher:
             args,
             tool.effect(args),
             approval_seq=call.approval_seq,
+        )
+
+    def permitted(self, p: Progress, tool: Tool, name: str, args: dict[str, Any]) -> Verdict:
+        """The policy's decision, now, on granted *args* (edited or not): a deny wins over
+        the person's yes -- an edit cannot take a call where a deny rule covers, and a
+        policy changed since the request applies. An ``ask`` runs: a person approved it."""
+        return self.policy.check(
+            PolicyCall(
+                errand_id=p.errand_id,
+                tool=name,
+                arguments=args,
+                effect=tool.effect(args),
+                workspace=_workspace(p.view.workspace),
+                context=p.label,
+                always_allowed=tuple(p.always_allowed),
+                roles=tool.arg_roles,
+            )
         )
 
     def bound(self, call: CallState, args: dict[str, Any]) -> bool:

@@ -9,7 +9,12 @@ the write are atomic even with several processes deciding at once:
 - the errand must not be cancelled or finished;
 - the arguments the person saw must be the ones bound to the request (their
   canonical hash); edited arguments are re-validated against the tool's schema and
-  preconditions, and the grant is bound to the hash of the edited arguments.
+  preconditions, and the grant is bound to the hash of the edited arguments;
+- the arguments granted are decided by the policy again (:meth:`Approvals.within_policy`):
+  an edit the policy denies -- a URL a deny rule covers, a path outside the workspace --
+  is refused with the rule that denies it (deny wins; an ``ask`` is fine, a person is
+  approving it). The loop decides them once more before they run
+  (:meth:`errands.engine.dispatch.Dispatcher.permitted`), with the policy then in force.
 
 The loop then runs the approved call from the log -- once, with its intent (the
 outbox record) durable before it runs.
@@ -23,8 +28,11 @@ from typing import Any
 
 from errands.core import events as ev
 from errands.core.canonical import canonical_hash
+from errands.core.progress import Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView, PendingApproval
 from errands.errors import ApprovalRefused, EditRefused
+from errands.policy.hook import Decision, PolicyCall, PolicyHook, Verdict
+from errands.policy.rules import Policy
 from errands.store import AppendCheck, Store
 from errands.tools.tool import ToolContext, ToolError
 from errands.tools.toolset import Toolset
@@ -48,12 +56,17 @@ class Approvals:
     and inside the store's transaction (to be atomic): :meth:`decidable` (not after a
     cancel or the end), :meth:`pending` (the request still waits: no replayed or second
     decision) and :meth:`as_seen` (the arguments the person saw are the ones bound to
-    the request).
+    the request); and before the write, :meth:`within_policy` (the policy does not deny
+    the arguments granted).
+
+    *policy* is the one the errands run by (the harness passes its own); without one,
+    the built-in votes and the effect-class defaults judge (``Policy()``).
     """
 
-    def __init__(self, store: Store, toolset: Toolset) -> None:
+    def __init__(self, store: Store, toolset: Toolset, policy: PolicyHook | None = None) -> None:
         self.store = store
         self.toolset = toolset
+        self.policy: PolicyHook = policy if policy is not None else Policy()
 
     # -- the checks ----------------------------------------------------------------------
 
@@ -81,6 +94,51 @@ class Approvals:
                 f"approval {pending.id} is for different arguments than the ones you saw; "
                 "look at it again (errands approvals)"
             )
+
+    def within_policy(self, pending: PendingApproval, verdict: Verdict | None) -> None:
+        """Refuse a grant of arguments the policy denies (deny wins over a person's yes)."""
+        if verdict is not None and verdict.decision is Decision.deny:
+            raise EditRefused(
+                f"the policy denies {pending.tool} with these arguments (rule "
+                f"{verdict.rule}: {verdict.reason or 'not allowed'}); nothing was approved"
+            )
+
+    async def decision_for(
+        self, approval_id: str, arguments: dict[str, Any] | None = None
+    ) -> Verdict | None:
+        """What the policy decides now for approval *approval_id* granted with *arguments*
+        (default: the requested ones) -- for a card to show before a person says yes.
+        None when its tool is gone (the grant would then be refused when it runs)."""
+        errand_id, seq = parse_approval_id(approval_id)
+        view = await self.store.view(errand_id)
+        pending = self.pending(view, seq)
+        args = pending.arguments
+        if arguments is not None:
+            args = _validate_edit(self.toolset, view, pending, arguments)
+        return await self._judge(view, pending, args)
+
+    async def _judge(
+        self, view: ErrandView, pending: PendingApproval, args: dict[str, Any]
+    ) -> Verdict | None:
+        try:
+            tool = self.toolset.tools(view).get(pending.tool)
+        except ToolError:
+            return None
+        progress = Progress.empty(view.id)  # the context's label, the standing approvals
+        for stored in await self.store.read(view.id):
+            progress.apply(stored.seq, stored.event)
+        return self.policy.check(
+            PolicyCall(
+                errand_id=view.id,
+                tool=pending.tool,
+                arguments=args,
+                effect=tool.effect(args),
+                workspace=Path(view.workspace),
+                context=progress.label,
+                always_allowed=tuple(progress.always_allowed),
+                roles=tool.arg_roles,
+            )
+        )
 
     def _guard(self, seq: int, seen_hash: str | None) -> AppendCheck:
         def guard(view: ErrandView) -> None:  # inside the append's transaction
@@ -113,6 +171,7 @@ class Approvals:
         args = pending.arguments
         if edited_arguments is not None:
             args = _validate_edit(self.toolset, view, pending, edited_arguments)
+        self.within_policy(pending, await self._judge(view, pending, args))
         pattern = None
         if always:
             pattern = always_pattern if always_pattern is not None else _exact_pattern(args)

@@ -1,4 +1,5 @@
-"""``errands policy explain``: the decision the policy makes for one call, and why."""
+"""``errands policy explain``: the decision the policy makes for one call, and why;
+``errands policy reload``: check ``policy.toml`` and have running processes take it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from errands.core.states import ErrandView
 from errands.errors import ErrandsError
 from errands.harness import toolset_for
 from errands.policy.hook import PolicyCall
+from errands.policy.reload import WITHIN, touch
 from errands.policy.rules import load_policy
+from errands.server.files import live_server
 from errands.tools.tool import ToolError
 
 __all__ = ["register"]
@@ -73,6 +76,46 @@ def explain(
     out.print(
         f"[bold {style}]{verdict.decision.value}[/bold {style}] — rule [bold]{verdict.rule}[/bold]"
         f" (effect {effect.value})" + (f": {verdict.reason}" if verdict.reason else "")
+    )
+
+
+@policy_app.command("reload")
+def reload(as_json: JsonOpt = False) -> None:
+    """Check policy.toml and have every running errands process use it (within 2 s).
+
+    A file that is not valid is refused with the reason; running processes then keep
+    the policy they have. Running processes also notice an edit on their own: this
+    command is the way to check one first.
+    """
+    try:
+        s = settings()
+        path = s.home / "policy.toml"
+        policy = load_policy(s.home)  # (written with the defaults if there is none yet)
+        touch(path)
+    except ErrandsError as exc:
+        fail(f"{exc}; running errands processes keep the policy they have")
+    except OSError as exc:
+        fail(f"{path}: cannot mark it changed: {exc.strerror}")
+    server = live_server(s.home)
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "valid": True,
+                    "path": str(path),
+                    "rules": len(policy.rules),
+                    "server": server["url"] if server else None,
+                    "within_seconds": WITHIN,
+                }
+            )
+            + "\n"
+        )
+        return
+    rules = f"{len(policy.rules)} rule{'' if len(policy.rules) == 1 else 's'}"
+    where = f"the server at {server['url']} and every" if server else "every"
+    out.print(
+        f"[green]valid[/green] {path} ({rules}); {where} running errands process "
+        f"uses it within {WITHIN:g} s"
     )
 
 
