@@ -25,7 +25,7 @@ from errands.core.states import ErrandState, ErrandView, PendingApproval
 if TYPE_CHECKING:
     from errands.store.protocol import StoredEvent, StoreReader
 
-__all__ = ["ApprovalOut", "Errand", "ErrandSummary"]
+__all__ = ["ApprovalOut", "Errand", "ErrandSummary", "first_line"]
 
 
 class ApprovalOut(BaseModel):
@@ -115,6 +115,41 @@ class ErrandSummary(BaseModel):
     def inbox_row(self) -> dict[str, Any]:
         """``errands inbox --json``: the same shape as every errand row."""
         return self.row()
+
+    def headline(self, waiting_for: Sequence[str] = ()) -> str:
+        """One line saying where the errand got to, for a list: the first line of its
+        result, or what waits for the person (*waiting_for*: the tools of its pending
+        approvals, when known), or why it stopped."""
+        if self.pending_approvals:
+            tools = ", ".join(dict.fromkeys(waiting_for))
+            if tools:
+                return f"waits for your approval: {tools}"
+            n = self.pending_approvals
+            return f"{n} action{'' if n == 1 else 's'} wait{'s' if n == 1 else ''} for your approval"
+        state = self.status
+        if state is ErrandState.done:
+            return first_line(self.result) or "done"
+        if state is ErrandState.needs_attention:
+            return f"needs you: {first_line(self.reason) or 'see its page'}"
+        if state is ErrandState.failed:
+            return f"failed: {first_line(self.reason) or 'see its page'}"
+        if state is ErrandState.cancelled:
+            reason = first_line(self.reason)
+            return f"cancelled: {reason}" if reason else "cancelled"
+        if state is ErrandState.sleeping:
+            reason = first_line(self.reason)
+            return f"scheduled: {reason}" if reason else "scheduled"
+        n = self.steps
+        return f"working ({n} step{'' if n == 1 else 's'} so far)" if n else "starting"
+
+
+def first_line(text: str | None, limit: int = 200) -> str:
+    """The first line of *text* that is not blank, cut at *limit* characters."""
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line:
+            return line if len(line) <= limit else line[: limit - 1] + "…"
+    return ""
 
 
 _DETAIL_ONLY = {"workspace", "budget_usd", "approvals"}

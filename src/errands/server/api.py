@@ -23,11 +23,15 @@ from errands.errors import NotFound, StoreError, StoreUnavailable
 from errands.server.context import ServerContext
 from errands.server.handlers import (
     ApiError,
+    Order,
     create,
     decide_approve,
     decide_deny,
+    listing,
+    marks,
     message,
     pending_with_titles,
+    resume,
     store_condition,
     view_or_404,
 )
@@ -38,6 +42,8 @@ from errands.server.schemas import (
     MAX_SEQ,
     SUMMARIES,
     ApproveBody,
+    ArchiveBody,
+    Archived,
     Budget,
     CancelBody,
     Channel,
@@ -50,6 +56,7 @@ from errands.server.schemas import (
     Health,
     Message,
     MessageSent,
+    ResumeBody,
     StoredEventOut,
 )
 from errands.server.streams import all_stream, errand_stream, streaming
@@ -149,7 +156,7 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 ERRAND_LINKS = {
     op: {"operationId": op, "parameters": {"errand_id": "$response.body#/id"}}
-    for op in ("getErrand", "sendMessage", "cancelErrand")
+    for op in ("getErrand", "sendMessage", "cancelErrand", "resumeErrand", "archiveErrand")
 }
 APPROVAL_LINKS = {
     op: {"operationId": op, "parameters": {"approval_id": "$response.body#/0/id"}}
@@ -230,8 +237,20 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         request: Request,
         state: Annotated[list[ErrandState] | None, Query(description="only these states")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        order: Annotated[
+            Order,
+            Query(
+                description="created: newest first; activity: the most recently active "
+                "first (among the 1,000 most recently created)"
+            ),
+        ] = "created",
+        archived: Annotated[
+            bool | None,
+            Query(description="true: only archived errands; false: none; unset: both"),
+        ] = None,
     ) -> Response:
-        views = await get_ctx(request).store.list_errands(states=state, limit=limit)
+        ctx = get_ctx(request)
+        views = await listing(ctx, states=state, limit=limit, order=order, archived=archived)
         return _json(SUMMARIES.dump_json([ErrandSummary.of(v) for v in views]))
 
     @router.get(
@@ -308,6 +327,39 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         except StoreError as exc:
             raise ApiError(409, str(exc)) from None
         return ErrandSummary.of(await ctx.store.view(errand_id))
+
+    @router.post(
+        "/errands/{errand_id}/resume",
+        response_model=ErrandSummary,
+        responses=_errors(404, 409, 422),
+        summary="Give an errand more steps; one stopped at its step limit goes on",
+        operation_id="resumeErrand",
+    )
+    async def post_resume(
+        request: Request,
+        errand_id: ErrandIdPath,
+        body: ResumeBody,
+        channel: ChannelHeader = "api",
+        by: ByHeader = "",
+    ) -> ErrandSummary:
+        view = await resume(get_ctx(request), errand_id, body, _caller(by), channel)
+        return ErrandSummary.of(view)
+
+    @router.post(
+        "/errands/{errand_id}/archive",
+        response_model=Archived,
+        responses=_errors(404),
+        summary="Archive an errand (or bring it back): it leaves the inbox's lists",
+        operation_id="archiveErrand",
+    )
+    async def post_archive(
+        request: Request, errand_id: ErrandIdPath, body: ArchiveBody | None = None
+    ) -> Archived:
+        ctx = get_ctx(request)
+        await view_or_404(ctx, errand_id)
+        archived = True if body is None else body.archived
+        await marks(ctx).set_archived(errand_id, archived)
+        return Archived(errand_id=errand_id, archived=archived)
 
     @router.get(
         "/errands/{errand_id}/stream",

@@ -12,7 +12,8 @@ is a bug: a 500.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 
@@ -23,19 +24,39 @@ from errands.core.ids import new_errand_id
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.errors import ErrandExists, ErrandsError, NotFound, StoreUnavailable, UserError
 from errands.server.context import ServerContext
-from errands.server.schemas import ApproveBody, CreateErrand, Decision, DenyBody, Message
+from errands.server.marks import Marks, marks_at
+from errands.server.schemas import (
+    ApproveBody,
+    CreateErrand,
+    Decision,
+    DenyBody,
+    Message,
+    ResumeBody,
+)
 
 __all__ = [
+    "ACTIVITY_WINDOW",
     "ApiError",
+    "Order",
     "create",
     "decide_approve",
     "decide_deny",
     "error_response",
+    "listing",
+    "marks",
     "message",
     "pending_with_titles",
+    "resume",
     "store_condition",
     "view_or_404",
 ]
+
+# ordered by last activity: among this many of the most recently created errands (the
+# store lists errands newest first; an errand older than these that is still active is
+# not moved up)
+ACTIVITY_WINDOW = 1000
+
+Order = Literal["created", "activity"]
 
 
 class ApiError(ErrandsError):
@@ -51,6 +72,58 @@ async def pending_with_titles(ctx: ServerContext) -> list[ApprovalOut]:
     if len(ctx.titles) >= 100_000:  # (a bound on the cache of a server up for months)
         ctx.titles.clear()
     return await ApprovalOut.waiting(ctx.store, ctx.titles)
+
+
+def marks(ctx: ServerContext) -> Marks:
+    """What the person archived and has read (in ``server.sqlite``, :mod:`.marks`)."""
+    return marks_at(ctx.idempotency.path)
+
+
+async def listing(
+    ctx: ServerContext,
+    *,
+    states: Sequence[ErrandState] | None = None,
+    limit: int = 50,
+    order: Order = "created",
+    archived: bool | None = None,
+) -> list[ErrandView]:
+    """Errands, newest first (or by last activity), in *states*, archived or not (None:
+    both), at most *limit*."""
+    hidden = marks(ctx).archived() if archived is not None else frozenset()
+    if archived:  # the archived ones, wherever they are in the store's order
+        views = []
+        for errand_id in hidden:
+            try:
+                views.append(await ctx.store.view(errand_id))
+            except NotFound:
+                continue
+        if states is not None:
+            views = [v for v in views if v.state in states]
+        views.sort(key=lambda v: v.created_at, reverse=True)
+    else:
+        window = limit + len(hidden)  # (enough to leave the archived ones out)
+        if order == "activity":
+            window = max(window, ACTIVITY_WINDOW + len(hidden))
+        views = await ctx.store.list_errands(states=states, limit=window)
+        if archived is not None:
+            views = [v for v in views if v.id not in hidden]
+    if order == "activity":
+        views.sort(key=lambda v: v.updated_at, reverse=True)
+    return views[:limit]
+
+
+async def resume(
+    ctx: ServerContext, errand_id: str, body: ResumeBody, by: str, channel: str
+) -> ErrandView:
+    """Give the errand more steps; one stopped at its step limit goes on. 404 unknown,
+    422 a done or cancelled errand (nothing to continue), 409 it changed meanwhile."""
+    await view_or_404(ctx, errand_id)
+    try:
+        await ctx.harness.continue_errand(errand_id, body.more_steps, by=by, channel=channel)
+    except NotFound:
+        raise ApiError(404, f"no errand {errand_id}") from None
+    ctx.nudge()
+    return await ctx.store.view(errand_id)
 
 
 async def view_or_404(ctx: ServerContext, errand_id: str) -> ErrandView:

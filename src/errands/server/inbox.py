@@ -15,9 +15,12 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import json
+import os
 import re
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,12 +31,23 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from errands import __version__
+from errands.config import Settings
 from errands.core.errand import ApprovalOut, ErrandSummary
+from errands.core.events import Usage
+from errands.core.progress import Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
-from errands.errors import NotFound
+from errands.costs.report import build_report
+from errands.engine.limits import exceeded
+from errands.errors import ErrandsError, NotFound
+from errands.models.spec import check_spec
 from errands.server.context import ServerContext, model_help
-from errands.server.handlers import pending_with_titles, store_condition
+from errands.server.editing import Editor, editor_for
+from errands.server.handlers import listing, marks, pending_with_titles, store_condition
+from errands.server.prices import price_hint
 from errands.server.schemas import ERRAND_ID
+from errands.server.workspace_files import list_workspace, read_workspace_file
+from errands.store.protocol import StoredEvent
+from errands.tools.tool import ToolError
 
 __all__ = ["STATIC_DIR", "build_inbox"]
 
@@ -107,13 +121,131 @@ def environment() -> Environment:
     return env
 
 
-def _model_choices(ctx: ServerContext) -> list[str]:
-    s = ctx.settings
-    choices = [s.default_model, "scripted:demo"]
-    if not model_help(s):
-        choices += ["openai:gpt-4o-mini", "openai:llama3.2"]
-    choices += [f"{name}:" for name in sorted(s.providers)]
-    return list(dict.fromkeys(choices))
+# models the Start form may suggest, when they would be accepted (their key is there)
+WELL_KNOWN = (
+    "openai:gpt-4o-mini",
+    "openai-responses:gpt-5-mini",
+    "anthropic:claude-sonnet-4-5",
+    "gemini:gemini-2.5-flash",
+)
+CHOICES_TTL = 30.0  # seconds a list of suggestions is kept (keys rarely come and go)
+_choices: list[tuple[Settings, float, list[str], str | None]] = []  # the last one made
+
+
+def _problem(spec: str, settings: Settings) -> str | None:
+    """Why *spec* would be refused (the one check every surface makes), or None."""
+    try:
+        check_spec(spec, settings)
+    except (ErrandsError, ValueError, OSError) as exc:
+        return " ".join(str(exc).split())  # one line
+    return None
+
+
+def model_choices(settings: Settings) -> tuple[list[str], str | None]:
+    """What the Start form suggests -- only complete specs that would be accepted: the
+    default model, the scripted one, the configured chains and their members, the
+    well-known models whose key is there -- and why the default cannot be used (None
+    when it can)."""
+    now = time.monotonic()
+    for made_for, at, choices, problem in _choices:
+        if made_for is settings and now - at < CHOICES_TTL:
+            return choices, problem
+    wanted = [settings.default_model, "scripted:demo"]
+    wanted += [f"chain:{name}" for name in sorted(settings.chains)]
+    wanted += [m.strip() for members in settings.chains.values() for m in members]
+    wanted += WELL_KNOWN
+    if os.environ.get("OPENAI_BASE_URL"):
+        wanted.append("openai:llama3.2")
+    problems = {spec: _problem(spec, settings) for spec in dict.fromkeys(wanted) if spec}
+    choices = [spec for spec, problem in problems.items() if problem is None]
+    default_problem = problems.get(settings.default_model)
+    _choices[:] = [(settings, now, choices, default_problem)]
+    return choices, default_problem
+
+
+# the inbox's errand lists: all (not archived), by what they wait for, or archived
+SHOWS: dict[str, tuple[str, frozenset[ErrandState] | None]] = {
+    "all": ("All", None),
+    "waiting": (
+        "Waiting for you",
+        frozenset({ErrandState.waiting_approval, ErrandState.needs_attention}),
+    ),
+    "running": ("Running", frozenset({ErrandState.queued, ErrandState.running})),
+    "failed": ("Failed", frozenset({ErrandState.failed})),
+    "scheduled": ("Scheduled", frozenset({ErrandState.sleeping})),
+    "archived": ("Archived", None),
+}
+MAX_ROWS = 100  # errands in a list
+KEEP_STEPS = 6  # a long timeline shows its latest steps; the earlier ones fold away
+COLLAPSE_AFTER = 10  # ... once it has more steps than this
+
+
+@dataclass(frozen=True)
+class Cost:
+    """An errand's cost as shown: the amount, or why there is none (no price known)."""
+
+    text: str
+    hint: str | None = None
+
+
+def cost_of(model: str, usage: Usage, settings: Settings) -> Cost:
+    return Cost(_money(usage.cost_usd), price_hint(model, usage, settings))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One errand in a list."""
+
+    e: ErrandSummary
+    headline: str
+    unread: bool
+    archived: bool
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class DeadEnd:
+    """An errand stopped at one of its limits: a message cannot continue it."""
+
+    reason: str
+    steps: bool  # it was the step limit: more steps let it go on
+
+
+def dead_end(view: ErrandView, events: Sequence[StoredEvent]) -> DeadEnd | None:
+    """Why the errand cannot go on with a reply (a limit it reached), or None."""
+    if view.state not in (ErrandState.failed, ErrandState.needs_attention):
+        return None
+    progress = Progress.empty(view.id)
+    for stored in events:
+        progress.apply(stored.seq, stored.event)
+    reason = exceeded(progress.view, progress.limits, max(0.0, time.time() - view.created_at))
+    if reason is None:
+        return None
+    return DeadEnd(reason, reason.startswith("step limit"))
+
+
+@dataclass(frozen=True)
+class Timeline:
+    first: list[StoredEvent]  # what was asked
+    earlier: list[StoredEvent]  # folded away
+    earlier_steps: int
+    latest: list[StoredEvent]
+
+
+_LEADS_IN = frozenset({"model_requested", "user_message", "limits_raised"})
+
+
+def timeline(events: Sequence[StoredEvent]) -> Timeline:
+    """The errand's events, with all but the latest steps folded once there are many."""
+    items = list(events)
+    first, rest = items[:1], items[1:]
+    steps = [i for i, s in enumerate(rest) if s.event.type == "model_responded"]
+    if len(steps) <= COLLAPSE_AFTER:
+        return Timeline(first, [], 0, rest)
+    cut = steps[-KEEP_STEPS]
+    while cut > 0 and rest[cut - 1].event.type in _LEADS_IN:  # what led to the step
+        cut -= 1
+    return Timeline(first, rest[:cut], len(steps) - KEEP_STEPS, rest[cut:])
 
 
 def store_banner(ctx: ServerContext) -> dict[str, Any] | None:
@@ -145,31 +277,84 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             response.set_cookie(sec.csrf_cookie, csrf, httponly=True, samesite="strict", path="/")
         return response
 
-    async def inbox_values(ctx: ServerContext) -> dict[str, Any]:
+    async def editors(ctx: ServerContext, approvals: Sequence[ApprovalOut]) -> dict[str, Editor]:
+        """Each card's form, from what its tool declares (:mod:`.editing`)."""
+        out: dict[str, Editor] = {}
+        views: dict[str, ErrandView] = {}
+        for a in approvals:
+            try:
+                view = views.get(a.errand_id) or await ctx.store.view(a.errand_id)
+                views[a.errand_id] = view
+                tools = ctx.harness.toolset.tools(view)
+                tool = tools.get(a.tool) if a.tool in tools else None
+                out[a.id] = editor_for(tool, a.arguments, Path(view.workspace), a.errand_id)
+            except (NotFound, ToolError, OSError, ValueError):
+                out[a.id] = Editor([])
+        return out
+
+    def rows(
+        ctx: ServerContext, views: Sequence[ErrandView], approvals: Sequence[ApprovalOut]
+    ) -> list[Row]:
+        m = marks(ctx)
+        waiting: dict[str, list[str]] = {}
+        for a in approvals:
+            waiting.setdefault(a.errand_id, []).append(a.tool)
+        out = []
+        for view in views:
+            e = ErrandSummary.of(view)
+            headline = e.headline(waiting.get(e.id, ()))
+            if e.status is ErrandState.failed and (e.reason or "").startswith("step limit"):
+                headline += " · open it to continue with more steps"
+            out.append(
+                Row(
+                    e=e,
+                    headline=headline,
+                    unread=m.unread(e.id, e.last_seq),
+                    archived=m.is_archived(e.id),
+                    cost=cost_of(e.model, e.usage, ctx.settings),
+                )
+            )
+        return out
+
+    async def inbox_values(ctx: ServerContext, show: str) -> dict[str, Any]:
         approvals = await pending_with_titles(ctx)
-        views = await ctx.store.list_errands(limit=100)
+        cards = approvals[:MAX_CARDS]  # the oldest first
+        show = show if show in SHOWS else "all"
+        states = SHOWS[show][1]
+        views = await listing(
+            ctx,
+            states=None if states is None else sorted(states),
+            limit=MAX_ROWS,
+            order="activity",
+            archived=show == "archived",
+        )
         return {
-            "approvals": approvals[:MAX_CARDS],  # the oldest first
-            "errands": [ErrandSummary.of(v) for v in views],
+            "approvals": cards,
+            "editors": await editors(ctx, cards),
+            "rows": rows(ctx, views, approvals),
+            "show": show,
+            "shows": {key: label for key, (label, _) in SHOWS.items()},
             "pending_count": len(approvals),
             "budget": (await ctx.store.budget(ctx.settings.budget.daily_usd)).as_dict(),
         }
 
     @router.get("/", response_class=HTMLResponse)
-    async def index(request: Request) -> HTMLResponse:
+    async def index(request: Request, show: str = "all") -> HTMLResponse:
         ctx = get_ctx(request)
+        choices, default_problem = model_choices(ctx.settings)
         return page(
             request,
             "index.html",
             help=model_help(ctx.settings),
-            models=_model_choices(ctx),
+            models=choices,
             default_model=ctx.settings.default_model,
-            **(await inbox_values(ctx)),
+            default_problem=default_problem,
+            **(await inbox_values(ctx, show)),
         )
 
     @router.get("/fragments/inbox", response_class=HTMLResponse)
-    async def inbox_fragment(request: Request) -> HTMLResponse:
-        values = await inbox_values(get_ctx(request))
+    async def inbox_fragment(request: Request, show: str = "all") -> HTMLResponse:
+        values = await inbox_values(get_ctx(request), show)
         return HTMLResponse(
             env.get_template("inbox_fragment.html").render(**values),
             headers={"cache-control": "no-store"},
@@ -179,13 +364,24 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         view: ErrandView = await ctx.store.view(errand_id)
         stored = await ctx.store.read(errand_id, after=after)
         count = len(await ctx.store.pending_approvals()) if view.pending or after else None
+        approvals = [ApprovalOut.of(p, view.title) for p in view.pending.values()]
+        stopped = None
+        if view.state in (ErrandState.failed, ErrandState.needs_attention):
+            everything = stored if after == 0 else await ctx.store.read(errand_id)
+            stopped = dead_end(view, everything)
+        await marks(ctx).see(errand_id, view.last_seq)  # the person has it open
+        summary = ErrandSummary.of(view)
         return {
-            "errand": ErrandSummary.of(view),
+            "errand": summary,
             "workspace": view.workspace,
             "events": stored,
-            "approvals": [ApprovalOut.of(p, view.title) for p in view.pending.values()],
+            "approvals": approvals,
+            "editors": await editors(ctx, approvals),
             "pending_count": count,
             "terminal": view.state in TERMINAL,
+            "dead_end": stopped,
+            "cost": cost_of(summary.model, summary.usage, ctx.settings),
+            "archived": marks(ctx).is_archived(errand_id),
         }
 
     @router.get("/errands/{errand_id}", response_class=HTMLResponse)
@@ -196,7 +392,8 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         except NotFound:
             return page(request, "missing.html", status=404, errand_id=errand_id)
         values["pending_count"] = len(await ctx.store.pending_approvals())
-        return page(request, "errand.html", models=_model_choices(ctx), **values)
+        values["timeline"] = timeline(values["events"])
+        return page(request, "errand.html", **values)
 
     @router.get("/fragments/errands/{errand_id}", response_class=HTMLResponse)
     async def errand_fragment(request: Request, errand_id: str, after: int = 0) -> Response:
@@ -209,6 +406,59 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         return HTMLResponse(
             env.get_template("errand_fragment.html").render(**values),
             headers={"cache-control": "no-store"},
+        )
+
+    @router.get("/errands/{errand_id}/files", response_class=HTMLResponse)
+    async def files_page(request: Request, errand_id: str, path: str | None = None) -> Response:
+        ctx = get_ctx(request)
+        try:
+            view = await ctx.store.view(errand_id)
+        except NotFound:
+            return page(request, "missing.html", status=404, errand_id=errand_id)
+        workspace = Path(view.workspace)
+        status, shown, listed = 200, None, None
+        if path is not None:
+            shown = read_workspace_file(workspace, errand_id, path)
+            status = shown.status
+        else:
+            listed = list_workspace(workspace)
+        return page(
+            request,
+            "files.html",
+            status=status,
+            errand=ErrandSummary.of(view),
+            workspace=view.workspace,
+            listing=listed,
+            shown=shown,
+            pending_count=len(await ctx.store.pending_approvals()),
+        )
+
+    @router.get("/costs", response_class=HTMLResponse)
+    async def costs_page(request: Request, days: int | None = None) -> HTMLResponse:
+        ctx = get_ctx(request)
+        days = days if days is not None and 0 < days <= 36500 else None
+        since = time.time() - days * 86400 if days else 0.0
+        report = build_report(await ctx.store.usage(since=since))
+        titles: dict[str, str] = {}
+        hints = {r.key: price_hint(r.key, r.usage, ctx.settings) for r in report.by_model}
+        for r in report.by_errand[:MAX_ROWS]:
+            try:
+                view = await ctx.store.view(r.key)
+            except NotFound:
+                titles[r.key] = r.key
+                continue
+            titles[r.key] = view.title
+            hints[r.key] = price_hint(view.model, r.usage, ctx.settings)
+        return page(
+            request,
+            "costs.html",
+            report=report,
+            by_errand=report.by_errand[:MAX_ROWS],
+            titles=titles,
+            hints=hints,
+            days=days,
+            budget=(await ctx.store.budget(ctx.settings.budget.daily_usd)).as_dict(),
+            pending_count=len(await ctx.store.pending_approvals()),
         )
 
     @router.get("/login", response_class=HTMLResponse)

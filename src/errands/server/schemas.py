@@ -6,9 +6,10 @@ An errand and a pending approval have the shapes every surface shares
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 from pydantic_core import PydanticCustomError
 
 from errands.core import events as ev
@@ -18,10 +19,13 @@ from errands.textlimit import MAX_TEXT, too_long
 __all__ = [
     "APPROVAL_ID",
     "ERRAND_ID",
+    "MAX_MORE_STEPS",
     "MAX_SEQ",
     "MAX_TEXT",
     "ApprovalOut",
     "ApproveBody",
+    "ArchiveBody",
+    "Archived",
     "CancelBody",
     "Channel",
     "CreateErrand",
@@ -34,6 +38,8 @@ __all__ = [
     "Health",
     "Message",
     "MessageSent",
+    "ModelSpec",
+    "ResumeBody",
     "StoredEventOut",
 ]
 
@@ -44,6 +50,7 @@ APPROVAL_ID = r"^[A-Za-z0-9_-]{1,64}\.[0-9]{1,9}$"
 NOT_BLANK = r"[^\s\u0085\ufeff\u001c-\u001f]"
 # MAX_TEXT (errands.textlimit): characters; even fully escaped, a body stays under the 1 MiB cap
 MAX_SEQ = 2**53
+MAX_MORE_STEPS = 10_000
 
 Channel = Literal["api", "cli", "inbox"]
 
@@ -64,6 +71,21 @@ Text = Annotated[
 ]
 
 
+def _no_control(value: Any) -> Any:
+    if isinstance(value, str) and CONTROL.search(value):
+        raise PydanticCustomError("model_spec", "a model spec holds no control characters")
+    return value
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# a model spec: one line of printable text (what it names is checked when it is used)
+ModelSpec = Annotated[
+    str,
+    Field(min_length=1, max_length=200, json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]+$"}),
+    AfterValidator(_no_control),
+]
+
+
 class ErrorBody(BaseModel):
     detail: str
     errors: list[dict[str, Any]] | None = None
@@ -73,11 +95,13 @@ class CreateErrand(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: Text
-    model: str | None = Field(
+    # (no pattern here: a spec that cannot be used -- malformed, an unknown provider, a
+    # missing key -- is refused by the same check as everywhere, in one plain line)
+    model: ModelSpec | None = Field(
         default=None,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9_.-]+:\S",
-        description="PROVIDER:MODEL, e.g. scripted:demo; default from errands.toml",
+        description="PROVIDER:MODEL (or a chain: A,B or chain:NAME), e.g. scripted:demo; "
+        "default from errands.toml. Refused (422, nothing created) when it cannot be used: "
+        "malformed, an unknown provider, or a provider whose key is missing",
     )
     workspace: str | None = Field(
         default=None,
@@ -132,6 +156,25 @@ class Message(BaseModel):
 class MessageSent(BaseModel):
     errand_id: str
     seq: int
+
+
+class ResumeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    more_steps: int = Field(
+        ge=1, le=MAX_MORE_STEPS, description="model turns to add to the errand's step limit"
+    )
+
+
+class ArchiveBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    archived: bool = Field(default=True, description="false: back into the inbox's lists")
+
+
+class Archived(BaseModel):
+    errand_id: str
+    archived: bool
 
 
 class CancelBody(BaseModel):

@@ -124,7 +124,8 @@
   // -- the inbox page ---------------------------------------------------------------------
 
   async function refreshInbox() {
-    const response = await fetch("/fragments/inbox", { credentials: "same-origin" });
+    const show = new URLSearchParams(window.location.search).get("show") || "all";
+    const response = await fetch(`/fragments/inbox?show=${encodeURIComponent(show)}`, { credentials: "same-origin" });
     if (!response.ok) return;
     const fresh = fragment(await response.text());
     const queue = document.getElementById("queue");
@@ -174,6 +175,9 @@
       lastSeq = Math.max(lastSeq, Number(head.dataset.lastSeq));
       body.dataset.lastSeq = String(lastSeq);
       document.getElementById("head").replaceChildren(...head.childNodes);
+      // an errand stopped at a limit: a reply cannot continue it (the head says how)
+      const reply = document.getElementById("reply-section");
+      if (reply) reply.hidden = head.dataset.deadEnd === "1";
       if (head.dataset.pending !== "") setBadge(Number(head.dataset.pending));
     }
     mergeCards(document.getElementById("errand-approvals"), fresh.getElementById("f-approvals"));
@@ -198,7 +202,7 @@
       const editor = card.querySelector(".editor");
       editor.hidden = !editor.hidden;
       card.querySelector('[data-action="approve"]').textContent = editor.hidden ? "Approve" : "Approve edited";
-      if (!editor.hidden) editor.querySelector("textarea").focus();
+      if (!editor.hidden) editor.querySelector(".edit-field, .pair-name, textarea.edit-args").focus();
       return;
     }
     let path;
@@ -225,7 +229,7 @@
       const editor = card.querySelector(".editor");
       if (!editor.hidden) {
         try {
-          data.edited_arguments = JSON.parse(editor.querySelector("textarea").value);
+          data.edited_arguments = JSON.parse(editor.querySelector("textarea.edit-args").value);
         } catch (err) {
           showError(error, `The arguments are not valid JSON: ${err.message}`);
           return;
@@ -257,6 +261,43 @@
     if (action === "logout") {
       await post("/logout", {}).catch(() => null);
       window.location.href = "/login";
+      return;
+    }
+    if (action === "archive" || action === "unarchive") {
+      button.disabled = true;
+      try {
+        await post(`/api/errands/${encodeURIComponent(button.dataset.errandId)}/archive`, { archived: action === "archive" });
+        const row = button.closest(".errand-row");
+        if (row) {
+          row.remove(); // it leaves this list (archived ones have their own)
+        } else {
+          button.dataset.action = action === "archive" ? "unarchive" : "archive";
+          button.textContent = action === "archive" ? "Unarchive" : "Archive";
+        }
+      } catch (err) {
+        window.alert(err.message);
+      } finally {
+        button.disabled = false;
+      }
+      refresh();
+      return;
+    }
+    if (action === "add-pair" || action === "remove-pair") {
+      const fieldset = button.closest("fieldset.pairs");
+      const card = button.closest("article.approval");
+      if (action === "add-pair") {
+        const row = document.createElement("div");
+        row.className = "pair";
+        row.innerHTML =
+          '<input type="text" class="pair-name" aria-label="header name" spellcheck="false">' +
+          '<input type="text" class="pair-value" aria-label="header value" spellcheck="false">' +
+          '<button type="button" class="link" data-action="remove-pair" title="remove">✕</button>';
+        fieldset.querySelector(".pair-rows").append(row);
+        row.querySelector("input").focus();
+      } else {
+        button.closest(".pair").remove();
+      }
+      fieldsToJson(card);
       return;
     }
     if (action === "cancel") {
@@ -291,7 +332,7 @@
         await submit(new FormData(form), key);
         key = randomKey();
       } catch (err) {
-        showError(error, err.message);
+        showError(error, String(err.message).split(/\s+/).join(" ").trim()); // one line
       } finally {
         button.disabled = false;
       }
@@ -311,6 +352,128 @@
       "Idempotency-Key": key,
     });
     form.reset();
+  });
+
+  // -- an approval's edit form: the fields its tool declares, kept in step with the JSON -----
+
+  function argumentsOf(card) {
+    const raw = card.querySelector("textarea.edit-args");
+    for (const text of [raw.value, raw.defaultValue]) {
+      try {
+        const value = JSON.parse(text);
+        if (value && typeof value === "object" && !Array.isArray(value)) return value;
+      } catch (_) {
+        // not valid (yet): the fields start from what was asked
+      }
+    }
+    return {};
+  }
+
+  function readField(el) {
+    const kind = el.dataset.kind;
+    const nullable = el.dataset.nullable === "1";
+    if (kind === "pairs") {
+      const out = {};
+      el.querySelectorAll(".pair").forEach((row) => {
+        const name = row.querySelector(".pair-name").value.trim();
+        if (name) out[name] = row.querySelector(".pair-value").value;
+      });
+      return nullable && Object.keys(out).length === 0 ? null : out;
+    }
+    const value = el.value;
+    if (kind === "list") {
+      const items = value.split(",").map((v) => v.trim()).filter(Boolean);
+      return nullable && items.length === 0 ? null : items;
+    }
+    if (kind === "number") {
+      if (value.trim() === "") return null;
+      const n = Number(value);
+      return Number.isFinite(n) ? n : value;
+    }
+    return nullable && value === "" ? null : value;
+  }
+
+  function writeField(el, value) {
+    const kind = el.dataset.kind;
+    if (kind === "pairs") {
+      const rows = el.querySelector(".pair-rows");
+      const entries = value && typeof value === "object" && !Array.isArray(value) ? Object.entries(value) : [];
+      rows.replaceChildren();
+      for (const [name, v] of entries) {
+        const row = document.createElement("div");
+        row.className = "pair";
+        row.innerHTML =
+          '<input type="text" class="pair-name" aria-label="header name" spellcheck="false">' +
+          '<input type="text" class="pair-value" aria-label="header value" spellcheck="false">' +
+          '<button type="button" class="link" data-action="remove-pair" title="remove">✕</button>';
+        row.querySelector(".pair-name").value = name;
+        row.querySelector(".pair-value").value = v === null || v === undefined ? "" : String(v);
+        rows.append(row);
+      }
+      return;
+    }
+    if (kind === "list") el.value = Array.isArray(value) ? value.join(", ") : value == null ? "" : String(value);
+    else if (typeof value === "string") el.value = value;
+    else el.value = value == null ? "" : JSON.stringify(value);
+  }
+
+  function fieldsToJson(card) {
+    if (!card) return;
+    const args = argumentsOf(card);
+    card.querySelectorAll(".fields [data-arg]").forEach((el) => {
+      args[el.dataset.arg] = readField(el);
+    });
+    card.querySelector("textarea.edit-args").value = JSON.stringify(args, null, 2);
+  }
+
+  function jsonToFields(card) {
+    let args;
+    try {
+      args = JSON.parse(card.querySelector("textarea.edit-args").value);
+    } catch (_) {
+      return; // half-typed: the fields wait for valid JSON
+    }
+    if (!args || typeof args !== "object" || Array.isArray(args)) return;
+    card.querySelectorAll(".fields [data-arg]").forEach((el) => writeField(el, args[el.dataset.arg]));
+  }
+
+  document.addEventListener("input", (event) => {
+    const card = event.target.closest && event.target.closest("article.approval");
+    if (!card) return;
+    if (event.target.matches("textarea.edit-args")) jsonToFields(card);
+    else if (event.target.closest(".fields")) fieldsToJson(card);
+  });
+
+  // -- an errand stopped at its step limit: continue with N more steps -----------------------
+
+  document.addEventListener("input", (event) => {
+    const form = event.target.closest && event.target.closest("form.continue-form");
+    if (!form) return;
+    const n = form.querySelector(".n");
+    if (n) n.textContent = String(event.target.value || "?");
+  });
+
+  document.addEventListener("submit", async (event) => {
+    const form = event.target.closest("form.continue-form");
+    if (!form) return;
+    event.preventDefault();
+    const box = form.closest(".dead-end");
+    const error = box ? box.querySelector(".error") : null;
+    const button = form.querySelector("button[type=submit]");
+    showError(error, "");
+    const more = Number(new FormData(form).get("more_steps"));
+    if (!Number.isInteger(more) || more < 1) {
+      showError(error, "Give a whole number of steps, 1 or more.");
+      return;
+    }
+    button.disabled = true;
+    try {
+      await post(`/api/errands/${encodeURIComponent(form.dataset.errandId)}/resume`, { more_steps: more });
+      refresh();
+    } catch (err) {
+      showError(error, err.message);
+      button.disabled = false;
+    }
   });
 
   // -- the store banner: shown while the store cannot write (a full disk, a held lock) ------
