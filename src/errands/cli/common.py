@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from errands.cli import remote
+from errands.cli.render import safe
 from errands.cli.whoami import who
 from errands.config import Settings, load_settings
 from errands.core.states import ErrandState
@@ -68,7 +69,8 @@ IdArg = Annotated[str, typer.Argument(help="The errand's id (a unique prefix wil
 
 
 def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    # (a message may quote what came from outside: a server's answer, a file's name)
+    err.print(f"[bold red]error:[/bold red] {safe(message)}", highlight=False)
     raise typer.Exit(code)
 
 

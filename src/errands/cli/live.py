@@ -1,4 +1,8 @@
-"""Running an errand in the foreground: its timeline live, and approvals asked inline."""
+"""Running an errand in the foreground: its timeline live, and approvals asked inline.
+
+The model's streamed text, the card of an approval and every message about it are shown
+through :func:`errands.cli.render.visible`: no escape sequence from a model, a tool or
+a web page reaches the terminal as one."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import typer
 from rich.prompt import Prompt
 
 from errands.cli.common import EXIT, err, json_object, out, who
-from errands.cli.render import approval_card, event_line
+from errands.cli.render import approval_card, event_line, safe, visible
 from errands.core.errand import Errand
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.errors import ApprovalRefused, UserError
@@ -29,7 +33,7 @@ class LivePrinter:
         if not self.streaming:
             out.print("    [bold]model:[/bold] ", end="")
             self.streaming = True
-        out.print(delta, end="", markup=False, highlight=False)
+        out.print(visible(delta), end="", markup=False, highlight=False)
 
     def reset(self, errand_id: str) -> None:
         """A retry or the next model of a chain starts the reply over."""
@@ -130,7 +134,7 @@ async def _ask_inline(harness: Harness, approval: PendingApproval, title: str) -
                 )
             return
         except (ApprovalRefused, UserError) as exc:
-            err.print(f"[red]{exc}[/red]")
+            err.print(f"[red]{safe(str(exc))}[/red]")
 
 
 def finish(view: ErrandView, *, as_json: bool) -> None:
@@ -146,7 +150,7 @@ def finish(view: ErrandView, *, as_json: bool) -> None:
             )
         elif view.state is ErrandState.needs_attention:
             err.print(
-                f"[magenta]errand {view.id} needs your attention:[/magenta] {view.reason}\n"
+                f"[magenta]errand {view.id} needs your attention:[/magenta] {safe(view.reason or '')}\n"
                 f'tell it how to go on: errands tell {view.id} "…" && errands resume {view.id}'
             )
         cost = f"${view.usage.cost_usd:.4f}"

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from errands.cli.render import approval_card
+from errands.cli.render import approval_card, visible
 from errands.cli.whoami import who
 from errands.config import Settings
 from errands.core.errand import ApprovalOut
@@ -67,8 +67,8 @@ class Remote:
             data = None
         if response.status_code >= 400:
             detail = data.get("detail") if isinstance(data, dict) else None
-            raise RemoteError(
-                str(detail) if detail else f"the server answered HTTP {response.status_code}"
+            raise RemoteError(  # (the server's words: shown, never obeyed, by a terminal)
+                visible(str(detail)) if detail else f"the server answered HTTP {response.status_code}"
             )
         return data
 

@@ -1,4 +1,13 @@
-"""Rendering errands and their timelines for people (rich) and machines (JSON)."""
+"""Rendering errands and their timelines for people (rich) and machines (JSON).
+
+Everything shown here that errands did not write itself -- the model's text, tool
+names, arguments and results, titles, reasons, who decided -- goes through
+:func:`visible` first: a terminal escape sequence in it (``ESC [2K`` erasing a line,
+``ESC [8m`` hiding what follows, ``ESC ]8;;`` a hidden link, a carriage return
+overwriting the line, a bidirectional override reordering it) is shown as text
+(``\\x1b[2K``), so what a person approves is what they see. And through rich's
+``escape``, so that it cannot be read as markup either.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +25,15 @@ from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.store import StoredEvent
 
-__all__ = ["STATE_STYLE", "approval_card", "errands_table", "event_line", "short_args"]
+__all__ = [
+    "STATE_STYLE",
+    "approval_card",
+    "errands_table",
+    "event_line",
+    "safe",
+    "short_args",
+    "visible",
+]
 
 STATE_STYLE = {
     ErrandState.queued: "cyan",
@@ -28,6 +45,28 @@ STATE_STYLE = {
     ErrandState.cancelled: "dim",
     ErrandState.needs_attention: "bold magenta",
 }
+
+
+# C0 controls but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI to some
+# terminals), and the invisible characters that reorder or break a line
+_SHOWN: dict[int, str] = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c not in (9, 10)}
+_SHOWN |= {c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}
+_SHOWN |= {0x0D: "\\r"}
+_LINE_BREAKERS = (0x061C, 0x200E, 0x200F, 0x2028, 0x2029, *range(0x202A, 0x202F))
+_SHOWN |= {c: f"\\u{c:04x}" for c in (*_LINE_BREAKERS, *range(0x2066, 0x206A))}
+
+
+def visible(text: str) -> str:
+    """*text* with every control character (but tab and newline) shown as an escape:
+    ``"\\x1b[2K"`` for ESC [2K. For anything shown on a terminal that errands did
+    not write itself."""
+    return text.translate(_SHOWN)
+
+
+def safe(text: str) -> str:
+    """*text* ready for rich markup: control characters shown (:func:`visible`), markup
+    escaped."""
+    return escape(visible(text))
 
 
 def when(ts: float) -> str:
@@ -50,19 +89,19 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
     seq = f"[dim]{stored.seq:>3}[/dim] "
     match e:
         case ev.ErrandCreated():
-            return f"{seq}[bold]▶ {escape(e.title)}[/bold] [dim]({escape(e.model)}, workspace {escape(e.workspace)})[/dim]"
+            return f"{seq}[bold]▶ {safe(e.title)}[/bold] [dim]({safe(e.model)}, workspace {safe(e.workspace)})[/dim]"
         case ev.UserMessage():
-            return f"{seq}[bold cyan]you:[/bold cyan] {escape(_clip(e.content.text))}"
+            return f"{seq}[bold cyan]you:[/bold cyan] {safe(_clip(e.content.text))}"
         case ev.ModelRequested():
             return None
         case ev.ModelResponded():
             parts = []
             if e.content and e.content.text and not streamed:
-                parts.append(f"{seq}[bold]model:[/bold] {escape(_clip(e.content.text, 2000))}")
+                parts.append(f"{seq}[bold]model:[/bold] {safe(_clip(e.content.text, 2000))}")
             for call in e.tool_calls:
                 parts.append(
-                    f"{seq}  [yellow]→ {escape(call.name)}[/yellow]"
-                    f"[dim]({escape(short_args(call.arguments) if call.raw_arguments is None else call.raw_arguments[:120])})[/dim]"
+                    f"{seq}  [yellow]→ {safe(call.name)}[/yellow]"
+                    f"[dim]({safe(short_args(call.arguments) if call.raw_arguments is None else call.raw_arguments[:120])})[/dim]"
                 )
             usage = e.usage
             if usage.input_tokens or usage.output_tokens:
@@ -73,38 +112,38 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
                 )
             return "\n".join(parts) or None
         case ev.ToolIntent():
-            return f"{seq}  [dim]running {escape(e.tool)} ({e.effect.value}, key {escape(e.idempotency_key)})[/dim]"
+            return f"{seq}  [dim]running {safe(e.tool)} ({e.effect.value}, key {safe(e.idempotency_key)})[/dim]"
         case ev.ToolResult():
-            mark = "[green]✓[/green]" if e.ok else f"[red]✗ {escape(e.error_kind or 'error')}[/red]"
+            mark = "[green]✓[/green]" if e.ok else f"[red]✗ {safe(e.error_kind or 'error')}[/red]"
             trust = "" if e.content.integrity == "trusted" else " [dim](untrusted)[/dim]"
-            return f"{seq}  {mark} {escape(e.tool)}: {escape(_clip(e.content.text, 300))}{trust}"
+            return f"{seq}  {mark} {safe(e.tool)}: {safe(_clip(e.content.text, 300))}{trust}"
         case ev.ApprovalRequested():
             return (
-                f"{seq}[bold yellow]⏸ needs approval[/bold yellow] {escape(e.tool)}"
-                f"{escape(short_args(e.arguments))} — {escape(e.reason)} [dim](rule {escape(e.rule)})[/dim]"
+                f"{seq}[bold yellow]⏸ needs approval[/bold yellow] {safe(e.tool)}"
+                f"{safe(short_args(e.arguments))} — {safe(e.reason)} [dim](rule {safe(e.rule)})[/dim]"
             )
         case ev.ApprovalGranted():
             edited = " with edited arguments" if e.edited_arguments is not None else ""
             always = " (always for this errand)" if e.always else ""
-            return f"{seq}[green]✔ approved{edited}{always}[/green] by {escape(e.by)} via {escape(e.channel)}"
+            return f"{seq}[green]✔ approved{edited}{always}[/green] by {safe(e.by)} via {safe(e.channel)}"
         case ev.ApprovalDenied():
-            return f"{seq}[red]✘ denied[/red] by {escape(e.by)} via {escape(e.channel)}: {escape(e.reason)}"
+            return f"{seq}[red]✘ denied[/red] by {safe(e.by)} via {safe(e.channel)}: {safe(e.reason)}"
         case ev.StateChanged():
             style = STATE_STYLE.get(ErrandState(e.state), "")
             text = f"{seq}[{style}]■ {e.state}[/{style}]"
             if e.reason:
-                text += f": {escape(e.reason)}"
+                text += f": {safe(e.reason)}"
             if e.result is not None:
-                text += f"\n    {escape(e.result.text)}"
+                text += f"\n    {safe(e.result.text)}"
             return text
         case ev.ErrorRaised():
-            return f"{seq}[red]! {escape(e.kind)}: {escape(e.message)}[/red]"
+            return f"{seq}[red]! {safe(e.kind)}: {safe(e.message)}[/red]"
         case ev.CancelRequested():
-            return f"{seq}[dim]✖ cancel requested by {escape(e.by)}: {escape(e.reason)}[/dim]"
+            return f"{seq}[dim]✖ cancel requested by {safe(e.by)}: {safe(e.reason)}[/dim]"
         case ev.ErrandPurged():
-            return f"{seq}[dim]private content purged by {escape(e.by)}[/dim]"
+            return f"{seq}[dim]private content purged by {safe(e.by)}[/dim]"
         case ev.LimitsRaised():
-            return f"{seq}[cyan]+ {e.more_steps} more steps[/cyan], given by {escape(e.by)}"
+            return f"{seq}[cyan]+ {e.more_steps} more steps[/cyan], given by {safe(e.by)}"
     return None
 
 
@@ -132,9 +171,9 @@ def errands_table(views: list[ErrandView], width: int = 120) -> Table:
         state = f"[{style}]{v.state.value}{waiting}[/{style}]"
         cost = f"${v.usage.cost_usd:.4f}"
         if wide:
-            table.add_row(v.id, state, escape(v.title), str(v.steps), cost, when(v.created_at))
+            table.add_row(v.id, state, safe(v.title), str(v.steps), cost, when(v.created_at))
         else:
-            table.add_row(v.id, state, escape(v.title), cost)
+            table.add_row(v.id, state, safe(v.title), cost)
     return table
 
 
@@ -143,11 +182,12 @@ def approval_card(p: PendingApproval, title: str = "") -> Panel:
     body = Table.grid(padding=(0, 1))
     body.add_column(style="bold", no_wrap=True)
     body.add_column()
-    body.add_row("id", p.id)
+    body.add_row("id", safe(p.id))
     if title:
-        body.add_row("errand", escape(title))
-    body.add_row("tool", f"{escape(p.tool)} [dim]({p.effect})[/dim]")
-    body.add_row("why", f"{escape(p.reason)} [dim](rule {escape(p.rule)})[/dim]")
+        body.add_row("errand", safe(title))
+    body.add_row("tool", f"{safe(p.tool)} [dim]({safe(str(p.effect))})[/dim]")
+    body.add_row("why", f"{safe(p.reason)} [dim](rule {safe(p.rule)})[/dim]")
     body.add_row("asked", when(p.at))
-    group = Group(body, Text(""), Text(p.preview or json.dumps(p.arguments, indent=2)))
+    preview = p.preview or json.dumps(p.arguments, indent=2, ensure_ascii=False)
+    group = Group(body, Text(""), Text(visible(preview)))
     return Panel(group, title="[bold yellow]waiting for your approval[/bold yellow]", expand=False)

@@ -14,7 +14,7 @@ import typer
 
 from errands.cli import remote
 from errands.cli.common import JsonOpt, fail, out, server_for_home, settings, with_harness
-from errands.cli.render import approval_card, errands_table
+from errands.cli.render import approval_card, errands_table, safe
 from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import ErrandState, ErrandView
 from errands.errors import ErrandsError
@@ -28,8 +28,8 @@ def up(
         str | None,
         typer.Option(
             "--host",
-            help="Address to listen on (default 127.0.0.1). Any non-loopback address "
-            "requires the token (ERRANDS_HOME/server-token).",
+            help="Address to listen on (default 127.0.0.1). Any non-loopback address, "
+            "or a name in [server] allowed_hosts, requires the token (ERRANDS_HOME/server-token).",
         ),
     ] = None,
     port: Annotated[
@@ -116,7 +116,8 @@ def inbox(
     for e in summaries:
         if e.status is ErrandState.needs_attention:
             out.print(
-                f"[magenta]needs your attention:[/magenta] {e.id} {e.title} — {e.reason or ''}"
+                f"[magenta]needs your attention:[/magenta] {safe(e.id)} {safe(e.title)} — "
+                f"{safe(e.reason or '')}"
             )
     if views is not None and views:
         out.print(errands_table(views, out.width))
@@ -124,7 +125,7 @@ def inbox(
         for e in summaries:
             waiting = f" ({e.pending_approvals} waiting)" if e.pending_approvals else ""
             out.print(
-                f"{e.id}  {e.status.value}{waiting}  {e.title}  "
+                f"{safe(e.id)}  {e.status.value}{waiting}  {safe(e.title)}  "
                 f"[dim]{e.steps} steps · ${e.cost_usd:.4f}[/dim]",
                 highlight=False,
             )
