@@ -75,6 +75,7 @@ def test_run_deny_rule_and_outside_workspace_refuse_before_any_intent(
     cli: CLI, home: Path, tmp_path: Path
 ) -> None:
     (home / "policy.toml").write_text(POLICY)
+    (home / "errands.toml").write_text(f'[workspaces]\nroots = ["{tmp_path / "ws"}"]\n')
     workspace = tmp_path / "ws"
     workspace.mkdir()
     outside = tmp_path / "outside"

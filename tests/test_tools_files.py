@@ -408,7 +408,8 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     person = tmp_path / "person"
     person.mkdir()
     monkeypatch.setenv("HOME", str(person))
-    return Settings(home=person / ".local/share/errands")
+    # tmp_path is a workspace root: what is refused below is refused for another reason
+    return Settings(home=person / ".local/share/errands", workspaces={"roots": [tmp_path]})
 
 
 def test_default_workspace_is_a_fresh_dir_under_errands_home(settings: Settings) -> None:

@@ -42,6 +42,62 @@ class NetworkSettings(BaseModel):
     timeout_seconds: float = Field(default=20.0, gt=0)
 
 
+# --- workspaces: where an errand's directory may be (tools/workspace.py) ---------------
+
+# no workspace (nor workspace root) may be one of these or lie inside one ...
+SYSTEM_TREES = (
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+    "/dev", "/proc", "/sys", "/run", "/var", "/snap", "/private/etc", "/private/var",
+)  # fmt: skip
+# ... except inside these (scratch space meant for anyone)
+SYSTEM_TREE_EXCEPTIONS = ("/var/tmp", "/private/var/tmp", "/private/var/folders")
+# ... and none may be one of these (they hold everybody's files)
+SYSTEM_DIRS = (
+    "/", "/home", "/root", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt",
+    "/Users", "/Volumes", "/private", "/private/tmp", "/private/var/tmp",
+)  # fmt: skip
+
+
+def system_directory(path: Path) -> str | None:
+    """Why *path* (absolute, symbolic links resolved) is a system directory no workspace
+    may be in, or None."""
+    if str(path) in SYSTEM_DIRS:
+        return f"{path} is a system directory"
+    if any(path.is_relative_to(tree) for tree in SYSTEM_TREE_EXCEPTIONS):
+        return None
+    for tree in SYSTEM_TREES:
+        if path.is_relative_to(tree):
+            if str(path) == tree:
+                return f"{path} is a system directory"
+            return f"{path} is inside the system directory {tree}"
+    return None
+
+
+class WorkspaceSettings(BaseModel):
+    """``[workspaces]``: the directories under which a person may name an errand's
+    workspace (the API's ``workspace``, ``errands run --workspace``). Without a name an
+    errand works in ``ERRANDS_HOME/workspaces/ID``, which is always allowed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    roots: list[Path] = []
+
+    @field_validator("roots")
+    @classmethod
+    def _safe_roots(cls, roots: list[Path]) -> list[Path]:
+        resolved = []
+        for root in roots:
+            expanded = root.expanduser()
+            if not expanded.is_absolute():
+                raise ValueError(f"{str(root)!r} is not an absolute path (or ~/...)")
+            real = Path(os.path.realpath(expanded))  # a symlink is judged by its target
+            why = system_directory(real)
+            if why is not None:
+                raise ValueError(f"{str(root)!r} cannot hold workspaces: {why}")
+            resolved.append(real)
+        return resolved
+
+
 # --- the server (errands up) and its notifier: see docs/server.md ----------------------
 
 
@@ -145,7 +201,7 @@ class ProviderSettings(BaseModel):
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     home: Path = Path(".")
     default_model: str = "scripted:demo"
@@ -173,6 +229,10 @@ class Settings(BaseModel):
     server_port: int | None = None
     server: ServerSettings = ServerSettings()
     notify: NotifySettings = NotifySettings()
+    # [workspaces] (``workspaces`` is the default folder's path, below)
+    workspace_roots: WorkspaceSettings = Field(
+        default_factory=WorkspaceSettings, alias="workspaces"
+    )
     tools: ToolSettings = ToolSettings()
 
     @field_validator("timezone")
@@ -194,6 +254,12 @@ class Settings(BaseModel):
     @property
     def workspaces(self) -> Path:
         return self.home / "workspaces"
+
+    @property
+    def allowed_workspace_roots(self) -> list[Path]:
+        """Where a named workspace may lie: ``ERRANDS_HOME/workspaces`` and ``[workspaces]
+        roots``, symbolic links resolved."""
+        return [Path(os.path.realpath(self.workspaces)), *self.workspace_roots.roots]
 
     @property
     def config_path(self) -> Path:

@@ -1,9 +1,13 @@
 """Errand workspaces, and confining model-given paths to them.
 
 Every errand works in one directory. By default that is a fresh directory under
-``ERRANDS_HOME/workspaces``; a person may name another one, but never ``/``, their home
-directory (or a directory holding it), or a directory holding ``ERRANDS_HOME`` -- the
-store, the config and other errands' workspaces live there.
+``ERRANDS_HOME/workspaces``; a person may name another one, but only under a workspace
+root (``[workspaces] roots``; ``ERRANDS_HOME/workspaces`` always is one), never in a
+system directory (``/etc``, ``/usr``, ...: :func:`errands.config.system_directory`),
+and never ``/``, their home directory (or a directory holding it), or a directory
+holding ``ERRANDS_HOME`` -- the store, the config and other errands' workspaces live
+there. Symbolic links are resolved before any of these checks. A workspace errands
+creates is mode 0700.
 
 A path the model gives is confined with :func:`resolve_inside`: it is resolved with
 every symbolic link followed (also for a file that does not exist yet, and for a
@@ -26,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from errands.config import system_directory
 from errands.errors import UserError
+from errands.private import private_dir
 from errands.tools.canonical import PathError, resolve_path
 from errands.tools.tool import ToolError
 
@@ -39,6 +45,7 @@ __all__ = [
     "WorkspaceRefused",
     "locate_inside",
     "make_workspace",
+    "outside_roots",
     "resolve_inside",
 ]
 
@@ -64,14 +71,16 @@ def make_workspace(settings: Settings, errand_id: str, requested: str | Path | N
     Without *requested* it is ``settings.workspaces / errand_id``. A *requested* one is
     refused (:class:`WorkspaceRefused`) if it is ``/``, the person's home directory or
     one of its ancestors, ``ERRANDS_HOME`` or one of its ancestors, anything inside
-    ``ERRANDS_HOME`` other than a directory below its ``workspaces`` folder, or a file.
+    ``ERRANDS_HOME`` other than a directory below its ``workspaces`` folder, outside
+    every workspace root (:func:`outside_roots`), or a file.
     """
     if not _ERRAND_ID.match(errand_id) or errand_id in {".", ".."}:
         raise WorkspaceRefused(f"{errand_id!r} cannot name a workspace directory.")
     errands_home = Path(os.path.realpath(settings.home))
     if requested is None:
+        private_dir(settings.workspaces)
         path = Path(os.path.realpath(settings.workspaces / errand_id))
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
         return path
 
     text = str(requested)
@@ -98,15 +107,37 @@ def make_workspace(settings: Settings, errand_id: str, requested: str | Path | N
         raise WorkspaceRefused(
             f"The workspace {text!r} is inside ERRANDS_HOME ({errands_home}) but not below its workspaces folder."
         )
+    refusal = outside_roots(path, settings)
+    if refusal is not None:
+        raise WorkspaceRefused(f"The workspace {text!r} {refusal}.")
     if path.exists() and not path.is_dir():
         raise WorkspaceRefused(f"The workspace {text!r} is a file, not a directory.")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        private_dir(path)
     except OSError as exc:
         raise WorkspaceRefused(
             f"The workspace {text!r} cannot be created: {exc.strerror}."
         ) from None
     return path
+
+
+def outside_roots(path: Path, settings: Settings) -> str | None:
+    """Why the resolved *path* may not be a workspace for its place, or None: it is a
+    system directory (unless below ``ERRANDS_HOME/workspaces``, wherever the home is),
+    or lies under none of the workspace roots. Completes "The workspace ... "."""
+    roots = settings.allowed_workspace_roots
+    if path.is_relative_to(roots[0]):
+        return None
+    why = system_directory(path)
+    if why is not None:
+        return f"is refused: {why}"
+    if any(path.is_relative_to(root) for root in roots[1:]):
+        return None
+    return (
+        "is not under a workspace root; workspaces may be under "
+        + ", ".join(str(r) for r in roots)
+        + " (add a directory to [workspaces] roots in errands.toml)"
+    )
 
 
 def resolve_inside(workspace: Path, path: str) -> Path:
