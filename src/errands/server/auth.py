@@ -8,10 +8,16 @@ Every request passes :class:`RequestGuard`, an ASGI middleware, before it reache
 - **Origin**: a request that carries an ``Origin`` must come from the server itself
   (403 otherwise); a state-changing request from a browser (``Sec-Fetch-Site`` says
   cross-site) without one is refused too.
-- **Token**: off loopback (or with ``[server] require_token``) every request needs
-  ``Authorization: Bearer <token>`` or the inbox's session cookie, which the login
-  page sets after checking the token. The token lives in ``ERRANDS_HOME/server-token``
-  with mode 0600; a file others can read is refused.
+- **Token**: whenever the server answers to a name that is not loopback -- it is bound
+  to another address, or ``[server] allowed_hosts`` names one (behind a reverse proxy:
+  whoever reaches the proxy reaches errands; :func:`remote_names`) -- and with
+  ``[server] require_token``, every request needs ``Authorization: Bearer <token>`` or
+  the inbox's session cookie, which the login page sets after checking the token. The
+  token lives in ``ERRANDS_HOME/server-token`` with mode 0600; a file others can read
+  is refused.
+- **Proxies**: a server without a token refuses any request a proxy forwarded
+  (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``; :meth:`Security.proxied`): it came
+  from someone who may not be on this machine.
 - **CSRF**: the inbox is a JavaScript page calling the JSON API. Every state-changing
   request that comes from a browser (it carries a cookie, an ``Origin`` or
   ``Sec-Fetch-*``) must send the header ``X-CSRF-Token`` equal to the ``errands_csrf``
@@ -40,12 +46,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from errands.server.files import ServerRefused
 
-__all__ = ["RequestGuard", "Security"]
+__all__ = ["FORWARDING_HEADERS", "RequestGuard", "Security", "remote_names"]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # paths a person can reach before logging in
 PUBLIC_PATHS = frozenset({"/login", "/api/health", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
+# headers a reverse proxy adds to what it forwards
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
 
 SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
     (
@@ -82,6 +90,33 @@ def _split_host(value: str) -> tuple[str, int | None] | None:
     if parts.hostname is None:
         return None
     return parts.hostname.lower(), port
+
+
+def _loopback_name(name: str) -> bool:
+    name = name.strip("[]").lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def remote_names(host: str, allowed_hosts: Iterable[str]) -> list[str]:
+    """The names beyond loopback a server bound to *host* with *allowed_hosts* answers
+    to (the bound address, or each allowed name that is not loopback). Any of them
+    means people who are not on this machine can reach it: it needs the token.
+    Refuses (:class:`ServerRefused`) an entry of *allowed_hosts* that is not a host."""
+    names = []
+    if not _loopback_name(host):
+        names.append(f"{host} (every interface)" if not host or _is_wildcard(host) else host)
+    for entry in allowed_hosts:
+        parsed = _split_host(entry)
+        if parsed is None:
+            raise ServerRefused(f"server.allowed_hosts: {entry!r} is not a host name")
+        if not _loopback_name(parsed[0]):
+            names.append(entry)
+    return names
 
 
 @dataclass
@@ -186,6 +221,13 @@ class Security:
         nonce, _, mac = value.partition(".")
         return hmac.compare_digest(mac.encode(), self._mac("session", nonce).encode())
 
+    def proxied(self, headers: Headers) -> str | None:
+        """The forwarding header a request carries when this server has no token (a
+        proxy forwarded it: from someone who may not be on this machine), else None."""
+        if self.token is not None:
+            return None
+        return next((h for h in FORWARDING_HEADERS if h in headers), None)
+
     def authenticate(self, headers: Headers, cookies: dict[str, str]) -> str | None:
         """'bearer', 'session' or 'open' (no token needed); None if not authenticated."""
         if self.token is None:
@@ -271,6 +313,16 @@ class RequestGuard:
         fetch_site = headers.get("sec-fetch-site")
         if unsafe and origin is None and fetch_site not in (None, "same-origin", "none"):
             await _respond(send, 403, "cross-site requests are refused")
+            return
+        forwarded = sec.proxied(headers)
+        if forwarded is not None and not _is_public(path):
+            await _respond(
+                send,
+                403,
+                f"this request came through a proxy ({forwarded}) and this server has no "
+                "token: behind a proxy errands needs one -- set [server] require_token = true "
+                "(or allowed_hosts) and restart errands up",
+            )
             return
         cookies = _cookies(headers)
         auth = sec.authenticate(headers, cookies)

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 from errands.clock import SYSTEM, Clock
 from errands.errors import StoreError
+from errands.private import private_file
 from errands.store.sqlite.connection import unavailable
 
 __all__ = ["IdempotencyStore", "KeyReused", "Reservation", "fingerprint"]
@@ -89,6 +90,7 @@ class IdempotencyStore:
     def __init__(self, path: Path, *, clock: Clock = SYSTEM) -> None:
         self.path = path
         self.clock = clock
+        private_file(path)  # 0600, as its -wal and -shm then are
         self._conn = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, timeout=30.0
         )

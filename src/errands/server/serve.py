@@ -2,9 +2,13 @@
 
 Start-up: take the home's exclusive lock (``ERRANDS_HOME/errands.lock``, held for the
 server's life: one server per home) or refuse; refuse a store that fails SQLite's
-``quick_check``; load (or create) the token when one is needed; bind; release leases left by dead local processes;
-start the runner (which claims every runnable errand) and the HTTP server; write
-``ERRANDS_HOME/server.json`` (url, pid) so the CLI can find the server.
+``quick_check``; load (or create) the token when one is needed (:func:`token_reason`:
+a name beyond loopback, or ``require_token``); bind; publish the port in the
+machine's registry (:mod:`errands.registry`: no errands process's network tools reach
+it); release leases left by dead local processes; start the runner (which claims every
+runnable errand) and the HTTP server; write ``ERRANDS_HOME/server.json`` (url, pid) so
+the CLI can find the server. The token is printed only to a terminal (never into a
+service's log); otherwise the start message names its 0600 file.
 
 Shutdown on SIGINT/SIGTERM: stop accepting connections and end the live streams, let
 in-flight requests finish, stop the runner (its loops stop and release their leases;
@@ -32,19 +36,20 @@ from typing import Any
 
 import uvicorn
 
-from errands import __version__
+from errands import __version__, registry
 from errands.config import Settings
 from errands.core.states import ErrandState
 from errands.engine.runner import dead_local_owner
 from errands.engine.runtime import tune_gc
 from errands.harness import build
+from errands.private import private_dir
 from errands.server.app import create_app
-from errands.server.auth import Security
+from errands.server.auth import Security, remote_names
 from errands.server.context import ServerContext, model_help
 from errands.server.files import (
     SERVER_FILE,
+    TOKEN_FILE,
     ServerRefused,
-    is_loopback,
     live_server,
     load_token,
 )
@@ -54,7 +59,7 @@ from errands.server.worker import RunnerThread
 from errands.store import Store, health
 from errands.store.lock import HomeLock, try_lock
 
-__all__ = ["release_dead_leases", "run_server"]
+__all__ = ["release_dead_leases", "run_server", "token_reason"]
 
 REAP_SECONDS = 30.0
 
@@ -150,7 +155,7 @@ def _claim_home(home: Path) -> HomeLock:
     or refuse: one server per home. Taking the lock is the check: two servers started at
     the same instant cannot both pass it."""
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        private_dir(home)
         probe = home / f".write-test.{os.getpid()}"
         probe.touch()
         probe.unlink()
@@ -173,34 +178,66 @@ def _claim_home(home: Path) -> HomeLock:
     return lock
 
 
+def token_reason(host: str, settings: Settings) -> str | None:
+    """Why a server bound to *host* needs its token, or None: it answers to a name
+    beyond loopback (another address, or ``[server] allowed_hosts``: behind a reverse
+    proxy, whoever reaches the proxy reaches errands), or ``require_token`` is set.
+    Refuses an ``allowed_hosts`` entry that is not a host name, before anything is
+    written."""
+    names = remote_names(host, settings.server.allowed_hosts)
+    if names:
+        return f"it answers to {', '.join(names)}, so whoever reaches that name reaches errands"
+    if settings.server.require_token:
+        return "[server] require_token is set"
+    return None
+
+
+def _to_terminal() -> bool:
+    """Is the start message going to a person's terminal (not a file, a pipe, a journal)?"""
+    return sys.stdout.isatty()
+
+
 def _serve(settings: Settings, host: str, port: int, echo: Callable[[str], None]) -> None:
     home = settings.home
-    need_token = not is_loopback(host) or settings.server.require_token
-    token, created = load_token(home, create=True) if need_token else (None, False)
+    why = token_reason(host, settings)
+    token, created = load_token(home, create=True) if why is not None else (None, False)
     security = Security(
         host=host,
         port=port,
         token=token,
         allowed_hosts=settings.server.allowed_hosts,
         max_body_bytes=settings.server.max_body_bytes,
-    )  # checks allowed_hosts before binding
+    )
     sock = _bind(host, port)
     actual = sock.getsockname()[1]
     security.port = actual
     url = _url(host, actual)
-    # errands' own network tools must never reach this server
+    # errands' own network tools must never reach this server (nor any other's: registry)
     settings = settings.model_copy(update={"server_port": actual})
     lines = [f"errands is up: {url}", "  the inbox, and the API (/openapi.json)"]
     if host in ("0.0.0.0", "::"):
         lines.append(f"  listening on every interface: http://{socket.gethostname()}:{actual}/")
-    if token is not None and created:
-        lines.append(f"  token (shown once; also in {home / 'server-token'}): {token}")
-    elif token is not None:
-        lines.append(f"  the token is in {home / 'server-token'}")
+    if token is not None:
+        lines.append(f"  a token is required: {why}")
+        path = home / TOKEN_FILE
+        if created and _to_terminal():
+            lines.append(f"  token (shown once, on this terminal only; also in {path}): {token}")
+        else:  # never into a file or a service's log
+            lines.append(
+                f"  the token is in {path} (mode 0600); send it as Authorization: Bearer <token>"
+            )
     for line in model_help(settings):
         lines.append(f"  {line}")
     lines.append("  Ctrl-C stops it; every errand keeps its place and resumes on the next start")
-    asyncio.run(_main(settings, security, sock, url, lambda: echo("\n".join(lines))))
+    try:  # before any errand runs: every errands process refuses this port from now on
+        published = registry.publish(actual, host, home)
+    except registry.PublishFailed as exc:
+        sock.close()
+        raise ServerRefused(str(exc)) from None
+    try:
+        asyncio.run(_main(settings, security, sock, url, lambda: echo("\n".join(lines))))
+    finally:
+        registry.withdraw(published)
 
 
 async def _main(

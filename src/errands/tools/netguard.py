@@ -5,8 +5,9 @@ be public, unless the address is listed in ``settings.network.allow_private`` (I
 networks). Refused: private, loopback, link-local, unspecified, multicast and reserved
 addresses, the same hidden inside IPv6 (IPv4-mapped, NAT64, 6to4, Teredo), and the cloud
 metadata addresses -- those only pass when listed *exactly*, a broad network in the
-allow-list does not open them. errands' own server port on a local address is refused
-whatever the allow-list says. Numeric host spellings other than dotted-decimal
+allow-list does not open them. The port of any errands server on this machine (its own,
+``settings.server_port``, and every one published in :mod:`errands.registry`) is refused
+on every local address whatever the allow-list says. Numeric host spellings other than dotted-decimal
 (``2130706433``, ``0177.0.0.1``, ``0x7f.1``) are refused outright.
 
 The check that matters runs where the socket is opened: :class:`GuardedTransport`
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 import httpcore
 import httpx
 
+from errands import registry
 from errands.tools.tool import ToolError
 
 if TYPE_CHECKING:
@@ -167,6 +169,14 @@ def _is_local(ip: IPAddress) -> bool:
     return True
 
 
+def _errands_server(port: int, settings: Settings) -> str | None:
+    """Which errands server listens on *port* on this machine, or None."""
+    if settings.server_port is not None and port == settings.server_port:
+        return "errands' own server"
+    home = registry.published_ports().get(port)
+    return None if home is None else f"an errands server (errands up for {home})"
+
+
 def address_refusal(address: str, port: int, settings: Settings) -> str | None:
     """Why the guard refuses to connect to *address*:*port*, or None if it may.
 
@@ -176,8 +186,9 @@ def address_refusal(address: str, port: int, settings: Settings) -> str | None:
         settings: the errands settings (allow-list, server port).
     """
     ip = _unmapped(_parse_address(address))
-    if settings.server_port is not None and port == settings.server_port and _is_local(ip):
-        return f"{ip} port {port} is errands' own server"
+    server = _errands_server(port, settings)
+    if server is not None and _is_local(ip):
+        return f"{ip} port {port} is {server}; errands never reaches an errands server's API"
     reason = _special(ip)
     if reason is None:
         return None
