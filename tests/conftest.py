@@ -26,7 +26,7 @@ pytest_plugins = ["sim.fixtures"]
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     h = tmp_path / "home"
-    h.mkdir()
+    h.mkdir(mode=0o700)  # as errands makes a home: private (errands doctor checks)
     monkeypatch.setenv("ERRANDS_HOME", str(h))
     return h
 

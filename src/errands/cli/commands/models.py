@@ -14,6 +14,8 @@ import typer
 from rich.markup import escape
 
 from errands.cli.common import JsonOpt, fail, out, settings
+from errands.cli.permcheck import permissions_check
+from errands.cli.render import safe
 from errands.cli.storecheck import store_check
 from errands.errors import ErrandsError
 from errands.models.inventory import Check, inventory
@@ -65,13 +67,14 @@ def doctor(
         float, typer.Option("--timeout", help="Seconds to wait for each endpoint.", min=0.1)
     ] = 5.0,
 ) -> None:
-    """Check the store (SQLite's full integrity_check, the schema, permissions) and each
+    """Check the store (SQLite's full integrity_check, the schema, who may read it) and each
     configured provider: key present, endpoint reachable and accepting the key, model
     names known. One line per problem, saying what to fix; exit 1 if any."""
     try:
         s = settings()
         checks = [_store_check(s.db_path), *run_doctor(s, timeout=timeout)]
         checks.insert(1, store_check(s))  # can the store write right now?
+        checks.insert(2, permissions_check(s))  # can other users read it?
     except ErrandsError as exc:
         fail(str(exc))
     problems = [p for c in checks for p in c.problems]
@@ -81,11 +84,11 @@ def doctor(
         for c in checks:
             if c.ok:
                 detail = "; ".join(c.notes) or "ok"
-                out.print(escape(f"ok    {c.subject}: {detail}"), highlight=False)
+                out.print(safe(f"ok    {c.subject}: {detail}"), highlight=False)
             for problem in c.problems:
-                out.print("[bold red]FIX[/bold red]   " + escape(problem), highlight=False)
+                out.print("[bold red]FIX[/bold red]   " + safe(problem), highlight=False)
         summary = f"{len(problems)} problem(s)" if problems else "everything checks out"
-        out.print(escape(summary), highlight=False)
+        out.print(safe(summary), highlight=False)
     if problems:
         raise typer.Exit(1)
 

@@ -32,6 +32,7 @@ from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs import spend as money
 from errands.errors import NotFound, StoreError, StoreUnavailable
+from errands.private import private_dir, private_file
 from errands.store import health
 from errands.store.base import (
     COLUMNS,
@@ -510,8 +511,8 @@ def _open_writer(path: str) -> sqlite3.Connection:
     that is not a database or is truncated is refused as damaged
     (:mod:`errands.store.health`), and so is one SQLite finds malformed while
     migrating; a home this user cannot write is refused saying so."""
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:  # the home 0700, the store 0600 (its -wal and -shm take the store's mode)
+        private_file(private_dir(Path(path).parent) / Path(path).name)
     except OSError as exc:
         raise health.not_writable(path, exc.strerror or str(exc)) from None
     problem = health.header_problem(path)
