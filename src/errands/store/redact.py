@@ -34,6 +34,25 @@ from typing import Any
 
 __all__ = ["Forms", "Redactor", "secret_env_values"]
 
+_UNICODE_ESCAPE = re.compile(r"\\+u([0-9A-Fa-f]{4})")  # (in serialised JSON, at any depth)
+_PERCENT_RUN = re.compile(r"%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*")  # (a literal first: fast)
+
+
+def _json_text(text: str) -> str:
+    """*text* as a JSON string writes it (a quote as \\", a backslash doubled, ...)."""
+    if '"' in text or "\\" in text or not text.isprintable():
+        return json.dumps(text, ensure_ascii=False)[1:-1]
+    return text
+
+
+def _unescaped_unicode(m: re.Match[str]) -> str:
+    return _json_text(chr(int(m.group(1), 16)))
+
+
+def _unescaped_percent(m: re.Match[str]) -> str:
+    return _json_text(bytes.fromhex(m.group(0).replace("%", "")).decode("utf-8", "replace"))
+
+
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 MIN_SECRET_LENGTH = 8
 
@@ -96,6 +115,7 @@ class Redactor:
 
     def __init__(self, secrets: Mapping[str, str] | None = None) -> None:
         self._fixed: list[tuple[str, str]] = []  # (spelling, marker), longest first
+        self._needles: tuple[str, ...] = ()  # the fixed spellings, for the quick look
         self._patterns: list[tuple[re.Pattern[str], str]] = []
         self._plus = False  # a secret has a space (URL-encoded as "+")
         for name, value in (secrets or {}).items():
@@ -115,6 +135,7 @@ class Redactor:
         forms = self.forms(value)
         self._fixed.extend((spelling, marker) for spelling in forms.fixed)
         self._fixed.sort(key=lambda pair: len(pair[0]), reverse=True)
+        self._needles = tuple(spelling for spelling, _ in self._fixed)
         self._patterns.append((re.compile(forms.pattern), marker))
         self._plus = self._plus or " " in value
 
@@ -122,10 +143,22 @@ class Redactor:
         return bool(self._fixed)
 
     def _suspect(self, text: str) -> bool:
-        """Might *text* hold a secret? Cheap: the fixed spellings, or any escape at all."""
-        if any(spelling in text for spelling, _ in self._fixed):
+        """Might *text* hold a secret? Cheap first: the fixed spellings, one ``in`` each;
+        only when *text* holds an escape at all, the same after undoing the escapes
+        (candidates only: what is replaced is decided string by string)."""
+        if any(map(text.__contains__, self._needles)):
             return True
-        return "%" in text or "\\u" in text or "\\/" in text or (self._plus and "+" in text)
+        plus = self._plus and "+" in text
+        if "%" not in text and "\\" not in text and not plus:
+            return False
+        decoded = text  # the escapes undone, what they stand for written as JSON writes it
+        if "\\\\u" in decoded:  # a \uXXXX escape inside a string: "\\u" once serialised
+            decoded = _UNICODE_ESCAPE.sub(_unescaped_unicode, decoded)
+        if "%" in decoded:
+            decoded = _PERCENT_RUN.sub(_unescaped_percent, decoded)
+        if plus:
+            decoded = decoded.replace("+", " ")
+        return decoded is not text and any(map(decoded.__contains__, self._needles))
 
     def redact_string(self, text: str) -> str:
         """*text* (a decoded string, not serialised JSON) with every secret replaced."""
