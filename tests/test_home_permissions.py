@@ -192,3 +192,39 @@ def test_control_a_doctor_that_looks_at_nothing_says_all_is_well(shared: Path) -
     obs = observe_doctor(shared, "blind_doctor")
     with pytest.raises(AssertionError):
         check_doctor(obs)
+
+
+# -- backups and restores -------------------------------------------------------------------
+
+
+def observe_backup(shared: Path, control: str | None) -> dict[str, Any]:
+    home = shared / "home"
+    copy = shared / "errands-backup.sqlite"
+    assert cli(home, "demo", "--json").returncode == 0
+    assert cli(home, "backup", str(copy), control=control).returncode == 0
+    restored = cli(home, "restore", str(copy), control=control)
+    assert restored.returncode == 0, restored.stderr
+    store = home / "errands.sqlite"
+    home.chmod(0o755)  # (the home is 0700 anyway: open it, to try the store's own mode)
+    return {
+        "modes": {"backup": mode(copy), "restored store": mode(store)},
+        "reads": {
+            "read the backup": as_nobody("cat", str(copy)).returncode,
+            "read the restored store": as_nobody("cat", str(store)).returncode,
+        },
+    }
+
+
+def check_backup(obs: dict[str, Any]) -> None:
+    assert obs["modes"] == {"backup": 0o600, "restored store": 0o600}
+    assert all(code != 0 for code in obs["reads"].values()), obs["reads"]
+
+
+def test_backups_and_restored_stores_are_private(shared: Path) -> None:
+    check_backup(observe_backup(shared, None))
+
+
+def test_control_with_the_usual_modes_a_backup_is_anyones(shared: Path) -> None:
+    obs = observe_backup(shared, "loose_modes")
+    with pytest.raises(AssertionError):
+        check_backup(obs)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from errands.errors import StoreDamaged, StoreError, UserError
+from errands.private import private_dir, private_file
 from errands.store import health
 from errands.store.lock import try_lock
 
@@ -68,6 +69,7 @@ def _counts(conn: sqlite3.Connection) -> tuple[int, int]:
 def _copy(src: sqlite3.Connection, dest: Path) -> tuple[int, int]:
     """Copy *src* into a new file *dest* in one step (one consistent snapshot), make it
     self-contained (no WAL), check it, and sync it. Returns (errands, events)."""
+    private_file(dest)  # 0600, whatever the umask: a copy of every errand's log
     dst = sqlite3.connect(dest, isolation_level=None)
     try:
         src.backup(dst)  # pages=-1: everything, in one read transaction of the source
@@ -145,7 +147,7 @@ def restore(source: Path, db: Path) -> Copied:
         raise UserError(f"there is no backup at {source}")
     if source.resolve() == db.resolve():
         raise UserError(f"{source} is the store itself; give a backup")
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     try:
         lock = try_lock(home)
     except OSError as exc:
