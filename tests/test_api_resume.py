@@ -244,6 +244,8 @@ async def test_archive_and_list_by_activity(server: Server, settings: Settings) 
 
     r = await server.api.post(f"/api/errands/{second}/archive", json={"archived": False})
     assert r.json()["archived"] is False and await ids(server, archived="true") == []
+    r = await server.api.post(f"/api/errands/{second}/archive", json={"archived": 0})
+    assert r.status_code == 422  # a boolean, not something that might mean one
     r = await server.api.post("/api/errands/e000nothing/archive", json={})
     assert r.status_code == 404
     assert not Marks(settings.home / "server.sqlite").is_archived("e000nothing")

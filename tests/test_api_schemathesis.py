@@ -53,11 +53,24 @@ include-operation-id = "getErrand"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "404"]
 
-# ... and an Idempotency-Key sent before with another body
+# ... and an Idempotency-Key sent before with another body; and an errand stopped at one
+# of its limits (a message cannot continue it: 422, saying how to give it room)
 [[operations]]
 include-operation-id = "sendMessage"
 [operations.checks.positive_data_acceptance]
-expected-statuses = ["2xx", "404", "409"]
+expected-statuses = ["2xx", "404", "409", "422"]
+
+# ... and an errand that is done or cancelled: nothing to continue (422)
+[[operations]]
+include-operation-id = "resumeErrand"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404", "409", "422"]
+
+# an errand id of the right shape that names no errand
+[[operations]]
+include-operation-id = "archiveErrand"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404"]
 
 # ... and an errand that has finished already
 [[operations]]

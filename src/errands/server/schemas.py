@@ -9,7 +9,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+)
 from pydantic_core import PydanticCustomError
 
 from errands.core import events as ev
@@ -169,7 +177,7 @@ class ResumeBody(BaseModel):
 class ArchiveBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    archived: bool = Field(default=True, description="false: back into the inbox's lists")
+    archived: StrictBool = Field(default=True, description="false: back into the inbox's lists")
 
 
 class Archived(BaseModel):
