@@ -17,7 +17,7 @@ from errands.core import events as ev
 from errands.core.states import ErrandState
 from errands.engine import operations
 from errands.engine.operations import continue_errand, create_errand, tell_errand
-from errands.errors import UserError
+from errands.errors import StoreError, UserError
 from errands.harness import Harness
 from errands.policy.hook import AllowAll
 from errands.store import Store
@@ -67,7 +67,7 @@ async def test_a_message_alone_cannot_continue_it(
         view = await h.runner().run_errand(eid)
         assert view.state is ErrandState.failed and "step limit" in view.reason
         return
-    with pytest.raises(UserError, match="--more-steps"):
+    with pytest.raises(StoreError, match="--more-steps"):
         await tell_errand(store, eid, "go on")
     assert len(await store.read(eid)) == before  # nothing written
 

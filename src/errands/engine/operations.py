@@ -97,8 +97,8 @@ async def tell_errand(
     view = progress.view
     if view.state is ErrandState.failed or view.state is ErrandState.needs_attention:
         limit = exceeded(view, progress.limits, max(0.0, time.time() - view.created_at))
-        if limit is not None:
-            raise UserError(
+        if limit is not None:  # (a conflict with the errand as it is now: 409)
+            raise StoreError(
                 f"errand {errand_id} stopped: {limit}; a message cannot continue it. "
                 f"Give it more room first: errands resume {errand_id} --more-steps 10"
             )
