@@ -10,6 +10,7 @@ Each guarantee has a control that shows the check failing with the guard taken o
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from errands.engine.operations import create_errand
 from errands.harness import Harness
 from errands.policy.hook import AllowAll
 from errands.server import inbox as inbox_module
+from errands.server import marks as marks_module
 from errands.server.app import create_app
 from errands.server.auth import Security
 from errands.server.context import ServerContext
@@ -572,3 +574,32 @@ async def test_the_costs_page(server: Server, settings: Settings) -> None:
     )
     assert "no price known" not in page.text  # the scripted model is free, not unknown
     assert (await server.page("/costs", days=7)).status_code == 200
+
+
+# -- the marks never take a page down -------------------------------------------------------
+
+
+def full_disk(*args: Any, **kwargs: Any) -> Any:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("check", ["guard", "control"])
+async def test_pages_stand_while_the_marks_cannot_be_written(
+    server: Server, settings: Settings, monkeypatch: pytest.MonkeyPatch, check: str
+) -> None:
+    eid = await create_errand(server.harness.store, settings, "look", model="scripted:demo")
+    path = settings.home / "server.sqlite"
+    monkeypatch.setattr(marks_module, "_connect", full_disk)
+    monkeypatch.setattr(marks_module, "_OPEN", {})  # (opened first on the full disk)
+    if check == "control":  # the marks must open for a page to stand: it does not
+        monkeypatch.setattr(Marks, "_try_open", lambda self: self._open())
+        assert (await server.page(f"/errands/{eid}")).status_code == 503
+        return
+    for url in ("/", f"/errands/{eid}", "/?show=archived"):
+        assert (await server.page(url)).status_code == 200, url  # read as none
+    r = await server.api.post(f"/api/errands/{eid}/archive", json={})
+    assert r.status_code == 503 and r.json()["condition"] == "disk_full"
+    monkeypatch.undo()  # the disk has room again: the marks open, and work
+    monkeypatch.setattr(marks_module, "_OPEN", {})
+    r = await server.api.post(f"/api/errands/{eid}/archive", json={})
+    assert r.status_code == 200 and Marks(path).archived() == {eid}

@@ -11,15 +11,18 @@ and the same in every browser.
 - **seen**: the errand's last event seq when the person last had its page open in the
   inbox; an errand with events after that (or never opened) is *unread*.
 
-Reads are point lookups done inline; writes go to a thread. A write that cannot be made
-(a full disk, another process holding the lock) is a :class:`StoreUnavailable` for an
-archive; a read mark that cannot be written is dropped (it is written again the next
-time the page is opened).
+Reads come from memory (this process is the only writer while it serves); writes go to
+a thread. A write that cannot be made (a full disk, another process holding the lock)
+is a :class:`StoreUnavailable` for an archive (a 503, as for every write); a read mark
+that cannot be written is dropped (it is written again the next time the page is
+open). Pages never fail for want of the marks: until the file can be opened they read
+as none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -40,40 +43,68 @@ CREATE TABLE IF NOT EXISTS errand_marks (
 """
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10.0)
+
+
 class Marks:
     def __init__(self, path: Path, *, clock: Clock = SYSTEM) -> None:
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # (a mark lost to a power cut is a person's click to repeat, not an errand's step)
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(_SCHEMA)
+        self._conn: sqlite3.Connection | None = None
         self._seen: dict[str, int] = {}  # errand -> seen seq, as written
         self._archived: set[str] = set()
-        self._load()
+        self._try_open()
 
-    def _load(self) -> None:
+    def _open(self) -> sqlite3.Connection:
+        """The connection (made, with the table, at the first call that can); a full disk
+        or a held lock is :class:`StoreUnavailable`."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT errand_id, archived_at, seen_seq FROM errand_marks"
-            ).fetchall()
-        self._seen = {str(r[0]): int(r[2]) for r in rows}
-        self._archived = {str(r[0]) for r in rows if r[1] is not None}
+            if self._conn is not None:
+                return self._conn
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = _connect(self.path)
+                conn.execute("PRAGMA journal_mode=WAL")
+                # (a mark lost to a power cut is a person's click to repeat, not an errand's step)
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(_SCHEMA)
+                rows = conn.execute(
+                    "SELECT errand_id, archived_at, seen_seq FROM errand_marks"
+                ).fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                if conn is not None:
+                    conn.close()
+                condition = unavailable(exc, str(self.path))
+                if condition is None:
+                    raise
+                raise condition from exc
+            self._seen = {str(r[0]): int(r[2]) for r in rows}
+            self._archived = {str(r[0]) for r in rows if r[1] is not None}
+            self._conn = conn
+            return conn
+
+    def _try_open(self) -> None:
+        """Open if it can; meanwhile (a full disk before the table was ever made) the
+        marks read as none: nothing archived, nothing seen."""
+        if self._conn is None:
+            with contextlib.suppress(StoreUnavailable):
+                self._open()
 
     # -- reads (from memory: this process is the only writer while it serves) ------------
 
     def archived(self) -> frozenset[str]:
+        self._try_open()
         return frozenset(self._archived)
 
     def is_archived(self, errand_id: str) -> bool:
+        self._try_open()
         return errand_id in self._archived
 
     def seen(self, errand_id: str) -> int:
         """The seq the person has seen up to (0: never opened)."""
+        self._try_open()
         return self._seen.get(errand_id, 0)
 
     def unread(self, errand_id: str, last_seq: int) -> bool:
@@ -86,8 +117,9 @@ class Marks:
 
     async def _run(self, sql: str, params: tuple[object, ...]) -> None:
         def go() -> None:
+            conn = self._open()
             with self._lock:
-                self._conn.execute(sql, params)
+                conn.execute(sql, params)
 
         try:
             await asyncio.to_thread(go)
@@ -126,7 +158,9 @@ class Marks:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 _OPEN: dict[Path, Marks] = {}
