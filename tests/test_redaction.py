@@ -162,7 +162,10 @@ def test_a_replacement_never_cuts_through_an_escape() -> None:
 def mixed_spellings(draw: st.DrawFn) -> tuple[str, str]:
     secret = draw(
         st.text(
-            alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]),
+            alphabet=st.one_of(  # the characters encodings treat specially, often
+                st.sampled_from(list(' +%"\\/=&ü€0')),
+                st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]),
+            ),
             min_size=8,
             max_size=24,
         )
@@ -183,8 +186,11 @@ def mixed_spellings(draw: st.DrawFn) -> tuple[str, str]:
     return secret, "".join(out)
 
 
+MIXED_EXAMPLES = 300
+
+
 def mixed_property(redactor_class: type[Redactor]) -> None:
-    @settings(max_examples=300, deadline=None, database=None)
+    @settings(max_examples=MIXED_EXAMPLES, deadline=None, database=None)
     @given(case=mixed_spellings(), wrap=st.sampled_from(["", "x=", "Bearer "]))
     def redacted(case: tuple[str, str], wrap: str) -> None:
         secret, spelling = case

@@ -34,7 +34,9 @@ from typing import Any
 
 __all__ = ["Forms", "Redactor", "secret_env_values"]
 
-_UNICODE_ESCAPE = re.compile(r"\\+u([0-9A-Fa-f]{4})")  # (in serialised JSON, at any depth)
+# a \uXXXX escape inside a string, as serialised JSON writes it ("\\uXXXX"); a backslash
+# before it is an escaped backslash of its own, left alone
+_UNICODE_ESCAPE = re.compile(r"\\\\u([0-9A-Fa-f]{4})")
 _PERCENT_RUN = re.compile(r"%[0-9A-Fa-f]{2}(?:%[0-9A-Fa-f]{2})*")  # (a literal first: fast)
 
 
@@ -116,6 +118,7 @@ class Redactor:
     def __init__(self, secrets: Mapping[str, str] | None = None) -> None:
         self._fixed: list[tuple[str, str]] = []  # (spelling, marker), longest first
         self._needles: tuple[str, ...] = ()  # the fixed spellings, for the quick look
+        self._spaced: tuple[str, ...] = ()  # the same with "+" as a space
         self._patterns: list[tuple[re.Pattern[str], str]] = []
         self._plus = False  # a secret has a space (URL-encoded as "+")
         for name, value in (secrets or {}).items():
@@ -136,6 +139,7 @@ class Redactor:
         self._fixed.extend((spelling, marker) for spelling in forms.fixed)
         self._fixed.sort(key=lambda pair: len(pair[0]), reverse=True)
         self._needles = tuple(spelling for spelling, _ in self._fixed)
+        self._spaced = tuple(spelling.replace("+", " ") for spelling in self._needles)
         self._patterns.append((re.compile(forms.pattern), marker))
         self._plus = self._plus or " " in value
 
@@ -156,17 +160,20 @@ class Redactor:
             decoded = _UNICODE_ESCAPE.sub(_unescaped_unicode, decoded)
         if "%" in decoded:
             decoded = _PERCENT_RUN.sub(_unescaped_percent, decoded)
-        if plus:
-            decoded = decoded.replace("+", " ")
+        if plus:  # "+" may stand for a space or for itself: look with both as one
+            spaced = decoded.replace("+", " ")
+            return any(map(spaced.__contains__, self._spaced))
         return decoded is not text and any(map(decoded.__contains__, self._needles))
 
     def redact_string(self, text: str) -> str:
-        """*text* (a decoded string, not serialised JSON) with every secret replaced."""
+        """*text* (a decoded string, not serialised JSON) with every secret replaced:
+        the mixed spellings first (an escape read as one character: ``%300`` is ``00``,
+        not ``%3`` and ``00``), then the fixed ones."""
+        for pattern, marker in self._patterns:
+            text = pattern.sub(marker, text)
         for spelling, marker in self._fixed:
             if spelling in text:
                 text = text.replace(spelling, marker)
-        for pattern, marker in self._patterns:
-            text = pattern.sub(marker, text)
         return text
 
     def _walk(self, value: Any) -> Any:
