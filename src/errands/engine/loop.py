@@ -425,13 +425,17 @@ class Loop:
         events: Sequence[ev.Event],
         guard: Callable[[ErrandView], None] | None = None,
     ) -> list[int]:
-        seqs = await self.store.append(p.errand_id, events, owner=self.owner, guard=guard)
+        # go on from what was logged: a secret the store redacted is not used either
+        logged: list[ev.Event] = []
+        seqs = await self.store.append(
+            p.errand_id, events, owner=self.owner, guard=guard, stored=logged
+        )
         if seqs[0] > p.last_seq + 1:  # an outsider wrote in between: fold that in first
             for stored in await self.store.read(p.errand_id, after=p.last_seq):
                 if stored.seq >= seqs[0]:
                     break
                 p.apply(stored.seq, stored.event)
-        for seq, event in zip(seqs, events, strict=True):
+        for seq, event in zip(seqs, logged, strict=True):
             if seq > p.last_seq:  # a concurrent call's catch-up may have folded it in already
                 p.apply(seq, event)
         return seqs

@@ -354,12 +354,15 @@ class BaseStore(GroupCommit):
         *,
         owner: str | None = None,
         guard: AppendCheck | None = None,
+        stored: list[ev.Event] | None = None,
     ) -> list[int]:
         require(len(events) > 0, "at least one event")
         prepared: list[Prepared] = []
         for event in events:
             require(event.type != "errand_created", "errand_created only through create()")
             prepared.append(self._prepare(event))
+        if stored is not None:
+            stored.extend(p[0] for p in prepared)
         # (the hot path: no closure, and _submit inlined -- fewer objects per append)
         if self._closed:
             raise StoreError("the store is closed")

@@ -142,8 +142,13 @@ class Store(StoreReader, Protocol):
         *,
         owner: str | None = None,
         guard: AppendCheck | None = None,
+        stored: list[ev.Event] | None = None,
     ) -> list[int]:
         """Append *events* atomically; return their sequence numbers.
+
+        *stored*, when given, receives the events as the log holds them -- redacted
+        (no secret's value, in any common encoding) -- for a caller that goes on from
+        what was logged rather than from what it asked to log.
 
         With *owner*, refuse (:class:`LeaseLost`) unless *owner* holds the lease.
         Without, the append is an outside input (a person's message, a decision) and

@@ -136,6 +136,7 @@ class ReadOnlySQLiteStore(SQLiteStore):
         *,
         owner: str | None = None,
         guard: AppendCheck | None = None,
+        stored: list[ev.Event] | None = None,
     ) -> list[int]:
         raise self._refuse()
 
