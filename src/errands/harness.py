@@ -70,7 +70,9 @@ class Harness:
     def approvals(self) -> Approvals:
         """Decisions on pending approvals, for every channel (judged by :attr:`policy`)."""
         if self._approvals is None:
-            self._approvals = Approvals(self.store, self.toolset, self.policy)
+            self._approvals = Approvals(
+                self.store, self.toolset, self.policy, home=self.settings.home
+            )
         return self._approvals
 
     def runner(

@@ -121,13 +121,14 @@ def approve(
     always: bool,
     pattern: dict[str, str] | None,
     as_json: bool,
+    standing: bool = False,
+    standing_pattern: dict[str, str] | None = None,
 ) -> None:
     errand_id, _ = parse_approval_id(approval_id)
-    remote.call(
-        "POST",
-        f"/api/approvals/{approval_id.strip()}/approve",
-        {"edited_arguments": edited, "always": always, "always_pattern": pattern},
-    )
+    body: dict[str, Any] = {"edited_arguments": edited, "always": always, "always_pattern": pattern}
+    if standing:
+        body |= {"standing": True, "standing_pattern": standing_pattern}
+    remote.call("POST", f"/api/approvals/{approval_id.strip()}/approve", body)
     if as_json:
         sys.stdout.write(
             json.dumps({"approved": approval_id, "errand": errand_id, "via": remote.url}) + "\n"

@@ -32,7 +32,8 @@ from errands.core.progress import Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView, PendingApproval
 from errands.errors import ApprovalRefused, EditRefused
 from errands.policy.hook import Decision, PolicyCall, PolicyHook, Verdict
-from errands.policy.rules import Policy
+from errands.policy.rules import Policy, parse_policy
+from errands.policy.standing import add_standing_rule, standing_pattern
 from errands.store import AppendCheck, Store
 from errands.tools.tool import ToolContext, ToolError
 from errands.tools.toolset import Toolset
@@ -60,13 +61,21 @@ class Approvals:
     the arguments granted).
 
     *policy* is the one the errands run by (the harness passes its own); without one,
-    the built-in votes and the effect-class defaults judge (``Policy()``).
+    the built-in votes and the effect-class defaults judge (``Policy()``). *home* is
+    where ``policy.toml`` is, for standing approvals (:mod:`errands.policy.standing`).
     """
 
-    def __init__(self, store: Store, toolset: Toolset, policy: PolicyHook | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        toolset: Toolset,
+        policy: PolicyHook | None = None,
+        home: Path | None = None,
+    ) -> None:
         self.store = store
         self.toolset = toolset
         self.policy: PolicyHook = policy if policy is not None else Policy()
+        self.home = home
 
     # -- the checks ----------------------------------------------------------------------
 
@@ -158,11 +167,16 @@ class Approvals:
         always: bool = False,
         always_pattern: dict[str, str] | None = None,
         seen_hash: str | None = None,
+        standing: bool = False,
+        standing_pattern: dict[str, str] | None = None,
     ) -> ev.ApprovalGranted:
         """Grant a pending approval; returns the logged grant.
 
         *seen_hash* is the canonical hash of the arguments the person was shown; when
         given, the grant is refused if the request is bound to anything else.
+        *standing*: also write a standing rule allowing later calls like this one, in
+        every errand (*standing_pattern*, or one derived from the arguments' roles); it
+        is written before the grant, so a refused rule grants nothing.
         """
         errand_id, seq = parse_approval_id(approval_id)
         view = await self.store.view(errand_id)
@@ -175,6 +189,8 @@ class Approvals:
         pattern = None
         if always:
             pattern = always_pattern if always_pattern is not None else _exact_pattern(args)
+        if standing:
+            self.stand(view, pending.tool, args, standing_pattern, by=by, channel=channel)
         grant = ev.ApprovalGranted(
             request_seq=seq,
             args_hash=canonical_hash(args),
@@ -186,6 +202,33 @@ class Approvals:
         )
         await self.store.append(errand_id, [grant], guard=self._guard(seq, seen_hash))
         return grant
+
+    def stand(
+        self,
+        view: ErrandView,
+        tool_name: str,
+        args: dict[str, Any],
+        pattern: dict[str, str] | None,
+        *,
+        by: str,
+        channel: str,
+    ) -> str:
+        """Write the standing rule for calls like this one; return its name."""
+        if self.home is None:
+            raise ApprovalRefused("standing approvals need the home's policy.toml")
+        home = self.home
+        if pattern is None:
+            tool = self.toolset.tools(view).get(tool_name)
+            pattern = standing_pattern(tool.arg_roles, args)
+        path = home / "policy.toml"
+        return add_standing_rule(
+            home,
+            tool=tool_name,
+            args=pattern,
+            by=by,
+            channel=channel,
+            validate=lambda text: parse_policy(text, path),
+        )
 
     async def deny(
         self, approval_id: str, *, reason: str, by: str, channel: str

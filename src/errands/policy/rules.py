@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errands.config import ConfigError
 from errands.core.events import EffectClass
+from errands.core.labels import Integrity
 from errands.policy.executable import ExecutesLater, executes_later
 from errands.policy.hook import Decision, PolicyCall, Verdict
 from errands.tools.canonical import (
@@ -57,6 +58,7 @@ __all__ = [
     "Policy",
     "Rule",
     "load_policy",
+    "parse_policy",
     "pattern_matches",
 ]
 
@@ -189,8 +191,15 @@ class Rule(BaseModel):
     effect: EffectClass | None = None
     args: dict[str, str] = Field(default_factory=dict)  # argument name -> glob on its value
     reason: str = ""
+    # a standing approval (errands.policy.standing): who made it, when; it never applies
+    # to a call made after untrusted content entered the errand's context
+    standing: bool = False
+    by: str = ""
+    created: str = ""
 
     def matches(self, call: PolicyCall, values: CallValues | None = None) -> bool:
+        if self.standing and call.context.integrity is Integrity.untrusted:
+            return False  # the model may have been steered: decided as if it were not there
         if self.tool is not None and not fnmatch.fnmatchcase(call.tool, self.tool):
             return False
         if self.effect is not None and call.effect is not self.effect:
@@ -322,11 +331,20 @@ def load_policy(home: Path, *, create: bool = True) -> Policy:
         except FileExistsError:
             pass
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_policy(text, path)
+
+
+def parse_policy(text: str, path: Path) -> Policy:
+    """The policy in *text* (the contents of *path*, named in errors)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
         effects = data.get("effects", {})
         if not isinstance(effects, dict):

@@ -235,6 +235,8 @@ async def decide_approve(
     _, pending = await _pending_or_refuse(ctx, approval_id)
     if body.always_pattern is not None and not body.always:
         raise ApiError(422, "always_pattern goes with always: true")
+    if body.standing_pattern is not None and not body.standing:
+        raise ApiError(422, "standing_pattern goes with standing: true")
     grant = await ctx.harness.approvals.approve(
         approval_id,
         by=by,
@@ -243,7 +245,9 @@ async def decide_approve(
         always=body.always,
         always_pattern=body.always_pattern,
         seen_hash=body.args_hash,
-    )  # (EditRefused: 422, ApprovalRefused: 409)
+        standing=body.standing,
+        standing_pattern=body.standing_pattern,
+    )  # (EditRefused: 422, ApprovalRefused: 409; a standing pattern not derivable: 422)
     ctx.nudge()
     return Decision(
         approval_id=approval_id,

@@ -213,6 +213,15 @@ class ApproveBody(BaseModel):
     always_pattern: dict[str, str] | None = Field(
         default=None, description="with always: argument name -> glob the later calls must match"
     )
+    standing: bool = Field(
+        default=False,
+        description="also write a standing rule to policy.toml allowing later calls like this "
+        "one in every errand (never for a call made after untrusted content was read)",
+    )
+    standing_pattern: dict[str, str] | None = Field(
+        default=None,
+        description="with standing: argument name -> glob (default: from the arguments' roles)",
+    )
     args_hash: str | None = Field(
         default=None,
         max_length=128,

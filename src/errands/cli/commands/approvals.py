@@ -54,7 +54,7 @@ def _always_pattern(pattern: str | None, always: bool) -> dict[str, str] | None:
     if pattern is None:
         return None
     if not always:
-        raise UserError("--pattern goes with --always")
+        raise UserError("--pattern goes with --always or --standing")
     return {k: str(v) for k, v in json_object(pattern).items()}
 
 
@@ -73,12 +73,22 @@ def approve(
         str | None,
         typer.Option("--edit", help="Approve these arguments instead (a JSON object)."),
     ] = None,
+    standing: Annotated[
+        bool,
+        typer.Option(
+            "--standing",
+            help="Also allow later calls like this one in every errand, from now on: a "
+            "standing rule written to policy.toml with your name (never applied after "
+            "untrusted content was read).",
+        ),
+    ] = False,
     pattern: Annotated[
         str | None,
         typer.Option(
             "--pattern",
-            help="With --always: argument globs that later calls must match, as JSON "
-            '(e.g. {"url": "https://api.example.com/*"}); default: the same values.',
+            help="With --always or --standing: argument globs that later calls must match, as "
+            'JSON (e.g. {"url": "https://api.example.com/*"}); default: the same values '
+            "(--always) or the recipient, URL prefix, path and method (--standing).",
         ),
     ] = None,
     as_json: JsonOpt = False,
@@ -86,14 +96,23 @@ def approve(
     """Approve a pending action (optionally edited). The errand then runs it, exactly once."""
     try:
         edited = json_object(edit) if edit is not None else None
-        glob = _always_pattern(pattern, always)
+        glob = _always_pattern(pattern, always or standing)
     except ErrandsError as exc:
         fail(str(exc))
+    always_glob = glob if always else None
+    standing_glob = glob if standing else None
     server = server_for_home()
     if server is not None:
         try:
             remote.approve(
-                server, approval_id, edited=edited, always=always, pattern=glob, as_json=as_json
+                server,
+                approval_id,
+                edited=edited,
+                always=always,
+                pattern=always_glob,
+                as_json=as_json,
+                standing=standing,
+                standing_pattern=standing_glob,
             )
         except ErrandsError as exc:
             fail(str(exc))
@@ -106,7 +125,9 @@ def approve(
             channel="cli",
             edited_arguments=edited,
             always=always,
-            always_pattern=glob,
+            always_pattern=always_glob,
+            standing=standing,
+            standing_pattern=standing_glob,
         )
         return approval_id.rpartition(".")[0]
 
@@ -118,6 +139,8 @@ def approve(
             f"[green]approved[/green] {approval_id}; a running server carries on, "
             f"or continue here: errands resume {errand_id}"
         )
+    if standing and not as_json:
+        out.print("[dim]standing rule added to policy.toml (read it there; delete it to undo)[/dim]")
 
 
 def deny(

@@ -1,0 +1,133 @@
+"""Standing rules: "always allow this" from an approval card, kept in ``policy.toml``.
+
+A person approving a call can make the approval *standing*: a rule that allows later
+calls like it, in every errand, from now on -- a daily summary to one recipient, posts
+under one URL prefix -- written into ``policy.toml`` with who made it, when and through
+which channel, so it is read, changed or removed like any rule (and every running
+process sees it within two seconds: :mod:`errands.policy.reload`).
+
+What "calls like it" means is the rule's argument globs, by default derived from the
+call's argument **roles**: a recipient or a method exactly, a URL up to its last path
+segment (``https://status.example.com/api/*``), a path exactly; what is *sent* (a body,
+a message's text, an amount) is never pinned, and a call with nothing to pin by role is
+refused (give the pattern yourself). The globs are matched on canonical values, like
+every rule's.
+
+**A standing rule never applies to a call made after untrusted content entered the
+errand's context** (a fetched page, a mail, a file): the model may have been steered,
+so such a call is decided as if the rule were not there (:meth:`Rule.applies_to`).
+
+Appending is the only change errands makes to ``policy.toml``: under an exclusive lock,
+the new text is validated as a whole policy before it replaces the old (atomically,
+the file's mode kept); a file that would not load is never written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from errands.errors import UserError
+from errands.tools.canonical import UrlError, canonical_url
+from errands.tools.tool import ArgRole
+
+__all__ = ["add_standing_rule", "standing_pattern"]
+
+_PINNED = {ArgRole.recipient, ArgRole.method, ArgRole.path, ArgRole.payee, ArgRole.currency}
+
+
+def _escaped(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def standing_pattern(roles: Mapping[str, ArgRole], args: Mapping[str, Any]) -> dict[str, str]:
+    """The argument globs a standing rule made from a call with *args* pins, by role."""
+    pattern: dict[str, str] = {}
+    for name, role in roles.items():
+        value = args.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if role is ArgRole.url:
+            try:
+                url = canonical_url(value)
+            except UrlError:
+                continue
+            if not url.origin:
+                continue  # an opaque URL: nothing to pin by prefix
+            directory = url.path.rsplit("/", 1)[0]  # the last segment (and query) open
+            pattern[name] = _escaped(url.origin + directory) + "/*"
+        elif role in _PINNED:
+            pattern[name] = _escaped(value if role is not ArgRole.method else value.upper())
+    if not pattern:
+        raise UserError(
+            "nothing in this call says which later calls are like it (no recipient, URL, "
+            'path or method): give the pattern yourself, e.g. --pattern \'{"to": "ana@*"}\''
+        )
+    return pattern
+
+
+def _toml_string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
+
+
+def add_standing_rule(
+    home: Path,
+    *,
+    tool: str,
+    args: Mapping[str, str],
+    by: str,
+    channel: str,
+    validate: Any,
+) -> str:
+    """Append a standing allow rule to ``home/policy.toml``; return its name.
+
+    *validate(text)* loads a whole policy from text (raising ConfigError); it guards the
+    write. The rule's name is unique in the file."""
+    path = home / "policy.toml"
+    lock_path = home / ".policy.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        taken = set(re.findall(r'^\s*name\s*=\s*"([^"]*)"', old, re.M))
+        n = 1
+        while f"standing-{tool}-{n}" in taken:
+            n += 1
+        name = f"standing-{tool}-{n}"
+        when = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        globs = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in args.items())
+        block = (
+            f"\n# standing rule: approved by {by} via {channel} on {when}\n"
+            "[[rules]]\n"
+            f"name = {_toml_string(name)}\n"
+            f"tool = {_toml_string(_escaped(tool))}\n"
+            f"args = {{ {globs} }}\n"
+            'decision = "allow"\n'
+            "standing = true\n"
+            f"by = {_toml_string(f'{by} via {channel}')}\n"
+            f"created = {_toml_string(when)}\n"
+            f"reason = {_toml_string(f'standing approval by {by} ({when})')}\n"
+        )
+        new = old + ("" if old.endswith("\n") or not old else "\n") + block
+        validate(new)
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".policy.", suffix=".toml")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(new)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    return name
