@@ -98,9 +98,13 @@ async def tell_errand(
     if view.state is ErrandState.failed or view.state is ErrandState.needs_attention:
         limit = exceeded(view, progress.limits, max(0.0, time.time() - view.created_at))
         if limit is not None:  # (a conflict with the errand as it is now: 409)
+            way_out = (
+                f"give it more room first: errands resume {errand_id} --more-steps 10"
+                if limit.startswith("step limit")
+                else "start a new errand for what is left (only the step limit can be raised)"
+            )
             raise StoreError(
-                f"errand {errand_id} stopped: {limit}; a message cannot continue it. "
-                f"Give it more room first: errands resume {errand_id} --more-steps 10"
+                f"errand {errand_id} stopped: {limit}; a message cannot continue it -- {way_out}"
             )
     message = ev.UserMessage(
         content=ev.Content(text=text, provenance=Provenance(kind="user", name=by)),

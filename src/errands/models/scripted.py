@@ -76,7 +76,7 @@ def load_script(ref: str) -> Script:
         if path.suffix == ".json" or path.exists():
             return _parse(ref, path.read_text(encoding="utf-8"))
         raw = resources.files("errands.demo").joinpath(f"{ref}.json").read_text("utf-8")
-    except (FileNotFoundError, OSError):
+    except (OSError, ValueError):  # (ValueError: a name no file system takes, e.g. a NUL)
         raise ModelError(f"no script {ref!r}: give a bundled name (demo) or a .json file") from None
     return _parse(ref, raw)
 
