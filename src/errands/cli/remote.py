@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from errands.cli.render import approval_card, visible
+from errands.cli.render import approval_card, policy_line, visible
 from errands.cli.whoami import who
 from errands.config import Settings
 from errands.core.errand import ApprovalOut
@@ -125,6 +125,12 @@ def approve(
     standing_pattern: dict[str, str] | None = None,
 ) -> None:
     errand_id, _ = parse_approval_id(approval_id)
+    if edited is not None and not as_json:  # the card's new decision, before the yes
+        said = remote.call(
+            "POST", f"/api/approvals/{approval_id.strip()}/policy", {"edited_arguments": edited}
+        )
+        if isinstance(said, dict) and said.get("decision"):
+            out.print(policy_line(said["decision"], said.get("rule"), said.get("reason")))
     body: dict[str, Any] = {"edited_arguments": edited, "always": always, "always_pattern": pattern}
     if standing:
         body |= {"standing": True, "standing_pattern": standing_pattern}

@@ -191,3 +191,11 @@ def approval_card(p: PendingApproval, title: str = "") -> Panel:
     preview = p.preview or json.dumps(p.arguments, indent=2, ensure_ascii=False)
     group = Group(body, Text(""), Text(visible(preview)))
     return Panel(group, title="[bold yellow]waiting for your approval[/bold yellow]", expand=False)
+
+
+def policy_line(decision: str, rule: str | None, reason: str | None) -> str:
+    """What the policy says about an edited call, shown before the person's yes."""
+    style = {"allow": "green", "ask": "yellow", "deny": "red"}.get(decision, "")
+    why = f": {safe(reason)}" if reason else ""
+    named = f" [dim](rule {safe(rule)})[/dim]" if rule else ""
+    return f"the policy for the edited call: [{style}]{decision}[/{style}]{why}{named}"

@@ -31,6 +31,7 @@ from errands.server.handlers import (
     marks,
     message,
     pending_with_titles,
+    preview_decision,
     resume,
     store_condition,
     view_or_404,
@@ -56,6 +57,8 @@ from errands.server.schemas import (
     Health,
     Message,
     MessageSent,
+    PolicyPreview,
+    PolicyPreviewBody,
     ResumeBody,
     StoredEventOut,
 )
@@ -428,6 +431,20 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
     ) -> Decision:
         return await decide_approve(
             get_ctx(request), approval_id, body or ApproveBody(), _caller(by), channel
+        )
+
+    @router.post(
+        "/approvals/{approval_id}/policy",
+        response_model=PolicyPreview,
+        responses=_errors(404, 409, 422),
+        summary="What the policy decides for this approval, as requested or as edited",
+        operation_id="previewDecision",
+    )
+    async def post_policy_preview(
+        request: Request, approval_id: ApprovalIdPath, body: PolicyPreviewBody | None = None
+    ) -> PolicyPreview:
+        return await preview_decision(
+            get_ctx(request), approval_id, (body or PolicyPreviewBody()).edited_arguments
         )
 
     @router.post(

@@ -31,6 +31,7 @@ from errands.server.schemas import (
     Decision,
     DenyBody,
     Message,
+    PolicyPreview,
     ResumeBody,
 )
 
@@ -227,6 +228,22 @@ async def _pending_or_refuse(
     if view.cancel_requested or view.state is ErrandState.cancelled:
         raise ApiError(409, f"errand {errand_id} was cancelled; its approvals are void")
     raise ApiError(409, f"approval {approval_id} is not pending: it was decided already")
+
+
+async def preview_decision(
+    ctx: ServerContext, approval_id: str, edited: dict[str, Any] | None
+) -> PolicyPreview:
+    """What the policy says now for the approval, as requested or with *edited*."""
+    await _pending_or_refuse(ctx, approval_id)
+    verdict = await ctx.harness.approvals.decision_for(approval_id, edited)  # (EditRefused: 422)
+    if verdict is None:
+        return PolicyPreview(approval_id=approval_id, decision=None)
+    return PolicyPreview(
+        approval_id=approval_id,
+        decision=verdict.decision.value,
+        rule=verdict.rule,
+        reason=verdict.reason,
+    )
 
 
 async def decide_approve(

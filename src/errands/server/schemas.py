@@ -242,6 +242,24 @@ class Decision(BaseModel):
     args_hash: str | None = None
 
 
+class PolicyPreviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    edited_arguments: dict[str, Any] | None = Field(
+        default=None, description="the arguments to judge (default: the requested ones)"
+    )
+
+
+class PolicyPreview(BaseModel):
+    """What the policy decides now for an approval granted with these arguments: what an
+    approval card shows before a person says yes (a deny refuses the approval)."""
+
+    approval_id: str
+    decision: Literal["allow", "ask", "deny"] | None  # None: its tool is gone
+    rule: str | None = None
+    reason: str | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     version: str

@@ -15,7 +15,7 @@ import typer
 
 from errands.cli import remote
 from errands.cli.common import JsonOpt, fail, json_object, out, server_for_home, who, with_harness
-from errands.cli.render import approval_card
+from errands.cli.render import approval_card, policy_line
 from errands.core.errand import ApprovalOut
 from errands.errors import ErrandsError, UserError
 from errands.harness import Harness
@@ -119,6 +119,10 @@ def approve(
         return
 
     async def go(h: Harness) -> str:
+        if edited is not None and not as_json:  # the card's new decision, before the yes
+            verdict = await h.approvals.decision_for(approval_id, edited)
+            if verdict is not None:
+                out.print(policy_line(verdict.decision.value, verdict.rule, verdict.reason))
         await h.approvals.approve(
             approval_id,
             by=who(),
