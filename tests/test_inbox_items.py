@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,32 @@ def test_a_request_is_approved_from_method_url_headers_and_body(page: Any, up: U
     grants = [e["event"] for e in up.errand(errand_id)["events"]]
     edited = [e["edited_arguments"] for e in grants if e["type"] == "approval_granted"]
     assert edited[0]["headers"] == {"X-Note": "weekly"}
+
+
+def test_the_editor_shows_the_policys_decision_for_the_edit(page: Any, up: Up) -> None:
+    """Issue 13, item 1: the card shows the new decision before the yes."""
+    policy = up.home / "policy.toml"
+    policy.write_text(
+        policy.read_text()
+        + '\n[[rules]]\nname = "never-prod"\ntool = "http_request"\n'
+        + 'args = { url = "https://prod.example.com/*" }\ndecision = "deny"\n'
+        + 'reason = "production is off limits"\n'
+    )
+    time.sleep(2.5)  # every running process re-reads a changed policy within 2 s
+    spec = post_script(up.scripts / "post-prod.json", f"{up.sink.url}/board", body="x")
+    errand_id = up.start("Post somewhere", spec)
+    page.goto(f"{up.url}/errands/{errand_id}")
+    card = page.locator("#errand-approvals article.approval")
+    card.locator("[data-action=edit]").click()
+    line = card.locator(".edit-decision")
+    expect(line).to_contain_text("ask")
+    card.locator("input[data-arg=url]").fill("HTTPS://PROD.example.com./admin")
+    expect(line).to_contain_text("deny")
+    expect(line).to_contain_text("never-prod")
+    shot(page, "approval-edit-decision-deny", target=card)
+    card.locator("[data-action=approve]").click()
+    expect(card.locator(".error")).to_contain_text("never-prod")  # refused, nothing ran
+    expect(card).to_have_count(1)
 
 
 def test_a_file_write_shows_the_file_beside_the_new_content(page: Any, up: Up) -> None:

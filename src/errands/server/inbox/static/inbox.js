@@ -202,7 +202,10 @@
       const editor = card.querySelector(".editor");
       editor.hidden = !editor.hidden;
       card.querySelector('[data-action="approve"]').textContent = editor.hidden ? "Approve" : "Approve edited";
-      if (!editor.hidden) editor.querySelector(".edit-field, .pair-name, textarea.edit-args").focus();
+      if (!editor.hidden) {
+        editor.querySelector(".edit-field, .pair-name, textarea.edit-args").focus();
+        showDecision(card);
+      }
       return;
     }
     let path;
@@ -437,11 +440,43 @@
     card.querySelectorAll(".fields [data-arg]").forEach((el) => writeField(el, args[el.dataset.arg]));
   }
 
+  // what the policy says about the edited call, shown before the yes (a deny is refused)
+  async function showDecision(card) {
+    const line = card.querySelector(".edit-decision");
+    if (!line) return;
+    let args;
+    try {
+      args = JSON.parse(card.querySelector("textarea.edit-args").value);
+    } catch (_) {
+      line.textContent = "";
+      return;
+    }
+    try {
+      const said = await post(`/api/approvals/${encodeURIComponent(card.dataset.approvalId)}/policy`, { edited_arguments: args });
+      if (!said || !said.decision) {
+        line.textContent = "";
+        return;
+      }
+      line.dataset.decision = said.decision;
+      const why = said.reason ? `: ${said.reason}` : "";
+      line.textContent = `The policy for these arguments: ${said.decision}${why} (rule ${said.rule})`;
+    } catch (err) {
+      line.dataset.decision = "invalid";
+      line.textContent = err.message;
+    }
+  }
+  const decisionTimers = new WeakMap();
+  function decisionSoon(card) {
+    clearTimeout(decisionTimers.get(card));
+    decisionTimers.set(card, setTimeout(() => showDecision(card), 300));
+  }
+
   document.addEventListener("input", (event) => {
     const card = event.target.closest && event.target.closest("article.approval");
     if (!card) return;
     if (event.target.matches("textarea.edit-args")) jsonToFields(card);
     else if (event.target.closest(".fields")) fieldsToJson(card);
+    if (card.querySelector(".edit-decision")) decisionSoon(card);
   });
 
   // -- an errand stopped at its step limit: continue with N more steps -----------------------
