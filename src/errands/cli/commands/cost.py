@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from errands.cli.common import JsonOpt, out, with_harness
+from errands.cli.render import safe
 from errands.costs.report import CostReport, Rollup, build_report
 from errands.harness import Harness
 
@@ -32,7 +33,7 @@ def _table(title: str, rows: list[Rollup]) -> Table:
     for r in rows:
         d = r.as_dict()
         table.add_row(
-            r.key,
+            safe(r.key),  # (a model's name comes from outside: shown, never obeyed)
             str(r.calls),
             f"{r.usage.input_tokens:,}",
             f"{r.usage.cached_input_tokens:,}",
