@@ -283,11 +283,15 @@ class AckingStore(SQLiteStore):
         *,
         owner: str | None = None,
         guard: AppendCheck | None = None,
+        stored: list[ev.Event] | None = None,
     ) -> list[int]:
-        seqs = await super().append(errand_id, events, owner=owner, guard=guard)
+        logged: list[ev.Event] = []
+        seqs = await super().append(errand_id, events, owner=owner, guard=guard, stored=logged)
+        if stored is not None:
+            stored.extend(logged)
         # no await between the commit's acknowledgement and these lines: the caller
         # learns of the append only after they are written
-        for seq, event in zip(seqs, events, strict=True):
+        for seq, event in zip(seqs, logged, strict=True):
             self.journal.write(
                 "ack", errand_id, seq, event.type, event_hash(event), self.journal.pid
             )
