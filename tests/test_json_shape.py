@@ -24,6 +24,7 @@ ROW = {
     "reason",
     "pending_approvals",
     "last_seq",
+    "wake_at",
 }
 
 

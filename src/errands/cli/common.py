@@ -48,6 +48,7 @@ EXIT = {
     ErrandState.waiting_approval: 3,
     ErrandState.needs_attention: 4,
     ErrandState.cancelled: 5,
+    ErrandState.sleeping: 6,
 }
 BAD_INPUT = 2
 

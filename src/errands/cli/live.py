@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 
 import typer
 from rich.prompt import Prompt
@@ -147,6 +148,12 @@ def finish(view: ErrandView, *, as_json: bool) -> None:
                 f"[yellow]errand {view.id} is waiting for your approval[/yellow]: "
                 f"errands approvals, then errands approve ID or errands deny ID --reason …, "
                 f"then errands resume {view.id}"
+            )
+        elif view.state is ErrandState.sleeping and view.wake_at is not None:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(view.wake_at))
+            err.print(
+                f"[magenta]errand {view.id} sleeps until {when}[/magenta]: errands up wakes it "
+                f'then, or a message sooner (errands tell {view.id} "…")'
             )
         elif view.state is ErrandState.needs_attention:
             err.print(

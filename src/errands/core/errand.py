@@ -14,6 +14,7 @@ A pending approval is shown everywhere as an :class:`ApprovalOut` (the API's app
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,7 @@ class ErrandSummary(BaseModel):
     reason: str | None
     pending_approvals: int
     last_seq: int
+    wake_at: float | None = None  # sleeping: when its timer fires (wall time)
 
     @classmethod
     def of(cls, view: ErrandView) -> ErrandSummary:
@@ -104,6 +106,7 @@ class ErrandSummary(BaseModel):
             reason=view.reason or None,
             pending_approvals=len(view.pending),
             last_seq=view.last_seq,
+            wake_at=view.wake_at,
         )
 
     def row(self) -> dict[str, Any]:
@@ -138,7 +141,10 @@ class ErrandSummary(BaseModel):
             return f"cancelled: {reason}" if reason else "cancelled"
         if state is ErrandState.sleeping:
             reason = first_line(self.reason)
-            return f"scheduled: {reason}" if reason else "scheduled"
+            until = ""
+            if self.wake_at is not None:
+                until = " until " + time.strftime("%Y-%m-%d %H:%M", time.localtime(self.wake_at))
+            return f"sleeping{until}: {reason}" if reason else f"sleeping{until}"
         n = self.steps
         return f"working ({n} step{'' if n == 1 else 's'} so far)" if n else "starting"
 

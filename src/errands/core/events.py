@@ -38,6 +38,7 @@ __all__ = [
     "LimitsRaised",
     "ModelRequested",
     "ModelResponded",
+    "Sleeping",
     "StateChanged",
     "ToolCall",
     "ToolIntent",
@@ -159,6 +160,18 @@ class ErrandCreated(_Event):
     # the person's time zone: the model is told the date in it (None: an errand from
     # before errands told models the date -- its transcript stays as it was)
     timezone: str | None = None
+
+
+class Sleeping(_Event):
+    """The model called ``wait``: the errand sleeps until *wake_at* (wall time, seconds
+    since the epoch) or until a message comes, whichever is first; the call's result
+    says which. A durable timer: no task, thread or model call meanwhile."""
+
+    type: Literal["sleeping"] = "sleeping"
+    call_id: str
+    tool: str
+    wake_at: float
+    reason: str = ""
 
 
 class LimitsRaised(_Event):
@@ -303,7 +316,8 @@ Event = Annotated[
     | ErrorRaised
     | CancelRequested
     | ErrandPurged
-    | LimitsRaised,
+    | LimitsRaised
+    | Sleeping,
     Field(discriminator="type"),
 ]
 
@@ -324,6 +338,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         CancelRequested,
         ErrandPurged,
         LimitsRaised,
+        Sleeping,
     )
 }
 

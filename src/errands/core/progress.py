@@ -41,10 +41,16 @@ class CallState:
     intent_seq: int | None = None
     intent: ev.ToolIntent | None = None
     done: bool = False
+    wake_at: float | None = None  # a wait call: when its timer fires
 
     @property
     def routed(self) -> bool:
-        return self.approval_seq is not None or self.intent_seq is not None or self.done
+        return (
+            self.approval_seq is not None
+            or self.intent_seq is not None
+            or self.done
+            or self.wake_at is not None
+        )
 
     @property
     def waiting(self) -> bool:
@@ -153,6 +159,9 @@ class Progress:
                 if call is not None:
                     call.decision = "denied"
                     call.deny_reason = event.reason
+            case ev.Sleeping():
+                if event.call_id in self.calls:
+                    self.calls[event.call_id].wake_at = event.wake_at
             case ev.ToolIntent():
                 if event.call_id in self.calls:
                     self.calls[event.call_id].intent_seq = seq
@@ -239,6 +248,13 @@ class Progress:
 
     def waiting(self) -> list[CallState]:
         return [c for c in self._ordered() if c.waiting]
+
+    def sleeping(self) -> CallState | None:
+        """The errand's wait call, while it sleeps (its timer set, no result yet)."""
+        for c in self.calls.values():
+            if c.wake_at is not None and not c.done:
+                return c
+        return None
 
     def _ordered(self) -> list[CallState]:
         return sorted(self.calls.values(), key=lambda c: c.index)

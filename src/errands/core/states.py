@@ -93,6 +93,7 @@ class ErrandView(BaseModel):
     pending: dict[int, PendingApproval] = Field(default_factory=dict)
     cancel_requested: bool = False
     purged: bool = False
+    wake_at: float | None = None  # sleeping: when its timer fires (wall time)
 
 
 def apply(view: ErrandView, seq: int, event: ev.Event) -> None:
@@ -130,7 +131,10 @@ def _errand_created(view: ErrandView, seq: int, event: ev.ErrandCreated) -> None
 
 
 def _user_message(view: ErrandView, seq: int, event: ev.UserMessage) -> None:
-    # a follow-up reopens a finished errand, or joins a running one
+    # a follow-up reopens a finished errand, wakes a sleeping one, or joins a running one
+    if view.state is ErrandState.sleeping:
+        view.state = ErrandState.queued
+        return
     if view.state in TERMINAL or view.state is ErrandState.needs_attention:
         view.state = ErrandState.queued
         view.result = None
@@ -150,6 +154,16 @@ def _working(
     view: ErrandView, seq: int, event: ev.ModelRequested | ev.ToolIntent | ev.ToolResult
 ) -> None:
     _running(view)
+    if view.wake_at is not None:
+        view.wake_at = None  # (awake)
+        view.reason = ""
+
+
+def _sleeping(view: ErrandView, seq: int, event: ev.Sleeping) -> None:
+    if view.state not in TERMINAL and not view.cancel_requested:
+        view.state = ErrandState.sleeping
+        view.wake_at = event.wake_at
+        view.reason = event.reason  # what it waits for
 
 
 def _approval_requested(view: ErrandView, seq: int, event: ev.ApprovalRequested) -> None:
@@ -211,6 +225,7 @@ _FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
     ev.CancelRequested: _cancel_requested,
     ev.ErrandPurged: _errand_purged,
     ev.LimitsRaised: _limits_raised,
+    ev.Sleeping: _sleeping,
 }
 assert set(_FOLD) == set(ev.EVENT_TYPES.values()), "every event type has a fold rule"
 

@@ -12,6 +12,8 @@ closed -- and the model reads why.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -61,10 +63,11 @@ class Dispatcher:
         self.toolset = toolset
         self.policy = policy
         self.settings = settings
+        self.now: Callable[[], float] = time.time  # wall time, for wait's timer (the loop's)
 
     def route(
         self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
-    ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult:
+    ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult | ev.Sleeping:
         """Validate the call and ask the policy; return the event that records the outcome."""
         try:
             return self._route(p, call, index, request_seq)
@@ -78,7 +81,7 @@ class Dispatcher:
 
     def _route(
         self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
-    ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult:
+    ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult | ev.Sleeping:
         try:
             tool = self.toolset.tools(p.view).get(call.name)
         except ToolError as exc:
@@ -125,7 +128,32 @@ class Dispatcher:
                 rule=verdict.rule,
                 preview=preview_of(tool, args, _workspace(p.view.workspace)),
             )
+        if tool.pauses is not None:  # wait: the errand sleeps (a timer, not a run)
+            try:
+                wake_at = tool.pauses(args, self.now())
+            except ToolError as exc:
+                return _error_result(call, exc.kind, str(exc))
+            reason = str(args.get("reason") or "")
+            return ev.Sleeping(call_id=call.call_id, tool=call.name, wake_at=wake_at, reason=reason)
         return self.intent(p.errand_id, tool, call, index, request_seq, args, effect)
+
+    def woken(self, call: CallState, by_message: bool) -> ev.ToolResult:
+        """The result of a wait call: the timer fired, or a message came first."""
+        assert call.wake_at is not None
+        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(call.wake_at))
+        text = (
+            f"woken early: a message came before the timer (set for {when}); it follows"
+            if by_message
+            else f"woken: the timer set for {when} fired"
+        )
+        return ev.ToolResult(
+            call_id=call.call.call_id,
+            tool=call.call.name,
+            ok=True,
+            content=ev.Content(
+                text=text, provenance=SYSTEM, confidentiality=Confidentiality.private
+            ),
+        )
 
     def intent(
         self,

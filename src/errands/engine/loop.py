@@ -95,6 +95,7 @@ class Loop:
         self._live: set[str] = set()  # errands run() is driving
         self._seen: dict[str, int] = {}  # the newest seq a commit reported for each
         self.in_flight = InFlight(lambda: self.clock.steady())  # model and tool calls
+        self.dispatch.now = lambda: self.clock.wall()  # wait's timers are wall times
         self._since: dict[str, tuple[float, float]] = {}  # run start: (wall, steady)
         self._day_cache: tuple[tuple[str, int], str] = (("", -1), "")  # (zone, minute) -> line
         # replies the store could not take yet (a full disk): used, not asked for again
@@ -166,6 +167,8 @@ class Loop:
             )
         elif p.waiting():
             return False  # rows in the store; whoever decides wakes the errand again
+        elif (sleeper := p.sleeping()) is not None:
+            return await self._wake(p, sleeper)  # False: it sleeps on (a timer in the store)
         elif p.needs_model:
             await self._ask_model(p)
         elif p.final_text is not None:
@@ -177,6 +180,17 @@ class Loop:
             return False
         else:
             return False
+        return True
+
+    async def _wake(self, p: Progress, call: CallState) -> bool:
+        """A sleeping errand wakes when a message came (held until the wait's result) or
+        its timer is due; the result says which. False if neither: it sleeps on."""
+        assert call.wake_at is not None
+        by_message = bool(p.held_messages)
+        if not by_message and self.clock.wall() < call.wake_at:
+            return False
+        woken = self.dispatch.woken(call, by_message)
+        await self._append(p, [woken, *self._next_request(p, call)])
         return True
 
     async def _recover(self, p: Progress) -> None:

@@ -126,6 +126,10 @@ class BaseStore(GroupCommit):
     def _lease_owner(self, tx: Tx, errand_id: str) -> str | None: ...
 
     @abc.abstractmethod
+    def _set_timer(self, tx: Tx, errand_id: str, wake_at: float) -> None:
+        """A sleeping errand's timer (wall time): claiming takes it once it is due."""
+
+    @abc.abstractmethod
     def _take_lease(self, tx: Tx, errand_id: str, owner: str, until: float) -> bool:
         """Take the lease if it is free, expired or *owner*'s; True if taken."""
 
@@ -306,6 +310,9 @@ class BaseStore(GroupCommit):
             seqs.append(seq)
             if event.type in _BOOKED:
                 self._book(tx, view, event)
+            elif event.type == "sleeping":
+                assert isinstance(event, ev.Sleeping)
+                self._set_timer(tx, errand_id, event.wake_at)
         tx.dirty[errand_id] = view
         if self._listeners:
             tx.appended.append((errand_id, seqs[-1]))

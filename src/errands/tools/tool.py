@@ -150,6 +150,9 @@ class Tool:
     takes_ctx: bool = False
     arg_roles: Mapping[str, ArgRole] = field(default_factory=dict)
     preview: Preview | None = None
+    # a tool that puts the errand to sleep instead of running: (arguments, now) -> the
+    # wall time it wakes (the built-in wait); the loop carries it out
+    pauses: Callable[[Mapping[str, Any], float], float] | None = None
     _schema: dict[str, Any] = field(default_factory=dict)
 
     def args_with(self, role: ArgRole) -> list[str]:
@@ -311,6 +314,7 @@ def make_tool(
     post: Iterable[Contract] = (),
     roles: Mapping[str, ArgRole | str] | None = None,
     preview: Preview | None = None,
+    pauses: Callable[[Mapping[str, Any], float], float] | None = None,
 ) -> Tool:
     """A tool from a typed function. *roles* names the role of the arguments that have
     one (``{"path": "path"}``); *preview* renders the approval card's text."""
@@ -334,5 +338,6 @@ def make_tool(
         takes_ctx="ctx" in inspect.signature(fn).parameters,
         arg_roles=arg_roles,
         preview=preview,
+        pauses=pauses,
         _schema=_clean_schema(args_model.model_json_schema()),
     )

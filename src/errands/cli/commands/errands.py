@@ -58,7 +58,7 @@ def run(
     inline; without one (or with --no-input) the errand is left waiting.
 
     Exit codes: 0 done, 1 failed, 2 bad input, 3 waiting for approval,
-    4 needs attention, 5 cancelled.
+    4 needs attention, 5 cancelled, 6 sleeping (it called wait).
     """
 
     try:

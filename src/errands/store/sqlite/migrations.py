@@ -88,6 +88,14 @@ MIGRATIONS: list[Migration] = [
     # leases and budget holds expire on the host's steady clock, not the wall clock
     # (errands.store.sqlite.leaseclock): a clock step can no longer expire them all
     Migration("0004_lease_clock", leaseclock.to_lease_clock),
+    # the timers of sleeping errands (the built-in wait): wall times, claimed when due
+    Migration(
+        "0005_timers",
+        """
+        CREATE TABLE timers (errand_id TEXT PRIMARY KEY, wake_at REAL NOT NULL) WITHOUT ROWID;
+        CREATE INDEX timers_due ON timers(wake_at);
+        """,
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -257,13 +257,29 @@ class SQLiteStore(BaseStore):
         return bool(cur.rowcount == 1)
 
     def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
+        lease_now = self._lease_now()
         rows = tx.conn.execute(
             "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
             " WHERE e.state IN ('queued', 'running')"
             " AND (l.owner IS NULL OR l.expires_at <= ?) ORDER BY e.updated_at LIMIT ?",
-            (self._lease_now(), limit),
+            (lease_now, limit),
         ).fetchall()
-        return [str(r[0]) for r in rows]
+        found = [str(r[0]) for r in rows]
+        if len(found) < limit:  # and the sleeping errands whose timer is due
+            due = tx.conn.execute(
+                "SELECT e.id FROM timers t JOIN errands e ON e.id = t.errand_id"
+                " LEFT JOIN leases l ON l.errand_id = e.id"
+                " WHERE t.wake_at <= ? AND e.state = 'sleeping'"
+                " AND (l.owner IS NULL OR l.expires_at <= ?) ORDER BY t.wake_at LIMIT ?",
+                (self.time.wall(), lease_now, limit - len(found)),
+            ).fetchall()
+            found.extend(str(r[0]) for r in due)
+        return found
+
+    def _set_timer(self, tx: Tx, errand_id: str, wake_at: float) -> None:
+        tx.conn.execute(
+            "INSERT OR REPLACE INTO timers(errand_id, wake_at) VALUES (?, ?)", (errand_id, wake_at)
+        )
 
     def _renew_leases(self, tx: Tx, owner: str, until: float) -> set[str]:
         tx.conn.execute("UPDATE leases SET expires_at = ? WHERE owner = ?", (until, owner))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from errands.core.events import EffectClass
 from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
+from errands.tools.builtin.waiting import wait, wake_time
 from errands.tools.builtin.web import fetch_url, http_request, http_request_effect
 from errands.tools.tool import Contract, ToolContext, make_tool
 from errands.tools.toolset import FunctionToolset
@@ -19,7 +20,7 @@ WORKSPACE_EXISTS = Contract("the errand's workspace is a directory", _workspace_
 
 
 def builtin_toolset() -> FunctionToolset:
-    """A toolset holding the five built-in tools."""
+    """A toolset holding the built-in tools (files, the web, and wait)."""
     return FunctionToolset(
         [
             make_tool(
@@ -57,5 +58,6 @@ def builtin_toolset() -> FunctionToolset:
                 honours_idempotency_key=True,
                 roles={"method": "method", "url": "url", "headers": "headers", "body": "body"},
             ),
+            make_tool(wait, effect=EffectClass.none, idempotent=True, pauses=wake_time),
         ]
     )
