@@ -31,10 +31,11 @@ class Interrupted(Exception):
 
 
 class _Call:
-    __slots__ = ("deadline", "stopped", "task")
+    __slots__ = ("deadline", "errand_id", "stopped", "task")
 
-    def __init__(self, task: asyncio.Task[object], deadline: float | None) -> None:
+    def __init__(self, task: asyncio.Task[object], errand_id: str, deadline: float | None) -> None:
         self.task = task
+        self.errand_id = errand_id
         self.deadline = deadline
         self.stopped: str | None = None  # "interrupt" | "deadline": why it was cancelled
 
@@ -56,30 +57,58 @@ class InFlight:
     async def run(self, errand_id: str, call: Awaitable[T], seconds: float | None) -> T:
         """Await *call*; :class:`Interrupted` if :meth:`interrupt` stopped it,
         ``TimeoutError`` once *seconds* have passed (None: no deadline)."""
+        entry = self.enter(errand_id, seconds)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            why = self.why(entry)
+            if why is None:
+                raise
+            raise why from None
+        finally:
+            self.leave(entry)
+
+    # (perf: the loop inlines these three around its own awaits -- a coroutine layer
+    # per call costs more than the bookkeeping)
+
+    def enter(self, errand_id: str, seconds: float | None) -> _Call:
+        """Register the current task's call; pair with :meth:`leave`."""
         task = asyncio.current_task()
         assert task is not None, "a call runs in a task"
-        entry = _Call(task, None if seconds is None else self._now() + seconds)
+        entry = _Call(task, errand_id, None if seconds is None else self._now() + seconds)
         calls = self._calls.get(errand_id)
         if calls is None:
             calls = self._calls[errand_id] = set()
         calls.add(entry)
         if entry.deadline is not None:
             self._timed += 1
-            self._ensure_sweeper()
-        try:
-            return await call
-        except asyncio.CancelledError:
-            if entry.stopped is None or task.uncancel() > 0:
-                raise  # not ours (or ours and someone else's): the task is being stopped
-            if entry.stopped == "deadline":
-                raise TimeoutError(f"still running after {seconds:g} s") from None
-            raise Interrupted from None
-        finally:
+            sweeper = self._sweeper
+            if (
+                sweeper is None
+                or sweeper.done()
+                or sweeper.get_loop() is not asyncio.get_running_loop()
+            ):
+                self._ensure_sweeper()
+        return entry
+
+    def why(self, entry: _Call) -> Exception | None:
+        """After a ``CancelledError`` in the call: what to raise in its place
+        (:class:`Interrupted`, ``TimeoutError``), or None if the cancellation is not
+        (only) ours -- then it must propagate."""
+        if entry.stopped is None or entry.task.uncancel() > 0:
+            return None
+        if entry.stopped == "deadline":
+            return TimeoutError("the call ran past its deadline")
+        return Interrupted()
+
+    def leave(self, entry: _Call) -> None:
+        calls = self._calls.get(entry.errand_id)
+        if calls is not None:
             calls.discard(entry)
             if not calls:
-                self._calls.pop(errand_id, None)
-            if entry.deadline is not None:
-                self._timed -= 1
+                del self._calls[entry.errand_id]
+        if entry.deadline is not None:
+            self._timed -= 1
 
     def _stop(self, call: _Call, why: str) -> None:
         if call.stopped is None:
@@ -87,10 +116,7 @@ class InFlight:
             call.task.cancel()
 
     def _ensure_sweeper(self) -> None:
-        sweeper = self._sweeper
-        loop = asyncio.get_running_loop()
-        if sweeper is None or sweeper.done() or sweeper.get_loop() is not loop:
-            self._sweeper = loop.create_task(self._sweep())
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
         while self._timed > 0:

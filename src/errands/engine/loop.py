@@ -97,7 +97,8 @@ class Loop:
         self.in_flight = InFlight(lambda: self.clock.steady())  # model and tool calls
         self.dispatch.now = lambda: self.clock.wall()  # wait's timers are wall times
         self._since: dict[str, tuple[float, float]] = {}  # run start: (wall, steady)
-        self._day_cache: tuple[tuple[str, int], str] = (("", -1), "")  # (zone, minute) -> line
+        # (zone, the end of the minute it holds for, the date line): computed once a minute
+        self._day_cache: tuple[str, float, str] = ("", 0.0, "")
         # replies the store could not take yet (a full disk): used, not asked for again
         self._unlogged: dict[tuple[str, int], ModelReply] = {}
 
@@ -265,18 +266,23 @@ class Loop:
         self, p: Progress, model: Model, request: ModelRequest
     ) -> ModelReply | None:
         """The model's reply, tamed; None when there is none (what happened is logged)."""
+        calls = self.in_flight
+        entry = calls.enter(p.errand_id, self._time_left(p))
         try:
-            call = self._complete(model, request, p.errand_id)
-            return tame(await self.in_flight.run(p.errand_id, call, self._time_left(p)))
-        except Interrupted:
-            return None  # a cancel: the next step folds it in and stops
-        except TimeoutError:
-            assert p.created is not None
-            limit = p.created.limits.max_wall_seconds
+            return tame(await self._complete(model, request, p.errand_id))
+        except asyncio.CancelledError:
+            why = calls.why(entry)
+            if why is None:
+                raise  # the loop itself is being stopped
+            if isinstance(why, Interrupted):
+                return None  # a cancel: the next step folds it in and stops
+            limit = p.limits.max_wall_seconds
             reason = f"wall-time limit reached ({limit:g} s) during a model call"
             await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
         except ModelError as exc:
             await self._model_failed(p, exc)
+        finally:
+            calls.leave(entry)
         return None
 
     async def _date_told(self, p: Progress, zone_name: str) -> bool:
@@ -284,9 +290,10 @@ class Loop:
         last told (a line appended to the transcript: the cached prefix stays as it is).
         False if the errand was cancelled meanwhile."""
         wall = self.clock.wall()
-        if self._day_cache[0] != (zone_name, int(wall // 60)):
-            self._day_cache = ((zone_name, int(wall // 60)), date_line(wall, zone_name))
-        line = self._day_cache[1]
+        cached_zone, until, line = self._day_cache
+        if wall >= until or wall < until - 60 or zone_name != cached_zone:  # (perf)
+            line = date_line(wall, zone_name)
+            self._day_cache = (zone_name, (wall // 60 + 1) * 60, line)
         if line == p.dated:
             return True
         content = ev.Content(text=line, provenance=Provenance(kind="system", name="clock"))
@@ -399,16 +406,22 @@ class Loop:
                 if limit is None
                 else min(limit, self.settings.tool_timeout_seconds)
             )
+            entry = self.in_flight.enter(p.errand_id, limit)
             try:
-                result = await self.in_flight.run(
-                    p.errand_id, self.dispatch.execute(p, seq, intent), limit
+                result = await self.dispatch.execute(p, seq, intent)
+            except asyncio.CancelledError:
+                why = self.in_flight.why(entry)
+                if why is None:
+                    raise  # the loop itself is being stopped
+                result = (
+                    self.dispatch.stopped(seq, intent, "cancelled", "a cancel stopped it")
+                    if isinstance(why, Interrupted)
+                    else self.dispatch.stopped(
+                        seq, intent, "timed_out", f"it was still running after {limit:.0f} s"
+                    )
                 )
-            except Interrupted:
-                result = self.dispatch.stopped(seq, intent, "cancelled", "a cancel stopped it")
-            except TimeoutError:
-                result = self.dispatch.stopped(
-                    seq, intent, "timed_out", f"it was still running after {limit:.0f} s"
-                )
+            finally:
+                self.in_flight.leave(entry)
             await self._append(p, [result, *self._next_request(p, call)])
 
         if len(calls) == 1:

@@ -368,8 +368,8 @@ class BaseStore(GroupCommit):
         for event in events:
             require(event.type != "errand_created", "errand_created only through create()")
             prepared.append(self._prepare(event))
-        if stored is not None:
-            stored.extend(p[0] for p in prepared)
+            if stored is not None:
+                stored.append(prepared[-1][0])
         # (the hot path: no closure, and _submit inlined -- fewer objects per append)
         if self._closed:
             raise StoreError("the store is closed")
