@@ -82,6 +82,7 @@ class Progress:
     failed_by_model: bool = False  # the errand failed because its model could not answer
     dated: str = ""  # the latest date line the model was given ("": never told the date)
     more_steps: int = 0  # steps a person added to the errand's limit
+    slept: bool = False  # a call of the latest turn is (or was) a wait (perf: for _step)
     limits: ev.Limits = field(default_factory=ev.Limits)  # the errand's, with what was added
 
     @classmethod
@@ -95,23 +96,12 @@ class Progress:
     def apply(self, seq: int, event: ev.Event) -> None:
         apply(self.view, seq, event)  # checks the sequence has no gap
         match event:
-            case ev.ErrandCreated():
-                self.created = event
-                self.limits = event.limits
-                if event.timezone is None:
-                    self._user(event.content)
-                else:  # the request, headed by the date it was made on
-                    self.dated = date_line(event.at, event.timezone)
-                    self._user(event.content, heading=self.dated)
-            case ev.UserMessage(channel="clock"):
-                self.dated = event.content.text
-                self._user(event.content)
-            case ev.UserMessage():
-                self._user(event.content)
+            # (perf: the events of every step first; a match tries its cases in order)
             case ev.ModelRequested():
                 self.open_request_seq = seq
             case ev.ModelResponded():
                 self.open_request_seq = None
+                self.slept = False
                 self.outage_since, self.outage_errors = None, 0
                 self.failures, self.failed_by_model = 0, False
                 self.last_usage = event.usage
@@ -137,6 +127,41 @@ class Progress:
                 self.needs_model = False
                 if event.content:
                     self.label = self.label.joined(event.content.label)
+            case ev.ToolIntent():
+                if event.call_id in self.calls:
+                    self.calls[event.call_id].intent_seq = seq
+                    self.calls[event.call_id].intent = event
+            case ev.ToolResult():
+                self.failures = 0
+                state = self.calls.get(event.call_id)
+                if state is not None and not state.done:
+                    state.done = True
+                    self.messages.append(
+                        Message(
+                            role="tool",
+                            text=event.content.text,
+                            tool_call_id=event.call_id,
+                            tool_name=event.tool,
+                            is_error=not event.ok,
+                        )
+                    )
+                    self.label = self.label.joined(event.content.label)
+                    if all(c.done for c in self.calls.values()):
+                        self.needs_model = True
+                        self._release_held()
+            case ev.ErrandCreated():
+                self.created = event
+                self.limits = event.limits
+                if event.timezone is None:
+                    self._user(event.content)
+                else:  # the request, headed by the date it was made on
+                    self.dated = date_line(event.at, event.timezone)
+                    self._user(event.content, heading=self.dated)
+            case ev.UserMessage(channel="clock"):
+                self.dated = event.content.text
+                self._user(event.content)
+            case ev.UserMessage():
+                self._user(event.content)
             case ev.ApprovalRequested():
                 if event.call_id in self.calls:
                     self.calls[event.call_id].approval_seq = seq
@@ -160,30 +185,9 @@ class Progress:
                     call.decision = "denied"
                     call.deny_reason = event.reason
             case ev.Sleeping():
+                self.slept = True
                 if event.call_id in self.calls:
                     self.calls[event.call_id].wake_at = event.wake_at
-            case ev.ToolIntent():
-                if event.call_id in self.calls:
-                    self.calls[event.call_id].intent_seq = seq
-                    self.calls[event.call_id].intent = event
-            case ev.ToolResult():
-                self.failures = 0
-                state = self.calls.get(event.call_id)
-                if state is not None and not state.done:
-                    state.done = True
-                    self.messages.append(
-                        Message(
-                            role="tool",
-                            text=event.content.text,
-                            tool_call_id=event.call_id,
-                            tool_name=event.tool,
-                            is_error=not event.ok,
-                        )
-                    )
-                    self.label = self.label.joined(event.content.label)
-                    if all(c.done for c in self.calls.values()):
-                        self.needs_model = True
-                        self._release_held()
             case ev.ErrorRaised(kind="model"):
                 self.failed_by_model = True  # until the model answers again
                 if event.retryable:

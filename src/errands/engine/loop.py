@@ -168,7 +168,7 @@ class Loop:
             )
         elif p.waiting():
             return False  # rows in the store; whoever decides wakes the errand again
-        elif (sleeper := p.sleeping()) is not None:
+        elif p.slept and (sleeper := p.sleeping()) is not None:
             return await self._wake(p, sleeper)  # False: it sleeps on (a timer in the store)
         elif p.needs_model:
             await self._ask_model(p)
