@@ -34,7 +34,15 @@ import stat
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PublishFailed", "publish", "published", "published_ports", "registry_dirs", "withdraw"]
+__all__ = [
+    "PublishFailed",
+    "pid_alive",
+    "publish",
+    "published",
+    "published_ports",
+    "registry_dirs",
+    "withdraw",
+]
 
 
 class PublishFailed(OSError):
@@ -70,7 +78,8 @@ def _read_dirs() -> list[Path]:
     return dirs
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process *pid* running (on this host; another user's counts)?"""
     if pid <= 0:
         return False
     try:
@@ -107,7 +116,7 @@ def published() -> list[dict[str, Any]]:
     for directory in _read_dirs():
         for _, entry in _entries(directory):
             pid = entry.get("pid")
-            if isinstance(pid, int) and _alive(pid):
+            if isinstance(pid, int) and pid_alive(pid):
                 live.append(entry)
     return live
 
@@ -149,7 +158,7 @@ def publish(port: int, host: str, home: Path) -> Path:
                 continue
             for stale, entry in _entries(directory):
                 pid = entry.get("pid")
-                if not (isinstance(pid, int) and _alive(pid)):
+                if not (isinstance(pid, int) and pid_alive(pid)):
                     with contextlib.suppress(OSError):
                         stale.unlink()
             path = directory / f"{port}-{os.getpid()}.json"

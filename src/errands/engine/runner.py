@@ -33,6 +33,7 @@ from errands.errors import ErrandBusy, LeaseLost, StoreError, StoreUnavailable
 from errands.models.protocol import Model
 from errands.models.spec import Models
 from errands.policy.hook import PolicyHook
+from errands.registry import pid_alive
 from errands.store import Store
 from errands.tools.toolset import Toolset
 
@@ -255,10 +256,4 @@ def dead_local_owner(owner: str) -> bool:
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not pid_alive(int(pid_text))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from errands.errors import ErrandsError
+from errands.registry import pid_alive
 
 __all__ = [
     "SERVER_FILE",
@@ -41,18 +42,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but someone else's
-        return True
-    return True
 
 
 def live_server(home: Path) -> dict[str, Any] | None:
