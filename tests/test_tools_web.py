@@ -422,12 +422,13 @@ def test_http_request_effect_depends_on_the_method(registry: FunctionToolset) ->
         tool.validate({"method": "TRACE", "url": url})
 
 
-def test_builtin_toolset_has_the_five_tools(registry: FunctionToolset) -> None:
+def test_builtin_toolset_has_the_six_tools(registry: FunctionToolset) -> None:
     assert [t.name for t in registry.listing] == [
         "fetch_url",
         "http_request",
         "list_files",
         "read_file",
+        "wait",
         "write_file",
     ]
     effects = {t.name: t.effect({"method": "GET"}) for t in registry.listing}
@@ -436,6 +437,7 @@ def test_builtin_toolset_has_the_five_tools(registry: FunctionToolset) -> None:
         "http_request": EffectClass.network,
         "list_files": EffectClass.read,
         "read_file": EffectClass.read,
+        "wait": EffectClass.none,
         "write_file": EffectClass.write_local,
     }
     assert all(t.safe_to_retry for t in registry.listing)
