@@ -90,6 +90,13 @@ expected-statuses = ["2xx", "404", "409"]
 include-operation-id = "approve"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "404", "409", "422"]
+
+# the policy's decision for an approval: an approval never asked (404), decided already
+# (409), edited arguments the tool refuses (422)
+[[operations]]
+include-operation-id = "previewDecision"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404", "409", "422"]
 """
 
 
