@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from backends import BACKENDS, backend
+from helpers.server import Sink
 
 from errands.config import Settings, load_settings
 from errands.store import Store
@@ -87,3 +88,11 @@ class CLI:
 @pytest.fixture
 def cli(home: Path) -> Iterator[CLI]:
     yield CLI(home)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A local HTTP endpoint errands' network tools can reach (tests/helpers/server.py)."""
+    s = Sink()
+    yield s
+    s.close()

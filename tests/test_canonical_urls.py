@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -392,13 +392,6 @@ def test_negative_control_raw_text_path_matching_lets_spellings_through(ws: Path
 
 
 # -- a real run: nothing a rule denies reaches the server ----------------------------------------
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -65,13 +65,6 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProc]:
     home = tmp_path / "home"
     write_config(home)

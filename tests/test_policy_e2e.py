@@ -10,11 +10,9 @@ the built-in outside-workspace deny holds for paths that climb out or follow a l
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from conftest import CLI
 from helpers.kit import call, write_script
 from helpers.server import ServerProc, Sink, wait_for, write_config
@@ -149,13 +147,6 @@ def test_run_ask_rule_makes_an_allowed_call_wait(cli: CLI, home: Path, tmp_path:
 
 
 # -- the API of a real `errands up` --------------------------------------------------------------
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.close()
 
 
 def test_api_deny_rule_on_a_url_glob_sends_nothing(tmp_path: Path, sink: Sink) -> None:

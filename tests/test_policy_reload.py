@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,13 +146,6 @@ async def test_the_harness_policy_follows_the_file(home: Path) -> None:
 
 
 # -- real processes ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.close()
 
 
 def probe_errand(server: ServerProc, tmp: Path, sink: Sink, n: int) -> dict[str, Any]:

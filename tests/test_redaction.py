@@ -214,13 +214,6 @@ def test_negative_control_the_literal_redactor_keeps_encoded_copies() -> None:
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
-    s = Sink()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def net_settings(home: Path) -> Settings:
     write_config(home)
     return load_settings(home)

@@ -93,9 +93,9 @@ async def tell_errand(
     is refused, saying how to give it more room."""
     if not text.strip():
         raise UserError("the message is empty")
-    progress = await _progress(store, errand_id)
-    view = progress.view
+    view = await store.view(errand_id)  # (the log is read only for an errand that stopped)
     if view.state is ErrandState.failed or view.state is ErrandState.needs_attention:
+        progress = await _progress(store, errand_id)
         limit = exceeded(view, progress.limits, max(0.0, time.time() - view.created_at))
         if limit is not None:  # (a conflict with the errand as it is now: 409)
             way_out = (

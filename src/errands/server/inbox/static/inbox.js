@@ -289,12 +289,7 @@
       const fieldset = button.closest("fieldset.pairs");
       const card = button.closest("article.approval");
       if (action === "add-pair") {
-        const row = document.createElement("div");
-        row.className = "pair";
-        row.innerHTML =
-          '<input type="text" class="pair-name" aria-label="header name" spellcheck="false">' +
-          '<input type="text" class="pair-value" aria-label="header value" spellcheck="false">' +
-          '<button type="button" class="link" data-action="remove-pair" title="remove">✕</button>';
+        const row = pairRow("", "");
         fieldset.querySelector(".pair-rows").append(row);
         row.querySelector("input").focus();
       } else {
@@ -372,6 +367,19 @@
     return {};
   }
 
+  // one header row of a request's editor: name, value, and a remove button
+  function pairRow(name, value) {
+    const row = document.createElement("div");
+    row.className = "pair";
+    row.innerHTML =
+      '<input type="text" class="pair-name" aria-label="header name" spellcheck="false">' +
+      '<input type="text" class="pair-value" aria-label="header value" spellcheck="false">' +
+      '<button type="button" class="link" data-action="remove-pair" title="remove">✕</button>';
+    row.querySelector(".pair-name").value = name;
+    row.querySelector(".pair-value").value = value;
+    return row;
+  }
+
   function readField(el) {
     const kind = el.dataset.kind;
     const nullable = el.dataset.nullable === "1";
@@ -403,15 +411,7 @@
       const entries = value && typeof value === "object" && !Array.isArray(value) ? Object.entries(value) : [];
       rows.replaceChildren();
       for (const [name, v] of entries) {
-        const row = document.createElement("div");
-        row.className = "pair";
-        row.innerHTML =
-          '<input type="text" class="pair-name" aria-label="header name" spellcheck="false">' +
-          '<input type="text" class="pair-value" aria-label="header value" spellcheck="false">' +
-          '<button type="button" class="link" data-action="remove-pair" title="remove">✕</button>';
-        row.querySelector(".pair-name").value = name;
-        row.querySelector(".pair-value").value = v === null || v === undefined ? "" : String(v);
-        rows.append(row);
+        rows.append(pairRow(name, v === null || v === undefined ? "" : String(v)));
       }
       return;
     }
