@@ -219,7 +219,8 @@ async def test_a_store_from_before_budgets_is_backfilled_from_its_log(
     with conn:  # back to schema 2, as an older errands left it
         conn.execute("DROP TABLE spend")
         conn.execute("DROP TABLE budget_holds")
-        conn.execute("DROP TABLE timers")  # (and what later migrations added)
+        for table in ("timers", "schedules", "schedule_runs", "watch_items"):
+            conn.execute(f"DROP TABLE {table}")  # (and what later migrations added)
         conn.execute("DROP TABLE migrations")  # (an older errands kept only the version)
         conn.execute("PRAGMA user_version = 2")
     conn.close()

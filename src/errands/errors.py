@@ -18,6 +18,7 @@ The table, shared by the CLI and the API:
 | ``StoreError``                 | 409  | the store refused: it conflicts with the errand now  |
 | ``ApprovalRefused``            | 409  | decided already, cancelled, finished, other args     |
 | ``ErrandExists``               | 409  | an errand with that id exists                        |
+| ``ScheduleExists``             | 409  | a schedule with that name exists                     |
 | ``ErrandBusy``                 | 409  | another process runs the errand                      |
 | ``NotFound``                   | 404  | no such errand (or approval)                         |
 | ``LeaseLost``                  | 409  | (internal) another process took the errand over      |
@@ -42,6 +43,7 @@ __all__ = [
     "ErrandsError",
     "LeaseLost",
     "NotFound",
+    "ScheduleExists",
     "SchemaTooNew",
     "StoreDamaged",
     "StoreError",
@@ -77,6 +79,10 @@ class NotFound(StoreError):
 
 
 class ErrandExists(StoreError):
+    pass
+
+
+class ScheduleExists(StoreError):
     pass
 
 

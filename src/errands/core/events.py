@@ -160,6 +160,10 @@ class ErrandCreated(_Event):
     # the person's time zone: the model is told the date in it (None: an errand from
     # before errands told models the date -- its transcript stays as it was)
     timezone: str | None = None
+    # a run of a schedule: its name, and the schedule's daily cap (every run's spend on
+    # one day counts against it)
+    schedule: str | None = None
+    schedule_daily_usd: float | None = None
 
 
 class Sleeping(_Event):

@@ -94,6 +94,9 @@ class ErrandView(BaseModel):
     cancel_requested: bool = False
     purged: bool = False
     wake_at: float | None = None  # sleeping: when its timer fires (wall time)
+    schedule: str | None = None  # the schedule this errand is a run of
+    schedule_daily_usd: float | None = None  # that schedule's daily cap
+    result_untrusted: bool = False  # the result was derived from untrusted content
 
 
 def apply(view: ErrandView, seq: int, event: ev.Event) -> None:
@@ -126,6 +129,9 @@ def _errand_created(view: ErrandView, seq: int, event: ev.ErrandCreated) -> None
     view.workspace = event.workspace
     view.parent = event.parent
     view.budget_usd = event.limits.max_cost_usd
+    if event.schedule is not None:
+        view.schedule = event.schedule
+        view.schedule_daily_usd = event.schedule_daily_usd
     view.created_at = event.at
     view.state = ErrandState.queued
 
@@ -185,6 +191,7 @@ def _state_changed(view: ErrandView, seq: int, event: ev.StateChanged) -> None:
     view.reason = event.reason
     if event.result is not None:
         view.result = event.result.text
+        view.result_untrusted = event.result.integrity == "untrusted"
 
 
 def _cancel_requested(view: ErrandView, seq: int, event: ev.CancelRequested) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "day_scope",
     "hold_id",
     "nanos",
+    "schedule_scope",
     "scopes_of",
     "tree_scope",
     "usd",
@@ -70,9 +71,22 @@ def hold_id(errand_id: str, request_seq: int) -> str:
     return f"{errand_id}#{request_seq}"
 
 
-def scopes_of(errand_id: str, at: float, parent_of: Callable[[str], str | None]) -> list[str]:
-    """The spend scopes a call of *errand_id* at time *at* counts against."""
+def schedule_scope(name: str, at: float) -> str:
+    """Every run of schedule *name* on the (local) date of *at*: its daily cap's scope."""
+    return f"schedule:{name}:" + day_scope(at)[4:]
+
+
+def scopes_of(
+    errand_id: str,
+    at: float,
+    parent_of: Callable[[str], str | None],
+    schedule: str | None = None,
+) -> list[str]:
+    """The spend scopes a call of *errand_id* (a run of *schedule*, if given) at time
+    *at* counts against."""
     scopes = [day_scope(at), tree_scope(errand_id)]
+    if schedule is not None:
+        scopes.append(schedule_scope(schedule, at))
     seen = {errand_id}
     parent = parent_of(errand_id)
     while parent is not None and parent not in seen and len(seen) < MAX_DEPTH:

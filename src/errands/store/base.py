@@ -49,6 +49,7 @@ from errands.store.protocol import (
 )
 from errands.store.purge import purged
 from errands.store.redact import Redactor
+from errands.store.schedules import ScheduleOps
 from errands.store.writer import GroupCommit, Op, Prepared, Tx, WriterStats
 
 __all__ = [
@@ -79,7 +80,7 @@ ProjectionRow = tuple[str, str, str, float, float, int, str | None, int, str]
 ProjectionUpdate = tuple[str, float, int, str | None, str, str]
 
 
-class BaseStore(GroupCommit):
+class BaseStore(GroupCommit, ScheduleOps):
     """A store, up to its SQL. A backend opens its connections, then calls
     :meth:`_start_writer`; it implements the hooks marked abstract below."""
 
@@ -334,7 +335,9 @@ class BaseStore(GroupCommit):
                     except NotFound:
                         return None
 
-                self._add_spend(tx, spend.scopes_of(view.id, event.at, parent_of), cost)
+                self._add_spend(
+                    tx, spend.scopes_of(view.id, event.at, parent_of, view.schedule), cost
+                )
         elif view.id in self._reserved:  # it changed state: no call of its is in flight
             self._release_holds(tx, view.id)
             self._reserved.discard(view.id)
@@ -470,6 +473,10 @@ class BaseStore(GroupCommit):
         caps = []
         if daily_usd is not None:
             caps.append(spend.Cap(spend.DAY, spend.nanos(daily_usd), "the daily budget"))
+        if view.schedule is not None and view.schedule_daily_usd is not None:
+            scope = spend.schedule_scope(view.schedule, tx.now)
+            what = f"the daily budget of schedule {view.schedule}"
+            caps.append(spend.Cap(scope, spend.nanos(view.schedule_daily_usd), what))
         current: ErrandView | None = view
         depth = 0
         while current is not None and depth < spend.MAX_DEPTH:

@@ -13,10 +13,11 @@ SQLite backend (:mod:`errands.store.sqlite`) fills in the SQL.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
 
 from errands.core import events as ev
+from errands.core.schedules import ScheduleSpec, ScheduleStatus
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs.spend import CapReached
 
@@ -24,6 +25,11 @@ __all__ = [
     "AppendCheck",
     "BudgetStatus",
     "CommitListener",
+    "Fired",
+    "Firing",
+    "NewRun",
+    "RunRow",
+    "ScheduleRow",
     "Store",
     "StoreReader",
     "StoredEvent",
@@ -60,6 +66,76 @@ class BudgetStatus:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRow:
+    """A schedule as the store keeps it."""
+
+    spec: ScheduleSpec
+    paused: bool
+    next_at: float | None  # its next slot (None: it is over -- an ``at`` that ran)
+    due_at: float | None  # when the scheduler looks at it next (slot + jitter, or a retry)
+    status: ScheduleStatus
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A slot handled: a run started (*errand_id*), or slots skipped (*count*, *reason*)."""
+
+    schedule: str
+    slot: float
+    outcome: str  # started | skipped
+    errand_id: str | None
+    count: int  # skipped: how many slots; started: how many were missed before it
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to start: the errand, created with *more* events in the same commit."""
+
+    slot: float
+    missed: int
+    errand_id: str
+    created: ev.ErrandCreated
+    more: tuple[ev.Event, ...] = ()
+
+
+@dataclass
+class Firing:
+    """What the scheduler asks of one schedule, done in one transaction: start *runs*
+    (each keyed by (schedule, slot): a slot that already has a row starts nothing), log
+    *skips*, and move the schedule on. Refused as a whole (``Fired.stale``) unless the
+    schedule is still unpaused with next slot *expect_next_at* (``check_next``): another
+    process (or a person's edit) got there first.
+
+    A watch's check passes the keys of the *items* it extracted; in the transaction the
+    store finds which were not seen in the last ``keep_seconds`` and records them all.
+    The first check only records the baseline (its *runs* are dropped); a later one is
+    refused as a whole unless the new keys are *expect_new* (what the caller read with
+    :meth:`StoreReader.seen_items` and built its runs from)."""
+
+    name: str
+    expect_next_at: float | None
+    next_at: float | None
+    due_at: float | None
+    status: ScheduleStatus
+    runs: list[NewRun] = field(default_factory=list)
+    skips: list[tuple[float, int, str]] = field(default_factory=list)
+    items: list[str] | None = None
+    expect_new: list[str] | None = None
+    keep_seconds: float = 7 * 86400.0
+    check_next: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    stale: bool = False  # nothing done: the schedule moved on (or went) meanwhile
+    started: tuple[str, ...] = ()  # the errands started
+    new_items: int = 0  # a watch: items not seen in the last 7 days
 
 
 # An extra check run inside the append's transaction, on the errand's current view,
@@ -115,6 +191,34 @@ class StoreReader(Protocol):
 
     async def integrity_check(self) -> list[str]:
         """Compare every derived table with the log; the mismatches, in words."""
+        ...
+
+    async def schedules(self) -> list[ScheduleRow]:
+        """Every schedule (and watch), by name."""
+        ...
+
+    async def schedule(self, name: str) -> ScheduleRow:
+        """The schedule called *name*; :class:`NotFound` if there is none."""
+        ...
+
+    async def schedule_runs(self, name: str, limit: int = 20) -> list[RunRow]:
+        """The schedule's newest handled slots (runs and skips), newest first."""
+        ...
+
+    async def due_schedules(self, now: float, limit: int) -> list[ScheduleRow]:
+        """Unpaused schedules due at *now* (``due_at <= now``), earliest first."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """The earliest ``due_at`` of an unpaused schedule (None: none)."""
+        ...
+
+    async def schedule_spent(self, name: str, at: float) -> float:
+        """What the runs of schedule *name* spent on the (local) date of *at*, in USD."""
+        ...
+
+    async def seen_items(self, name: str, keys: Sequence[str], since: float) -> set[str]:
+        """Of a watch's item *keys*, those it saw at or after *since*."""
         ...
 
     def subscribe(self, listener: CommitListener) -> None:
@@ -187,6 +291,25 @@ class Store(StoreReader, Protocol):
 
     async def purge(self, errand_id: str) -> None:
         """Remove the errand's private content from its log, and from the disk."""
+        ...
+
+    async def add_schedule(self, row: ScheduleRow) -> None:
+        """Keep a new schedule; :class:`ScheduleExists` if the name is taken."""
+        ...
+
+    async def put_schedule(
+        self, row: ScheduleRow, *, expect_updated_at: float | None = None
+    ) -> None:
+        """Replace an existing schedule (a person's edit, pause, resume); with
+        *expect_updated_at*, only if nobody changed it since (:class:`StoreError`)."""
+        ...
+
+    async def remove_schedule(self, name: str) -> None:
+        """Forget the schedule, its slot keys and its watch items (its runs' errands stay)."""
+        ...
+
+    async def fire(self, firing: Firing) -> Fired:
+        """Do what *firing* says in one transaction (see :class:`Firing`)."""
         ...
 
     async def rebuild_projections(self) -> int:

@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from errands.store.migrations import Migration, to_apply
-from errands.store.sqlite import leaseclock, spend
+from errands.store.sqlite import leaseclock, schedules, spend
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -96,6 +96,8 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX timers_due ON timers(wake_at);
         """,
     ),
+    # schedules and watches: their rows, the (schedule, slot) keys, a watch's items
+    Migration("0006_schedules", schedules.MIGRATION),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -126,10 +126,11 @@ def held_all(conn: sqlite3.Connection, now: float) -> tuple[int, int]:
 
 def expected(conn: sqlite3.Connection) -> dict[str, int]:
     """The spend table as the log says it should be."""
-    parents = {
-        str(i): (str(p) if p is not None else None)
-        for i, p in conn.execute("SELECT id, parent FROM errands")
-    }
+    parents: dict[str, str | None] = {}
+    schedule: dict[str, str | None] = {}
+    for i, p, s in conn.execute("SELECT id, parent, json_extract(view, '$.schedule') FROM errands"):
+        parents[str(i)] = str(p) if p is not None else None
+        schedule[str(i)] = str(s) if s is not None else None
     out: dict[str, int] = {}
     rows = conn.execute(
         "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
@@ -138,7 +139,9 @@ def expected(conn: sqlite3.Connection) -> dict[str, int]:
     for errand_id, at, body in rows:
         cost = nanos(float((json.loads(body).get("usage") or {}).get("cost_usd", 0.0)))
         if cost:
-            for scope in scopes_of(str(errand_id), float(at), parents.get):
+            for scope in scopes_of(
+                str(errand_id), float(at), parents.get, schedule.get(str(errand_id))
+            ):
                 out[scope] = out.get(scope, 0) + cost
     return out
 

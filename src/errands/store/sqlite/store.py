@@ -54,6 +54,7 @@ from errands.store.sqlite.connection import (
     writer_connection,
 )
 from errands.store.sqlite.migrations import migrate
+from errands.store.sqlite.schedules import SQLiteSchedules
 
 __all__ = ["SQLiteStore"]
 
@@ -116,7 +117,7 @@ def _reads_async(
     return read
 
 
-class SQLiteStore(BaseStore):
+class SQLiteStore(SQLiteSchedules, BaseStore):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
     with :meth:`close`."""
 
