@@ -25,10 +25,12 @@ import socket
 import uuid
 from collections.abc import Callable
 
+from errands.clock import SYSTEM, Clock
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.states import ErrandView
 from errands.engine.loop import Loop, TextListener
+from errands.engine.scheduler import Scheduler
 from errands.errors import ErrandBusy, LeaseLost, StoreError, StoreUnavailable
 from errands.models.protocol import Model
 from errands.models.spec import Models
@@ -78,7 +80,20 @@ class Runner:
             store, self.model, toolset, policy, settings, self.owner, on_text=on_text
         )
         self.tasks: dict[str, asyncio.Task[ErrandView | None]] = {}
+        # schedules and watches, fired while this runner serves (``errands up``)
+        self.scheduler: Scheduler | None = None
         store.subscribe(self._on_append)
+
+    def with_schedules(self, clock: Clock = SYSTEM) -> Runner:
+        """Also fire schedules and check watches while serving; a run that starts is
+        claimed at once."""
+        self.scheduler = Scheduler(
+            self.store, self.settings, clock=clock, started=lambda _: self._claim_soon()
+        )
+        return self
+
+    def _claim_soon(self) -> None:
+        asyncio.ensure_future(self.claim())
 
     def _on_append(self, errand_id: str, seq: int) -> None:
         if errand_id in self.tasks:
@@ -199,6 +214,9 @@ class Runner:
     async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
         """Run errands until *stop* is set: claim, renew, wake. Waiting costs no task."""
         renew = asyncio.create_task(self._renew_forever())
+        schedules = (
+            asyncio.create_task(self.scheduler.serve(stop)) if self.scheduler is not None else None
+        )
         wake_mark, _ = await self.store.wakeups(0)
         # leases an earlier run of this node (the same owner name) left on errands it is
         # not running now: give them up, so that claiming (free or expired leases only)
@@ -222,9 +240,11 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
         finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
+            for task in (renew, schedules):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await self.drain()
 
     async def drain(self) -> None:

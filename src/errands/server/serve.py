@@ -257,7 +257,9 @@ async def _main(
         hub = Hub(store)
         on_text = LiveText(hub, loop)  # called on the runner's thread
         harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
-        runner = RunnerThread(lambda: harness.runner(on_text=on_text), on_stop=harness.close_models)
+        runner = RunnerThread(
+            lambda: harness.runner(on_text=on_text).with_schedules(), on_stop=harness.close_models
+        )
         ctx = ServerContext(
             harness=harness,
             hub=hub,

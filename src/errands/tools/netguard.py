@@ -430,7 +430,7 @@ async def guarded_request(
                 )
                 response = await client.send(request, stream=True)
                 try:
-                    if follow_redirects and response.is_redirect:
+                    if follow_redirects and response.has_redirect_location:
                         if len(hops) >= MAX_REDIRECTS:
                             raise NetworkRefused(
                                 f"{url}: more than {MAX_REDIRECTS} redirects; stopped at {current}"
