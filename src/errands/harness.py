@@ -152,9 +152,7 @@ class Harness:
         self, errand_id: str, more_steps: int, *, by: str = "local", channel: str = "cli"
     ) -> None:
         """Give an errand more steps; one that stopped at its step limit goes on."""
-        await operations.continue_errand(
-            self.store, errand_id, more_steps, by=by, channel=channel
-        )
+        await operations.continue_errand(self.store, errand_id, more_steps, by=by, channel=channel)
 
     async def retry_model(self, errand_id: str) -> bool:
         """Reopen an errand its model failed (True), so that running it asks again."""

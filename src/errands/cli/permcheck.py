@@ -47,8 +47,7 @@ def permissions_check(settings: Settings) -> Check:
     check = Check("permissions", True)
     for path, mode, wanted in loose(settings.home):
         check.problems.append(
-            f"{path} is open to other users (mode {mode:04o}): "
-            f"fix it with chmod {wanted:o} {path}"
+            f"{path} is open to other users (mode {mode:04o}): fix it with chmod {wanted:o} {path}"
         )
     if not check.problems:
         check.notes.append(f"{settings.home} and the store are private to their owner")

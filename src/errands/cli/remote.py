@@ -68,7 +68,9 @@ class Remote:
         if response.status_code >= 400:
             detail = data.get("detail") if isinstance(data, dict) else None
             raise RemoteError(  # (the server's words: shown, never obeyed, by a terminal)
-                visible(str(detail)) if detail else f"the server answered HTTP {response.status_code}"
+                visible(str(detail))
+                if detail
+                else f"the server answered HTTP {response.status_code}"
             )
         return data
 

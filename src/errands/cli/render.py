@@ -127,7 +127,9 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
             always = " (always for this errand)" if e.always else ""
             return f"{seq}[green]✔ approved{edited}{always}[/green] by {safe(e.by)} via {safe(e.channel)}"
         case ev.ApprovalDenied():
-            return f"{seq}[red]✘ denied[/red] by {safe(e.by)} via {safe(e.channel)}: {safe(e.reason)}"
+            return (
+                f"{seq}[red]✘ denied[/red] by {safe(e.by)} via {safe(e.channel)}: {safe(e.reason)}"
+            )
         case ev.StateChanged():
             style = STATE_STYLE.get(ErrandState(e.state), "")
             text = f"{seq}[{style}]■ {e.state}[/{style}]"

@@ -128,7 +128,9 @@ class ErrandSummary(BaseModel):
             if tools:
                 return f"waits for your approval: {tools}"
             n = self.pending_approvals
-            return f"{n} action{'' if n == 1 else 's'} wait{'s' if n == 1 else ''} for your approval"
+            return (
+                f"{n} action{'' if n == 1 else 's'} wait{'s' if n == 1 else ''} for your approval"
+            )
         state = self.status
         if state is ErrandState.done:
             return first_line(self.result) or "done"

@@ -153,7 +153,7 @@ async def continue_errand(
     if state is ErrandState.done or state is ErrandState.cancelled:
         raise UserError(
             f"errand {errand_id} is {state.value}: nothing to continue "
-            f"(errands tell {errand_id} \"...\" starts it again with a new message)"
+            f'(errands tell {errand_id} "..." starts it again with a new message)'
         )
     raised = ev.LimitsRaised(more_steps=more_steps, by=by, channel=channel)
     await store.append(errand_id, [raised], guard=_unchanged_since(progress.last_seq))

@@ -154,9 +154,7 @@ def _single(spec: str, settings: Settings) -> tuple[Model, EndpointKey, Provider
         raise ModelSpecError(f"unknown model provider {provider!r} in {spec!r}; known: {known}")
     module, cls, sdk, extra = _CLIENTS[kind]
     if not _installed(sdk):
-        raise ModelSpecError(
-            f"the {kind} provider needs the {extra} extra: {extra_hint(extra)}"
-        )
+        raise ModelSpecError(f"the {kind} provider needs the {extra} extra: {extra_hint(extra)}")
     client_class = getattr(importlib.import_module(module), cls)
     key_env = endpoint.api_key_env if endpoint else None
     found = find_key(*key_names(kind, key_env))

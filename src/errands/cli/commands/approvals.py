@@ -144,7 +144,9 @@ def approve(
             f"or continue here: errands resume {errand_id}"
         )
     if standing and not as_json:
-        out.print("[dim]standing rule added to policy.toml (read it there; delete it to undo)[/dim]")
+        out.print(
+            "[dim]standing rule added to policy.toml (read it there; delete it to undo)[/dim]"
+        )
 
 
 def deny(
