@@ -16,6 +16,9 @@ Points:
 - ``after_reserve``     an API creation's Idempotency-Key and errand id are reserved
                         (durably), the errand is not created
 - ``after_create``      that errand is created, the key's response is not recorded
+- ``schedule_due``      a schedule's slot is due and its run is made, not yet fired
+- ``schedule_fired``    the slot's run is durable (keyed), the runner not yet told
+- ``watch_changed``     a watch saw new items, the run they start is not yet fired
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ POINTS = (
     "after_approval",
     "after_reserve",
     "after_create",
+    "schedule_due",
+    "schedule_fired",
+    "watch_changed",
 )
 
 FaultHook = Callable[[str], None]

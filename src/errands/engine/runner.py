@@ -82,6 +82,7 @@ class Runner:
         self.tasks: dict[str, asyncio.Task[ErrandView | None]] = {}
         # schedules and watches, fired while this runner serves (``errands up``)
         self.scheduler: Scheduler | None = None
+        self._claims: set[asyncio.Future[list[str]]] = set()
         store.subscribe(self._on_append)
 
     def with_schedules(self, clock: Clock = SYSTEM) -> Runner:
@@ -93,7 +94,9 @@ class Runner:
         return self
 
     def _claim_soon(self) -> None:
-        asyncio.ensure_future(self.claim())
+        task = asyncio.ensure_future(self.claim())
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
 
     def _on_append(self, errand_id: str, seq: int) -> None:
         if errand_id in self.tasks:

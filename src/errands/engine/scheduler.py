@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 from errands.clock import SYSTEM, Clock
 from errands.config import Settings
 from errands.core import events as ev
+from errands.core.faults import fault
 from errands.core.ids import new_errand_id
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.schedules import ScheduleSpec, ScheduleStatus, describe, jitter, plan
@@ -59,6 +60,8 @@ log = logging.getLogger("errands.scheduler")
 
 class Scheduler:
     """Fires due schedules of *store*; *started* is told the errands it started."""
+
+    check = staticmethod(watchcheck.check)  # a watch's check (a variant: a subclass)
 
     def __init__(
         self,
@@ -181,6 +184,8 @@ class Scheduler:
         runs = runs or []
         if due_at is None and next_at is not None:
             due_at = next_at + jitter(row.spec)
+        if runs:
+            fault("watch_changed" if row.spec.kind == "watch" else "schedule_due")
         firing = Firing(
             name=row.spec.name,
             expect_next_at=row.next_at,
@@ -194,6 +199,8 @@ class Scheduler:
             keep_seconds=KEEP_ITEMS,
         )
         fired = await self.store.fire(firing)
+        if fired.started:
+            fault("schedule_fired")
         unused = [r for r in runs if r.errand_id not in fired.started]
         _remove_workspaces(unused)
         if fired.started and self.started is not None:
@@ -243,7 +250,7 @@ class Scheduler:
             return
         try:
             async with self._fetches:
-                checked = await watchcheck.check(
+                checked = await self.check(
                     spec.url or "",
                     self.settings,
                     select=spec.select,

@@ -279,52 +279,51 @@ async def edit_schedule(
     clock: Clock = SYSTEM,
     need_offset: bool = False,
 ) -> ScheduleRow:
-    """Change what *patch* gives; a change of timing starts from the next slot after now."""
-    row = await store.schedule(name)
-    now = clock.wall()
+    """Change what *patch* gives; a change of timing starts from the next slot after now.
+    The row is changed in one transaction: an edit never undoes a slot fired meanwhile."""
+    spec = (await store.schedule(name)).spec
     fields = patch.model_dump(exclude_unset=True)
     paused = fields.pop("paused", None)
+    edited: ScheduleSpec | None = None
     if fields:
-        spec = row.spec
-        base: dict[str, Any] = {
-            "name": spec.name,
-            "kind": spec.kind,
-            "text": spec.text,
-            "cron": spec.cron,
-            "tz": spec.tz,
-            "every": spec.every,
-            "url": spec.url,
-            "select": spec.select,
-            "json_path": spec.json_path,
-            "headers": spec.headers,
-            "model": spec.model,
-            "max_cost_usd": spec.max_cost_usd,
-            "daily_usd": spec.daily_usd,
-            "max_steps": spec.max_steps,
-            "catch_up": spec.catch_up,
-            "overlap": spec.overlap,
-        }
+        base = spec.model_dump(
+            include={
+                "name", "kind", "text", "cron", "tz", "every", "url", "select", "json_path",
+                "headers", "model", "max_cost_usd", "daily_usd", "max_steps", "catch_up",
+                "overlap",
+            }
+        )  # fmt: skip
         if spec.at is not None:
             base["at"] = _iso(spec.at, spec.tz)
         base.update(fields)
-        new = await spec_from(
-            ScheduleRequest(**base), settings, now=now, by=spec.by, need_offset=need_offset
+        edited = await spec_from(
+            ScheduleRequest(**base), settings, now=clock.wall(), by=spec.by, need_offset=need_offset
         )
-        timing = (new.cron, new.tz, new.every, new.at) != (spec.cron, spec.tz, spec.every, spec.at)
-        new = new.model_copy(
-            update={"created_at": spec.created_at, "anchor": new.anchor if timing else spec.anchor}
-        )
-        nxt = first_slot(new, now) if timing else row.next_at
-        status = row.status
-        if new.url != spec.url or new.select != spec.select or new.json_path != spec.json_path:
-            status = status.model_copy(
-                update={"baseline": False, "etag": None, "last_modified": None}
+
+    def change(row: ScheduleRow, now: float) -> ScheduleRow:
+        if edited is not None:
+            old = row.spec
+            timing = (edited.cron, edited.tz, edited.every, edited.at) != (
+                old.cron, old.tz, old.every, old.at
+            )  # fmt: skip
+            new = edited.model_copy(
+                update={"created_at": old.created_at, "anchor": now if timing else old.anchor}
             )
-        row = ScheduleRow(new, row.paused, nxt, _due(new, nxt), status, row.updated_at)
-    if paused is not None and paused != row.paused:
-        row = _paused(row, paused, now)
-    await store.put_schedule(row, expect_updated_at=None)
-    return await store.schedule(name)
+            status = row.status
+            if (new.url, new.select, new.json_path) != (old.url, old.select, old.json_path):
+                status = status.model_copy(
+                    update={"baseline": False, "etag": None, "last_modified": None}
+                )
+            if timing:
+                nxt = first_slot(new, now)
+                row = ScheduleRow(new, row.paused, nxt, _due(new, nxt), status, row.updated_at)
+            else:
+                row = ScheduleRow(new, row.paused, row.next_at, row.due_at, status, row.updated_at)
+        if paused is not None and paused != row.paused:
+            row = _paused(row, paused, now)
+        return row
+
+    return await store.update_schedule(name, change)
 
 
 def _iso(at: float, tz: str) -> str:
@@ -347,16 +346,12 @@ def _paused(row: ScheduleRow, paused: bool, now: float) -> ScheduleRow:
     return ScheduleRow(row.spec, False, nxt, _due(row.spec, nxt), status, row.updated_at)
 
 
-async def pause_schedule(store: Store, name: str, *, clock: Clock = SYSTEM) -> ScheduleRow:
-    row = await store.schedule(name)
-    await store.put_schedule(_paused(row, True, clock.wall()))
-    return await store.schedule(name)
+async def pause_schedule(store: Store, name: str) -> ScheduleRow:
+    return await store.update_schedule(name, lambda row, now: _paused(row, True, now))
 
 
-async def resume_schedule(store: Store, name: str, *, clock: Clock = SYSTEM) -> ScheduleRow:
-    row = await store.schedule(name)
-    await store.put_schedule(_paused(row, False, clock.wall()))
-    return await store.schedule(name)
+async def resume_schedule(store: Store, name: str) -> ScheduleRow:
+    return await store.update_schedule(name, lambda row, now: _paused(row, False, now))
 
 
 async def remove_schedule(store: Store, name: str) -> None:

@@ -297,11 +297,12 @@ class Store(StoreReader, Protocol):
         """Keep a new schedule; :class:`ScheduleExists` if the name is taken."""
         ...
 
-    async def put_schedule(
-        self, row: ScheduleRow, *, expect_updated_at: float | None = None
-    ) -> None:
-        """Replace an existing schedule (a person's edit, pause, resume); with
-        *expect_updated_at*, only if nobody changed it since (:class:`StoreError`)."""
+    async def update_schedule(
+        self, name: str, change: Callable[[ScheduleRow, float], ScheduleRow]
+    ) -> ScheduleRow:
+        """Replace the schedule with *change(row, now)*, read and written in one
+        transaction (a person's edit, pause or resume never undoes a slot the
+        scheduler fired meanwhile); the new row. *change* must be quick and pure."""
         ...
 
     async def remove_schedule(self, name: str) -> None:

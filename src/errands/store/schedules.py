@@ -88,20 +88,21 @@ class ScheduleOps(abc.ABC):
 
         await self._submit(op)
 
-    async def put_schedule(
-        self, row: ScheduleRow, *, expect_updated_at: float | None = None
-    ) -> None:
-        def op(tx: Tx) -> None:
-            current = self._get_schedule(tx, row.spec.name)
+    async def update_schedule(
+        self, name: str, change: Callable[[ScheduleRow, float], ScheduleRow]
+    ) -> ScheduleRow:
+        def op(tx: Tx) -> ScheduleRow:
+            current = self._get_schedule(tx, name)
             if current is None:
-                raise NotFound(f"no schedule named {row.spec.name!r}")
-            if expect_updated_at is not None and current.updated_at != expect_updated_at:
-                raise StoreError(
-                    f"schedule {row.spec.name!r} changed meanwhile; look at it again and retry"
-                )
-            self._set_schedule(tx, dataclasses.replace(row, updated_at=tx.now), new=False)
+                raise NotFound(f"no schedule named {name!r}")
+            row = dataclasses.replace(change(current, tx.now), updated_at=tx.now)
+            if row.spec.name != name:
+                raise StoreError("a schedule's name cannot change")
+            self._set_schedule(tx, row, new=False)
+            return row
 
-        await self._submit(op)
+        result: ScheduleRow = await self._submit(op)
+        return result
 
     async def remove_schedule(self, name: str) -> None:
         def op(tx: Tx) -> None:
