@@ -29,6 +29,7 @@ a child process, installed by name (:func:`install`, through ``seams.child_env``
 | ``loose_modes``     | the home, store and workspaces are made 0700/0600          |
 | ``blind_doctor``    | errands doctor names the loose files and the chmod         |
 | ``raw_terminal``    | no escape sequence from outside reaches the terminal       |
+| ``split_fire``      | a slot's run and its key are one commit: never started twice |
 
 Not a control but a fault, installed the same way: ``bug_after_reply`` (every model
 reply meets a bug before it is logged -- what no test of errands' own code can make).
@@ -320,6 +321,28 @@ def _all(*installers: Callable[[], None]) -> Callable[[], None]:
     return do
 
 
+async def _fire_in_two(
+    self: Any, row: Any, status: Any, next_at: Any, *, runs: Any = None, **rest: Any
+) -> None:
+    """The control: the run's errand is created in one commit, the slot's key and the
+    schedule's next slot in another -- a crash between them starts the slot again."""
+    for run in runs or []:
+        await self.store.create(run.errand_id, run.created)
+        fault("schedule_fired")
+    await _SCHEDULER_FIRE(self, row, status, next_at, runs=[], **rest)
+
+
+def _split_fire() -> None:
+    global _SCHEDULER_FIRE
+    from errands.engine.scheduler import Scheduler
+
+    _SCHEDULER_FIRE = Scheduler._fire
+    Scheduler._fire = _fire_in_two  # type: ignore[method-assign]
+
+
+_SCHEDULER_FIRE: Any = None
+
+
 def _as_is(text: str) -> str:
     return text
 
@@ -349,6 +372,7 @@ INSTALLERS: dict[str, Callable[[], None]] = {
         _patch_in("errands.private", "FILE_MODE", 0o644),
     ),
     "blind_doctor": _patch_in("errands.cli.permcheck", "loose", lambda home: []),
+    "split_fire": _split_fire,
     "raw_terminal": _all(
         *(
             _patch_in(f"errands.cli.{module}", "visible", _as_is)
