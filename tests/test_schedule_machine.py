@@ -68,10 +68,10 @@ class CrashableStore(SQLiteStore):
 
 
 class KeyOnlyStore(CrashableStore):
-    """The slot key alone: no compare-and-set on the schedule's next slot."""
+    """The slot key alone: no compare-and-set on the schedule's version."""
 
     async def fire(self, firing: Firing) -> Fired:
-        firing.check_next = False
+        firing.check_version = False
         return await super().fire(firing)
 
 
@@ -82,7 +82,15 @@ class UnguardedStore(KeyOnlyStore):
         tx.conn.execute(
             "INSERT OR REPLACE INTO schedule_runs(schedule, slot, outcome, errand_id, count,"
             " reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (run.schedule, int(run.slot), run.outcome, run.errand_id, run.count, run.reason, run.at),
+            (
+                run.schedule,
+                int(run.slot),
+                run.outcome,
+                run.errand_id,
+                run.count,
+                run.reason,
+                run.at,
+            ),
         )
         return True
 
@@ -225,7 +233,10 @@ def test_negative_control_without_the_slot_key_a_slot_runs_twice() -> None:
     start one slot twice."""
     machine = UnguardedSchedules.TestCase
     machine.settings = hsettings(
-        SETTINGS, max_examples=200, database=None, phases=[Phase.generate]  # (no shrinking)
+        SETTINGS,
+        max_examples=200,
+        database=None,
+        phases=[Phase.generate],  # (no shrinking)
     )
     with pytest.raises(AssertionError):
         machine().runTest()

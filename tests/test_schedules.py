@@ -25,7 +25,7 @@ from errands.core.schedules import (
     parse_duration,
     plan,
 )
-from errands.core.states import ErrandState
+from errands.core.states import ErrandState, ErrandView
 from errands.engine.scheduler import Scheduler
 from errands.engine.schedules import (
     SchedulePatch,
@@ -71,7 +71,9 @@ class World:
     async def runs(self, name: str) -> list[RunRow]:
         return [r for r in await self.store.schedule_runs(name, 100_000) if r.outcome == "started"]
 
-    async def finish(self, errand_id: str, text: str = "all quiet", untrusted: bool = False) -> None:
+    async def finish(
+        self, errand_id: str, text: str = "all quiet", untrusted: bool = False
+    ) -> None:
         """The run ends, answering *text* (as a runner would log it)."""
         result = ev.Content(
             text=text,
@@ -432,3 +434,39 @@ async def test_two_schedulers_on_one_store_file_start_each_slot_once(
     finally:
         await a.store.close()
         await b.store.close()
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+async def test_a_schedules_runs_may_use_only_its_tools(world: World) -> None:
+    """A run of a schedule limited to list_files sees only it; a call of another tool is
+    refused as unknown, and never runs."""
+    from helpers.kit import call, harness_for, script
+
+    model = script(
+        {"text": "", "tool_calls": [call("write_file", path="x.txt", content="hi")]},
+        {"text": "done"},
+    )
+    harness = harness_for(world.store, world.settings, model=model)
+    known = [t.name for t in harness.toolset.tools(ErrandView(id="any"))]
+    with pytest.raises(ScheduleError, match=r"^tools: no tool named nosuch"):
+        await add_schedule(
+            world.store, world.settings,
+            ScheduleRequest(name="x", kind="every", every="1h", text="t", tools=["nosuch"]),
+            clock=world.clock, known_tools=known,
+        )  # fmt: skip
+    request = ScheduleRequest(name="d", kind="every", every="1h", text="t", tools=["list_files"])
+    await add_schedule(world.store, world.settings, request, clock=world.clock, known_tools=known)
+    await world.run_for(HOUR, step=60)
+    (run,) = await world.runs("d")
+    view = await world.store.view(run.errand_id or "")
+    assert view.tools == ["list_files"]
+    assert harness.toolset.tools(view).names == ("list_files",)
+    assert "write_file" in harness.toolset.tools(ErrandView(id="other")).names
+    await asyncio.wait_for(harness.runner().run_errand(view.id), 30)
+    results = [
+        e.event for e in await world.store.read(view.id) if isinstance(e.event, ev.ToolResult)
+    ]
+    assert [(r.ok, r.error_kind) for r in results] == [(False, "unknown_tool")]
+    assert not (Path(view.workspace) / "x.txt").exists()

@@ -42,7 +42,7 @@ from errands.store.redact import Redactor
 from errands.store.sqlite.connection import unavailable
 from errands.textlimit import check_text
 from errands.tools.plugins import load_tools
-from errands.tools.toolset import CombinedToolset, Toolset
+from errands.tools.toolset import AllowedToolset, CombinedToolset, Toolset
 
 __all__ = ["Harness", "build", "toolset_for"]
 
@@ -224,7 +224,8 @@ def toolset_for(
     name may come from only one of them)."""
     parts = [s.toolset for s in load_tools(settings.tools.modules, plugins=builtins)]
     parts.extend(toolsets)
-    return parts[0] if len(parts) == 1 else CombinedToolset(parts)
+    # an errand that names its tools (a schedule's run) sees only those
+    return AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts))
 
 
 def build(

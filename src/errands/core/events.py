@@ -164,6 +164,8 @@ class ErrandCreated(_Event):
     # one day counts against it)
     schedule: str | None = None
     schedule_daily_usd: float | None = None
+    # the only tools the errand may use (None: every tool errands has)
+    tools: list[str] | None = None
 
 
 class Sleeping(_Event):

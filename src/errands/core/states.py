@@ -97,6 +97,7 @@ class ErrandView(BaseModel):
     schedule: str | None = None  # the schedule this errand is a run of
     schedule_daily_usd: float | None = None  # that schedule's daily cap
     result_untrusted: bool = False  # the result was derived from untrusted content
+    tools: list[str] | None = None  # the only tools it may use (None: every tool)
 
 
 def apply(view: ErrandView, seq: int, event: ev.Event) -> None:
@@ -132,6 +133,8 @@ def _errand_created(view: ErrandView, seq: int, event: ev.ErrandCreated) -> None
     if event.schedule is not None:
         view.schedule = event.schedule
         view.schedule_daily_usd = event.schedule_daily_usd
+    if event.tools is not None:
+        view.tools = event.tools
     view.created_at = event.at
     view.state = ErrandState.queued
 

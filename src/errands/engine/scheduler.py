@@ -153,9 +153,8 @@ class Scheduler:
             except ErrandsError as exc:  # (the model spec became unusable, a full disk...)
                 problem = str(exc)
                 what.skips.append((slot, 1, f"could not start: {problem}"))
-        status = row.status.model_copy(
-            update={"last_slot": (what.runs or what.skips or [(row.next_at,)])[-1][0]}
-        )
+        handled = [slot for slot, _ in what.runs] + [slot for slot, _, _ in what.skips]
+        status = row.status.model_copy(update={"last_slot": max(handled, default=row.next_at)})
         if problem:
             status = _failed(status, problem, now)
         elif runs:
@@ -192,7 +191,7 @@ class Scheduler:
             fault("watch_changed" if row.spec.kind == "watch" else "schedule_due")
         firing = Firing(
             name=row.spec.name,
-            expect_next_at=row.next_at,
+            expect_version=row.version,
             next_at=next_at,
             due_at=due_at,
             status=status,
@@ -225,12 +224,12 @@ class Scheduler:
         run = await self._new_run(row, now, 0, forced=True)
         firing = Firing(
             name=name,
-            expect_next_at=row.next_at,
+            expect_version=row.version,
             next_at=row.next_at,
             due_at=row.due_at,
             status=row.status,
             runs=[run],
-            check_next=False,
+            check_version=False,
         )
         fired = await self.store.fire(firing)
         if not fired.started:
@@ -338,6 +337,7 @@ class Scheduler:
             timezone=self.settings.timezone,
             schedule=spec.name,
             schedule_daily_usd=spec.daily_usd,
+            tools=spec.tools,
         )
         more: list[ev.Event] = [await self._context(row, slot, missed, forced, now)]
         if diff is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,6 +81,7 @@ class ScheduleRequest(BaseModel):
     max_cost_usd: float | None = None
     daily_usd: float | None = None
     max_steps: int | None = None
+    tools: list[str] | None = None  # only these tools (default: every tool)
     catch_up: CatchUp = "one"
     overlap: Overlap = "skip"
 
@@ -102,6 +104,7 @@ class SchedulePatch(BaseModel):
     max_cost_usd: float | None = None
     daily_usd: float | None = None
     max_steps: int | None = None
+    tools: list[str] | None = None
     catch_up: CatchUp | None = None
     overlap: Overlap | None = None
     paused: bool | None = None
@@ -200,9 +203,18 @@ async def spec_from(
     now: float,
     by: str = "local",
     need_offset: bool = False,
+    known_tools: Collection[str] | None = None,
 ) -> ScheduleSpec:
     """Validate *request* into a schedule (the model pinned, the zone resolved, a
-    watch's URL checked by the network guard); :class:`UserError` naming the field."""
+    watch's URL checked by the network guard, its tools among *known_tools* when
+    given); :class:`UserError` naming the field."""
+    if request.tools is not None and known_tools is not None:
+        unknown = sorted(set(request.tools) - set(known_tools))
+        if unknown:
+            raise ScheduleError(
+                "tools",
+                f"tools: no tool named {', '.join(unknown)} (errands tools lists them)",
+            )
     tz = resolve_zone(request.tz, settings.timezone)
     url = request.url
     if request.kind == "watch":
@@ -233,6 +245,7 @@ async def spec_from(
         max_cost_usd=request.max_cost_usd,
         daily_usd=request.daily_usd,
         max_steps=request.max_steps,
+        tools=sorted(set(request.tools)) if request.tools is not None else None,
         catch_up=request.catch_up,
         overlap=request.overlap,
         by=by,
@@ -253,10 +266,13 @@ async def add_schedule(
     by: str = "local",
     clock: Clock = SYSTEM,
     need_offset: bool = False,
+    known_tools: Collection[str] | None = None,
 ) -> ScheduleRow:
     """Validate and keep a new schedule; its first slot is the first after now."""
     now = clock.wall()
-    spec = await spec_from(request, settings, now=now, by=by, need_offset=need_offset)
+    spec = await spec_from(
+        request, settings, now=now, by=by, need_offset=need_offset, known_tools=known_tools
+    )
     first = first_slot(spec, now)
     row = ScheduleRow(
         spec=spec,
@@ -278,6 +294,7 @@ async def edit_schedule(
     *,
     clock: Clock = SYSTEM,
     need_offset: bool = False,
+    known_tools: Collection[str] | None = None,
 ) -> ScheduleRow:
     """Change what *patch* gives; a change of timing starts from the next slot after now.
     The row is changed in one transaction: an edit never undoes a slot fired meanwhile."""
@@ -289,15 +306,20 @@ async def edit_schedule(
         base = spec.model_dump(
             include={
                 "name", "kind", "text", "cron", "tz", "every", "url", "select", "json_path",
-                "headers", "model", "max_cost_usd", "daily_usd", "max_steps", "catch_up",
-                "overlap",
+                "headers", "model", "max_cost_usd", "daily_usd", "max_steps", "tools",
+                "catch_up", "overlap",
             }
         )  # fmt: skip
         if spec.at is not None:
             base["at"] = _iso(spec.at, spec.tz)
         base.update(fields)
         edited = await spec_from(
-            ScheduleRequest(**base), settings, now=clock.wall(), by=spec.by, need_offset=need_offset
+            ScheduleRequest(**base),
+            settings,
+            now=clock.wall(),
+            by=spec.by,
+            need_offset=need_offset,
+            known_tools=known_tools,
         )
 
     def change(row: ScheduleRow, now: float) -> ScheduleRow:

@@ -78,6 +78,7 @@ class ScheduleRow:
     due_at: float | None  # when the scheduler looks at it next (slot + jitter, or a retry)
     status: ScheduleStatus
     updated_at: float
+    version: int = 0  # +1 at every write: what a firing checks nobody changed meanwhile
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +110,8 @@ class Firing:
     """What the scheduler asks of one schedule, done in one transaction: start *runs*
     (each keyed by (schedule, slot): a slot that already has a row starts nothing), log
     *skips*, and move the schedule on. Refused as a whole (``Fired.stale``) unless the
-    schedule is still unpaused with next slot *expect_next_at* (``check_next``): another
-    process (or a person's edit) got there first.
+    schedule is still unpaused and at version *expect_version* (``check_version``):
+    otherwise another process, or a person's edit, got there first.
 
     A watch's check passes the keys of the *items* it extracted; in the transaction the
     store finds which were not seen in the last ``keep_seconds`` and records them all.
@@ -119,7 +120,7 @@ class Firing:
     :meth:`StoreReader.seen_items` and built its runs from)."""
 
     name: str
-    expect_next_at: float | None
+    expect_version: int
     next_at: float | None
     due_at: float | None
     status: ScheduleStatus
@@ -128,7 +129,7 @@ class Firing:
     items: list[str] | None = None
     expect_new: list[str] | None = None
     keep_seconds: float = 7 * 86400.0
-    check_next: bool = True
+    check_version: bool = True
 
 
 @dataclass(frozen=True, slots=True)

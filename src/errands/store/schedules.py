@@ -5,7 +5,8 @@ Everything a slot changes is one transaction (:meth:`ScheduleOps.fire`): the slo
 watch's item keys, and the schedule's next slot. A crash before the commit leaves the
 slot due (it fires again, once); after it, the key is there (it never fires twice). Two
 processes that fire the same slot meet at the key, or at the compare-and-set on the
-schedule's next slot, which refuses the later one as a whole.
+schedule's version (every write of its row adds one), which refuses the later one as a
+whole -- as it refuses a firing planned from a row a person edited meanwhile.
 
 A backend implements the hooks below with a few statements each
 (:mod:`errands.store.sqlite.schedules`).
@@ -84,7 +85,7 @@ class ScheduleOps(abc.ABC):
                     f"a schedule named {row.spec.name!r} exists already; choose another name "
                     f"or remove it first (errands schedule rm {row.spec.name})"
                 )
-            self._set_schedule(tx, dataclasses.replace(row, updated_at=tx.now), new=True)
+            self._set_schedule(tx, dataclasses.replace(row, updated_at=tx.now, version=1), new=True)
 
         await self._submit(op)
 
@@ -95,7 +96,9 @@ class ScheduleOps(abc.ABC):
             current = self._get_schedule(tx, name)
             if current is None:
                 raise NotFound(f"no schedule named {name!r}")
-            row = dataclasses.replace(change(current, tx.now), updated_at=tx.now)
+            row = dataclasses.replace(
+                change(current, tx.now), updated_at=tx.now, version=current.version + 1
+            )
             if row.spec.name != name:
                 raise StoreError("a schedule's name cannot change")
             self._set_schedule(tx, row, new=False)
@@ -118,7 +121,7 @@ class ScheduleOps(abc.ABC):
         def op(tx: Tx) -> Fired:
             row = self._get_schedule(tx, firing.name)
             if row is None or (
-                firing.check_next and (row.paused or row.next_at != firing.expect_next_at)
+                firing.check_version and (row.paused or row.version != firing.expect_version)
             ):
                 return Fired(stale=True)
             status = firing.status
@@ -163,7 +166,12 @@ class ScheduleOps(abc.ABC):
             if skipped:
                 status = status.model_copy(update={"skipped": status.skipped + skipped})
             moved = dataclasses.replace(
-                row, next_at=firing.next_at, due_at=firing.due_at, status=status, updated_at=tx.now
+                row,
+                next_at=firing.next_at,
+                due_at=firing.due_at,
+                status=status,
+                updated_at=tx.now,
+                version=row.version + 1,
             )
             self._set_schedule(tx, moved, new=False)
             return Fired(started=tuple(started), new_items=new_items)

@@ -8,7 +8,8 @@ server, a tool search over thousands of tools, or a combination:
 
 - :class:`CombinedToolset` -- several toolsets as one (a name may come from only one);
 - :class:`FilteredToolset` -- the tools of another toolset that a predicate keeps,
-  per errand (per-errand tool sets).
+  per errand (per-errand tool sets); :class:`AllowedToolset`, the tools an errand's
+  own allow-list names (``ErrandView.tools``: a schedule's runs).
 
 A listing is a :class:`ToolList`: immutable, sorted by name, with the schemas the
 model sees and their fingerprint. A toolset returns the *same* list object for as
@@ -36,6 +37,7 @@ from errands.tools.tool import (
 )
 
 __all__ = [
+    "AllowedToolset",
     "CombinedToolset",
     "FilteredToolset",
     "FunctionToolset",
@@ -255,3 +257,16 @@ class FilteredToolset:
 
     async def call(self, tool: Tool, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
         return await self.inner.call(tool, args, ctx)
+
+
+class AllowedToolset(FilteredToolset):
+    """Only the tools an errand's allow-list names (``ErrandView.tools``); every tool of
+    *inner* for an errand without one (the common case costs one attribute read)."""
+
+    def __init__(self, inner: Toolset) -> None:
+        super().__init__(inner, lambda errand, tool: tool.name in (errand.tools or ()))
+
+    def tools(self, errand: ErrandView) -> ToolList:
+        if errand.tools is None:
+            return self.inner.tools(errand)
+        return super().tools(errand)

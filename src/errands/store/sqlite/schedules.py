@@ -30,7 +30,8 @@ CREATE TABLE schedules (
     next_at REAL,
     due_at REAL,
     status TEXT NOT NULL DEFAULT '{}',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX schedules_due ON schedules(due_at) WHERE paused = 0 AND due_at IS NOT NULL;
 CREATE TABLE schedule_runs (
@@ -51,12 +52,12 @@ CREATE TABLE watch_items (
 ) WITHOUT ROWID;
 """
 
-_COLUMNS = "spec, paused, next_at, due_at, status, updated_at"
+_COLUMNS = "spec, paused, next_at, due_at, status, updated_at, version"
 _CHUNK = 500  # keys per IN (...) query
 
 
 def _row(values: Sequence[object]) -> ScheduleRow:
-    spec, paused, next_at, due_at, status, updated_at = values
+    spec, paused, next_at, due_at, status, updated_at, version = values
     return ScheduleRow(
         spec=ScheduleSpec.model_validate_json(str(spec)),
         paused=bool(paused),
@@ -64,6 +65,7 @@ def _row(values: Sequence[object]) -> ScheduleRow:
         due_at=None if due_at is None else float(str(due_at)),
         status=ScheduleStatus.model_validate_json(str(status)),
         updated_at=float(str(updated_at)),
+        version=int(str(version)),
     )
 
 
@@ -90,16 +92,17 @@ class SQLiteSchedules:
             row.due_at,
             row.status.model_dump_json(exclude_defaults=True),
             row.updated_at,
+            row.version,
             row.spec.name,
         )
         if new:
             tx.conn.execute(
-                f"INSERT INTO schedules({_COLUMNS}, name) VALUES (?, ?, ?, ?, ?, ?, ?)", values
+                f"INSERT INTO schedules({_COLUMNS}, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values
             )
         else:
             tx.conn.execute(
                 "UPDATE schedules SET spec = ?, paused = ?, next_at = ?, due_at = ?, status = ?,"
-                " updated_at = ? WHERE name = ?",
+                " updated_at = ?, version = ? WHERE name = ?",
                 values,
             )
 
