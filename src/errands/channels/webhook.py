@@ -118,6 +118,18 @@ class Notifier:
                 "url": url,
                 "at": event.at,
             }
+        if isinstance(event, ev.UserMessage) and event.channel == "watch":
+            return {  # a watch saw new items and started this errand
+                "event": "watch_changed",
+                "errand_id": errand_id,
+                "state": ErrandState.queued.value,
+                # errands' own first line ("3 new items on URL since the last check:"),
+                # never the page's text
+                "summary": event.content.text.split("\n", 1)[0][:SUMMARY_CHARS],
+                "watch": event.by.removeprefix("watch:"),
+                "url": url,
+                "at": event.at,
+            }
         if isinstance(event, ev.StateChanged) and event.state in STATE_EVENTS:
             return {
                 "event": STATE_EVENTS[event.state],
