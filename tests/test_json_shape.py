@@ -25,6 +25,7 @@ ROW = {
     "pending_approvals",
     "last_seq",
     "wake_at",
+    "schedule",
 }
 
 

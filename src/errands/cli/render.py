@@ -146,12 +146,16 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
             return f"{seq}[dim]private content purged by {safe(e.by)}[/dim]"
         case ev.LimitsRaised():
             return f"{seq}[cyan]+ {e.more_steps} more steps[/cyan], given by {safe(e.by)}"
+        case ev.Sleeping():
+            why = f": {safe(e.reason)}" if e.reason else ""
+            return f"{seq}[magenta]☾ sleeps until {when(e.wake_at)}{why}[/magenta]"
     return None
 
 
 def errands_table(views: list[ErrandView], width: int = 120) -> Table:
     """The errands, one line each: a title longer than the terminal leaves room for
-    ends in an ellipsis (*width*: the terminal's columns)."""
+    ends in an ellipsis (*width*: the terminal's columns). A run of a schedule is
+    marked ``⏲ NAME`` before its title; a sleeping errand says until when, and why."""
     wide = width >= 100  # narrower: no steps and no date, the title keeps its room
     table = Table(show_lines=False, header_style="bold")
     table.add_column("id", no_wrap=True)
@@ -170,13 +174,30 @@ def errands_table(views: list[ErrandView], width: int = 120) -> Table:
         waiting = f" ({len(v.pending)})" if v.pending else ""
         if v.state is ErrandState.running and v.reason:
             waiting = " (provider down)"
+        if v.state is ErrandState.sleeping and v.wake_at is not None:
+            waiting = f" ({_until(v.wake_at)})"
         state = f"[{style}]{v.state.value}{waiting}[/{style}]"
         cost = f"${v.usage.cost_usd:.4f}"
+        title = safe(v.title)
+        if v.schedule:  # (a run's title starts with its schedule's name: said once)
+            title = safe(v.title.removeprefix(f"{v.schedule}: "))
+            title = f"[cyan]⏲ {safe(v.schedule)}[/cyan] {title}"
+        if v.state is ErrandState.sleeping and v.reason:
+            title += f" [dim]· waits for: {safe(v.reason)}[/dim]"
         if wide:
-            table.add_row(v.id, state, safe(v.title), str(v.steps), cost, when(v.created_at))
+            table.add_row(v.id, state, title, str(v.steps), cost, when(v.created_at))
         else:
-            table.add_row(v.id, state, safe(v.title), cost)
+            table.add_row(v.id, state, title, cost)
     return table
+
+
+def _until(ts: float) -> str:
+    """A sleeping errand's wake time, short (the state column stays narrow): ``→14:30``
+    today, else ``→12-08 09:00``."""
+    moment = dt.datetime.fromtimestamp(ts)
+    if moment.date() == dt.date.today():
+        return f"→{moment:%H:%M}"
+    return f"→{moment:%m-%d %H:%M}"
 
 
 def approval_card(p: PendingApproval, title: str = "") -> Panel:

@@ -88,6 +88,7 @@ class ErrandSummary(BaseModel):
     pending_approvals: int
     last_seq: int
     wake_at: float | None = None  # sleeping: when its timer fires (wall time)
+    schedule: str | None = None  # a run of this schedule (or watch)
 
     @classmethod
     def of(cls, view: ErrandView) -> ErrandSummary:
@@ -107,6 +108,7 @@ class ErrandSummary(BaseModel):
             pending_approvals=len(view.pending),
             last_seq=view.last_seq,
             wake_at=view.wake_at,
+            schedule=view.schedule,
         )
 
     def row(self) -> dict[str, Any]:
