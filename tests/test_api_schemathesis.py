@@ -97,6 +97,37 @@ expected-statuses = ["2xx", "404", "409", "422"]
 include-operation-id = "previewDecision"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "404", "409", "422"]
+
+# a schedule the schema allows but errands refuses, naming the field: an invalid cron
+# expression, an unknown zone, an interval under 1s, a time passed, a model that cannot
+# be used, a URL the network guard refuses (422); a name taken already (409)
+[[operations]]
+include-operation-id = "createSchedule"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "409", "422"]
+
+# a name of the right shape that names no schedule
+[[operations]]
+include-operation-id = "getSchedule"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404"]
+
+[[operations]]
+include-operation-id = "deleteSchedule"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404"]
+
+# ... and an edit errands refuses, as on creation (422)
+[[operations]]
+include-operation-id = "editSchedule"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404", "422"]
+
+# ... and a run of it started this very second (409)
+[[operations]]
+include-operation-id = "runSchedule"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404", "409"]
 """
 
 

@@ -1,4 +1,5 @@
-"""The JSON API: errands, their live streams, and the approval queue.
+"""The JSON API: errands, their live streams, the approval queue, and schedules
+(:mod:`.schedule_api`).
 
 Every body is a pydantic model (:mod:`.schemas`) and every answer is documented in
 ``/openapi.json``; what each route does is in :mod:`.actions`, the streams in
@@ -24,6 +25,7 @@ from errands.server.context import ServerContext
 from errands.server.handlers import (
     ApiError,
     Order,
+    caller,
     create,
     decide_approve,
     decide_deny,
@@ -36,6 +38,7 @@ from errands.server.handlers import (
     store_condition,
     view_or_404,
 )
+from errands.server.schedule_api import add_schedule_routes
 from errands.server.schemas import (
     APPROVAL_ID,
     APPROVALS,
@@ -69,13 +72,6 @@ __all__ = ["build_router"]
 
 def _json(data: bytes, status: int = 200) -> Response:
     return Response(content=data, status_code=status, media_type="application/json")
-
-
-def _caller(by: str) -> str:
-    """The X-Errands-By header, if it is a name worth recording; else 'api'."""
-    if by and len(by) <= 64 and by.isprintable() and by.strip():
-        return by.strip()
-    return "api"
 
 
 Condition = Literal["disk_full", "locked", "io_error"]
@@ -226,7 +222,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         by: ByHeader = "",
     ) -> Response:
         async def go(ctx: ServerContext) -> tuple[int, Any]:
-            return await create(ctx, body, idempotency_key or None, _caller(by), channel)
+            return await create(ctx, body, idempotency_key or None, caller(by), channel)
 
         return await run(request, go)
 
@@ -299,7 +295,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
     ) -> Response:
         async def go(ctx: ServerContext) -> tuple[int, Any]:
             key = idempotency_key or None
-            return await message(ctx, errand_id, body, key, _caller(by), channel)
+            return await message(ctx, errand_id, body, key, caller(by), channel)
 
         return await run(request, go)
 
@@ -321,7 +317,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         await view_or_404(ctx, errand_id)
         try:
             await ctx.harness.cancel(
-                errand_id, reason=body.reason if body else "", by=_caller(by), channel=channel
+                errand_id, reason=body.reason if body else "", by=caller(by), channel=channel
             )
         except NotFound:
             raise ApiError(404, f"no errand {errand_id}") from None
@@ -345,7 +341,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         channel: ChannelHeader = "api",
         by: ByHeader = "",
     ) -> ErrandSummary:
-        view = await resume(get_ctx(request), errand_id, body, _caller(by), channel)
+        view = await resume(get_ctx(request), errand_id, body, caller(by), channel)
         return ErrandSummary.of(view)
 
     @router.post(
@@ -430,7 +426,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         by: ByHeader = "",
     ) -> Decision:
         return await decide_approve(
-            get_ctx(request), approval_id, body or ApproveBody(), _caller(by), channel
+            get_ctx(request), approval_id, body or ApproveBody(), caller(by), channel
         )
 
     @router.post(
@@ -461,6 +457,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         channel: ChannelHeader = "api",
         by: ByHeader = "",
     ) -> Decision:
-        return await decide_deny(get_ctx(request), approval_id, body, _caller(by), channel)
+        return await decide_deny(get_ctx(request), approval_id, body, caller(by), channel)
 
+    add_schedule_routes(router, get_ctx)
     return router

@@ -39,6 +39,7 @@ __all__ = [
     "ACTIVITY_WINDOW",
     "ApiError",
     "Order",
+    "caller",
     "create",
     "decide_approve",
     "decide_deny",
@@ -67,6 +68,13 @@ class ApiError(ErrandsError):
         super().__init__(detail)
         self.http_status = status  # type: ignore[misc]
         self.detail = detail
+
+
+def caller(by: str) -> str:
+    """The X-Errands-By header, if it is a name worth recording; else 'api'."""
+    if by and len(by) <= 64 and by.isprintable() and by.strip():
+        return by.strip()
+    return "api"
 
 
 async def pending_with_titles(ctx: ServerContext) -> list[ApprovalOut]:

@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 
 from errands.core import events as ev
 from errands.core.errand import ApprovalOut, ErrandSummary
+from errands.core.schedules import ScheduleSpec
 from errands.textlimit import MAX_TEXT, too_long
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "MAX_MORE_STEPS",
     "MAX_SEQ",
     "MAX_TEXT",
+    "SCHEDULE_NAME",
     "ApprovalOut",
     "ApproveBody",
     "ArchiveBody",
@@ -48,11 +50,15 @@ __all__ = [
     "MessageSent",
     "ModelSpec",
     "ResumeBody",
+    "ScheduleDetail",
+    "ScheduleRunOut",
+    "ScheduleSummary",
     "StoredEventOut",
 ]
 
 ERRAND_ID = r"^[A-Za-z0-9_-]{1,64}$"
 APPROVAL_ID = r"^[A-Za-z0-9_-]{1,64}\.[0-9]{1,9}$"
+SCHEDULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # (errands.core.schedules)
 # at least one character that is not white space -- by every definition in play: the JSON
 # Schema (ECMAScript) regex of a client, pydantic's (Unicode) regex, and Python's str.strip()
 NOT_BLANK = r"[^\s\u0085\ufeff\u001c-\u001f]"
@@ -263,6 +269,76 @@ class PolicyPreview(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     version: str
+
+
+class ScheduleSummary(BaseModel):
+    """A schedule or watch as ``GET /api/schedules`` lists it (times: seconds since the
+    epoch, UTC)."""
+
+    name: str
+    kind: Literal["cron", "every", "at", "watch"]
+    when: str = Field(description="when it runs, in words: cron 0 8 * * 1-5 (Europe/Paris)")
+    text: str = Field(description="what each run is asked to do")
+    state: Literal["active", "paused", "erroring", "done"] = Field(
+        description="paused; erroring (its last check or start failed: last_error says why); "
+        "done (a once-only schedule that ran); else active"
+    )
+    paused: bool
+    next_at: float | None = Field(description="its next slot (null: it is over)")
+    due_at: float | None = Field(description="when it is looked at next (slot + jitter, or retry)")
+    model: str
+    max_cost_usd: float | None = Field(description="each run's budget")
+    daily_usd: float | None = Field(description="the cap on every run's spend per day")
+    spent_today_usd: float = Field(description="what its runs spent today (the person's zone)")
+    runs: int = Field(description="runs started")
+    skipped: int = Field(description="slots skipped (overlap, catch_up)")
+    last_run: str | None = Field(description="the errand of the newest run")
+    last_run_state: str | None
+    last_run_result: str | None = Field(description="its result (at most 500 characters)")
+    last_run_cost_usd: float | None
+    last_error: str | None = Field(description="why the last check or start failed")
+    errors: int = Field(description="failures in a row")
+    retry_at: float | None = Field(description="backing off until then")
+    # a watch
+    url: str | None = None
+    select: str | None = None
+    json_path: str | None = None
+    checks: int | None = Field(default=None, description="a watch: checks made")
+    changes: int | None = Field(default=None, description="a watch: checks that found new items")
+    last_check_at: float | None = None
+
+
+class ScheduleRunRow(BaseModel):
+    """A slot handled: a run started, or slots skipped (and why)."""
+
+    slot: float
+    outcome: str = Field(description="started | skipped")
+    errand_id: str | None
+    count: int = Field(description="skipped: how many slots; started: how many it stands for")
+    reason: str
+    at: float
+    state: str | None = Field(description="the run's state")
+    cost_usd: float | None
+
+
+class ScheduleDetail(ScheduleSummary):
+    """One schedule in full: its definition and its newest runs."""
+
+    spec: ScheduleSpec
+    recent: list[ScheduleRunRow] = Field(description="the newest slots handled, newest first")
+
+
+class ScheduleRunOut(BaseModel):
+    """What ``run now`` did: a run started, or (a watch) what its check found."""
+
+    schedule: str
+    errand_id: str | None = Field(description="the run started (null: no errand was started)")
+    outcome: Literal["started", "baseline", "unchanged", "skipped", "failed"] = Field(
+        description="started; baseline (a watch's first check recorded what is there); "
+        "unchanged (a watch found nothing new); skipped (a watch found new items but started "
+        "no run: its daily budget is spent); failed (its check failed: detail says why)"
+    )
+    detail: str = Field(description="what happened, in one line")
 
 
 SUMMARIES: TypeAdapter[list[ErrandSummary]] = TypeAdapter(list[ErrandSummary])
