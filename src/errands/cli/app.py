@@ -22,6 +22,7 @@ from errands.cli.commands import (
     errands,
     models,
     policy,
+    schedules,
     server,
     store,
     tools,
@@ -76,6 +77,7 @@ def version() -> None:
 
 errands.register(app)
 approvals.register(app)
+schedules.register(app)
 policy.register(app)
 app.command()(version)
 cost.register(app)
