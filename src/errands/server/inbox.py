@@ -34,10 +34,13 @@ from errands import __version__
 from errands.config import Settings
 from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.events import Usage
+from errands.core.localtime import local_time
 from errands.core.progress import Progress
+from errands.core.schedules import local_zone_name
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.costs.report import build_report
 from errands.engine.limits import exceeded
+from errands.engine.schedules import schedule_infos
 from errands.errors import ErrandsError, NotFound
 from errands.models.spec import check_spec
 from errands.server.context import ServerContext, model_help
@@ -115,7 +118,12 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        when=_when, money=_money, pretty=_pretty, preview=_preview, arg_text=_arg_text
+        when=_when,
+        money=_money,
+        pretty=_pretty,
+        preview=_preview,
+        arg_text=_arg_text,
+        local=local_time,  # {{ ts | local(zone) }}: in the person's time zone
     )
     env.globals.update(STATE_LABEL=STATE_LABEL, version=__version__, TERMINAL=TERMINAL)
     return env
@@ -382,6 +390,7 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             "dead_end": stopped,
             "cost": cost_of(summary.model, summary.usage, ctx.settings),
             "archived": marks(ctx).is_archived(errand_id),
+            "zone": ctx.settings.timezone,
         }
 
     @router.get("/errands/{errand_id}", response_class=HTMLResponse)
@@ -431,6 +440,34 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             listing=listed,
             shown=shown,
             pending_count=len(await ctx.store.pending_approvals()),
+        )
+
+    async def schedule_values(ctx: ServerContext) -> dict[str, Any]:
+        infos = await schedule_infos(ctx.store)
+        return {
+            "schedules": [info.as_dict(full=False) for info in infos],
+            "zone": ctx.settings.timezone,
+        }
+
+    @router.get("/schedules", response_class=HTMLResponse)
+    async def schedules_page(request: Request) -> HTMLResponse:
+        ctx = get_ctx(request)
+        zone = ctx.settings.timezone
+        label = f"{local_zone_name()} (this machine's)" if zone == "local" else zone
+        return page(
+            request,
+            "schedules.html",
+            zone_label=label,
+            pending_count=len(await ctx.store.pending_approvals()),
+            **(await schedule_values(ctx)),
+        )
+
+    @router.get("/fragments/schedules", response_class=HTMLResponse)
+    async def schedules_fragment(request: Request) -> HTMLResponse:
+        values = await schedule_values(get_ctx(request))
+        return HTMLResponse(
+            env.get_template("schedules_fragment.html").render(**values),
+            headers={"cache-control": "no-store"},
         )
 
     @router.get("/costs", response_class=HTMLResponse)

@@ -14,17 +14,19 @@
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
-  async function post(path, data, headers = {}) {
+  // a request to the API (POST, PATCH, DELETE: a DELETE sends no body); the answer's
+  // JSON, or an Error saying why it was refused
+  async function send(method, path, data, headers = {}) {
     const response = await fetch(path, {
-      method: "POST",
+      method,
       credentials: "same-origin",
       headers: {
-        "Content-Type": "application/json",
+        ...(method === "DELETE" ? {} : { "Content-Type": "application/json" }),
         "X-CSRF-Token": csrf,
         "X-Errands-Channel": "inbox",
         ...headers,
       },
-      body: JSON.stringify(data ?? {}),
+      body: method === "DELETE" ? undefined : JSON.stringify(data ?? {}),
     });
     let answer = null;
     try {
@@ -38,6 +40,8 @@
     }
     return answer;
   }
+
+  const post = (path, data, headers = {}) => send("POST", path, data, headers);
 
   function showError(el, message) {
     if (!el) return;
@@ -190,6 +194,56 @@
     liveText.querySelector(".text").textContent = "";
   }
 
+  // -- the schedules page ---------------------------------------------------------------------
+
+  async function refreshSchedules() {
+    const response = await fetch("/fragments/schedules", { credentials: "same-origin" });
+    if (!response.ok) return;
+    const fresh = fragment(await response.text()).getElementById("schedules");
+    const current = document.getElementById("schedules");
+    if (!fresh || !current) return;
+    // a row whose action failed keeps its error until its next action
+    current.querySelectorAll(".schedule-row .error:not([hidden])").forEach((error) => {
+      const name = error.closest(".schedule-row").dataset.name;
+      const twin = fresh.querySelector(`.schedule-row[data-name="${CSS.escape(name)}"] .error`);
+      if (twin) showError(twin, error.textContent);
+    });
+    current.replaceWith(fresh);
+  }
+
+  // pause, resume, run now, remove: through the API; the page says what happened
+  async function scheduleAction(row, action) {
+    const name = row.dataset.name;
+    const path = `/api/schedules/${encodeURIComponent(name)}`;
+    const error = row.querySelector(".error");
+    showError(error, "");
+    if (action === "remove-schedule" && !window.confirm(`Remove ${name}? The errands it started stay.`)) return;
+    const buttons = row.querySelectorAll("button");
+    buttons.forEach((b) => (b.disabled = true));
+    try {
+      let said;
+      if (action === "pause-schedule") {
+        await send("PATCH", path, { paused: true });
+        said = `${name} paused: no slot starts a run until you resume it.`;
+      } else if (action === "resume-schedule") {
+        await send("PATCH", path, { paused: false });
+        said = `${name} resumed from its next slot.`;
+      } else if (action === "run-schedule") {
+        said = (await post(`${path}/run`, {})).detail;
+      } else {
+        await send("DELETE", path);
+        said = `${name} removed; the errands it started stay.`;
+      }
+      const note = document.getElementById("schedule-said");
+      note.textContent = said;
+      note.hidden = false;
+      await refreshSchedules();
+    } catch (err) {
+      showError(error, err.message);
+      buttons.forEach((b) => (b.disabled = false));
+    }
+  }
+
   // -- actions ------------------------------------------------------------------------------
 
   let refresh = () => {};
@@ -308,6 +362,11 @@
         window.alert(err.message);
       }
       refresh();
+      return;
+    }
+    const scheduleRow = button.closest(".schedule-row");
+    if (scheduleRow) {
+      await scheduleAction(scheduleRow, action);
       return;
     }
     const card = button.closest("article.approval");
@@ -543,9 +602,15 @@
 
   // -- wiring ---------------------------------------------------------------------------------
 
+  const SCHEDULES_POLL_MS = 5000; // next runs, checks and errors change without an errand
+
   if (page === "inbox") {
     refresh = debounce(refreshInbox, 250);
     listen("/api/stream", { changed: refresh });
+  } else if (page === "schedules") {
+    refresh = debounce(refreshSchedules, 250);
+    listen("/api/stream", { changed: refresh }); // a run started, finished, cost something
+    setInterval(refresh, SCHEDULES_POLL_MS);
   } else if (page === "errand" && errandId) {
     refresh = debounce(refreshErrand, 100);
     const liveText = document.getElementById("live-text");
