@@ -28,6 +28,9 @@ def test_the_quickstart_runs_by_copy_and_paste(tmp_path: Path) -> None:
     # the commands that need no id from an earlier one, exactly as written
     runnable = [ln for ln in lines[1:] if ln and "…" not in ln]
     assert "errands demo" in runnable and "errands ls" in runnable
+    # a schedule, run here (issue 15): added with --every, run now, listed
+    assert any(ln.startswith("errands schedule add") and "--every" in ln for ln in runnable)
+    assert "errands schedule ls" in runnable
     venv = Path(sys.prefix)
     script = "\n".join([f". {venv}/bin/activate", "set -e", *runnable])
     r = subprocess.run(
@@ -40,6 +43,17 @@ def test_the_quickstart_runs_by_copy_and_paste(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "shopping" in r.stdout.lower() and "done" in r.stdout
+    assert "schedule lists added: every 1h; next run" in r.stdout
+    assert "schedule lists: run started: " in r.stdout
+
+
+def test_the_quickstart_shows_a_watch() -> None:
+    """A watch needs a page errands may fetch, which an offline test cannot promise: its
+    command is shown in the Quickstart's second block, not run."""
+    text = README.read_text()
+    section = text[text.index("## Quickstart") : text.index("## Concepts")]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert any("errands watch add " in b and "--every" in b and "--url" in b for b in blocks)
 
 
 def test_the_extra_hint_names_this_installs_pip() -> None:
