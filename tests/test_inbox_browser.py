@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import playwright.sync_api as playwright_api
 import pytest
+from helpers.browser import ARGS, CHROMIUM, TIMEOUT_MS
 from helpers.server import (
     ServerProc,
     Sink,
@@ -29,17 +30,6 @@ from sim.core import Turn, call
 from sim.openai_server import OpenAIChatSim
 
 expect = playwright_api.expect
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 20_000
 
 
 @pytest.fixture(scope="module")

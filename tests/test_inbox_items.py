@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import playwright.sync_api as playwright_api
 import pytest
+from helpers.browser import ARGS, CHROMIUM, TIMEOUT_MS
 from helpers.kit import call, write_script
 from helpers.server import (
     ServerProc,
@@ -40,16 +41,6 @@ from sim.openai_server import OpenAIChatSim
 
 expect = playwright_api.expect
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 20_000
 TESTS = Path(__file__).parent
 SHOTS = TESTS / "artifacts" / "inbox"
 
