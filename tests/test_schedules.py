@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -367,12 +368,16 @@ async def test_a_bad_edit_changes_nothing(world: World) -> None:
 async def test_a_schedule_that_spent_its_daily_budget_starts_nothing_more_that_day(
     world: World,
 ) -> None:
+    noon = time.mktime((2026, 12, 7, 12, 0, 0, 0, 0, -1))  # local: the day is the machine's
+    world.clock.step_wall(noon - world.clock.wall())
     await world.add(name="d", kind="every", every="1h", daily_usd=1.0, overlap="allow")
     await world.run_for(HOUR, step=60)
     (run,) = await world.runs("d")
     errand_id = run.errand_id or ""
-    (req,) = await world.store.append(errand_id, [ev.ModelRequested(model="m", tools_hash="x")])
-    spent = ev.ModelResponded(request_seq=req, model="m", usage=ev.Usage(cost_usd=1.0))
+    now = world.clock.wall()  # (spend is booked on the date of the response)
+    asked = ev.ModelRequested(model="m", tools_hash="x", at=now)
+    (req,) = await world.store.append(errand_id, [asked])
+    spent = ev.ModelResponded(request_seq=req, model="m", usage=ev.Usage(cost_usd=1.0), at=now)
     await world.store.append(errand_id, [spent])
     assert await world.store.schedule_spent("d", world.clock.wall()) == 1.0
     await world.run_for(2 * HOUR, step=60)
@@ -399,11 +404,12 @@ async def test_runs_and_skips_are_rebuilt_consistently(world: World) -> None:
     await world.run_for(HOUR, step=60)
     (run,) = await world.runs("d")
     (req,) = await world.store.append(
-        run.errand_id or "", [ev.ModelRequested(model="m", tools_hash="x")]
+        run.errand_id or "", [ev.ModelRequested(model="m", tools_hash="x", at=world.clock.wall())]
     )
     usage = ev.Usage(cost_usd=0.25)
     await world.store.append(
-        run.errand_id or "", [ev.ModelResponded(request_seq=req, model="m", usage=usage)]
+        run.errand_id or "",
+        [ev.ModelResponded(request_seq=req, model="m", usage=usage, at=world.clock.wall())],
     )
     assert await world.store.integrity_check() == []  # the schedule's spend agrees with the log
 
@@ -470,3 +476,27 @@ async def test_a_schedules_runs_may_use_only_its_tools(world: World) -> None:
     ]
     assert [(r.ok, r.error_kind) for r in results] == [(False, "unknown_tool")]
     assert not (Path(view.workspace) / "x.txt").exists()
+
+
+async def test_a_time_more_than_ten_years_ahead_is_refused(world: World) -> None:
+    with pytest.raises(ScheduleError, match=r"^at: more than ten years ahead"):
+        await world.add(name="far", kind="at", at="9999-12-31T23:59:59-23:59")
+    assert await world.store.schedules() == []
+
+
+@pytest.mark.parametrize("field", ["select", "json_path"])
+async def test_a_watch_field_on_a_schedule_is_refused_naming_it(world: World, field: str) -> None:
+    with pytest.raises(ScheduleError) as caught:
+        await world.add(name="s", kind="every", every="1h", **{field: "li"})
+    assert caught.value.field == field
+
+
+async def test_a_runs_model_calls_count_against_its_schedules_daily_budget(world: World) -> None:
+    from errands.core.progress import Progress
+    from errands.engine.budgets import Budgets
+
+    p = Progress.empty("e1")
+    budgets = Budgets(world.store, world.settings)
+    assert not budgets.applies(p)
+    p.view.schedule_daily_usd = 1.0
+    assert budgets.applies(p)  # (without it, a run never reserved: the cap came too late)

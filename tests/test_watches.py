@@ -249,3 +249,32 @@ async def test_run_now_checks_at_once_and_reports_only_new_items(w: Watching) ->
     w.site.pages["/flats"] = Page(listings("a", "b"))
     started = await w.scheduler.run_now("flats")
     assert started and [r.errand_id for r in await w.runs()] == [started]
+
+
+async def test_new_items_wait_while_the_daily_budget_is_spent_and_start_the_next_day(
+    w: Watching,
+) -> None:
+    await w.add(daily_usd=0.5, overlap="allow")
+    w.site.pages["/flats"] = Page(listings("a"))
+    await w.checks(1)
+    w.site.pages["/flats"] = Page(listings("a", "b"))
+    await w.checks(1)
+    (run,) = await w.runs()
+    errand_id = run.errand_id or ""
+    now = w.clock.wall()  # (spend is booked on the date of the response)
+    asked = ev.ModelRequested(model="m", tools_hash="x", at=now)
+    (req,) = await w.store.append(errand_id, [asked])
+    usage = ev.Usage(cost_usd=0.5)
+    answered = ev.ModelResponded(request_seq=req, model="m", usage=usage, at=now)
+    await w.store.append(errand_id, [answered])
+    w.site.pages["/flats"] = Page(listings("a", "b", "c"))
+    await w.checks(3)
+    row = await w.store.schedule("flats")
+    assert len(await w.runs()) == 1 and "daily budget" in row.status.note
+    assert row.status.changes == 1  # (the waiting item is not counted again and again)
+    await w.checks(24)  # a new day: c is still new, and starts its run
+    runs = await w.runs()
+    assert len(runs) == 2
+    diff = [e.event for e in await w.store.read(runs[0].errand_id or "")][-1]
+    assert isinstance(diff, ev.UserMessage) and "- c" in diff.content.text
+    assert (await w.store.schedule("flats")).status.note == ""

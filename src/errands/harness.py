@@ -29,6 +29,7 @@ from errands.channels import Channel
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.ids import new_errand_id
+from errands.core.states import ErrandView
 from errands.engine import operations
 from errands.engine.loop import Loop, TextListener
 from errands.engine.runner import LEASE_TTL, Runner
@@ -95,6 +96,10 @@ class Harness:
             on_text=on_text,
             loop_class=loop_class,
         )
+
+    def tool_names(self) -> list[str]:
+        """Every tool an errand could use here (what a schedule's ``tools`` may name)."""
+        return list(self.toolset.tools(ErrandView(id="any")).names)
 
     # -- what a person does (engine.operations, with this harness's store and settings) --
 

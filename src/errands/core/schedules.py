@@ -66,6 +66,7 @@ Overlap = Literal["skip", "allow"]
 
 MIN_EVERY = 1.0  # the shortest interval (tests and demos); a watch's checks are cheap
 MAX_EVERY = 366 * 86400.0
+MAX_AHEAD = 10 * 366 * 86400.0  # an ``at`` at most ten years ahead
 MAX_CATCH_UP = 100  # catch_up = "all" starts at most this many missed runs at once
 MAX_COUNT = 100_000  # missed cron slots counted at most (a year of every minute is 525,600)
 GRACE = 60.0  # a slot at most this late (or half an interval) is on time, not missed
@@ -133,6 +134,7 @@ class ScheduleStatus(BaseModel):
     last_error: str = ""
     last_error_at: float | None = None
     retry_at: float | None = None  # backing off until then
+    note: str = ""  # a watch's new items that wait (its daily budget is spent), and why
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,11 +273,20 @@ def check_spec(spec: ScheduleSpec, now: float) -> None:
         raise ScheduleError("every", "every: at least 1s and at most a year")
     if spec.kind == "at" and spec.at is not None and spec.at <= now:
         raise ScheduleError("at", "at: that time has passed; give a time in the future")
+    if spec.kind == "at" and spec.at is not None and spec.at - now > MAX_AHEAD:
+        raise ScheduleError("at", "at: more than ten years ahead; give a nearer time")
     if spec.kind == "watch":
         if not spec.url:
             raise ScheduleError("url", "url: a watch needs the URL of the page to watch")
-    elif spec.url or spec.select or spec.json_path or spec.headers:
-        raise ScheduleError("url", "url: only a watch fetches a page")
+    else:
+        for part, present in (
+            ("url", bool(spec.url)),
+            ("select", bool(spec.select)),
+            ("json_path", bool(spec.json_path)),
+            ("headers", bool(spec.headers)),
+        ):
+            if present:
+                raise ScheduleError(part, f"{part}: only a watch fetches a page")
     for header, value in spec.headers.items():
         if not value.startswith("secret:") or not value[7:]:
             raise ScheduleError(

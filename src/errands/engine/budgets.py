@@ -124,6 +124,7 @@ class Budgets:
             self.settings.budget.daily_usd is not None
             or p.view.budget_usd is not None
             or p.view.parent is not None  # an ancestor may have a budget
+            or p.view.schedule_daily_usd is not None  # its schedule's daily budget
         )
 
     def may_wait(self, reached: CapReached) -> bool:

@@ -40,13 +40,13 @@ from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.schedules import ScheduleSpec, ScheduleStatus, describe, jitter, plan
 from errands.core.states import TERMINAL
 from errands.engine.operations import title_for
-from errands.errors import ErrandsError, NotFound, StoreUnavailable
+from errands.errors import ErrandsError, NotFound, StoreError, StoreUnavailable
 from errands.store import Store
 from errands.store.protocol import Firing, NewRun, ScheduleRow
 from errands.tools import watchcheck
 from errands.tools.workspace import make_workspace
 
-__all__ = ["KEEP_ITEMS", "Scheduler"]
+__all__ = ["KEEP_ITEMS", "NotStarted", "Scheduler"]
 
 KEEP_ITEMS = 7 * 86400.0  # an item is new when no check saw it in this long
 BACKOFF_MAX = 3600.0  # a failing watch is checked at least once an hour
@@ -56,6 +56,11 @@ BATCH = 200  # schedules handled per pass
 WATCHES_AT_ONCE = 16  # fetches in flight
 
 log = logging.getLogger("errands.scheduler")
+
+
+class NotStarted(StoreError):
+    """*Run now* started nothing: the store refused the run (its schedule's daily budget
+    is spent -- the slot's row says so -- or a run started this very second)."""
 
 
 class Scheduler:
@@ -234,7 +239,7 @@ class Scheduler:
         fired = await self.store.fire(firing)
         if not fired.started:
             _remove_workspaces([run])
-            raise NotFound(f"schedule {name!r} already ran at this second; try again")
+            raise NotStarted(f"schedule {name!r} started no run")
         if self.started is not None:
             self.started(fired.started)
         return fired.started[0]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,13 +39,15 @@ from errands.core.schedules import (
     resolve_zone,
 )
 from errands.core.states import ErrandView
-from errands.errors import NotFound, UserError
+from errands.engine.scheduler import NotStarted, Scheduler
+from errands.errors import NotFound, StoreError, UserError
 from errands.models.spec import check_spec as check_model
 from errands.store import Store, StoreReader
 from errands.store.protocol import RunRow, ScheduleRow
 from errands.tools import watchcheck
 
 __all__ = [
+    "RunNow",
     "ScheduleInfo",
     "SchedulePatch",
     "ScheduleRequest",
@@ -54,6 +56,7 @@ __all__ = [
     "pause_schedule",
     "remove_schedule",
     "resume_schedule",
+    "run_now",
     "schedule_info",
     "schedule_infos",
     "spec_from",
@@ -142,6 +145,7 @@ class ScheduleInfo:
             "last_run_result": (last.result or "")[:500] if last else None,
             "last_run_cost_usd": round(last.usage.cost_usd, 6) if last else None,
             "last_error": status.last_error or None,
+            "note": status.note or None,
             "errors": status.errors,
             "retry_at": status.retry_at,
         }
@@ -410,3 +414,69 @@ async def schedule_infos(store: StoreReader, *, clock: Clock = SYSTEM) -> list[S
         spent = await store.schedule_spent(row.spec.name, clock.wall())
         out.append(ScheduleInfo(row, [], views, spent))
     return out
+
+
+# ------------------------------------------------------------------ running now
+
+Outcome = Literal["started", "baseline", "unchanged", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class RunNow:
+    """What *run now* did: a run started (*errand_id*), or -- a watch -- what its check
+    found: the baseline recorded, nothing new, new items but no run (its daily budget is
+    spent), or a failure (*detail* says why)."""
+
+    schedule: str
+    errand_id: str | None
+    outcome: Outcome
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run_now(
+    store: Store,
+    settings: Settings,
+    name: str,
+    *,
+    started: Callable[[Sequence[str]], object] | None = None,
+) -> RunNow:
+    """Start a run of *name* now (a watch: check it now). ``NotFound`` for an unknown
+    schedule; a :class:`StoreError` (409) when no run started: the schedule's daily
+    budget is spent, or a run of it started this very second."""
+    before = await store.schedule(name)  # (NotFound: no such schedule)
+    try:
+        errand_id = await Scheduler(store, settings, started=started).run_now(name)
+    except NotStarted:
+        why = await _skipped(store, name) or "a run of it started this very second; try again"
+        raise StoreError(f"schedule {name} started no run: {why}") from None
+    kind = "watch" if before.spec.kind == "watch" else "schedule"
+    if errand_id:
+        what = "found new items; " if kind == "watch" else ""
+        return RunNow(name, errand_id, "started", f"{kind} {name}: {what}run started: {errand_id}")
+    after = (await store.schedule(name)).status
+    if after.errors > before.status.errors:  # (each failure in a row counts one)
+        return RunNow(name, None, "failed", f"watch {name}: the check failed: {after.last_error}")
+    if after.changes > before.status.changes:  # new items, and no run: the store said why
+        why = await _skipped(store, name) or "no run started"
+        return RunNow(name, None, "skipped", f"watch {name}: found new items, but {why}")
+    if after.baseline and not before.status.baseline:
+        return RunNow(
+            name,
+            None,
+            "baseline",
+            f"watch {name}: first check: what is there now is the baseline; "
+            "later checks start an errand only for new items",
+        )
+    return RunNow(name, None, "unchanged", f"watch {name}: checked: nothing new, no errand started")
+
+
+async def _skipped(store: Store, name: str) -> str:
+    """Why the newest slot of *name* was skipped, if it was (e.g. its daily budget); for
+    a watch whose new items wait, its note."""
+    newest = await store.schedule_runs(name, 1)
+    if newest and newest[0].outcome == "skipped" and newest[0].reason:
+        return newest[0].reason
+    return (await store.schedule(name)).status.note

@@ -22,12 +22,12 @@ from errands.engine.schedules import (
     add_schedule,
     edit_schedule,
     remove_schedule,
+    run_now,
     schedule_info,
     schedule_infos,
 )
 from errands.server.context import ServerContext
 from errands.server.handlers import caller
-from errands.server.schedules import check_at, known_tools, run_now
 from errands.server.schemas import (
     SCHEDULE_NAME,
     ErrorBody,
@@ -89,7 +89,6 @@ def add_schedule_routes(router: APIRouter, get_ctx: Callable[[Request], ServerCo
     )
     async def post_schedule(request: Request, body: ScheduleRequest, by: ByHeader = "") -> Response:
         ctx = get_ctx(request)
-        check_at(body.at)
         # (an ``at`` must carry its UTC offset here: the caller's zone is not known)
         row = await add_schedule(
             ctx.store,
@@ -97,7 +96,7 @@ def add_schedule_routes(router: APIRouter, get_ctx: Callable[[Request], ServerCo
             body,
             by=caller(by),
             need_offset=True,
-            known_tools=known_tools(ctx.harness),
+            known_tools=ctx.harness.tool_names(),
         )
         return await detail(ctx, row.spec.name, 201)
 
@@ -120,14 +119,13 @@ def add_schedule_routes(router: APIRouter, get_ctx: Callable[[Request], ServerCo
     )
     async def patch_schedule(request: Request, name: NamePath, body: SchedulePatch) -> Response:
         ctx = get_ctx(request)
-        check_at(body.at)
         await edit_schedule(
             ctx.store,
             ctx.settings,
             name,
             body,
             need_offset=True,
-            known_tools=known_tools(ctx.harness),
+            known_tools=ctx.harness.tool_names(),
         )
         return await detail(ctx, name)
 

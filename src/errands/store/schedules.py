@@ -31,10 +31,6 @@ __all__ = ["ScheduleOps"]
 REFRESH_SEEN = 3600.0  # an item seen again is re-stamped at most once an hour
 
 
-class _Stale(Exception):
-    """Raised before anything is written: the firing is refused as a whole."""
-
-
 class ScheduleOps(abc.ABC):
     """Mixed into :class:`~errands.store.base.BaseStore`."""
 
@@ -125,17 +121,24 @@ class ScheduleOps(abc.ABC):
             ):
                 return Fired(stale=True)
             status = firing.status
-            runs, new_items = ready, 0
-            skips = list(firing.skips)
+            runs, skips = ready, list(firing.skips)
+            seen: tuple[list[str], list[str]] = ([], [])
             if firing.items is not None:
-                new_keys = self._new_items(tx, firing)
-                if row.status.baseline and new_keys != (firing.expect_new or []):
-                    raise _Stale  # (what the caller read of the items changed meanwhile)
-                new_items = len(new_keys)
+                seen = self._look_at(tx, firing)  # (reads only: nothing written yet)
+                if row.status.baseline and seen[0] != (firing.expect_new or []):
+                    return Fired(stale=True)  # what the caller read of the items changed
                 if not row.status.baseline:
                     runs = []  # the first check only records what is there
-                status = status.model_copy(update={"baseline": True})
-            runs, skips = self._within_daily_cap(tx, row, runs, skips)
+                status = status.model_copy(update={"baseline": True, "note": ""})
+            runs, skips, capped = self._within_daily_cap(tx, row, runs, skips)
+            if firing.items is not None:
+                new, stale = seen
+                if capped:  # the new items wait for a day with budget: not seen yet
+                    new, skips = [], []
+                    status = status.model_copy(
+                        update={"note": capped, "changes": row.status.changes}
+                    )
+                self._remember(tx, firing, new, stale)
             started = []
             for run, prepared in runs:
                 key = RunRow(
@@ -174,32 +177,28 @@ class ScheduleOps(abc.ABC):
                 version=row.version + 1,
             )
             self._set_schedule(tx, moved, new=False)
-            return Fired(started=tuple(started), new_items=new_items)
+            return Fired(started=tuple(started), new_items=len(seen[0]))
 
-        def guarded(tx: Tx) -> Fired:
-            try:
-                return op(tx)
-            except _Stale:
-                return Fired(stale=True)
-
-        result: Fired = await self._submit(guarded)
+        result: Fired = await self._submit(op)
         return result
 
     def _prepared(self, run: NewRun) -> list[Prepared]:
         return [self._prepare(run.created), *(self._prepare(e) for e in run.more)]
 
-    def _new_items(self, tx: Tx, firing: Firing) -> list[str]:
-        """The check's item keys not seen in the last ``keep_seconds``, in page order;
-        every key is recorded as seen (an old one re-stamped at most once an hour)."""
+    def _look_at(self, tx: Tx, firing: Firing) -> tuple[list[str], list[str]]:
+        """The check's item keys not seen in the last ``keep_seconds`` (in page order),
+        and the seen ones due a new stamp (at most once an hour)."""
         keys = list(dict.fromkeys(firing.items or ()))
         seen = self._seen(tx, firing.name, keys, tx.now - firing.keep_seconds)
         new = [k for k in keys if k not in seen]
         stale = [k for k in keys if k in seen and seen[k] < tx.now - REFRESH_SEEN]
+        return new, stale
+
+    def _remember(self, tx: Tx, firing: Firing, new: list[str], stale: list[str]) -> None:
         if new or stale:
             self._mark_seen(tx, firing.name, new + stale, tx.now)
         if new:  # (only when something changed: an unchanged check writes one row)
             self._forget_seen(tx, firing.name, tx.now - firing.keep_seconds)
-        return new
 
     def _within_daily_cap(
         self,
@@ -207,13 +206,14 @@ class ScheduleOps(abc.ABC):
         row: ScheduleRow,
         runs: list[tuple[NewRun, list[Prepared]]],
         skips: list[tuple[float, int, str]],
-    ) -> tuple[list[tuple[NewRun, list[Prepared]]], list[tuple[float, int, str]]]:
-        """A schedule that spent its daily cap today starts nothing more today."""
+    ) -> tuple[list[tuple[NewRun, list[Prepared]]], list[tuple[float, int, str]], str]:
+        """A schedule that spent its daily cap today starts nothing more today: its runs
+        become skips, and why ("" when nothing was held back)."""
         cap = row.spec.daily_usd
         if not runs or cap is None:
-            return runs, skips
+            return runs, skips, ""
         spent = self._spent_on(tx, spend.schedule_scope(row.spec.name, tx.now))
         if spent < spend.nanos(cap):
-            return runs, skips
+            return runs, skips, ""
         why = f"the schedule's daily budget (${cap:g}) is spent"
-        return [], skips + [(run.slot, 1, why) for run, _ in runs]
+        return [], skips + [(run.slot, 1, why) for run, _ in runs], why

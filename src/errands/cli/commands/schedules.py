@@ -40,17 +40,18 @@ from errands.core.errand import Errand
 from errands.core.localtime import local_time
 from errands.core.states import ErrandState, ErrandView
 from errands.engine.schedules import (
+    RunNow,
     ScheduleRequest,
     pause_schedule,
     remove_schedule,
     resume_schedule,
+    run_now,
     schedule_info,
     schedule_infos,
 )
 from errands.engine.schedules import add_schedule as add_operation
 from errands.errors import ErrandsError, UserError
 from errands.harness import Harness
-from errands.server.schedules import RunNow, check_at, known_tools, run_now
 from errands.server.schemas import SCHEDULE_NAME
 
 __all__ = ["register"]
@@ -166,8 +167,7 @@ def _no_server_hint() -> None:
 
 def _added(request: ScheduleRequest, as_json: bool) -> None:
     async def go(h: Harness) -> tuple[dict[str, Any], str]:
-        check_at(request.at)
-        await add_operation(h.store, h.settings, request, by=who(), known_tools=known_tools(h))
+        await add_operation(h.store, h.settings, request, by=who(), known_tools=h.tool_names())
         info = await schedule_info(h.store, request.name.strip())
         return info.as_dict(full=True), h.settings.timezone
 

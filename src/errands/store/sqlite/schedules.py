@@ -156,7 +156,7 @@ class SQLiteSchedules:
             .fetchone()
         )
         if found is None:
-            raise NotFound(f"no schedule named {name!r} (errands schedule ls lists them)")
+            raise NotFound(f"no schedule named {name!r}")
         return _row(found)
 
     async def schedule_runs(self, name: str, limit: int = 20) -> list[RunRow]:
