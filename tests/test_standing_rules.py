@@ -104,6 +104,8 @@ async def test_a_standing_rule_never_applies_after_untrusted_content(
             return original(self.model_copy(update={"standing": False}), c, values)
 
         monkeypatch.setattr(rules.Rule, "matches", matches)
+        # (flow control would ask for this call too: the control is without both guards)
+        monkeypatch.setattr(rules.Policy, "flow_check", lambda self, c: None)
     tainted = [
         {"tool_calls": [call("read_mail")]},
         {"tool_calls": [call("post", url="https://status.example.com/api/new", body="x")]},

@@ -20,6 +20,7 @@ from errands.clock import date_line
 from errands.core import events as ev
 from errands.core.labels import BOTTOM, Label
 from errands.core.messages import Message
+from errands.core.pieces import Piece
 from errands.core.states import ErrandView, apply
 
 __all__ = ["CallState", "Progress"]
@@ -64,6 +65,8 @@ class Progress:
     created: ev.ErrandCreated | None = None
     messages: list[Message] = field(default_factory=list)
     label: Label = BOTTOM  # join of every content label in the context
+    # every labelled piece that entered the context (flow control traces calls to them)
+    pieces: list[Piece] = field(default_factory=list)
     calls: dict[str, CallState] = field(default_factory=dict)
     held_messages: list[Message] = field(default_factory=list)  # user messages during tool calls
     open_request_seq: int | None = None
@@ -146,12 +149,14 @@ class Progress:
                         )
                     )
                     self.label = self.label.joined(event.content.label)
+                    self.pieces.append(Piece(seq, event.at, event.content))
                     if all(c.done for c in self.calls.values()):
                         self.needs_model = True
                         self._release_held()
             case ev.ErrandCreated():
                 self.created = event
                 self.limits = event.limits
+                self.pieces.append(Piece(seq, event.at, event.content))
                 if event.timezone is None:
                     self._user(event.content)
                 else:  # the request, headed by the date it was made on
@@ -162,6 +167,7 @@ class Progress:
                 self._user(event.content)
             case ev.UserMessage():
                 self._user(event.content)
+                self.pieces.append(Piece(seq, event.at, event.content))
             case ev.ApprovalRequested():
                 if event.call_id in self.calls:
                     self.calls[event.call_id].approval_seq = seq

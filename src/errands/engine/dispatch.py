@@ -109,6 +109,7 @@ class Dispatcher:
                 context=p.label,
                 always_allowed=tuple(p.always_allowed),
                 roles=tool.arg_roles,
+                pieces=p.pieces,
             )
         )
         if verdict.decision is Decision.deny:
@@ -228,6 +229,7 @@ class Dispatcher:
                 context=p.label,
                 always_allowed=tuple(p.always_allowed),
                 roles=tool.arg_roles,
+                pieces=p.pieces,
             )
         )
 

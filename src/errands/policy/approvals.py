@@ -146,6 +146,7 @@ class Approvals:
                 context=progress.label,
                 always_allowed=tuple(progress.always_allowed),
                 roles=tool.arg_roles,
+                pieces=progress.pieces,
             )
         )
 

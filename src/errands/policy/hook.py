@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from errands.core.events import EffectClass
 from errands.core.labels import Label
+from errands.core.pieces import Piece
 from errands.tools.tool import ArgRole
 
 __all__ = ["AllowAll", "Decision", "PolicyCall", "PolicyHook", "Verdict"]
@@ -33,6 +34,8 @@ class PolicyCall:
     context: Label  # the join of every label in the errand's context (flow control)
     always_allowed: tuple[tuple[str, str], ...] = ()  # (tool, args pattern JSON) granted "always"
     roles: Mapping[str, ArgRole] = field(default_factory=dict)  # what each argument is
+    # the labelled pieces of the context, oldest first (flow control traces arguments to them)
+    pieces: Sequence[Piece] = ()
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,10 @@ Built-in votes that no file can loosen:
   path other programs run or trust later (:data:`~errands.policy.executable.EXECUTES_LATER`);
 - ``always-allowed``: an ``ask`` becomes ``allow`` when the person approved this tool
   "always, for this errand" with a pattern the arguments match. It never overrides a
-  ``deny``, nor an ``executes-later`` ask.
+  ``deny``, nor an ``executes-later`` ask, nor flow control's;
+- ``flow-untrusted`` / ``flow-private`` (ask, or deny with ``[flow]``): flow control
+  (:mod:`errands.policy.flow`) -- a consequential call steered by untrusted content, or
+  private data leaving for a destination outside ``[trusted]`` and the person's words.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from errands.config import ConfigError
 from errands.core.events import EffectClass
 from errands.core.labels import Integrity
 from errands.policy.executable import ExecutesLater, executes_later
+from errands.policy.flow import FlowSettings, Trusted, flow_verdict
 from errands.policy.hook import Decision, PolicyCall, Verdict
 from errands.tools.canonical import (
     CanonicalPath,
@@ -115,6 +119,21 @@ irreversible = "ask"    # anything that cannot be undone
 # name = "ask-before-any-fetch"
 # effect = "network"
 # decision = "ask"
+
+# Flow control: once something an outsider could have written (a web page, a mail, a
+# watch's new items) is in an errand's context, a call that changes something outside,
+# spends or cannot be undone -- or a fetch to a host you did not name -- asks you,
+# unless each of its arguments comes from your own words or the lists below; and
+# private data (a file's contents, a mail) never goes to a place outside them without
+# asking. "Always allow" approvals never turn these asks into an allow.
+[trusted]
+domains = []        # e.g. ["example.com"]: it and its subdomains
+recipients = []     # e.g. ["alice@example.com", "@example.com"]
+payees = []         # e.g. ["ACME Ltd", "DE89370400440532013000"]
+
+# [flow]
+# untrusted_control = "ask"   # or "deny"
+# private_data = "ask"        # or "deny"
 """
 
 
@@ -238,6 +257,8 @@ class Policy(BaseModel):
 
     effects: dict[EffectClass, Decision] = Field(default_factory=lambda: dict(DEFAULT_EFFECTS))
     rules: list[Rule] = []
+    trusted: Trusted = Trusted()  # destinations the person vouches for (flow control)
+    flow: FlowSettings = FlowSettings()
 
     def check(self, call: PolicyCall) -> Verdict:
         """The strictest vote; ties go to the first such vote (see the module docstring).
@@ -278,8 +299,11 @@ class Policy(BaseModel):
             votes.append(
                 Verdict(default, f"effects.{call.effect.value}", _effect_reason(call, default))
             )
+        flow = self.flow_check(call)
+        if flow is not None:
+            votes.append(flow)
         verdict = max(votes, key=lambda v: SEVERITY[v.decision])  # first of the strictest
-        if verdict.decision is Decision.ask and later is None:
+        if verdict.decision is Decision.ask and later is None and flow is None:
             for tool, pattern_json in call.always_allowed:
                 if tool == call.tool and values.all_match(json.loads(pattern_json)):
                     return Verdict(
@@ -292,6 +316,15 @@ class Policy(BaseModel):
     def values(self, call: PolicyCall) -> CallValues:
         """The values the call's arguments are matched by (canonical URLs and paths)."""
         return CallValues(call)
+
+    def flow_check(self, call: PolicyCall) -> Verdict | None:
+        """Flow control's vote (:mod:`errands.policy.flow`): P-T and P-F. No always-rule
+        or standing rule turns it into an allow."""
+        found = flow_verdict(call, call.pieces, self.trusted, self.flow)
+        if found is None:
+            return None
+        decision, rule, reason = found
+        return Verdict(Decision(decision), rule, reason)
 
     def executes_later(
         self, call: PolicyCall, values: CallValues
