@@ -225,3 +225,50 @@ async def test_flow_control_can_deny_instead_of_asking(
     denied = [e for e in log if isinstance(e, ev.ToolResult) and e.error_kind == "denied"]
     assert len(denied) == 1 and "(flow control: P-T)" in denied[0].content.text
     assert asked(log) == [] and sink.requests == []
+
+
+def test_the_timeline_shows_each_pieces_label() -> None:
+    """errands show: who a message is from, and every piece that is not trusted and
+    private says what it is (the inbox's timeline does the same with tags)."""
+    from errands.cli.render import event_line
+    from errands.core.labels import Confidentiality, Integrity, Provenance
+    from errands.store.protocol import StoredEvent
+
+    diff = ev.UserMessage(
+        content=ev.Content(
+            text="1 new item on https://flats.example/ since the last check:\n- loft",
+            provenance=Provenance(kind="external", name="watch", source="https://flats.example/"),
+            integrity=Integrity.untrusted,
+            confidentiality=Confidentiality.public,
+        ),
+        by="watch:flats",
+        channel="watch",
+    )
+    line = event_line(StoredEvent("e1", 3, diff)) or ""
+    assert "watch flats:" in line and "(untrusted, public)" in line and "you:" not in line
+    page = ev.ToolResult(
+        call_id="c",
+        tool="fetch_url",
+        ok=True,
+        content=ev.Content(
+            text="<p>hi</p>", provenance=Provenance(kind="tool"), integrity=Integrity.untrusted
+        ),
+    )
+    assert "(untrusted)" in (event_line(StoredEvent("e1", 4, page)) or "")
+    mine = ev.UserMessage(content=ev.Content(text="hi", provenance=Provenance(kind="user")))
+    assert (event_line(StoredEvent("e1", 5, mine)) or "").endswith("hi")
+
+
+def test_content_derived_from_pieces_carries_the_join_of_their_labels() -> None:
+    from errands.core.labels import Confidentiality, Integrity, Provenance
+
+    page = ev.Content(
+        text="p", provenance=Provenance(kind="tool"), integrity=Integrity.untrusted,
+        confidentiality=Confidentiality.public,
+    )  # fmt: skip
+    memo = ev.Content(text="m", provenance=Provenance(kind="user"))  # trusted, private
+    summary = ev.Content.derived("s", Provenance(kind="model"), [page, memo])
+    assert summary.integrity is Integrity.untrusted  # a summary of a page is still untrusted
+    assert summary.confidentiality is Confidentiality.private  # and of a memo still private
+    mine = ev.Content.derived("s", Provenance(kind="model"), [memo])
+    assert mine.integrity is Integrity.trusted

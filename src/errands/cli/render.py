@@ -91,13 +91,20 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
         case ev.ErrandCreated():
             return f"{seq}[bold]▶ {safe(e.title)}[/bold] [dim]({safe(e.model)}, workspace {safe(e.workspace)})[/dim]"
         case ev.UserMessage():
-            return f"{seq}[bold cyan]you:[/bold cyan] {safe(_clip(e.content.text))}"
+            return f"{seq}[bold cyan]{_speaker(e)}:[/bold cyan] {safe(_clip(e.content.text))}{_label(e.content)}"
         case ev.ModelRequested():
             return None
         case ev.ModelResponded():
             parts = []
             if e.content and e.content.text and not streamed:
-                parts.append(f"{seq}[bold]model:[/bold] {safe(_clip(e.content.text, 2000))}")
+                steered = (
+                    " [dim](it saw untrusted content)[/dim]"
+                    if e.content.integrity == "untrusted"
+                    else ""
+                )
+                parts.append(
+                    f"{seq}[bold]model:[/bold] {safe(_clip(e.content.text, 2000))}{steered}"
+                )
             for call in e.tool_calls:
                 parts.append(
                     f"{seq}  [yellow]→ {safe(call.name)}[/yellow]"
@@ -115,8 +122,7 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
             return f"{seq}  [dim]running {safe(e.tool)} ({e.effect.value}, key {safe(e.idempotency_key)})[/dim]"
         case ev.ToolResult():
             mark = "[green]✓[/green]" if e.ok else f"[red]✗ {safe(e.error_kind or 'error')}[/red]"
-            trust = "" if e.content.integrity == "trusted" else " [dim](untrusted)[/dim]"
-            return f"{seq}  {mark} {safe(e.tool)}: {safe(_clip(e.content.text, 300))}{trust}"
+            return f"{seq}  {mark} {safe(e.tool)}: {safe(_clip(e.content.text, 300))}{_label(e.content)}"
         case ev.ApprovalRequested():
             return (
                 f"{seq}[bold yellow]⏸ needs approval[/bold yellow] {safe(e.tool)}"
@@ -150,6 +156,25 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
             why = f": {safe(e.reason)}" if e.reason else ""
             return f"{seq}[magenta]☾ sleeps until {when(e.wake_at)}{why}[/magenta]"
     return None
+
+
+def _speaker(message: ev.UserMessage) -> str:
+    """Who a message is from: you, a watch, a schedule, or errands itself."""
+    if message.channel == "watch":
+        return f"watch {safe(message.by.removeprefix('watch:'))}"
+    if message.channel == "schedule":
+        return f"schedule {safe(message.by.removeprefix('schedule:'))}"
+    return "you" if message.content.provenance.kind == "user" else "errands"
+
+
+def _label(content: ev.Content) -> str:
+    """A piece's label, when it is not the default one: untrusted, secret, public."""
+    marks = []
+    if content.integrity == "untrusted":
+        marks.append("untrusted")
+    if content.confidentiality != "private":
+        marks.append(content.confidentiality.value)
+    return f" [dim]({', '.join(marks)})[/dim]" if marks else ""
 
 
 def errands_table(views: list[ErrandView], width: int = 120) -> Table:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from errands.core.labels import Confidentiality, Integrity, Label, Provenance
+from errands.core.labels import Confidentiality, Integrity, Label, Provenance, join
 
 __all__ = [
     "EVENT_TYPES",
@@ -84,6 +84,14 @@ class Content(BaseModel):
             integrity=label.integrity,
             confidentiality=label.confidentiality,
         )
+
+    @classmethod
+    def derived(cls, text: str, provenance: Provenance, sources: Iterable[Content]) -> Content:
+        """Content made from *sources* -- a summary, a memory, a child errand's answer --
+        carries the join of their labels: an untrusted page summarised is still untrusted,
+        a private file quoted is still private. (The label-join API memory, sub-errands
+        and compaction use.)"""
+        return cls.labelled(text, provenance, join(s.label for s in sources))
 
 
 class Usage(BaseModel):
