@@ -93,6 +93,7 @@ SUMMARY = {
     "last_error",
     "errors",
     "retry_at",
+    "note",
 }
 WATCH = {"url", "select", "json_path", "checks", "changes", "last_check_at"}
 

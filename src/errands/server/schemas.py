@@ -299,6 +299,9 @@ class ScheduleSummary(BaseModel):
     last_error: str | None = Field(description="why the last check or start failed")
     errors: int = Field(description="failures in a row")
     retry_at: float | None = Field(description="backing off until then")
+    note: str | None = Field(
+        default=None, description="a watch's new items that wait (its daily budget is spent)"
+    )
     # a watch
     url: str | None = None
     select: str | None = None

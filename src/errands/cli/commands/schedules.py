@@ -455,6 +455,8 @@ def _detail(shown: dict[str, Any], zone: str) -> list[tuple[str, str]]:
     ]
     if shown["last_error"]:  # (a page's words, or a server's: shown, never obeyed)
         pairs.append(("last error", f"[red]{safe(shown['last_error'])}[/red]"))
+    if shown.get("note"):
+        pairs.append(("waiting", f"[yellow]{safe(shown['note'])}[/yellow]"))
     if kind == "watch":
         extract = (
             f"CSS {safe(shown['select'])}"
