@@ -20,6 +20,7 @@ from errands.cli.commands import (
     approvals,
     cost,
     errands,
+    evals,
     models,
     policy,
     schedules,
@@ -85,6 +86,7 @@ models.register(app)
 store.register(app)
 tools.register(app)
 server.register(app)
+evals.register(app)
 
 
 def main() -> None:

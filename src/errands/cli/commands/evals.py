@@ -1,0 +1,81 @@
+"""``errands eval``: errands' boundary measured against outside suites (AgentDojo)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from errands.cli.common import JsonOpt, fail, out
+from errands.errors import UserError
+
+if TYPE_CHECKING:
+    from errands.evals.agentdojo_run import Flow
+
+__all__ = ["register"]
+
+eval_app = typer.Typer(
+    help="Measure errands' permission boundary against outside suites.", no_args_is_help=True
+)
+
+
+class FlowChoice(StrEnum):
+    on = "on"
+    off = "off"
+    both = "both"
+
+
+class StandingChoice(StrEnum):
+    roles = "roles"
+    tool = "tool"
+
+
+@eval_app.command("agentdojo")
+def agentdojo(
+    suite: Annotated[
+        list[str] | None,
+        typer.Option("--suite", help="banking or slack (repeat for both; default both)."),
+    ] = None,
+    flow: Annotated[
+        FlowChoice, typer.Option(help="Flow control on, off (the negative control) or both.")
+    ] = FlowChoice.both,
+    standing: Annotated[
+        StandingChoice,
+        typer.Option(
+            help="The standing rules of the person: errands' own pattern (roles: payee, "
+            "recipient or URL prefix pinned) or the whole tool (tool)."
+        ),
+    ] = StandingChoice.roles,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N user tasks of each suite.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run AgentDojo's suites through errands (a model that always obeys the injection,
+    a person who approves only what they asked for) and report what got through.
+
+    Runs on a temporary home; needs the agentdojo extra (pip install 'errands[agentdojo]').
+    """
+    from errands.evals.report import evaluate, table  # (it imports agentdojo only when run)
+
+    flows: list[Flow] = ["on", "off"]
+    if flow is not FlowChoice.both:
+        flows = ["on"] if flow is FlowChoice.on else ["off"]
+    try:
+        records = asyncio.run(
+            evaluate(suite or ["banking", "slack"], flows, standing=standing.value, limit=limit)
+        )
+    except UserError as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(records) + "\n")
+        return
+    out.print(table(records))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(eval_app, name="eval")
