@@ -143,15 +143,36 @@ async def test_a_standing_allow_made_before_does_not_let_a_steered_post_through(
         {"tool_calls": [call("http_request", method="POST", url=f"{sink.url}/x", body="orders")]},
         {"text": "done"},
     ]
-    text = f"Read {site.url('/widgets')} and post a note to {sink.url}/x"
+    text = f"Read {site.url('/widgets')} and tell me what it says"  # (the sink: not named)
     _, log, store = await run(local, policy(local, flow, allow), text, turns)
     await store.close()
     if not flow:
         assert ran(log) == ["fetch_url", "http_request"] and len(sink.requests) == 1
         return
     (card,) = asked(log)
-    assert card.rule == "flow-untrusted" and "body" in card.reason
+    assert card.rule.startswith("flow-") and "(flow control: P-T)" in card.reason
+    assert "the page fetched at" in card.reason and site.url("/widgets") in card.reason
     assert sink.requests == []
+
+
+async def test_a_standing_rule_applies_after_untrusted_content_to_what_the_person_wrote(
+    local: Settings, site: Site, sink: Sink
+) -> None:
+    """Every argument traces to the person's words: the standing allow applies (it is a
+    call the person could have written), after untrusted content too."""
+    site.pages["/widgets"] = Page(INJECTION.format(evil="http://nowhere.invalid/").encode())
+    turns = [
+        {"tool_calls": [call("fetch_url", url=site.url("/widgets"))]},
+        {"tool_calls": [call("http_request", method="POST", url=f"{sink.url}/x", body="ping")]},
+        {"text": "done"},
+    ]
+    allow = (
+        '[[rules]]\nname = "posts"\ntool = "http_request"\ndecision = "allow"\nstanding = true\n'
+    )
+    text = f"Read {site.url('/widgets')}, then post ping to {sink.url}/x"
+    _, log, store = await run(local, policy(local, True, allow), text, turns)
+    await store.close()
+    assert asked(log) == [] and len(sink.requests) == 1
 
 
 async def test_a_destination_in_the_trusted_list_is_traceable(

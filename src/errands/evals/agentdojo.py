@@ -28,7 +28,7 @@ import inspect
 import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -357,22 +357,10 @@ def standing_rules(
     return rules
 
 
-class _Unlabelled:
-    """*policy*, deciding each call as if nothing untrusted were in its context: a
-    standing rule then applies to it as it would before untrusted data arrived."""
-
-    def __init__(self, policy: PolicyHook) -> None:
-        self.policy = policy
-
-    def check(self, call: PolicyCall) -> Verdict:
-        trusted = Label.of(Integrity.trusted, call.context.confidentiality)
-        return self.policy.check(replace(call, context=trusted))
-
-
 def flow_off(policy: Policy) -> PolicyHook:
     """The negative control: *policy* with flow control off and labels deciding nothing
     -- a standing rule included (the approval queue alone would hide the difference)."""
-    return _Unlabelled(without_flow(policy))
+    return without_flow(policy)
 
 
 class PolicyByErrand:

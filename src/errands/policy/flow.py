@@ -13,12 +13,20 @@ content, so two rules are enforced here, outside the model:
   ``domains``, ``recipients`` and ``payees`` in ``policy.toml``. The approval card says
   which argument came from where: "the url came from the page fetched at 10:02 from
   https://shop.example/widgets".
-- **P-F, confidentiality.** A call whose arguments carry private or secret data from a
-  tool (a workspace file, a mail, memory) to a destination -- a URL's host, a recipient,
-  a payee -- outside the allowed set asks, showing what would leave and where.
+- **P-F, confidentiality.** A call that carries private or secret data from a tool (a
+  workspace file, a mail, memory) to a destination -- a URL's host, a recipient, a payee
+  -- outside the allowed set asks, showing what would leave and where. What a call
+  carries: its arguments with a data role (a body, a subject, a file's content), its
+  headers, a URL's path and query (and leftmost host label) -- unless the URL is a link
+  copied whole from a piece, which carries nothing of the context -- and, for a tool
+  that declares no argument roles at all, every argument.
 
 Both hold under "always allow": an always-rule (or a standing rule) never turns these
 asks into an allow. ``[flow]`` in ``policy.toml`` may make either a ``deny`` instead.
+
+P-T traces every argument, what a call carries included: a message's body steers its
+reader (a phishing link sent to the person's own colleague is a hijack), so a summary of
+a page sent to someone asks once untrusted content is in the context.
 
 Traceable means: the argument's text (case and white space aside) occurs in a trusted
 piece; a URL is traceable when its host is (or is under) a trusted domain or a host the
@@ -30,6 +38,7 @@ private tool output inside an argument (encodings are not looked through: see
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from errands.core.events import EffectClass
-from errands.core.labels import Integrity
+from errands.core.labels import Integrity, Label
 from errands.core.pieces import Piece
 from errands.tools.canonical import UrlError, canonical_url
 from errands.tools.tool import ArgRole
@@ -56,6 +65,8 @@ __all__ = [
 MIN_FRAGMENT = 8  # characters of private text that count as carrying it
 CONSEQUENTIAL = frozenset({EffectClass.external, EffectClass.spend, EffectClass.irreversible})
 _DESTINATIONS = frozenset({ArgRole.url, ArgRole.recipient, ArgRole.payee})
+# what a call carries (P-F looks for private data in it)
+DATA_ROLES = frozenset({ArgRole.body, ArgRole.content, ArgRole.subject})
 _SPACE = re.compile(r"\s+")
 _HOSTISH = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 _URL = re.compile(r"https?://[^\s<>\"'`]+")
@@ -210,7 +221,9 @@ class _Check:
         return not value or value in self.corpus.text
 
     def untraced(self) -> list[tuple[str, str]]:
-        """(argument, text) of the call's arguments no trusted source accounts for."""
+        """(argument, text) of the call's arguments no trusted source accounts for --
+        every one: what a message says steers its reader (a phishing link in a message to
+        the person's own colleague is a hijack), so a body is traced like a recipient."""
         found = []
         for name in sorted(self.call.arguments):
             for text in _texts(self.call.arguments[name]):
@@ -248,6 +261,29 @@ class _Check:
 
     # -- P-F ------------------------------------------------------------------------------
 
+    def carried(self) -> list[tuple[str, str]]:
+        """(argument, text) of what the call carries: arguments with a data role, headers,
+        a URL's path and query (not a link copied whole from a piece: it carries nothing
+        of the context), and -- for a tool that declares no roles at all -- everything."""
+        roles = self.call.roles
+        out: list[tuple[str, str]] = []
+        for name in sorted(self.call.arguments):
+            role = roles.get(name)
+            value = self.call.arguments[name]
+            if role in DATA_ROLES or role is ArgRole.headers or (role is None and not roles):
+                out.extend((name, text) for text in _texts(value))
+            elif role is ArgRole.url and isinstance(value, str):
+                try:
+                    url = canonical_url(value)
+                except UrlError:
+                    continue
+                link = norm(url.text)
+                if any(link in norm(p.content.text) for p in self.pieces):
+                    continue
+                rest = url.path + (f"?{url.query}" if url.query else "")
+                out.append((name, url.host.partition(".")[0] + " " + rest))
+        return out
+
     def private_carried(self) -> tuple[str, Piece] | None:
         """A private fragment some argument carries, and the piece it came from."""
         private = [
@@ -262,18 +298,15 @@ class _Check:
             + "\n"
             + "\n".join(norm(p.content.text) for p in self.pieces if not p.private)
         )
-        for name in sorted(self.call.arguments):
-            if self.call.roles.get(name) is ArgRole.method:
-                continue
-            for text in _texts(self.call.arguments[name]):
-                value = norm(text)
-                for start in range(0, max(0, len(value) - MIN_FRAGMENT) + 1):
-                    fragment = value[start : start + MIN_FRAGMENT]
-                    if len(fragment) < MIN_FRAGMENT or fragment in harmless:
-                        continue
-                    for piece, text in private:
-                        if fragment in text:
-                            return _grow(value, start, text), piece
+        for _, carried in self.carried():
+            value = norm(carried)
+            for start in range(0, max(0, len(value) - MIN_FRAGMENT) + 1):
+                fragment = value[start : start + MIN_FRAGMENT]
+                if len(fragment) < MIN_FRAGMENT or fragment in harmless:
+                    continue
+                for piece, text in private:
+                    if fragment in text:
+                        return _grow(value, start, text), piece
         return None
 
 
@@ -321,11 +354,16 @@ def flow_verdict(
 
 
 def without_flow(policy: Policy) -> Policy:
-    """*policy* with flow control off: the negative control of ``errands eval`` (labels
-    decide nothing, as before flow control). Never used to decide a real errand."""
+    """*policy* with flow control off and labels deciding nothing -- a standing rule
+    applies after untrusted data as before: the negative control of ``errands eval``.
+    Never used to decide a real errand."""
     from errands.policy.rules import Policy
 
     class _LabelBlind(Policy):
+        def check(self, call: Any) -> Any:  # (a standing rule applies after untrusted data)
+            trusted = Label.of(Integrity.trusted, call.context.confidentiality)
+            return super().check(dataclasses.replace(call, context=trusted))
+
         def flow_check(self, call: Any) -> None:
             return None
 

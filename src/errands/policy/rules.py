@@ -42,7 +42,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from errands.config import ConfigError
 from errands.core.events import EffectClass
-from errands.core.labels import Integrity
 from errands.policy.executable import ExecutesLater, executes_later
 from errands.policy.flow import FlowSettings, Trusted, flow_verdict
 from errands.policy.hook import Decision, PolicyCall, Verdict
@@ -210,15 +209,14 @@ class Rule(BaseModel):
     effect: EffectClass | None = None
     args: dict[str, str] = Field(default_factory=dict)  # argument name -> glob on its value
     reason: str = ""
-    # a standing approval (errands.policy.standing): who made it, when; it never applies
-    # to a call made after untrusted content entered the errand's context
+    # a standing approval (errands.policy.standing): who made it, when. After untrusted
+    # content entered the errand's context it allows only what flow control also lets
+    # through (its ask outvotes the rule's allow): never a steered call
     standing: bool = False
     by: str = ""
     created: str = ""
 
     def matches(self, call: PolicyCall, values: CallValues | None = None) -> bool:
-        if self.standing and call.context.integrity is Integrity.untrusted:
-            return False  # the model may have been steered: decided as if it were not there
         if self.tool is not None and not fnmatch.fnmatchcase(call.tool, self.tool):
             return False
         if self.effect is not None and call.effect is not self.effect:
@@ -303,6 +301,10 @@ class Policy(BaseModel):
         if flow is not None:
             votes.append(flow)
         verdict = max(votes, key=lambda v: SEVERITY[v.decision])  # first of the strictest
+        if flow is not None and flow.decision is verdict.decision and flow is not verdict:
+            # the card says what flow control found (where an argument came from, what
+            # data would leave), beside the vote that also asks ("it spends money")
+            verdict = Verdict(flow.decision, flow.rule, f"{verdict.reason}; {flow.reason}")
         if verdict.decision is Decision.ask and later is None and flow is None:
             for tool, pattern_json in call.always_allowed:
                 if tool == call.tool and values.all_match(json.loads(pattern_json)):

@@ -13,9 +13,12 @@ a message's text, an amount) is never pinned, and a call with nothing to pin by 
 refused (give the pattern yourself). The globs are matched on canonical values, like
 every rule's.
 
-**A standing rule never applies to a call made after untrusted content entered the
-errand's context** (a fetched page, a mail, a file): the model may have been steered,
-so such a call is decided as if the rule were not there (:meth:`Rule.applies_to`).
+**A standing rule never lets a steered call through.** After untrusted content entered
+the errand's context (a fetched page, a mail, a file), flow control
+(:mod:`errands.policy.flow`) asks about any call whose steering arguments do not all
+trace to the person's words or the ``[trusted]`` lists, and its ask outvotes the rule's
+allow: the rule applies only to a call the person could have written themselves (the
+recipient they named, the URL they gave).
 
 Appending is the only change errands makes to ``policy.toml``: under an exclusive lock,
 the new text is validated as a whole policy before it replaces the old (atomically,
