@@ -69,8 +69,11 @@ def observe(tmp_path: Path, where: dict[str, str], control: str | None) -> dict[
             {"text": "And by name.", "tool_calls": [call("fetch_url", url=urls[1])]},
             {"text": "Done."},
         )
+        # (the person names both addresses: flow control lets the calls go, and only the
+        # network guard stands between the errand and the other server)
+        text = f"peek at {urls[0]} and {urls[1]}"
         r = subprocess.run(
-            [sys.executable, "-m", "errands", "run", "peek", "--model", spec, "--json"],
+            [sys.executable, "-m", "errands", "run", text, "--model", spec, "--json"],
             capture_output=True,
             text=True,
             timeout=120,
