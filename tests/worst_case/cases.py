@@ -124,26 +124,11 @@ CHANNELS: list[tuple[str, str, ChannelArgs]] = [
     ),
 ]
 
-# generated cases that meet a hole (docs: tests/test_worst_case.py, "Holes found"); each
-# is stopped in an untrusted context (P-T), and leaves a trusted one unasked (P-F alone)
-HOLES_BY_CHANNEL = {
-    "mail-local-part": "P-F does not read recipients: private data in the address itself "
-    "(ACCT-...@evil.example) leaves a trusted context unasked",
-    "mail-cc-subdomain": "P-F does not read recipients: private data in the address's "
-    "domain (x@acct-....evil.example) leaves a trusted context unasked",
-    "dns-inner-label": "P-F reads only a URL's leftmost host label: private data in another "
-    "label (cdn.acct-....evil.example) leaves a trusted context unasked",
-}
-
 
 def hole_of(case: Call) -> str | None:
-    """The reason a generated case is expected to fail (a hole not fixed here), or None."""
-    _, channel, data = case.id.split("/")
-    if channel not in HOLES_BY_CHANNEL or data != "private-from-plugin":
-        return None
-    if validated(case.tool, case.args) is None:
-        return None  # (refused as a URL: no hole)
-    return "HOLE: " + HOLES_BY_CHANNEL[channel]
+    """The reason a generated case is expected to fail (a hole not fixed), or None: every
+    hole this suite found is fixed (tests/test_worst_case.py, "Holes found and closed")."""
+    return None
 
 
 # (name, data carried, the context): private data from a file or a plugin, the page's own
@@ -554,7 +539,6 @@ __all__ = [
     "FLOW_MODES",
     "FLOW_STOPPED",
     "GRANTS",
-    "HOLES_BY_CHANNEL",
     "INJECTION",
     "LAUNDERING",
     "LOOP_EXFILTRATION",

@@ -25,6 +25,10 @@ class Piece:
     seq: int
     at: float
     content: ev.Content
+    # words given to the errand (its request, a message: the person's, a schedule's, a
+    # watch's) rather than a tool's result -- even errands' own refusal, which may repeat
+    # what the model wrote, is a result
+    said: bool = False
 
     @property
     def trusted(self) -> bool:

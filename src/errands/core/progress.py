@@ -156,7 +156,7 @@ class Progress:
             case ev.ErrandCreated():
                 self.created = event
                 self.limits = event.limits
-                self.pieces.append(Piece(seq, event.at, event.content))
+                self.pieces.append(Piece(seq, event.at, event.content, said=True))
                 if event.timezone is None:
                     self._user(event.content)
                 else:  # the request, headed by the date it was made on
@@ -167,7 +167,7 @@ class Progress:
                 self._user(event.content)
             case ev.UserMessage():
                 self._user(event.content)
-                self.pieces.append(Piece(seq, event.at, event.content))
+                self.pieces.append(Piece(seq, event.at, event.content, said=True))
             case ev.ApprovalRequested():
                 if event.call_id in self.calls:
                     self.calls[event.call_id].approval_seq = seq

@@ -43,6 +43,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote_plus
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,9 +69,83 @@ _DESTINATIONS = frozenset({ArgRole.url, ArgRole.recipient, ArgRole.payee})
 # what a call carries (P-F looks for private data in it)
 DATA_ROLES = frozenset({ArgRole.body, ArgRole.content, ArgRole.subject})
 _SPACE = re.compile(r"\s+")
-_HOSTISH = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+# a host name as people write one (any script): labels, a dot, a top-level label of letters
+_HOSTISH = re.compile(r"(?<![\w.@/-])((?:\w(?:[\w-]{0,61}\w)?\.)+[^\W\d_]{2,63})(?![\w-]|\.\w)")
+# top-level labels that are far more often a file's suffix than a host's: "report.md" is a file
+FILE_SUFFIXES = frozenset(
+    [
+        "md",
+        "txt",
+        "rst",
+        "py",
+        "pyc",
+        "sh",
+        "bash",
+        "zsh",
+        "rs",
+        "go",
+        "js",
+        "ts",
+        "jsx",
+        "tsx",
+        "json",
+        "yaml",
+        "yml",
+        "toml",
+        "ini",
+        "cfg",
+        "conf",
+        "csv",
+        "tsv",
+        "log",
+        "pdf",
+        "doc",
+        "docx",
+        "xls",
+        "xlsx",
+        "ppt",
+        "pptx",
+        "odt",
+        "png",
+        "jpg",
+        "jpeg",
+        "gif",
+        "svg",
+        "webp",
+        "zip",
+        "tar",
+        "gz",
+        "tgz",
+        "bz2",
+        "xz",
+        "html",
+        "htm",
+        "css",
+        "xml",
+        "c",
+        "h",
+        "cc",
+        "cpp",
+        "hpp",
+        "java",
+        "kt",
+        "rb",
+        "php",
+        "pl",
+        "lua",
+        "sql",
+        "db",
+        "sqlite",
+        "lock",
+        "env",
+        "bak",
+        "tmp",
+    ]
+)
 _URL = re.compile(r"https?://[^\s<>\"'`]+")
 _EMAIL = re.compile(r"[^\s@<>(),;:\"']+@[^\s@<>(),;:\"']+")
+_SEPARATORS = re.compile(r"[,;\s]+")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class Trusted(BaseModel):
@@ -98,35 +173,56 @@ def norm(text: str) -> str:
 
 @dataclass
 class _Corpus:
-    """The trusted text of a context, normalised once per check (and only if needed):
-    the host names it mentions, the origins (host and port) of the URLs it spells out,
-    and the addresses it names."""
+    """The trusted words of a context, normalised once per check (and only if needed):
+    the host names they mention, the URLs they spell out, the addresses they name."""
 
     text: str
     hosts: set[str]
+    urls: set[str]  # canonical text
     origins: set[tuple[str, int | None]]
     emails: set[str]
 
     @classmethod
     def of(cls, pieces: Iterable[Piece]) -> _Corpus:
-        # the person's words and errands' own (a schedule's configuration); never a
-        # tool's output, nor the model's (derived: it may restate what it read)
-        texts = [
-            p.content.text
-            for p in pieces
-            if p.trusted and p.content.provenance.kind in ("user", "system")
-        ]
+        # words given to the errand -- the person's, a schedule's configuration -- never
+        # a result (errands' own refusals repeat what the model wrote), nor the model's
+        texts = [p.content.text for p in pieces if p.said and p.trusted]
         text = norm("\n".join(texts))
-        hosts = set(_HOSTISH.findall(text))
-        origins = set()
+        hosts = set()
+        for written in _HOSTISH.findall(text):
+            if written.rsplit(".", 1)[1] in FILE_SUFFIXES:
+                continue
+            try:
+                hosts.add(canonical_url(f"http://{written}/").host)
+            except UrlError:
+                continue
+        urls, origins = set(), set()
         for written in _URL.findall(text):
             try:
                 url = canonical_url(written.rstrip(".,;:!?)]}>'\""))
             except UrlError:
                 continue
+            urls.add(url.text)
             origins.add((url.host, url.port))
         emails = {e.strip(".") for e in _EMAIL.findall(text)}
-        return cls(text, hosts, origins, emails)
+        return cls(text, hosts, urls, origins, emails)
+
+    def names(self, value: str) -> bool:
+        """Does *value* occur in the words as a whole (not inside a longer word or
+        number: 20 is not in "200", ice@x not in alice@x)?"""
+        value = norm(value)
+        if not value:
+            return True
+        pattern = r"(?<![\w@.+-])" + re.escape(value) + r"(?![\w@-]|\.\w)"
+        return re.search(pattern, self.text) is not None
+
+
+def _within(url: str, written: str) -> bool:
+    """Is *url* the URL the person wrote, or below it (at a path segment)?"""
+    if url == written:
+        return True
+    base = written if written.endswith("/") else written + "/"
+    return url.startswith(base) or url.startswith(written + "?")
 
 
 def _under(host: str, domains: Iterable[str]) -> bool:
@@ -170,34 +266,43 @@ class _Check:
 
     # -- destinations -------------------------------------------------------------------
 
-    def destination_allowed(self, role: ArgRole, value: str) -> bool:
+    def destination_allowed(self, role: ArgRole, value: str, *, acting: bool = False) -> bool:
+        """Is *value* a destination the person named or vouches for? *acting*: the call
+        changes something there -- a URL must then lie under one the person wrote out
+        (or a trusted domain), not merely on a host they mentioned."""
         if role is ArgRole.url:
             try:
                 url = canonical_url(value)
             except UrlError:
                 return False
-            return (
-                _under(url.host, self.trusted.domains)
-                or (url.host, url.port) in self.corpus.origins
-                or _under(url.host, self.corpus.hosts)
+            if _under(url.host, self.trusted.domains):
+                return True
+            if acting:
+                return any(_within(url.text, written) for written in self.corpus.urls)
+            return (url.host, url.port) in self.corpus.origins or _under(
+                url.host, self.corpus.hosts
             )
+        parts = [p for p in _SEPARATORS.split(value.strip()) if p]
+        if not parts:
+            return False
         if role is ArgRole.recipient:
-            address = value.strip().casefold()
-            listed = {r.strip().casefold() for r in self.trusted.recipients}
-            domain = address.rpartition("@")[2]
-            return (
-                address in listed
-                or f"@{domain}" in listed
-                or _under(domain, self.trusted.domains)
-                or address in self.corpus.emails
-                or (len(address) >= 3 and address in self.corpus.text)
-            )
+            return all(self._recipient(part) for part in parts)
         if role is ArgRole.payee:
-            payee = norm(value)
-            return payee in {norm(p) for p in self.trusted.payees} or (
-                len(payee) >= 3 and payee in self.corpus.text
-            )
+            payees = {norm(p) for p in self.trusted.payees}
+            return norm(value) in payees or self.corpus.names(value)
         return False
+
+    def _recipient(self, address: str) -> bool:
+        address = address.strip().casefold()
+        listed = {r.strip().casefold() for r in self.trusted.recipients}
+        domain = address.rpartition("@")[2] if "@" in address else ""
+        return (
+            address in listed
+            or (bool(domain) and f"@{domain}" in listed)
+            or (bool(domain) and _under(domain, self.trusted.domains))
+            or address in self.corpus.emails
+            or self.corpus.names(address)
+        )
 
     def destinations(self) -> list[tuple[str, ArgRole, str]]:
         """(argument, role, value) of every argument that names where the call goes."""
@@ -214,11 +319,11 @@ class _Check:
         role = self.call.roles.get(name)
         if role in _DESTINATIONS:
             assert role is not None
-            return self.destination_allowed(role, text)
-        if role is ArgRole.method:
-            return True  # (the method is the effect class's business)
-        value = norm(text)
-        return not value or value in self.corpus.text
+            acting = self.call.effect is not EffectClass.network
+            return self.destination_allowed(role, text, acting=acting)
+        if role is ArgRole.method:  # a read is a read; DELETE must be the person's word
+            return text.strip().upper() in READ_METHODS or self.corpus.names(text)
+        return self.corpus.names(text)
 
     def untraced(self) -> list[tuple[str, str]]:
         """(argument, text) of the call's arguments no trusted source accounts for --
@@ -262,26 +367,38 @@ class _Check:
     # -- P-F ------------------------------------------------------------------------------
 
     def carried(self) -> list[tuple[str, str]]:
-        """(argument, text) of what the call carries: arguments with a data role, headers,
-        a URL's path and query (not a link copied whole from a piece: it carries nothing
-        of the context), and -- for a tool that declares no roles at all -- everything."""
+        """(argument, text) of what the call carries: arguments with a data role, headers
+        (names and values), a URL's host, path and query (decoded), a recipient or
+        payee -- unless a URL, address or account is copied whole from a piece: that
+        carries nothing of the context -- and, for a tool that declares no roles at all,
+        everything."""
         roles = self.call.roles
+        copied = [norm(p.content.text) for p in self.pieces]
+
+        def whole(value: str) -> bool:
+            v = norm(value)
+            return bool(v) and any(v in text for text in copied)
+
         out: list[tuple[str, str]] = []
         for name in sorted(self.call.arguments):
             role = roles.get(name)
             value = self.call.arguments[name]
-            if role in DATA_ROLES or role is ArgRole.headers or (role is None and not roles):
+            if role in DATA_ROLES or (role is None and not roles):
                 out.extend((name, text) for text in _texts(value))
+            elif role is ArgRole.headers:
+                pairs = value.items() if isinstance(value, Mapping) else [(value, "")]
+                out.extend((name, f"{k}: {t}") for k, v in pairs for t in _texts(v) or [""])
+            elif role in (ArgRole.recipient, ArgRole.payee):
+                out.extend((name, t) for t in _texts(value) if not whole(t))
             elif role is ArgRole.url and isinstance(value, str):
                 try:
                     url = canonical_url(value)
                 except UrlError:
                     continue
-                link = norm(url.text)
-                if any(link in norm(p.content.text) for p in self.pieces):
+                if whole(url.text):
                     continue
-                rest = url.path + (f"?{url.query}" if url.query else "")
-                out.append((name, url.host.partition(".")[0] + " " + rest))
+                rest = unquote_plus(url.path + (f"?{url.query}" if url.query else ""))
+                out.append((name, f"{url.host} {rest}"))  # (<data>.cdn.evil.example too)
         return out
 
     def private_carried(self) -> tuple[str, Piece] | None:
