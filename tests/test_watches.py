@@ -278,3 +278,14 @@ async def test_new_items_wait_while_the_daily_budget_is_spent_and_start_the_next
     diff = [e.event for e in await w.store.read(runs[0].errand_id or "")][-1]
     assert isinstance(diff, ev.UserMessage) and "- c" in diff.content.text
     assert (await w.store.schedule("flats")).status.note == ""
+
+
+async def test_a_host_that_does_not_resolve_now_is_kept_and_its_check_says_why(
+    w: Watching,
+) -> None:
+    """Offline, or a DNS hiccup: the watch is added; each check tries again and its
+    status says what failed (an address the guard refuses is still refused at once)."""
+    await w.add(url="https://listings.invalid/flats")
+    await w.checks(1)
+    row = await w.store.schedule("flats")
+    assert row.status.errors == 1 and "cannot resolve listings.invalid" in row.status.last_error

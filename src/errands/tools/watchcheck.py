@@ -103,8 +103,10 @@ def validate_watch(url: str, select: str | None, json_path: str | None, settings
     """Check a watch's definition before anything is written; the canonical URL.
 
     Raises :class:`WatchSpecError` (a :class:`UserError`) naming the field: a malformed
-    URL or one the network guard refuses (the host is resolved now, blocking), select and
-    json_path both given, an invalid CSS selector or JSONPath.
+    URL or one the network guard refuses (the host is resolved now, blocking; a name that
+    does not resolve now is accepted -- offline, or a DNS hiccup: every check resolves it
+    again, and a failing one backs off and says why), select and json_path both given, an
+    invalid CSS selector or JSONPath.
     """
     if select is not None and json_path is not None:
         raise WatchSpecError("select", "give select or json_path, not both")
@@ -114,8 +116,13 @@ def validate_watch(url: str, select: str | None, json_path: str | None, settings
         _path(json_path)
     try:
         canonical = web_url(url)
+    except UrlError as exc:
+        raise WatchSpecError("url", str(exc)) from None
+    try:
         check_url(canonical, settings)
-    except (UrlError, NetworkRefused) as exc:
+    except NetworkRefused as exc:
+        if isinstance(exc.__context__, (socket.gaierror, UnicodeError)):
+            return canonical  # (a name that does not resolve now: each check tries again)
         raise WatchSpecError("url", str(exc)) from None
     return canonical
 
