@@ -21,10 +21,7 @@ import socket
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-
-import jsonpath
-import soupsieve
-from bs4 import BeautifulSoup, UnicodeDammit
+from typing import TYPE_CHECKING
 
 from errands.config import Settings
 from errands.core.canonical import canonical_json
@@ -32,6 +29,11 @@ from errands.errors import UserError
 from errands.tools.canonical import UrlError, web_url
 from errands.tools.netguard import NetworkRefused, check_url, guarded_request
 from errands.tools.tool import ToolError
+
+if TYPE_CHECKING:  # (the parsers are imported when a check needs them: the CLI starts fast)
+    import jsonpath
+    import soupsieve
+    from bs4 import BeautifulSoup
 
 __all__ = ["Checked", "Item", "WatchError", "WatchSpecError", "check", "extract", "validate_watch"]
 
@@ -82,6 +84,8 @@ class Checked:
 
 
 def _selector(select: str) -> soupsieve.SoupSieve:
+    import soupsieve
+
     try:
         return soupsieve.compile(select)
     except soupsieve.SelectorSyntaxError as exc:
@@ -90,6 +94,8 @@ def _selector(select: str) -> soupsieve.SoupSieve:
 
 
 def _path(json_path: str) -> jsonpath.JSONPath | jsonpath.CompoundJSONPath:
+    import jsonpath
+
     try:
         return jsonpath.compile(json_path, strict=True)
     except jsonpath.JSONPathError as exc:
@@ -139,11 +145,15 @@ def _items(texts: Iterable[str]) -> tuple[Item, ...]:
 def _decode(body: bytes, encoding: str | None) -> str:
     """The declared charset, else UTF-8, else a page's own <meta charset>, else cp1252."""
     definite = [e for e in (encoding, "utf-8") if e]
+    from bs4 import UnicodeDammit
+
     dammit = UnicodeDammit(body, definite, is_html=True, user_encodings=["windows-1252"])
     return dammit.unicode_markup or body.decode("utf-8", errors="replace")
 
 
 def _visible(html: str) -> BeautifulSoup:
+    from bs4 import BeautifulSoup
+
     """The page parsed, invisible parts dropped, block edges marked with line breaks."""
     soup = BeautifulSoup(html, "html.parser")
     for tag in soup.find_all(["script", "style", "template", "noscript"]):
@@ -157,6 +167,8 @@ def _visible(html: str) -> BeautifulSoup:
 
 
 def _json_items(text: str, json_path: str) -> list[str]:
+    import jsonpath
+
     compiled = _path(json_path)
     try:
         doc = json.loads(text)
