@@ -258,7 +258,8 @@ def test_with_errands_up_a_schedule_every_second_runs_and_run_now_goes_through_i
 def test_a_watch_from_the_cli_against_a_local_page(
     cli: CLI, home: Path, site: StaticSite, tmp_path: Path
 ) -> None:
-    write_config(home)  # 127.0.0.1 allowed
+    # 127.0.0.1 allowed; a secret the board's page may be sent (its value: not set)
+    write_config(home, '[secrets.BOARD_TOKEN]\nhosts = ["127.0.0.1"]')
     url = site.write("board.html", listing("Sofa, 40 EUR", "Lamp, 5 EUR"))
     proc = ServerProc(home, env=clean_env(home)).start()
     try:

@@ -13,8 +13,9 @@ import pytest
 from helpers.site import Page, Site, serving
 
 from errands.clock import FakeClock
-from errands.config import NetworkSettings, Settings
+from errands.config import NetworkSettings, SecretSettings, Settings
 from errands.core import events as ev
+from errands.core.schedules import ScheduleError
 from errands.engine.scheduler import Scheduler
 from errands.engine.schedules import ScheduleRequest, add_schedule, pause_schedule
 from errands.store.protocol import RunRow
@@ -211,10 +212,18 @@ async def test_a_failing_page_backs_off_says_why_and_recovers(w: Watching) -> No
     assert row.status.errors == 0 and row.status.last_error == "" and row.status.baseline
 
 
+def declare(w: Watching, name: str, hosts: list[str], env: str | None = None) -> None:
+    """``[secrets.NAME]`` in the watching process's errands.toml."""
+    secrets = {**w.settings.secrets, name: SecretSettings(env=env, hosts=hosts)}
+    w.settings = w.settings.model_copy(update={"secrets": secrets})
+    w.scheduler.settings = w.settings
+
+
 async def test_headers_come_from_secrets_and_are_never_written(
     w: Watching, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FLATS_COOKIE", "session=s3cr3t-value")
+    monkeypatch.setenv("FLATS_SESSION", "session=s3cr3t-value")
+    declare(w, "FLATS_COOKIE", ["127.0.0.1"], env="FLATS_SESSION")
     await w.add(headers={"Cookie": "secret:FLATS_COOKIE"})
     w.site.pages["/flats"] = Page(listings("a"))
     await w.checks(1)
@@ -227,11 +236,38 @@ async def test_headers_come_from_secrets_and_are_never_written(
 
 
 async def test_a_missing_secret_fails_the_check_naming_it(w: Watching) -> None:
+    declare(w, "NOT_SET_ANYWHERE", ["127.0.0.1"])
     await w.add(headers={"Cookie": "secret:NOT_SET_ANYWHERE"})
     w.site.pages["/flats"] = Page(listings("a"))
     await w.checks(1)
     row = await w.store.schedule("flats")
     assert "NOT_SET_ANYWHERE" in row.status.last_error and w.site.seen == []
+
+
+@pytest.mark.parametrize("declared", [None, ["flats.example"]], ids=["undeclared", "elsewhere"])
+async def test_a_secret_goes_only_where_errands_toml_says(
+    w: Watching, monkeypatch: pytest.MonkeyPatch, declared: list[str] | None
+) -> None:
+    """A watch cannot send an environment variable (a provider's key) to any page: the
+    secret must be declared in [secrets], with the page's host among its hosts."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-pages")
+    if declared is not None:
+        declare(w, "OPENAI_API_KEY", declared)
+    with pytest.raises(ScheduleError, match=r"^headers: Authorization: ") as caught:
+        await w.add(headers={"Authorization": "secret:OPENAI_API_KEY"})
+    assert ("no secret named" if declared is None else "may be sent only to") in str(caught.value)
+    assert await w.store.schedules() == []
+
+
+async def test_a_secret_whose_hosts_changed_is_not_sent(w: Watching) -> None:
+    """errands.toml changed after the watch was added: each check asks again."""
+    declare(w, "TOKEN", ["127.0.0.1"])
+    await w.add(headers={"Authorization": "secret:TOKEN"})
+    declare(w, "TOKEN", ["board.example"])
+    w.site.pages["/flats"] = Page(listings("a"))
+    await w.checks(1)
+    row = await w.store.schedule("flats")
+    assert "may be sent only to board.example" in row.status.last_error and w.site.seen == []
 
 
 async def test_a_paused_watch_fetches_nothing(w: Watching) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "NetworkSettings",
     "NotifySettings",
     "Price",
+    "SecretSettings",
     "ServerSettings",
     "Settings",
     "ToolSettings",
@@ -200,6 +201,17 @@ class ProviderSettings(BaseModel):
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
 
 
+class SecretSettings(BaseModel):
+    """``[secrets.NAME]``: a secret errands may send by name (``secret:NAME``, e.g. a
+    watch's header) -- the environment variable that holds it (default: NAME) and the
+    hosts it may go to (it and their subdomains). The value is never stored or shown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str | None = None
+    hosts: list[str] = Field(min_length=1)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -234,6 +246,7 @@ class Settings(BaseModel):
         default_factory=WorkspaceSettings, alias="workspaces"
     )
     tools: ToolSettings = ToolSettings()
+    secrets: dict[str, SecretSettings] = {}
 
     @field_validator("timezone")
     @classmethod

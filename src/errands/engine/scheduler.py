@@ -44,9 +44,10 @@ from errands.errors import ErrandsError, NotFound, StoreError, StoreUnavailable
 from errands.store import Store
 from errands.store.protocol import Firing, NewRun, ScheduleRow
 from errands.tools import watchcheck
+from errands.tools.canonical import UrlError, canonical_url
 from errands.tools.workspace import make_workspace
 
-__all__ = ["KEEP_ITEMS", "NotStarted", "Scheduler"]
+__all__ = ["KEEP_ITEMS", "NotStarted", "Scheduler", "secret_problem"]
 
 KEEP_ITEMS = 7 * 86400.0  # an item is new when no check saw it in this long
 BACKOFF_MAX = 3600.0  # a failing watch is checked at least once an hour
@@ -263,7 +264,7 @@ class Scheduler:
                     self.settings,
                     select=spec.select,
                     json_path=spec.json_path,
-                    headers=_secret_headers(spec),
+                    headers=_secret_headers(spec, self.settings),
                     etag=status.etag,
                     last_modified=status.last_modified,
                 )
@@ -426,16 +427,45 @@ def _local(at: float, tz: ZoneInfo) -> str:
     return datetime.fromtimestamp(at, tz).strftime("%a %Y-%m-%d %H:%M:%S %Z")
 
 
-def _secret_headers(spec: ScheduleSpec) -> dict[str, str]:
-    """A watch's headers, their values read from the secrets they name (an environment
-    variable of that name); a missing secret fails the check, naming it."""
+def secret_problem(settings: Settings, name: str, url: str) -> str:
+    """Why the secret *name* may not be sent to *url* ("" when it may): it must be
+    declared in ``[secrets]`` of errands.toml, with *url*'s host among its ``hosts``."""
+    declared = settings.secrets.get(name)
+    if declared is None:
+        return (
+            f"no secret named {name} in errands.toml; declare it and where it may go: "
+            f'[secrets.{name}] hosts = ["{_host_of(url) or "example.com"}"]'
+        )
+    host = _host_of(url)
+    for allowed in declared.hosts:
+        a = allowed.strip().strip(".").casefold()
+        if host is not None and (host == a or host.endswith("." + a)):
+            return ""
+    return f"the secret {name} may be sent only to {', '.join(declared.hosts)}, not to {host}"
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return canonical_url(url).host or None
+    except UrlError:
+        return None
+
+
+def _secret_headers(spec: ScheduleSpec, settings: Settings) -> dict[str, str]:
+    """A watch's headers, their values read from the secrets they name (declared in
+    ``[secrets]``, for the watch's host); a missing or misdirected one fails the check."""
     out = {}
     for header, ref in spec.headers.items():
         name = ref.removeprefix("secret:")
-        value = os.environ.get(name)
+        problem = secret_problem(settings, name, spec.url or "")
+        if problem:
+            raise watchcheck.WatchError(f"{header}: {problem}", transient=False)
+        declared = settings.secrets[name]
+        value = os.environ.get(declared.env or name)
         if value is None:
             raise watchcheck.WatchError(
-                f"the secret {name} (for the {header} header) is not set in errands' environment",
+                f"the secret {name} (for the {header} header) is not set: errands' environment "
+                f"has no {declared.env or name}",
                 transient=False,
             )
         out[header] = value

@@ -39,7 +39,7 @@ from errands.core.schedules import (
     resolve_zone,
 )
 from errands.core.states import ErrandView
-from errands.engine.scheduler import NotStarted, Scheduler
+from errands.engine.scheduler import NotStarted, Scheduler, secret_problem
 from errands.errors import NotFound, StoreError, UserError
 from errands.models.spec import check_spec as check_model
 from errands.store import Store, StoreReader
@@ -227,6 +227,10 @@ async def spec_from(
         url = await asyncio.to_thread(
             watchcheck.validate_watch, url, request.select, request.json_path, settings
         )
+    for header, ref in request.headers.items():
+        problem = secret_problem(settings, ref.removeprefix("secret:"), url or "")
+        if ref.startswith("secret:") and problem:
+            raise ScheduleError("headers", f"headers: {header}: {problem}")
     model = (request.model or settings.default_model).strip()
     try:
         check_model(model, settings)
