@@ -325,3 +325,25 @@ async def test_a_host_that_does_not_resolve_now_is_kept_and_its_check_says_why(
     await w.checks(1)
     row = await w.store.schedule("flats")
     assert row.status.errors == 1 and "cannot resolve listings.invalid" in row.status.last_error
+
+
+@pytest.mark.parametrize("guard", [True, False], ids=["guard", "control"])
+async def test_a_secret_header_is_not_carried_to_another_origin_on_a_redirect(
+    w: Watching, monkeypatch: pytest.MonkeyPatch, guard: bool
+) -> None:
+    """The watched page redirects to another origin: the secret (here in X-Api-Key, no
+    credential header by name) stays with the host it was declared for."""
+    from errands.tools import netguard
+
+    if not guard:  # the control: every caller header follows the redirect
+        monkeypatch.setattr(netguard, "_PORTABLE_HEADERS", frozenset({"x-api-key", "accept"}))
+    monkeypatch.setenv("BOARD_KEY", "k-s3cr3t")
+    declare(w, "BOARD_KEY", ["127.0.0.1"])
+    with serving() as other:
+        other.pages["/flats"] = Page(listings("a"))
+        w.site.pages["/flats"] = Page(b"", status=302, location=other.url("/flats"))
+        await w.add(headers={"X-Api-Key": "secret:BOARD_KEY"})
+        await w.checks(1)
+        assert w.site.seen[-1].get("x-api-key") == "k-s3cr3t"  # the declared host got it
+        carried = other.seen[-1].get("x-api-key")
+    assert (carried is None) if guard else carried == "k-s3cr3t"

@@ -395,7 +395,10 @@ class Fetched:
     reached_non_public: bool  # an allow-listed private address was reached
 
 
-_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+# the caller's headers a redirect to another origin may carry: they ask for a
+# representation and say nothing about who asks; every other one (Authorization, Cookie,
+# an API key in X-Whatever, a watch's secret) stays with the origin it was meant for
+_PORTABLE_HEADERS = frozenset({"accept", "accept-language", "user-agent", "cache-control"})
 
 
 async def guarded_request(
@@ -411,8 +414,9 @@ async def guarded_request(
     """Send one request through the guard and read the response, at most *max_bytes*.
 
     Redirects (when followed) are followed by hand, at most :data:`MAX_REDIRECTS`, each
-    target checked like the first; credentials are not carried to another origin. The
-    whole exchange must finish within ``network.timeout_seconds``.
+    target checked like the first; only headers that say nothing about who asks
+    (:data:`_PORTABLE_HEADERS`) are carried to another origin -- no credential, no API
+    key, no secret. The whole exchange must finish within ``network.timeout_seconds``.
     """
     limit = max_bytes if max_bytes is not None else settings.network.max_response_bytes
     seconds = settings.network.timeout_seconds
@@ -449,7 +453,7 @@ async def guarded_request(
                             send_headers = {
                                 k: v
                                 for k, v in send_headers.items()
-                                if k.lower() not in _CREDENTIAL_HEADERS
+                                if k.lower() in _PORTABLE_HEADERS
                             }
                         if response.status_code not in (307, 308):
                             content = None
