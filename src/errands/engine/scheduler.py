@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -135,9 +135,8 @@ class Scheduler:
         following = await self.store.next_due()
         return None if following is None else following - self.clock.wall()
 
-    async def _guard(self, row: ScheduleRow, work: object) -> None:
+    async def _guard(self, row: ScheduleRow, work: Awaitable[None]) -> None:
         """One schedule's failure is its own: logged, and tried again at its next pass."""
-        assert asyncio.iscoroutine(work)
         try:
             await work
         except StoreUnavailable:

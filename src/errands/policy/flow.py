@@ -195,12 +195,20 @@ class _Check:
         self.pieces = pieces
         self.trusted = trusted
         self._corpus: _Corpus | None = None
+        self._normed: list[str] | None = None
 
     @property
     def corpus(self) -> _Corpus:
         if self._corpus is None:
             self._corpus = _Corpus.of(self.pieces)
         return self._corpus
+
+    @property
+    def normed(self) -> list[str]:
+        """Every piece's text, normalised -- once per check, in the pieces' order."""
+        if self._normed is None:
+            self._normed = [norm(p.content.text) for p in self.pieces]
+        return self._normed
 
     # -- destinations -------------------------------------------------------------------
 
@@ -278,8 +286,8 @@ class _Check:
     def source_of(self, text: str) -> Piece | None:
         """The newest untrusted piece the text occurs in."""
         value = norm(text)
-        for piece in reversed(self.pieces):
-            if not piece.trusted and value and value in norm(piece.content.text):
+        for piece, text in zip(reversed(self.pieces), reversed(self.normed), strict=True):
+            if not piece.trusted and value and value in text:
                 return piece
         return None
 
@@ -311,7 +319,7 @@ class _Check:
         carries nothing of the context -- and, for a tool that declares no roles at all,
         everything."""
         roles = self.call.roles
-        copied = [norm(p.content.text) for p in self.pieces]
+        copied = self.normed
 
         def whole(value: str) -> bool:
             v = norm(value)
@@ -342,8 +350,8 @@ class _Check:
     def private_carried(self) -> tuple[str, Piece] | None:
         """A private fragment some argument carries, and the piece it came from."""
         private = [
-            (p, norm(p.content.text))
-            for p in self.pieces
+            (p, text)
+            for p, text in zip(self.pieces, self.normed, strict=True)
             if p.private and p.content.provenance.kind in ("tool", "external")
         ]
         if not private:
@@ -351,7 +359,7 @@ class _Check:
         harmless = (
             self.corpus.text
             + "\n"
-            + "\n".join(norm(p.content.text) for p in self.pieces if not p.private)
+            + "\n".join(t for p, t in zip(self.pieces, self.normed, strict=True) if not p.private)
         )
         for _, carried in self.carried():
             value = norm(carried)

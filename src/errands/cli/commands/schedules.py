@@ -272,7 +272,7 @@ def _headers(pairs: list[str] | None) -> dict[str, str]:
         header, sep, value = pair.partition("=")
         if not sep or not header.strip():
             fail(
-                "--header: write NAME=secret:VAR (e.g. Authorization=secret:BOARD_TOKEN), "
+                "--header: write HEADER=secret:NAME (e.g. Authorization=secret:BOARD_TOKEN), "
                 f"not {pair!r}"
             )
         found[header.strip()] = value.strip()
@@ -299,8 +299,9 @@ def watch_add(
         list[str] | None,
         typer.Option(
             "--header",
-            help="A header sent with each check, its value a secret: 'Authorization=secret:VAR' "
-            "(VAR: an environment variable of errands up; never shown to the model).",
+            help="A header sent with each check, its value a secret: 'Authorization=secret:NAME' "
+            "(NAME declared in [secrets] of errands.toml with the hosts it may go to; never "
+            "shown to the model).",
         ),
     ] = None,
     model: ModelOpt = None,
