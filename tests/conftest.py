@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from backends import BACKENDS, backend
-from helpers.server import Sink
+from helpers.server import Sink, write_config
+from helpers.site import Site, serving
 
 from errands.config import Settings, load_settings
 from errands.store import Store
@@ -96,3 +97,17 @@ def sink() -> Iterator[Sink]:
     s = Sink()
     yield s
     s.close()
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    """A web site on 127.0.0.1 serving the pages a test sets (tests/helpers/site.py)."""
+    with serving() as s:
+        yield s
+
+
+@pytest.fixture
+def local(home: Path) -> Settings:
+    """The home's settings, its config letting the network tools reach 127.0.0.1."""
+    write_config(home)
+    return load_settings(home)

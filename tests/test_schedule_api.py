@@ -74,6 +74,7 @@ def create(up: Up, **body: Any) -> httpx.Response:
 SUMMARY = {
     "name",
     "kind",
+    "mode",
     "when",
     "text",
     "state",

@@ -500,3 +500,17 @@ async def test_a_runs_model_calls_count_against_its_schedules_daily_budget(world
     assert not budgets.applies(p)
     p.view.schedule_daily_usd = 1.0
     assert budgets.applies(p)  # (without it, a run never reserved: the cap came too late)
+
+
+async def test_a_schedule_in_plan_mode_starts_its_runs_in_plan_mode(world: World) -> None:
+    """Each run of a plan-mode schedule is a plan-mode errand (the model never reads
+    untrusted content; it has the extractor); an edit that leaves the mode keeps it."""
+    await world.add(name="p", kind="every", every="1h", mode="plan")
+    await world.add(name="d", kind="every", every="1h")
+    await edit_schedule(world.store, world.settings, "p", SchedulePatch(text="new text"))
+    await world.run_for(HOUR, step=60)
+    (planned,) = await world.runs("p")
+    (default,) = await world.runs("d")
+    assert (await world.store.view(planned.errand_id or "")).mode == "plan"
+    assert (await world.store.view(default.errand_id or "")).mode is None
+    assert (await world.store.schedule("p")).spec.mode == "plan"

@@ -42,6 +42,7 @@ from errands.store import Store, open_store
 from errands.store.redact import Redactor
 from errands.store.sqlite.connection import unavailable
 from errands.textlimit import check_text
+from errands.tools.extract import PlanToolset
 from errands.tools.plugins import load_tools
 from errands.tools.toolset import AllowedToolset, CombinedToolset, Toolset
 
@@ -115,6 +116,7 @@ class Harness:
         channel: str = "cli",
         parent: str | None = None,
         errand_id: str | None = None,
+        mode: str | None = None,
     ) -> str:
         check_text(text, "the errand's text")
         errand_id = errand_id or new_errand_id()
@@ -132,6 +134,7 @@ class Harness:
                 channel=channel,
                 parent=parent,
                 errand_id=errand_id,
+                mode=mode,
             )
         except Exception as exc:  # (not a cancel: the errand may have been created)
             # a creation that failed leaves no (empty) workspace folder it made behind
@@ -229,8 +232,9 @@ def toolset_for(
     name may come from only one of them)."""
     parts = [s.toolset for s in load_tools(settings.tools.modules, plugins=builtins)]
     parts.extend(toolsets)
-    # an errand that names its tools (a schedule's run) sees only those
-    return AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts))
+    # an errand that names its tools (a schedule's run) sees only those; one in plan mode
+    # has the quarantined extractor too
+    return PlanToolset(AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts)))
 
 
 def build(

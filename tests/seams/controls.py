@@ -96,7 +96,7 @@ class NoIntentLoop(Loop):
             ran.append(event)
             if isinstance(event, ev.ToolIntent):
                 fault("after_intent")
-                ran.append(await self.dispatch.execute(p, 0, event))
+                ran.extend(await self.dispatch.execute(p, 0, event))
         await super()._route_and_run(p, ran, first)
 
 

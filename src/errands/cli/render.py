@@ -89,7 +89,8 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
     seq = f"[dim]{stored.seq:>3}[/dim] "
     match e:
         case ev.ErrandCreated():
-            return f"{seq}[bold]▶ {safe(e.title)}[/bold] [dim]({safe(e.model)}, workspace {safe(e.workspace)})[/dim]"
+            mode = ", plan mode" if e.mode else ""
+            return f"{seq}[bold]▶ {safe(e.title)}[/bold] [dim]({safe(e.model)}{mode}, workspace {safe(e.workspace)})[/dim]"
         case ev.UserMessage():
             return f"{seq}[bold cyan]{_speaker(e)}:[/bold cyan] {safe(_clip(e.content.text))}{_label(e.content)}"
         case ev.ModelRequested():
@@ -118,6 +119,12 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
                     f"{usage.output_tokens} out{cost}[/dim]"
                 )
             return "\n".join(parts) or None
+        case ev.ModelUsed():
+            cost = f", ${e.usage.cost_usd:.4f}" if e.usage.cost_usd else ""
+            return (
+                f"{seq}  [dim]{safe(e.purpose)} by {safe(e.model)}: {e.usage.input_tokens} in / "
+                f"{e.usage.output_tokens} out{cost}[/dim]"
+            )
         case ev.ToolIntent():
             return f"{seq}  [dim]running {safe(e.tool)} ({e.effect.value}, key {safe(e.idempotency_key)})[/dim]"
         case ev.ToolResult():

@@ -38,6 +38,7 @@ __all__ = [
     "LimitsRaised",
     "ModelRequested",
     "ModelResponded",
+    "ModelUsed",
     "Sleeping",
     "StateChanged",
     "ToolCall",
@@ -174,6 +175,9 @@ class ErrandCreated(_Event):
     schedule_daily_usd: float | None = None
     # the only tools the errand may use (None: every tool errands has)
     tools: list[str] | None = None
+    # "plan": plan-then-execute -- the model never reads untrusted content, it handles
+    # it by reference and has typed values extracted from it (errands.core.plan)
+    mode: Literal["plan"] | None = None
 
 
 class Sleeping(_Event):
@@ -297,6 +301,17 @@ class StateChanged(_Event):
     result: Content | None = None
 
 
+class ModelUsed(_Event):
+    """A model call that is not a turn of the errand's conversation -- plan mode's
+    quarantined extractor (:mod:`errands.core.plan`) -- booked like any: what it cost."""
+
+    type: Literal["model_used"] = "model_used"
+    call_id: str  # the tool call it served
+    model: str
+    usage: Usage
+    purpose: str = "extract"
+
+
 class ErrorRaised(_Event):
     type: Literal["error"] = "error"
     kind: str
@@ -331,7 +346,8 @@ Event = Annotated[
     | CancelRequested
     | ErrandPurged
     | LimitsRaised
-    | Sleeping,
+    | Sleeping
+    | ModelUsed,
     Field(discriminator="type"),
 ]
 
@@ -353,6 +369,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         ErrandPurged,
         LimitsRaised,
         Sleeping,
+        ModelUsed,
     )
 }
 

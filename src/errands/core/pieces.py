@@ -44,6 +44,8 @@ class Piece:
         source = self.content.provenance
         name = source.name or source.kind
         origin = f" from {source.source}" if source.source else ""
+        if source.kind == "tool" and name == "extract":  # (plan mode's extractor)
+            return f"a value extracted at {when}{' from ' + source.source if source.source else ''}"
         if source.kind == "tool":
             what = (
                 "the page fetched" if name in ("fetch_url", "http_request") else f"{name}'s output"

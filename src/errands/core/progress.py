@@ -21,6 +21,16 @@ from errands.core import events as ev
 from errands.core.labels import BOTTOM, Label
 from errands.core.messages import Message
 from errands.core.pieces import Piece
+from errands.core.plan import (
+    EXTRACT,
+    PLAN,
+    Value,
+    named,
+    resolve,
+    resolve_text,
+    stub,
+    value_stub,
+)
 from errands.core.states import ErrandView, apply
 
 __all__ = ["CallState", "Progress"]
@@ -87,6 +97,10 @@ class Progress:
     more_steps: int = 0  # steps a person added to the errand's limit
     slept: bool = False  # a call of the latest turn is (or was) a wait (perf: for _step)
     limits: ev.Limits = field(default_factory=ev.Limits)  # the errand's, with what was added
+    # plan mode (errands.core.plan): untrusted content reaches the model as a handle;
+    # ``label`` is then the join of what the model saw, and ``values`` what handles stand for
+    plan: bool = False
+    values: dict[str, Value] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, errand_id: str) -> Progress:
@@ -139,16 +153,20 @@ class Progress:
                 state = self.calls.get(event.call_id)
                 if state is not None and not state.done:
                     state.done = True
+                    text = event.content.text
+                    if self.plan and event.content.integrity == "untrusted":
+                        text = self._kept(seq, event)
+                    else:
+                        self.label = self.label.joined(event.content.label)
                     self.messages.append(
                         Message(
                             role="tool",
-                            text=event.content.text,
+                            text=text,
                             tool_call_id=event.call_id,
                             tool_name=event.tool,
                             is_error=not event.ok,
                         )
                     )
-                    self.label = self.label.joined(event.content.label)
                     self.pieces.append(Piece(seq, event.at, event.content))
                     if all(c.done for c in self.calls.values()):
                         self.needs_model = True
@@ -156,17 +174,18 @@ class Progress:
             case ev.ErrandCreated():
                 self.created = event
                 self.limits = event.limits
+                self.plan = event.mode == PLAN
                 self.pieces.append(Piece(seq, event.at, event.content, said=True))
                 if event.timezone is None:
-                    self._user(event.content)
+                    self._user(event.content, seq=seq)
                 else:  # the request, headed by the date it was made on
                     self.dated = date_line(event.at, event.timezone)
-                    self._user(event.content, heading=self.dated)
+                    self._user(event.content, heading=self.dated, seq=seq)
             case ev.UserMessage(channel="clock"):
                 self.dated = event.content.text
                 self._user(event.content)
             case ev.UserMessage():
-                self._user(event.content)
+                self._user(event.content, seq=seq)
                 self.pieces.append(Piece(seq, event.at, event.content, said=True))
             case ev.ApprovalRequested():
                 if event.call_id in self.calls:
@@ -221,16 +240,76 @@ class Progress:
             case _:
                 pass
 
-    def _user(self, content: ev.Content, heading: str = "") -> None:
-        text = f"{heading}\n\n{content.text}" if heading else content.text
+    def _user(self, content: ev.Content, heading: str = "", seq: int = 0) -> None:
+        text = content.text
+        if self.plan and content.integrity == "untrusted":  # a watch's change, a mail
+            handle = f"$r{seq}"
+            where = Piece(seq, self.view.updated_at, content).describe()
+            self.values[handle] = Value(text, content.label, where)
+            name = content.provenance.name or content.provenance.kind
+            text = stub(handle, name, len(content.text))
+        else:
+            self.label = self.label.joined(content.label)
+        text = f"{heading}\n\n{text}" if heading else text
         message = Message(role="user", text=text)
-        self.label = self.label.joined(content.label)
         if any(not c.done for c in self.calls.values()):
             self.held_messages.append(message)  # joins at the next step, after the results
         else:
             self.messages.append(message)
             self.needs_model = True
             self.final_text = None
+
+    def _kept(self, seq: int, event: ev.ToolResult) -> str:
+        """Plan mode: an untrusted result becomes a handle; the model reads a stub."""
+        content = event.content
+        if event.tool == EXTRACT and event.ok:
+            try:
+                extracted = json.loads(content.text)
+                value, kind = extracted["value"], str(extracted["type"])
+            except (ValueError, TypeError, KeyError):
+                pass  # (not the extractor's output: a handle to the text, as any)
+            else:
+                handle = f"$v{seq}"
+                where = Piece(seq, event.at, content).describe()
+                self.values[handle] = Value(value, content.label, where)
+                state = self.calls.get(event.call_id)
+                named = state.call.arguments.get("sources") if state else None
+                sources = [str(s) for s in named] if isinstance(named, list) else []
+                return value_stub(handle, kind, sources)
+        handle = f"$r{seq}"
+        where = Piece(seq, event.at, content).describe()
+        self.values[handle] = Value(content.text, content.label, where)
+        return stub(handle, event.tool, len(content.text), error=not event.ok)
+
+    def resolved(self, arguments: dict[str, Any]) -> tuple[dict[str, Any], Label]:
+        """A call's arguments as they will run, and the context it is judged in: what the
+        model saw, joined (plan mode) with the labels of the values its handles stand
+        for. KeyError: a handle that stands for nothing."""
+        if not self.plan:
+            return arguments, self.label
+        args, used = resolve(arguments, self.values)
+        return args, self.label.joined(used)
+
+    def sources(self, arguments: dict[str, Any]) -> list[Value]:
+        """The values *arguments* name by handle (plan mode), in order."""
+        return named(arguments, self.values) if self.plan else []
+
+    def used(self, arguments: dict[str, Any]) -> Label:
+        """The join of the labels of the values *arguments* name by handle (plan mode)."""
+        if not self.plan:
+            return BOTTOM
+        try:
+            return resolve(arguments, self.values)[1]
+        except KeyError:
+            return BOTTOM
+
+    def answer(self) -> tuple[str, Label]:
+        """The model's final answer for the person (handles replaced), and its label."""
+        text = self.final_text or ""
+        if not self.plan:
+            return text, self.label
+        text, used = resolve_text(text, self.values)
+        return text, self.label.joined(used)
 
     def _release_held(self) -> None:
         self.messages.extend(self.held_messages)

@@ -107,6 +107,7 @@ class ScheduleSpec(BaseModel):
     daily_usd: float | None = None  # every run of the schedule, per day (person's zone)
     max_steps: int | None = None  # per run (None: the config's default)
     tools: list[str] | None = None  # only these tools (None: every tool)
+    mode: Literal["plan"] | None = None  # each run in plan mode (errands.core.plan)
     catch_up: CatchUp = "one"
     overlap: Overlap = "skip"
     by: str = "local"

@@ -98,6 +98,7 @@ class ErrandView(BaseModel):
     schedule_daily_usd: float | None = None  # that schedule's daily cap
     result_untrusted: bool = False  # the result was derived from untrusted content
     tools: list[str] | None = None  # the only tools it may use (None: every tool)
+    mode: str | None = None  # "plan": plan-then-execute (errands.core.plan)
 
 
 def apply(view: ErrandView, seq: int, event: ev.Event) -> None:
@@ -135,6 +136,8 @@ def _errand_created(view: ErrandView, seq: int, event: ev.ErrandCreated) -> None
         view.schedule_daily_usd = event.schedule_daily_usd
     if event.tools is not None:
         view.tools = event.tools
+    if event.mode is not None:
+        view.mode = event.mode
     view.created_at = event.at
     view.state = ErrandState.queued
 
@@ -216,6 +219,10 @@ def _limits_raised(view: ErrandView, seq: int, event: ev.LimitsRaised) -> None:
         view.reason = ""
 
 
+def _model_used(view: ErrandView, seq: int, event: ev.ModelUsed) -> None:
+    view.usage = view.usage + event.usage  # (not a step: no turn of the conversation)
+
+
 def _errand_purged(view: ErrandView, seq: int, event: ev.ErrandPurged) -> None:
     view.purged = True
 
@@ -236,6 +243,7 @@ _FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
     ev.ErrandPurged: _errand_purged,
     ev.LimitsRaised: _limits_raised,
     ev.Sleeping: _sleeping,
+    ev.ModelUsed: _model_used,
 }
 assert set(_FOLD) == set(ev.EVENT_TYPES.values()), "every event type has a fold rule"
 

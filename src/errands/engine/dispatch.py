@@ -22,12 +22,13 @@ from errands.config import Settings
 from errands.core import events as ev
 from errands.core.canonical import canonical_hash
 from errands.core.faults import fault
-from errands.core.labels import Confidentiality, Integrity, Label, Provenance
+from errands.core.labels import BOTTOM, Confidentiality, Integrity, Label, Provenance
+from errands.core.plan import EXTRACT
 from errands.core.progress import CallState, Progress
 from errands.engine.replies import REFUSED_PREFIX
 from errands.policy.hook import Decision, PolicyCall, PolicyHook, Verdict
 from errands.policy.preview import preview_of
-from errands.tools.tool import Tool, ToolContext, ToolError
+from errands.tools.tool import AskModel, Tool, ToolContext, ToolError
 from errands.tools.toolset import Toolset
 
 __all__ = ["MAX_RESULT_CHARS", "Dispatcher", "idempotency_key"]
@@ -48,13 +49,22 @@ def idempotency_key(errand_id: str, request_seq: int, index: int) -> str:
     return f"{errand_id}.{request_seq}.{index}"
 
 
-def _error_result(call: ev.ToolCall, kind: str, text: str) -> ev.ToolResult:
+def _error_result(
+    call: ev.ToolCall, kind: str, text: str, integrity: Integrity = Integrity.trusted
+) -> ev.ToolResult:
+    """A call refused before it ran. *integrity* untrusted: the text may quote untrusted
+    values (plan mode: a value a handle stood for), so the model gets a handle, not it."""
     return ev.ToolResult(
         call_id=call.call_id,
         tool=call.name,
         ok=False,
         error_kind=kind,
-        content=ev.Content(text=text, provenance=SYSTEM, confidentiality=Confidentiality.private),
+        content=ev.Content(
+            text=text,
+            provenance=SYSTEM,
+            integrity=integrity,
+            confidentiality=Confidentiality.private,
+        ),
     )
 
 
@@ -64,6 +74,9 @@ class Dispatcher:
         self.policy = policy
         self.settings = settings
         self.now: Callable[[], float] = time.time  # wall time, for wait's timer (the loop's)
+        # a model call outside the conversation, for a tool that needs one (plan mode's
+        # extract): the loop's, bounded and with its retries
+        self.ask_model: AskModel | None = None
 
     def route(
         self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
@@ -95,9 +108,20 @@ class Dispatcher:
             )
             return _error_result(call, "bad_arguments", f"the arguments for {call.name} {why}")
         try:
-            args = tool.validate(call.arguments)
+            arguments, context = p.resolved(call.arguments)
+        except KeyError as exc:
+            return _error_result(
+                call, "bad_arguments", f"{exc.args[0]} stands for nothing in this errand"
+            )
+        quoted = (  # what a refusal may quote (plan mode: the values handles stood for)
+            Integrity.untrusted
+            if p.plan and context.integrity is Integrity.untrusted
+            else Integrity.trusted
+        )
+        try:
+            args = tool.validate(arguments)
         except ToolError as exc:
-            return _error_result(call, exc.kind, str(exc))
+            return _error_result(call, exc.kind, str(exc), quoted)
         effect = tool.effect(args)
         verdict = self.policy.check(
             PolicyCall(
@@ -106,7 +130,7 @@ class Dispatcher:
                 arguments=args,
                 effect=effect,
                 workspace=_workspace(p.view.workspace),
-                context=p.label,
+                context=context,
                 always_allowed=tuple(p.always_allowed),
                 roles=tool.arg_roles,
                 pieces=p.pieces,
@@ -117,6 +141,7 @@ class Dispatcher:
                 call,
                 "denied",
                 f"denied by policy rule {verdict.rule}: {verdict.reason or 'not allowed'}",
+                quoted,
             )
         if verdict.decision is Decision.ask:
             return ev.ApprovalRequested(
@@ -196,7 +221,8 @@ class Dispatcher:
                 "denied",
                 "refused: these arguments are not the ones that were approved; ask again",
             )
-        verdict = self.permitted(p, tool, call.call.name, args)
+        context = p.label.joined(p.used(call.call.arguments))
+        verdict = self.permitted(p, tool, call.call.name, args, context)
         if verdict.decision is Decision.deny:
             return _error_result(
                 call.call,
@@ -215,7 +241,9 @@ class Dispatcher:
             approval_seq=call.approval_seq,
         )
 
-    def permitted(self, p: Progress, tool: Tool, name: str, args: dict[str, Any]) -> Verdict:
+    def permitted(
+        self, p: Progress, tool: Tool, name: str, args: dict[str, Any], context: Label
+    ) -> Verdict:
         """The policy's decision, now, on granted *args* (edited or not): a deny wins over
         the person's yes -- an edit cannot take a call where a deny rule covers, and a
         policy changed since the request applies. An ``ask`` runs: a person approved it."""
@@ -226,7 +254,7 @@ class Dispatcher:
                 arguments=args,
                 effect=tool.effect(args),
                 workspace=_workspace(p.view.workspace),
-                context=p.label,
+                context=context,
                 always_allowed=tuple(p.always_allowed),
                 roles=tool.arg_roles,
                 pieces=p.pieces,
@@ -237,9 +265,15 @@ class Dispatcher:
         """Are *args* the arguments the grant was bound to (their canonical hash)?"""
         return canonical_hash(args) == call.approved_hash
 
-    async def execute(self, p: Progress, seq: int, intent: ev.ToolIntent) -> ev.ToolResult:
-        """Run a logged intent. Anything the tool does wrong becomes an error result."""
+    async def execute(
+        self, p: Progress, seq: int, intent: ev.ToolIntent
+    ) -> tuple[ev.ModelUsed | ev.ToolResult, ...]:
+        """Run a logged intent: its result (after what a model call it made cost).
+        Anything the tool does wrong becomes an error result."""
         provenance = Provenance(kind="tool", name=intent.tool)
+        state = p.calls.get(intent.call_id)
+        # plan mode: what a call made of untrusted values returns is untrusted too
+        used = BOTTOM if state is None else p.used(state.call.arguments)
         try:
             tool = self.toolset.tools(p.view).get(intent.tool)
             ctx = ToolContext(
@@ -248,49 +282,51 @@ class Dispatcher:
                 idempotency_key=intent.idempotency_key,
                 workspace=_workspace(p.view.workspace),
                 settings=self.settings,
+                ask_model=self.ask_model,
+                model=p.view.model,
             )
             output = await self.toolset.call(tool, intent.arguments, ctx)
-        except ToolError as exc:
+        except Exception as exc:  # a tool's error, or its bug: not a crash of the errand
             fault("after_effect")
-            return ev.ToolResult(
+            known = isinstance(exc, ToolError)
+            failed = ev.ToolResult(
                 call_id=intent.call_id,
                 tool=intent.tool,
                 intent_seq=seq,
                 ok=False,
-                error_kind=exc.kind,
+                error_kind=exc.kind if isinstance(exc, ToolError) else "tool_error",
                 content=ev.Content(
-                    text=str(exc), provenance=provenance, integrity=Integrity.untrusted
-                ),
-            )
-        except Exception as exc:  # a tool's bug must not crash the errand
-            fault("after_effect")
-            return ev.ToolResult(
-                call_id=intent.call_id,
-                tool=intent.tool,
-                intent_seq=seq,
-                ok=False,
-                error_kind="tool_error",
-                content=ev.Content(
-                    text=f"{intent.tool} failed: {type(exc).__name__}: {exc}",
+                    text=str(exc)
+                    if known
+                    else f"{intent.tool} failed: {type(exc).__name__}: {exc}",
                     provenance=provenance,
                     integrity=Integrity.untrusted,
                 ),
             )
+            return (failed,)
         fault("after_effect")
         text = output.text
         if len(text) > MAX_RESULT_CHARS:
             text = text[:MAX_RESULT_CHARS] + f"\n[truncated: {len(output.text)} characters in all]"
-        return ev.ToolResult(
+        label = Label.of(output.integrity, output.confidentiality)
+        source = output.source
+        if intent.tool == EXTRACT and source is None and state is not None:  # (plan mode)
+            source = " and ".join(v.where for v in p.sources(state.call.arguments))[:500]
+        result = ev.ToolResult(
             call_id=intent.call_id,
             tool=intent.tool,
             intent_seq=seq,
             ok=True,
             content=ev.Content.labelled(
                 text,
-                Provenance(kind="tool", name=intent.tool, source=output.source),
-                Label.of(output.integrity, output.confidentiality),
+                Provenance(kind="tool", name=intent.tool, source=source),
+                label if used is BOTTOM else label.joined(used),
             ),
         )
+        if output.usage is None:
+            return (result,)
+        model = output.model or p.view.model
+        return ev.ModelUsed(call_id=intent.call_id, model=model, usage=output.usage), result
 
     def stopped(self, seq: int, intent: ev.ToolIntent, kind: str, why: str) -> ev.ToolResult:
         """The result of a call that was stopped while it ran (a cancel, a deadline)."""

@@ -26,12 +26,14 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from errands.clock import SYSTEM, Clock, date_line
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.faults import fault
 from errands.core.labels import Provenance
+from errands.core.messages import Message
 from errands.core.progress import CallState, Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.costs.pricing import cost_usd
@@ -46,6 +48,7 @@ from errands.models.spec import outage_wait_for
 from errands.models.streaming import ErrandText
 from errands.policy.hook import PolicyHook
 from errands.store import Store
+from errands.tools.tool import ToolError
 from errands.tools.toolset import Toolset
 
 __all__ = ["Interrupted", "Loop", "TextListener"]
@@ -96,6 +99,7 @@ class Loop:
         self._seen: dict[str, int] = {}  # the newest seq a commit reported for each
         self.in_flight = InFlight(lambda: self.clock.steady())  # model and tool calls
         self.dispatch.now = lambda: self.clock.wall()  # wait's timers are wall times
+        self.dispatch.ask_model = self._quarantined  # plan mode's extractor
         self._since: dict[str, tuple[float, float]] = {}  # run start: (wall, steady)
         # (zone, the end of the minute it holds for, the date line): computed once a minute
         self._day_cache: tuple[str, float, str] = ("", 0.0, "")
@@ -173,9 +177,9 @@ class Loop:
         elif p.needs_model:
             await self._ask_model(p)
         elif p.final_text is not None:
+            text, label = p.answer()  # (plan mode: the values its handles name, labelled)
             done = ev.StateChanged(
-                state="done",
-                result=ev.Content.labelled(p.final_text, Provenance(kind="model"), p.label),
+                state="done", result=ev.Content.labelled(text, Provenance(kind="model"), label)
             )
             await self._append(p, [done])
             return False
@@ -362,6 +366,32 @@ class Loop:
         ]
         return response, routed
 
+    async def _quarantined(
+        self, errand_id: str, spec: str, system: str, text: str
+    ) -> tuple[str, Any, str]:
+        """A model call outside the errand's conversation, with no tools (plan mode's
+        extractor): the reply's text, what it cost, the model that answered. It runs
+        inside a tool call, so the call's deadline and a cancel bound it."""
+        model = self.models(spec)
+        request = ModelRequest(
+            system=system,
+            messages=(Message(role="user", text=text),),
+            tools=(),
+            max_tokens=self.settings.max_tokens,
+            errand_id=errand_id,
+            priority=0,
+        )
+        try:
+            reply = tame(await self._complete(model, request, errand_id))
+        except ModelError as exc:
+            raise ToolError(f"the extractor's model failed: {exc}") from None
+        usage = reply.usage.model_copy(
+            update={
+                "cost_usd": cost_usd((model.name, reply.model), reply.usage, self.settings.prices)
+            }
+        )
+        return reply.text, usage, reply.model or model.name
+
     async def _complete(self, model: Model, request: ModelRequest, errand_id: str) -> ModelReply:
         # streamed text, and the resets of retries and fallbacks, go to the listener
         sink = None if self.on_text is None else ErrandText(self.on_text, errand_id)
@@ -408,21 +438,21 @@ class Loop:
             )
             entry = self.in_flight.enter(p.errand_id, limit)
             try:
-                result = await self.dispatch.execute(p, seq, intent)
+                results: Sequence[ev.Event] = await self.dispatch.execute(p, seq, intent)
             except asyncio.CancelledError:
                 why = self.in_flight.why(entry)
                 if why is None:
                     raise  # the loop itself is being stopped
-                result = (
+                results = (
                     self.dispatch.stopped(seq, intent, "cancelled", "a cancel stopped it")
                     if isinstance(why, Interrupted)
                     else self.dispatch.stopped(
                         seq, intent, "timed_out", f"it was still running after {limit:.0f} s"
-                    )
+                    ),
                 )
             finally:
                 self.in_flight.leave(entry)
-            await self._append(p, [result, *self._next_request(p, call)])
+            await self._append(p, [*results, *self._next_request(p, call)])
 
         if len(calls) == 1:
             await one(calls[0])

@@ -15,6 +15,7 @@ from errands.config import Settings
 from errands.core import events as ev
 from errands.core.ids import new_errand_id
 from errands.core.labels import Confidentiality, Integrity, Provenance
+from errands.core.plan import PLAN
 from errands.core.progress import Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.engine.limits import exceeded
@@ -52,6 +53,7 @@ async def create_errand(
     channel: str = "cli",
     parent: str | None = None,
     errand_id: str | None = None,
+    mode: str | None = None,
 ) -> str:
     """Validate, make the workspace, log ``errand_created``; return the id.
 
@@ -61,6 +63,8 @@ async def create_errand(
     """
     if not text.strip():
         raise UserError("an errand needs some text: say what you want done")
+    if mode not in (None, "default", PLAN):
+        raise UserError(f"unknown mode {mode!r}: choose default or plan")
     spec = (model or settings.default_model).strip()
     check_spec(spec, settings)
     errand_id = errand_id or new_errand_id()
@@ -80,6 +84,7 @@ async def create_errand(
         parent=parent,
         by=by,
         channel=channel,
+        mode=PLAN if mode == PLAN else None,
     )
     await store.create(errand_id, created)
     return errand_id

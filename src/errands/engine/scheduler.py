@@ -343,6 +343,7 @@ class Scheduler:
             schedule=spec.name,
             schedule_daily_usd=spec.daily_usd,
             tools=spec.tools,
+            mode=spec.mode,
         )
         more: list[ev.Event] = [await self._context(row, slot, missed, forced, now)]
         if diff is not None:

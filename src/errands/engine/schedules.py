@@ -85,6 +85,7 @@ class ScheduleRequest(BaseModel):
     daily_usd: float | None = None
     max_steps: int | None = None
     tools: list[str] | None = None  # only these tools (default: every tool)
+    mode: Literal["default", "plan"] = "default"  # plan: each run in plan mode
     catch_up: CatchUp = "one"
     overlap: Overlap = "skip"
 
@@ -108,6 +109,7 @@ class SchedulePatch(BaseModel):
     daily_usd: float | None = None
     max_steps: int | None = None
     tools: list[str] | None = None
+    mode: Literal["default", "plan"] | None = None
     catch_up: CatchUp | None = None
     overlap: Overlap | None = None
     paused: bool | None = None
@@ -137,6 +139,7 @@ class ScheduleInfo:
             "model": spec.model,
             "max_cost_usd": spec.max_cost_usd,
             "daily_usd": spec.daily_usd,
+            "mode": spec.mode or "default",
             "spent_today_usd": round(self.spent_today_usd, 6),
             "runs": status.runs,
             "skipped": status.skipped,
@@ -254,6 +257,7 @@ async def spec_from(
         daily_usd=request.daily_usd,
         max_steps=request.max_steps,
         tools=sorted(set(request.tools)) if request.tools is not None else None,
+        mode="plan" if request.mode == "plan" else None,
         catch_up=request.catch_up,
         overlap=request.overlap,
         by=by,
@@ -315,11 +319,12 @@ async def edit_schedule(
             include={
                 "name", "kind", "text", "cron", "tz", "every", "url", "select", "json_path",
                 "headers", "model", "max_cost_usd", "daily_usd", "max_steps", "tools",
-                "catch_up", "overlap",
+                "mode", "catch_up", "overlap",
             }
         )  # fmt: skip
         if spec.at is not None:
             base["at"] = _iso(spec.at, spec.tz)
+        base["mode"] = base["mode"] or "default"
         base.update(fields)
         edited = await spec_from(
             ScheduleRequest(**base),

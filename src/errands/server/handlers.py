@@ -155,6 +155,7 @@ async def _create(
         by=by,
         channel=channel,
         errand_id=errand_id,
+        mode=body.mode,
     )
 
 

@@ -133,6 +133,11 @@ class CreateErrand(BaseModel):
         "[limits] max_cost_usd in errands.toml); each model call reserves its worst case "
         "first, so the errand stops before passing it",
     )
+    mode: Literal["default", "plan"] = Field(
+        default="default",
+        description="plan: plan-then-execute -- the model never reads untrusted content; "
+        "it handles it by reference and gets typed values from a tool-less extractor",
+    )
 
 
 class Budget(BaseModel):
@@ -289,6 +294,9 @@ class ScheduleSummary(BaseModel):
     model: str
     max_cost_usd: float | None = Field(description="each run's budget")
     daily_usd: float | None = Field(description="the cap on every run's spend per day")
+    mode: Literal["default", "plan"] = Field(
+        default="default", description="plan: every run in plan mode"
+    )
     spent_today_usd: float = Field(description="what its runs spent today (the person's zone)")
     runs: int = Field(description="runs started")
     skipped: int = Field(description="slots skipped (overlap, catch_up)")

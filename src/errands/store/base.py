@@ -71,7 +71,9 @@ COLUMNS = ("id", "state", "title", "created_at", "updated_at", "last_seq", "pare
 _COLUMN_SET = set(COLUMNS)
 _EXTRA_FIELDS = tuple(f for f in ErrandView.model_fields if f not in _COLUMN_SET)
 _extras = operator.attrgetter(*_EXTRA_FIELDS)
-_BOOKED = frozenset({"model_responded", "state_changed"})  # events that touch the budgets
+_BOOKED = frozenset(
+    {"model_responded", "model_used", "state_changed"}
+)  # events that touch the budgets
 
 # (id, state, title, created_at, updated_at, last_seq, parent, pending_count, view JSON)
 ProjectionRow = tuple[str, str, str, float, float, int, str | None, int, str]
@@ -321,8 +323,8 @@ class BaseStore(GroupCommit, ScheduleOps):
 
     def _book(self, tx: Tx, view: ErrandView, event: ev.Event) -> None:
         """Keep the budget tables in step with the log, in the same transaction."""
-        if isinstance(event, ev.ModelResponded):
-            if view.id in self._reserved:
+        if isinstance(event, ev.ModelResponded | ev.ModelUsed):
+            if isinstance(event, ev.ModelResponded) and view.id in self._reserved:
                 self._settle_hold(tx, spend.hold_id(view.id, event.request_seq))
             cost = spend.nanos(event.usage.cost_usd)
             if cost:

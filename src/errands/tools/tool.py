@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -39,6 +39,7 @@ from errands.core.messages import ToolSchema
 
 __all__ = [
     "ArgRole",
+    "AskModel",
     "Contract",
     "PostconditionFailed",
     "PreconditionFailed",
@@ -77,6 +78,11 @@ class PostconditionFailed(ToolError):
     kind = "postcondition"
 
 
+# (errand id, model spec, system prompt, user text) -> (the reply's text, its Usage, the
+# model that answered): a quarantined call -- no tools, no conversation -- made by the loop
+AskModel = Callable[[str, str, str, str], Awaitable[tuple[str, Any, str]]]
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """What the harness hands a tool besides its arguments."""
@@ -86,6 +92,10 @@ class ToolContext:
     idempotency_key: str
     workspace: Path
     settings: Any = None  # errands.config.Settings; Any to keep tools free of the config layer
+    # a model call outside the conversation, with no tools (plan mode's extract), and the
+    # errand's model spec
+    ask_model: AskModel | None = None
+    model: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,9 @@ class ToolOutput:
     integrity: Integrity = Integrity.trusted
     confidentiality: Confidentiality = Confidentiality.private
     source: str | None = None  # a URL, a mail sender, a path
+    # what a model call the tool made cost (an errands.core.events.Usage), and its model
+    usage: Any = None
+    model: str | None = None
 
 
 # A contract: a predicate with a message. Preconditions see (args, ctx); postconditions

@@ -49,6 +49,15 @@ def run(
             "reserves its worst case first, so the errand stops before passing it.",
         ),
     ] = None,
+    plan: Annotated[
+        bool,
+        typer.Option(
+            "--plan",
+            help="Plan mode: the model never reads untrusted content (pages, files, mail); "
+            "it gets handles, and a tool-less extractor gives it typed values. Fewer "
+            "approvals after untrusted data; see docs/security.md.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     no_input: NoInputOpt = False,
 ) -> None:
@@ -67,7 +76,13 @@ def run(
         fail(str(exc))
 
     async def go(h: Harness) -> ErrandView:
-        errand_id = await h.create(text, model=model, workspace=workspace, max_cost_usd=max_cost)
+        errand_id = await h.create(
+            text,
+            model=model,
+            workspace=workspace,
+            max_cost_usd=max_cost,
+            mode="plan" if plan else None,
+        )
         return await foreground(
             h, errand_id, as_json=as_json, interactive=interactive(no_input, as_json)
         )

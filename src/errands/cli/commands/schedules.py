@@ -123,6 +123,14 @@ ToolsOpt = Annotated[
         "--tool", help="Each run may use only these tools (repeat it; default: every tool)."
     ),
 ]
+PlanOpt = Annotated[
+    bool,
+    typer.Option(
+        "--plan",
+        help="Each run in plan mode: the model never reads untrusted content (a watch's "
+        "items, pages, files); see docs/security.md.",
+    ),
+]
 MaxStepsOpt = Annotated[
     int | None, typer.Option("--max-steps", help="Each run's step limit (default: errands.toml's).")
 ]
@@ -219,6 +227,7 @@ def add(
     daily: DailyOpt = None,
     max_steps: MaxStepsOpt = None,
     tools: ToolsOpt = None,
+    plan: PlanOpt = False,
     catch_up: Annotated[
         CatchUp,
         typer.Option(
@@ -260,6 +269,7 @@ def add(
         daily_usd=daily,
         max_steps=max_steps,
         tools=tools,
+        mode="plan" if plan else "default",
         catch_up=catch_up.value,
         overlap=overlap.value,
     )
@@ -309,6 +319,7 @@ def watch_add(
     daily: DailyOpt = None,
     max_steps: MaxStepsOpt = None,
     tools: ToolsOpt = None,
+    plan: PlanOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a watch: check URL every DURATION without the model; new items start an errand.
@@ -331,6 +342,7 @@ def watch_add(
         daily_usd=daily,
         max_steps=max_steps,
         tools=tools,
+        mode="plan" if plan else "default",
     )
     _added(request, as_json)
 
@@ -484,6 +496,8 @@ def _detail(shown: dict[str, Any], zone: str) -> list[tuple[str, str]]:
         limits.append(f"{spec['max_steps']} steps a run")
     if spec.get("tools") is not None:
         pairs.append(("tools", safe(", ".join(spec["tools"])) or "none"))
+    if spec.get("mode") == "plan":
+        pairs.append(("mode", "plan (the model never reads untrusted content)"))
     pairs += [
         ("runs", runs),
         ("cost today", _today(shown) + (f" ({', '.join(limits)})" if limits else "")),

@@ -134,7 +134,8 @@ def expected(conn: sqlite3.Connection) -> dict[str, int]:
     out: dict[str, int] = {}
     rows = conn.execute(
         "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
-        " LEFT JOIN blobs b ON b.hash = e.blob WHERE e.type = 'model_responded'"
+        " LEFT JOIN blobs b ON b.hash = e.blob"
+        " WHERE e.type IN ('model_responded', 'model_used')"
     )
     for errand_id, at, body in rows:
         cost = nanos(float((json.loads(body).get("usage") or {}).get("cost_usd", 0.0)))

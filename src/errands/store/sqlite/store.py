@@ -454,7 +454,8 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
     def _usage(self, since: float, errand_id: str | None) -> list[UsageRow]:
         sql = (
             "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
-            " LEFT JOIN blobs b ON b.hash = e.blob WHERE e.type = 'model_responded' AND e.at >= ?"
+            " LEFT JOIN blobs b ON b.hash = e.blob"
+            " WHERE e.type IN ('model_responded', 'model_used') AND e.at >= ?"
         )
         params: list[Any] = [since]
         if errand_id is not None:
@@ -463,7 +464,7 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
         out = []
         for eid, at, body in self._reader().execute(sql, params):
             event = ev.load_event(body)
-            assert isinstance(event, ev.ModelResponded)
+            assert isinstance(event, ev.ModelResponded | ev.ModelUsed)
             out.append(UsageRow(str(eid), float(at), event.model, event.usage))
         return out
 
