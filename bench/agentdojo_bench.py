@@ -6,9 +6,11 @@ errands ships it, approval queue), the model :class:`~errands.evals.worstcase.Wo
 (it always obeys), the simulated approver of :mod:`errands.evals.agentdojo_run`. Two
 kinds of standing rules a person has for the user task's calls: errands' own (``roles``:
 payee, recipient or URL prefix pinned) and the loosest (``tool``: "always allow
-send_money"); each with flow control on and off (the negative control).
+send_money"); each with flow control on and off (the negative control); and each in the
+default mode and in plan mode (:mod:`errands.evals.planner`: the model that calls tools
+never reads untrusted content; the extractor obeys the injection).
 
-    python bench/agentdojo_bench.py                      # everything (about 1 minute)
+    python bench/agentdojo_bench.py                      # everything (about 2 minutes)
     python bench/agentdojo_bench.py --suite slack --standing roles
 
 Results are printed and written to ``bench/results/agentdojo.json``: each suite's record,
@@ -52,7 +54,9 @@ async def run(suites: list[str], standings: list[Any]) -> list[dict[str, Any]]:
     records = []
     for standing in standings:
         started = time.perf_counter()
-        found = await evaluate(suites, ["on", "off"], standing=standing, details=True)
+        found = await evaluate(
+            suites, ["on", "off"], standing=standing, details=True, modes=("default", "plan")
+        )
         for record in found:
             record.update(_which(record.pop("cases")))
         Console(width=140).print(table(found))

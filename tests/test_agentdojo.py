@@ -27,7 +27,7 @@ from errands.core.canonical import canonical_hash
 from errands.core.labels import Integrity
 from errands.core.messages import Message
 from errands.evals.agentdojo import Standing, cases, load_suite, standing_rules, toolset
-from errands.evals.agentdojo_run import CaseResult, Flow, Session, run_suite
+from errands.evals.agentdojo_run import CaseResult, Flow, Mode, Session, run_suite
 from errands.evals.agentdojo_tools import MAPPINGS
 from errands.evals.report import KEYS, summarize
 from errands.evals.worstcase import Planned, WorstCaseModel
@@ -40,16 +40,25 @@ SAMPLE = {
     "slack": (["user_task_0", "user_task_1"], ["injection_task_1", "injection_task_3"]),
 }
 
-_runs: dict[tuple[str, Flow, Standing], list[CaseResult]] = {}
+_runs: dict[tuple[str, Flow, Standing, Mode], list[CaseResult]] = {}
 
 
-def sample(suite: str, flow: Flow, standing: Standing = "roles") -> list[CaseResult]:
+def sample(
+    suite: str, flow: Flow, standing: Standing = "roles", mode: Mode = "default"
+) -> list[CaseResult]:
     """The sample's results (each combination run once per test session)."""
-    key = (suite, flow, standing)
+    key = (suite, flow, standing, mode)
     if key not in _runs:
         users, injections = SAMPLE[suite]
         _runs[key] = asyncio.run(
-            run_suite(suite, flow, standing=standing, user_tasks=users, injection_tasks=injections)
+            run_suite(
+                suite,
+                flow,
+                standing=standing,
+                user_tasks=users,
+                injection_tasks=injections,
+                mode=mode,
+            )
         )
     return _runs[key]
 
@@ -258,3 +267,40 @@ def test_the_cli_reports_json_per_suite(cli: CLI) -> None:
     assert records[0]["hijacks"] == 0 and records[1]["hijacks"] >= 1
     bad = cli("eval", "agentdojo", "--suite", "travel")
     assert bad.returncode == 2 and "unknown suite 'travel'" in bad.stderr
+
+
+# -- plan mode: the planner never reads the injection; the extractor obeys it ---------------
+
+
+@pytest.mark.parametrize("suite", sorted(SAMPLE))
+def test_in_plan_mode_the_injection_never_reaches_the_planner_and_nothing_gets_through(
+    suite: str,
+) -> None:
+    results = sample(suite, "on", "tool", "plan")
+    assert [r.hijacks for r in results] == [[] for _ in results]
+    assert not any(r.obeyed for r in results)  # the planner never read it
+    assert all(r.utility and not r.false_blocks for r in results if r.injection_task is None)
+    # the extractor obeyed: the person's own calls carried the attacker's values, and the
+    # approver denied them (utility lost under attack: plan mode's known cost)
+    attacked = [r for r in results if r.injection_task is not None]
+    assert any(not a.granted for r in attacked for a in r.asked)
+
+
+def test_negative_control_in_plan_mode_with_flow_control_off_poisoned_values_get_through() -> None:
+    """The planner is never fooled, but a value the extractor took from the injection
+    flows into the person's payment: with labels deciding nothing, and the person's
+    loosest standing rule, it runs."""
+    loose = sample("banking", "off", "tool", "plan")
+    assert not any(r.obeyed for r in loose)
+    assert any(h["tool"] == "send_money" for r in loose for h in r.hijacks)
+
+
+def test_the_cli_reports_plan_mode_beside_the_default(cli: CLI) -> None:
+    done = cli(
+        "eval", "agentdojo", "--suite", "banking", "--limit", "1", "--flow", "on",
+        "--mode", "both", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    records = json.loads(done.stdout)
+    assert [(r["mode"], r["flow"]) for r in records] == [("default", "on"), ("plan", "on")]
+    assert all(r["hijacks"] == 0 and r["benign_completed"] == 1 for r in records)

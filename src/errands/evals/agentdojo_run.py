@@ -50,6 +50,7 @@ from errands.evals.agentdojo import (
     standing_rules,
     toolset,
 )
+from errands.evals.planner import PlanWorstCase, ground_truth_outputs, plan_for
 from errands.evals.worstcase import ByErrand, Planned, WorstCaseModel
 from errands.harness import Harness, build
 from errands.policy.hook import Decision, PolicyHook
@@ -58,9 +59,10 @@ from errands.tools.canonical import UrlError, canonical_url
 from errands.tools.tool import ArgRole, Tool, ToolError
 from errands.tools.toolset import FunctionToolset
 
-__all__ = ["Approver", "Asked", "CaseResult", "Flow", "Session", "run_suite"]
+__all__ = ["Approver", "Asked", "CaseResult", "Flow", "Mode", "Session", "run_suite"]
 
 Flow = Literal["on", "off"]
+Mode = Literal["default", "plan"]
 APPROVER = "agentdojo-approver"
 _CONSEQUENTIAL = {ev.EffectClass.external, ev.EffectClass.spend, ev.EffectClass.irreversible}
 _MAX_ROUNDS = 100  # approval rounds per errand (a case asks a few times at most)
@@ -91,6 +93,7 @@ class CaseResult:
     suite: str
     flow: Flow
     standing: Standing
+    mode: Mode
     user_task: str
     injection_task: str | None
     errand: str  # its id in the session's store
@@ -154,14 +157,21 @@ class Approver:
 
 
 class Session:
-    """One suite, flow control on or off, on a harness in *home* (a fresh directory)."""
+    """One suite, flow control on or off, errands in *mode* (default, or plan: the
+    planner of :mod:`errands.evals.planner`), on a harness in *home* (a fresh directory)."""
 
     def __init__(
-        self, suite_name: str, flow: Flow, home: Path, standing: Standing = "roles"
+        self,
+        suite_name: str,
+        flow: Flow,
+        home: Path,
+        standing: Standing = "roles",
+        mode: Mode = "default",
     ) -> None:
         self.suite = load_suite(suite_name)
         self.flow = flow
         self.standing: Standing = standing
+        self.mode: Mode = mode
         self.envs: dict[str, Any] = {}
         self.tools = toolset(self.suite, self.envs)
         home.mkdir(parents=True, exist_ok=True)
@@ -189,16 +199,16 @@ class Session:
         policy = self.base.model_copy(update={"rules": [*self.base.rules, *rules]})
         off = flow_off(policy)
         eid = await self.harness.create(
-            case.prompt, model=self.spec, limits=_LIMITS, by="agentdojo", channel="eval"
+            case.prompt,
+            model=self.spec,
+            limits=_LIMITS,
+            by="agentdojo",
+            channel="eval",
+            mode=self.mode,
         )
         self.envs[eid] = case.env
         self.policy.policies[eid] = policy if self.flow == "on" else off
-        model = WorstCaseModel(
-            task=case.task_calls,
-            injected=case.injected_calls,
-            trigger=case.trigger,
-            answer=str(case.user_task.GROUND_TRUTH_OUTPUT) or "Done.",
-        )
+        model = self._model(case)
         self.model.models[eid] = model
         approver = Approver(self.harness, self.tools, case, off)
         self.runner = self.runner or self.harness.runner()
@@ -212,8 +222,28 @@ class Session:
         finally:
             del self.envs[eid], self.policy.policies[eid], self.model.models[eid]
 
+    def _model(self, case: Case) -> WorstCaseModel | PlanWorstCase:
+        answer = str(case.user_task.GROUND_TRUTH_OUTPUT)
+        if self.mode == "default":
+            return WorstCaseModel(
+                task=case.task_calls,
+                injected=case.injected_calls,
+                trigger=case.trigger,
+                answer=answer or "Done.",
+            )
+        outputs = ground_truth_outputs(self.suite, case.pre, case.task_calls)
+        steps = plan_for(
+            self.suite.name, case.prompt, case.task_calls, outputs, case.injected_calls, answer
+        )
+        return PlanWorstCase(steps, trigger=case.trigger, answer=answer or "Done.")
+
     async def _score(
-        self, case: Case, eid: str, view: ErrandView, model: WorstCaseModel, asked: list[Asked]
+        self,
+        case: Case,
+        eid: str,
+        view: ErrandView,
+        model: WorstCaseModel | PlanWorstCase,
+        asked: list[Asked],
     ) -> CaseResult:
         from agentdojo.functions_runtime import FunctionCall
 
@@ -230,6 +260,7 @@ class Session:
             suite=case.suite,
             flow=self.flow,
             standing=self.standing,
+            mode=self.mode,
             user_task=case.user_task.ID,
             injection_task=case.injection_task.ID if case.injection_task else None,
             errand=eid,
@@ -256,6 +287,8 @@ class Session:
                 or (intent.tool, canonical_hash(intent.arguments)) in asked_for
             ):
                 continue
+            if intent.effect not in _CONSEQUENTIAL and intent.effect is not ev.EffectClass.network:
+                continue  # (reads, and plan mode's extract)
             host = _host(self.tools.get(intent.tool), intent.arguments)
             if intent.effect in _CONSEQUENTIAL or (
                 intent.effect is ev.EffectClass.network and host not in hosts
@@ -308,12 +341,13 @@ async def run_suite(
     limit: int | None = None,
     benign: bool = True,
     attacked: bool = True,
+    mode: Mode = "default",
 ) -> list[CaseResult]:
     """Run *suite_name*'s cases (:func:`errands.evals.agentdojo.cases`) with flow control
     *flow* and *standing* rules, one errand after another, on a temporary home (or
     *home*, a fresh directory)."""
     with tempfile.TemporaryDirectory(prefix="errands-agentdojo-") as tmp:
-        session = Session(suite_name, flow, home or Path(tmp), standing)
+        session = Session(suite_name, flow, home or Path(tmp), standing, mode)
         try:
             picked = cases(
                 session.suite,

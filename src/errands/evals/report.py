@@ -33,7 +33,7 @@ from errands.evals.agentdojo import (
     ground_truth_holds,
     load_suite,
 )
-from errands.evals.agentdojo_run import CaseResult, Flow, run_suite
+from errands.evals.agentdojo_run import CaseResult, Flow, Mode, run_suite
 
 __all__ = ["KEYS", "evaluate", "summarize", "table"]
 
@@ -65,6 +65,7 @@ def summarize(results: Sequence[CaseResult], ceiling: int | None = None) -> dict
         "false_blocks": sum(len(r.false_blocks) for r in benign),
         "flow": first.flow,
         "standing": first.standing,
+        "mode": first.mode,
         "user_tasks": len(benign),
         "ground_truth_completes": ceiling,
         "pairs": len(attacked),
@@ -87,6 +88,7 @@ async def evaluate(
     user_tasks: Sequence[str] | None = None,
     injection_tasks: Sequence[str] | None = None,
     details: bool = False,
+    modes: Sequence[Mode] = ("default",),
 ) -> list[dict[str, Any]]:
     """Run each suite with each flow setting; one record each (with every case's
     result when *details*)."""
@@ -94,7 +96,7 @@ async def evaluate(
     for name in suites:
         suite = load_suite(name)
         ceiling: int | None = None
-        for flow in flows:
+        for mode, flow in [(m, f) for m in modes for f in flows]:
             results = await run_suite(
                 name,
                 flow,
@@ -102,6 +104,7 @@ async def evaluate(
                 limit=limit,
                 user_tasks=user_tasks,
                 injection_tasks=injection_tasks,
+                mode=mode,
             )
             if ceiling is None:
                 ceiling = sum(
@@ -137,11 +140,13 @@ def table(records: Sequence[dict[str, Any]]) -> Table:
         caption_justify="left",
         header_style="bold",
     )
-    for name in ("suite", "flow", "hijacks", "done", "approvals", "false blocks", "attacked"):
-        out.add_column(name, justify="left" if name in ("suite", "flow") else "right")
+    columns = ("suite", "mode", "flow", "hijacks", "done", "approvals", "false blocks", "attacked")
+    for name in columns:
+        out.add_column(name, justify="left" if name in ("suite", "mode", "flow") else "right")
     for r in records:
         out.add_row(
             r["suite"],
+            r["mode"],
             r["flow"],
             f"{r['hijacks']} in {r['hijacked_pairs']}/{r['pairs']}",
             f"{r['benign_completed']}/{r['user_tasks']}",

@@ -95,10 +95,11 @@ class ByErrand:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.models: dict[str, WorstCaseModel] = {}
+        self.models: dict[str, Any] = {}  # errand id -> a model (WorstCaseModel, ...)
 
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         model = self.models.get(request.errand_id)
         if model is None:
             raise ModelError(f"no worst-case plan for errand {request.errand_id}")
-        return await model.complete(request, on_text)
+        reply: ModelReply = await model.complete(request, on_text)
+        return reply

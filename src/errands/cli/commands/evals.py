@@ -14,7 +14,7 @@ from errands.cli.common import JsonOpt, fail, out
 from errands.errors import UserError
 
 if TYPE_CHECKING:
-    from errands.evals.agentdojo_run import Flow
+    from errands.evals.agentdojo_run import Flow, Mode
 
 __all__ = ["register"]
 
@@ -26,6 +26,12 @@ eval_app = typer.Typer(
 class FlowChoice(StrEnum):
     on = "on"
     off = "off"
+    both = "both"
+
+
+class ModeChoice(StrEnum):
+    default = "default"
+    plan = "plan"
     both = "both"
 
 
@@ -53,6 +59,13 @@ def agentdojo(
     limit: Annotated[
         int | None, typer.Option(min=1, help="Only the first N user tasks of each suite.")
     ] = None,
+    mode: Annotated[
+        ModeChoice,
+        typer.Option(
+            help="Errands in the default mode, in plan mode (the model never reads untrusted "
+            "content; a perfect planner, an extractor that obeys the injection) or both."
+        ),
+    ] = ModeChoice.default,
     as_json: JsonOpt = False,
 ) -> None:
     """Run AgentDojo's suites through errands (a model that always obeys the injection,
@@ -65,9 +78,18 @@ def agentdojo(
     flows: list[Flow] = ["on", "off"]
     if flow is not FlowChoice.both:
         flows = ["on"] if flow is FlowChoice.on else ["off"]
+    modes: list[Mode] = ["default", "plan"]
+    if mode is not ModeChoice.both:
+        modes = ["default"] if mode is ModeChoice.default else ["plan"]
     try:
         records = asyncio.run(
-            evaluate(suite or ["banking", "slack"], flows, standing=standing.value, limit=limit)
+            evaluate(
+                suite or ["banking", "slack"],
+                flows,
+                standing=standing.value,
+                limit=limit,
+                modes=modes,
+            )
         )
     except UserError as exc:
         fail(str(exc))
