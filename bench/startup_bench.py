@@ -1,0 +1,205 @@
+"""Start-up (issue 17, item 5): how long a person waits for the command line and the server.
+
+Measured from outside, as a person (or a service manager) meets it, each a fresh process:
+
+- ``errands --help`` through the installed entry point (``.venv/bin/errands``), and
+  ``python -m errands --help``: wall time to exit;
+- ``errands version``: a command that opens nothing;
+- ``errands up``: wall time from spawning ``errands --home NEW up --port PORT`` (a new,
+  empty home each run; a port found free just before) to the first HTTP 200 from
+  ``GET /api/health``, polled every 2 ms over a raw socket (connection refused until the
+  server listens);
+- how many modules ``errands --help`` imports (``-X importtime``), and the heaviest.
+
+Each figure is the median of ``--runs`` runs (default 9), with min and max.
+
+    python bench/startup_bench.py             # 9 runs of each
+    python bench/startup_bench.py --runs 5
+
+Prints a table; writes ``bench/results/startup.json`` with a machine description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from probes import machine_info
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "startup.json"
+TARGETS_S = {"errands --help": 0.3, "errands up -> first 200": 0.5}
+
+
+def entry_point() -> str:
+    """The installed ``errands`` script beside this interpreter (else the one on PATH)."""
+    beside = Path(sys.executable).parent / "errands"
+    found = str(beside) if beside.exists() else shutil.which("errands")
+    if found is None:
+        raise SystemExit("no errands entry point: pip install -e . first")
+    return found
+
+
+def environment(home: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
+    if home is not None:
+        env["ERRANDS_HOME"] = home
+    return env
+
+
+def timed_exit(argv: list[str]) -> float:
+    """Seconds from spawning *argv* to its exit (it must succeed)."""
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=environment())
+    return time.perf_counter() - t0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health_ok(port: int) -> bool:
+    """One ``GET /api/health`` on a new connection: True on a 200; False when nothing
+    listens yet, or the answer is not a 200."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5.0) as s:
+            s.sendall(
+                f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            head = s.recv(64)
+    except OSError:
+        return False
+    return head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+
+
+def timed_up(errands: str) -> float:
+    """Seconds from spawning ``errands up`` on a new home to its first 200 on /api/health."""
+    with tempfile.TemporaryDirectory(prefix="errands-startup-") as tmp:
+        home = Path(tmp) / "home"
+        port = free_port()
+        log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [errands, "--home", str(home), "up", "--port", str(port)],
+            stdout=log,
+            stderr=log,
+            env=environment(),
+            cwd=tmp,
+        )
+        try:
+            while not health_ok(port):
+                if proc.poll() is not None:
+                    log.close()
+                    raise RuntimeError((Path(tmp) / "server.log").read_text())
+                if time.perf_counter() - t0 > 60:
+                    raise RuntimeError("errands up did not answer within 60 s")
+                time.sleep(0.002)
+            elapsed = time.perf_counter() - t0
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    return elapsed
+
+
+def help_imports() -> dict[str, Any]:
+    """The modules ``errands --help`` imports, and the ten that cost the most (with
+    what they import)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "errands", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=environment(),
+    )
+    rows = []
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "|" not in line or "cumulative" in line:
+            continue
+        _, cumulative, name = line.split("|")
+        rows.append((int(cumulative), name.strip()))
+    heaviest = sorted(rows, reverse=True)[:10]
+    return {
+        "modules": len(rows),
+        "heaviest_cumulative_ms": {name: round(us / 1000, 1) for us, name in heaviest},
+    }
+
+
+def summarise(samples: list[float]) -> dict[str, Any]:
+    return {
+        "median_s": round(statistics.median(samples), 3),
+        "min_s": round(min(samples), 3),
+        "max_s": round(max(samples), 3),
+        "runs": len(samples),
+        "samples_s": [round(x, 3) for x in samples],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    args = parser.parse_args()
+    errands = entry_point()
+    info = machine_info(
+        Path(tempfile.gettempdir()), ("typer", "rich", "fastapi", "starlette", "uvicorn")
+    )
+    commands = {
+        "errands --help": [errands, "--help"],
+        "python -m errands --help": [sys.executable, "-m", "errands", "--help"],
+        "errands version": [errands, "version"],
+    }
+    for argv in commands.values():  # warm the file cache and the bytecode
+        timed_exit(argv)
+    timed_up(errands)
+    results: dict[str, dict[str, Any]] = {}
+    for name, argv in commands.items():
+        results[name] = summarise([timed_exit(argv) for _ in range(args.runs)])
+    results["errands up -> first 200"] = summarise([timed_up(errands) for _ in range(args.runs)])
+    imports = help_imports()
+
+    print(f"{'measure':28} {'median s':>9} {'min s':>7} {'max s':>7} {'target':>7}")
+    for name, r in results.items():
+        target = TARGETS_S.get(name)
+        shown = f"{target:.1f}" if target is not None else ""
+        print(
+            f"{name:28} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {shown:>7}"
+        )
+    print(f"\nerrands --help imports {imports['modules']} modules; the heaviest (cumulative):")
+    for module, ms in imports["heaviest_cumulative_ms"].items():
+        print(f"  {ms:>7.1f} ms  {module}")
+    met = {name: results[name]["median_s"] <= t for name, t in TARGETS_S.items()}
+    for name, ok in met.items():
+        print(f"target {name} <= {TARGETS_S[name]} s: {'met' if ok else 'NOT met'}")
+    summary = {
+        "results": results,
+        "help_imports": imports,
+        "targets_s": TARGETS_S,
+        "targets_met": met,
+        "machine": info,
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(HERE.parent)}")
+
+
+if __name__ == "__main__":
+    main()
