@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.inproc import in_process
 from helpers.kit import Ledger, call, harness_for, ledger_registry, script
 
 from errands.config import Price, Settings
@@ -31,12 +32,8 @@ from errands.harness import Harness
 from errands.policy.hook import AllowAll
 from errands.server import inbox as inbox_module
 from errands.server import marks as marks_module
-from errands.server.app import create_app
-from errands.server.auth import Security
 from errands.server.context import ServerContext
 from errands.server.editing import editor_for
-from errands.server.hub import Hub
-from errands.server.idempotency import IdempotencyStore
 from errands.server.inbox import dead_end, model_choices, timeline
 from errands.server.marks import Marks
 from errands.server.prices import price_hint
@@ -74,17 +71,8 @@ class Server:
 async def server(store: Store, settings: Settings, tmp_path: Path) -> AsyncIterator[Server]:
     tools = ledger_registry(Ledger(tmp_path / "ledger"))
     harness = harness_for(store, settings, tools=tools, model=script(*LOOKUPS), policy=AllowAll())
-    ctx = ServerContext(
-        harness=harness,
-        hub=Hub(store),
-        security=Security(host="127.0.0.1", port=7878),
-        idempotency=IdempotencyStore(settings.home / "server.sqlite"),
-        base_url="http://127.0.0.1:7878",
-    )
-    transport = httpx.ASGITransport(app=create_app(ctx))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:7878") as api:
+    async with in_process(harness) as (api, ctx):
         yield Server(harness, api, ctx)
-    ctx.idempotency.close()
 
 
 async def at_its_step_limit(s: Server, steps: int = 2) -> str:

@@ -43,7 +43,9 @@ from errands.server.schemas import (
     APPROVAL_ID,
     APPROVALS,
     ERRAND_ID,
+    MAX_PAGE,
     MAX_SEQ,
+    PAGE,
     SUMMARIES,
     ApproveBody,
     ArchiveBody,
@@ -263,17 +265,29 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         request: Request,
         errand_id: ErrandIdPath,
         after: Annotated[
-            int, Query(ge=0, le=MAX_SEQ, description="only events after this seq")
-        ] = 0,
+            int | None,
+            Query(ge=0, le=MAX_SEQ, description="every event after this seq (to follow it)"),
+        ] = None,
+        before: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_SEQ, description="the page of events before this seq"),
+        ] = None,
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_PAGE, description="events in a page (without after)")
+        ] = PAGE,
     ) -> Response:
         ctx = get_ctx(request)
         view = await view_or_404(ctx, errand_id)
-        stored = await ctx.store.read(errand_id, after=after)
+        if after is not None:
+            stored = await ctx.store.read(errand_id, after=after)
+        else:  # the newest events (or those before *before*): never the whole log
+            stored = await ctx.store.read_latest(errand_id, limit, before)
         detail = ErrandDetail(
             **ErrandSummary.of(view).model_dump(),
             workspace=view.workspace,
             approvals=[ApprovalOut.of(p, view.title) for p in view.pending.values()],
             events=[StoredEventOut(seq=s.seq, event=s.event) for s in stored],
+            events_before=stored[0].seq - 1 if stored else 0,
         )
         return _json(detail.model_dump_json().encode())
 

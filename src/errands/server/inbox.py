@@ -186,6 +186,7 @@ SHOWS: dict[str, tuple[str, frozenset[ErrandState] | None]] = {
 MAX_ROWS = 100  # errands in a list
 KEEP_STEPS = 6  # a long timeline shows its latest steps; the earlier ones fold away
 COLLAPSE_AFTER = 10  # ... once it has more steps than this
+PAGE_EVENTS = 200  # a page shows the request and at most this many of the newest events
 
 
 @dataclass(frozen=True)
@@ -368,14 +369,26 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             headers={"cache-control": "no-store"},
         )
 
-    async def errand_values(ctx: ServerContext, errand_id: str, after: int) -> dict[str, Any]:
+    async def errand_values(
+        ctx: ServerContext, errand_id: str, after: int, before: int | None = None
+    ) -> dict[str, Any]:
+        """What the errand's page (*after* 0: its request and its newest events, or those
+        before *before*) or a fragment of what came *after* shows."""
         view: ErrandView = await ctx.store.view(errand_id)
-        stored = await ctx.store.read(errand_id, after=after)
+        older = 0  # events neither shown nor folded: between the request and the page
+        if after:
+            stored = await ctx.store.read(errand_id, after=after)
+        else:  # a long log is read a page at a time, never whole
+            stored = await ctx.store.read_latest(errand_id, PAGE_EVENTS, before)
+            if stored and stored[0].seq > 1:
+                first = await ctx.store.read_latest(errand_id, 1, before=2)
+                older = stored[0].seq - 1 - len(first)
+                stored = first + stored
         count = len(await ctx.store.pending_approvals()) if view.pending or after else None
         approvals = [ApprovalOut.of(p, view.title) for p in view.pending.values()]
         stopped = None
         if view.state in (ErrandState.failed, ErrandState.needs_attention):
-            everything = stored if after == 0 else await ctx.store.read(errand_id)
+            everything = stored if after == 0 and not older else await ctx.store.read(errand_id)
             stopped = dead_end(view, everything)
         await marks(ctx).see(errand_id, view.last_seq)  # the person has it open
         summary = ErrandSummary.of(view)
@@ -383,6 +396,8 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             "errand": summary,
             "workspace": view.workspace,
             "events": stored,
+            "older": older,
+            "older_before": stored[1].seq if older else None,
             "approvals": approvals,
             "editors": await editors(ctx, approvals),
             "pending_count": count,
@@ -394,10 +409,12 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         }
 
     @router.get("/errands/{errand_id}", response_class=HTMLResponse)
-    async def errand_page(request: Request, errand_id: str) -> HTMLResponse:
+    async def errand_page(
+        request: Request, errand_id: str, before: int | None = None
+    ) -> HTMLResponse:
         ctx = get_ctx(request)
         try:
-            values = await errand_values(ctx, errand_id, 0)
+            values = await errand_values(ctx, errand_id, 0, before if before else None)
         except NotFound:
             return page(request, "missing.html", status=404, errand_id=errand_id)
         values["pending_count"] = len(await ctx.store.pending_approvals())

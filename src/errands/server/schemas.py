@@ -64,6 +64,8 @@ SCHEDULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # (errands.core.schedules)
 NOT_BLANK = r"[^\s\u0085\ufeff\u001c-\u001f]"
 # MAX_TEXT (errands.textlimit): characters; even fully escaped, a body stays under the 1 MiB cap
 MAX_SEQ = 2**53
+PAGE = 200  # events in a page of GET /api/errands/{id}
+MAX_PAGE = 1_000
 MAX_MORE_STEPS = 10_000
 
 Channel = Literal["api", "cli", "inbox"]
@@ -163,7 +165,14 @@ class StoredEventOut(BaseModel):
 class ErrandDetail(ErrandSummary):
     workspace: str
     approvals: list[ApprovalOut]
-    events: list[StoredEventOut]
+    events: list[StoredEventOut] = Field(
+        description="the newest events (200 by default; ?limit=), those before ?before=SEQ, "
+        "or every one after ?after=SEQ"
+    )
+    events_before: int = Field(
+        description="how many older events there are (page back with ?before= the first "
+        "event's seq)"
+    )
 
 
 class Message(BaseModel):

@@ -198,6 +198,10 @@ class BaseStore(GroupCommit, ScheduleOps):
     def _read_log(self, errand_id: str, after: int) -> list[StoredEvent]: ...
 
     @abc.abstractmethod
+    def _read_latest(self, errand_id: str, limit: int, before: int | None) -> list[StoredEvent]:
+        """The newest *limit* events before *before* (None: the end), in order."""
+
+    @abc.abstractmethod
     def _read_view(self, errand_id: str) -> ErrandView: ...
 
     @abc.abstractmethod
@@ -612,6 +616,12 @@ class BaseStore(GroupCommit, ScheduleOps):
 
     async def read(self, errand_id: str, after: int = 0) -> list[StoredEvent]:
         return await asyncio.to_thread(self._checked_log, errand_id, after)
+
+    async def read_latest(
+        self, errand_id: str, limit: int, before: int | None = None
+    ) -> list[StoredEvent]:
+        require(limit >= 0, "a page holds zero or more events")
+        return await asyncio.to_thread(self._read_latest, errand_id, limit, before)
 
     def _checked_log(self, errand_id: str, after: int) -> list[StoredEvent]:
         out = self._read_log(errand_id, after)

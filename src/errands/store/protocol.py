@@ -156,6 +156,13 @@ class StoreReader(Protocol):
         """The errand's events after sequence number *after*, in order."""
         ...
 
+    async def read_latest(
+        self, errand_id: str, limit: int, before: int | None = None
+    ) -> list[StoredEvent]:
+        """The errand's newest *limit* events before sequence number *before* (all of
+        them: None), in order: a page of a long log, read without the rest of it."""
+        ...
+
     async def view(self, errand_id: str) -> ErrandView:
         """The errand's state and summary (a fold of its log); :class:`NotFound` if none."""
         ...

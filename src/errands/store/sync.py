@@ -54,6 +54,11 @@ class BlockingStore:
     def read(self, errand_id: str, after: int = 0) -> list[StoredEvent]:
         return self.run(self.store.read(errand_id, after))
 
+    def read_latest(
+        self, errand_id: str, limit: int, before: int | None = None
+    ) -> list[StoredEvent]:
+        return self.run(self.store.read_latest(errand_id, limit, before))
+
     def view(self, errand_id: str) -> ErrandView:
         return self.run(self.store.view(errand_id))
 

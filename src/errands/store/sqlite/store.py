@@ -71,6 +71,7 @@ _UPSERT_VIEW = (
 # When state and pending_count are unchanged: leave the indexed columns (and so the
 # indexes) alone.
 _UPDATE_VIEW = "UPDATE errands SET title=?, updated_at=?, last_seq=?, parent=?, view=? WHERE id=?"
+_MAX_SEQ = 2**62  # (no log is longer)
 _SELECT_LOG = (
     "SELECT e.seq, e.body, e.blob, b.data FROM events e LEFT JOIN blobs b"
     " ON b.hash = e.blob WHERE e.errand_id = ?"
@@ -372,6 +373,22 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
         return [
             StoredEvent(errand_id, seq, ev.load_event(data if blob else body))
             for seq, body, blob, data in rows
+        ]
+
+    @_reads
+    def _read_latest(self, errand_id: str, limit: int, before: int | None) -> list[StoredEvent]:
+        bound = _MAX_SEQ if before is None else before
+        rows = (
+            self._reader()
+            .execute(
+                _SELECT_LOG + " AND e.seq < ? ORDER BY e.seq DESC LIMIT ?",
+                (errand_id, bound, limit),
+            )
+            .fetchall()
+        )
+        return [
+            StoredEvent(errand_id, seq, ev.load_event(data if blob else body))
+            for seq, body, blob, data in reversed(rows)
         ]
 
     @_reads
