@@ -33,7 +33,7 @@ from errands.config import Settings, load_settings
 from errands.core import events as ev
 from errands.core.canonical import canonical_hash
 from errands.core.events import EffectClass
-from errands.core.labels import BOTTOM
+from errands.core.labels import BOTTOM, Label
 from errands.core.progress import Progress
 from errands.core.states import ErrandState
 from errands.engine.dispatch import Dispatcher
@@ -67,7 +67,9 @@ class PolicyBlindApprovals(Approvals):
 class GrantTrustingDispatcher(Dispatcher):
     """Runs what a person granted without asking the policy again."""
 
-    def permitted(self, p: Progress, tool: Tool, name: str, args: dict[str, Any]) -> Verdict:
+    def permitted(
+        self, p: Progress, tool: Tool, name: str, args: dict[str, Any], context: Label
+    ) -> Verdict:
         return Verdict(ALLOW, "granted")
 
 
