@@ -19,6 +19,12 @@ Built-in votes that no file can loosen:
   stops it before any intent);
 - ``unreadable-url`` (deny): an argument the tool declares a URL that is not a URL
   errands can read -- no rule could be matched on it;
+- ``command-unresolved`` (ask): a shell command line the parser cannot fully resolve
+  (``sh -c``, ``eval``, ``$( )``, a variable, an env prefix …;
+  :mod:`errands.policy.commands`), whatever allow rule matches;
+- ``shell-default`` (ask, or the effect class's decision if stricter): a simple command in
+  a command line (an argument the tool declares a ``command``) that no rule covers --
+  neither a rule for the tool as a whole nor a ``command`` rule naming its first words;
 - ``executes-later`` (ask): a call that writes (effect ``write_local`` or above) to a
   path other programs run or trust later (:data:`~errands.policy.executable.EXECUTES_LATER`);
 - ``always-allowed``: an ``ask`` becomes ``allow`` when the person approved this tool
@@ -38,10 +44,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from errands.config import ConfigError
 from errands.core.events import EffectClass
+from errands.policy.commands import ParsedScript, parse_script, prefix_matches, rule_words
 from errands.policy.executable import ExecutesLater, executes_later
 from errands.policy.flow import FlowSettings, Trusted, flow_verdict
 from errands.policy.hook import Decision, PolicyCall, Verdict
@@ -119,6 +126,23 @@ irreversible = "ask"    # anything that cannot be undone
 # effect = "network"
 # decision = "ask"
 
+# The shell asks before every command unless a rule allows it. Command rules match
+# the first words of each simple command in the line (pipelines, `;`, `&&`, subshells
+# each checked, quoting undone); a line the parser cannot fully read (sh -c, eval,
+# $( ), a variable, an env prefix, xargs ...) always asks. For example:
+#
+# [[rules]]
+# name = "git-status-is-fine"
+# tool = "shell"
+# command = "git status"
+# decision = "allow"
+#
+# [[rules]]
+# name = "no-force-push"
+# tool = "shell"
+# command = "git push --force"
+# decision = "deny"
+
 # Flow control: once something an outsider could have written (a web page, a mail, a
 # watch's new items) is in an errand's context, a call that changes something outside,
 # spends or cannot be undone -- or a fetch to a host you did not name -- asks you,
@@ -148,12 +172,13 @@ class CallValues:
     - anything else, and a value that is not a string: its text (JSON for non-strings).
     """
 
-    __slots__ = ("_paths", "_urls", "call", "outside", "unreadable")
+    __slots__ = ("_paths", "_scripts", "_urls", "call", "outside", "unreadable")
 
     def __init__(self, call: PolicyCall) -> None:
         self.call = call
         self._paths: dict[str, CanonicalPath] = {}
         self._urls: dict[str, str] = {}
+        self._scripts: dict[str, ParsedScript] = {}
         self.outside: list[str] = []  # path arguments that lead outside the workspace
         self.unreadable: list[tuple[str, str]] = []  # (URL argument, why) that cannot be read
         for name, role in call.roles.items():
@@ -170,12 +195,26 @@ class CallValues:
                     self._urls[name] = canonical_url(raw).text
                 except UrlError as exc:
                     self.unreadable.append((name, str(exc)))
+            elif role is ArgRole.command:
+                self._scripts[name] = parse_script(raw)
+
+    def script(self, name: str) -> ParsedScript | None:
+        """The parsed command line of argument *name* (a ``command`` role), if it has one."""
+        return self._scripts.get(name)
+
+    @property
+    def scripts(self) -> list[ParsedScript]:
+        return list(self._scripts.values())
 
     def path(self, name: str) -> CanonicalPath | None:
         return self._paths.get(name)
 
-    def matches(self, name: str, glob: str) -> bool:
-        """Does argument *name* exist and match *glob* (spelled like its canonical value)?"""
+    def matches(self, name: str, glob: str, *, every: bool = True) -> bool:
+        """Does argument *name* exist and match *glob* (spelled like its canonical value)?
+
+        A command line (``command`` role) is matched simple command by simple command
+        (their words joined by single spaces): with *every* (an allow), each must match
+        and the line must be fully resolved; without (a deny or an ask), one is enough."""
         arguments = self.call.arguments
         if name not in arguments:
             return False
@@ -194,10 +233,22 @@ class CallValues:
                 return fnmatch.fnmatchcase(text, pattern)
             if role is ArgRole.method:
                 return fnmatch.fnmatchcase(value.strip().upper(), glob.strip().upper())
+            if role is ArgRole.command:
+                script = self._scripts[name]
+                if every:
+                    plain = script.plain
+                    return (
+                        bool(plain)
+                        and not script.unresolved
+                        and all(fnmatch.fnmatchcase(c.text, glob) for c in plain)
+                    )
+                return fnmatch.fnmatchcase(value, glob) or any(
+                    fnmatch.fnmatchcase(c.text, glob) for c in script.commands
+                )
         return fnmatch.fnmatchcase(_text(value), glob)
 
-    def all_match(self, pattern: Mapping[str, str]) -> bool:
-        return all(self.matches(name, glob) for name, glob in pattern.items())
+    def all_match(self, pattern: Mapping[str, str], *, every: bool = True) -> bool:
+        return all(self.matches(name, glob, every=every) for name, glob in pattern.items())
 
 
 class Rule(BaseModel):
@@ -208,6 +259,9 @@ class Rule(BaseModel):
     tool: str | None = None  # glob on the tool name
     effect: EffectClass | None = None
     args: dict[str, str] = Field(default_factory=dict)  # argument name -> glob on its value
+    # the first words of a simple command in a command line (tools whose arguments
+    # include a ``command``): "git push" (errands.policy.commands)
+    command: str | None = None
     reason: str = ""
     # a standing approval (errands.policy.standing): who made it, when. After untrusted
     # content entered the errand's context it allows only what flow control also lets
@@ -216,12 +270,43 @@ class Rule(BaseModel):
     by: str = ""
     created: str = ""
 
-    def matches(self, call: PolicyCall, values: CallValues | None = None) -> bool:
+    @field_validator("command")
+    @classmethod
+    def _command_has_words(cls, value: str | None) -> str | None:
+        if value is not None and not rule_words(value):
+            raise ValueError("a command rule needs at least one word")
+        return value
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return rule_words(self.command) if self.command is not None else ()
+
+    def applies(self, call: PolicyCall, values: CallValues) -> bool:
+        """Tool, effect and argument globs match (a command rule's words aside)."""
         if self.tool is not None and not fnmatch.fnmatchcase(call.tool, self.tool):
             return False
         if self.effect is not None and call.effect is not self.effect:
             return False
-        return (values or CallValues(call)).all_match(self.args)
+        return values.all_match(self.args, every=self.decision is Decision.allow)
+
+    def matches(self, call: PolicyCall, values: CallValues | None = None) -> bool:
+        """Does this rule vote on *call*? A command rule on its own: a deny or an ask when
+        some simple command starts with its words; an allow when every plain one does and
+        the line is fully resolved (the policy combines several allow rules per command)."""
+        values = values or CallValues(call)
+        if not self.applies(call, values):
+            return False
+        if self.command is None:
+            return True
+        words = self.words
+        if not values.scripts:
+            return False
+        if self.decision is not Decision.allow:
+            return any(prefix_matches(words, c) for s in values.scripts for c in s.commands)
+        return all(
+            s.plain and not s.unresolved and all(prefix_matches(words, c) for c in s.plain)
+            for s in values.scripts
+        )
 
 
 def _text(value: Any) -> str:
@@ -287,16 +372,14 @@ class Policy(BaseModel):
                     f"{where} is a file other programs run or trust: {entry.why}",
                 )
             )
-        matched = [
-            Verdict(r.decision, r.name, r.reason) for r in self.rules if r.matches(call, values)
-        ]
+        unresolved = self.command_unresolved(values)
+        if unresolved is not None:
+            votes.append(unresolved)
+        matched, uncovered = self.rule_votes(call, values)
         if matched:
             votes.extend(matched)
-        else:
-            default = self.effects.get(call.effect, Decision.ask)
-            votes.append(
-                Verdict(default, f"effects.{call.effect.value}", _effect_reason(call, default))
-            )
+        if not matched or uncovered:
+            votes.append(self.default_vote(call, uncovered))
         flow = self.flow_check(call)
         if flow is not None:
             votes.append(flow)
@@ -305,7 +388,12 @@ class Policy(BaseModel):
             # the card says what flow control found (where an argument came from, what
             # data would leave), beside the vote that also asks ("it spends money")
             verdict = Verdict(flow.decision, flow.rule, f"{verdict.reason}; {flow.reason}")
-        if verdict.decision is Decision.ask and later is None and flow is None:
+        if (
+            verdict.decision is Decision.ask
+            and later is None
+            and flow is None
+            and unresolved is None
+        ):
             for tool, pattern_json in call.always_allowed:
                 if tool == call.tool and values.all_match(json.loads(pattern_json)):
                     return Verdict(
@@ -314,6 +402,69 @@ class Policy(BaseModel):
                         f"you allowed {tool} with arguments like these for this errand",
                     )
         return verdict
+
+    def rule_votes(self, call: PolicyCall, values: CallValues) -> tuple[list[Verdict], list[str]]:
+        """The votes of the rules that match, in file order, and the simple commands of a
+        command line that no rule covers (no rule for the tool as a whole matched, and no
+        allow, ask or deny ``command`` rule names their first words).
+
+        A ``command`` rule votes when it names a simple command in the line (an allow only
+        for a command written plainly, :class:`~errands.policy.commands.SimpleCommand`);
+        a rule without one votes on the call as before."""
+        votes: list[Verdict] = []
+        whole = False
+        covered: set[tuple[int, int]] = set()
+        for rule in self.rules:
+            if rule.command is None:
+                if rule.matches(call, values):
+                    votes.append(Verdict(rule.decision, rule.name, rule.reason))
+                    whole = True
+                continue
+            if not values.scripts or not rule.applies(call, values):
+                continue
+            words = rule.words
+            hit = False
+            for n, script in enumerate(values.scripts):
+                for i, command in enumerate(script.commands):
+                    if rule.decision is Decision.allow and not command.plain:
+                        continue
+                    if prefix_matches(words, command):
+                        hit = True
+                        covered.add((n, i))
+            if hit:
+                votes.append(Verdict(rule.decision, rule.name, rule.reason))
+        uncovered: list[str] = []
+        if not whole:
+            for n, script in enumerate(values.scripts):
+                for i, command in enumerate(script.commands):
+                    if command.plain and (n, i) not in covered:
+                        uncovered.append(command.text)
+        return votes, uncovered
+
+    def default_vote(self, call: PolicyCall, uncovered: list[str]) -> Verdict:
+        """The vote when no rule decides: the effect class's; for a command line, at least
+        an ask (a shell command is asked about unless a rule allows it)."""
+        default = self.effects.get(call.effect, Decision.ask)
+        if not values_have_commands(call):
+            return Verdict(default, f"effects.{call.effect.value}", _effect_reason(call, default))
+        decision = max(default, Decision.ask, key=lambda d: SEVERITY[d])
+        shown = ", ".join(f"`{c}`" for c in uncovered[:3]) or "this command line"
+        return Verdict(
+            decision,
+            "shell-default",
+            f"no rule allows {shown}; commands ask unless a rule allows them",
+        )
+
+    def command_unresolved(self, values: CallValues) -> Verdict | None:
+        """An ask for a command line the parser cannot fully resolve; no rule loosens it."""
+        whys = [why for script in values.scripts for why in script.unresolved]
+        if not whys:
+            return None
+        return Verdict(
+            Decision.ask,
+            "command-unresolved",
+            "the command line cannot be read in full before it runs: " + "; ".join(whys[:3]),
+        )
 
     def values(self, call: PolicyCall) -> CallValues:
         """The values the call's arguments are matched by (canonical URLs and paths)."""
@@ -341,6 +492,11 @@ class Policy(BaseModel):
                 if entry is not None:
                     return where.relative, entry
         return None
+
+
+def values_have_commands(call: PolicyCall) -> bool:
+    """Does the call carry a command line (an argument whose role is ``command``)?"""
+    return any(role is ArgRole.command for role in call.roles.values())
 
 
 def _effect_reason(call: PolicyCall, decision: Decision) -> str:

@@ -1,0 +1,55 @@
+"""Negative controls for the shell: variants without the sandbox or the parser.
+
+Passed in by the tests (tests/test_shell.py, tests/test_shell_rules.py), never read by
+production code; each test asserts that its guarantee then FAILS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from errands.policy.hook import Decision, PolicyCall, Verdict
+from errands.policy.rules import CallValues, Policy
+from errands.tools.sandbox.bwrap import Limits, Ran, Sandbox
+
+
+class NoSandbox(Sandbox):
+    """Runs the command directly, with errands' own environment and rights."""
+
+    def check(self) -> None:
+        return None
+
+    async def run(
+        self, command: str, workspace: Path, timeout_s: int, limits: Limits | None = None
+    ) -> Ran:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/bash",
+            "-c",
+            command,
+            cwd=workspace,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
+        return Ran(proc.returncode, out, err, len(out), len(err), time.monotonic() - started)
+
+
+class RawPrefixPolicy(Policy):
+    """Matches command rules as prefixes of the raw text; nothing is 'unresolved'."""
+
+    def command_unresolved(self, values: CallValues) -> Verdict | None:
+        return None
+
+    def rule_votes(self, call: PolicyCall, values: CallValues) -> tuple[list[Verdict], list[str]]:
+        text = str(call.arguments.get("command", "")).strip()
+        votes = [
+            Verdict(r.decision, r.name, r.reason)
+            for r in self.rules
+            if r.command is not None and text.startswith(r.command)
+        ]
+        allowed = any(v.decision is Decision.allow for v in votes)
+        return votes, ([] if allowed else [text])
