@@ -1,9 +1,11 @@
-"""The built-in tools: files in the errand's workspace, and the web behind the guard."""
+"""The built-in tools: files in the errand's workspace, the web behind the guard, and the
+sandboxed shell."""
 
 from __future__ import annotations
 
 from errands.core.events import EffectClass
 from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
+from errands.tools.builtin.shell import make_shell_tool
 from errands.tools.builtin.waiting import wait, wake_time
 from errands.tools.builtin.web import fetch_url, http_request, http_request_effect
 from errands.tools.tool import Contract, ToolContext, make_tool
@@ -20,7 +22,7 @@ WORKSPACE_EXISTS = Contract("the errand's workspace is a directory", _workspace_
 
 
 def builtin_toolset() -> FunctionToolset:
-    """A toolset holding the built-in tools (files, the web, and wait)."""
+    """A toolset holding the built-in tools (files, the web, the shell, and wait)."""
     return FunctionToolset(
         [
             make_tool(
@@ -58,6 +60,7 @@ def builtin_toolset() -> FunctionToolset:
                 honours_idempotency_key=True,
                 roles={"method": "method", "url": "url", "headers": "headers", "body": "body"},
             ),
+            make_shell_tool(),
             make_tool(wait, effect=EffectClass.none, idempotent=True, pauses=wake_time),
         ]
     )

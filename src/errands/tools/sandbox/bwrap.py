@@ -1,0 +1,352 @@
+"""Running one command line in bubblewrap: the workspace, a read-only system, nothing else.
+
+The sandbox (``bwrap``) gets a new user, mount, PID, network, IPC, UTS and cgroup
+namespace (``--unshare-all``: the network namespace holds only its own loopback, so
+nothing gets out), dies with errands (``--die-with-parent``), runs in a new session (no
+``TIOCSTI`` into errands' terminal) and sees, by allowlist only:
+
+- the errand's workspace, read-write, at ``/workspace`` (its working directory and HOME);
+- ``/usr`` read-only, with ``/bin``, ``/sbin``, ``/lib*`` as on the host (symlinks on a
+  merged-/usr Debian), and a few ``/etc`` files: ``passwd`` and ``group`` written for the
+  sandbox user, ``nsswitch.conf``, ``hosts``, ``ld.so.cache``, ``alternatives``;
+- a private ``/tmp``, its own ``/proc`` and a minimal ``/dev``.
+
+No home directory, no ``ERRANDS_HOME`` (config, policy, token, store), no sockets. The
+command runs as uid/gid 65534 inside a user namespace with no capabilities, with an
+environment from an allowlist (``PATH``, ``HOME=/workspace``, ``LANG``, ``TERM=dumb``);
+bubblewrap itself is started with that environment too, so not even ``/proc/1/environ``
+holds errands'. Limits: wall time (the whole process group is killed), and per process
+CPU time, address space, file size and open files (``setrlimit`` before ``exec``), a
+process count (``RLIMIT_NPROC``, plus a watchdog that kills the sandbox when it holds
+more processes: the kernel does not apply ``RLIMIT_NPROC`` to processes that are root
+outside, as they are when errands runs as root), and output size (the first bytes kept,
+the rest counted).
+
+:class:`Sandbox` is the runner; tests subclass it as negative controls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "SANDBOX_ENV",
+    "SANDBOX_UID",
+    "WORKSPACE",
+    "Limits",
+    "Ran",
+    "Sandbox",
+    "SandboxUnavailable",
+]
+
+WORKSPACE = "/workspace"
+SANDBOX_UID = 65534
+SANDBOX_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+    "HOME": WORKSPACE,
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+}
+_ETC_FROM_HOST = ("ld.so.cache", "alternatives", "localtime")
+_INSTALL = (
+    "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: "
+    "`dnf install bubblewrap`) and make sure user namespaces are enabled "
+    "(`sysctl kernel.unprivileged_userns_clone=1`, or on Ubuntu 24.04+ "
+    "`sysctl kernel.apparmor_restrict_unprivileged_userns=0`)"
+)
+
+
+class SandboxUnavailable(Exception):
+    """bubblewrap cannot run here; the message says what to install or enable."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one command may use."""
+
+    cpu_s: int | None = None  # per process; None: the wall time
+    address_space: int = 4 << 30  # bytes per process
+    file_size: int = 1 << 30  # bytes, any one file written
+    processes: int = 256  # at once, in the sandbox
+    open_files: int = 1024
+    output: int = 200_000  # bytes kept of stdout and of stderr each
+    output_hard: int = 64 << 20  # past this much output the command is killed
+
+
+@dataclass
+class Ran:
+    """What came of one command."""
+
+    returncode: int | None  # None: killed by errands (timeout, too many processes, output)
+    stdout: bytes
+    stderr: bytes
+    stdout_total: int
+    stderr_total: int
+    seconds: float
+    killed: str = ""  # why errands killed it
+    limits: Limits = field(default_factory=Limits)
+
+
+def _rlimits(limits: Limits, wall_s: int) -> list[tuple[int, int]]:
+    cpu = limits.cpu_s if limits.cpu_s is not None else wall_s
+    return [
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_AS, limits.address_space),
+        (resource.RLIMIT_FSIZE, limits.file_size),
+        (resource.RLIMIT_NPROC, limits.processes),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_CORE, 0),
+    ]
+
+
+class Sandbox:
+    """Runs command lines in bubblewrap. Subclassed by tests (a control without it)."""
+
+    def __init__(self, bwrap: str | None = None) -> None:
+        self.bwrap = bwrap or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin")
+        self._checked: str | None = None  # "" once a probe ran cleanly, else the problem
+
+    # -- availability -------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise :class:`SandboxUnavailable` unless bubblewrap runs here (probed once)."""
+        if self._checked is None:
+            self._checked = self._probe()
+        if self._checked:
+            raise SandboxUnavailable(self._checked)
+
+    def _probe(self) -> str:
+        if not self.bwrap:
+            return (
+                f"the shell sandbox needs bubblewrap (`bwrap`), which is not installed: {_INSTALL}"
+            )
+        with tempfile.TemporaryDirectory(prefix="errands-probe-") as tmp:
+            _write_etc(Path(tmp))
+            argv = self.argv("true", Path(tmp), Path(tmp))
+            try:
+                done = subprocess.run(
+                    argv, env={}, capture_output=True, timeout=30, stdin=subprocess.DEVNULL
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return f"bubblewrap could not be started ({exc}): {_INSTALL}"
+        if done.returncode != 0:
+            why = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            return (
+                f"bubblewrap cannot create its sandbox here ({why[-1] if why else 'no message'}):"
+                f" {_INSTALL}"
+            )
+        return ""
+
+    # -- the command line ---------------------------------------------------------------
+    def argv(self, command: str, workspace: Path, etc: Path) -> list[str]:
+        """bwrap's arguments for *command* with *workspace* at /workspace and the /etc
+        files in *etc*."""
+        assert self.bwrap is not None
+        args = [
+            self.bwrap,
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_UID),
+            "--cap-drop",
+            "ALL",
+            "--clearenv",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
+        for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            top = Path("/") / name
+            if top.is_symlink():
+                args += ["--symlink", os.readlink(top), str(top)]
+            elif top.is_dir():
+                args += ["--ro-bind", str(top), str(top)]
+        for name in ("passwd", "group", "nsswitch.conf", "hosts"):
+            args += ["--ro-bind", str(etc / name), f"/etc/{name}"]
+        for name in _ETC_FROM_HOST:
+            if (Path("/etc") / name).exists():
+                args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        args += [
+            "--tmpfs",
+            "/tmp",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--bind",
+            str(workspace),
+            WORKSPACE,
+            "--chdir",
+            WORKSPACE,
+        ]
+        for key, value in SANDBOX_ENV.items():
+            args += ["--setenv", key, value]
+        shell = "/bin/bash" if Path("/usr/bin/bash").exists() else "/bin/sh"
+        return [*args, "--", shell, "-c", command]
+
+    def spawn_env(self) -> dict[str, str]:
+        """The environment bubblewrap itself starts with: the allowlist, nothing of ours."""
+        return dict(SANDBOX_ENV)
+
+    # -- running ------------------------------------------------------------------------
+    async def run(
+        self, command: str, workspace: Path, timeout_s: int, limits: Limits | None = None
+    ) -> Ran:
+        """Run *command* in the sandbox; never raises for what the command does."""
+        limits = limits or Limits()
+        self.check()
+        with tempfile.TemporaryDirectory(prefix="errands-sandbox-") as tmp:
+            etc = Path(tmp)
+            _write_etc(etc)
+            return await self._run(self.argv(command, workspace.resolve(), etc), timeout_s, limits)
+
+    async def _run(self, argv: Sequence[str], timeout_s: int, limits: Limits) -> Ran:
+        rlimits = _rlimits(limits, timeout_s)
+
+        def preexec() -> None:  # in the child, before exec: limits bwrap passes on
+            for which, value in rlimits:
+                with contextlib.suppress(ValueError, OSError):
+                    resource.setrlimit(which, (value, value))
+
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.spawn_env(),
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+        killed: list[str] = []
+
+        def kill(why: str) -> None:
+            if not killed:
+                killed.append(why)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        out = _Capture(limits, kill)
+        err = _Capture(limits, kill)
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [
+            asyncio.ensure_future(out.drain(proc.stdout)),
+            asyncio.ensure_future(err.drain(proc.stderr)),
+        ]
+        watchdog = asyncio.ensure_future(_watch_processes(proc.pid, limits.processes, kill))
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+        except TimeoutError:
+            kill(f"it ran longer than {timeout_s} s")
+            await proc.wait()
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*readers), timeout=5)
+        for reader in readers:
+            reader.cancel()
+        return Ran(
+            returncode=None if killed else proc.returncode,
+            stdout=bytes(out.kept),
+            stderr=bytes(err.kept),
+            stdout_total=out.total,
+            stderr_total=err.total,
+            seconds=time.monotonic() - started,
+            killed=killed[0] if killed else "",
+            limits=limits,
+        )
+
+
+class _Capture:
+    def __init__(self, limits: Limits, kill: Callable[[str], None]) -> None:
+        self.limits = limits
+        self.kill = kill
+        self.kept = bytearray()
+        self.total = 0
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                return
+            self.total += len(chunk)
+            room = self.limits.output - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+            if self.total > self.limits.output_hard:
+                self.kill(f"it wrote more than {self.limits.output_hard >> 20} MB of output")
+
+
+def _sandbox_init(outer: int) -> int | None:
+    """bwrap's child under *outer*: the sandbox's init (PID 1 in its namespace)."""
+    try:
+        own = os.readlink(f"/proc/{outer}/ns/pid")
+        children = Path(f"/proc/{outer}/task/{outer}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{child}/ns/pid") != own:
+                return int(child)
+    return None
+
+
+def _count_under(init: int, most: int) -> int:
+    """Processes in the tree under *init* (orphans are re-parented to it), counting
+    stops past *most*: the cost grows with the sandbox, never with the machine."""
+    count, todo = 0, [init]
+    while todo and count <= most:
+        pid = todo.pop()
+        count += 1
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    kids = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+                    todo.extend(int(k) for k in kids)
+    return count
+
+
+async def _watch_processes(outer: int, most: int, kill: Callable[[str], None]) -> None:
+    """Kill the sandbox when it holds more than *most* processes."""
+    init: int | None = None
+    while True:
+        await asyncio.sleep(0.02)
+        if init is None:
+            init = _sandbox_init(outer)
+            continue
+        if await asyncio.to_thread(_count_under, init, most) > most:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(init, signal.SIGKILL)  # PID 1 of its namespace: all of it goes
+            kill(f"it started more than {most} processes")
+            return
+
+
+def _write_etc(etc: Path) -> None:
+    uid = SANDBOX_UID
+    files = {
+        "passwd": f"sandbox:x:{uid}:{uid}:errands sandbox:{WORKSPACE}:/bin/sh\n",
+        "group": f"sandbox:x:{uid}:\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+        "hosts": "127.0.0.1 localhost\n::1 localhost\n",
+    }
+    for name, text in files.items():
+        (etc / name).write_text(text, encoding="utf-8")
+        (etc / name).chmod(0o644)
+    etc.chmod(0o755)
