@@ -66,8 +66,10 @@ class ServerProc:
         port: int = 0,
         env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.home = home
+        self.args = args or []  # more options of errands up, e.g. --workers 2
         self.host = host
         self.port = port
         self.env = env or clean_env(home)
@@ -89,7 +91,7 @@ class ServerProc:
     def start(self, timeout: float = 60.0) -> ServerProc:
         self.runs = next(_RUNS)
         cmd = [*self.prefix, sys.executable, "-m", "errands", "up", "--host", self.host]
-        cmd += ["--port", str(self.port)]
+        cmd += ["--port", str(self.port), *self.args]
         t0 = time.monotonic()
         self.home.parent.mkdir(parents=True, exist_ok=True)
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:

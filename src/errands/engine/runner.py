@@ -80,6 +80,12 @@ class Runner:
             store, self.model, toolset, policy, settings, self.owner, on_text=on_text
         )
         self.tasks: dict[str, asyncio.Task[ErrandView | None]] = {}
+        # False: this runner fires schedules but runs no errand (``errands up --workers``:
+        # worker processes claim them)
+        self.claiming = True
+        # runnable errands taken per look (a worker takes a few, so that the others
+        # share the work; a lone server takes them all)
+        self.claim_batch = 10_000
         # schedules and watches, fired while this runner serves (``errands up``)
         self.scheduler: Scheduler | None = None
         self._claims: set[asyncio.Future[list[str]]] = set()
@@ -207,9 +213,13 @@ class Runner:
         if errand_id not in self.tasks:
             self.tasks[errand_id] = asyncio.create_task(self._drive(errand_id))
 
-    async def claim(self, limit: int = 10_000) -> list[str]:
-        """Take over every runnable errand with a free or expired lease, and start it."""
-        claimed = await self.store.claim_runnable(self.owner, self.lease_ttl, limit)
+    async def claim(self, limit: int | None = None) -> list[str]:
+        """Take over runnable errands with a free or expired lease (at most *limit*, or
+        :attr:`claim_batch`), and start them."""
+        if not self.claiming:
+            return []
+        batch = self.claim_batch if limit is None else limit
+        claimed = await self.store.claim_runnable(self.owner, self.lease_ttl, batch)
         for errand_id in claimed:
             self.start(errand_id)
         return claimed
@@ -232,7 +242,7 @@ class Runner:
             while not stop.is_set():
                 await self.claim()
                 wake_mark, woken = await self.store.wakeups(wake_mark)
-                for errand_id in woken:
+                for errand_id in woken if self.claiming else ():
                     if errand_id in self.tasks:
                         await self._woken(errand_id)
                     elif await self.store.acquire(errand_id, self.owner, self.lease_ttl):

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import uvicorn
 from errands import __version__, registry
 from errands.config import Settings
 from errands.core.states import ErrandState
-from errands.engine.runner import dead_local_owner
+from errands.engine.runner import Runner, dead_local_owner
 from errands.engine.runtime import tune_gc
 from errands.harness import build
 from errands.private import private_dir
@@ -56,6 +56,7 @@ from errands.server.files import (
 from errands.server.hub import Hub, LiveText
 from errands.server.idempotency import IdempotencyStore
 from errands.server.worker import RunnerThread
+from errands.server.workers import MAX_WORKERS, ChangeFeed, WorkerPool
 from errands.store import Store, health
 from errands.store.lock import HomeLock, try_lock
 
@@ -139,13 +140,19 @@ def run_server(
     port: int,
     *,
     echo: Callable[[str], None] = print,
+    workers: Sequence[str] = (),
+    count: int = 0,
 ) -> None:
-    """Run until SIGINT/SIGTERM. Raises :class:`ServerRefused` if it cannot start."""
+    """Run until SIGINT/SIGTERM. Raises :class:`ServerRefused` if it cannot start.
+    *count* > 0: errands run in that many worker processes, each started with the
+    command line *workers* (:mod:`errands.server.workers`); else in this process."""
     home = settings.home
+    if count < 0 or count > MAX_WORKERS:
+        raise ServerRefused(f"--workers: from 0 to {MAX_WORKERS}, not {count}")
     lock = _claim_home(home)  # held for the server's life; the kernel drops it at exit
     try:
         health.verify(settings.db_path)  # quick_check and the schema: refuse a damaged store
-        _serve(settings, host, port, echo)
+        _serve(settings, host, port, echo, WorkerPool(count, workers) if count else None)
     finally:
         lock.release()
 
@@ -197,7 +204,13 @@ def _to_terminal() -> bool:
     return sys.stdout.isatty()
 
 
-def _serve(settings: Settings, host: str, port: int, echo: Callable[[str], None]) -> None:
+def _serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    echo: Callable[[str], None],
+    pool: WorkerPool | None = None,
+) -> None:
     home = settings.home
     why = token_reason(host, settings)
     token, created = load_token(home, create=True) if why is not None else (None, False)
@@ -215,6 +228,8 @@ def _serve(settings: Settings, host: str, port: int, echo: Callable[[str], None]
     # errands' own network tools must never reach this server (nor any other's: registry)
     settings = settings.model_copy(update={"server_port": actual})
     lines = [f"errands is up: {url}", "  the inbox, and the API (/openapi.json)"]
+    if pool is not None:
+        lines.append(f"  errands run in {pool.count} worker process(es) (errands worker)")
     if host in ("0.0.0.0", "::"):
         lines.append(f"  listening on every interface: http://{socket.gethostname()}:{actual}/")
     if token is not None:
@@ -235,7 +250,7 @@ def _serve(settings: Settings, host: str, port: int, echo: Callable[[str], None]
         sock.close()
         raise ServerRefused(str(exc)) from None
     try:
-        asyncio.run(_main(settings, security, sock, url, lambda: echo("\n".join(lines))))
+        asyncio.run(_main(settings, security, sock, url, lambda: echo("\n".join(lines)), pool))
     finally:
         registry.withdraw(published)
 
@@ -246,6 +261,7 @@ async def _main(
     sock: socket.socket,
     url: str,
     announce: Callable[[], None],
+    pool: WorkerPool | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     home = settings.home
@@ -257,9 +273,13 @@ async def _main(
         hub = Hub(store)
         on_text = LiveText(hub, loop)  # called on the runner's thread
         harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
-        runner = RunnerThread(
-            lambda: harness.runner(on_text=on_text).with_schedules(), on_stop=harness.close_models
-        )
+
+        def make_runner() -> Runner:
+            made = harness.runner(on_text=on_text).with_schedules()
+            made.claiming = pool is None  # with workers, they run the errands
+            return made
+
+        runner = RunnerThread(make_runner, on_stop=harness.close_models)
         ctx = ServerContext(
             harness=harness,
             hub=hub,
@@ -311,6 +331,14 @@ async def _main(
         sys.stdout.flush()
         _tune_runtime()
         reaper = asyncio.create_task(_reap_forever(store))
+        helpers: list[asyncio.Task[None]] = []
+        if pool is not None:  # the workers, and what they commit told to the streams
+            pool.on_exit = lambda: release_dead_leases(store)  # (a worker died: at once)
+            store.share_writes(favoured=True)  # a person's decisions before the workers' batches
+            helpers = [
+                asyncio.create_task(pool.run(stop)),
+                asyncio.create_task(ChangeFeed(store).run(stop)),
+            ]
         stopping = asyncio.create_task(stop.wait())
         watched: list[asyncio.Future[Any]] = [stopping, server_task, runner.finished]
         await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
@@ -318,6 +346,10 @@ async def _main(
         hub.close()  # ends the live streams, so connections can close
         server.should_exit = True
         await server_task
+        stop.set()  # (the workers stop: their errands keep their place in the store)
+        for helper in helpers:
+            with contextlib.suppress(Exception):
+                await helper
         try:
             await runner.stop()
         finally:

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from errands.engine.runner import Runner
 from errands.errors import StoreUnavailable
 
-__all__ = ["RunnerThread"]
+__all__ = ["RunnerThread", "serve_through"]
 
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before serving again after the store failed
 STEADY = 60.0  # serving this long without the store failing: the next pause starts short
@@ -100,21 +100,7 @@ class RunnerThread:
                 await self._on_stop()
 
     async def _serve_through(self, runner: Runner, stop: asyncio.Event) -> None:
-        """Serve until *stop*; the store failing for a while is waited out, not fatal."""
-        pause = 0.0
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                await runner.serve(stop, poll=self.poll)
-                return
-            except StoreUnavailable as exc:
-                if time.monotonic() - started >= STEADY:
-                    pause = 0.0
-                pause = min(max(2 * pause, RESTART_FIRST), RESTART_MAX)
-                self.restarts += 1
-                log.warning("the runner waits for the store (%s); it goes on in %.0f s", exc, pause)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), pause)
+        self.restarts += await serve_through(runner, stop, self.poll)
 
     # -- called from other threads ---------------------------------------------------------
 
@@ -149,3 +135,24 @@ class RunnerThread:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._stop.set)
         await asyncio.to_thread(self._thread.join)
+
+
+async def serve_through(runner: Runner, stop: asyncio.Event, poll: float) -> int:
+    """Serve until *stop*; the store failing for a while is waited out, not fatal.
+    Returns how many times serving started again after the store failed."""
+    pause = 0.0
+    restarts = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await runner.serve(stop, poll=poll)
+            return restarts
+        except StoreUnavailable as exc:
+            if time.monotonic() - started >= STEADY:
+                pause = 0.0
+            pause = min(max(2 * pause, RESTART_FIRST), RESTART_MAX)
+            restarts += 1
+            log.warning("the runner waits for the store (%s); it goes on in %.0f s", exc, pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), pause)
+    return restarts

@@ -654,6 +654,12 @@ class BaseStore(GroupCommit, ScheduleOps):
     async def wakeups(self, after: int) -> tuple[int, list[str]]: ...
 
     @abc.abstractmethod
+    async def changed_since(self, since: float) -> list[tuple[str, int, float]]: ...
+
+    def share_writes(self, favoured: bool = False) -> None:
+        """(A backend whose writers contend across processes takes turns.)"""
+
+    @abc.abstractmethod
     async def usage(
         self, *, since: float = 0.0, errand_id: str | None = None
     ) -> list[UsageRow]: ...

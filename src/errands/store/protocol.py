@@ -234,6 +234,22 @@ class StoreReader(Protocol):
         commit this process makes."""
         ...
 
+    def share_writes(self, favoured: bool = False) -> None:
+        """Other processes write to this store too (``errands up --workers``): take
+        turns with them; *favoured*, usually go first (the server, whose writes are a
+        person's decisions)."""
+        ...
+
+    def announce(self, changed: dict[str, int]) -> None:
+        """Tell the listeners of commits other processes made: errand id -> its last
+        seq (a server whose errands run in worker processes calls this)."""
+        ...
+
+    async def changed_since(self, since: float) -> list[tuple[str, int, float]]:
+        """(errand id, last seq, updated at) of every errand updated after *since* (wall
+        time), oldest first: what other processes changed, for :meth:`announce`."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -337,6 +337,13 @@ class GroupCommit(abc.ABC):
         stats.committing_s += t3 - t2
         self._after_commit(tx)
 
+    def announce(self, changed: dict[str, int]) -> None:
+        """Tell the listeners of commits another process made (errand id -> last seq)."""
+        if changed:
+            for loop, listener in self._listeners:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_notify, listener, dict(changed))
+
     def _after_commit(self, tx: Tx) -> None:
         if tx.appended and self._listeners:
             latest: dict[str, int] = {}

@@ -1,6 +1,7 @@
 """``errands up`` (the server) and ``errands inbox`` (what waits for you).
 
-The web framework is imported only when ``errands up`` runs.
+The web framework is imported only when ``errands up`` runs; the store, only when
+``errands inbox`` reads it.
 """
 
 from __future__ import annotations
@@ -8,17 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from errands.cli import remote
-from errands.cli.common import JsonOpt, fail, out, server_for_home, settings, with_harness
+from errands.cli.common import JsonOpt, fail, out, server_for_home, settings, state, with_harness
 from errands.cli.render import approval_card, errands_table, safe
-from errands.core.errand import ApprovalOut, ErrandSummary
-from errands.core.states import ErrandState, ErrandView
 from errands.errors import ErrandsError
-from errands.harness import Harness
+
+if TYPE_CHECKING:
+    from errands.core.errand import ApprovalOut
+    from errands.core.states import ErrandView
+    from errands.harness import Harness
 
 __all__ = ["register"]
 
@@ -38,6 +41,16 @@ def up(
             "--port", "-p", help="Port (default 7878; 0 picks a free one).", min=0, max=65535
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            help="Run errands in N worker processes (errands worker), every core used, and "
+            "keep this one for the inbox, the API and the schedules; 0: run them here.",
+            min=0,
+            max=64,
+        ),
+    ] = 0,
 ) -> None:
     """Start the server: it runs every errand, and serves the inbox and the HTTP API.
 
@@ -54,12 +67,42 @@ def up(
             stream=sys.stderr,
         )
         logging.getLogger("errands").setLevel(logging.INFO)
+        from errands.server.workers import worker_args
+
         run_server(
             s,
             host if host is not None else s.server.host,
             port if port is not None else s.server.port,
             echo=lambda text: print(text, flush=True),
+            workers=worker_args(str(s.home), state.config),
+            count=workers,
         )
+    except ErrandsError as exc:
+        fail(str(exc))
+
+
+def worker(
+    parent: Annotated[
+        int | None,
+        typer.Option("--parent", hidden=True, help="Stop when this process (the server) is gone."),
+    ] = None,
+) -> None:
+    """Run errands from this home's store until stopped (SIGTERM or Ctrl-C).
+
+    errands up --workers N starts these for you; run one yourself to add a process
+    (the store's leases give each errand to one process at a time).
+    """
+    try:
+        s = settings()
+        from errands.server.workers import run_worker  # (the engine, only when working)
+
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        logging.getLogger("errands").setLevel(logging.INFO)
+        run_worker(s, parent)
     except ErrandsError as exc:
         fail(str(exc))
 
@@ -72,6 +115,9 @@ def inbox(
 
     Talks to the running server (errands up) if there is one, else reads the store.
     """
+    from errands.core.errand import ApprovalOut, ErrandSummary
+    from errands.core.states import ErrandState
+
     server = server_for_home()
     views: list[ErrandView] | None = None
     if server is not None:
@@ -138,4 +184,5 @@ def inbox(
 
 def register(app: typer.Typer) -> None:
     app.command()(up)
+    app.command()(worker)
     app.command()(inbox)

@@ -12,6 +12,7 @@ SQLite's own error.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import sqlite3
 import threading
@@ -26,6 +27,7 @@ __all__ = [
     "CHECKPOINT_INTERVAL",
     "UNAVAILABLE_WAIT",
     "WAL_RESTART_FRAMES",
+    "WriteGate",
     "begin_immediate",
     "checkpointer",
     "connect",
@@ -183,6 +185,79 @@ def writer_connection(
         conn.close()
         raise
     return conn
+
+
+GATE_POLL = 0.0005  # seconds between looks at a write gate another process holds
+FAVOURED_POLL = 0.0001  # (the favoured process's: the server, with a person's decisions)
+
+
+class WriteGate:
+    """One errands writer at a time across processes (``errands up --workers``), handed
+    over in turn as soon as it is free.
+
+    SQLite's own write lock is the guarantee; but a writer that finds it held can only
+    try again later, and with several processes writing all the time the wait grows
+    until a person's approve waits hundreds of milliseconds behind the workers' batches.
+    Each errands writer therefore takes an advisory ``flock`` on ``FILE-gate`` around its
+    transaction. A writer that finds it taken waits in turn: it holds a shared lock on
+    ``FILE-gate-want`` while it looks again every ``GATE_POLL`` seconds, and a writer
+    that could take the gate at once (the one that just committed, say) first checks
+    that nobody is waiting -- so a busy process cannot keep the gate from the others.
+    The favoured process (:meth:`favour`, the server) looks more often, so it is
+    usually next. A process that is not errands (a backup, the ``sqlite3`` shell) does
+    not take the gate; it is met by SQLite's lock as before. Within one process the
+    gate is always free: a few ``flock`` calls a batch."""
+
+    def __init__(self, path: str) -> None:
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        self.fd = os.open(f"{path}-gate", flags, 0o600)
+        self.want = os.open(f"{path}-gate-want", flags, 0o600)
+        self.poll = GATE_POLL
+        self.held = False
+
+    def favour(self) -> None:
+        self.poll = FAVOURED_POLL
+
+    def acquire(self, wait: float, while_waiting: Callable[[], None]) -> None:
+        """Take the gate, waiting in turn up to *wait* seconds; past that, go on without
+        it (the transaction then meets SQLite's lock, whose wait ends in a clear
+        condition)."""
+        if not self._others_wait() and self._try():
+            return
+        while_waiting()
+        fcntl.flock(self.want, fcntl.LOCK_SH)  # (in the queue)
+        try:
+            deadline = time.monotonic() + wait
+            while not self._try() and time.monotonic() < deadline:
+                time.sleep(self.poll)
+        finally:
+            fcntl.flock(self.want, fcntl.LOCK_UN)
+
+    def _others_wait(self) -> bool:
+        try:
+            fcntl.flock(self.want, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self.want, fcntl.LOCK_UN)
+        return False
+
+    def _try(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.release()
+        os.close(self.fd)
+        os.close(self.want)
 
 
 def begin_immediate(

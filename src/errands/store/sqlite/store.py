@@ -45,6 +45,9 @@ from errands.store.protocol import StoredEvent, UsageRow
 from errands.store.redact import Redactor
 from errands.store.sqlite import leaseclock, spend
 from errands.store.sqlite.connection import (
+    BUSY_TIMEOUT,
+    UNAVAILABLE_WAIT,
+    WriteGate,
     begin_immediate,
     checkpointer,
     connect,
@@ -136,6 +139,8 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
         self._readers_lock = threading.Lock()
         self._data_version = -1
         self._wconn = _open_writer(self.path)
+        # taking turns with other processes' writers (share_writes): none by default
+        self._gate: WriteGate | None = None
         leaseclock.forget_other_boots(self._wconn, clock)
         try:
             cconn = connect(self.path)
@@ -161,7 +166,16 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
     def _begin(self) -> sqlite3.Connection:
         locked = self.unavailable is not None and self.unavailable.condition == "locked"
         # (tell committed callers while waiting)
-        begin_immediate(self._wconn, self._tell, known_locked=locked)
+        gate = self._gate
+        if gate is None:
+            begin_immediate(self._wconn, self._tell, known_locked=locked)
+        else:
+            gate.acquire(UNAVAILABLE_WAIT if locked else BUSY_TIMEOUT, self._tell)
+            try:
+                begin_immediate(self._wconn, self._tell, known_locked=locked)
+            except BaseException:
+                gate.release()
+                raise
         self._changes = self._wconn.total_changes
         return self._wconn
 
@@ -174,11 +188,15 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
+        if self._gate is not None:
+            self._gate.release()
         self._committed.set()
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
+        if self._gate is not None:
+            self._gate.release()
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable | None:
         return unavailable(exc, self.path)
@@ -454,6 +472,25 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
         )
         return None if row is None else (str(row[0]), float(row[1]))
 
+    def share_writes(self, favoured: bool = False) -> None:
+        gate = self._gate or WriteGate(self.path)
+        if favoured:
+            gate.favour()
+        self._gate = gate
+
+    @_reads_async
+    async def changed_since(self, since: float) -> list[tuple[str, int, float]]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT id, last_seq, updated_at FROM errands WHERE updated_at > ?"
+                " ORDER BY updated_at",
+                (since,),
+            )
+            .fetchall()
+        )
+        return [(str(i), int(s), float(u)) for i, s, u in rows]
+
     @_reads_async
     async def wakeups(self, after: int) -> tuple[int, list[str]]:
         reader = self._reader()
@@ -534,6 +571,8 @@ class SQLiteStore(SQLiteSchedules, BaseStore):
         if self._checkpoint_thread.is_alive():
             self._checkpoint_thread.join()
         self._wconn.close()
+        if self._gate is not None:
+            self._gate.close()
         with self._readers_lock:
             for conn in self._readers:
                 with contextlib.suppress(sqlite3.Error):

@@ -1,0 +1,202 @@
+"""``errands up --workers N``: errands run in N worker processes, the server answers.
+
+Python runs one thread of bytecode at a time per process, so a server that also runs
+hundreds of errands makes a person's approve wait behind their work. With workers, the
+server keeps the API, the inbox, the schedules and the notifications; each worker
+(``errands worker``, the same command a second host would run against a shared store)
+claims runnable errands through the store's leases, exactly as the server's own runner
+does, so an errand runs in one process at a time and a worker that dies loses nothing:
+its leases are released (a dead process on this host) and another worker takes the
+errands up from the log.
+
+- :class:`WorkerPool` starts the workers, starts a worker again when it exits (after a
+  pause that doubles up to :data:`RESTART_MAX`), and stops them with the server (SIGTERM,
+  then SIGKILL after :data:`STOP_GRACE` seconds).
+- :class:`ChangeFeed` tells the server's listeners (the live streams, the webhook) about
+  the commits the workers make: every :data:`FEED_SECONDS` it asks the store which errands
+  changed since it last looked (with a margin for clocks and commits that overlap) and
+  announces each errand's newest seq; listeners skip what they have seen.
+- :func:`run_worker` is ``errands worker``: a runner that serves until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from errands.config import Settings
+from errands.engine.runtime import tune_gc
+from errands.harness import build
+from errands.server.worker import serve_through
+from errands.store import Store
+
+__all__ = ["MAX_WORKERS", "ChangeFeed", "WorkerPool", "run_worker"]
+
+MAX_WORKERS = 64
+RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before starting a worker that exited
+STEADY = 60.0  # a worker that ran this long: the next pause starts short again
+STOP_GRACE = 10.0  # seconds a worker has to stop before it is killed
+FEED_SECONDS = 0.1  # how often the server looks for the workers' commits
+FEED_MARGIN = 5.0  # seconds of updates looked at again (clocks, overlapping commits)
+WORKER_POLL = 0.1  # how often a worker looks for runnable errands and wake-ups
+WORKER_BATCH = 25  # runnable errands a worker takes per look: the others take theirs
+PARENT_POLL = 0.5  # how often a server's worker checks that the server is still there
+
+log = logging.getLogger("errands.server")
+
+
+class WorkerPool:
+    """N ``errands worker`` processes for the server's home, kept running."""
+
+    def __init__(
+        self,
+        count: int,
+        args: Sequence[str],
+        on_exit: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """*args*: the command line that starts one worker (``errands --home H worker``);
+        *on_exit*: called when one exits by itself (the server frees its leases at once)."""
+        self.count = count
+        self.args = list(args)
+        self.on_exit = on_exit
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.started = 0  # processes started, restarts included
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the workers running until *stop*; then stop them."""
+        await asyncio.gather(*(self._keep(i, stop) for i in range(self.count)))
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values() if p.returncode is None]
+
+    async def _keep(self, slot: int, stop: asyncio.Event) -> None:
+        pause = 0.0
+        while not stop.is_set():
+            began = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *self.args, stdin=asyncio.subprocess.DEVNULL
+            )
+            self.procs[slot] = proc
+            self.started += 1
+            exited = asyncio.ensure_future(proc.wait())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not exited.done():
+                stopping.cancel()
+                await self._stop(proc, exited)
+                return
+            stopping.cancel()
+            if stop.is_set():
+                return
+            if self.on_exit is not None:
+                try:
+                    await self.on_exit()
+                except Exception:
+                    log.exception("after worker %d exited", slot + 1)
+            if time.monotonic() - began >= STEADY:
+                pause = 0.0
+            pause = min(max(2 * pause, RESTART_FIRST), RESTART_MAX)
+            log.warning(
+                "worker %d (pid %d) exited with %s; starting it again in %.0f s",
+                slot + 1, proc.pid, proc.returncode, pause,
+            )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+
+    @staticmethod
+    async def _stop(proc: asyncio.subprocess.Process, exited: asyncio.Future[int]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), STOP_GRACE)
+        except TimeoutError:
+            log.warning("worker pid %d did not stop in %.0f s: killed", proc.pid, STOP_GRACE)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await exited
+
+
+class ChangeFeed:
+    """Announces the commits other processes made to this process's store listeners."""
+
+    def __init__(self, store: Store, every: float = FEED_SECONDS) -> None:
+        self.store = store
+        self.every = every
+        self.seen: dict[str, int] = {}  # errand -> the newest seq announced
+
+    async def look(self, since: float) -> float:
+        """Announce what changed after *since*; return where to look from next."""
+        newest = since
+        changed: dict[str, int] = {}
+        for errand_id, seq, updated in await self.store.changed_since(since - FEED_MARGIN):
+            newest = max(newest, updated)
+            if seq > self.seen.get(errand_id, 0):
+                self.seen[errand_id] = seq
+                changed[errand_id] = seq
+        self.store.announce(changed)
+        if len(self.seen) > 100_000:  # (only recent ones matter: the margin)
+            self.seen = dict(changed)
+        return newest
+
+    async def run(self, stop: asyncio.Event) -> None:
+        since = time.time()
+        while not stop.is_set():
+            try:
+                since = await self.look(since)
+            except Exception:  # a store that cannot be read now: look again later
+                log.exception("looking for the workers' commits failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.every)
+
+
+def worker_args(home: str, config: str | None) -> list[str]:
+    """The command line of one worker of this process (the server) for *home* (and
+    *config*): it stops when this process is gone, even after a SIGKILL."""
+    args = [sys.executable, "-m", "errands", "--home", home]
+    if config:
+        args += ["--config", config]
+    return [*args, "worker", "--parent", str(os.getpid())]
+
+
+def run_worker(settings: Settings, parent: int | None = None) -> None:
+    """``errands worker``: run errands from the home's store until SIGTERM or SIGINT
+    (or, given *parent*, until that process is gone)."""
+    asyncio.run(_work(settings, parent))
+
+
+async def _orphaned(parent: int, stop: asyncio.Event) -> None:
+    """Set *stop* once *parent* is no longer this process's parent (it died)."""
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("worker %d: the server (pid %d) is gone; stopping", os.getpid(), parent)
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARENT_POLL)
+
+
+async def _work(settings: Settings, parent: int | None) -> None:
+    harness = build(settings)
+    harness.store.share_writes()  # (the server and the other workers write too)
+    harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = harness.runner()
+    runner.claim_batch = WORKER_BATCH
+    tune_gc()
+    log.info("worker %d serving %s", os.getpid(), settings.home)
+    watch = None if parent is None else asyncio.create_task(_orphaned(parent, stop))
+    try:
+        await serve_through(runner, stop, WORKER_POLL)
+    finally:
+        if watch is not None:
+            watch.cancel()
+        await harness.close()
