@@ -179,9 +179,7 @@ def main() -> None:
     for name, r in results.items():
         target = TARGETS_S.get(name)
         shown = f"{target:.1f}" if target is not None else ""
-        print(
-            f"{name:28} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {shown:>7}"
-        )
+        print(f"{name:28} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {shown:>7}")
     print(f"\nerrands --help imports {imports['modules']} modules; the heaviest (cumulative):")
     for module, ms in imports["heaviest_cumulative_ms"].items():
         print(f"  {ms:>7.1f} ms  {module}")

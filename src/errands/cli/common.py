@@ -1,13 +1,16 @@
 """What every command shares: the consoles, the options, errors as one line, and
-opening errands (:func:`with_harness`) for the length of one command."""
+opening errands (:func:`with_harness`) for the length of one command.
+
+Cheap to import: ``errands --help`` imports this and every command module, so what a
+command needs to run (the harness, the store, the config, the HTTP client) is imported
+by the function that uses it (tests/test_startup.py checks)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,11 +18,11 @@ from rich.console import Console
 from errands.cli import remote
 from errands.cli.render import safe
 from errands.cli.whoami import who
-from errands.config import Settings, load_settings
-from errands.core.states import ErrandState
 from errands.errors import ErrandsError, UserError
-from errands.harness import Harness, build
-from errands.store import health, open_store, writable
+
+if TYPE_CHECKING:
+    from errands.config import Settings
+    from errands.harness import Harness
 
 __all__ = [
     "BAD_INPUT",
@@ -27,6 +30,7 @@ __all__ = [
     "IdArg",
     "JsonOpt",
     "NoInputOpt",
+    "StateName",
     "err",
     "fail",
     "json_object",
@@ -41,14 +45,24 @@ __all__ = [
 out = Console()
 err = Console(stderr=True)
 
-# Exit codes (documented in the README)
-EXIT = {
-    ErrandState.done: 0,
-    ErrandState.failed: 1,
-    ErrandState.waiting_approval: 3,
-    ErrandState.needs_attention: 4,
-    ErrandState.cancelled: 5,
-    ErrandState.sleeping: 6,
+
+# An errand's state as the command line takes it (``errands ls --state``): the values of
+# errands.core.states.ErrandState, which cannot be imported without pydantic and the
+# events (tests/test_startup.py checks that the two agree). Each equals the state it names.
+StateName = StrEnum(
+    "StateName", "queued running waiting_approval sleeping done failed cancelled needs_attention"
+)
+
+
+# Exit codes (documented in the README), by the errand's state (an ErrandState is equal
+# to its value, so either looks these up)
+EXIT: dict[str, int] = {
+    StateName.done: 0,
+    StateName.failed: 1,
+    StateName.waiting_approval: 3,
+    StateName.needs_attention: 4,
+    StateName.cancelled: 5,
+    StateName.sleeping: 6,
 }
 BAD_INPUT = 2
 
@@ -76,6 +90,8 @@ def fail(message: str, code: int = BAD_INPUT) -> NoReturn:
 
 
 def settings() -> Settings:
+    from errands.config import load_settings
+
     return load_settings(state.home, state.config)
 
 
@@ -96,6 +112,12 @@ def with_harness(fn: Callable[[Harness], Coroutine[Any, Any, T]], *, write: bool
     store read-only when this user cannot write the home, so another user's home (or a
     read-only mount) can still be looked at. A store SQLite finds damaged while *fn*
     reads it is explained as such, with the way out, rather than as a bug."""
+    import asyncio
+    import sqlite3
+
+    from errands.harness import build
+    from errands.store import health, open_store, writable
+
     try:
         s = settings()
         store = None if write or writable(s) else open_store(s, read_only=True)

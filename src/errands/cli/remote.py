@@ -6,6 +6,8 @@ through its HTTP API instead of writing to the store themselves -- the server th
 picks the decision up at once and the inbox updates live. The channel recorded is
 still ``cli``. Without a server (or with a stale ``server.json``) they work on the
 store directly; both paths write the same events.
+
+Finding the server reads two files; the HTTP client is imported when a request is made.
 """
 
 from __future__ import annotations
@@ -13,18 +15,17 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from rich.console import Console
 
 from errands.cli.render import approval_card, policy_line, visible
 from errands.cli.whoami import who
-from errands.config import Settings
-from errands.core.errand import ApprovalOut
 from errands.errors import UserError
-from errands.policy.approvals import parse_approval_id
 from errands.server.files import ServerRefused, live_server, load_token
+
+if TYPE_CHECKING:
+    from errands.config import Settings
 
 __all__ = [
     "Remote",
@@ -50,6 +51,8 @@ class Remote:
     token: str | None
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import httpx
+
         headers = {"X-Errands-Channel": "cli", "X-Errands-By": who()[:64]}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -99,6 +102,8 @@ def get(remote: Remote, path: str) -> Any:
 
 
 def approvals(remote: Remote, *, as_json: bool) -> None:
+    from errands.core.errand import ApprovalOut
+
     items: list[dict[str, Any]] = remote.call("GET", "/api/approvals")
     if as_json:
         sys.stdout.write(json.dumps(items) + "\n")
@@ -126,6 +131,8 @@ def approve(
     standing: bool = False,
     standing_pattern: dict[str, str] | None = None,
 ) -> None:
+    from errands.policy.approvals import parse_approval_id
+
     errand_id, _ = parse_approval_id(approval_id)
     if edited is not None and not as_json:  # the card's new decision, before the yes
         said = remote.call(
@@ -149,6 +156,8 @@ def approve(
 
 
 def deny(remote: Remote, approval_id: str, *, reason: str, as_json: bool) -> None:
+    from errands.policy.approvals import parse_approval_id
+
     errand_id, _ = parse_approval_id(approval_id)
     if not reason.strip():
         raise RemoteError("say why you deny it: the reason goes back to the model")

@@ -7,13 +7,16 @@ names, arguments and results, titles, reasons, who decided -- goes through
 overwriting the line, a bidirectional override reordering it) is shown as text
 (``\\x1b[2K``), so what a person approves is what they see. And through rich's
 ``escape``, so that it cannot be read as markup either.
+
+Cheap to import (``errands --help`` does, through :mod:`errands.cli.common`): the
+events are imported by the functions that show them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.markup import escape
@@ -21,9 +24,10 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from errands.core import events as ev
-from errands.core.states import ErrandState, ErrandView, PendingApproval
-from errands.store import StoredEvent
+if TYPE_CHECKING:
+    from errands.core import events as ev
+    from errands.core.states import ErrandView, PendingApproval
+    from errands.store import StoredEvent
 
 __all__ = [
     "STATE_STYLE",
@@ -35,15 +39,16 @@ __all__ = [
     "visible",
 ]
 
-STATE_STYLE = {
-    ErrandState.queued: "cyan",
-    ErrandState.running: "blue",
-    ErrandState.waiting_approval: "bold yellow",
-    ErrandState.sleeping: "magenta",
-    ErrandState.done: "green",
-    ErrandState.failed: "bold red",
-    ErrandState.cancelled: "dim",
-    ErrandState.needs_attention: "bold magenta",
+# by the state's value (an ErrandState is equal to it)
+STATE_STYLE: dict[str, str] = {
+    "queued": "cyan",
+    "running": "blue",
+    "waiting_approval": "bold yellow",
+    "sleeping": "magenta",
+    "done": "green",
+    "failed": "bold red",
+    "cancelled": "dim",
+    "needs_attention": "bold magenta",
 }
 
 
@@ -85,6 +90,8 @@ def _clip(text: str, limit: int = 400) -> str:
 
 def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
     """One line (rich markup) for a timeline; None for events not worth a line."""
+    from errands.core import events as ev
+
     e = stored.event
     seq = f"[dim]{stored.seq:>3}[/dim] "
     match e:
@@ -144,7 +151,7 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
                 f"{seq}[red]✘ denied[/red] by {safe(e.by)} via {safe(e.channel)}: {safe(e.reason)}"
             )
         case ev.StateChanged():
-            style = STATE_STYLE.get(ErrandState(e.state), "")
+            style = STATE_STYLE.get(e.state, "")
             text = f"{seq}[{style}]■ {e.state}[/{style}]"
             if e.reason:
                 text += f": {safe(e.reason)}"
@@ -188,6 +195,8 @@ def errands_table(views: list[ErrandView], width: int = 120) -> Table:
     """The errands, one line each: a title longer than the terminal leaves room for
     ends in an ellipsis (*width*: the terminal's columns). A run of a schedule is
     marked ``⏲ NAME`` before its title; a sleeping errand says until when, and why."""
+    from errands.core.states import ErrandState
+
     wide = width >= 100  # narrower: no steps and no date, the title keeps its room
     table = Table(show_lines=False, header_style="bold")
     table.add_column("id", no_wrap=True)

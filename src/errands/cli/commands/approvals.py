@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from errands.cli import remote
 from errands.cli.common import JsonOpt, fail, json_object, out, server_for_home, who, with_harness
 from errands.cli.render import approval_card, policy_line
-from errands.core.errand import ApprovalOut
 from errands.errors import ErrandsError, UserError
-from errands.harness import Harness
+
+if TYPE_CHECKING:
+    from errands.core.errand import ApprovalOut
+    from errands.harness import Harness
 
 __all__ = ["register"]
 
@@ -36,6 +38,8 @@ def approvals(as_json: JsonOpt = False) -> None:
         return
 
     async def go(h: Harness) -> list[ApprovalOut]:
+        from errands.core.errand import ApprovalOut
+
         return await ApprovalOut.waiting(h.store)
 
     items = with_harness(go)

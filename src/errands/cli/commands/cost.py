@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from errands.cli.common import JsonOpt, out, with_harness
 from errands.cli.render import safe
-from errands.costs.report import CostReport, Rollup, build_report
-from errands.harness import Harness
+
+if TYPE_CHECKING:
+    from errands.costs.report import CostReport, Rollup
+    from errands.harness import Harness
 
 __all__ = ["register"]
 
@@ -53,6 +55,7 @@ def cost(
     as_json: JsonOpt = False,
 ) -> None:
     """What errands cost: totals per day, per model and per errand (from the log)."""
+    from errands.costs.report import build_report
 
     async def go(h: Harness) -> tuple[CostReport, dict[str, Any]]:
         store = h.store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,18 +13,19 @@ from errands.cli.common import (
     IdArg,
     JsonOpt,
     NoInputOpt,
+    StateName,
     fail,
     out,
     server_for_home,
     with_harness,
 )
-from errands.cli.live import finish, foreground, interactive
 from errands.cli.render import errands_table, event_line
-from errands.core.errand import Errand
-from errands.core.states import ErrandState, ErrandView
 from errands.errors import ErrandsError
-from errands.harness import Harness
 from errands.textlimit import check_text
+
+if TYPE_CHECKING:
+    from errands.core.states import ErrandView
+    from errands.harness import Harness
 
 __all__ = ["register"]
 
@@ -74,6 +75,7 @@ def run(
         check_text(text, "the errand's text")  # (before anything is opened)
     except ErrandsError as exc:
         fail(str(exc))
+    from errands.cli.live import finish, foreground, interactive
 
     async def go(h: Harness) -> ErrandView:
         errand_id = await h.create(
@@ -117,6 +119,7 @@ def resume(
 ) -> None:
     """Continue an errand in the foreground (after a crash, a decision or a message);
     an errand its model failed (a provider outage) asks the model again."""
+    from errands.cli.live import finish, foreground, interactive
 
     async def go(h: Harness) -> ErrandView:
         full = await h.store.find(errand_id)
@@ -134,14 +137,18 @@ def resume(
 def list_errands(
     as_json: JsonOpt = False,
     state_filter: Annotated[
-        list[ErrandState] | None, typer.Option("--state", help="Only errands in this state.")
+        list[StateName] | None, typer.Option("--state", help="Only errands in this state.")
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
 ) -> None:
     """List errands, newest first."""
+    from errands.core.errand import Errand
+    from errands.core.states import ErrandState
+
+    states = None if state_filter is None else [ErrandState(s) for s in state_filter]
 
     async def go(h: Harness) -> list[ErrandView]:
-        return await h.store.list_errands(states=state_filter, limit=limit)
+        return await h.store.list_errands(states=states, limit=limit)
 
     views = with_harness(go, write=False)
     if as_json:
@@ -154,6 +161,7 @@ def list_errands(
 
 def show(errand_id: IdArg, as_json: JsonOpt = False) -> None:
     """Show an errand's timeline (every event in its log)."""
+    from errands.core.errand import Errand
 
     async def go(h: Harness) -> None:
         full = await h.store.find(errand_id)

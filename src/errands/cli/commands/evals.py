@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from enum import StrEnum
@@ -73,6 +72,8 @@ def agentdojo(
 
     Runs on a temporary home; needs the agentdojo extra (pip install 'errands[agentdojo]').
     """
+    import asyncio
+
     from errands.evals.report import evaluate, table  # (it imports agentdojo only when run)
 
     flows: list[Flow] = ["on", "off"]

@@ -7,20 +7,19 @@ Neither ever prints a key: only whether it is set, under which variable, and fro
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from errands.cli.common import JsonOpt, fail, out, settings
-from errands.cli.permcheck import permissions_check
 from errands.cli.render import safe
-from errands.cli.storecheck import store_check
 from errands.errors import ErrandsError
-from errands.models.inventory import Check, inventory
-from errands.models.inventory import doctor as run_doctor
-from errands.store import health
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from errands.models.inventory import Check
 
 __all__ = ["register"]
 
@@ -32,6 +31,8 @@ def _limits(limits: dict[str, Any]) -> str:
 def models(as_json: JsonOpt = False) -> None:
     """List the model providers, named endpoints, chains and the default model, and which
     keys are present (never their values)."""
+    from errands.models.inventory import inventory
+
     try:
         inv = inventory(settings())
     except ErrandsError as exc:
@@ -70,6 +71,10 @@ def doctor(
     """Check the store (SQLite's full integrity_check, the schema, who may read it) and each
     configured provider: key present, endpoint reachable and accepting the key, model
     names known. One line per problem, saying what to fix; exit 1 if any."""
+    from errands.cli.permcheck import permissions_check
+    from errands.cli.storecheck import store_check
+    from errands.models.inventory import doctor as run_doctor
+
     try:
         s = settings()
         checks = [_store_check(s.db_path), *run_doctor(s, timeout=timeout)]
@@ -95,6 +100,9 @@ def doctor(
 
 def _store_check(db: Path) -> Check:
     """The store, checked in full (O(size of the file): doctor only)."""
+    from errands.models.inventory import Check
+    from errands.store import health
+
     report = health.check(db, full=True)
     return Check("store file", report.ok, problems=report.problems, notes=[str(db), *report.notes])
 

@@ -11,15 +11,8 @@ from typing import Annotated
 import typer
 
 from errands.cli.common import JsonOpt, fail, json_object, out, settings
-from errands.core.labels import BOTTOM
-from errands.core.states import ErrandView
 from errands.errors import ErrandsError
-from errands.harness import toolset_for
-from errands.policy.hook import PolicyCall
-from errands.policy.reload import WITHIN, touch
-from errands.policy.rules import load_policy
 from errands.server.files import live_server
-from errands.tools.tool import ToolError
 
 __all__ = ["register"]
 
@@ -38,6 +31,13 @@ def explain(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the decision the policy makes for one call, and the rule that made it."""
+    from errands.core.labels import BOTTOM
+    from errands.core.states import ErrandView
+    from errands.harness import toolset_for
+    from errands.policy.hook import PolicyCall
+    from errands.policy.rules import load_policy
+    from errands.tools.tool import ToolError
+
     try:
         s = settings()
         policy = load_policy(s.home)
@@ -87,6 +87,9 @@ def reload(as_json: JsonOpt = False) -> None:
     the policy they have. Running processes also notice an edit on their own: this
     command is the way to check one first.
     """
+    from errands.policy.reload import WITHIN, touch
+    from errands.policy.rules import load_policy
+
     try:
         s = settings()
         path = s.home / "policy.toml"

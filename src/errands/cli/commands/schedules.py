@@ -9,6 +9,7 @@ server it runs the errand here, in the foreground, like ``errands run``.
 
 Bad input is one line naming the option at fault (``--cron: …``), exit 2, and nothing
 is written: the operations (:mod:`errands.engine.schedules`) validate everything first.
+They, and the store they write to, are imported by the commands that use them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import re
 import sys
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 import typer
@@ -34,25 +35,13 @@ from errands.cli.common import (
     who,
     with_harness,
 )
-from errands.cli.live import finish, foreground, interactive
 from errands.cli.render import STATE_STYLE, safe
-from errands.core.errand import Errand
-from errands.core.localtime import local_time
-from errands.core.states import ErrandState, ErrandView
-from errands.engine.schedules import (
-    RunNow,
-    ScheduleRequest,
-    pause_schedule,
-    remove_schedule,
-    resume_schedule,
-    run_now,
-    schedule_info,
-    schedule_infos,
-)
-from errands.engine.schedules import add_schedule as add_operation
 from errands.errors import ErrandsError, UserError
-from errands.harness import Harness
-from errands.server.schemas import SCHEDULE_NAME
+
+if TYPE_CHECKING:
+    from errands.core.states import ErrandView
+    from errands.engine.schedules import RunNow, ScheduleRequest
+    from errands.harness import Harness
 
 __all__ = ["register"]
 
@@ -137,6 +126,13 @@ MaxStepsOpt = Annotated[
 EveryHelp = "An interval: 30s, 15m, 1h30m, 1d (at least 1s)."
 
 
+def local_time(ts: float | None, zone: str) -> str:
+    """:func:`errands.core.localtime.local_time` (imported when a time is shown)."""
+    from errands.core.localtime import local_time as shown
+
+    return shown(ts, zone)
+
+
 def _one_line(exc: ErrandsError) -> str:
     """The error, naming the option a person typed rather than the API's field."""
     text = " ".join(str(exc).split())
@@ -174,6 +170,9 @@ def _no_server_hint() -> None:
 
 
 def _added(request: ScheduleRequest, as_json: bool) -> None:
+    from errands.engine.schedules import add_schedule as add_operation
+    from errands.engine.schedules import schedule_info
+
     async def go(h: Harness) -> tuple[dict[str, Any], str]:
         await add_operation(h.store, h.settings, request, by=who(), known_tools=h.tool_names())
         info = await schedule_info(h.store, request.name.strip())
@@ -256,6 +255,8 @@ def add(
             if not chosen
             else f"give one of --cron, --every or --at, not {' and '.join('--' + k for k in chosen)}"
         )
+    from errands.engine.schedules import ScheduleRequest
+
     request = ScheduleRequest(
         name=name,
         kind=chosen[0],
@@ -328,6 +329,8 @@ def watch_add(
     item. The first check records what is there; an errand starts only for items not
     seen in the last 7 days, and is given only those, as untrusted content.
     """
+    from errands.engine.schedules import ScheduleRequest
+
     request = ScheduleRequest(
         name=name,
         kind="watch",
@@ -369,8 +372,7 @@ def _last(shown: dict[str, Any], *, with_id: bool = True) -> str:
     if not shown["last_run"]:
         return "—"
     state = str(shown["last_run_state"] or "gone")
-    known = state in {s.value for s in ErrandState}
-    style = STATE_STYLE.get(ErrandState(state), "") if known else ""
+    style = STATE_STYLE.get(state, "")
     return (
         f"{shown['last_run']} [{style}]{state}[/{style}]"
         if style
@@ -417,6 +419,8 @@ def schedules_table(rows: list[dict[str, Any]], zone: str, width: int = 120) -> 
 
 
 def _list(as_json: bool, kinds: tuple[str, ...] | None) -> None:
+    from errands.engine.schedules import schedule_infos
+
     async def go(h: Harness) -> list[dict[str, Any]]:
         infos = await schedule_infos(h.store)
         return [i.as_dict(full=False) for i in infos if kinds is None or i.row.spec.kind in kinds]
@@ -536,6 +540,7 @@ def _recent_table(recent: list[dict[str, Any]], zone: str, width: int) -> Table:
 @schedule_app.command("show")
 def show(name: NameArg, as_json: JsonOpt = False) -> None:
     """A schedule or watch: next slot, newest runs with state and cost, cost today, last error."""
+    from errands.engine.schedules import schedule_info
 
     async def go(h: Harness) -> tuple[dict[str, Any], str]:
         return (await schedule_info(h.store, name)).as_dict(full=True), h.settings.timezone
@@ -554,6 +559,7 @@ def show(name: NameArg, as_json: JsonOpt = False) -> None:
 
 def _change(name: str, operation: Any, as_json: bool) -> tuple[dict[str, Any], str]:
     """Pause or resume *name*; its JSON (printed with --json) and the person's zone."""
+    from errands.engine.schedules import schedule_info
 
     async def go(h: Harness) -> tuple[dict[str, Any], str]:
         await operation(h.store, name)
@@ -568,6 +574,8 @@ def _change(name: str, operation: Any, as_json: bool) -> tuple[dict[str, Any], s
 @schedule_app.command("pause")
 def pause(name: NameArg, as_json: JsonOpt = False) -> None:
     """Pause a schedule or watch: its slots start nothing until resumed."""
+    from errands.engine.schedules import pause_schedule
+
     _change(name, pause_schedule, as_json)
     if not as_json:
         out.print(
@@ -578,6 +586,8 @@ def pause(name: NameArg, as_json: JsonOpt = False) -> None:
 @schedule_app.command("resume")
 def resume(name: NameArg, as_json: JsonOpt = False) -> None:
     """Resume it from its next slot after now (slots missed while paused are not run)."""
+    from errands.engine.schedules import resume_schedule
+
     shown, zone = _change(name, resume_schedule, as_json)
     if not as_json:
         out.print(
@@ -589,6 +599,7 @@ def resume(name: NameArg, as_json: JsonOpt = False) -> None:
 @schedule_app.command("rm")
 def rm(name: NameArg, as_json: JsonOpt = False) -> None:
     """Remove a schedule or watch; the errands it started stay."""
+    from errands.engine.schedules import remove_schedule
 
     async def go(h: Harness) -> int:
         runs = (await h.store.schedule(name)).status.runs
@@ -626,6 +637,9 @@ def run_now_command(
 
     Prints the errand's id first. Exit codes when it runs here: those of errands run.
     """
+    from errands.engine.schedules import RunNow, run_now
+    from errands.server.schemas import SCHEDULE_NAME
+
     server = server_for_home()
     if server is not None:
         if not re.fullmatch(SCHEDULE_NAME, name):  # (the server would say only "pattern")
@@ -645,6 +659,8 @@ def run_now_command(
             page = f"{server.url.rstrip('/')}/errands/{done.errand_id}"
             out.print(f"[dim]follow it: errands show {done.errand_id} · {page}[/dim]")
         return
+    from errands.cli.live import finish, foreground, interactive
+    from errands.core.errand import Errand
 
     async def go(h: Harness) -> tuple[RunNow, ErrandView | None]:
         done = await run_now(h.store, h.settings, name)

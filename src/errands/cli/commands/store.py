@@ -14,7 +14,6 @@ import typer
 
 from errands.cli.common import JsonOpt, fail, out, settings
 from errands.errors import ErrandsError
-from errands.store import backup as backups
 
 __all__ = ["register"]
 
@@ -30,6 +29,8 @@ def backup(
     The store holds every errand's log, blobs and budgets; the workspaces' files and
     the config (errands.toml, policy.toml) are not in it.
     """
+    from errands.store import backup as backups
+
     try:
         db = settings().db_path
         copied = backups.backup(db, path, force=force)
@@ -61,6 +62,8 @@ def restore(
     """Make the backup at PATH this home's store. Refused while errands up runs; the
     backup is checked first (quick_check, schema); the store it replaces is kept beside
     it as errands.sqlite.before-restore-TIME."""
+    from errands.store import backup as backups
+
     try:
         db = settings().db_path
         copied = backups.restore(path, db)

@@ -5,23 +5,24 @@ with what each does, its effect class and its arguments' roles."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from errands.cli.common import JsonOpt, fail, out, settings
-from errands.core.events import EffectClass
-from errands.core.states import ErrandView
 from errands.errors import ErrandsError
-from errands.tools.plugins import load_tools
-from errands.tools.tool import Tool
+
+if TYPE_CHECKING:
+    from errands.tools.tool import Tool
 
 __all__ = ["register"]
 
 
 def _effect(tool: Tool) -> str:
+    from errands.core.events import EffectClass
+
     spec = tool.effect_spec
     return spec.value if isinstance(spec, EffectClass) else "depends on the arguments"
 
@@ -47,6 +48,9 @@ def _row(tool: Tool, source: str) -> dict[str, Any]:
 def tools(as_json: JsonOpt = False) -> None:
     """List every tool: built-ins, installed plugins and [tools] modules (plugin code
     runs unsandboxed inside errands)."""
+    from errands.core.states import ErrandView
+    from errands.tools.plugins import load_tools
+
     try:
         sources = load_tools(settings().tools.modules)
     except ErrandsError as exc:

@@ -1,0 +1,125 @@
+"""``errands --help`` imports only what the help needs (issue 17, item 5: start-up).
+
+Typer builds every command's options to show the help, so the CLI imports every command
+module; those modules import the typer and rich they need and nothing heavier. What a
+command needs to run -- the harness, the store, the engine, the config (pydantic), the
+HTTP client, the web stack -- is imported by the function that uses it. (The time it
+saves is measured in bench/startup_bench.py, not here: a test asserts no timings.)
+
+Each probe runs the real CLI (``python -m errands ARGS``) in a fresh interpreter and
+records ``sys.modules`` when it exits; the test fails if a heavy module is there.
+
+Negative control (:func:`test_the_control_catches_an_eager_import`): the same probe,
+with ``errands.cli.common`` loaded from its own source plus one line at the end,
+``from errands.harness import build`` -- the import it had at its top before this
+change -- finds ``errands.harness``, the store, the engine and httpx loaded,
+and the test over the module list would fail on each of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from errands.cli.common import EXIT, StateName
+from errands.core.states import ErrandState
+
+# what a command imports when it runs, never to show the help
+HEAVY = [
+    "errands.harness",
+    "errands.config",
+    "errands.store",
+    "errands.store.sqlite",
+    "errands.engine.loop",
+    "errands.engine.runner",
+    "errands.core.events",
+    "errands.policy.rules",
+    "errands.server.app",
+    "errands.server.serve",
+    "errands.cli.live",
+    "httpx",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+]  # (not pydantic: this typer imports it to check the values a command is given)
+
+# runs the CLI as `python -m errands` does and writes the modules loaded at exit;
+# argv[3], when given, is a line run at the end of errands.cli.common's own source
+PROBE = """
+import atexit, importlib.util, json, runpy, sys
+
+out, args, eager = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+
+
+def record():
+    with open(out, "w") as f:
+        json.dump(sorted(sys.modules), f)
+
+
+atexit.register(record)
+if eager:
+    spec = importlib.util.find_spec("errands.cli.common")
+    source = spec.loader.get_source("errands.cli.common") + "\\n" + eager + "\\n"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["errands.cli.common"] = module
+    exec(compile(source, spec.origin, "exec"), module.__dict__)
+sys.argv = ["errands", *args]
+runpy.run_module("errands", run_name="__main__", alter_sys=True)
+"""
+
+
+@functools.cache
+def modules_after(args: tuple[str, ...], eager: str = "") -> frozenset[str]:
+    """The modules loaded when ``errands ARGS`` exits (its help printed, or its output)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "modules.json"
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE, str(out), json.dumps(args), eager],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
+            | {"COLUMNS": "120", "NO_COLOR": "1"},
+            cwd=tmp,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip(), "the command printed nothing"
+        if "--help" in args:
+            assert "Usage" in done.stdout, done.stdout
+        return frozenset(json.loads(out.read_text()))
+
+
+@pytest.mark.parametrize("module", HEAVY)
+def test_help_does_not_import(module: str) -> None:
+    assert module not in modules_after(("--help",))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("up", "--help"), ("schedule", "add", "--help"), ("ls", "--help"), ("version",)],
+    ids=lambda args: " ".join(args),
+)
+def test_a_commands_help_and_version_import_nothing_heavy(args: tuple[str, ...]) -> None:
+    loaded = modules_after(args)
+    assert [m for m in HEAVY if m in loaded] == []
+
+
+def test_the_control_catches_an_eager_import() -> None:
+    loaded = modules_after(("--help",), eager="from errands.harness import build")
+    found = [m for m in HEAVY if m in loaded]
+    for module in ("errands.harness", "errands.store", "errands.engine.loop", "httpx"):
+        assert module in found, found
+
+
+def test_the_states_the_command_line_takes_are_the_errands_states() -> None:
+    assert [s.value for s in StateName] == [s.value for s in ErrandState]
+    for state in ErrandState:  # the exit codes are found by either
+        assert EXIT.get(state) == EXIT.get(StateName(state.value))
+    assert EXIT[ErrandState.waiting_approval] == 3
