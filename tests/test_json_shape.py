@@ -26,6 +26,7 @@ ROW = {
     "last_seq",
     "wake_at",
     "schedule",
+    "mode",
 }
 
 

@@ -22,6 +22,7 @@ from helpers.site import Page, Site
 
 from errands.config import Settings
 from errands.core import events as ev
+from errands.core.errand import ErrandSummary
 from errands.core.labels import BOTTOM, Confidentiality, Integrity, Label
 from errands.core.plan import HANDLE, Value, resolve, resolve_text
 from errands.core.progress import Progress
@@ -175,6 +176,7 @@ async def test_the_planners_own_words_after_a_page_do_not_ask_in_plan_mode(
     assert asked(log) == [] and [e.tool for e in ran(log)] == ["fetch_url", "http_request"]
     assert len(sink.requests) == 1 and sink.requests[0]["body"] == "Checked today."
     assert view.state is ErrandState.done and view.mode == "plan"
+    assert ErrandSummary.of(view).mode == "plan"  # (the API, errands ls --json)
 
 
 @pytest.mark.parametrize("showing", [False, True], ids=["guard", "control"])

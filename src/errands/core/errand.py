@@ -89,6 +89,7 @@ class ErrandSummary(BaseModel):
     last_seq: int
     wake_at: float | None = None  # sleeping: when its timer fires (wall time)
     schedule: str | None = None  # a run of this schedule (or watch)
+    mode: str | None = None  # "plan": plan mode (the model never reads untrusted content)
 
     @classmethod
     def of(cls, view: ErrandView) -> ErrandSummary:
@@ -109,6 +110,7 @@ class ErrandSummary(BaseModel):
             last_seq=view.last_seq,
             wake_at=view.wake_at,
             schedule=view.schedule,
+            mode=view.mode,
         )
 
     def row(self) -> dict[str, Any]:
