@@ -12,9 +12,13 @@ Measured from outside, as a person (or a service manager) meets it, each a fresh
 - how many modules ``errands --help`` imports (``-X importtime``), and the heaviest.
 
 Each figure is the median of ``--runs`` runs (default 9), with min and max.
+``--baseline SRC`` measures another source tree too (``git archive REV src | tar -x -C
+DIR``, then ``--baseline DIR/src``: put first on ``PYTHONPATH``), run for run
+alternately with this checkout, so that both see the same machine: on a shared VM the
+figures drift by tens of percent within minutes.
 
-    python bench/startup_bench.py             # 9 runs of each
-    python bench/startup_bench.py --runs 5
+    python bench/startup_bench.py                          # 9 runs of each
+    python bench/startup_bench.py --runs 5 --baseline /tmp/before/src
 
 Prints a table; writes ``bench/results/startup.json`` with a machine description.
 """
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +56,19 @@ def entry_point() -> str:
     return found
 
 
-def environment(home: str | None = None) -> dict[str, str]:
+def environment(src: str | None) -> dict[str, str]:
+    """This environment without ERRANDS_*; *src* (a source tree) first on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
-    if home is not None:
-        env["ERRANDS_HOME"] = home
+    env.pop("PYTHONPATH", None)
+    if src is not None:
+        env["PYTHONPATH"] = src
     return env
 
 
-def timed_exit(argv: list[str]) -> float:
+def timed_exit(argv: list[str], src: str | None) -> float:
     """Seconds from spawning *argv* to its exit (it must succeed)."""
     t0 = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=environment())
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=environment(src))
     return time.perf_counter() - t0
 
 
@@ -86,7 +93,7 @@ def health_ok(port: int) -> bool:
     return head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
 
 
-def timed_up(errands: str) -> float:
+def timed_up(errands: str, src: str | None) -> float:
     """Seconds from spawning ``errands up`` on a new home to its first 200 on /api/health."""
     with tempfile.TemporaryDirectory(prefix="errands-startup-") as tmp:
         home = Path(tmp) / "home"
@@ -97,7 +104,7 @@ def timed_up(errands: str) -> float:
             [errands, "--home", str(home), "up", "--port", str(port)],
             stdout=log,
             stderr=log,
-            env=environment(),
+            env=environment(src),
             cwd=tmp,
         )
         try:
@@ -120,7 +127,7 @@ def timed_up(errands: str) -> float:
     return elapsed
 
 
-def help_imports() -> dict[str, Any]:
+def help_imports(src: str | None) -> dict[str, Any]:
     """The modules ``errands --help`` imports, and the ten that cost the most (with
     what they import)."""
     done = subprocess.run(
@@ -128,7 +135,7 @@ def help_imports() -> dict[str, Any]:
         check=True,
         capture_output=True,
         text=True,
-        env=environment(),
+        env=environment(src),
     )
     rows = []
     for line in done.stderr.splitlines():
@@ -156,39 +163,60 @@ def summarise(samples: list[float]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--baseline", help="another source tree (its src), measured alongside")
     args = parser.parse_args()
     errands = entry_point()
     info = machine_info(
         Path(tempfile.gettempdir()), ("typer", "rich", "fastapi", "starlette", "uvicorn")
     )
-    commands = {
-        "errands --help": [errands, "--help"],
-        "python -m errands --help": [sys.executable, "-m", "errands", "--help"],
-        "errands version": [errands, "version"],
+    trees: dict[str, str | None] = {"this checkout": None}
+    if args.baseline:
+        trees["baseline"] = str(Path(args.baseline).resolve())
+    measures: dict[str, Callable[[str | None], float]] = {
+        "errands --help": lambda src: timed_exit([errands, "--help"], src),
+        "python -m errands --help": lambda src: timed_exit(
+            [sys.executable, "-m", "errands", "--help"], src
+        ),
+        "errands version": lambda src: timed_exit([errands, "version"], src),
+        "errands up -> first 200": lambda src: timed_up(errands, src),
     }
-    for argv in commands.values():  # warm the file cache and the bytecode
-        timed_exit(argv)
-    timed_up(errands)
-    results: dict[str, dict[str, Any]] = {}
-    for name, argv in commands.items():
-        results[name] = summarise([timed_exit(argv) for _ in range(args.runs)])
-    results["errands up -> first 200"] = summarise([timed_up(errands) for _ in range(args.runs)])
-    imports = help_imports()
+    samples: dict[str, dict[str, list[float]]] = {tree: {m: [] for m in measures} for tree in trees}
+    for measure in measures.values():  # warm the file cache and the bytecode
+        for src in trees.values():
+            measure(src)
+    for name, measure in measures.items():
+        for _ in range(args.runs):
+            for tree, src in trees.items():  # (alternately: both see the same machine)
+                samples[tree][name].append(measure(src))
+    results = {
+        tree: {name: summarise(runs) for name, runs in by_measure.items()}
+        for tree, by_measure in samples.items()
+    }
+    imports = {tree: help_imports(src) for tree, src in trees.items()}
 
-    print(f"{'measure':28} {'median s':>9} {'min s':>7} {'max s':>7} {'target':>7}")
-    for name, r in results.items():
-        target = TARGETS_S.get(name)
-        shown = f"{target:.1f}" if target is not None else ""
-        print(f"{name:28} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {shown:>7}")
-    print(f"\nerrands --help imports {imports['modules']} modules; the heaviest (cumulative):")
-    for module, ms in imports["heaviest_cumulative_ms"].items():
-        print(f"  {ms:>7.1f} ms  {module}")
-    met = {name: results[name]["median_s"] <= t for name, t in TARGETS_S.items()}
+    for tree in trees:
+        where = f" ({trees[tree]})" if trees[tree] else ""
+        print(f"\n{tree}{where}")
+        print(f"{'measure':28} {'median s':>9} {'min s':>7} {'max s':>7} {'target':>7}")
+        for name, r in results[tree].items():
+            target = TARGETS_S.get(name)
+            shown = f"{target:.1f}" if target is not None else ""
+            print(
+                f"{name:28} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {shown:>7}"
+            )
+        found = imports[tree]
+        print(f"errands --help imports {found['modules']} modules; the heaviest (cumulative):")
+        for module, ms in found["heaviest_cumulative_ms"].items():
+            print(f"  {ms:>7.1f} ms  {module}")
+    mine = results["this checkout"]
+    met = {name: mine[name]["median_s"] <= t for name, t in TARGETS_S.items()}
+    print()
     for name, ok in met.items():
         print(f"target {name} <= {TARGETS_S[name]} s: {'met' if ok else 'NOT met'}")
     summary = {
         "results": results,
         "help_imports": imports,
+        "baseline": trees.get("baseline"),
         "targets_s": TARGETS_S,
         "targets_met": met,
         "machine": info,

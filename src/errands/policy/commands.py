@@ -16,6 +16,10 @@ string (``sh -c``, ``bash``, ``eval``, ``exec``, ``command``, ``env``, ``sudo``,
 interpreter given code inline (``python3 -c``, a here-document, a pipe into it). Where a
 wrapper's inner command can be read (``sudo rm -rf /``, ``sh -c 'git push'``) it is also
 checked against deny and ask rules, so a wrapper never hides a deny behind an ask.
+
+The parser is imported by the first command line parsed (bashlex builds its parse tables
+when imported: ~80 ms that ``errands up`` and every command that reads the policy would
+otherwise spend before doing anything).
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
-
-import bashlex  # type: ignore[import-untyped]
 
 __all__ = [
     "ParsedScript",
@@ -150,6 +152,8 @@ def _parse_into(walk: _Walk, text: str, *, plain: bool) -> None:
         return
     if not text.strip():
         return
+    import bashlex  # type: ignore[import-untyped]
+
     try:
         trees = bashlex.parse(text)
     except Exception as exc:  # bashlex raises ParsingError, NotImplementedError, others

@@ -5,10 +5,17 @@ server's life: one server per home) or refuse; refuse a store that fails SQLite'
 ``quick_check``; load (or create) the token when one is needed (:func:`token_reason`:
 a name beyond loopback, or ``require_token``); bind; publish the port in the
 machine's registry (:mod:`errands.registry`: no errands process's network tools reach
-it); release leases left by dead local processes; start the runner (which claims every
-runnable errand) and the HTTP server; write ``ERRANDS_HOME/server.json`` (url, pid) so
-the CLI can find the server. The token is printed only to a terminal (never into a
-service's log); otherwise the start message names its 0600 file.
+it); open the store and build the app; start the HTTP server; release leases left by
+dead local processes; start the runner (which claims every runnable errand); write
+``ERRANDS_HOME/server.json`` (url, pid) so the CLI can find the server; print the start
+message. The token is printed only to a terminal (never into a service's log); otherwise
+the start message names its 0600 file.
+
+``GET /api/health`` answers 200 as soon as the HTTP server accepts connections: the store
+is open and every route is there. What only the runner needs comes just after (an errand
+created meanwhile is claimed when the runner starts), and what only the start message
+needs -- whether a model is connected, which may ask the OS keyring -- is looked up
+off the event loop, once serving.
 
 Shutdown on SIGINT/SIGTERM: stop accepting connections and end the live streams, let
 in-flight requests finish, stop the runner (its loops stop and release their leases;
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import logging
 import os
@@ -241,16 +249,18 @@ def _serve(
             lines.append(
                 f"  the token is in {path} (mode 0600); send it as Authorization: Bearer <token>"
             )
-    for line in model_help(settings):
-        lines.append(f"  {line}")
-    lines.append("  Ctrl-C stops it; every errand keeps its place and resumes on the next start")
+    stops = "  Ctrl-C stops it; every errand keeps its place and resumes on the next start"
+
+    def announce() -> None:  # (after the start: model_help may ask the keyring, ~0.1 s)
+        echo("\n".join([*lines, *(f"  {line}" for line in model_help(settings)), stops]))
+
     try:  # before any errand runs: every errands process refuses this port from now on
         published = registry.publish(actual, host, home)
     except registry.PublishFailed as exc:
         sock.close()
         raise ServerRefused(str(exc)) from None
     try:
-        asyncio.run(_main(settings, security, sock, url, lambda: echo("\n".join(lines)), pool))
+        asyncio.run(_main(settings, security, sock, url, announce, pool))
     finally:
         registry.withdraw(published)
 
@@ -298,6 +308,7 @@ async def _main(
             proxy_headers=False,
             timeout_graceful_shutdown=3,
             timeout_keep_alive=5,
+            ws="none",  # (no WebSocket routes: uvicorn need not import a WebSocket library)
         )
         server = _Server(config)
         stop = asyncio.Event()
@@ -309,12 +320,14 @@ async def _main(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        await release_dead_leases(store)
-        runner.start()
-        assert runner.finished is not None
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not server_task.done():
             await asyncio.sleep(0.01)
+        # the HTTP side answers from here on; the runner (on its own thread) starts after
+        # it, so that starting it does not hold the first requests up
+        await release_dead_leases(store)
+        runner.start()
+        assert runner.finished is not None
         _write_json_atomic(
             info_path,
             {
@@ -327,7 +340,7 @@ async def _main(
                 "version": __version__,
             },
         )
-        announce()
+        await asyncio.to_thread(announce)  # (requests are answered meanwhile)
         sys.stdout.flush()
         _tune_runtime()
         reaper = asyncio.create_task(_reap_forever(store))
@@ -372,8 +385,10 @@ async def _main(
 def _tune_runtime() -> None:
     """Freeze what start-up allocated (the app, its schemas) so the collector stops
     rescanning it (:func:`errands.engine.runtime.tune_gc`), and shorten the interpreter's thread
-    switch interval so that a request waits less for the runner's thread."""
+    switch interval so that a request waits less for the runner's thread. The collector is
+    turned on again if ``errands up`` turned it off for the start-up."""
     tune_gc()
+    gc.enable()
     sys.setswitchinterval(0.001)
 
 

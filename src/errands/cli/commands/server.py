@@ -6,6 +6,7 @@ The web framework is imported only when ``errands up`` runs; the store, only whe
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -59,6 +60,10 @@ def up(
     """
     try:
         s = settings()
+        # what start-up allocates (the web stack, the app) lives as long as the server:
+        # the collector would only rescan it (~50 ms). It is collected once, and the
+        # collector turned back on, once the server is up (serve._tune_runtime).
+        gc.disable()
         from errands.server.serve import run_server  # the web stack, only when serving
 
         logging.basicConfig(
