@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import CLI
 from helpers.inproc import in_process
 from helpers.kit import harness_for, script
 from hypothesis import given, settings
@@ -121,3 +122,17 @@ def test_a_page_is_the_slice_of_the_whole_log_it_names(
             await store.close()
 
     asyncio.run(check())
+
+
+async def test_errands_show_prints_the_request_and_the_newest_events(
+    cli: CLI, settings: Settings
+) -> None:
+    store = SQLiteStore(settings.db_path)
+    await long_errand(store, "long1")
+    await store.close()
+    shown = cli("show", "long1", "--last", "100")
+    assert shown.returncode == 0, shown.stderr
+    assert "▶ long" in shown.stdout and "900 earlier events" in shown.stdout  # (the request)
+    assert "line 249 of" in shown.stdout and "line 224 of" not in shown.stdout
+    everything = cli("show", "long1", "--all")
+    assert "line 0 of" in everything.stdout and "earlier events" not in everything.stdout

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from errands.core.states import ErrandView
     from errands.harness import Harness
 
+SHOW_LAST = 200  # events errands show prints (its request besides)
+
 __all__ = ["register"]
 
 
@@ -159,18 +161,40 @@ def list_errands(
         out.print(errands_table(views, out.width))
 
 
-def show(errand_id: IdArg, as_json: JsonOpt = False) -> None:
-    """Show an errand's timeline (every event in its log)."""
+def show(
+    errand_id: IdArg,
+    last: Annotated[
+        int,
+        typer.Option(
+            "--last",
+            min=1,
+            help="Show the newest N events (a long errand's older ones are "
+            "counted, not shown; --all shows them).",
+        ),
+    ] = SHOW_LAST,
+    everything: Annotated[bool, typer.Option("--all", help="Show every event.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an errand's timeline: its request and its newest events (--json: every event)."""
     from errands.core.errand import Errand
 
     async def go(h: Harness) -> None:
         full = await h.store.find(errand_id)
         view = await h.store.view(full)
-        events = await h.store.read(full)
+        if as_json or everything or view.last_seq <= last + 1:
+            events = await h.store.read(full)
+        else:  # a long errand: its request, and a page of the newest (never the whole log)
+            page = await h.store.read_latest(full, last)
+            events = await h.store.read_latest(full, 1, before=2) + page
         if as_json:
             sys.stdout.write(json.dumps(Errand.of(view).detail(events), default=str) + "\n")
             return
-        for stored in events:
+        for i, stored in enumerate(events):
+            if i == 1 and stored.seq > 2:
+                out.print(
+                    f"[dim]    … {stored.seq - 2} earlier events (errands show {full} --all)[/dim]",
+                    highlight=False,
+                )
             line = event_line(stored)
             if line:
                 out.print(line, highlight=False)

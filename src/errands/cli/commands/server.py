@@ -66,12 +66,7 @@ def up(
         gc.disable()
         from errands.server.serve import run_server  # the web stack, only when serving
 
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        logging.getLogger("errands").setLevel(logging.INFO)
+        _log_to_stderr()
         from errands.server.workers import worker_args
 
         run_server(
@@ -84,6 +79,16 @@ def up(
         )
     except ErrandsError as exc:
         fail(str(exc))
+
+
+def _log_to_stderr() -> None:
+    """A long-running process logs what it does (errands' INFO lines) to stderr."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("errands").setLevel(logging.INFO)
 
 
 def worker(
@@ -101,12 +106,7 @@ def worker(
         s = settings()
         from errands.server.workers import run_worker  # (the engine, only when working)
 
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        logging.getLogger("errands").setLevel(logging.INFO)
+        _log_to_stderr()
         run_worker(s, parent)
     except ErrandsError as exc:
         fail(str(exc))
