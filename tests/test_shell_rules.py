@@ -20,9 +20,9 @@ from seams.shell_controls import RawPrefixPolicy
 from errands.config import ConfigError
 from errands.core.events import EffectClass
 from errands.core.labels import Label
-from errands.policy.commands import parse_script
 from errands.policy.hook import Decision, PolicyCall
 from errands.policy.rules import DEFAULT_POLICY_TOML, Policy, parse_policy
+from errands.tools.sandbox.commands import parse_script
 from errands.tools.tool import ArgRole
 
 RULES = """

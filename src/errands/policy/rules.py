@@ -21,7 +21,7 @@ Built-in votes that no file can loosen:
   errands can read -- no rule could be matched on it;
 - ``command-unresolved`` (ask): a shell command line the parser cannot fully resolve
   (``sh -c``, ``eval``, ``$( )``, a variable, an env prefix …;
-  :mod:`errands.policy.commands`), whatever allow rule matches;
+  :mod:`errands.tools.sandbox.commands`), whatever allow rule matches;
 - ``shell-default`` (ask, or the effect class's decision if stricter): a simple command in
   a command line (an argument the tool declares a ``command``) that no rule covers --
   neither a rule for the tool as a whole nor a ``command`` rule naming its first words;
@@ -48,7 +48,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from errands.config import ConfigError
 from errands.core.events import EffectClass
-from errands.policy.commands import ParsedScript, parse_script, prefix_matches, rule_words
 from errands.policy.executable import ExecutesLater, executes_later
 from errands.policy.flow import FlowSettings, Trusted, flow_verdict
 from errands.policy.hook import Decision, PolicyCall, Verdict
@@ -60,6 +59,7 @@ from errands.tools.canonical import (
     path_pattern,
     url_pattern,
 )
+from errands.tools.sandbox.commands import ParsedScript, parse_script, prefix_matches, rule_words
 from errands.tools.tool import ArgRole
 
 __all__ = [
@@ -260,7 +260,7 @@ class Rule(BaseModel):
     effect: EffectClass | None = None
     args: dict[str, str] = Field(default_factory=dict)  # argument name -> glob on its value
     # the first words of a simple command in a command line (tools whose arguments
-    # include a ``command``): "git push" (errands.policy.commands)
+    # include a ``command``): "git push" (errands.tools.sandbox.commands)
     command: str | None = None
     reason: str = ""
     # a standing approval (errands.policy.standing): who made it, when. After untrusted
@@ -409,7 +409,7 @@ class Policy(BaseModel):
         allow, ask or deny ``command`` rule names their first words).
 
         A ``command`` rule votes when it names a simple command in the line (an allow only
-        for a command written plainly, :class:`~errands.policy.commands.SimpleCommand`);
+        for a command written plainly, :class:`~errands.tools.sandbox.commands.SimpleCommand`);
         a rule without one votes on the call as before."""
         votes: list[Verdict] = []
         whole = False

@@ -3,7 +3,7 @@
 Effect ``write_local``: the command can change the workspace and nothing else -- the
 sandbox has no network at all in this version (egress through errands' proxy comes
 later). The default policy asks before every command no rule allows
-(:mod:`errands.policy.commands`). The output is labelled **untrusted** (a command prints
+(:mod:`errands.tools.sandbox.commands`). The output is labelled **untrusted** (a command prints
 what files and programs written by others say) and **private** (it may show the
 workspace's contents).
 """
@@ -17,8 +17,8 @@ from typing import Any
 
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
-from errands.policy.commands import parse_script
 from errands.tools.sandbox.bwrap import WORKSPACE, Limits, Ran, Sandbox, SandboxUnavailable
+from errands.tools.sandbox.commands import parse_script
 from errands.tools.tool import (
     Tool,
     ToolArgumentError,
