@@ -54,7 +54,7 @@ TOOLS = builtin_toolset()
 
 
 class RawValues(CallValues):
-    def matches(self, name: str, glob: str) -> bool:
+    def matches(self, name: str, glob: str, *, every: bool = True) -> bool:
         value = self.call.arguments.get(name)
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         return name in self.call.arguments and fnmatch.fnmatchcase(text, glob)

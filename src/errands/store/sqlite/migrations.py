@@ -99,7 +99,9 @@ MIGRATIONS: list[Migration] = [
     # schedules and watches: their rows, the (schedule, slot) keys, a watch's items
     Migration("0006_schedules", schedules.MIGRATION),
     # what changed lately, for a server whose errands other processes (workers) run
-    Migration("0007_errands_updated", "CREATE INDEX errands_updated ON errands(updated_at)"),
+    Migration(
+        "0007_errands_updated", "CREATE INDEX IF NOT EXISTS errands_updated ON errands(updated_at)"
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
