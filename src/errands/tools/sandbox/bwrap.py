@@ -17,9 +17,10 @@ environment from an allowlist (``PATH``, ``HOME=/workspace``, ``LANG``, ``TERM=d
 bubblewrap itself is started with that environment too, so not even ``/proc/1/environ``
 holds errands'. Limits: wall time (the whole process group is killed), and per process
 CPU time, address space, file size and open files (``setrlimit`` before ``exec``), a
-process count (``RLIMIT_NPROC``, plus a watchdog that kills the sandbox when it holds
-more processes: the kernel does not apply ``RLIMIT_NPROC`` to processes that are root
-outside, as they are when errands runs as root), and output size (the first bytes kept,
+process count (``RLIMIT_NPROC``; the kernel does not apply it to processes that are root
+outside, as they are when errands runs as root, so also a ``pids`` cgroup of the
+sandbox's own where errands can make one, and a watchdog that kills the sandbox when it
+holds more processes), and output size (the first bytes kept,
 the rest counted).
 
 :class:`Sandbox` is the runner; tests subclass it as negative controls.
@@ -36,6 +37,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,8 +219,14 @@ class Sandbox:
 
     async def _run(self, argv: Sequence[str], timeout_s: int, limits: Limits) -> Ran:
         rlimits = _rlimits(limits, timeout_s)
+        # the kernel's own cap on the process count, where errands may make one: a
+        # process that is root outside the sandbox is exempt from RLIMIT_NPROC
+        group = _pids_cgroup(limits.processes + PIDS_MARGIN)
 
         def preexec() -> None:  # in the child, before exec: limits bwrap passes on
+            if group is not None:
+                with contextlib.suppress(OSError):
+                    (group / "cgroup.procs").write_text(str(os.getpid()))
             for which, value in rlimits:
                 with contextlib.suppress(ValueError, OSError):
                     resource.setrlimit(which, (value, value))
@@ -262,6 +270,8 @@ class Sandbox:
             await asyncio.wait_for(asyncio.gather(*readers), timeout=5)
         for reader in readers:
             reader.cancel()
+        if group is not None:
+            await asyncio.to_thread(_remove_cgroup, group)
         return Ran(
             returncode=None if killed else proc.returncode,
             stdout=bytes(out.kept),
@@ -292,6 +302,41 @@ class _Capture:
                 self.kept += chunk[:room]
             if self.total > self.limits.output_hard:
                 self.kill(f"it wrote more than {self.limits.output_hard >> 20} MB of output")
+
+
+PIDS_MARGIN = 8  # processes beyond the cap the cgroup allows: bwrap, the sandbox's init
+CGROUP_PARENTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))  # v1, then v2
+
+
+def _pids_cgroup(most: int) -> Path | None:
+    """A new pids cgroup allowing *most* processes, or None where errands cannot make
+    one (not root, no pids controller): RLIMIT_NPROC and the watchdog then hold."""
+    for parent in CGROUP_PARENTS:
+        if not (parent / "cgroup.procs").exists():
+            continue
+        group = parent / f"errands-sandbox-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        try:
+            (group / "pids.max").write_text(str(most))
+            return group
+        except OSError:
+            _remove_cgroup(group)
+    return None
+
+
+def _remove_cgroup(group: Path) -> None:
+    """Remove *group* once its processes are gone (they were killed; give them a moment)."""
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.01)
 
 
 def _sandbox_init(outer: int) -> int | None:
