@@ -422,25 +422,28 @@ def test_http_request_effect_depends_on_the_method(registry: FunctionToolset) ->
         tool.validate({"method": "TRACE", "url": url})
 
 
-def test_builtin_toolset_has_the_six_tools(registry: FunctionToolset) -> None:
+def test_builtin_toolset_has_the_seven_tools(registry: FunctionToolset) -> None:
     assert [t.name for t in registry.listing] == [
         "fetch_url",
         "http_request",
         "list_files",
         "read_file",
+        "shell",
         "wait",
         "write_file",
     ]
-    effects = {t.name: t.effect({"method": "GET"}) for t in registry.listing}
+    effects = {t.name: t.effect({"method": "GET", "command": "ls"}) for t in registry.listing}
     assert effects == {
         "fetch_url": EffectClass.network,
         "http_request": EffectClass.network,
         "list_files": EffectClass.read,
         "read_file": EffectClass.read,
+        "shell": EffectClass.write_local,
         "wait": EffectClass.none,
         "write_file": EffectClass.write_local,
     }
-    assert all(t.safe_to_retry for t in registry.listing)
+    # every one but the shell is safe to run again after a crash (a command may not be)
+    assert [t.name for t in registry.listing if not t.safe_to_retry] == ["shell"]
 
 
 async def test_a_connection_failure_is_a_clear_tool_error(registry: FunctionToolset) -> None:
