@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,13 +88,23 @@ def value_stub(handle: str, kind: str, sources: list[str]) -> str:
     )
 
 
-def _used(text: str, values: Mapping[str, Value], used: dict[str, Value]) -> None:
-    for m in HANDLE.finditer(text):
-        handle = m.group(0)
-        found = values.get(handle)
-        if found is None:
-            raise KeyError(handle)
-        used[handle] = found
+def _handles(item: Any) -> Iterator[str]:
+    """Every handle in *item* (a string, or lists and dicts of them), in order."""
+    if isinstance(item, str):
+        if "$" in item:
+            yield from (m.group(0) for m in HANDLE.finditer(item))
+    elif isinstance(item, list):
+        for x in item:
+            yield from _handles(x)
+    elif isinstance(item, dict):
+        for x in item.values():
+            yield from _handles(x)
+
+
+def named(arguments: Mapping[str, Any], values: Mapping[str, Value]) -> list[Value]:
+    """The values *arguments* name by handle (unknown handles left out), in order."""
+    found = dict.fromkeys(_handles(dict(arguments)))
+    return [values[h] for h in found if h in values]
 
 
 def resolve(
@@ -104,7 +114,9 @@ def resolve(
     becomes the value (typed), a handle inside a string its text. Returns the arguments
     and the join of the used values' labels (BOTTOM when none). KeyError names a handle
     that stands for nothing."""
-    used: dict[str, Value] = {}
+    label = BOTTOM
+    for handle in dict.fromkeys(_handles(dict(arguments))):
+        label = label.joined(values[handle].label)  # (KeyError: it stands for nothing)
 
     def sub(item: Any) -> Any:
         if isinstance(item, str):
@@ -112,9 +124,7 @@ def resolve(
                 return item
             whole = HANDLE.fullmatch(item.strip())
             if whole is not None:
-                _used(item, values, used)
                 return values[whole.group(0)].value
-            _used(item, values, used)
             return HANDLE.sub(lambda m: values[m.group(0)].text, item)
         if isinstance(item, list):
             return [sub(x) for x in item]
@@ -122,31 +132,7 @@ def resolve(
             return {k: sub(v) for k, v in item.items()}
         return item
 
-    out = {k: sub(v) for k, v in arguments.items()}
-    label = BOTTOM
-    for found in used.values():
-        label = label.joined(found.label)
-    return out, label
-
-
-def named(arguments: Mapping[str, Any], values: Mapping[str, Value]) -> list[Value]:
-    """The values *arguments* name by handle (unknown handles left out), in order."""
-    out: dict[str, Value] = {}
-
-    def walk(item: Any) -> None:
-        if isinstance(item, str) and "$" in item:
-            for m in HANDLE.finditer(item):
-                if m.group(0) in values:
-                    out.setdefault(m.group(0), values[m.group(0)])
-        elif isinstance(item, list):
-            for x in item:
-                walk(x)
-        elif isinstance(item, dict):
-            for x in item.values():
-                walk(x)
-
-    walk(dict(arguments))
-    return list(out.values())
+    return {k: sub(v) for k, v in arguments.items()}, label
 
 
 def resolve_text(text: str, values: Mapping[str, Value]) -> tuple[str, Label]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from errands.clock import date_line
 from errands.core import events as ev
-from errands.core.labels import BOTTOM, Label
+from errands.core.labels import BOTTOM, Label, join
 from errands.core.messages import Message
 from errands.core.pieces import Piece
 from errands.core.plan import (
@@ -296,12 +296,7 @@ class Progress:
 
     def used(self, arguments: dict[str, Any]) -> Label:
         """The join of the labels of the values *arguments* name by handle (plan mode)."""
-        if not self.plan:
-            return BOTTOM
-        try:
-            return resolve(arguments, self.values)[1]
-        except KeyError:
-            return BOTTOM
+        return join(v.label for v in self.sources(arguments))
 
     def answer(self) -> tuple[str, Label]:
         """The model's final answer for the person (handles replaced), and its label."""

@@ -100,7 +100,10 @@ class RunnerThread:
                 await self._on_stop()
 
     async def _serve_through(self, runner: Runner, stop: asyncio.Event) -> None:
-        self.restarts += await serve_through(runner, stop, self.poll)
+        await serve_through(runner, stop, self.poll, self._restarted)
+
+    def _restarted(self) -> None:
+        self.restarts += 1
 
     # -- called from other threads ---------------------------------------------------------
 
@@ -137,22 +140,26 @@ class RunnerThread:
         await asyncio.to_thread(self._thread.join)
 
 
-async def serve_through(runner: Runner, stop: asyncio.Event, poll: float) -> int:
-    """Serve until *stop*; the store failing for a while is waited out, not fatal.
-    Returns how many times serving started again after the store failed."""
+async def serve_through(
+    runner: Runner,
+    stop: asyncio.Event,
+    poll: float,
+    restarted: Callable[[], None] | None = None,
+) -> None:
+    """Serve until *stop*; the store failing for a while is waited out, not fatal
+    (*restarted* is called each time serving starts again after it failed)."""
     pause = 0.0
-    restarts = 0
     while not stop.is_set():
         started = time.monotonic()
         try:
             await runner.serve(stop, poll=poll)
-            return restarts
+            return
         except StoreUnavailable as exc:
             if time.monotonic() - started >= STEADY:
                 pause = 0.0
             pause = min(max(2 * pause, RESTART_FIRST), RESTART_MAX)
-            restarts += 1
+            if restarted is not None:
+                restarted()
             log.warning("the runner waits for the store (%s); it goes on in %.0f s", exc, pause)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), pause)
-    return restarts
