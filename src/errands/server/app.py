@@ -18,6 +18,7 @@ from errands.server.auth import RequestGuard
 from errands.server.context import ServerContext
 from errands.server.handlers import error_response
 from errands.server.inbox import STATIC_DIR, build_inbox
+from errands.server.probes import build_probes
 
 __all__ = ["create_app"]
 
@@ -108,6 +109,7 @@ def create_app(ctx: ServerContext) -> FastAPI:
     app.add_exception_handler(ErrandsError, _explained)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.include_router(build_router(_context))
+    app.include_router(build_probes(_context))
     app.include_router(build_inbox(_context))
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(_AllowHeader, api=app)

@@ -25,6 +25,9 @@ Every request passes :class:`RequestGuard`, an ASGI middleware, before it reache
   cross-site page can neither read the cookie nor send a custom header without a
   CORS preflight, which the server never grants. Bearer-token clients need no CSRF
   token: browsers never attach that header on their own.
+- **Probes**: ``/healthz`` and ``/readyz`` need no token from a client on loopback
+  whose request no proxy forwarded (:func:`_local_probe`); from anywhere else they are
+  like every other path.
 - **Bodies**: capped at ``[server] max_body_bytes`` (413); API bodies must be JSON (415).
 """
 
@@ -52,6 +55,8 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # paths a person can reach before logging in
 PUBLIC_PATHS = frozenset({"/login", "/api/health", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
+# paths a process on this machine reaches without the token (errands.server.probes)
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # headers a reverse proxy adds to what it forwards
 FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
 
@@ -256,6 +261,14 @@ def _is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+def _local_probe(scope: Scope, headers: Headers) -> bool:
+    """A liveness or readiness probe from loopback that no proxy forwarded."""
+    if scope["path"] not in PROBE_PATHS or any(h in headers for h in FORWARDING_HEADERS):
+        return False
+    client = scope.get("client")
+    return client is not None and _loopback_name(str(client[0]))
+
+
 def _looks_like_browser(headers: Headers) -> bool:
     return any(h in headers for h in ("cookie", "origin", "sec-fetch-site", "sec-fetch-mode"))
 
@@ -326,8 +339,8 @@ class RequestGuard:
             return
         cookies = _cookies(headers)
         auth = sec.authenticate(headers, cookies)
-        if auth is None and not _is_public(path):
-            if path.startswith("/api/") or path == "/openapi.json" or unsafe:
+        if auth is None and not _is_public(path) and not _local_probe(scope, headers):
+            if path.startswith("/api/") or path in ("/openapi.json", *PROBE_PATHS) or unsafe:
                 await _respond(
                     send,
                     401,

@@ -26,6 +26,8 @@ class ServerContext:
     base_url: str
     # claim runnable errands now (set when errands run in this process)
     nudge_runner: Callable[[], None] | None = None
+    # why the runner is not serving, None while it is (``/readyz``; None: no runner here)
+    runner_down: Callable[[], str | None] | None = None
 
     # errand -> title, for the approval cards (titles never change)
     titles: dict[str, str] = field(default_factory=dict, repr=False)

@@ -297,6 +297,7 @@ async def _main(
             idempotency=idempotency,
             base_url=url,
             nudge_runner=runner.nudge,
+            runner_down=runner.why_down,
         )
         channels = harness.channels(url)
         config = uvicorn.Config(

@@ -105,6 +105,14 @@ class RunnerThread:
     def _restarted(self) -> None:
         self.restarts += 1
 
+    def why_down(self) -> str | None:
+        """Why the runner is not serving (not started, stopped, failed); None while it is."""
+        if self.error is not None:
+            return f"the runner stopped with an error: {type(self.error).__name__}"
+        if not self._thread.is_alive():
+            return "the runner has stopped" if self._ready.is_set() else "the runner has not started"
+        return None
+
     # -- called from other threads ---------------------------------------------------------
 
     def nudge(self) -> None:

@@ -191,6 +191,13 @@ class GroupCommit(abc.ABC):
         """Call *listener(errand_id, last_seq)* on this event loop after each commit."""
         self._listeners.append((asyncio.get_running_loop(), listener))
 
+    async def probe(self) -> None:
+        """Write something through the writer and take it away again, in one commit
+        (:meth:`_probe_write`): raises what a write would raise now -- a
+        :class:`~errands.errors.StoreUnavailable` when the store cannot write. (The
+        server's ``/readyz``.)"""
+        await self._submit(self._probe_write)
+
     async def _submit(self, fn: Callable[[Tx], Any]) -> Any:
         if self._closed:
             raise StoreError("the store is closed")
