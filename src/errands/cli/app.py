@@ -25,6 +25,7 @@ from errands.cli.commands import (
     policy,
     schedules,
     server,
+    service,
     store,
     tools,
 )
@@ -86,6 +87,7 @@ models.register(app)
 store.register(app)
 tools.register(app)
 server.register(app)
+service.register(app)
 evals.register(app)
 
 
