@@ -206,6 +206,10 @@ class Machine:
         return lines
 
 
+def told(*calls: str) -> list[str]:
+    return [f"--user {c}" for c in calls]
+
+
 def test_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     m = Machine(tmp_path, "fake")
     first = m.run("service", "install")
@@ -222,11 +226,7 @@ def test_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     )
     check_unit(text, spec)
     assert m.errands_home.is_dir() and (m.errands_home / "workspaces").is_dir()
-    assert m.calls() == [
-        "--user is-system-running",
-        "--user daemon-reload",
-        "--user enable --now errands.service",
-    ]
+    assert m.calls() == told("is-system-running", "daemon-reload", "enable --now errands.service")
     again = m.run("service", "install")
     assert again.returncode == 0 and "already installed (unchanged)" in again.stdout
     assert m.unit.read_text() == text
@@ -246,11 +246,7 @@ def test_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     gone = m.run("service", "uninstall")
     assert gone.returncode == 0 and f"removed {m.unit}" in gone.stdout, gone.stderr
     assert not m.unit.exists() and m.errands_home.is_dir()  # the home stays
-    assert m.calls() == [
-        "--user is-system-running",
-        "--user disable --now errands.service",
-        "--user daemon-reload",
-    ]
+    assert m.calls() == told("is-system-running", "disable --now errands.service", "daemon-reload")
     twice = m.run("service", "uninstall")
     assert twice.returncode == 0 and "nothing to remove" in twice.stdout
     assert m.calls() == []

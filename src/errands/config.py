@@ -41,6 +41,29 @@ class NetworkSettings(BaseModel):
     allow_private: list[str] = []
     max_response_bytes: int = Field(default=2_000_000, gt=0)
     timeout_seconds: float = Field(default=20.0, gt=0)
+    # the one egress policy (tools/netguard.py): the hosts the shell's sandbox may reach
+    # through errands' proxy, and -- when set -- the only hosts fetch_url/http_request
+    # reach: "pypi.org" (ports 80, 443), "*.github.com" (its subdomains), "host:8443"
+    egress_allow: list[str] = []
+    # bytes one shell call may move through the proxy, both ways, all connections
+    egress_max_bytes: int = Field(default=256_000_000, gt=0)
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_entries(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if not _EGRESS_ENTRY.fullmatch(entry.strip()):
+                raise ValueError(
+                    f"egress_allow: {entry!r} is not a host, *.domain or [IPv6] with an "
+                    'optional :port (e.g. "pypi.org", "*.github.com", "10.0.0.5:8080")'
+                )
+        return [entry.strip().lower() for entry in entries]
+
+
+_EGRESS_ENTRY = re.compile(
+    r"(?:\*\.)?[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?(?::[0-9]{1,5})?"
+    r"|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?"
+)
 
 
 # --- workspaces: where an errand's directory may be (tools/workspace.py) ---------------

@@ -10,13 +10,16 @@ import json
 import os
 import pwd
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from errands import __version__
 from errands.cli.common import JsonOpt, fail, out, settings, state
 from errands.errors import ErrandsError
+
+if TYPE_CHECKING:
+    from errands.service.systemd import Outcome
 
 __all__ = ["register"]
 
@@ -55,6 +58,14 @@ def _owner(home: Path, system: bool) -> str | None:
     return name
 
 
+def _tell(done: Outcome, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"unit": str(done.path), "changed": done.changed, "said": done.lines}))
+        return
+    for line in done.lines:
+        out.print(line, highlight=False, markup=False)
+
+
 def install(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
     """Write the unit for this installation's errands up (its own ERRANDS_HOME, restarted
     on a failure, sandboxed), then enable and start it -- or, without systemd, say what
@@ -82,11 +93,7 @@ def install(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot prepare {exc.filename}: {exc.strerror}")
-    if as_json:
-        print(json.dumps({"unit": str(done.path), "changed": done.changed, "said": done.lines}))
-        return
-    for line in done.lines:
-        out.print(line, highlight=False, markup=False)
+    _tell(done, as_json)
 
 
 def uninstall(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
@@ -97,11 +104,7 @@ def uninstall(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
         done = systemd.uninstall("system" if system else "user")
     except ErrandsError as exc:
         fail(str(exc))
-    if as_json:
-        print(json.dumps({"unit": str(done.path), "changed": done.changed, "said": done.lines}))
-        return
-    for line in done.lines:
-        out.print(line, highlight=False, markup=False)
+    _tell(done, as_json)
 
 
 def status(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
