@@ -8,6 +8,7 @@ message (:class:`ConfigError`) and nothing is changed. errands never rewrites it
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal

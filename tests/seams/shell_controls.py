@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from errands.policy.hook import Decision, PolicyCall, Verdict
 from errands.policy.rules import CallValues, Policy
-from errands.tools.sandbox.bwrap import Limits, Ran, Sandbox
+from errands.tools.netguard import resolve_vetted
+from errands.tools.sandbox.bwrap import Extras, Limits, Ran, Sandbox
+from errands.tools.sandbox.proxy import EgressProxy
 
 
 class NoSandbox(Sandbox):
@@ -22,7 +25,12 @@ class NoSandbox(Sandbox):
         return None
 
     async def run(
-        self, command: str, workspace: Path, timeout_s: int, limits: Limits | None = None
+        self,
+        command: str,
+        workspace: Path,
+        timeout_s: int,
+        limits: Limits | None = None,
+        extras: Extras | None = None,
     ) -> Ran:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(
@@ -53,3 +61,34 @@ class RawPrefixPolicy(Policy):
         ]
         allowed = any(v.decision is Decision.allow for v in votes)
         return votes, ([] if allowed else [text])
+
+
+class UnguardedProxy(EgressProxy):
+    """An egress proxy without the policy and without the network guard: every host, any
+    address, connected to by name."""
+
+    def refusal(self, host: str, port: int) -> str | None:
+        return None
+
+    async def open_upstream(
+        self, host: str, port: int
+    ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, port)
+        return host, reader, writer
+
+
+class CheckThenConnectProxy(EgressProxy):
+    """Vets the name's addresses, then connects to the *name* (resolved again): the
+    opening DNS rebinding uses."""
+
+    async def open_upstream(
+        self, host: str, port: int
+    ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter]:
+        await resolve_vetted(host, port, self.settings)
+        reader, writer = await asyncio.open_connection(host, port)
+        return host, reader, writer
+
+
+def no_redaction(secrets: Mapping[str, str]) -> Callable[[str], str]:
+    """A redactor that redacts nothing."""
+    return lambda text: text

@@ -42,14 +42,19 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_REDIRECTS",
     "METADATA_ADDRESSES",
+    "EgressEntry",
     "Fetched",
     "GuardedTransport",
     "NetworkRefused",
     "acheck_url",
     "address_refusal",
     "check_url",
+    "egress_allowed",
+    "egress_entries",
     "guarded_client",
     "guarded_request",
+    "host_within",
+    "resolve_vetted",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -242,7 +247,82 @@ def _refuse_numeric_tricks(host: str, url: str) -> None:
             ) from None
 
 
+# -- the egress allow-list ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EgressEntry:
+    """One entry of an egress list: a host (or ``*.`` and a domain: its subdomains), and a
+    port (None: 80 and 443)."""
+
+    host: str
+    port: int | None
+    subdomains: bool
+
+    @classmethod
+    def parse(cls, text: str) -> EgressEntry:
+        entry = text.strip().lower()
+        port: int | None = None
+        head, sep, tail = entry.rpartition(":")
+        if sep and tail.isdigit() and (":" not in head or head.endswith("]")):
+            entry, port = head, int(tail)  # (a bare IPv6 address has no port)
+        subdomains = entry.startswith("*.")
+        host = entry.removeprefix("*.").strip("[]").rstrip(".")
+        if not host or (port is not None and not 0 < port < 65536):
+            raise NetworkRefused(f"{text!r} is not a host, *.domain or host:port")
+        return cls(host, port, subdomains)
+
+    def matches(self, host: str, port: int) -> bool:
+        name = host.strip("[]").rstrip(".").lower()
+        if self.port is None and port not in (80, 443):
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        return name.endswith("." + self.host) if self.subdomains else name == self.host
+
+    def covered_by(self, other: EgressEntry) -> bool:
+        """Does *other* allow everything this entry allows?"""
+        if other.port is not None and self.port != other.port:
+            return False
+        if other.subdomains:
+            return self.host.endswith("." + other.host)
+        return not self.subdomains and self.host == other.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return ("*." if self.subdomains else "") + host + (f":{self.port}" if self.port else "")
+
+
+def egress_entries(texts: Iterable[str]) -> list[EgressEntry]:
+    """Parsed egress entries; a malformed one is refused (:class:`NetworkRefused`)."""
+    return [EgressEntry.parse(t) for t in texts]
+
+
+def egress_allowed(host: str, port: int, entries: Iterable[EgressEntry]) -> bool:
+    return any(e.matches(host, port) for e in entries)
+
+
+def host_within(host: str, hosts: Iterable[str]) -> bool:
+    """Is *host* one of *hosts* or a subdomain of one (a secret's ``hosts``)?"""
+    name = host.strip("[]").rstrip(".").lower()
+    for allowed in hosts:
+        a = allowed.strip().strip(".").lower()
+        if a and (name == a or name.endswith("." + a)):
+            return True
+    return False
+
+
+def _egress_refusal(target: _Target, settings: Settings) -> str | None:
+    allow = settings.network.egress_allow
+    if not allow or egress_allowed(target.host, target.port, egress_entries(allow)):
+        return None
+    return f"{target.host} port {target.port} is not in network.egress_allow"
+
+
 def _vet(target: _Target, addresses: Iterable[str], settings: Settings) -> list[str]:
+    outside = _egress_refusal(target, settings)
+    if outside is not None:
+        raise NetworkRefused(f"refused to connect to {target.host}: {outside}")
     unique = list(dict.fromkeys(addresses))
     if not unique:
         raise NetworkRefused(f"{target.host} did not resolve to any address")
@@ -282,6 +362,14 @@ async def acheck_url(url: str | httpx.URL, settings: Settings) -> list[str]:
     return await _resolve_vetted(target, settings)
 
 
+async def resolve_vetted(host: str, port: int, settings: Settings) -> list[str]:
+    """The addresses of *host* the guard lets a connection to *port* go to (every one it
+    resolves to must pass); connect to one of these, never to the name again."""
+    target = _Target("tcp", host.strip("[]"), port)
+    _refuse_numeric_tricks(target.host, host)
+    return await _resolve_vetted(target, settings)
+
+
 async def _resolve_vetted(target: _Target, settings: Settings) -> list[str]:
     loop = asyncio.get_running_loop()
     try:
@@ -310,9 +398,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        target = _Target("tcp", host.strip("[]"), port)
-        _refuse_numeric_tricks(target.host, host)
-        addresses = await _resolve_vetted(target, self._settings)
+        addresses = await resolve_vetted(host, port, self._settings)
         failure: Exception | None = None
         for address in addresses:
             try:

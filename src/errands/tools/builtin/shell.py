@@ -1,11 +1,14 @@
 """The ``shell`` tool: one command line, run in the sandbox (:mod:`errands.tools.sandbox`).
 
-Effect ``write_local``: the command can change the workspace and nothing else -- the
-sandbox has no network at all in this version (egress through errands' proxy comes
-later). The default policy asks before every command no rule allows
-(:mod:`errands.tools.sandbox.commands`). The output is labelled **untrusted** (a command prints
-what files and programs written by others say) and **private** (it may show the
-workspace's contents).
+Effect ``write_local`` when the call names no egress hosts and no secrets: the command
+can change the workspace and nothing else (the sandbox has no network at all).
+``external`` when it names either: its only way out is errands' egress proxy
+(:mod:`errands.tools.sandbox.proxy`), to the hosts it names that ``[network]
+egress_allow`` lists, and a secret it names (:mod:`errands.tools.sandbox.secrets`) may
+go only to that secret's hosts. The default policy asks before every command no rule
+allows (:mod:`errands.tools.sandbox.commands`). The output -- every declared secret
+redacted -- is labelled **untrusted** (a command prints what files and programs written
+by others say) and **private** (it may show the workspace's contents).
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from errands.config import Settings
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
 from errands.tools.sandbox.bwrap import WORKSPACE, Limits, Ran, Sandbox, SandboxUnavailable
 from errands.tools.sandbox.commands import parse_script
+from errands.tools.sandbox.egress import Egress, RedactorFactory, call_egress, egress_session
+from errands.tools.sandbox.proxy import EgressProxy
+from errands.tools.sandbox.secrets import Redact, call_secrets, declared_values, secret_redactor
 from errands.tools.tool import (
     Tool,
     ToolArgumentError,
@@ -28,7 +35,7 @@ from errands.tools.tool import (
     make_tool,
 )
 
-__all__ = ["MAX_TIMEOUT_S", "make_shell_tool", "shell_preview"]
+__all__ = ["MAX_TIMEOUT_S", "make_shell_tool", "shell_effect", "shell_preview"]
 
 MAX_TIMEOUT_S = 600
 
@@ -64,23 +71,46 @@ def _status(ran: Ran) -> str:
     return f"exit code {code} ({took})"
 
 
-def _stream(name: str, kept: bytes, total: int) -> str:
-    text = kept.decode("utf-8", errors="replace")
+def _stream(name: str, kept: bytes, total: int, redact: Redact) -> str:
+    text = redact(kept.decode("utf-8", errors="replace"))
     if total > len(kept):
         text += f"\n[{name} cut off after {len(kept)} bytes; {total - len(kept)} more not shown]"
     return f"--- {name} ---\n{text}" if text else f"--- {name} --- (empty)"
 
 
-def render(ran: Ran, note: str = "") -> str:
-    """The result text: status, then stdout and stderr, each capped with a note."""
+def _unchanged(text: str) -> str:
+    return text
+
+
+def render(
+    ran: Ran, note: str = "", redact: Redact = _unchanged, network: list[str] | None = None
+) -> str:
+    """The result text: status, stdout and stderr (each capped, with a note, secrets
+    redacted), and the connections the proxy saw when the call had egress."""
     parts = [_status(ran) + note]
-    parts.append(_stream("stdout", ran.stdout, ran.stdout_total))
-    parts.append(_stream("stderr", ran.stderr, ran.stderr_total))
+    parts.append(_stream("stdout", ran.stdout, ran.stdout_total, redact))
+    parts.append(_stream("stderr", ran.stderr, ran.stderr_total, redact))
+    if network is not None:
+        shown = "\n".join(redact(line) for line in network) or "(no connections)"
+        parts.append(f"--- network (errands' egress proxy) ---\n{shown}")
     return "\n".join(parts)
 
 
+def _strings(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list | tuple) else []
+
+
+def shell_effect(args: Mapping[str, Any]) -> EffectClass:
+    """``external`` when the call may reach the network or carries a secret, else
+    ``write_local``."""
+    if _strings(args.get("egress")) or _strings(args.get("secrets")):
+        return EffectClass.external
+    return EffectClass.write_local
+
+
 def shell_preview(args: Mapping[str, Any], workspace: Path) -> str:
-    """The approval card: the command, what the parser read in it, where it runs."""
+    """The approval card: the command, what the parser read in it, where it runs, the
+    hosts it may reach and the secrets it gets (by name)."""
     command = str(args.get("command", ""))
     parsed = parse_script(command)
     lines = [f"$ {command}", ""]
@@ -89,28 +119,55 @@ def shell_preview(args: Mapping[str, Any], workspace: Path) -> str:
         lines.append("commands: " + " · ".join(shown))
     if parsed.unresolved:
         lines.append("cannot be read in full: " + "; ".join(parsed.unresolved))
+    hosts = _strings(args.get("egress"))
+    net = "network only through errands' proxy, to " + ", ".join(hosts) if hosts else "no network"
     lines.append(
-        f"runs in the sandbox: {workspace} as {WORKSPACE} (read-write), no network, "
+        f"runs in the sandbox: {workspace} as {WORKSPACE} (read-write), {net}, "
         f"at most {args.get('timeout_s', 60)} s"
     )
+    names = _strings(args.get("secrets"))
+    if names:
+        lines.append(
+            "secrets given to it (as environment variables; values never shown): "
+            + ", ".join(names)
+        )
     return "\n".join(lines)
 
 
-def make_shell_tool(sandbox: Sandbox | None = None, limits: Limits | None = None) -> Tool:
-    """The ``shell`` tool, running its commands in *sandbox* (bubblewrap by default)."""
+def make_shell_tool(
+    sandbox: Sandbox | None = None,
+    limits: Limits | None = None,
+    proxy: type[EgressProxy] = EgressProxy,
+    redactor: RedactorFactory = secret_redactor,
+) -> Tool:
+    """The ``shell`` tool, running its commands in *sandbox* (bubblewrap by default), its
+    network through *proxy*, its output redacted by *redactor* (tests pass controls)."""
     runner = sandbox if sandbox is not None else Sandbox()
 
-    async def shell(command: str, ctx: ToolContext, timeout_s: int = 60) -> ToolOutput:
+    async def shell(
+        command: str,
+        ctx: ToolContext,
+        timeout_s: int = 60,
+        egress: list[str] | None = None,
+        secrets: list[str] | None = None,
+    ) -> ToolOutput:
         """Run a shell command line (bash) in a sandbox and return its exit code and output.
 
         The sandbox holds the errand's workspace (the working directory, read-write) and a
-        read-only system (/usr); there is no network, no home directory and nothing else
-        of this machine. Long output is cut off.
+        read-only system (/usr); there is no network unless `egress` names hosts, no home
+        directory and nothing else of this machine. Long output is cut off.
 
         Args:
             command: The command line, e.g. `ls -la && git status`.
             timeout_s: Wall-time limit in seconds (at most 600); the command is killed
                 when it runs longer.
+            egress: Hosts the command needs to reach, e.g. `["pypi.org",
+                "files.pythonhosted.org"]` (`host`, `*.domain`, `host:port`); each must
+                be allowed in errands.toml (`[network] egress_allow`). Reached through a
+                proxy (HTTP and HTTPS only; no DNS, no raw TCP).
+            secrets: Names of secrets declared in errands.toml the command needs; each is
+                given to it as the environment variable of that name (e.g. `$GH_TOKEN`),
+                may only go to that secret's hosts, and is redacted from the output.
         """
         if timeout_s < 1:
             raise ToolArgumentError("shell: timeout_s must be at least 1")
@@ -120,12 +177,18 @@ def make_shell_tool(sandbox: Sandbox | None = None, limits: Limits | None = None
             timeout_s = MAX_TIMEOUT_S
         if not ctx.workspace.is_dir():
             raise ToolError(f"shell: the errand's workspace {ctx.workspace} is not a directory")
+        settings = ctx.settings if isinstance(ctx.settings, Settings) else Settings()
+        entries = call_egress(egress or [], settings)
+        values, hosts = call_secrets(settings, secrets or [])
+        redact = redactor({**declared_values(settings), **values})
+        plan = Egress(entries, values, hosts)
         try:
-            ran = await runner.run(command, ctx.workspace, timeout_s, limits)
+            async with egress_session(plan, settings, proxy) as (extras, seen):
+                ran = await runner.run(command, ctx.workspace, timeout_s, limits, extras)
         except SandboxUnavailable as exc:
             raise ToolError(f"shell refuses to run without its sandbox: {exc}") from None
         return ToolOutput(
-            text=render(ran, note),
+            text=render(ran, note, redact, seen.lines() if seen is not None else None),
             integrity=Integrity.untrusted,
             confidentiality=Confidentiality.private,
             source=f"shell: {command.splitlines()[0][:80] if command else ''}",
@@ -133,7 +196,7 @@ def make_shell_tool(sandbox: Sandbox | None = None, limits: Limits | None = None
 
     return make_tool(
         shell,
-        effect=EffectClass.write_local,
+        effect=shell_effect,
         roles={"command": "command"},
         preview=shell_preview,
     )

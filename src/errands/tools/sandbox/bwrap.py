@@ -38,14 +38,17 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from errands.tools.sandbox.gitdirs import git_binds
 
 __all__ = [
     "SANDBOX_ENV",
     "SANDBOX_UID",
     "WORKSPACE",
+    "Extras",
     "Limits",
     "Ran",
     "Sandbox",
@@ -84,6 +87,17 @@ class Limits:
     open_files: int = 1024
     output: int = 200_000  # bytes kept of stdout and of stderr each
     output_hard: int = 64 << 20  # past this much output the command is killed
+
+
+@dataclass(frozen=True)
+class Extras:
+    """What one call adds to the sandbox: environment variables (the proxy's, the
+    secrets the call names), read-only binds (host path, path inside), and the program
+    the shell runs under (the egress bridge)."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    ro_binds: tuple[tuple[Path, str], ...] = ()
+    prefix: tuple[str, ...] = ()
 
 
 @dataclass
@@ -150,10 +164,14 @@ class Sandbox:
         return ""
 
     # -- the command line ---------------------------------------------------------------
-    def argv(self, command: str, workspace: Path, etc: Path) -> list[str]:
-        """bwrap's arguments for *command* with *workspace* at /workspace and the /etc
-        files in *etc*."""
+    def argv(
+        self, command: str, workspace: Path, etc: Path, extras: Extras | None = None
+    ) -> list[str]:
+        """bwrap's arguments for *command* with *workspace* at /workspace, the /etc
+        files in *etc*, the workspace's git directory read-only, and *extras*. The
+        environment is not in them (:meth:`spawn_env`: bwrap passes its own on)."""
         assert self.bwrap is not None
+        extras = extras or Extras()
         args = [
             self.bwrap,
             "--unshare-all",
@@ -167,7 +185,6 @@ class Sandbox:
             str(SANDBOX_UID),
             "--cap-drop",
             "ALL",
-            "--clearenv",
             "--ro-bind",
             "/usr",
             "/usr",
@@ -196,18 +213,25 @@ class Sandbox:
             "--chdir",
             WORKSPACE,
         ]
-        for key, value in SANDBOX_ENV.items():
-            args += ["--setenv", key, value]
+        for source, target in [*git_binds(workspace, WORKSPACE), *extras.ro_binds]:
+            args += ["--ro-bind", str(source), target]
         shell = "/bin/bash" if Path("/usr/bin/bash").exists() else "/bin/sh"
-        return [*args, "--", shell, "-c", command]
+        return [*args, "--", *extras.prefix, shell, "-c", command]
 
-    def spawn_env(self) -> dict[str, str]:
-        """The environment bubblewrap itself starts with: the allowlist, nothing of ours."""
-        return dict(SANDBOX_ENV)
+    def spawn_env(self, extras: Extras | None = None) -> dict[str, str]:
+        """The environment bubblewrap starts with and passes on: the allowlist and what
+        the call adds, nothing of errands' (a secret stays off bwrap's command line,
+        which every user of the machine can read)."""
+        return {**SANDBOX_ENV, **(extras.env if extras else {})}
 
     # -- running ------------------------------------------------------------------------
     async def run(
-        self, command: str, workspace: Path, timeout_s: int, limits: Limits | None = None
+        self,
+        command: str,
+        workspace: Path,
+        timeout_s: int,
+        limits: Limits | None = None,
+        extras: Extras | None = None,
     ) -> Ran:
         """Run *command* in the sandbox; never raises for what the command does."""
         limits = limits or Limits()
@@ -215,9 +239,12 @@ class Sandbox:
         with tempfile.TemporaryDirectory(prefix="errands-sandbox-") as tmp:
             etc = Path(tmp)
             _write_etc(etc)
-            return await self._run(self.argv(command, workspace.resolve(), etc), timeout_s, limits)
+            argv = self.argv(command, workspace.resolve(), etc, extras)
+            return await self._run(argv, self.spawn_env(extras), timeout_s, limits)
 
-    async def _run(self, argv: Sequence[str], timeout_s: int, limits: Limits) -> Ran:
+    async def _run(
+        self, argv: Sequence[str], env: Mapping[str, str], timeout_s: int, limits: Limits
+    ) -> Ran:
         rlimits = _rlimits(limits, timeout_s)
         # the kernel's own cap on the process count, where errands may make one: a
         # process that is root outside the sandbox is exempt from RLIMIT_NPROC
@@ -237,7 +264,7 @@ class Sandbox:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self.spawn_env(),
+            env=dict(env),
             start_new_session=True,
             preexec_fn=preexec,
         )
