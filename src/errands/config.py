@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from errands.clock import zone
 from errands.core.events import Limits
 from errands.errors import ConfigError
+from errands.tools.mcp.settings import McpSettings
 
 __all__ = [
     "BudgetSettings",
@@ -271,6 +272,8 @@ class Settings(BaseModel):
     )
     tools: ToolSettings = ToolSettings()
     secrets: dict[str, SecretSettings] = {}
+    # [mcp]: MCP servers whose tools errands offers, once pinned (errands.tools.mcp)
+    mcp: McpSettings = McpSettings()
 
     @field_validator("timezone")
     @classmethod

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from errands.channels import Channel
 from errands.config import Settings
@@ -46,6 +47,9 @@ from errands.tools.extract import PlanToolset
 from errands.tools.plugins import load_tools
 from errands.tools.toolset import AllowedToolset, CombinedToolset, Toolset
 
+if TYPE_CHECKING:
+    from errands.tools.mcp.toolset import McpToolset
+
 __all__ = ["Harness", "build", "toolset_for"]
 
 
@@ -59,6 +63,8 @@ class Harness:
     models: Callable[[str], Model]
     _policy: PolicyHook | None = None
     _approvals: Approvals | None = field(default=None, repr=False)
+    # the MCP servers' toolset ([mcp] in the config; errands.tools.mcp), closed with errands
+    mcp: McpToolset | None = None
 
     @property
     def policy(self) -> PolicyHook:
@@ -184,6 +190,8 @@ class Harness:
 
     async def close(self) -> None:
         try:
+            if self.mcp is not None:
+                await self.mcp.aclose()  # (its servers stop with errands)
             await self.close_models()
         finally:
             await self.store.close()
@@ -252,14 +260,23 @@ def build(
     - *store*: default, the home's store (:func:`errands.store.open_store`, with the
       secret redactor -- or *redactor*);
     - *toolsets*: added to the built-in tools (or in their place, ``builtins=False``);
+    - the MCP servers of ``[mcp]`` join as a toolset (:mod:`errands.tools.mcp`);
     - *policy*: default, ``policy.toml`` in the home (read on first use, and again
       whenever it changes);
     - *models*: ``spec -> Model``; default, one model per spec from the config.
     """
+    the_store = store if store is not None else open_store(settings, redactor=redactor)
+    mcp = None
+    if settings.mcp.servers:  # (the servers start at the first listing, not here)
+        from errands.tools.mcp import mcp_toolset
+
+        mcp = mcp_toolset(settings, the_store)
+        toolsets = [*toolsets, mcp]
     return Harness(
         settings=settings,
-        store=store if store is not None else open_store(settings, redactor=redactor),
+        store=the_store,
         toolset=toolset_for(settings, toolsets, builtins=builtins),
         models=models or Models(settings),
         _policy=policy,
+        mcp=mcp,
     )

@@ -21,6 +21,7 @@ from errands.cli.commands import (
     cost,
     errands,
     evals,
+    mcp,
     models,
     policy,
     schedules,
@@ -86,6 +87,7 @@ cost.register(app)
 models.register(app)
 store.register(app)
 tools.register(app)
+mcp.register(app)
 server.register(app)
 service.register(app)
 evals.register(app)

@@ -38,6 +38,7 @@ from errands.server.handlers import (
     store_condition,
     view_or_404,
 )
+from errands.server.mcp_api import add_mcp_routes
 from errands.server.schedule_api import add_schedule_routes
 from errands.server.schemas import (
     APPROVAL_ID,
@@ -474,4 +475,5 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         return await decide_deny(get_ctx(request), approval_id, body, caller(by), channel)
 
     add_schedule_routes(router, get_ctx)
+    add_mcp_routes(router, get_ctx)
     return router

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from errands.core import events as ev
 from errands.core.schedules import ScheduleSpec, ScheduleStatus
@@ -27,6 +27,7 @@ __all__ = [
     "CommitListener",
     "Fired",
     "Firing",
+    "McpPin",
     "NewRun",
     "RunRow",
     "ScheduleRow",
@@ -66,6 +67,19 @@ class BudgetStatus:
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class McpPin:
+    """An MCP tool's approved definition (:mod:`errands.tools.mcp.pins`): its digest, the
+    definition it was taken over (for diffs), and who approved it when."""
+
+    server: str
+    tool: str  # its name on the server
+    digest: str
+    definition: dict[str, Any]
+    pinned_by: str = ""
+    pinned_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +243,10 @@ class StoreReader(Protocol):
         """Of a watch's item *keys*, those it saw at or after *since*."""
         ...
 
+    async def mcp_pins(self, server: str | None = None) -> list[McpPin]:
+        """The approved MCP tool definitions (of one server, if given), by server and tool."""
+        ...
+
     def subscribe(self, listener: CommitListener) -> None:
         """Call *listener(errand_id, last_seq)* in this event loop after each durable
         commit this process makes."""
@@ -335,6 +353,14 @@ class Store(StoreReader, Protocol):
 
     async def fire(self, firing: Firing) -> Fired:
         """Do what *firing* says in one transaction (see :class:`Firing`)."""
+        ...
+
+    async def pin_mcp(
+        self, server: str, pins: Sequence[McpPin], *, drop: Sequence[str] = (), by: str = ""
+    ) -> None:
+        """Approve *pins* (replacing the server's pins of those tools) and forget the
+        server's pins of the tools *drop* names, in one transaction; each is logged
+        with *by* and the time."""
         ...
 
     async def rebuild_projections(self) -> int:

@@ -186,7 +186,9 @@ class PlanToolset:
             return listing
         return self._memo.get(
             (listing,),
-            lambda: ToolList([*(t for t in listing if t.name != EXTRACT), self.extract]),
+            lambda: ToolList(
+                [*(t for t in listing if t.name != EXTRACT), self.extract], listing.withheld
+            ),
         )
 
     async def call(self, tool: Tool, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:

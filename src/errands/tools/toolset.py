@@ -19,7 +19,7 @@ prompt cache) and the loop pays nothing per step for asking again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from errands.core.canonical import canonical_hash
@@ -49,9 +49,11 @@ __all__ = [
 class ToolList:
     """The tools one errand may use: by name, sorted, with schemas and a fingerprint."""
 
-    __slots__ = ("_by_name", "_fingerprint", "_schemas")
+    __slots__ = ("_by_name", "_fingerprint", "_schemas", "withheld")
 
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+    def __init__(
+        self, tools: Iterable[Tool] = (), withheld: Mapping[str, str] | None = None
+    ) -> None:
         by_name: dict[str, Tool] = {}
         for tool in tools:
             if tool.name in by_name:
@@ -60,11 +62,16 @@ class ToolList:
         self._by_name = dict(sorted(by_name.items()))
         self._schemas: tuple[ToolSchema, ...] | None = None
         self._fingerprint: str | None = None
+        # tools a toolset knows but does not offer, and why (an MCP tool whose definition
+        # changed since a person approved it): a call names the reason, not "unknown"
+        self.withheld: Mapping[str, str] = withheld or {}
 
     def get(self, name: str) -> Tool:
         try:
             return self._by_name[name]
         except KeyError:
+            if name in self.withheld:
+                raise UnknownTool(self.withheld[name]) from None
             known = ", ".join(self._by_name) or "none"
             raise UnknownTool(f"unknown tool {name!r}; available tools: {known}") from None
 
@@ -229,7 +236,8 @@ class CombinedToolset:
             for ts, listing in zip(self.toolsets, lists, strict=True):
                 for tool in listing:
                     self._owner[id(tool)] = (tool, ts)
-            return ToolList(tool for listing in lists for tool in listing)
+            withheld = {k: v for listing in lists for k, v in listing.withheld.items()}
+            return ToolList((tool for listing in lists for tool in listing), withheld)
 
         return self._memo.get(tuple(lists), merge)
 
@@ -253,7 +261,9 @@ class FilteredToolset:
         kept = tuple(t for t in listing if self.keep(errand, t))
         if len(kept) == len(listing):
             return listing
-        return self._memo.get((listing, *(t.name for t in kept)), lambda: ToolList(kept))
+        return self._memo.get(
+            (listing, *(t.name for t in kept)), lambda: ToolList(kept, listing.withheld)
+        )
 
     async def call(self, tool: Tool, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
         return await self.inner.call(tool, args, ctx)

@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from errands.store.migrations import Migration, to_apply
-from errands.store.sqlite import leaseclock, schedules, spend
+from errands.store.sqlite import leaseclock, mcp_pins, schedules, spend
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -102,6 +102,8 @@ MIGRATIONS: list[Migration] = [
     Migration(
         "0007_errands_updated", "CREATE INDEX IF NOT EXISTS errands_updated ON errands(updated_at)"
     ),
+    # MCP tools a person approved, over their whole definitions (errands.tools.mcp.pins)
+    Migration("0008_mcp_pins", mcp_pins.MIGRATION),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

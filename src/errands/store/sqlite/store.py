@@ -56,6 +56,7 @@ from errands.store.sqlite.connection import (
     unavailable,
     writer_connection,
 )
+from errands.store.sqlite.mcp_pins import SQLiteMcpPins
 from errands.store.sqlite.migrations import migrate
 from errands.store.sqlite.schedules import SQLiteSchedules
 
@@ -121,7 +122,7 @@ def _reads_async(
     return read
 
 
-class SQLiteStore(SQLiteSchedules, BaseStore):
+class SQLiteStore(SQLiteSchedules, SQLiteMcpPins, BaseStore):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
     with :meth:`close`."""
 
