@@ -213,10 +213,15 @@ class Sandbox:
             "--chdir",
             WORKSPACE,
         ]
-        for source, target in [*git_binds(workspace, WORKSPACE), *extras.ro_binds]:
+        for source, target in [*self.git_binds(workspace), *extras.ro_binds]:
             args += ["--ro-bind", str(source), target]
         shell = "/bin/bash" if Path("/usr/bin/bash").exists() else "/bin/sh"
         return [*args, "--", *extras.prefix, shell, "-c", command]
+
+    def git_binds(self, workspace: Path) -> list[tuple[Path, str]]:
+        """The workspace's git directory, bound read-only over the read-write workspace
+        (:mod:`errands.tools.sandbox.gitdirs`)."""
+        return git_binds(workspace, WORKSPACE)
 
     def spawn_env(self, extras: Extras | None = None) -> dict[str, str]:
         """The environment bubblewrap starts with and passes on: the allowlist and what

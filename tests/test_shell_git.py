@@ -1,0 +1,88 @@
+"""The workspace's git directory is read-only in the sandbox: git reads, never commits.
+
+A repository as the workspace, and a worktree of one (as a sub-errand gets): inside,
+``git status`` and ``git log`` work, ``git commit`` and a planted hook do not, and the
+repository outside is unchanged. A ``.git`` file the workspace forges (pointing at
+another repository) binds nothing. Negative control: a sandbox without the read-only
+bind (``RwGitSandbox``) lets the commit through.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from errands.tools.builtin.shell import make_shell_tool
+from errands.tools.sandbox.bwrap import Sandbox
+from errands.tools.tool import ToolContext
+
+INSIDE = (
+    "git status --short 2>&1; git log --format=%s 2>&1; echo new > new.txt; "
+    "git add new.txt 2>&1; git -c user.name=s -c user.email=s@s commit -qm inside 2>&1; "
+    "echo commit=$?; "
+    "echo evil > .git/hooks/pre-commit 2>&1 || echo no-hook"
+)
+
+
+class RwGitSandbox(Sandbox):
+    """The control: the git directory is not bound read-only."""
+
+    def git_binds(self, workspace: Path) -> list[tuple[Path, str]]:
+        return []
+
+
+def git(cwd: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd, capture_output=True, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    return done.stdout
+
+
+def repo(path: Path) -> Path:
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    (path / "a.txt").write_text("a\n")
+    git(path, "add", "a.txt")
+    git(path, "commit", "-qm", "outside")
+    return path
+
+
+async def shell(workspace: Path, command: str, sandbox: Sandbox | None = None) -> str:
+    tool = make_shell_tool(sandbox)
+    args = tool.validate({"command": command, "timeout_s": 30})
+    return (await tool.invoke(args, ToolContext("e1", 1, "k", workspace))).text
+
+
+@pytest.mark.parametrize("sandbox", [Sandbox, RwGitSandbox], ids=["read-only", "CONTROL"])
+async def test_a_repository_is_read_only_inside(tmp_path: Path, sandbox: type[Sandbox]) -> None:
+    ws = repo(tmp_path / "ws")
+    out = await shell(ws, INSIDE, sandbox())
+    commits = git(ws, "log", "--format=%s").split()
+    if sandbox is RwGitSandbox:  # the control: the commit and the hook land
+        assert commits == ["inside", "outside"], out
+        return
+    assert "outside" in out and "commit=0" not in out and "no-hook" in out, out
+    assert "Read-only file system" in out, out
+    assert commits == ["outside"] and not (ws / ".git/hooks/pre-commit").exists()
+
+
+async def test_a_worktree_reads_its_repository_and_cannot_commit(tmp_path: Path) -> None:
+    main = repo(tmp_path / "main")
+    wt = tmp_path / "wt"
+    git(main, "worktree", "add", "-q", "-b", "sub", str(wt))
+    out = await shell(wt, INSIDE)
+    assert "outside" in out and "?? new.txt" not in out, out
+    assert "commit=0" not in out and "not a git repository" not in out, out
+    assert git(main, "log", "--format=%s", "sub").split() == ["outside"]
+
+
+async def test_a_forged_git_file_binds_nothing(tmp_path: Path) -> None:
+    other = repo(tmp_path / "other")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / ".git").write_text(f"gitdir: {other / '.git'}\n")
+    out = await shell(ws, f"git log 2>&1; ls {other} 2>&1")
+    assert "outside" not in out and "No such file or directory" in out, out
