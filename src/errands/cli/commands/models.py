@@ -19,6 +19,7 @@ from errands.errors import ErrandsError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from errands.config import Settings
     from errands.models.inventory import Check
 
 __all__ = ["register"]
@@ -80,6 +81,7 @@ def doctor(
         checks = [_store_check(s.db_path), *run_doctor(s, timeout=timeout)]
         checks.insert(1, store_check(s))  # can the store write right now?
         checks.insert(2, permissions_check(s))  # can other users read it?
+        checks.append(_sandbox_check(s))  # can the shell run here?
     except ErrandsError as exc:
         fail(str(exc))
     problems = [p for c in checks for p in c.problems]
@@ -96,6 +98,15 @@ def doctor(
         out.print(safe(summary), highlight=False)
     if problems:
         raise typer.Exit(1)
+
+
+def _sandbox_check(s: Settings) -> Check:
+    """The shell's sandbox: bubblewrap, user namespaces, the pids cgroup, the egress bridge."""
+    from errands.models.inventory import Check
+    from errands.tools.sandbox.doctor import sandbox_report
+
+    report = sandbox_report(egress_wanted=bool(s.network.egress_allow))
+    return Check(report.subject, report.ok, report.problems, report.notes)
 
 
 def _store_check(db: Path) -> Check:

@@ -53,6 +53,8 @@ __all__ = [
     "Ran",
     "Sandbox",
     "SandboxUnavailable",
+    "pids_cgroup",
+    "remove_cgroup",
 ]
 
 WORKSPACE = "/workspace"
@@ -253,7 +255,7 @@ class Sandbox:
         rlimits = _rlimits(limits, timeout_s)
         # the kernel's own cap on the process count, where errands may make one: a
         # process that is root outside the sandbox is exempt from RLIMIT_NPROC
-        group = _pids_cgroup(limits.processes + PIDS_MARGIN)
+        group = pids_cgroup(limits.processes + PIDS_MARGIN)
 
         def preexec() -> None:  # in the child, before exec: limits bwrap passes on
             if group is not None:
@@ -303,7 +305,7 @@ class Sandbox:
         for reader in readers:
             reader.cancel()
         if group is not None:
-            await asyncio.to_thread(_remove_cgroup, group)
+            await asyncio.to_thread(remove_cgroup, group)
         return Ran(
             returncode=None if killed else proc.returncode,
             stdout=bytes(out.kept),
@@ -340,7 +342,7 @@ PIDS_MARGIN = 8  # processes beyond the cap the cgroup allows: bwrap, the sandbo
 CGROUP_PARENTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))  # v1, then v2
 
 
-def _pids_cgroup(most: int) -> Path | None:
+def pids_cgroup(most: int) -> Path | None:
     """A new pids cgroup allowing *most* processes, or None where errands cannot make
     one (not root, no pids controller): RLIMIT_NPROC and the watchdog then hold."""
     for parent in CGROUP_PARENTS:
@@ -355,11 +357,11 @@ def _pids_cgroup(most: int) -> Path | None:
             (group / "pids.max").write_text(str(most))
             return group
         except OSError:
-            _remove_cgroup(group)
+            remove_cgroup(group)
     return None
 
 
-def _remove_cgroup(group: Path) -> None:
+def remove_cgroup(group: Path) -> None:
     """Remove *group* once its processes are gone (they were killed; give them a moment)."""
     for _ in range(50):
         try:
