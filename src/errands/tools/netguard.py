@@ -10,6 +10,12 @@ allow-list does not open them. The port of any errands server on this machine (i
 on every local address whatever the allow-list says. Numeric host spellings other than dotted-decimal
 (``2130706433``, ``0177.0.0.1``, ``0x7f.1``) are refused outright.
 
+``[network] egress_allow`` (:class:`EgressEntry`: ``host``, ``*.domain``, ``host:port``;
+no port means 80 and 443) is the one egress policy: when it is set, the network tools
+reach only the hosts it lists, and the shell's sandbox never reaches anything else
+(through errands' proxy, :mod:`errands.tools.sandbox.proxy`, which applies this guard
+too; with the list empty, the shell has no network at all).
+
 The check that matters runs where the socket is opened: :class:`GuardedTransport`
 resolves the host itself, vets every address and connects to a vetted address only,
 so a DNS answer that changes between a check and the connection (DNS rebinding)

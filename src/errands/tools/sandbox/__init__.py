@@ -1,6 +1,10 @@
-"""The sandbox: where tools that run programs (a shell) are confined.
+"""The sandbox: where tools that run programs (the shell) are confined.
 
-Empty for now: the sandboxed ``shell`` tool (bubblewrap, one egress policy for every
-network path, secrets that never reach the model) lands here. See
-docs/architecture.md, "Where does new code go".
+- :mod:`~errands.tools.sandbox.bwrap`: bubblewrap, its mounts, user, environment, limits;
+- :mod:`~errands.tools.sandbox.gitdirs`: the workspace's git directory, read-only;
+- :mod:`~errands.tools.sandbox.proxy`, :mod:`~errands.tools.sandbox.bridge`,
+  :mod:`~errands.tools.sandbox.egress`: the only way out, errands' filtering proxy;
+- :mod:`~errands.tools.sandbox.secrets`: secrets by name, redacted from the output;
+- :mod:`~errands.tools.sandbox.commands`: command lines parsed for the policy's rules;
+- :mod:`~errands.tools.sandbox.doctor`: ``errands doctor``'s sandbox check.
 """

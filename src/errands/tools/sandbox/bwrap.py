@@ -11,11 +11,14 @@ nothing gets out), dies with errands (``--die-with-parent``), runs in a new sess
   sandbox user, ``nsswitch.conf``, ``hosts``, ``ld.so.cache``, ``alternatives``;
 - a private ``/tmp``, its own ``/proc`` and a minimal ``/dev``.
 
-No home directory, no ``ERRANDS_HOME`` (config, policy, token, store), no sockets. The
+No home directory, no ``ERRANDS_HOME`` (config, policy, token, store), no sockets but
+errands' egress proxy when the call has egress (:mod:`errands.tools.sandbox.egress`);
+the workspace's git directory read-only (:mod:`errands.tools.sandbox.gitdirs`). The
 command runs as uid/gid 65534 inside a user namespace with no capabilities, with an
-environment from an allowlist (``PATH``, ``HOME=/workspace``, ``LANG``, ``TERM=dumb``);
-bubblewrap itself is started with that environment too, so not even ``/proc/1/environ``
-holds errands'. Limits: wall time (the whole process group is killed), and per process
+environment from an allowlist (``PATH``, ``HOME=/workspace``, ``LANG``, ``TERM=dumb``,
+and what the call adds: the proxy's variables, the secrets it names); bubblewrap itself
+is started with exactly that environment and passes it on, so not even
+``/proc/1/environ`` holds errands', and no secret is on bwrap's command line. Limits: wall time (the whole process group is killed), and per process
 CPU time, address space, file size and open files (``setrlimit`` before ``exec``), a
 process count (``RLIMIT_NPROC``; the kernel does not apply it to processes that are root
 outside, as they are when errands runs as root, so also a ``pids`` cgroup of the
