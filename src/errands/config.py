@@ -27,6 +27,7 @@ __all__ = [
     "NetworkSettings",
     "NotifySettings",
     "Price",
+    "RetentionSettings",
     "SecretSettings",
     "ServerSettings",
     "Settings",
@@ -197,6 +198,22 @@ class BudgetSettings(BaseModel):
     hold_seconds: float = Field(default=900.0, gt=0)
 
 
+class RetentionSettings(BaseModel):
+    """``[retention]``: how long finished errands keep their full logs, and what else
+    errands forgets (docs/store.md, "Retention"). ``errands up`` applies it every
+    ``every_minutes``; ``errands gc`` applies it (or, with ``--dry-run``, shows it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a finished errand's full log is kept this long after it finished, then compacted
+    # to its request, result, cost rows and a summary
+    keep_days: float = Field(default=30.0, gt=0)
+    # each schedule (and watch) keeps its last N runs in full; older runs are compacted
+    schedule_runs: int = Field(default=100, ge=1)
+    every_minutes: float = Field(default=60.0, gt=0)
+    enabled: bool = True  # false: errands up never runs it (errands gc still does)
+
+
 class ProviderSettings(BaseModel):
     """``[providers.NAME]``: a named endpoint (``NAME:MODEL`` specs), or the limits and
     retry settings of a built-in provider when NAME is ``openai``, ``anthropic``, ...
@@ -257,6 +274,7 @@ class Settings(BaseModel):
     reasoning: Literal["minimal", "low", "medium", "high"] | None = None
     limits: Limits = Limits()
     budget: BudgetSettings = BudgetSettings()
+    retention: RetentionSettings = RetentionSettings()
     network: NetworkSettings = NetworkSettings()
     prices: dict[str, Price] = {}
     providers: dict[str, ProviderSettings] = {}

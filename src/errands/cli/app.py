@@ -21,6 +21,7 @@ from errands.cli.commands import (
     cost,
     errands,
     evals,
+    gc,
     mcp,
     models,
     policy,
@@ -86,6 +87,7 @@ app.command()(version)
 cost.register(app)
 models.register(app)
 store.register(app)
+gc.register(app)
 tools.register(app)
 mcp.register(app)
 server.register(app)

@@ -164,6 +164,8 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
             return f"{seq}[dim]✖ cancel requested by {safe(e.by)}: {safe(e.reason)}[/dim]"
         case ev.ErrandPurged():
             return f"{seq}[dim]private content purged by {safe(e.by)}[/dim]"
+        case ev.ErrandCompacted():
+            return f"{seq}[dim]compacted by retention ({e.events} events, {e.bytes:,} bytes): {safe(e.summary)}[/dim]"
         case ev.LimitsRaised():
             return f"{seq}[cyan]+ {e.more_steps} more steps[/cyan], given by {safe(e.by)}"
         case ev.Sleeping():

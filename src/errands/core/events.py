@@ -30,6 +30,7 @@ __all__ = [
     "CancelRequested",
     "Content",
     "EffectClass",
+    "ErrandCompacted",
     "ErrandCreated",
     "ErrandPurged",
     "ErrorRaised",
@@ -331,6 +332,16 @@ class ErrandPurged(_Event):
     by: str = "local"
 
 
+class ErrandCompacted(_Event):
+    """Retention compacted the finished errand's log (errands.store.retention): what is
+    left is its request, its cost rows, its final state and result, and this summary."""
+
+    type: Literal["errand_compacted"] = "errand_compacted"
+    summary: str
+    events: int  # how many events the full log had
+    bytes: int  # and their stored bytes
+
+
 Event = Annotated[
     ErrandCreated
     | UserMessage
@@ -347,7 +358,8 @@ Event = Annotated[
     | ErrandPurged
     | LimitsRaised
     | Sleeping
-    | ModelUsed,
+    | ModelUsed
+    | ErrandCompacted,
     Field(discriminator="type"),
 ]
 
@@ -370,6 +382,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         LimitsRaised,
         Sleeping,
         ModelUsed,
+        ErrandCompacted,
     )
 }
 

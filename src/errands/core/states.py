@@ -93,6 +93,7 @@ class ErrandView(BaseModel):
     pending: dict[int, PendingApproval] = Field(default_factory=dict)
     cancel_requested: bool = False
     purged: bool = False
+    compacted: bool = False  # retention kept only its result, cost and a summary
     wake_at: float | None = None  # sleeping: when its timer fires (wall time)
     schedule: str | None = None  # the schedule this errand is a run of
     schedule_daily_usd: float | None = None  # that schedule's daily cap
@@ -227,6 +228,10 @@ def _errand_purged(view: ErrandView, seq: int, event: ev.ErrandPurged) -> None:
     view.purged = True
 
 
+def _errand_compacted(view: ErrandView, seq: int, event: ev.ErrandCompacted) -> None:
+    view.compacted = True
+
+
 _FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
     ev.ErrandCreated: _errand_created,
     ev.UserMessage: _user_message,
@@ -244,6 +249,7 @@ _FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
     ev.LimitsRaised: _limits_raised,
     ev.Sleeping: _sleeping,
     ev.ModelUsed: _model_used,
+    ev.ErrandCompacted: _errand_compacted,
 }
 assert set(_FOLD) == set(ev.EVENT_TYPES.values()), "every event type has a fold rule"
 

@@ -99,6 +99,7 @@ async def tell_errand(
     if not text.strip():
         raise UserError("the message is empty")
     view = await store.view(errand_id)  # (the log is read only for an errand that stopped)
+    _not_compacted(view)
     if view.state is ErrandState.failed or view.state is ErrandState.needs_attention:
         progress = await _progress(store, errand_id)
         limit = exceeded(view, progress.limits, max(0.0, time.time() - view.created_at))
@@ -116,8 +117,18 @@ async def tell_errand(
         by=by,
         channel=channel,
     )
-    (seq,) = await store.append(errand_id, [message])
+    (seq,) = await store.append(errand_id, [message], guard=_not_compacted)
     return seq
+
+
+def _not_compacted(view: ErrandView) -> None:
+    """A compacted errand (retention kept only its result, cost and a summary) cannot go
+    on: the conversation it would continue is gone."""
+    if view.compacted:
+        raise StoreError(
+            f"errand {view.id} was compacted by retention: only its result, cost and a "
+            "summary are left, so it cannot go on -- start a new errand"
+        )
 
 
 def _cancellable(view: ErrandView) -> None:
@@ -154,6 +165,7 @@ async def continue_errand(
     if more_steps < 1:
         raise UserError("--more-steps must be at least 1")
     progress = await _progress(store, errand_id)
+    _not_compacted(progress.view)
     state = progress.view.state
     if state is ErrandState.done or state is ErrandState.cancelled:
         raise UserError(
@@ -169,6 +181,8 @@ async def retry_model(store: Store, errand_id: str) -> bool:
     outage, a timeout): its unanswered request is asked again. False -- and nothing
     written -- for any other errand."""
     progress = await _progress(store, errand_id)
+    if progress.view.compacted:
+        return False
     if progress.view.state is not ErrandState.failed or not progress.failed_by_model:
         return False
     reason = "resumed: asking the model again"

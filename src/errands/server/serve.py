@@ -345,6 +345,7 @@ async def _main(
         sys.stdout.flush()
         _tune_runtime()
         reaper = asyncio.create_task(_reap_forever(store))
+        retention = asyncio.create_task(_retention(store, settings, stop))
         helpers: list[asyncio.Task[None]] = []
         if pool is not None:  # the workers, and what they commit told to the streams
             pool.on_exit = lambda: release_dead_leases(store)  # (a worker died: at once)
@@ -367,7 +368,7 @@ async def _main(
         try:
             await runner.stop()
         finally:
-            for task in (reaper, stopping):
+            for task in (reaper, retention, stopping):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -391,6 +392,14 @@ def _tune_runtime() -> None:
     tune_gc()
     gc.enable()
     sys.setswitchinterval(0.001)
+
+
+async def _retention(store: Store, settings: Settings, stop: asyncio.Event) -> None:
+    """``[retention]``, applied every ``every_minutes`` (errands.engine.retention)."""
+    if settings.retention.enabled:
+        from errands.engine.retention import Retention
+
+        await Retention(store, settings.retention).serve(stop)
 
 
 async def _reap_forever(store: Store) -> None:

@@ -41,6 +41,7 @@ from errands.core.contracts import enabled, ensure, invariant, require
 from errands.core.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
 from errands.costs import spend
 from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
+from errands.store.compaction import RetentionOps
 from errands.store.protocol import (
     AppendCheck,
     BudgetStatus,
@@ -82,7 +83,7 @@ ProjectionRow = tuple[str, str, str, float, float, int, str | None, int, str]
 ProjectionUpdate = tuple[str, float, int, str | None, str, str]
 
 
-class BaseStore(GroupCommit, ScheduleOps):
+class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     """A store, up to its SQL. A backend opens its connections, then calls
     :meth:`_start_writer`; it implements the hooks marked abstract below."""
 

@@ -20,6 +20,7 @@ from errands.core import events as ev
 from errands.core.schedules import ScheduleSpec, ScheduleStatus
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs.spend import CapReached
+from errands.store.retention import Compacted, RetentionPlan
 
 __all__ = [
     "AppendCheck",
@@ -243,6 +244,15 @@ class StoreReader(Protocol):
         """Of a watch's item *keys*, those it saw at or after *since*."""
         ...
 
+    async def retention_plan(
+        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> RetentionPlan:
+        """What retention would do now, read without writing: the finished errands to
+        compact (finished before *cutoff*, or runs of a schedule past its newest
+        *keep_runs*) with their logs' size, the rows :meth:`Store.trim` would delete, and
+        the file's size, free pages and vacuum mode (errands.store.retention)."""
+        ...
+
     async def mcp_pins(self, server: str | None = None) -> list[McpPin]:
         """The approved MCP tool definitions (of one server, if given), by server and tool."""
         ...
@@ -365,4 +375,24 @@ class Store(StoreReader, Protocol):
 
     async def rebuild_projections(self) -> int:
         """Refold every log into the derived tables; return the number of errands."""
+        ...
+
+    async def compact(self, errand_id: str, guard: AppendCheck) -> Compacted:
+        """Rewrite the errand's log as its compacted log -- request, cost rows, final
+        state and result, a summary -- in one transaction, if *guard* accepts its
+        current view (errands.store.retention.finished_before); else refuse
+        (:class:`StoreError`), writing nothing."""
+        ...
+
+    async def trim(
+        self, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> tuple[int, int, int]:
+        """Delete each schedule's run rows past its newest *keep_runs*, watch items not
+        seen since *items_before* and wake-ups older than *wakeups_before*, in one
+        transaction; (runs, items, wake-ups) deleted."""
+        ...
+
+    async def reclaim(self) -> int:
+        """Give the pages freed back to the file system while the store is in use (when
+        the file allows it: ``auto_vacuum``); the bytes the store shrank by."""
         ...

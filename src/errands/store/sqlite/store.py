@@ -58,6 +58,7 @@ from errands.store.sqlite.connection import (
 )
 from errands.store.sqlite.mcp_pins import SQLiteMcpPins
 from errands.store.sqlite.migrations import migrate
+from errands.store.sqlite.retention import SQLiteRetention, incremental_if_new
 from errands.store.sqlite.schedules import SQLiteSchedules
 
 __all__ = ["SQLiteStore"]
@@ -122,7 +123,7 @@ def _reads_async(
     return read
 
 
-class SQLiteStore(SQLiteSchedules, SQLiteMcpPins, BaseStore):
+class SQLiteStore(SQLiteRetention, SQLiteSchedules, SQLiteMcpPins, BaseStore):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
     with :meth:`close`."""
 
@@ -594,12 +595,17 @@ def _open_writer(path: str) -> sqlite3.Connection:
     if problem is not None:
         raise health.damaged(path, problem)
     try:
-        return writer_connection(path, migrate)
+        return writer_connection(path, _migrate)
     except sqlite3.Error as exc:
         explained = health.explain(path, exc)
         if explained is None:
             raise
         raise explained from exc
+
+
+def _migrate(conn: sqlite3.Connection) -> int:
+    incremental_if_new(conn)  # (a new file gives freed pages back: store/sqlite/retention.py)
+    return migrate(conn)
 
 
 def _view_from_row(row: Sequence[Any]) -> ErrandView:
