@@ -219,3 +219,13 @@ def test_egress_entries_are_checked_when_the_config_loads() -> None:
     with pytest.raises(ValueError, match="egress_allow"):
         NetworkSettings(egress_allow=["http://pypi.org/"])
     assert NetworkSettings(egress_allow=["PyPI.org", "*.github.com", "[::1]:8080"]).egress_allow
+
+
+async def test_many_connections_are_logged_in_a_bounded_result(
+    tmp_path: Path, allowed: Upstream
+) -> None:
+    s = settings_for(allowed.hostport)
+    command = "for i in $(seq 60); do curl -s -m 2 http://127.0.0.1:9/$i; done; echo"
+    out = await shell(s, tmp_path, command, [allowed.hostport])
+    assert out.text.count("denied  GET 127.0.0.1:9") == 50, out.text
+    assert "... and 10 more connections (10 denied)" in out.text

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["Connection", "EgressProxy", "SecretHosts"]
 
 HEAD_SECONDS = 30.0  # to send it
+MAX_LINES = 50  # connections shown one by one in the result
 _HOP_HEADERS = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
 
 
@@ -166,8 +167,14 @@ class EgressProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=2)
 
-    def lines(self) -> list[str]:
-        return [c.line() for c in self.log]
+    def lines(self, most: int = MAX_LINES) -> list[str]:
+        """The log, one line per connection: the first *most*, then how many more."""
+        shown = [c.line() for c in self.log[:most]]
+        if len(self.log) > most:
+            more = self.log[most:]
+            denied = sum(not c.allowed for c in more)
+            shown.append(f"... and {len(more)} more connections ({denied} denied)")
+        return shown
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
