@@ -1,6 +1,7 @@
 """Running one command line in bubblewrap: the workspace, a read-only system, nothing else.
 
-The sandbox (``bwrap``) gets a new user, mount, PID, network, IPC, UTS and cgroup
+The sandbox (``bwrap``) gets a seccomp filter (:mod:`errands.tools.sandbox.seccomp`) and
+a new user, mount, PID, network, IPC, UTS and cgroup
 namespace (``--unshare-all``: the network namespace holds only its own loopback, so
 nothing gets out), dies with errands (``--die-with-parent``), runs in a new session (no
 ``TIOCSTI`` into errands' terminal) and sees, by allowlist only:
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from errands.tools.sandbox.gitdirs import git_binds
+from errands.tools.sandbox.seccomp import filter_program
 
 __all__ = [
     "SANDBOX_ENV",
@@ -153,13 +155,22 @@ class Sandbox:
             )
         with tempfile.TemporaryDirectory(prefix="errands-probe-") as tmp:
             _write_etc(Path(tmp))
-            argv = self.argv("true", Path(tmp), Path(tmp))
+            fd = self._seccomp_fd(Path(tmp))
+            argv = self.argv("true", Path(tmp), Path(tmp), seccomp_fd=fd)
             try:
                 done = subprocess.run(
-                    argv, env={}, capture_output=True, timeout=30, stdin=subprocess.DEVNULL
+                    argv,
+                    env={},
+                    capture_output=True,
+                    timeout=30,
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=() if fd is None else (fd,),
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 return f"bubblewrap could not be started ({exc}): {_INSTALL}"
+            finally:
+                if fd is not None:
+                    os.close(fd)
         if done.returncode != 0:
             why = done.stderr.decode("utf-8", "replace").strip().splitlines()
             return (
@@ -170,11 +181,17 @@ class Sandbox:
 
     # -- the command line ---------------------------------------------------------------
     def argv(
-        self, command: str, workspace: Path, etc: Path, extras: Extras | None = None
+        self,
+        command: str,
+        workspace: Path,
+        etc: Path,
+        extras: Extras | None = None,
+        seccomp_fd: int | None = None,
     ) -> list[str]:
         """bwrap's arguments for *command* with *workspace* at /workspace, the /etc
-        files in *etc*, the workspace's git directory read-only, and *extras*. The
-        environment is not in them (:meth:`spawn_env`: bwrap passes its own on)."""
+        files in *etc*, the workspace's git directory read-only, *extras*, and the seccomp
+        filter bwrap reads from *seccomp_fd*. The environment is not in them
+        (:meth:`spawn_env`: bwrap passes its own on)."""
         assert self.bwrap is not None
         extras = extras or Extras()
         args = [
@@ -220,8 +237,23 @@ class Sandbox:
         ]
         for source, target in [*self.git_binds(workspace), *extras.ro_binds]:
             args += ["--ro-bind", str(source), target]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         shell = "/bin/bash" if Path("/usr/bin/bash").exists() else "/bin/sh"
         return [*args, "--", *extras.prefix, shell, "-c", command]
+
+    def seccomp_program(self) -> bytes | None:
+        """The seccomp filter (:mod:`errands.tools.sandbox.seccomp`); None: none."""
+        return filter_program()
+
+    def _seccomp_fd(self, where: Path) -> int | None:
+        """A descriptor to read the filter from (written into *where*), or None."""
+        program = self.seccomp_program()
+        if program is None:
+            return None
+        path = where / "seccomp.bpf"
+        path.write_bytes(program)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def git_binds(self, workspace: Path) -> list[tuple[Path, str]]:
         """The workspace's git directory, bound read-only over the read-write workspace
@@ -249,11 +281,22 @@ class Sandbox:
         with tempfile.TemporaryDirectory(prefix="errands-sandbox-") as tmp:
             etc = Path(tmp)
             _write_etc(etc)
-            argv = self.argv(command, workspace.resolve(), etc, extras)
-            return await self._run(argv, self.spawn_env(extras), timeout_s, limits)
+            fd = self._seccomp_fd(etc)  # (only the files bound by name are seen inside)
+            try:
+                argv = self.argv(command, workspace.resolve(), etc, extras, fd)
+                fds = () if fd is None else (fd,)
+                return await self._run(argv, self.spawn_env(extras), timeout_s, limits, fds)
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     async def _run(
-        self, argv: Sequence[str], env: Mapping[str, str], timeout_s: int, limits: Limits
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        timeout_s: int,
+        limits: Limits,
+        fds: Sequence[int] = (),
     ) -> Ran:
         rlimits = _rlimits(limits, timeout_s)
         # the kernel's own cap on the process count, where errands may make one: a
@@ -275,6 +318,7 @@ class Sandbox:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=dict(env),
+            pass_fds=tuple(fds),
             start_new_session=True,
             preexec_fn=preexec,
         )
