@@ -96,7 +96,10 @@ def build(source: Source) -> Server[Any]:
 
     async def call_tool(ctx: Any, params: Any) -> CallToolResult:
         text = json.dumps({"tool": params.name, "arguments": params.arguments or {}})
-        return CallToolResult(content=[TextContent(type="text", text=text)])
+        structured = {"found": [text]} if params.name == "find_notes" else None
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)], structured_content=structured
+        )
 
     server: Server[Any] = Server(
         "mutation",

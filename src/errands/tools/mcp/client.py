@@ -165,6 +165,7 @@ class Connection:
         self._stop: asyncio.Event | None = None
         self._broken: asyncio.Future[str] | None = None  # what broke the connection
         self._lock: asyncio.Lock | None = None
+        self._dead = False  # the client in hand failed: start anew at the next use
 
     # -- starting and stopping ----------------------------------------------------------
 
@@ -194,7 +195,8 @@ class Connection:
 
     def _usable(self) -> bool:
         return (
-            self._holder is not None
+            not self._dead
+            and self._holder is not None
             and not self._holder.done()
             and (self._broken is None or not self._broken.done())
         )
@@ -260,7 +262,7 @@ class Connection:
         except BaseException:
             await self._close()
             raise
-        self._client = client
+        self._client, self._dead = client, False
         self.generation += 1
         self.protocol_version = client.protocol_version
         info = client.server_info
@@ -294,6 +296,8 @@ class Connection:
         self.last_error = why
         delay = 0.0 if self.failures <= 1 else min(self.max_backoff, 2.0 ** (self.failures - 2))
         self._next_try = time.monotonic() + delay
+        if restart:
+            self._dead = True
         if restart and self._stop is not None:
             self._stop.set()  # (the holder ends the client; the next use starts anew)
 
@@ -354,6 +358,10 @@ class Connection:
             why = f"MCP server {self.name} failed during {what}: {_plain(exc)}"
             self._failed(why)
             raise McpError(why + "; it is restarted on the next use") from None
+        except ToolError:
+            raise
+        except Exception as exc:  # the SDK refused the answer (an output schema it breaks)
+            raise McpError(f"MCP server {self.name}: {what} failed: {_plain(exc)}") from None
         self.failures = 0
         return result
 

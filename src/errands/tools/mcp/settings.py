@@ -30,8 +30,8 @@ from errands.core.events import EffectClass
 __all__ = ["SERVER_NAME", "McpServerSettings", "McpSettings"]
 
 # a server's name is part of its tools' names (mcp__SERVER__TOOL): letters, digits, - and
-# single underscores (a double one would make the name ambiguous)
-SERVER_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9-]|_(?!_))*$"
+# single underscores between them (a double or a last one would make the name ambiguous)
+SERVER_NAME = r"^[A-Za-z0-9](?:_?[A-Za-z0-9-])*$"
 _SERVER_NAME = re.compile(SERVER_NAME)
 MAX_SERVER_NAME = 24
 

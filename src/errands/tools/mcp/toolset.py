@@ -42,6 +42,7 @@ from errands.tools.mcp.pins import (
     ToolState,
     ToolStatus,
     effect_of,
+    exposed_name,
     full_definition,
     idempotent_of,
     judge,
@@ -300,7 +301,10 @@ class McpToolset:
             try:
                 listing = await conn.list_tools()
             except ToolError as exc:
+                # a server that cannot be listed offers nothing: what it would list now
+                # is unknown (it may be an instance with other tools)
                 self.errors[name] = str(exc)
+                self.listings.pop(name, None)
                 return
             self.listings[name] = listing
             self.listed_generation[name] = conn.generation
@@ -315,10 +319,13 @@ class McpToolset:
     def _judge(self, pins: list[Any]) -> None:
         statuses = judge_all(self.listings, pins, self.pinner)
         offered = [s for server in statuses.values() for s in server if s.offered]
-        key = tuple(sorted((s.name, s.digest) for s in offered)) + tuple(
-            sorted(
-                (s.name, s.reason) for server in statuses.values() for s in server if not s.offered
-            )
+        withheld_now = [
+            (s.name, s.reason) for server in statuses.values() for s in server if not s.offered
+        ]
+        key = (
+            *sorted(self.errors.items()),
+            *sorted((s.name, s.digest) for s in offered),
+            *sorted(withheld_now),
         )
         old = self._state
         if old is not None and old.key == key:
@@ -326,11 +333,17 @@ class McpToolset:
             return
         tools = {s.name: make_mcp_tool(s, self.settings.servers[s.server].effects) for s in offered}
         withheld = {
-            s.name: _refusal_text(s)
+            exposed_name(p.server, p.tool): f"{exposed_name(p.server, p.tool)} is not available: "
+            + self.errors[p.server]
+            for p in pins
+            if p.server in self.errors and p.server not in self.listings
+        }
+        withheld.update(
+            (s.name, _refusal_text(s))
             for server in statuses.values()
             for s in server
             if not s.offered
-        }
+        )
         self._state = _State(ToolList(tools.values(), withheld), tools, statuses, key)
 
     async def _call(self, tool: McpTool, args: dict[str, Any]) -> ToolOutput:
