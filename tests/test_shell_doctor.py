@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from errands.tools.sandbox import doctor
-from errands.tools.sandbox.bwrap import Sandbox
+from errands.tools.sandbox.bwrap import Extras, Sandbox
 
 
 def test_doctor_reports_a_working_sandbox(cli: Any) -> None:
@@ -18,6 +18,27 @@ def test_doctor_reports_a_working_sandbox(cli: Any) -> None:
     assert check["ok"] and check["problems"] == [], check
     notes = " ".join(check["notes"])
     assert "bubblewrap" in notes and "a sandbox starts" in notes
+    assert "egress through errands' proxy works" in notes
+
+
+class NoWayOut(Sandbox):
+    """The control: the proxy's socket and the bridge are not bound into the sandbox."""
+
+    def argv(
+        self,
+        command: str,
+        workspace: Path,
+        etc: Path,
+        extras: Extras | None = None,
+        seccomp_fd: int | None = None,
+    ) -> list[str]:
+        bare = Extras(env=extras.env, prefix=extras.prefix) if extras else None
+        return super().argv(command, workspace, etc, bare, seccomp_fd)
+
+
+def test_doctor_finds_a_broken_way_out() -> None:
+    (problem,) = doctor.sandbox_report(NoWayOut()).problems
+    assert problem.startswith("a request from the sandbox did not get through"), problem
 
 
 def test_doctor_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,13 +10,16 @@ Each problem comes with the one line that fixes it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from errands.tools.netguard import egress_entries
 from errands.tools.sandbox.bwrap import Sandbox, SandboxUnavailable, pids_cgroup, remove_cgroup
-from errands.tools.sandbox.egress import PYTHON
+from errands.tools.sandbox.egress import PYTHON, Egress, egress_session
 
 __all__ = ["SandboxReport", "sandbox_report"]
 
@@ -84,7 +87,12 @@ def sandbox_report(sandbox: Sandbox | None = None, egress_wanted: bool = False) 
             "or run errands as an ordinary user"
         )
     if PYTHON.is_file():
-        report.notes.append(f"egress bridge: {PYTHON}")
+        if not report.problems:
+            problem = asyncio.run(_egress_round_trip(sandbox))
+            if problem:
+                report.problems.append(problem)
+            else:
+                report.notes.append(f"egress through errands' proxy works ({PYTHON} bridges)")
     elif egress_wanted:
         report.problems.append(
             f"[network] egress_allow is set but the sandbox has no {PYTHON} for the egress "
@@ -92,3 +100,45 @@ def sandbox_report(sandbox: Sandbox | None = None, egress_wanted: bool = False) 
         )
     report.ok = not report.problems
     return report
+
+
+_ANSWER = b"errands-doctor-ok"
+
+
+async def _egress_round_trip(sandbox: Sandbox) -> str:
+    """ "" when a request from inside the sandbox reaches a server on this machine's
+    loopback through the bridge and the proxy; else what went wrong."""
+    from errands.config import NetworkSettings, Settings
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(_ANSWER), _ANSWER))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    where = f"127.0.0.1:{port}"
+    settings = Settings(
+        network=NetworkSettings(allow_private=["127.0.0.1/32"], egress_allow=[where])
+    )
+    command = (
+        'python3 -c "import urllib.request as u; '
+        f"print(u.urlopen('http://{where}/', timeout=10).read().decode())\""
+    )
+    try:
+        plan = Egress(egress_entries([where]))
+        with tempfile.TemporaryDirectory(prefix="errands-doctor-") as tmp:
+            async with egress_session(plan, settings) as (extras, _):
+                ran = await sandbox.run(command, Path(tmp), 30, extras=extras)
+    except Exception as exc:  # what doctor reports, whatever it is
+        return f"egress through errands' proxy failed: {exc}"
+    finally:
+        server.close()
+    if _ANSWER.decode() in ran.stdout.decode("utf-8", "replace"):
+        return ""
+    said = (ran.stderr or ran.stdout).decode("utf-8", "replace").strip().splitlines()
+    return (
+        "a request from the sandbox did not get through errands' egress proxy "
+        f"({said[-1] if said else 'no output'}); see docs/security.md §15"
+    )
