@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from helpers.upstream import Upstream, upstream
-from seams.shell_controls import CheckThenConnectProxy, UnguardedProxy
+from seams.shell_controls import CheckThenConnectProxy, NoSandbox, UnguardedProxy
 
 from errands.config import NetworkSettings, Settings
 from errands.core.events import EffectClass
@@ -89,6 +89,24 @@ async def test_an_allowed_host_is_reached_only_through_the_proxy(
     assert "--- network (errands' egress proxy) ---" in out.text
     assert f"allowed GET {allowed.hostport}" in out.text
     assert f"allowed CONNECT {allowed.hostport}" in out.text
+
+
+async def test_udp_gets_nowhere_even_with_egress(tmp_path: Path, allowed: Upstream) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(0.5)
+        port = sink.getsockname()[1]
+        send = (
+            "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            f"print(s.sendto(b'leak', ('127.0.0.1', {port})))\" 2>&1"
+        )
+        out = await shell(settings_for(allowed.hostport), tmp_path, send, [allowed.hostport])
+        with pytest.raises(TimeoutError):
+            sink.recvfrom(16)
+        control = await make_shell_tool(NoSandbox()).invoke(
+            make_shell_tool().validate({"command": send}), ToolContext("e", 1, "k", tmp_path)
+        )
+        assert sink.recvfrom(16)[0] == b"leak", (out.text, control.text)
 
 
 async def test_a_host_outside_the_egress_list_gets_nothing(

@@ -20,7 +20,7 @@ harness they need without a switch inside errands.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +48,7 @@ from errands.tools.plugins import load_tools
 from errands.tools.toolset import AllowedToolset, CombinedToolset, Toolset
 
 if TYPE_CHECKING:
+    from errands.observe.otel import Telemetry
     from errands.tools.mcp.toolset import McpToolset
 
 __all__ = ["Harness", "build", "toolset_for"]
@@ -171,6 +172,16 @@ class Harness:
     async def retry_model(self, errand_id: str) -> bool:
         """Reopen an errand its model failed (True), so that running it asks again."""
         return await operations.retry_model(self.store, errand_id)
+
+    def observe(self, env: Mapping[str, str] | None = None) -> Telemetry | None:
+        """Start OpenTelemetry on this event loop if the environment (*env*, default
+        ``os.environ``) configures it -- ``OTEL_EXPORTER_OTLP_ENDPOINT`` and the like
+        (:mod:`errands.observe`): traces and metrics read from the store's commits. None
+        when it does not: nothing of OpenTelemetry is imported. The caller closes it."""
+        from errands import observe
+
+        config = observe.configured(env)
+        return None if config is None else observe.start(self.store, config)
 
     def channels(self, inbox_url: str) -> list[Channel]:
         """Start the channels the config asks for (in this event loop); the caller closes

@@ -44,7 +44,7 @@ from typing import Any
 
 import uvicorn
 
-from errands import __version__, registry
+from errands import __version__, observe, registry
 from errands.config import Settings
 from errands.core.states import ErrandState
 from errands.engine.runner import Runner, dead_local_owner
@@ -160,6 +160,7 @@ def run_server(
     lock = _claim_home(home)  # held for the server's life; the kernel drops it at exit
     try:
         health.verify(settings.db_path)  # quick_check and the schema: refuse a damaged store
+        observe.configured()  # a malformed OTEL_* variable stops the start, before serving
         _serve(settings, host, port, echo, WorkerPool(count, workers) if count else None)
     finally:
         lock.release()
@@ -277,6 +278,7 @@ async def _main(
     home = settings.home
     harness = build(settings)
     store = harness.store
+    telemetry = harness.observe()  # (None unless OTEL_EXPORTER_OTLP_ENDPOINT is set)
     idempotency = IdempotencyStore(home / "server.sqlite")
     info_path = home / SERVER_FILE
     try:
@@ -381,6 +383,8 @@ async def _main(
             if json.loads(info_path.read_text()).get("pid") == os.getpid():
                 info_path.unlink()
         idempotency.close()
+        if telemetry is not None:  # (what the last commits said, exported)
+            await telemetry.close()
         await harness.store.close()  # (the runner's thread closed the models on its loop)
 
 

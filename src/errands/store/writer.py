@@ -115,6 +115,8 @@ class GroupCommit(abc.ABC):
         self.unavailable_since = 0.0  # when it started (the clock's time)
         self._probe_delay = PROBE_FIRST
         self._next_probe = 0.0  # (time.monotonic) when to probe an unavailable store next
+        # called in the writer thread with each commit's seconds (errands.observe's metric)
+        self.commit_timer: Callable[[float], None] | None = None
         self._thread = threading.Thread(target=self._run, name="errands-store-writer", daemon=True)
 
     def _start_writer(self) -> None:
@@ -342,6 +344,8 @@ class GroupCommit(abc.ABC):
         stats.staging_s += t1 - t0
         stats.writing_s += t2 - t1
         stats.committing_s += t3 - t2
+        if self.commit_timer is not None:
+            self.commit_timer(t3 - t2)
         self._after_commit(tx)
 
     def announce(self, changed: dict[str, int]) -> None:
