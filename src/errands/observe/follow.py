@@ -152,8 +152,20 @@ class Follower:
 
     # -- one event ----------------------------------------------------------------------------
 
-    def _emit(self, e: _Errand, record: SpanRecord) -> None:
-        if record.end >= e.since:
+    def _emit(
+        self,
+        e: _Errand,
+        name: str,
+        *,
+        parent: int | None,
+        start: float,
+        end: float,
+        attrs: Attrs,
+        span: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        if end >= e.since:
+            record = SpanRecord(name, trace_id(e.errand_id), span, parent, start, end, attrs, error)
             self.sink.span(record)
 
     def _root(self, e: _Errand) -> int:
@@ -164,18 +176,14 @@ class Follower:
         if event.schedule is not None:
             self._emit(
                 e,
-                SpanRecord(
-                    name=f"schedule.fire {event.schedule}",
-                    trace=trace_id(e.errand_id),
-                    span=None,
-                    parent=self._root(e),
-                    start=event.at,
-                    end=event.at,
-                    attrs={
-                        "errands.schedule.name": event.schedule,
-                        "errands.errand.id": e.errand_id,
-                    },
-                ),
+                f"schedule.fire {event.schedule}",
+                parent=self._root(e),
+                start=event.at,
+                end=event.at,
+                attrs={
+                    "errands.schedule.name": event.schedule,
+                    "errands.errand.id": e.errand_id,
+                },
             )
 
     def _end_step(self, e: _Errand, at: float, stopped: str | None = None) -> None:
@@ -186,15 +194,12 @@ class Follower:
             attrs["errands.state"] = stopped
         self._emit(
             e,
-            SpanRecord(
-                name="errand.step",
-                trace=trace_id(e.errand_id),
-                span=span_id(e.errand_id, e.step, "step"),
-                parent=self._root(e),
-                start=e.step_began,
-                end=at,
-                attrs=attrs,
-            ),
+            "errand.step",
+            span=span_id(e.errand_id, e.step, "step"),
+            parent=self._root(e),
+            start=e.step_began,
+            end=at,
+            attrs=attrs,
         )
         e.step = None
 
@@ -239,16 +244,13 @@ class Follower:
     ) -> None:
         self._emit(
             e,
-            SpanRecord(
-                name=f"chat {attrs['gen_ai.request.model']}",
-                trace=trace_id(e.errand_id),
-                span=span_id(e.errand_id, asked[0], "model"),
-                parent=span_id(e.errand_id, asked[0], "step"),
-                start=asked[1],
-                end=at,
-                attrs=attrs,
-                error=error,
-            ),
+            f"chat {attrs['gen_ai.request.model']}",
+            span=span_id(e.errand_id, asked[0], "model"),
+            parent=span_id(e.errand_id, asked[0], "step"),
+            start=asked[1],
+            end=at,
+            attrs=attrs,
+            error=error,
         )
 
     def _on_model_used(self, e: _Errand, seq: int, event: ev.ModelUsed) -> None:
@@ -294,22 +296,19 @@ class Follower:
         call.decision = "approved" if decision == "granted" else "denied"
         self._emit(
             e,
-            SpanRecord(
-                name=f"approval.wait {call.tool}",
-                trace=trace_id(e.errand_id),
-                span=None,
-                parent=span_id(e.errand_id, call.step, "step"),
-                start=began,
-                end=at,
-                attrs={
-                    "gen_ai.tool.name": call.tool,
-                    "gen_ai.tool.call.id": call_id,
-                    "errands.tool.effect": effect,
-                    "errands.approval.rule": rule,
-                    "errands.approval.decision": decision,
-                    "errands.approval.channel": channel,
-                },
-            ),
+            f"approval.wait {call.tool}",
+            span=None,
+            parent=span_id(e.errand_id, call.step, "step"),
+            start=began,
+            end=at,
+            attrs={
+                "gen_ai.tool.name": call.tool,
+                "gen_ai.tool.call.id": call_id,
+                "errands.tool.effect": effect,
+                "errands.approval.rule": rule,
+                "errands.approval.decision": decision,
+                "errands.approval.channel": channel,
+            },
         )
 
     def _on_approval_granted(self, e: _Errand, seq: int, event: ev.ApprovalGranted) -> None:
@@ -337,16 +336,13 @@ class Follower:
             attrs["error.type"] = event.error_kind
         self._emit(
             e,
-            SpanRecord(
-                name=f"execute_tool {event.tool}",
-                trace=trace_id(e.errand_id),
-                span=None,
-                parent=span_id(e.errand_id, call.step, "step"),
-                start=began,
-                end=event.at,
-                attrs=attrs,
-                error=event.error_kind if not event.ok else None,
-            ),
+            f"execute_tool {event.tool}",
+            span=None,
+            parent=span_id(e.errand_id, call.step, "step"),
+            start=began,
+            end=event.at,
+            attrs=attrs,
+            error=event.error_kind if not event.ok else None,
         )
 
     def _on_state_changed(self, e: _Errand, seq: int, event: ev.StateChanged) -> None:
@@ -368,16 +364,13 @@ class Follower:
             attrs["gen_ai.request.model"] = e.model
         self._emit(
             e,
-            SpanRecord(
-                name="errand.run",
-                trace=trace_id(e.errand_id),
-                span=self._root(e),
-                parent=None,
-                start=e.created if e.created is not None else event.at,
-                end=event.at,
-                attrs=attrs,
-                error=None if event.state == "done" else event.state,
-            ),
+            "errand.run",
+            span=self._root(e),
+            parent=None,
+            start=e.created if e.created is not None else event.at,
+            end=event.at,
+            attrs=attrs,
+            error=None if event.state == "done" else event.state,
         )
         e.finished = True
         e.calls.clear()
