@@ -28,6 +28,7 @@ from typing import Any
 
 from errands.core.canonical import canonical_hash, canonical_json
 from errands.core.events import EffectClass
+from errands.store.protocol import McpPin as Pin
 
 __all__ = [
     "Change",
@@ -67,19 +68,6 @@ class Listing:
     protocol_version: str | None = None
     server_info: dict[str, Any] | None = None
     at: float = 0.0  # wall time
-
-
-@dataclass(frozen=True)
-class Pin:
-    """An approved definition: the digest, the definition it was taken over (for diffs),
-    and who approved it when."""
-
-    server: str
-    tool: str  # the name on the server
-    digest: str
-    definition: dict[str, Any]
-    pinned_by: str = ""
-    pinned_at: float = 0.0
 
 
 # the digest of a definition (the default pins all of it; a test's negative control
