@@ -13,7 +13,10 @@ forbidden connections then go through.
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ from seams.shell_controls import CheckThenConnectProxy, NoSandbox, UnguardedProx
 from errands.config import NetworkSettings, Settings
 from errands.core.events import EffectClass
 from errands.tools.builtin.shell import make_shell_tool, shell_preview
-from errands.tools.netguard import NetworkRefused, guarded_request
+from errands.tools.netguard import NetworkRefused, egress_entries, guarded_request
+from errands.tools.sandbox.egress import Egress, egress_session
 from errands.tools.sandbox.proxy import EgressProxy
 from errands.tools.tool import ToolArgumentError, ToolContext, ToolOutput
 
@@ -97,7 +101,7 @@ async def test_udp_gets_nowhere_even_with_egress(tmp_path: Path, allowed: Upstre
         sink.settimeout(0.5)
         port = sink.getsockname()[1]
         send = (
-            "python3 -c \"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            'python3 -c "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); '
             f"print(s.sendto(b'leak', ('127.0.0.1', {port})))\" 2>&1"
         )
         out = await shell(settings_for(allowed.hostport), tmp_path, send, [allowed.hostport])
@@ -247,3 +251,34 @@ async def test_many_connections_are_logged_in_a_bounded_result(
     out = await shell(s, tmp_path, command, [allowed.hostport])
     assert out.text.count("denied  GET 127.0.0.1:9") == 50, out.text
     assert "... and 10 more connections (10 denied)" in out.text
+
+
+@pytest.mark.parametrize("loosened", [False, True], ids=["private", "CONTROL"])
+async def test_no_other_user_of_the_machine_can_use_the_proxy(
+    allowed: Upstream, loosened: bool
+) -> None:
+    """The proxy's socket is errands' user's only (the sandbox's user is that user
+    outside); another user (uid 65534 here, errands runs as root) cannot connect. The
+    control loosens the permissions and the other user gets in."""
+    assert shutil.which("setpriv"), "setpriv (util-linux) is needed to act as another user"
+    s = settings_for(allowed.hostport)
+    plan = Egress(egress_entries([allowed.hostport]))
+    async with egress_session(plan, s) as (extras, _):
+        where = extras.ro_binds[0][0]
+        if loosened:
+            where.chmod(0o755)
+            (where / "proxy.sock").chmod(0o666)
+        connect = (
+            f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(where / 'proxy.sock')!r}); "
+            "print('connected')"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "/usr/bin/python3", "-c", connect],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    if loosened:
+        assert "connected" in done.stdout, done.stderr
+        return
+    assert "Permission denied" in done.stderr and "connected" not in done.stdout

@@ -87,10 +87,8 @@ async def egress_session(
             "(Debian/Ubuntu: `apt-get install python3-minimal`)"
         )
     with tempfile.TemporaryDirectory(prefix="errands-egress-") as tmp:
-        where = Path(tmp)
-        where.chmod(0o755)
+        where = Path(tmp)  # 0700: the sandbox's user is errands' own user outside
         shutil.copyfile(bridge.FILE, where / "bridge.py")
-        (where / "bridge.py").chmod(0o644)
         proxy = proxy_class(settings, plan.entries, plan.hosts)
         await proxy.start(where / "proxy.sock")
         try:

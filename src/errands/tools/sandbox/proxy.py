@@ -149,10 +149,11 @@ class EgressProxy:
 
     # -- serving ---------------------------------------------------------------------------
     async def start(self, path: Path) -> None:
-        """Listen on the unix socket *path* (anyone who can reach it may connect: it is
-        made for the sandbox's user, and bound into its sandbox only)."""
+        """Listen on the unix socket *path*, for errands' own user only (the sandbox's
+        user is that user outside its namespace): no other user of the machine may use
+        errands' way out."""
         self._server = await asyncio.start_unix_server(self._serve, path=str(path))
-        os.chmod(path, 0o666)
+        os.chmod(path, 0o600)
 
     async def close(self) -> None:
         if self._server is not None:
