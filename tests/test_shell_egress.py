@@ -282,3 +282,16 @@ async def test_no_other_user_of_the_machine_can_use_the_proxy(
         assert "connected" in done.stdout, done.stderr
         return
     assert "Permission denied" in done.stderr and "connected" not in done.stdout
+
+
+async def test_the_sandbox_trusts_the_public_certificate_authorities(tmp_path: Path) -> None:
+    """https through the proxy needs the CA bundle; /etc/ssl/private stays outside."""
+    assert Path("/etc/ssl/certs/ca-certificates.crt").is_file(), "ca-certificates is missing"
+    command = (
+        "python3 -c 'import ssl; print(len(ssl.create_default_context().get_ca_certs()))'; "
+        "ls /etc/ssl/private 2>&1; ls /etc/ssl"
+    )
+    out = await shell(settings_for(), tmp_path, command, [])
+    lines = out.text.split("--- stdout ---\n", 1)[1].splitlines()
+    assert int(lines[0]) > 50, out.text
+    assert "No such file or directory" in lines[1] and "private" not in lines[2:], out.text

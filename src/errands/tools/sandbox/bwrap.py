@@ -70,7 +70,17 @@ SANDBOX_ENV = {
     "LANG": "C.UTF-8",
     "TERM": "dumb",
 }
-_ETC_FROM_HOST = ("ld.so.cache", "alternatives", "localtime")
+# (the CA certificates, public, for https through the egress proxy; never /etc/ssl itself,
+# whose private/ a sandbox of root's could read: its user is errands' user outside)
+_ETC_FROM_HOST = (
+    "ld.so.cache",
+    "alternatives",
+    "localtime",
+    "ssl/certs",
+    "ssl/openssl.cnf",
+    "pki/tls/certs",
+    "pki/ca-trust/extracted",
+)
 _INSTALL = (
     "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: "
     "`dnf install bubblewrap`) and make sure user namespaces are enabled "
