@@ -192,6 +192,9 @@ async def errands_workload(
     )
     store = harness.store
     policy_name = "errands.policy.rules.load_policy (default policy.toml)"
+    # OpenTelemetry, as errands up starts it: on only with OTEL_EXPORTER_OTLP_ENDPOINT set
+    # (docs/observability.md measures the loop with it off and on)
+    telemetry = harness.observe()
     try:
         ids = list(await asyncio.gather(*(harness.create(TASK, model=spec) for _ in range(n))))
         _check_policy_allows(harness.policy, registry, settings, ids[0])
@@ -206,6 +209,8 @@ async def errands_workload(
         else:
             await runner.claim(limit=n)  # the `errands serve` path: claim all, run all
             await runner.wait_idle()
+        if telemetry is not None:  # (what the run committed, read and exported: its cost too)
+            await telemetry.flush()
         wall = time.perf_counter() - t0
         cpu = time.process_time() - c0
         by_thread = probe.stop()
@@ -214,6 +219,8 @@ async def errands_workload(
         body = store.stats.bytes - s0[2]
         states = [v.state for v in await store.list_errands(limit=n + 1)]
     finally:
+        if telemetry is not None:
+            await telemetry.close()
         await harness.close()
     size1 = await asyncio.to_thread(disk_bytes, settings.db_path)
     done = sum(1 for s in states if s is ErrandState.done)
