@@ -338,10 +338,14 @@ async def _settled(store: Store) -> bool:
     return all(v.state in SETTLED for v in await store.list_errands(limit=1_000_000))
 
 
-async def work(root: Path, lease_ttl: float, owner: str | None = None) -> None:
+async def work(
+    root: Path, lease_ttl: float, owner: str | None = None, shared: bool = False
+) -> None:
     journal = Journal(root / "journal.log")
     arm(journal)
     store = AckingStore(root / "errands.sqlite", journal)
+    if shared:  # one of several workers on the store at once, as ``errands up --workers N``
+        store.share_writes()
     model = JournalModel(
         ScriptedModel(Script.model_validate(SCRIPT), name="scripted:torture"), journal
     )
@@ -454,12 +458,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-ttl", type=float, default=0.3)
     parser.add_argument("--owner", help="a stable worker name (default: a new one)")
     parser.add_argument("--fork-server", action="store_true", help="see serve_forks()")
+    parser.add_argument("--shared", action="store_true", help="other workers run beside it")
     args = parser.parse_args(argv)
     if args.fork_server:
         return serve_forks()
     if args.dir is None:
         parser.error("--dir is required")
-    asyncio.run(work(args.dir, args.lease_ttl, args.owner))
+    asyncio.run(work(args.dir, args.lease_ttl, args.owner, args.shared))
     return 0
 
 
