@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,3 +296,31 @@ async def test_the_sandbox_trusts_the_public_certificate_authorities(tmp_path: P
     lines = out.text.split("--- stdout ---\n", 1)[1].splitlines()
     assert int(lines[0]) > 50, out.text
     assert "No such file or directory" in lines[1] and "private" not in lines[2:], out.text
+
+
+async def test_https_goes_through_by_connect_end_to_end(tmp_path: Path) -> None:
+    """Real TLS to a server of the test's (its certificate for localhost, trusted inside
+    by --cacert): the proxy tunnels it by CONNECT without seeing inside."""
+    assert shutil.which("openssl"), "openssl is needed to make the test's certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with upstream(tls=context) as secure:
+        where = f"localhost:{secure.port}"
+        s = settings_for(where, allow_private=("127.0.0.1", "::1"))
+        command = (
+            f"curl -sS -m 5 --cacert cert.pem https://{where}/curl 2>&1; "
+            'python3 -c "import ssl, urllib.request as u; '
+            "c = ssl.create_default_context(cafile='cert.pem'); "
+            f"print(u.urlopen('https://{where}/py', context=c).read())\""
+        )
+        out = await shell(s, tmp_path, command, [where])
+        assert out.text.count("upstream-ok") == 2, out.text
+        assert [r["path"] for r in secure.requests] == ["/curl", "/py"]
+        assert f"allowed CONNECT {where} (127.0.0.1)" in out.text

@@ -4,6 +4,7 @@ what reached it (method, path, headers, body) and answers ``upstream-ok`` -- or,
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,9 @@ from typing import Any
 
 
 class Upstream:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.requests: list[dict[str, Any]] = []
         upstream = self
 
@@ -44,6 +47,8 @@ class Upstream:
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.host = host
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -59,8 +64,10 @@ class Upstream:
 
 
 @contextmanager
-def upstream(host: str = "127.0.0.1", port: int = 0) -> Iterator[Upstream]:
-    u = Upstream(host, port)
+def upstream(
+    host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+) -> Iterator[Upstream]:
+    u = Upstream(host, port, tls)
     try:
         yield u
     finally:
