@@ -324,3 +324,23 @@ async def test_https_goes_through_by_connect_end_to_end(tmp_path: Path) -> None:
         assert out.text.count("upstream-ok") == 2, out.text
         assert [r["path"] for r in secure.requests] == ["/curl", "/py"]
         assert f"allowed CONNECT {where} (127.0.0.1)" in out.text
+
+
+async def test_connections_at_once_are_capped(tmp_path: Path, allowed: Upstream) -> None:
+    """80 tunnels held open at once: 64 are served, the rest refused with 503 (each open
+    connection costs errands two descriptors)."""
+    hold = (
+        "import socket\n"
+        "held, said = [], []\n"
+        "for _ in range(80):\n"
+        "    s = socket.create_connection(('127.0.0.1', 3128))\n"
+        f"    s.sendall(b'CONNECT {allowed.hostport} HTTP/1.1\\r\\n\\r\\n')\n"
+        "    said.append(s.recv(64).split()[1].decode())\n"
+        "    held.append(s)\n"
+        "print(said.count('200'), said.count('503'))\n"
+    )
+    (tmp_path / "hold.py").write_text(hold)
+    out = await shell(
+        settings_for(allowed.hostport), tmp_path, "python3 hold.py", [allowed.hostport]
+    )
+    assert "--- stdout ---\n64 16\n" in out.text, out.text

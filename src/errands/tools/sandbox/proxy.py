@@ -14,7 +14,8 @@ an absolute URL, and for each connection:
 3. it connects to an address it vetted -- never to the name again, so a DNS answer that
    changes in between (rebinding) gains nothing;
 4. it counts the bytes both ways against the call's budget (``egress_max_bytes``) and
-   closes every connection when the budget is spent;
+   closes every connection when the budget is spent; at most :data:`MAX_CONNECTIONS` are
+   open at once (each holds two of errands' file descriptors);
 5. it logs the connection (:class:`Connection`: host, port, address, bytes,
    allowed or denied and why), which the shell's result shows.
 
@@ -52,6 +53,7 @@ __all__ = ["Connection", "EgressProxy", "SecretHosts"]
 
 HEAD_SECONDS = 30.0  # to send it
 MAX_LINES = 50  # connections shown one by one in the result
+MAX_CONNECTIONS = 64  # open at once, per call: the sandbox cannot spend errands' descriptors
 _HOP_HEADERS = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
 
 
@@ -180,6 +182,10 @@ class EgressProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._tasks) >= MAX_CONNECTIONS:  # each holds two of errands' descriptors
+            await _answer(writer, 503, f"at most {MAX_CONNECTIONS} connections at once")
+            writer.close()
+            return
         self._tasks.add(task)
         self._writers.add(writer)
         try:
@@ -296,7 +302,7 @@ def _destination(method: str, target: str, version: str) -> tuple[str, int, byte
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, why: str) -> None:
-    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}.get(status, "Error")
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}.get(status, "Busy")
     body = (why + "\n").encode("utf-8", "replace")
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
