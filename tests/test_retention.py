@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -388,3 +389,100 @@ def test_a_week_of_a_watch_and_daily_schedules_stays_under_its_bound(tmp_path: P
     assert result.max_bytes < 4_000_000, result.max_bytes
     assert result.max_file_bytes < 600_000, result.max_file_bytes
     assert result.end_bytes < 600_000, result.end_bytes
+
+
+# --- a kill in the middle -----------------------------------------------------------------
+
+
+async def _finished_errands(path: Path, count: int) -> None:
+    store = SQLiteStore(path)
+    clock = FakeClock(wall=time.time() - 3 * DAY)
+    try:
+        for i in range(count):
+            await store.create(f"e{i:03}", _created(clock, f"errand {i}"))
+            await store.append(f"e{i:03}", _step("answer", clock, i) + _step("done", clock, i))
+    finally:
+        await store.close()
+
+
+async def _after(path: Path) -> tuple[list[str], dict[str, Any], list[Any]]:
+    store = SQLiteStore(path)
+    try:
+        views = {v.id: v for v in await store.list_errands(limit=1000)}
+        usage = sorted((u.errand_id, u.at, u.usage.cost_usd) for u in await store.usage())
+        return await store.integrity_check(), views, usage
+    finally:
+        await store.close()
+
+
+def _compacted_so_far(path: Path) -> int:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return int(
+            db.execute("SELECT count(*) FROM events WHERE type = 'errand_compacted'").fetchone()[0]
+        )
+
+
+def _whole(db: Path, full: dict[str, Any], usage: list[Any]) -> list[str]:
+    """Check the store after a kill: every projection the fold of its log, every cost row
+    there, each errand either as it was or compacted with the same outcome; the ids of
+    the compacted ones."""
+    problems, views, usage_after = asyncio.run(_after(db))
+    assert problems == []  # every projection is the fold of its log, spend matches
+    assert usage_after == usage  # not a cent lost
+    assert views.keys() == full.keys()
+    for errand_id, view in views.items():  # each one whole: full, or compacted
+        before = full[errand_id]
+        assert (view.state, view.result, view.usage) == (before.state, before.result, before.usage)
+        if not view.compacted:
+            assert view.last_seq == before.last_seq
+    return [i for i, v in views.items() if v.compacted]
+
+
+class Killed(BaseException):
+    pass
+
+
+class DeletesFirst(SQLiteStore):
+    """The control: a compaction in two transactions -- the old log deleted, then (had
+    the process lived) the new one written -- killed between the two."""
+
+    async def compact(self, errand_id: str, guard: AppendCheck) -> Any:
+        await self._submit(lambda tx: self._delete_log(tx, errand_id))
+        raise Killed
+
+
+def test_negative_control_a_compaction_in_two_steps_is_caught(tmp_path: Path) -> None:
+    db = tmp_path / "errands.sqlite"
+    asyncio.run(_finished_errands(db, 3))
+    _, full, usage = asyncio.run(_after(db))
+
+    async def gc_and_die() -> None:
+        store = DeletesFirst(db)
+        try:
+            await Retention(store, RULES).run()
+        finally:
+            await store.close()
+
+    with pytest.raises(Killed):
+        asyncio.run(gc_and_die())
+    with pytest.raises(AssertionError):
+        _whole(db, full, usage)
+
+
+def test_a_kill_in_the_middle_of_gc_loses_nothing(cli: CLI, home: Path) -> None:
+    (home / "errands.toml").write_text("[retention]\nkeep_days = 1\n")
+    db = home / "errands.sqlite"
+    asyncio.run(_finished_errands(db, 120))
+    _, full, usage = asyncio.run(_after(db))
+    gc_run = cli.popen("gc")
+    try:
+        deadline = time.monotonic() + 30
+        while _compacted_so_far(db) < 5 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        gc_run.kill()  # SIGKILL, mid-way
+    finally:
+        gc_run.wait(30)
+    compacted = _whole(db, full, usage)
+    assert 5 <= len(compacted) < 120, "the kill did not land mid-way: make the store bigger"
+    finished = json.loads(cli("gc", "--json").stdout)  # the next run does the rest
+    assert finished["errands"] == 120 - len(compacted)
