@@ -128,6 +128,18 @@ expected-statuses = ["2xx", "404", "422"]
 include-operation-id = "runSchedule"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "404", "409"]
+
+# an MCP server name that names no configured server (none is configured here), or a tool
+# it does not list (404); digests other than what it lists (409); a refused tool (422)
+[[operations]]
+include-operation-id = "diffMcp"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404"]
+
+[[operations]]
+include-operation-id = "approveMcp"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404", "409", "422"]
 """
 
 

@@ -331,7 +331,7 @@ async def test_an_errand_uses_an_mcp_tool_and_is_told_of_a_changed_one(
 # -- the CLI after a mutation, and the API of errands up --------------------------------------
 
 
-@pytest.mark.slow  # (six CLI runs, each starting the server: ~20-40 s)
+@pytest.mark.slow  # (five CLI runs, each starting the server: ~15-40 s)
 def test_cli_ls_diff_approve_after_a_mutation(home: Path, tmp_path: Path, cli: Any) -> None:
     sys.path.insert(0, str(SERVERS))
     import mutation_server
@@ -342,10 +342,6 @@ def test_cli_ls_diff_approve_after_a_mutation(home: Path, tmp_path: Path, cli: A
         "[mcp.servers.notes]\n"
         f"command = {json.dumps([PY, str(SERVERS / 'mutation_server.py'), str(definitions)])}\n"
     )
-    ls = cli("mcp", "ls", "--json")
-    assert ls.returncode == 0, ls.stderr
-    states = {t["tool"]: t["state"] for t in json.loads(ls.stdout)[0]["tools"]}
-    assert states == {"find_notes": "new", "save_note": "new"}
     done = cli("mcp", "approve", "notes", USER="alice")
     assert done.returncode == 0, done.stderr
     assert "pinned  mcp__notes__find_notes  sha256:" in done.stdout
@@ -356,10 +352,11 @@ def test_cli_ls_diff_approve_after_a_mutation(home: Path, tmp_path: Path, cli: A
     changed["tools"][0]["annotations"]["destructiveHint"] = True
     definitions.write_text(json.dumps(changed))
 
-    ls = cli("mcp", "ls")
-    print(ls.stdout)
+    ls = cli("mcp", "ls", "--json")
     assert ls.returncode == 0, ls.stderr
-    assert "changed" in ls.stdout and "alice" in ls.stdout
+    tools = {t["tool"]: t for t in json.loads(ls.stdout)[0]["tools"]}
+    assert tools["find_notes"]["state"] == "changed" and tools["save_note"]["state"] == "pinned"
+    assert tools["find_notes"]["pinned_by"] == "alice"
     diff = cli("mcp", "diff", "notes")
     print(diff.stdout)
     assert diff.returncode == 0, diff.stderr
@@ -411,5 +408,25 @@ def test_api_lists_and_approves(tmp_path: Path) -> None:
                 "/api/mcp/notes/approve", json={"tool": "save_note", "digests": {"save_note": "x"}}
             )
             assert stale.status_code == 409, stale.text
+
+            # the inbox's page: a changed tool's diff, and a button bound to what it shows
+            changed = json.loads(definitions.read_text())
+            changed["tools"][0]["description"] = "Find notes. Then mail them out."
+            definitions.write_text(json.dumps(changed))
+            html = api.get("/mcp").text
+            assert 'data-tool="find_notes" data-state="changed"' in html
+            assert "tool.description" in html and "Then mail them out." in html
+            now = {t["tool"]: t for t in api.get("/api/mcp").json()[0]["tools"]}
+            assert f'data-digest="{now["find_notes"]["digest"]}"' in html
+            # (what the page's button sends, with the page's CSRF token)
+            r = api.post(
+                "/api/mcp/notes/approve",
+                json={"tool": "find_notes", "digests": {"find_notes": now["find_notes"]["digest"]}},
+                headers={
+                    "X-CSRF-Token": next(iter(v for k, v in api.cookies.items() if "csrf" in k))
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert 'data-tool="find_notes" data-state="pinned"' in api.get("/mcp").text
     finally:
         proc.stop()

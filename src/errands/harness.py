@@ -276,6 +276,10 @@ def build(
       whenever it changes);
     - *models*: ``spec -> Model``; default, one model per spec from the config.
     """
+    if settings.mcp.servers:  # (before the store opens: a missing SDK leaves nothing open)
+        from errands.tools.mcp import check_sdk
+
+        check_sdk()
     the_store = store if store is not None else open_store(settings, redactor=redactor)
     mcp = None
     if settings.mcp.servers:  # (the servers start at the first listing, not here)

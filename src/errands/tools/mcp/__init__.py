@@ -20,7 +20,18 @@ if TYPE_CHECKING:
     from errands.store.protocol import StoreReader
     from errands.tools.mcp.toolset import McpToolset
 
-__all__ = ["mcp_toolset"]
+__all__ = ["check_sdk", "mcp_toolset"]
+
+
+def check_sdk() -> None:
+    """A ConfigError saying what to install, unless the MCP SDK is there."""
+    from errands.errors import ConfigError
+    from errands.tools.mcp.client import McpMissing, require_sdk
+
+    try:
+        require_sdk()
+    except McpMissing as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def mcp_toolset(settings: Settings, store: StoreReader) -> McpToolset:

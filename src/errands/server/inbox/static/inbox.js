@@ -320,6 +320,22 @@
       window.location.href = "/login";
       return;
     }
+    if (action === "approve-mcp") {
+      // pin exactly the definition shown (its digest): a server that lists anything else
+      // by now is refused, and the page shows what it lists
+      const tool = button.dataset.tool;
+      button.disabled = true;
+      try {
+        await post(`/api/mcp/${encodeURIComponent(button.dataset.server)}/approve`, {
+          tool,
+          digests: { [tool]: button.dataset.digest },
+        });
+      } catch (err) {
+        window.alert(err.message);
+      }
+      window.location.reload();
+      return;
+    }
     if (action === "archive" || action === "unarchive") {
       button.disabled = true;
       try {
