@@ -4,7 +4,9 @@ systemd is not running in the test container (``/run/systemd/system`` is absent)
 commands run against a fake ``systemctl`` on PATH that records its arguments and says a
 manager is there; the real ``systemctl`` (which says ``offline``) shows the path without
 systemd; ``systemd-analyze verify`` -- the real one -- checks the unit files it writes.
-Everything happens under a temporary HOME.
+Everything happens under a temporary HOME. The unit's sandboxing is simulated with the
+same kernel features (a read-only /, NoNewPrivileges, a user namespace) and errands
+doctor starts a real bubblewrap sandbox under it.
 """
 
 from __future__ import annotations
@@ -272,3 +274,72 @@ def test_without_systemd_it_says_what_to_run_instead(
     assert m.unit.exists() and "Traceback" not in done.stderr
     status = m.run("service", "status")
     assert f"installed: yes\nsystemd: {why}" in status.stdout
+
+
+# -- the unit's sandbox, simulated: bubblewrap still starts under it -------------------------------
+
+# What the unit's sandboxing does to errands up, made with the same kernel features (the
+# test runs as root, like the CI): a mount namespace where / is read-only but for /tmp
+# (PrivateTmp: a writable /tmp of its own) and the home (ReadWritePaths), no new
+# privileges (setpriv), inside a user namespace of its own (PrivateUsers). errands doctor
+# then starts a real bubblewrap sandbox in it.
+SANDBOXED = """
+set -e
+mount --make-rprivate /
+mount --bind /tmp /tmp
+{home_bind}
+mount -o remount,bind,ro /
+if touch /.errands-ro-check 2>/dev/null; then echo "/ is writable"; exit 3; fi
+exec setpriv --no-new-privs unshare --user --map-root-user "$@"
+"""
+
+
+MAKE_STORE = """
+import asyncio, sys
+from errands.store.sqlite import SQLiteStore
+asyncio.run(SQLiteStore(sys.argv[1]).close())
+"""
+
+
+def doctor_in_the_units_sandbox(
+    home: Path, writable_home: bool
+) -> subprocess.CompletedProcess[str]:
+    assert os.geteuid() == 0, "the simulation makes namespaces: run the tests as root (CI does)"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    made = subprocess.run(  # a store in the home, for doctor to try a write on
+        [sys.executable, "-c", MAKE_STORE, str(home / "errands.sqlite")], timeout=60, check=True
+    )
+    assert made.returncode == 0
+    bind = f"mount --bind {shlex.quote(str(home))} {shlex.quote(str(home))}"
+    if not writable_home:  # (the control: the home left read-only, like the rest)
+        bind += f" && mount -o remount,bind,ro {shlex.quote(str(home))}"
+    script = SANDBOXED.format(home_bind=bind)
+    env = {**os.environ, "ERRANDS_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "200"}
+    cmd = [
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        sys.executable,
+        "-m",
+        "errands",
+        "doctor",
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_bubblewrap_starts_under_the_units_sandboxing(tmp_path: Path) -> None:
+    done = doctor_in_the_units_sandbox(tmp_path / "home", writable_home=True)
+    lines = done.stdout.splitlines()
+    sandbox = [line for line in lines if "sandbox:" in line]
+    assert sandbox and sandbox[0].startswith("ok"), done.stdout + done.stderr
+    assert "a sandbox starts" in sandbox[0], sandbox
+    assert "everything checks out" in done.stdout, done.stdout + done.stderr
+
+
+def test_negative_control_the_simulation_really_makes_the_system_read_only(tmp_path: Path) -> None:
+    done = doctor_in_the_units_sandbox(tmp_path / "home", writable_home=False)
+    assert "everything checks out" not in done.stdout, done.stdout
+    assert "store: cannot write" in done.stdout, done.stdout + done.stderr
