@@ -25,7 +25,14 @@ from errands.tools.sandbox.bwrap import WORKSPACE, Limits, Ran, Sandbox, Sandbox
 from errands.tools.sandbox.commands import parse_script
 from errands.tools.sandbox.egress import Egress, RedactorFactory, call_egress, egress_session
 from errands.tools.sandbox.proxy import EgressProxy
-from errands.tools.sandbox.secrets import Redact, call_secrets, declared_values, secret_redactor
+from errands.tools.sandbox.secrets import (
+    Redact,
+    call_secrets,
+    declared_values,
+    remember_given,
+    secret_redactor,
+    workspace_secret_hosts,
+)
 from errands.tools.tool import (
     Tool,
     ToolArgumentError,
@@ -180,6 +187,8 @@ def make_shell_tool(
         settings = ctx.settings if isinstance(ctx.settings, Settings) else Settings()
         entries = call_egress(egress or [], settings)
         values, hosts = call_secrets(settings, secrets or [])
+        remember_given(settings, ctx.workspace, values)
+        hosts += workspace_secret_hosts(settings, ctx.workspace, values)
         redact = redactor({**declared_values(settings), **values})
         plan = Egress(entries, values, hosts)
         try:

@@ -59,10 +59,12 @@ _HOP_HEADERS = (b"proxy-connection", b"proxy-authorization", b"connection", b"ke
 
 @dataclass(frozen=True)
 class SecretHosts:
-    """A secret a call carries, by name, and the hosts it may go to."""
+    """A secret a call carries (or an earlier call left in its workspace), by name, and
+    the hosts it may go to."""
 
     name: str
     hosts: tuple[str, ...]
+    earlier: bool = False  # given to an earlier call in this workspace, not to this one
 
 
 @dataclass
@@ -125,10 +127,12 @@ class EgressProxy:
             return "not in network.egress_allow"
         for secret in self.secrets:
             if not host_within(host, secret.hosts):
-                return (
-                    f"the call carries the secret {secret.name}, which may go only to "
-                    f"{', '.join(secret.hosts)}"
+                holds = (
+                    f"its workspace was given the secret {secret.name} by an earlier call"
+                    if secret.earlier
+                    else f"the call carries the secret {secret.name}"
                 )
+                return f"{holds}, which may go only to {', '.join(secret.hosts) or 'nowhere'}"
         return None
 
     async def open_upstream(

@@ -10,12 +10,20 @@ Whatever the command prints is redacted before it goes anywhere: every declared 
 that errands holds a value for is replaced with ``[REDACTED:NAME]`` -- as written, URL-
 and JSON-escaped, base64 (errands' store redactor, :class:`errands.store.redact.Redactor`)
 and hex (either case) -- whether or not the call named it.
+
+A command can also leave a secret in the workspace for a later command to send. So the
+names given in a workspace are remembered outside it (``ERRANDS_HOME/sandbox-taint``),
+and every later call in that workspace is held to those secrets' hosts as if it carried
+them (:func:`workspace_secret_hosts`). Deleting the workspace's file there lifts it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from errands.tools.sandbox.proxy import SecretHosts
@@ -24,7 +32,15 @@ from errands.tools.tool import ToolArgumentError, ToolError
 if TYPE_CHECKING:
     from errands.config import Settings
 
-__all__ = ["Redact", "call_secrets", "declared_values", "secret_redactor"]
+__all__ = [
+    "Redact",
+    "call_secrets",
+    "declared_values",
+    "given_before",
+    "remember_given",
+    "secret_redactor",
+    "workspace_secret_hosts",
+]
 
 ENV_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -72,6 +88,53 @@ def call_secrets(
         values[name] = value
         hosts.append(SecretHosts(name, tuple(declared.hosts)))
     return values, hosts
+
+
+def _taint_file(settings: Settings, workspace: Path) -> Path:
+    key = hashlib.sha256(os.fsencode(os.path.realpath(workspace))).hexdigest()[:32]
+    return settings.home / "sandbox-taint" / key
+
+
+def remember_given(settings: Settings, workspace: Path, names: Iterable[str]) -> None:
+    """Note, outside the workspace, that *names* were given to a command in *workspace*
+    (before it runs): the command may have left them there for a later one."""
+    given = set(names)
+    if not given:
+        return
+    path = _taint_file(settings, workspace)
+    known = set(given_before(settings, workspace))
+    if given <= known:
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as fh:
+        fh.write(
+            f"# {os.path.realpath(workspace)}\n" + "".join(f"{n}\n" for n in sorted(known | given))
+        )
+    os.replace(fh.name, path)
+
+
+def given_before(settings: Settings, workspace: Path) -> list[str]:
+    """The secrets given to commands in *workspace* so far."""
+    try:
+        text = _taint_file(settings, workspace).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def workspace_secret_hosts(
+    settings: Settings, workspace: Path, carried: Iterable[str]
+) -> list[SecretHosts]:
+    """Where the secrets an earlier call left in *workspace* may go (a secret no longer
+    declared: nowhere), for those this call does not carry itself."""
+    out = []
+    for name in given_before(settings, workspace):
+        if name in carried:
+            continue
+        declared = settings.secrets.get(name)
+        hosts = tuple(declared.hosts) if declared is not None else ()
+        out.append(SecretHosts(name, hosts, earlier=True))
+    return out
 
 
 def declared_values(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
