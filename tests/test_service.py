@@ -11,6 +11,7 @@ doctor starts a real bubblewrap sandbox under it.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.server import running, write_config
 
 from errands.service import unit as units
 from errands.service.systemd import up_command
@@ -343,3 +345,15 @@ def test_negative_control_the_simulation_really_makes_the_system_read_only(tmp_p
     done = doctor_in_the_units_sandbox(tmp_path / "home", writable_home=False)
     assert "everything checks out" not in done.stdout, done.stdout
     assert "store: cannot write" in done.stdout, done.stdout + done.stderr
+
+
+def test_status_says_whether_the_server_is_ready(tmp_path: Path) -> None:
+    m = Machine(tmp_path, "real")
+    home = tmp_path / "errands-home"
+    write_config(home)
+    before = m.run("--home", str(home), "service", "status", "--json")
+    assert json.loads(before.stdout)["server"] == f"no errands up is running for {home}"
+    with running(home) as server:
+        said = json.loads(m.run("--home", str(home), "service", "status", "--json").stdout)
+    assert said["server"] == f"ready at {server.url}/ (pid {server.proc.pid})", said
+    assert said["installed"] == "no"

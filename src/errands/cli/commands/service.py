@@ -107,11 +107,34 @@ def uninstall(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
     _tell(done, as_json)
 
 
+def _ready(home: Path) -> str:
+    """What the home's running server says at /readyz (loopback: no token needed)."""
+    import httpx
+
+    from errands.server.files import live_server, load_token
+
+    info = live_server(home)
+    if info is None:
+        return f"no errands up is running for {home}"
+    url = str(info["url"]).rstrip("/") + "/readyz"
+    try:  # (from loopback no token is needed; a server bound elsewhere sees another address)
+        token = load_token(home, create=False)[0] if info.get("token_required") else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        answer = httpx.get(url, timeout=5.0, headers=headers)
+        said = answer.json()
+    except (httpx.HTTPError, ValueError, ErrandsError) as exc:
+        return f"{url} did not answer: {type(exc).__name__}"
+    if answer.status_code == 200:
+        return f"ready at {info['url']} (pid {info['pid']})"
+    return f"not ready at {info['url']}: {said.get('reason', answer.status_code)}"
+
+
 def status(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
-    """Is the unit installed, enabled and active?"""
+    """Is the unit installed, enabled and active, and is the server ready?"""
     from errands.service import systemd
 
     _, found = systemd.status("system" if system else "user")
+    found["server"] = _ready(settings().home)
     if as_json:
         print(json.dumps(found))
         return
