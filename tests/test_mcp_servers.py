@@ -105,6 +105,41 @@ async def test_own_server_over_stdio(pins_store: SQLiteStore, tmp_path: Path) ->
         await ts.aclose()
 
 
+async def test_resources_and_prompts_as_tools(pins_store: SQLiteStore) -> None:
+    ts = await toolset_of(
+        pins_store,
+        {
+            "own": {
+                "command": [PY, str(SERVERS / "own_server.py")],
+                "resources": True,
+                "prompts": True,
+            }
+        },
+    )
+    try:
+        tools = await approved(ts, pins_store, "own")
+        listed = await call(ts, tools["mcp__own__resources_list"])
+        assert "notes://readme" in listed.text and listed.integrity is Integrity.untrusted
+        read = await call(ts, tools["mcp__own__resource_read"], uri="notes://readme")
+        assert read.text == "errands' own test server" and read.integrity is Integrity.untrusted
+        prompts = await call(ts, tools["mcp__own__prompts_list"])
+        assert "greet(name)" in prompts.text
+        got = await call(ts, tools["mcp__own__prompt_get"], name="greet", arguments={"name": "Ada"})
+        assert got.text == "user: Say hello to Ada" and got.integrity is Integrity.untrusted
+        assert tools["mcp__own__resource_read"].effect({}) is EffectClass.read
+        with pytest.raises(McpError, match="resources/read"):
+            await call(ts, tools["mcp__own__resource_read"], uri="notes://nothing")
+    finally:
+        await ts.aclose()
+    # not asked for: not offered
+    plain = await toolset_of(pins_store, {"own": {"command": [PY, str(SERVERS / "own_server.py")]}})
+    try:
+        names = (await asyncio.to_thread(plain.tools, ANYONE)).names
+        assert "mcp__own__add" in names and not any("resource" in n for n in names)
+    finally:
+        await plain.aclose()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

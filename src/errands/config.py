@@ -290,6 +290,10 @@ class McpServerSettings(BaseModel):
     # per tool (its name on the server): the effect class instead of the one its
     # annotations give (errands policy rules on mcp__NAME__TOOL decide per tool too)
     effects: dict[str, EffectClass] = {}
+    # the server's resources and prompts, as tools errands defines (mcp__NAME__resources_list,
+    # __resource_read, __prompts_list, __prompt_get); what they return is untrusted
+    resources: bool = False
+    prompts: bool = False
     # a call, or a listing, that takes longer is stopped (and the server restarted)
     timeout_seconds: float = Field(default=60.0, gt=0)
     # starting the server and negotiating the protocol

@@ -35,6 +35,7 @@ from errands.core.labels import Confidentiality, Integrity
 from errands.core.states import ErrandView
 from errands.store.protocol import StoreReader
 from errands.tools.mcp.client import Connection, McpError, Target, describe, require_sdk
+from errands.tools.mcp.extras import extras_for, run_extra
 from errands.tools.mcp.pins import (
     Listing,
     Pinner,
@@ -128,6 +129,7 @@ class McpTool(Tool):
     remote: str = ""  # its name on the server
     digest: str = ""
     input_schema: dict[str, Any] = field(default_factory=dict)
+    extra: str = ""  # one of errands' own resource or prompt tools (.extras), not the server's
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         from jsonschema import validators  # type: ignore[import-untyped]
@@ -323,6 +325,7 @@ class McpToolset:
             (s.name, s.reason) for server in statuses.values() for s in server if not s.offered
         ]
         key = (
+            *sorted(self.listings),
             *sorted(self.errors.items()),
             *sorted((s.name, s.digest) for s in offered),
             *sorted(withheld_now),
@@ -332,6 +335,11 @@ class McpToolset:
             self._state = _State(old.listing, old.tools, statuses, key)
             return
         tools = {s.name: make_mcp_tool(s, self.settings.servers[s.server].effects) for s in offered}
+        for server in sorted(self.listings):
+            for extra in self._extras(server):
+                listed = {st.name for st in statuses.get(server, [])}
+                if extra.name not in listed:  # (a server's own tool of that name wins)
+                    tools[extra.name] = extra
         withheld = {
             exposed_name(p.server, p.tool): f"{exposed_name(p.server, p.tool)} is not available: "
             + self.errors[p.server]
@@ -346,8 +354,38 @@ class McpToolset:
         )
         self._state = _State(ToolList(tools.values(), withheld), tools, statuses, key)
 
+    def _extras(self, server: str) -> list[McpTool]:
+        conf = self.settings.servers[server]
+        return [
+            McpTool(
+                name=name,
+                description=extra.description,
+                fn=_not_here,
+                args_model=_AnyArguments,
+                effect_spec=effect,
+                idempotent=True,
+                _schema=extra.schema,
+                server=server,
+                input_schema=extra.schema,
+                extra=extra.suffix,
+            )
+            for name, extra, effect in extras_for(
+                server, conf.resources, conf.prompts, http=conf.url is not None
+            )
+        ]
+
     async def _call(self, tool: McpTool, args: dict[str, Any]) -> ToolOutput:
         server = tool.server
+        if tool.extra:
+            text = await run_extra(
+                self.connections[server], tool.extra, args, self.settings.max_result_chars
+            )
+            return ToolOutput(
+                text=text,
+                integrity=Integrity.untrusted,
+                confidentiality=Confidentiality.private,
+                source=f"mcp:{server}/{tool.extra}",
+            )
         await self.refresh([server], only_stale=True)  # (the pins are read again too)
         status = next((s for s in (self._statuses(server)) if s.tool == tool.remote), None)
         if status is None or not status.offered:
