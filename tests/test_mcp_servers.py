@@ -286,6 +286,26 @@ async def test_a_faulty_server_fails_clearly_and_restarts(
     assert not any(_alive(p) for p in pids), "a server outlived its toolset"
 
 
+async def test_a_server_that_cannot_start_offers_nothing_and_backs_off(
+    pins_store: SQLiteStore,
+) -> None:
+    from errands.store.protocol import McpPin
+
+    await pins_store.pin_mcp("gone", [McpPin("gone", "t", "sha256:x", {})], by="tester")
+    ts = await toolset_of(pins_store, {"gone": {"command": ["/nonexistent/mcp-server"]}})
+    try:
+        listing = await asyncio.to_thread(ts.tools, ANYONE)
+        assert len(listing) == 0
+        assert "MCP server gone could not be started" in ts.errors["gone"]
+        with pytest.raises(ToolError, match="mcp__gone__t is not available: MCP server gone"):
+            listing.get("mcp__gone__t")
+        await ts.runtime.run(ts.refresh())  # the second failure in a row ...
+        await ts.runtime.run(ts.refresh())  # ... and the next try waits
+        assert "errands starts it again in 1 s" in ts.errors["gone"]
+    finally:
+        await ts.aclose()
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -387,10 +387,10 @@ class McpToolset:
                 source=f"mcp:{server}/{tool.extra}",
             )
         await self.refresh([server], only_stale=True)  # (the pins are read again too)
-        status = next((s for s in (self._statuses(server)) if s.tool == tool.remote), None)
+        if server not in self.listings and server in self.errors:  # (it cannot be listed)
+            raise McpError(f"{tool.name} is not available: {self.errors[server]}")
+        status = next((s for s in self._statuses(server) if s.tool == tool.remote), None)
         if status is None or not status.offered:
-            if server in self.errors and status is not None and status.state is ToolState.pinned:
-                raise McpError(self.errors[server])
             raise ToolError(
                 _refusal_text(status)
                 if status is not None
