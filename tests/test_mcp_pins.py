@@ -162,7 +162,7 @@ def test_every_single_leaf_mutation_blocks_the_tool(tmp_path: Path) -> None:
         baseline = copy.deepcopy(r.definitions)
 
         @settings(
-            max_examples=120,
+            max_examples=200,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
             database=None,
