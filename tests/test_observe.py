@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.kit import Ledger, call, harness_for, ledger_registry, script, write_script
-from helpers.server import clean_env, running, wait_for, write_config
+from helpers.kit import Ledger, call, harness_for, ledger_registry, script
+from helpers.server import Sink, clean_env, post_script, running, wait_for, write_config
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -358,22 +358,55 @@ def test_errands_up_refuses_a_malformed_endpoint_in_one_line(tmp_path: Path) -> 
     assert "Traceback" not in done.stderr and said.count("error:") == 1
 
 
-def test_a_real_server_sends_its_errands_spans(tmp_path: Path, receiver: Receiver) -> None:
+def test_a_real_server_restarted_mid_errand_sends_one_trace_without_repeats(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """errands up with the variables set: an errand waits for approval, the server stops
+    (SIGTERM) and starts again -- with a worker process this time, whose commits reach
+    the server's observer through its change feed -- the person approves, it finishes."""
     home = tmp_path / "home"
     write_config(home)
-    spec = write_script(tmp_path / "s.json", {"text": "hello to you"})
+    sink = Sink()
+    spec = post_script(tmp_path / "s.json", f"{sink.url}/notes", body=f"note {CANARY}")
     env = clean_env(home, **_env(receiver))
-    with running(home, env=env) as server, server.client() as api:
-        r = api.post("/api/errands", json={"text": "hello", "model": spec})
-        assert r.status_code == 201, r.text
-        eid = r.json()["id"]
-        wait_for(
-            lambda: api.get(f"/api/errands/{eid}").json()["status"] in ("done", "failed") or None
-        )
-        assert server.stop() == 0  # a clean stop exports what is left
-    roots = [s for s in receiver.spans if s.name == "errand.run"]
-    assert [r.attrs["errands.errand.id"] for r in roots] == [eid]
-    assert any(s.name.startswith("chat ") for s in receiver.spans)
+    try:
+        with running(home, env=env) as server, server.client() as api:
+            r = api.post("/api/errands", json={"text": "post it", "model": spec})
+            assert r.status_code == 201, r.text
+            eid = r.json()["id"]
+            wait_for(lambda: api.get(f"/api/errands/{eid}").json()["approvals"])
+            assert server.stop() == 0  # a clean stop exports what ended
+        with running(home, env=env, args=["--workers", "1"]) as server, server.client() as api:
+            (approval,) = api.get(f"/api/errands/{eid}").json()["approvals"]
+            r = api.post(f"/api/approvals/{approval['id']}/approve", json={})
+            assert r.status_code == 200, r.text
+            wait_for(lambda: api.get(f"/api/errands/{eid}").json()["status"] == "done")
+            assert server.stop() == 0
+    finally:
+        sink.close()
+    assert len(sink.effects) == 1
+    spans = receiver.spans
+    assert {s.trace for s in spans} == {spans[0].trace}  # one trace, across the restart
+    ids = [s.span for s in spans]
+    assert len(ids) == len(set(ids)), "a span was sent twice"
+    names = sorted(s.name.replace(str(tmp_path / "s.json"), "S") for s in spans)
+    assert names == sorted(
+        [
+            "errand.run",
+            "errand.step",
+            "errand.step",
+            "chat S",  # (scripted:PATH)
+            "chat S",
+            "approval.wait http_request",
+            "execute_tool http_request",
+        ]
+    ), names
+    (root,) = [s for s in spans if s.name == "errand.run"]
+    (wait,) = [s for s in spans if s.name.startswith("approval.wait")]
+    first = min((s for s in spans if s.name == "errand.step"), key=lambda s: s.start)
+    assert wait.parent == first.span and first.parent == root.span
+    assert root.attrs["errands.errand.id"] == eid
+    check_no_canary(receiver)
 
 
 # -- the follower alone: a schedule's run, and a restart in the middle of an errand -----------

@@ -232,6 +232,10 @@ class Telemetry:
         if self._closed:
             return
         with contextlib.suppress(Exception):
+            # what other processes (errands up's workers) committed last, which the change
+            # feed may not have announced before it stopped
+            for errand_id, seq, _ in await self.store.changed_since(time.time() - FIRST_SIGHT):
+                self._committed(errand_id, seq)
             await asyncio.wait_for(self.flush(), 10)
         self._closed = True
         if hasattr(self.store, "commit_timer"):
