@@ -481,3 +481,26 @@ def test_a_restart_mid_errand_goes_on_in_the_same_trace_without_repeats() -> Non
         [(s.name, s.span, s.parent, s.start, s.end) for s in before.spans + after.spans], key=str
     )
     assert {s.trace for s in whole.spans} == {trace_id("e1")}
+
+
+WITHOUT_OTEL = """
+import sys
+sys.modules["opentelemetry.sdk"] = None  # (as if the otel extra were not installed)
+from errands.cli.app import main
+sys.argv = ["errands", "up", "--port", "0"]
+main()
+"""
+
+
+def test_errands_up_without_the_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    env = clean_env(tmp_path / "home", OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318")
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_OTEL], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 2, done
+    said = " ".join(done.stderr.split())
+    assert said.startswith("error: OTEL_EXPORTER_OTLP_ENDPOINT is set, but OpenTelemetry is not"), (
+        said
+    )
+    assert "[otel]" in said and "Traceback" not in done.stderr
+    assert not (tmp_path / "home" / "server.json").exists()

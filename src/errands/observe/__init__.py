@@ -15,6 +15,7 @@ the store's commits (:mod:`.follow` turns the log into spans; :mod:`.otel` expor
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ def configured(env: Mapping[str, str] | None = None) -> OtelConfig | None:
         raise ConfigError(
             f"OTEL_METRIC_EXPORT_INTERVAL: {interval!r} is not milliseconds"
         ) from None
+    _installed()
     return OtelConfig(
         traces_url=_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces)
         if traces
@@ -86,6 +88,26 @@ def configured(env: Mapping[str, str] | None = None) -> OtelConfig | None:
         else (f"{base}/v1/metrics" if base else None),
         metrics_seconds=max(seconds, 0.05),
     )
+
+
+NEEDED = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")
+
+
+def _installed() -> None:
+    """Refuse (one line, with the command that installs them) when the variables ask for
+    OpenTelemetry and the ``otel`` extra is not installed; found without importing it."""
+    for name in NEEDED:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            from errands.install import extra_hint
+
+            raise ConfigError(
+                f"OTEL_EXPORTER_OTLP_ENDPOINT is set, but OpenTelemetry is not installed "
+                f"({name}): {extra_hint('otel')}"
+            )
 
 
 def start(store: Store, config: OtelConfig) -> Telemetry:
