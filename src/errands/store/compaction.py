@@ -56,8 +56,8 @@ class RetentionOps(abc.ABC):
 
     @abc.abstractmethod
     def _reclaim(self) -> int:
-        """Give the file's free pages back to the file system; the bytes it shrank by.
-        (Any thread; its own transaction.)"""
+        """Give the file's free pages back to the file system; their bytes. (Any
+        thread; its own transaction.)"""
 
     # ------------------------------------------------------------ writes
 

@@ -394,5 +394,5 @@ class Store(StoreReader, Protocol):
 
     async def reclaim(self) -> int:
         """Give the pages freed back to the file system while the store is in use (when
-        the file allows it: ``auto_vacuum``); the bytes the store shrank by."""
+        the file allows it: ``auto_vacuum``); the bytes of the pages given back."""
         ...

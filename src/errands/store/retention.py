@@ -86,7 +86,7 @@ class GcReport:
     wakeups: int = 0
     file_bytes_before: int = 0
     file_bytes_after: int = 0
-    reclaimed_bytes: int = 0  # the file shrank by (incremental vacuum)
+    reclaimed_bytes: int = 0  # free pages given back to the file system (incremental vacuum)
     auto_vacuum: str = ""
     compacted: list[str] = field(default_factory=list)
 

@@ -68,11 +68,11 @@ def _text(r: GcReport) -> str:
         f"{r.items:,} watch items, {r.wakeups:,} wake-ups",
     ]
     if r.dry_run:
-        lines.append(f"the store takes {r.file_bytes_before:,} bytes")
+        lines.append(f"the store takes {r.file_bytes_before:,} bytes with its WAL")
     else:
         lines.append(
-            f"the store took {r.file_bytes_before:,} bytes, now {r.file_bytes_after:,} "
-            f"({r.reclaimed_bytes:,} given back)"
+            f"the store took {r.file_bytes_before:,} bytes with its WAL, now "
+            f"{r.file_bytes_after:,} ({r.reclaimed_bytes:,} bytes of free pages given back)"
         )
     if r.auto_vacuum != "incremental":
         lines.append(

@@ -114,20 +114,21 @@ class SQLiteRetention:
     # ---------------------------------------------------------- any thread
 
     def _reclaim(self) -> int:
-        before = file_bytes(self.path)
         conn = connect(self.path)
         try:
             if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
                 return 0
             conn.execute("PRAGMA secure_delete = ON")
+            free = _free_bytes(conn)
             # (executescript steps the pragma to the end: one page per step)
             conn.executescript("PRAGMA incremental_vacuum;")
+            freed = free - _free_bytes(conn)
             _truncate_wal(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"could not give the freed pages back: {exc}") from exc
         finally:
             conn.close()
-        return max(0, before - file_bytes(self.path))
+        return freed
 
     async def retention_plan(
         self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
@@ -182,6 +183,11 @@ class SQLiteRetention:
             free_bytes=int(page) * int(free),
             auto_vacuum=_MODES.get(int(mode), str(mode)),
         )
+
+
+def _free_bytes(conn: sqlite3.Connection) -> int:
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    return int(page) * int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
 def _log_sizes(conn: sqlite3.Connection, errands: Sequence[str]) -> tuple[int, int]:
