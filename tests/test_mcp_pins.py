@@ -187,6 +187,29 @@ def test_every_single_leaf_mutation_blocks_the_tool(tmp_path: Path) -> None:
         r.close()
 
 
+def slipped_through(r: Rig) -> tuple[int, int]:
+    """Walk every single-leaf mutation: (how many left an affected tool offered, tried)."""
+    r.approve_all()
+    baseline = copy.deepcopy(r.definitions)
+    slipped = tried = 0
+    for path in ALL_LEAVES:
+        for how in [*mutations(at(baseline, path)), None]:
+            r.definitions = mutate(baseline, path, how)
+            r.relist()
+            slipped += bool(set(r.offered()) & affected(path))
+            tried += 1
+    return slipped, tried
+
+
+def test_all_132_single_leaf_mutations_exhaustively(tmp_path: Path) -> None:
+    """The same space, walked whole: every leaf, every way of changing it, and removing it."""
+    r = Rig(tmp_path / "all.sqlite")
+    try:
+        assert slipped_through(r) == (0, 132)
+    finally:
+        r.close()
+
+
 # -- named mutations, one example each ------------------------------------------------------
 
 
@@ -367,3 +390,13 @@ def test_negative_control_a_description_pin_lets_these_through(tmp_path: Path, k
         assert "mcp__m__find_notes" not in weak.offered()
     finally:
         weak.close()
+
+
+def test_negative_control_a_description_pin_misses_most_of_them(tmp_path: Path) -> None:
+    weak = Rig(tmp_path / "weak-all.sqlite", pinner=description_only)
+    try:
+        slipped, tried = slipped_through(weak)
+    finally:
+        weak.close()
+    # it catches only description changes, renames, and listings the SDK refuses outright
+    assert tried == 132 and slipped == 108
