@@ -357,3 +357,21 @@ def test_status_says_whether_the_server_is_ready(tmp_path: Path) -> None:
         said = json.loads(m.run("--home", str(home), "service", "status", "--json").stdout)
     assert said["server"] == f"ready at {server.url}/ (pid {server.proc.pid})", said
     assert said["installed"] == "no"
+
+
+def test_a_system_unit_is_enabled_through_the_system_manager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from errands.service import systemd
+
+    m = Machine(tmp_path, "fake")
+    unit = tmp_path / "etc" / "errands.service"
+    monkeypatch.setattr(systemd, "unit_path", lambda scope: unit)  # (not the real /etc)
+    monkeypatch.setenv("PATH", str(m.bin))
+    monkeypatch.setenv("SYSTEMCTL_LOG", str(m.log))
+    spec = spec_for(tmp_path, "system", "nobody")
+    done = systemd.install(spec)
+    assert done.changed and unit.read_text() == render(spec)
+    assert m.calls() == ["is-system-running", "daemon-reload", "enable --now errands.service"]
+    assert systemd.uninstall("system").changed and not unit.exists()
+    assert m.calls() == ["is-system-running", "disable --now errands.service", "daemon-reload"]
