@@ -162,14 +162,16 @@ class EgressProxy:
         os.chmod(path, 0o600)
 
     async def close(self) -> None:
+        """Stop listening and end every connection (closed first; what is still running
+        two seconds later is cancelled)."""
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, running = await asyncio.wait(set(self._tasks), timeout=2)
+            for task in running:
+                task.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=2)
@@ -292,7 +294,10 @@ def _destination(method: str, target: str, version: str) -> tuple[str, int, byte
         if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
             raise _Refused(400, f"CONNECT {target}: write host:port")
         return host.strip("[]").lower(), int(port), None
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address
+        raise _Refused(400, f"{target}: not a valid URL") from None
     if parts.scheme.lower() != "http" or not parts.hostname:
         raise _Refused(400, f"{target}: the proxy forwards http:// URLs (https goes by CONNECT)")
     try:
