@@ -486,3 +486,21 @@ def test_a_kill_in_the_middle_of_gc_loses_nothing(cli: CLI, home: Path) -> None:
     assert 5 <= len(compacted) < 120, "the kill did not land mid-way: make the store bigger"
     finished = json.loads(cli("gc", "--json").stdout)  # the next run does the rest
     assert finished["errands"] == 120 - len(compacted)
+
+
+def test_errands_up_applies_retention_by_itself(cli: CLI, home: Path) -> None:
+    from helpers.server import running, wait_for
+
+    (home / "errands.toml").write_text(
+        "[retention]\nkeep_days = 0.00001\nevery_minutes = 0.01\n"  # (0.9 s; every 0.6 s)
+    )
+    ran = json.loads(cli("demo", "--json").stdout)
+    with running(home) as server, server.client() as api:
+
+        def compacted() -> bool:
+            shown = json.loads(cli("show", ran["id"], "--json").stdout)["events"]
+            return any(e["type"] == "errand_compacted" for e in shown)
+
+        wait_for(compacted, timeout=30, interval=0.3)
+        assert api.get(f"/api/errands/{ran['id']}").json()["result"] == ran["result"]
+        assert server.stop() == 0
