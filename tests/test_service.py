@@ -230,11 +230,16 @@ def test_install_and_uninstall_are_idempotent(tmp_path: Path) -> None:
     )
     check_unit(text, spec)
     assert m.errands_home.is_dir() and (m.errands_home / "workspaces").is_dir()
+    env_file = m.errands_home / "service.env"  # for keys: 0600, comments only at first
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert all(line.startswith("#") for line in env_file.read_text().splitlines())
+    env_file.write_text("OPENAI_API_KEY=sk-kept\n")  # the person's: kept by installs
     assert m.calls() == told("is-system-running", "daemon-reload", "enable --now errands.service")
     again = m.run("service", "install")
     assert again.returncode == 0 and "already installed (unchanged)" in again.stdout
     assert m.unit.read_text() == text
     assert "--user restart errands.service" not in m.calls()
+    assert env_file.read_text() == "OPENAI_API_KEY=sk-kept\n"
     # a changed installation (a workspace root added): the unit is rewritten and restarted
     roots = tmp_path / "projects"
     roots.mkdir()

@@ -66,6 +66,28 @@ def _tell(done: Outcome, as_json: bool) -> None:
         out.print(line, highlight=False, markup=False)
 
 
+ENV_FILE_HEADER = """\
+# The environment of errands up as a service (errands service install): KEY=value lines,
+# read by systemd when it starts errands. Mode 0600: model keys belong here, never in the
+# unit file. For example:
+# OPENAI_API_KEY=sk-...
+# OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318
+"""
+
+
+def _env_file(path: Path, user: str | None) -> None:
+    """Make the service's environment file (0600, comments only) unless it exists."""
+    from errands.private import private_file
+
+    if path.exists():
+        return  # (the person's: left as it is)
+    private_file(path)
+    path.write_text(ENV_FILE_HEADER, encoding="utf-8")
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
 def install(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
     """Write the unit for this installation's errands up (its own ERRANDS_HOME, restarted
     on a failure, sandboxed), then enable and start it -- or, without systemd, say what
@@ -88,6 +110,7 @@ def install(system: SystemOpt = False, as_json: JsonOpt = False) -> None:
             user=user,
             version=__version__,
         )
+        _env_file(spec.env_file, user)
         done = systemd.install(spec)
     except (ErrandsError, ValueError) as exc:
         fail(str(exc))
