@@ -40,7 +40,7 @@ ENV = "DEPLOY_CANARY_VALUE"  # not *_KEY/_TOKEN/...: the store's redactor does n
 SPELLINGS = {
     "raw": 'echo $DEPLOY; echo "$DEPLOY" >&2',
     "base64": 'printf %s "$DEPLOY" | base64',
-    "hex": 'printf %s "$DEPLOY" | xxd -p -c 200',
+    "hex": 'printf %s "$DEPLOY" | od -An -v -tx1 | tr -d " \\n"; echo',
     "url": "python3 -c 'import os, urllib.parse as p; print(p.quote(os.environ[\"DEPLOY\"]))'",
 }
 

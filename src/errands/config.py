@@ -26,6 +26,7 @@ from pydantic import (
 from errands.clock import zone
 from errands.core.events import EffectClass, Limits
 from errands.errors import ConfigError
+from errands.mailconfig import EmailSettings
 
 __all__ = [
     "BudgetSettings",
@@ -374,6 +375,8 @@ class Settings(BaseModel):
     secrets: dict[str, SecretSettings] = {}
     # [mcp]: MCP servers whose tools errands offers, once pinned (errands.tools.mcp)
     mcp: McpSettings = McpSettings()
+    # [email]: the mail server (errands.mailconfig; docs/email.md); None: no email
+    email: EmailSettings | None = None
 
     @field_validator("timezone")
     @classmethod

@@ -256,6 +256,20 @@ def toolset_for(
     return PlanToolset(AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts)))
 
 
+def _email(settings: Settings, given: Sequence[Toolset]) -> list[Toolset]:
+    """The email tools of ``[email]`` (errands.tools.email), unless *given* has them."""
+    if settings.email is None:
+        return []
+    from errands.tools.email import check_libraries
+
+    check_libraries()
+    from errands.tools.email.tools import EmailToolset, email_toolset
+
+    if any(isinstance(t, EmailToolset) for t in given):
+        return []
+    return [email_toolset(settings.email)]
+
+
 def build(
     settings: Settings,
     *,
@@ -271,7 +285,8 @@ def build(
     - *store*: default, the home's store (:func:`errands.store.open_store`, with the
       secret redactor -- or *redactor*);
     - *toolsets*: added to the built-in tools (or in their place, ``builtins=False``);
-    - the MCP servers of ``[mcp]`` join as a toolset (:mod:`errands.tools.mcp`);
+    - the MCP servers of ``[mcp]`` join as a toolset (:mod:`errands.tools.mcp`), and the
+      email tools of ``[email]`` (:mod:`errands.tools.email`; unless *toolsets* has them);
     - *policy*: default, ``policy.toml`` in the home (read on first use, and again
       whenever it changes);
     - *models*: ``spec -> Model``; default, one model per spec from the config.
@@ -280,6 +295,7 @@ def build(
         from errands.tools.mcp import check_sdk
 
         check_sdk()
+    toolsets = [*toolsets, *_email(settings, toolsets)]  # (before the store: a missing extra)
     the_store = store if store is not None else open_store(settings, redactor=redactor)
     mcp = None
     if settings.mcp.servers:  # (the servers start at the first listing, not here)

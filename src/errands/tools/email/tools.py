@@ -1,0 +1,244 @@
+"""The email tools: search_email, read_email, draft_email, send_email.
+
+:func:`email_toolset` makes them for ``[email]`` (a toolset of their own, joined to the
+built-ins by :func:`errands.harness.toolset_for`). What the reading tools return is
+written by whoever sent the mail: it is labelled **untrusted** (and private), with the
+sender as its source, so flow control traces any recipient, URL or text a later call
+takes from it. ``draft_email`` stores a draft in the errand's log (no network);
+``send_email`` is ``external`` -- it asks by default -- and sends once
+(:mod:`errands.tools.email.outbox`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from imapclient.exceptions import IMAPClientError
+
+from errands.core.events import EffectClass
+from errands.core.labels import Confidentiality, Integrity
+from errands.mailconfig import EmailSettings, address_ok
+from errands.tools.email.client import MailError, imap_session, select
+from errands.tools.email.message import (
+    MAX_HEADER_CHARS,
+    build_message,
+    header_value,
+    message_id_for,
+    parse,
+    render,
+)
+from errands.tools.email.outbox import Outbox
+from errands.tools.tool import ToolArgumentError, ToolContext, ToolOutput, make_tool
+from errands.tools.toolset import FunctionToolset
+
+__all__ = ["EMAIL_TOOLS", "EmailToolset", "email_preview", "email_toolset"]
+
+EMAIL_TOOLS = ("draft_email", "read_email", "search_email", "send_email")
+MAX_RESULTS = 50
+_MESSAGE_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
+_ROLES = {"to": "recipient", "cc": "recipient", "subject": "subject", "body": "body"}
+
+
+def _untrusted(text: str, source: str) -> ToolOutput:
+    return ToolOutput(
+        text=text,
+        integrity=Integrity.untrusted,
+        confidentiality=Confidentiality.private,
+        source=source[:300],
+    )
+
+
+def check_mail(
+    settings: EmailSettings,
+    to: list[str],
+    cc: list[str],
+    subject: str,
+    body: str,
+    in_reply_to: str | None,
+) -> None:
+    """Refuse what cannot go out as written: ToolArgumentError saying what."""
+    if not to:
+        raise ToolArgumentError("to: at least one recipient")
+    for address in [*to, *cc]:
+        if not address_ok(address):
+            raise ToolArgumentError(f"{address!r} is not a bare mail address (name@example.com)")
+    if "\r" in subject or "\n" in subject or len(subject) > MAX_HEADER_CHARS:
+        raise ToolArgumentError("subject: one line, at most 2000 characters")
+    if in_reply_to is not None and not _MESSAGE_ID.match(in_reply_to):
+        raise ToolArgumentError("in_reply_to: a Message-ID, such as <abc@example.com>")
+    if len(body.encode()) > settings.max_message_bytes:
+        raise ToolArgumentError(f"body: more than max_message_bytes ({settings.max_message_bytes})")
+
+
+def email_preview(settings: EmailSettings) -> Any:
+    """The approval card of a send (or a draft): everything that would leave."""
+
+    def preview(args: Mapping[str, Any], workspace: Path) -> str:
+        lines = [
+            f"from: {settings.sender}",
+            f"to: {', '.join(args.get('to') or [])}",
+        ]
+        if args.get("cc"):
+            lines.append(f"cc: {', '.join(args['cc'])}")
+        lines.append(f"subject: {args.get('subject', '')}")
+        if args.get("in_reply_to"):
+            lines.append(f"in reply to: {args['in_reply_to']} (the thread it answers)")
+        lines.append("attachments: none")
+        lines += ["", str(args.get("body", ""))]
+        return "\n".join(lines)
+
+    return preview
+
+
+def _since(text: str | None) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ToolArgumentError(f"since: {text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _ident(text: str) -> tuple[str, int]:
+    folder, _, uid = text.rpartition(":")
+    if not folder or not uid.isdigit():
+        raise ToolArgumentError(f"id: {text!r} is not an id search_email gave (FOLDER:UID)")
+    return folder, int(uid)
+
+
+class EmailToolset(FunctionToolset):
+    """The email tools (one per harness: :func:`errands.harness.build` adds one for
+    ``[email]`` unless it is given one)."""
+
+
+def email_toolset(settings: EmailSettings, outbox: Outbox | None = None) -> EmailToolset:
+    """The email tools for *settings*; *outbox* sends (a test may pass its own)."""
+    sender = outbox or Outbox(settings)
+    tools = EmailToolset()
+
+    def search_email(
+        query: str = "", folder: str = "INBOX", since: str | None = None
+    ) -> ToolOutput:
+        """Search mail: the newest matching messages, with id, date, sender and subject.
+
+        Args:
+            query: Text to look for in the messages (empty: every message).
+            folder: The folder to search (INBOX, Sent, ...).
+            since: Only messages from this date on (YYYY-MM-DD).
+        """
+        criteria: list[Any] = ["TEXT", query] if query else ["ALL"]
+        day = _since(since)
+        if day is not None:
+            criteria += ["SINCE", day]
+        with imap_session(settings) as imap:
+            select(imap, folder)
+            try:
+                uids = sorted(imap.search(criteria, charset="UTF-8"))[-MAX_RESULTS:]
+                got = (
+                    imap.fetch(uids, ["BODY.PEEK[HEADER.FIELDS (FROM SUBJECT DATE)]"])
+                    if uids
+                    else {}
+                )
+            except (IMAPClientError, OSError) as exc:
+                raise MailError("mailbox", f"IMAP: the search failed: {exc}") from None
+        lines = [f"{len(uids)} message(s) in {folder}, newest last:"]
+        for uid in uids:
+            head = parse(got.get(uid, {}).get(b"BODY[HEADER.FIELDS (FROM SUBJECT DATE)]", b""))
+            fields = " | ".join(
+                f"{h.lower()}: {header_value(head, h)[:300]}" for h in ("Date", "From", "Subject")
+            )
+            lines.append(f"- id {folder}:{uid} | {fields}")
+        return _untrusted("\n".join(lines), f"mail in {folder} (senders: anyone)")
+
+    def read_email(id: str) -> ToolOutput:
+        """Read one mail: its headers, its text and the names of its attachments.
+
+        Args:
+            id: The message's id, as search_email gave it (FOLDER:UID).
+        """
+        folder, uid = _ident(id)
+        cap = settings.max_message_bytes
+        with imap_session(settings) as imap:
+            select(imap, folder)
+            try:
+                sizes = imap.fetch([uid], ["RFC822.SIZE"])
+                if uid not in sizes:
+                    raise MailError("mailbox", f"no message {id} (deleted, or never there)")
+                size = int(sizes[uid][b"RFC822.SIZE"])
+                part = f"BODY.PEEK[]<0.{cap}>" if size > cap else "BODY.PEEK[]"
+                got = imap.fetch([uid], [part])
+            except (IMAPClientError, OSError) as exc:
+                raise MailError("mailbox", f"IMAP: cannot read {id}: {exc}") from None
+        raw = next((v for k, v in got.get(uid, {}).items() if k.startswith(b"BODY[")), b"")
+        shown = render(bytes(raw), size=size, truncated=size > cap, ident=id)
+        return _untrusted(shown.text, f"{shown.sender or 'an unknown sender'} ({id})")
+
+    def draft_email(
+        to: list[str],
+        subject: str,
+        body: str,
+        ctx: ToolContext,
+        cc: list[str] | None = None,
+        in_reply_to: str | None = None,
+    ) -> str:
+        """Write a draft for the person to review; nothing is sent.
+
+        Args:
+            to: The recipients' addresses.
+            subject: The subject line.
+            body: The text of the mail.
+            cc: Copies to these addresses.
+            in_reply_to: The Message-ID of the mail this answers, if any.
+        """
+        check_mail(settings, to, cc or [], subject, body, in_reply_to)
+        preview = email_preview(settings)(
+            {"to": to, "cc": cc or [], "subject": subject, "body": body,
+             "in_reply_to": in_reply_to},
+            ctx.workspace,
+        )  # fmt: skip
+        return f"draft {ctx.idempotency_key} saved (not sent):\n{preview}"
+
+    async def send_email(
+        to: list[str],
+        subject: str,
+        body: str,
+        ctx: ToolContext,
+        cc: list[str] | None = None,
+        in_reply_to: str | None = None,
+    ) -> str:
+        """Send a mail from errands' address.
+
+        Args:
+            to: The recipients' addresses.
+            subject: The subject line.
+            body: The text of the mail.
+            cc: Copies to these addresses.
+            in_reply_to: The Message-ID of the mail this answers, if any.
+        """
+        check_mail(settings, to, cc or [], subject, body, in_reply_to)
+        msg = build_message(
+            sender=settings.sender, to=to, cc=cc or [], subject=subject, body=body,
+            message_id=message_id_for(ctx.idempotency_key, settings.address),
+            in_reply_to=in_reply_to,
+        )  # fmt: skip
+        return await asyncio.to_thread(sender.send, msg)
+
+    read = {"effect": EffectClass.read, "idempotent": True}
+    tools.add(make_tool(search_email, **read))  # type: ignore[arg-type]
+    tools.add(make_tool(read_email, **read))  # type: ignore[arg-type]
+    tools.add(
+        make_tool(draft_email, effect=EffectClass.none, idempotent=True, roles=_ROLES,
+                  preview=email_preview(settings))
+    )  # fmt: skip
+    tools.add(
+        make_tool(
+            send_email, effect=EffectClass.external, roles=_ROLES,
+            honours_idempotency_key=sender.checks_sent, preview=email_preview(settings),
+        )
+    )  # fmt: skip
+    return tools
