@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,41 @@ def email_preview(settings: EmailSettings) -> Any:
         return "\n".join(lines)
 
     return preview
+
+
+_MAIL_ARGS = """
+
+    Args:
+        to: The recipients' addresses.
+        subject: The subject line.
+        body: The text of the mail.
+        cc: Copies to these addresses.
+        in_reply_to: The Message-ID of the mail this answers, if any.
+"""
+
+MailAction = Callable[[dict[str, Any], ToolContext], Awaitable[str]]
+
+
+def _mail_tool(
+    name: str, summary: str, settings: EmailSettings, act: MailAction
+) -> Callable[..., Awaitable[str]]:
+    """A tool function taking a mail's fields (checked), handing them to *act*."""
+
+    async def fn(
+        to: list[str],
+        subject: str,
+        body: str,
+        ctx: ToolContext,
+        cc: list[str] | None = None,
+        in_reply_to: str | None = None,
+    ) -> str:
+        check_mail(settings, to, cc or [], subject, body, in_reply_to)
+        mail = {"to": to, "cc": cc or [], "subject": subject, "body": body}
+        return await act({**mail, "in_reply_to": in_reply_to}, ctx)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = summary + _MAIL_ARGS
+    return fn
 
 
 def _since(text: str | None) -> date | None:
@@ -178,55 +213,22 @@ def email_toolset(settings: EmailSettings, outbox: Outbox | None = None) -> Emai
         shown = render(bytes(raw), size=size, truncated=size > cap, ident=id)
         return _untrusted(shown.text, f"{shown.sender or 'an unknown sender'} ({id})")
 
-    def draft_email(
-        to: list[str],
-        subject: str,
-        body: str,
-        ctx: ToolContext,
-        cc: list[str] | None = None,
-        in_reply_to: str | None = None,
-    ) -> str:
-        """Write a draft for the person to review; nothing is sent.
-
-        Args:
-            to: The recipients' addresses.
-            subject: The subject line.
-            body: The text of the mail.
-            cc: Copies to these addresses.
-            in_reply_to: The Message-ID of the mail this answers, if any.
-        """
-        check_mail(settings, to, cc or [], subject, body, in_reply_to)
-        preview = email_preview(settings)(
-            {"to": to, "cc": cc or [], "subject": subject, "body": body,
-             "in_reply_to": in_reply_to},
-            ctx.workspace,
-        )  # fmt: skip
+    async def draft(mail: dict[str, Any], ctx: ToolContext) -> str:
+        preview = email_preview(settings)(mail, ctx.workspace)
         return f"draft {ctx.idempotency_key} saved (not sent):\n{preview}"
 
-    async def send_email(
-        to: list[str],
-        subject: str,
-        body: str,
-        ctx: ToolContext,
-        cc: list[str] | None = None,
-        in_reply_to: str | None = None,
-    ) -> str:
-        """Send a mail from errands' address.
-
-        Args:
-            to: The recipients' addresses.
-            subject: The subject line.
-            body: The text of the mail.
-            cc: Copies to these addresses.
-            in_reply_to: The Message-ID of the mail this answers, if any.
-        """
-        check_mail(settings, to, cc or [], subject, body, in_reply_to)
+    async def send(mail: dict[str, Any], ctx: ToolContext) -> str:
         msg = build_message(
-            sender=settings.sender, to=to, cc=cc or [], subject=subject, body=body,
+            sender=settings.sender,
             message_id=message_id_for(ctx.idempotency_key, settings.address),
-            in_reply_to=in_reply_to,
-        )  # fmt: skip
+            **mail,
+        )
         return await asyncio.to_thread(sender.send, msg)
+
+    draft_email = _mail_tool(
+        "draft_email", "Write a draft for the person to review; nothing is sent.", settings, draft
+    )
+    send_email = _mail_tool("send_email", "Send a mail from errands' address.", settings, send)
 
     read = {"effect": EffectClass.read, "idempotent": True}
     tools.add(make_tool(search_email, **read))  # type: ignore[arg-type]
