@@ -504,3 +504,26 @@ def test_errands_up_without_the_extra_says_how_to_install_it(tmp_path: Path) -> 
     )
     assert "[otel]" in said and "Traceback" not in done.stderr
     assert not (tmp_path / "home" / "server.json").exists()
+
+
+def test_a_failed_model_call_is_an_error_span_without_its_message() -> None:
+    text = ev.Content(text="x", provenance=Provenance(kind="user"))
+    events: list[ev.Event] = [
+        ev.ErrandCreated(at=1.0, title="t", content=text, model="p:m", workspace="w"),
+        ev.ModelRequested(at=2.0, model="p:m", tools_hash="h"),
+        ev.ErrorRaised(at=3.0, kind="model_error", message=f"provider said {CANARY}"),
+        ev.StateChanged(at=3.0, state="failed", reason=f"the model failed: {CANARY}"),
+    ]
+    sink = ListSink()
+    follower = Follower(sink)
+    follower.begin("e2", since=0.0)
+    follower.follow("e2", [StoredEvent("e2", i + 1, e) for i, e in enumerate(events)])
+    chat, step, run = sink.spans
+    assert (chat.name, chat.error, chat.attrs["error.type"]) == (
+        "chat m",
+        "model_error",
+        "model_error",
+    )
+    assert chat.parent == step.span and step.attrs["errands.state"] == "failed"
+    assert (run.name, run.error, run.attrs["errands.state"]) == ("errand.run", "failed", "failed")
+    assert CANARY not in repr(sink.spans)
