@@ -144,7 +144,9 @@ async def test_a_secret_must_be_declared_and_set(
 ) -> None:
     tool = make_shell_tool()
     ctx = ToolContext("e1", 1, "k", configured, settings=load_settings(configured))
-    with pytest.raises(ToolArgumentError, match=r"no secret named NOPE in errands\.toml"):
+    with pytest.raises(
+        ToolArgumentError, match=r"no secret named NOPE in errands\.toml \(declared: DEPLOY\)"
+    ):
         await tool.invoke(tool.validate({"command": "true", "secrets": ["NOPE"]}), ctx)
     monkeypatch.delenv(ENV)
     with pytest.raises(ToolError, match=f"errands' environment has no {ENV}"):

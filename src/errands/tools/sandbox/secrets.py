@@ -65,9 +65,10 @@ def call_secrets(
     for name in dict.fromkeys(names):
         declared = settings.secrets.get(name)
         if declared is None:
+            known = ", ".join(sorted(settings.secrets)) or "none"
             raise ToolArgumentError(
-                f"shell: no secret named {name} in errands.toml; the person declares it "
-                f'and where it may go: [secrets.{name}] hosts = ["example.com"]'
+                f"shell: no secret named {name} in errands.toml (declared: {known}); the "
+                f'person declares it and where it may go: [secrets.{name}] hosts = ["example.com"]'
             )
         if name.upper() in RESERVED:
             raise ToolArgumentError(
