@@ -73,6 +73,7 @@ class Receiver:
     spans: list[Span] = field(default_factory=list)
     metrics: dict[str, list[Any]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    services: set[str] = field(default_factory=set)  # the resources' service.name
     raw: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -85,6 +86,9 @@ def _value(v: Any) -> Any:
 def _decode_traces(body: bytes, into: Receiver) -> bytes:
     request = ExportTraceServiceRequest.FromString(body)
     for resource in request.resource_spans:
+        for a in resource.resource.attributes:
+            if a.key == "service.name":
+                into.services.add(_value(a.value))
         for scope in resource.scope_spans:
             for s in scope.spans:
                 into.spans.append(
@@ -203,6 +207,7 @@ async def test_an_errand_arrives_as_one_trace_of_steps_calls_and_an_approval(
 ) -> None:
     eid = await run_observed(store, settings, tmp_path, receiver, Follower)
     assert set(receiver.requests) == {"/v1/traces", "/v1/metrics"}
+    assert receiver.services == {"errands"}
     spans = receiver.spans
     assert len({s.trace for s in spans}) == 1  # one trace per errand run
     by_name: dict[str, list[Span]] = {}
@@ -368,7 +373,7 @@ def test_a_real_server_restarted_mid_errand_sends_one_trace_without_repeats(
     write_config(home)
     sink = Sink()
     spec = post_script(tmp_path / "s.json", f"{sink.url}/notes", body=f"note {CANARY}")
-    env = clean_env(home, **_env(receiver))
+    env = clean_env(home, **_env(receiver), OTEL_SERVICE_NAME="errands-test")
     try:
         with running(home, env=env) as server, server.client() as api:
             r = api.post("/api/errands", json={"text": "post it", "model": spec})
@@ -385,6 +390,7 @@ def test_a_real_server_restarted_mid_errand_sends_one_trace_without_repeats(
     finally:
         sink.close()
     assert len(sink.effects) == 1
+    assert receiver.services == {"errands-test"}  # (OTEL_SERVICE_NAME, as the SDK reads it)
     spans = receiver.spans
     assert {s.trace for s in spans} == {spans[0].trace}  # one trace, across the restart
     ids = [s.span for s in spans]

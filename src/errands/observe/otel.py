@@ -71,6 +71,15 @@ class _PresetIds(IdGenerator):
         return found if found is not None else self.random.generate_trace_id()
 
 
+def _resource() -> Resource:
+    """service.name "errands" unless OTEL_SERVICE_NAME (or OTEL_RESOURCE_ATTRIBUTES) names
+    it; the version; what the environment's resource detectors add."""
+    resource = Resource.create({"service.version": __version__})
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "errands"}))
+    return resource
+
+
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
@@ -82,7 +91,7 @@ class Telemetry:
         self.store = store
         self.config = config
         self.started = time.time()
-        resource = Resource.create({"service.name": "errands", "service.version": __version__})
+        resource = _resource()
         self.ids = _PresetIds()
         self.tracer_provider: TracerProvider | None = None
         self.meter_provider: MeterProvider | None = None
