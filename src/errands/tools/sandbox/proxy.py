@@ -113,7 +113,8 @@ class EgressProxy:
         self.secrets = list(secrets)
         self.budget = settings.network.egress_max_bytes
         self.used = 0
-        self.log: list[Connection] = []
+        self.log: list[Connection] = []  # the first MAX_LINES connections
+        self.more = self.more_denied = 0  # and how many after them (memory stays bounded)
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -176,14 +177,19 @@ class EgressProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=2)
 
-    def lines(self, most: int = MAX_LINES) -> list[str]:
-        """The log, one line per connection: the first *most*, then how many more."""
-        shown = [c.line() for c in self.log[:most]]
-        if len(self.log) > most:
-            more = self.log[most:]
-            denied = sum(not c.allowed for c in more)
-            shown.append(f"... and {len(more)} more connections ({denied} denied)")
+    def lines(self) -> list[str]:
+        """The log, one line per connection: the first :data:`MAX_LINES`, then how many
+        more."""
+        shown = [c.line() for c in self.log]
+        if self.more:
+            shown.append(f"... and {self.more} more connections ({self.more_denied} denied)")
         return shown
+
+    def _logged(self, entry: Connection) -> bool:
+        if len(self.log) < MAX_LINES:
+            self.log.append(entry)
+            return True
+        return False
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -221,7 +227,25 @@ class EgressProxy:
             await _answer(writer, exc.status, exc.why)
             return
         entry = Connection(method.upper(), host, port)
-        self.log.append(entry)
+        if self._logged(entry):
+            await self._connect(entry, reader, writer, lines, first)
+            return
+        try:
+            await self._connect(entry, reader, writer, lines, first)
+        finally:
+            self.more += 1
+            self.more_denied += not entry.allowed
+
+    async def _connect(
+        self,
+        entry: Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        lines: list[bytes],
+        first: bytes | None,
+    ) -> None:
+        """Apply the policy and the guard to *entry*, then carry the connection."""
+        host, port = entry.host, entry.port
         why = self.refusal(host, port)
         if why is not None:
             entry.why = why
