@@ -23,6 +23,7 @@ from helpers.upstream import Upstream, upstream
 from seams.shell_controls import UnguardedProxy, no_redaction
 
 from errands.config import load_settings
+from errands.core.labels import Confidentiality
 from errands.core.states import ErrandState
 from errands.engine.operations import create_errand
 from errands.models.protocol import ModelReply, ModelRequest
@@ -93,7 +94,9 @@ async def run(
     workspace.mkdir(exist_ok=True)
     args = {"command": command, "secrets": ["DEPLOY"], "egress": egress or [], "timeout_s": 30}
     ctx = ToolContext("e1", 1, "k", workspace, settings=load_settings(home))
-    return (await tool.invoke(tool.validate(args), ctx)).text
+    out = await tool.invoke(tool.validate(args), ctx)
+    assert out.confidentiality is Confidentiality.secret  # derived from a secret
+    return out.text
 
 
 @pytest.mark.parametrize("redactor", [secret_redactor, no_redaction], ids=["redacted", "CONTROL"])

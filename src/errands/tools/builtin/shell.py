@@ -8,7 +8,8 @@ egress_allow`` lists, and a secret it names (:mod:`errands.tools.sandbox.secrets
 go only to that secret's hosts. The default policy asks before every command no rule
 allows (:mod:`errands.tools.sandbox.commands`). The output -- every declared secret
 redacted -- is labelled **untrusted** (a command prints what files and programs written
-by others say) and **private** (it may show the workspace's contents).
+by others say) and **private** (it may show the workspace's contents), or **secret** when
+the call carries a secret.
 """
 
 from __future__ import annotations
@@ -187,7 +188,10 @@ def make_shell_tool(
         settings = ctx.settings if isinstance(ctx.settings, Settings) else Settings()
         entries = call_egress(egress or [], settings)
         values, hosts = call_secrets(settings, secrets or [])
-        remember_given(settings, ctx.workspace, values)
+        try:
+            remember_given(settings, ctx.workspace, values)
+        except OSError as exc:  # unrecorded, a later call could send what this one leaves
+            raise ToolError(f"shell: cannot record the secrets given: {exc}") from None
         hosts += workspace_secret_hosts(settings, ctx.workspace, values)
         redact = redactor({**declared_values(settings), **values})
         plan = Egress(entries, values, hosts)
@@ -199,7 +203,8 @@ def make_shell_tool(
         return ToolOutput(
             text=render(ran, note, redact, seen.lines() if seen is not None else None),
             integrity=Integrity.untrusted,
-            confidentiality=Confidentiality.private,
+            # what a command holding a secret prints is derived from it (redaction is a net)
+            confidentiality=Confidentiality.secret if values else Confidentiality.private,
             source=f"shell: {command.splitlines()[0][:80] if command else ''}",
         )
 
