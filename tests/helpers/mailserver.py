@@ -65,6 +65,7 @@ protocols = imap lmtp
 listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
+auth_failure_delay = 0
 auth_mechanisms = plain login
 default_internal_user = {user}
 default_internal_group = {group}
