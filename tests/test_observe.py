@@ -45,6 +45,7 @@ from errands.core.states import ErrandState
 from errands.engine.operations import create_errand
 from errands.observe import configured
 from errands.observe.follow import Follower, SpanRecord, trace_id
+from errands.observe.otel import Telemetry
 from errands.policy.rules import Policy
 from errands.store import Store
 from errands.store.protocol import StoredEvent
@@ -172,7 +173,12 @@ def _env(receiver: Receiver) -> dict[str, str]:
 
 
 async def run_observed(
-    store: Store, settings: Settings, tmp_path: Path, receiver: Receiver, follower: type[Follower]
+    store: Store,
+    settings: Settings,
+    tmp_path: Path,
+    receiver: Receiver,
+    follower: type[Follower],
+    telemetry_class: type[Telemetry] = Telemetry,
 ) -> str:
     """One errand: a read (and an unknown tool), a send a person approves, a final answer."""
     ledger = Ledger(tmp_path / "ledger")
@@ -182,6 +188,7 @@ async def run_observed(
     telemetry = harness.observe(_env(receiver))
     assert telemetry is not None
     telemetry.follower.__class__ = follower
+    telemetry.__class__ = telemetry_class
     runner = harness.runner()
     eid = await create_errand(store, settings, "find the rent", model="scripted:demo")
     view = await runner.run_errand(eid)
@@ -291,6 +298,38 @@ async def test_negative_control_arguments_in_a_span_are_caught(
     await run_observed(store, settings, tmp_path, receiver, LeakyFollower)
     with pytest.raises(AssertionError, match="canary"):
         check_no_canary(receiver)
+
+
+async def test_the_sampler_decides_for_a_whole_trace(
+    store: Store,
+    settings: Settings,
+    tmp_path: Path,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")  # (read by the SDK)
+    await run_observed(store, settings, tmp_path, receiver, Follower)
+    assert receiver.spans == [] and "/v1/traces" not in receiver.requests
+    assert "errands.steps" in receiver.metrics  # (metrics are not sampled)
+
+
+class EverySpan(Telemetry):
+    """Marks every parent sampled, whatever the sampler said of the trace's root."""
+
+    def _sampled(self, trace_id: int) -> bool:
+        return True
+
+
+async def test_negative_control_parents_marked_sampled_send_a_dropped_trace(
+    store: Store,
+    settings: Settings,
+    tmp_path: Path,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+    await run_observed(store, settings, tmp_path, receiver, Follower, EverySpan)
+    assert receiver.spans and "errand.run" not in {s.name for s in receiver.spans}
 
 
 def test_configuration_is_off_by_default_and_refuses_malformed_values() -> None:

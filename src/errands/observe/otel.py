@@ -29,6 +29,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
 
 from errands import __version__
@@ -52,6 +53,7 @@ ACTIVE = (
     ErrandState.needs_attention,
 )
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+_DROPPED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
 
 class _PresetIds(IdGenerator):
@@ -149,8 +151,9 @@ class Telemetry:
         if r.parent is None:
             context = Context()
             self.ids.trace_id = r.trace
-        else:
-            parent = SpanContext(r.trace, r.parent, is_remote=False, trace_flags=_SAMPLED)
+        else:  # (sampled as its trace's root is: OTEL_TRACES_SAMPLER decides once a trace)
+            flags = _SAMPLED if self._sampled(r.trace) else _DROPPED
+            parent = SpanContext(r.trace, r.parent, is_remote=False, trace_flags=flags)
             context = trace.set_span_in_context(NonRecordingSpan(parent))
         self.ids.span_id = r.span
         kind = SpanKind.CLIENT if r.name.startswith("chat ") else SpanKind.INTERNAL
@@ -161,6 +164,13 @@ class Telemetry:
         if r.error is not None:
             span.set_status(Status(StatusCode.ERROR, r.error))
         span.end(end_time=_ns(max(r.end, r.start)))
+
+    def _sampled(self, trace_id: int) -> bool:
+        """Is the trace sampled? What the sampler says of its root (a ratio sampler's
+        answer depends only on the trace id, which is the errand's)."""
+        assert self.tracer_provider is not None
+        said = self.tracer_provider.sampler.should_sample(None, trace_id, "errand.run")
+        return said.decision is Decision.RECORD_AND_SAMPLE
 
     def step(self, model: str) -> None:
         if self.meter_provider is not None:
