@@ -197,3 +197,35 @@ def test_a_newer_release_resumes_every_errand_where_it_was(
         ),
     )
     assert lax.cli("ls").returncode == 0
+
+
+def test_an_event_from_a_newer_release_is_refused_in_one_line(tmp_path: Path, home: Path) -> None:
+    """A newer release may bump an event's version without a migration: this release
+    then meets the event itself, and refuses it the same way."""
+    this = Version(home, None)
+    ran = this.cli("demo", "--json")
+    assert ran.returncode == 0, ran.stderr
+    errand_id = json.loads(ran.stdout)["id"]
+    with closing(sqlite3.connect(home / "errands.sqlite")) as db:
+        db.execute(
+            "UPDATE events SET body = replace(body, '\"v\":1,', '\"v\":7,')"
+            " WHERE type = 'tool_intent'"
+        )
+        db.commit()
+    (home / "errands.toml").write_text("[retention]\nkeep_days = 0.000001\n")
+    shown = this.cli("show", errand_id)
+    assert shown.returncode == 2, shown.stdout
+    assert "written by a newer errands: event tool_intent v7" in shown.stderr
+    assert "bug" not in shown.stderr and "Traceback" not in shown.stderr
+    collected = this.cli("gc", "--json")  # compaction leaves it alone, and says why
+    assert collected.returncode == 0, collected.stderr
+    assert json.loads(collected.stdout)["refused"] == 1
+    # the control: without the version check, the newer event is read as if it were old
+    lax = Version(
+        home,
+        build_variant(
+            tmp_path / "lax",
+            [("core/events.py", "    if version > cls.VERSION:\n", "    if False:\n")],
+        ),
+    )
+    assert lax.cli("show", errand_id).returncode == 0

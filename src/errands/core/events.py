@@ -35,6 +35,7 @@ __all__ = [
     "ErrandPurged",
     "ErrorRaised",
     "Event",
+    "EventTooNew",
     "Limits",
     "LimitsRaised",
     "ModelRequested",
@@ -428,6 +429,10 @@ UPGRADERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
+class EventTooNew(ValueError):
+    """An event of a version this errands does not know: a newer errands wrote it."""
+
+
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
     """Bring an event dict of any earlier version up to the current one."""
     kind = data.get("type")
@@ -436,7 +441,7 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown event type {kind!r}")
     version = int(data.get("v", 1))
     if version > cls.VERSION:
-        raise ValueError(
+        raise EventTooNew(
             f"event {kind} v{version} is newer than this errands understands (v{cls.VERSION}); "
             "upgrade errands"
         )

@@ -18,8 +18,9 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from errands.core import events as ev
 from errands.core.states import ErrandView, apply
-from errands.errors import StoreError
+from errands.errors import SchemaTooNew, StoreError
 from errands.store.protocol import AppendCheck
 from errands.store.retention import Compacted, compacted_log, same_outcome
 from errands.store.writer import Prepared, Tx
@@ -73,7 +74,10 @@ class RetentionOps(abc.ABC):
             guard(before)
             rows = self._log_bodies(tx, errand_id)
             bodies = [body for _, body, _ in rows]
-            kept = compacted_log(before, bodies, tx.now)
+            try:
+                kept = compacted_log(before, bodies, tx.now)
+            except ev.EventTooNew as exc:
+                raise SchemaTooNew(f"this store was written by a newer errands: {exc}") from None
             if not same_outcome(before, kept, errand_id):
                 raise StoreError(f"errand {errand_id}: its compacted log would fold differently")
             self._delete_log(tx, errand_id)

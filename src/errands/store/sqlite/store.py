@@ -31,7 +31,7 @@ from errands.clock import SYSTEM, Clock
 from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs import spend as money
-from errands.errors import NotFound, StoreError, StoreUnavailable
+from errands.errors import NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from errands.private import private_dir, private_file
 from errands.store import health
 from errands.store.base import (
@@ -96,6 +96,8 @@ def _reads(
     def read(self: SQLiteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(self, *args, **kwargs)
+        except ev.EventTooNew as exc:  # (a newer errands wrote it: refused, not misread)
+            raise SchemaTooNew(f"this store was written by a newer errands: {exc}") from None
         except sqlite3.Error as exc:
             condition = unavailable(exc, self.path)
             if condition is None:
