@@ -21,7 +21,8 @@ from errands.core.states import ErrandState
 from errands.harness import Harness
 from errands.store.sqlite import SQLiteStore
 
-__all__ = ["mail"]  # (the module-scoped fixture)
+__all__ = ["mail"]
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # (the module-scoped fixture)
 
 
 @pytest.fixture
