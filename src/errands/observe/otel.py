@@ -19,18 +19,18 @@ from collections import Counter
 from collections.abc import Iterable
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
 from errands import __version__
 from errands.core import events as ev
@@ -53,24 +53,7 @@ ACTIVE = (
     ErrandState.needs_attention,
 )
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
-_DROPPED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
-
-
-class _PresetIds(IdGenerator):
-    """Random ids, except the ones the follower derived (set just before a span starts)."""
-
-    def __init__(self) -> None:
-        self.random = RandomIdGenerator()
-        self.span_id: int | None = None
-        self.trace_id: int | None = None
-
-    def generate_span_id(self) -> int:
-        found, self.span_id = self.span_id, None
-        return found if found is not None else self.random.generate_span_id()
-
-    def generate_trace_id(self) -> int:
-        found, self.trace_id = self.trace_id, None
-        return found if found is not None else self.random.generate_trace_id()
+_UNSET = Status(StatusCode.UNSET)
 
 
 def _resource() -> Resource:
@@ -93,15 +76,17 @@ class Telemetry:
         self.store = store
         self.config = config
         self.started = time.time()
-        resource = _resource()
-        self.ids = _PresetIds()
-        self.tracer_provider: TracerProvider | None = None
+        resource = self.resource = _resource()
+        # spans are made finished, from the log's times and ids, and handed straight to the
+        # batch processor (no live span, no tracer); the provider is read for the sampler
+        # OTEL_TRACES_SAMPLER configures
+        self.sampler = TracerProvider(resource=resource).sampler
+        self.processor: BatchSpanProcessor | None = None
         self.meter_provider: MeterProvider | None = None
         if config.traces_url is not None:
-            self.tracer_provider = TracerProvider(resource=resource, id_generator=self.ids)
-            exporter = OTLPSpanExporter(endpoint=config.traces_url)
-            self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-            self.tracer = self.tracer_provider.get_tracer("errands", __version__)
+            self.processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=config.traces_url))
+        self.scope = InstrumentationScope("errands", __version__)
+        self.random = RandomIdGenerator()
         self.by_state: dict[str, int] = {}
         self.waiting = 0
         if config.metrics_url is not None:
@@ -146,30 +131,32 @@ class Telemetry:
     # -- the Follower's sink -------------------------------------------------------------------
 
     def span(self, r: SpanRecord) -> None:
-        if self.tracer_provider is None:
+        if self.processor is None or not self._sampled(r.trace):
             return
-        if r.parent is None:
-            context = Context()
-            self.ids.trace_id = r.trace
-        else:  # (sampled as its trace's root is: OTEL_TRACES_SAMPLER decides once a trace)
-            flags = _SAMPLED if self._sampled(r.trace) else _DROPPED
-            parent = SpanContext(r.trace, r.parent, is_remote=False, trace_flags=flags)
-            context = trace.set_span_in_context(NonRecordingSpan(parent))
-        self.ids.span_id = r.span
-        kind = SpanKind.CLIENT if r.name.startswith("chat ") else SpanKind.INTERNAL
-        span = self.tracer.start_span(
-            r.name, context=context, kind=kind, attributes=r.attrs, start_time=_ns(r.start)
+        span_id = r.span if r.span is not None else self.random.generate_span_id()
+        context = SpanContext(r.trace, span_id, is_remote=False, trace_flags=_SAMPLED)
+        parent = None
+        if r.parent is not None:
+            parent = SpanContext(r.trace, r.parent, is_remote=False, trace_flags=_SAMPLED)
+        status = Status(StatusCode.ERROR, r.error) if r.error is not None else _UNSET
+        finished = ReadableSpan(
+            r.name,
+            context=context,
+            parent=parent,
+            resource=self.resource,
+            attributes=r.attrs,
+            kind=SpanKind.CLIENT if r.name.startswith("chat ") else SpanKind.INTERNAL,
+            status=status,
+            start_time=_ns(r.start),
+            end_time=_ns(max(r.end, r.start)),
+            instrumentation_scope=self.scope,
         )
-        self.ids.span_id = self.ids.trace_id = None  # (a sampler that dropped it used none)
-        if r.error is not None:
-            span.set_status(Status(StatusCode.ERROR, r.error))
-        span.end(end_time=_ns(max(r.end, r.start)))
+        self.processor.on_end(finished)
 
     def _sampled(self, trace_id: int) -> bool:
-        """Is the trace sampled? What the sampler says of its root (a ratio sampler's
-        answer depends only on the trace id, which is the errand's)."""
-        assert self.tracer_provider is not None
-        said = self.tracer_provider.sampler.should_sample(None, trace_id, "errand.run")
+        """Is the trace sampled? What the sampler says of its root, for each of its spans
+        (a ratio sampler's answer depends only on the trace id, which is the errand's)."""
+        said = self.sampler.should_sample(None, trace_id, "errand.run")
         return said.decision is Decision.RECORD_AND_SAMPLE
 
     def step(self, model: str) -> None:
@@ -241,8 +228,8 @@ class Telemetry:
         """Wait until what was committed so far is read, and export it."""
         while self._drain is not None and not self._drain.done():
             await asyncio.shield(self._drain)
-        if self.tracer_provider is not None:
-            await asyncio.to_thread(self.tracer_provider.force_flush)
+        if self.processor is not None:
+            await asyncio.to_thread(self.processor.force_flush)
         if self.meter_provider is not None:
             await asyncio.to_thread(self.meter_provider.force_flush)
 
@@ -263,6 +250,6 @@ class Telemetry:
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll
-        for provider in (self.tracer_provider, self.meter_provider):
-            if provider is not None:
-                await asyncio.to_thread(provider.shutdown)
+        for part in (self.processor, self.meter_provider):
+            if part is not None:
+                await asyncio.to_thread(part.shutdown)
