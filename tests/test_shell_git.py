@@ -86,3 +86,53 @@ async def test_a_forged_git_file_binds_nothing(tmp_path: Path) -> None:
     (ws / ".git").write_text(f"gitdir: {other / '.git'}\n")
     out = await shell(ws, f"git log 2>&1; ls {other} 2>&1")
     assert "outside" not in out and "No such file or directory" in out, out
+
+
+class TrustingGitSandbox(Sandbox):
+    """The control: binds whatever the workspace's .git file and the commondir it leads
+    to name (the backlink checked, nothing else)."""
+
+    def git_binds(self, workspace: Path) -> list[tuple[Path, str]]:
+        if not (workspace / ".git").is_file():
+            return []
+        text = (workspace / ".git").read_text().removeprefix("gitdir:").strip()
+        gitdir = workspace / text
+        if (gitdir / "gitdir").read_text().strip() != str(workspace / ".git"):
+            return []
+        common = Path((gitdir / "commondir").read_text().strip())
+        return [(common, str(common))]
+
+
+@pytest.mark.parametrize("sandbox", [Sandbox, TrustingGitSandbox], ids=["checked", "CONTROL"])
+async def test_a_forged_backlink_binds_nothing_outside(
+    tmp_path: Path, sandbox: type[Sandbox]
+) -> None:
+    """The workspace forges a whole worktree git directory inside itself -- a ``gitdir``
+    file pointing back at the workspace's ``.git`` and a ``commondir`` naming a directory
+    outside -- so the backlink holds; the outside must still not be bound."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("CANARY-gitdir-outside\n")
+    ws = tmp_path / "ws"
+    fake = ws / "fake" / "worktrees" / "x"
+    fake.mkdir(parents=True)
+    (fake / "gitdir").write_text(f"{ws / '.git'}\n")
+    (fake / "commondir").write_text(f"{outside}\n")
+    (ws / ".git").write_text(f"gitdir: {fake}\n")
+    (ws / "fake" / "gitdir").write_text(f"{ws / '.git'}\n")
+    (ws / "fake" / "commondir").write_text(f"{outside}\n")
+    # ... and the same forged in another workspace (a directory outside this one), made to
+    # look like a repository
+    other = tmp_path / "other-ws" / "repo"
+    (other / "worktrees" / "x").mkdir(parents=True)
+    (other / "objects").mkdir()
+    (other / "HEAD").write_text("ref: refs/heads/main\n")
+    (other / "worktrees" / "x" / "gitdir").write_text(f"{ws / '.git'}\n")
+    (other / "worktrees" / "x" / "commondir").write_text(f"{outside}\n")
+    for gitdir in (fake, ws / "fake", other / "worktrees" / "x"):
+        (ws / ".git").write_text(f"gitdir: {gitdir}\n")
+        out = await shell(ws, f"cat {outside}/secret.txt 2>&1", sandbox())
+        if sandbox is TrustingGitSandbox:  # the control: the outside is read
+            assert "CANARY-gitdir-outside" in out, out
+            continue
+        assert "CANARY-gitdir-outside" not in out, out

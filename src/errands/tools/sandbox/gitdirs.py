@@ -7,10 +7,13 @@ the sandbox sees that git directory **read-only**: ``git status``, ``git log`` a
 commits outside the sandbox.
 
 The workspace is written by the commands themselves, so a ``.git`` file is a claim, not a
-fact: a worktree's git directory is bound only when it points back at this workspace
-(``$GIT_DIR/gitdir`` names the workspace's ``.git``; a command in the sandbox cannot
-write there). Any other pointer -- to another repository, to ``/root/.ssh`` -- is
-ignored, and so the sandbox sees no git directory at all.
+fact. A worktree's repository is bound only when the claim has the shape ``git worktree
+add`` leaves and the sandbox cannot forge: the git directory named lies outside the
+workspace, at ``REPO/worktrees/NAME`` of a repository ``REPO`` (a ``HEAD``, an
+``objects`` directory), its ``gitdir`` file points back at this workspace's ``.git``, and
+its ``commondir`` (if any) names ``REPO``. Only ``REPO`` is bound. Any other pointer --
+to another repository, a forged git directory in the workspace whose ``commondir`` names
+``/root/.ssh`` -- is ignored, and the sandbox sees no git directory at all.
 """
 
 from __future__ import annotations
@@ -45,20 +48,27 @@ def _worktree_binds(root: Path, dot: Path) -> list[tuple[Path, str]]:
     if not text.startswith("gitdir:"):
         return []
     gitdir = Path(os.path.realpath(root / text.removeprefix("gitdir:").strip()))
-    try:  # the backlink git keeps, out of the sandbox's reach
-        back = (gitdir / "gitdir").read_text(encoding="utf-8").strip()
+    if gitdir.is_relative_to(root) or gitdir.parent.name != "worktrees":
+        return []  # forged in the workspace, or not where `git worktree add` puts it
+    common = gitdir.parent.parent
+    if not _is_git_directory(common) or _read(gitdir / "gitdir") is None:
+        return []
+    back = Path(os.path.realpath(gitdir / str(_read(gitdir / "gitdir"))))
+    named = _read(gitdir / "commondir")
+    if back != dot or (named is not None and Path(os.path.realpath(gitdir / named)) != common):
+        return []  # (the backlink, out of the sandbox's reach, names this workspace)
+    target = str(common)
+    if target == "/" or any(Path(target).is_relative_to(t) for t in _NEVER):
+        return []
+    return [(common, target)]
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
     except OSError:
-        return []
-    if Path(os.path.realpath(gitdir / back)) != dot:
-        return []
-    common = gitdir
-    if (gitdir / "commondir").is_file():
-        named = (gitdir / "commondir").read_text(encoding="utf-8").strip()
-        common = Path(os.path.realpath(gitdir / named))
-    binds = [(common, str(common))]
-    if not gitdir.is_relative_to(common):
-        binds.append((gitdir, str(gitdir)))
-    for _, target in binds:
-        if target == "/" or any(Path(target).is_relative_to(t) for t in _NEVER):
-            return []
-    return binds
+        return None
+
+
+def _is_git_directory(path: Path) -> bool:
+    return (path / "HEAD").is_file() and (path / "objects").is_dir()
