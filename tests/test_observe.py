@@ -37,7 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from errands.config import Settings
+from errands.config import Settings, load_settings
 from errands.core import events as ev
 from errands.core.events import ToolCall
 from errands.core.labels import Provenance
@@ -212,6 +212,10 @@ def check_no_canary(receiver: Receiver) -> None:
 async def test_an_errand_arrives_as_one_trace_of_steps_calls_and_an_approval(
     store: Store, settings: Settings, tmp_path: Path, receiver: Receiver
 ) -> None:
+    (settings.home / "errands.toml").write_text(
+        '[prices."scripted:test"]\ninput = 2.0\noutput = 10.0\n'  # (a cost to report)
+    )
+    settings = load_settings(settings.home)
     eid = await run_observed(store, settings, tmp_path, receiver, Follower)
     assert set(receiver.requests) == {"/v1/traces", "/v1/metrics"}
     assert receiver.services == {"errands"}
@@ -236,7 +240,7 @@ async def test_an_errand_arrives_as_one_trace_of_steps_calls_and_an_approval(
         assert m.attrs["gen_ai.request.model"] == "test"
         assert m.attrs["gen_ai.usage.input_tokens"] > 0
         assert m.attrs["gen_ai.usage.output_tokens"] > 0
-        assert "errands.cost_usd" in m.attrs
+        assert m.attrs["errands.cost_usd"] > 0
         assert root.start <= m.start <= m.end <= root.end
     (lookup,) = by_name["execute_tool lookup"]
     assert lookup.parent == steps[0].span
@@ -276,6 +280,8 @@ async def test_an_errand_arrives_as_one_trace_of_steps_calls_and_an_approval(
         p.attributes[-1].value.string_value: p.count for p in metrics["gen_ai.client.token.usage"]
     }
     assert tokens == {"input": 3, "output": 3}, tokens
+    spent = max(p.as_double for p in metrics["errands.spend"])
+    assert spent == pytest.approx(sum(m.attrs["errands.cost_usd"] for m in models))
     assert "errands.errands" in metrics and "errands.approvals.waiting" in metrics
 
 
