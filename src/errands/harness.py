@@ -188,7 +188,15 @@ class Harness:
         them. *inbox_url*: the inbox's address, for links in what they send."""
         from errands.channels.webhook import Notifier  # (only a serving process has channels)
 
-        return [Notifier(self.settings.notify, self.store, inbox_url)]
+        channels: list[Channel] = [Notifier(self.settings.notify, self.store, inbox_url)]
+        email = self.settings.email
+        if email is not None and email.imap_url and email.allowed_senders:
+            from errands.channels.email.reader import MailReader  # mail in ([email])
+
+            reader = MailReader(self.settings, self.store)
+            reader.start()
+            channels.append(reader)
+        return channels
 
     # -- closing ---------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from errands.store.migrations import Migration, to_apply
-from errands.store.sqlite import leaseclock, mcp_pins, schedules, spend
+from errands.store.sqlite import leaseclock, mail_cursor, mcp_pins, schedules, spend
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -104,6 +104,8 @@ MIGRATIONS: list[Migration] = [
     ),
     # MCP tools a person approved, over their whole definitions (errands.tools.mcp.pins)
     Migration("0008_mcp_pins", mcp_pins.MIGRATION),
+    # where errands is in the mailbox it reads work from (errands.channels.email)
+    Migration("0010_email", mail_cursor.MIGRATION),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -56,6 +56,7 @@ from errands.store.sqlite.connection import (
     unavailable,
     writer_connection,
 )
+from errands.store.sqlite.mail_cursor import SQLiteMailCursor
 from errands.store.sqlite.mcp_pins import SQLiteMcpPins
 from errands.store.sqlite.migrations import migrate
 from errands.store.sqlite.retention import SQLiteRetention, incremental_if_new
@@ -125,7 +126,9 @@ def _reads_async(
     return read
 
 
-class SQLiteStore(SQLiteRetention, SQLiteSchedules, SQLiteMcpPins, BaseStore):
+class SQLiteStore(
+    SQLiteRetention, SQLiteSchedules, SQLiteMcpPins, SQLiteMailCursor, BaseStore
+):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
     with :meth:`close`."""
 

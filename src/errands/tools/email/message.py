@@ -21,7 +21,10 @@ import html2text
 __all__ = [
     "MAX_BODY_CHARS",
     "Rendered",
+    "addresses",
     "build_message",
+    "errand_for_mail",
+    "errand_of",
     "header_value",
     "message_id_for",
     "parse",
@@ -38,12 +41,26 @@ SHOWN_HEADERS = (
 
 
 def message_id_for(idempotency_key: str, sender: str) -> str:
-    """The Message-ID of the mail a call sends: derived from the call's idempotency key
-    (the same call -- re-run after a crash -- sends the same Message-ID), on the
-    sender's domain."""
+    """The Message-ID of the mail a call sends: the call's idempotency key (the same call
+    -- re-run after a crash -- sends the same Message-ID; the errand's id leads it, so a
+    reply finds its errand: :func:`errand_of`), on the sender's domain."""
     domain = sender.rsplit("@", 1)[-1] or "errands.invalid"
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
-    return f"<errands.{digest}@{domain}>"
+    return f"<errands.{idempotency_key}@{domain}>"
+
+
+_OURS = re.compile(r"^<errands\.([A-Za-z0-9_-]{1,64})\.\d+\.\d+@[^<>\s]+>$")
+
+
+def errand_of(message_id: str) -> str | None:
+    """The errand that sent *message_id* (None: not one errands sent)."""
+    found = _OURS.match(message_id.strip())
+    return found.group(1) if found else None
+
+
+def errand_for_mail(message_id: str) -> str:
+    """The id of the errand a mail starts: the same for the same Message-ID, so a mail
+    taken twice (a crash before the reader moved on) starts one errand."""
+    return "m" + hashlib.sha256(message_id.strip().encode()).hexdigest()[:23]
 
 
 def thread_headers(in_reply_to: str | None, references: str | None = None) -> dict[str, str]:

@@ -1,0 +1,242 @@
+"""The mail reader: mail from an allowed sender starts an errand or continues one.
+
+Each new mail in the inbox (``[email] inbox_folder``), oldest first:
+
+- from anyone but an allowed sender the configured server authenticated
+  (:class:`~errands.channels.email.senders.SenderCheck`): nothing starts; it is logged
+  and counted (``refused`` in the store's mail cursor);
+- a reply -- ``In-Reply-To``/``References`` naming a mail an errand sent, or the mail
+  that started one -- joins that errand as a message (it wakes a sleeping one);
+- otherwise it starts an errand whose id comes from its Message-ID.
+
+Its text -- headers and body -- is **untrusted** content (provenance ``external``,
+``email``, the sender), never the person's own words: flow control judges every call it
+steers. After each mail the cursor (the last UID dealt with) moves on in the store, so
+across restarts no mail is taken twice or skipped: a crash between a mail's errand and
+the cursor's move takes it again, and the errand's id (or, for a reply, the Message-ID
+in the errand's log) makes the second time change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from email.message import Message
+from typing import Protocol, runtime_checkable
+
+from errands.channels.email.mailbox import Fetched, Mail, fetch_new, wait_for_mail
+from errands.channels.email.senders import SenderCheck
+from errands.config import Settings
+from errands.core import events as ev
+from errands.core.labels import Confidentiality, Integrity, Provenance
+from errands.errors import ErrandExists, NotFound, StoreError
+from errands.mailconfig import EmailSettings
+from errands.store import Store
+from errands.store.sqlite.mail_cursor import MailCursor
+from errands.tools.email.client import MailError
+from errands.tools.email.message import (
+    errand_for_mail,
+    errand_of,
+    header_value,
+    parse,
+    render,
+)
+from errands.tools.workspace import make_workspace
+
+__all__ = ["CursorStore", "MailReader", "Tally"]
+
+log = logging.getLogger("errands.email")
+
+
+@runtime_checkable
+class CursorStore(Protocol):
+    async def mail_cursor(self, folder: str) -> MailCursor | None: ...
+    async def move_mail_cursor(self, cursor: MailCursor) -> None: ...
+
+
+@dataclass
+class Tally:
+    started: int = 0
+    continued: int = 0
+    refused: int = 0
+    again: int = 0  # taken before (a crash before the cursor moved): nothing done
+
+
+class MailReader:
+    """Reads ``[email]``'s inbox into errands; :meth:`poll` once, or :meth:`start`."""
+
+    def __init__(
+        self, settings: Settings, store: Store, *, check: SenderCheck | None = None
+    ) -> None:
+        if settings.email is None or settings.email.imap_url is None:
+            raise ValueError("the mail reader needs [email] with imap_url")
+        if not isinstance(store, CursorStore):
+            raise TypeError(f"{type(store).__name__} cannot keep a mail cursor")
+        self.settings = settings
+        self.email: EmailSettings = settings.email
+        self.store = store
+        self.cursors: CursorStore = store
+        self.check = check or SenderCheck(self.email)
+        self.folder = self.email.inbox_folder
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle: list[object] = []
+
+    async def poll(self) -> Tally:
+        """Take every new mail now (in batches); what happened to them."""
+        tally = Tally()
+        while True:
+            cursor = await self.cursors.mail_cursor(self.folder)
+            fetched: Fetched = await asyncio.to_thread(
+                fetch_new,
+                self.email,
+                self.folder,
+                None if cursor is None else cursor.uidvalidity,
+                None if cursor is None else cursor.last_uid,
+            )
+            if fetched.baseline is not None:
+                if cursor is not None:
+                    log.warning("mail: %s has a new UIDVALIDITY: starting over", self.folder)
+                refused = 0 if cursor is None else cursor.refused
+                await self.cursors.move_mail_cursor(
+                    MailCursor(self.folder, fetched.uidvalidity, fetched.baseline, refused)
+                )
+                continue
+            assert cursor is not None
+            if not fetched.mails:
+                return tally
+            for mail in fetched.mails:
+                refused = not await self._take(mail, fetched.uidvalidity, tally)
+                cursor = MailCursor(
+                    self.folder, cursor.uidvalidity, mail.uid, cursor.refused + refused
+                )
+                await self.cursors.move_mail_cursor(cursor)
+
+    async def _take(self, mail: Mail, uidvalidity: int, tally: Tally) -> bool:
+        """Start or continue an errand with *mail*; False if it was refused."""
+        msg = parse(mail.raw)
+        verdict = self.check.check(msg)
+        if verdict.sender is None:
+            tally.refused += 1
+            log.warning(
+                "mail: refused UID %s in %s (From %s): %s",
+                mail.uid, self.folder, header_value(msg, "From")[:200], verdict.reason,
+            )  # fmt: skip
+            return False
+        key = header_value(msg, "Message-ID").strip() or f"<{uidvalidity}.{mail.uid}@imap>"
+        shown = render(
+            mail.raw, size=mail.size, truncated=mail.size > len(mail.raw),
+            ident=f"{self.folder}:{mail.uid}",
+        )  # fmt: skip
+        content = ev.Content(
+            text=f"A mail from {verdict.sender} ({key}); its text is not the person's own "
+            f"words:\n\n{shown.text}",
+            provenance=Provenance(kind="external", name="email", source=verdict.sender),
+            integrity=Integrity.untrusted,
+            confidentiality=Confidentiality.private,
+        )
+        target = await self._answers(msg)
+        if target is not None:
+            return await self._continue(target, key, content, verdict.sender, tally)
+        return await self._start(key, msg, content, verdict.sender, tally)
+
+    async def _answers(self, msg: Message) -> str | None:
+        """The errand a reply answers (the newest reference first), if any."""
+        refs = " ".join(header_value(msg, h) for h in ("In-Reply-To", "References"))
+        for ref in reversed(refs.split()):
+            ref = ref.strip()
+            if not ref.startswith("<"):
+                continue
+            for errand_id in (errand_of(ref), errand_for_mail(ref)):
+                if errand_id is None:
+                    continue
+                with contextlib.suppress(NotFound):
+                    await self.store.view(errand_id)
+                    return errand_id
+        return None
+
+    async def _start(
+        self, key: str, msg: Message, content: ev.Content, sender: str, tally: Tally
+    ) -> bool:
+        errand_id = self.errand_id_for(key)
+        subject = header_value(msg, "Subject")[:60] or "(no subject)"
+        created = ev.ErrandCreated(
+            title=f"mail: {subject}",
+            content=content,
+            model=self.settings.default_model,
+            timezone=self.settings.timezone,
+            workspace=str(make_workspace(self.settings, errand_id)),
+            limits=self.settings.limits,
+            by=f"email:{sender}",
+            channel="email",
+        )
+        try:
+            await self.store.create(errand_id, created)
+        except ErrandExists:
+            tally.again += 1
+            return True
+        tally.started += 1
+        log.info("mail: %s started errand %s", key, errand_id)
+        return True
+
+    def errand_id_for(self, key: str) -> str:
+        """The id of the errand the mail *key* (its Message-ID) starts: derived from it,
+        so a mail taken twice starts one errand."""
+        return errand_for_mail(key)
+
+    async def _continue(
+        self, errand_id: str, key: str, content: ev.Content, sender: str, tally: Tally
+    ) -> bool:
+        marker = f"({key})"
+        for stored in await self.store.read(errand_id):
+            event = stored.event
+            if isinstance(event, ev.UserMessage) and marker in event.content.text[:400]:
+                tally.again += 1
+                return True
+        message = ev.UserMessage(content=content, by=f"email:{sender}", channel="email")
+        try:
+            await self.store.append(errand_id, [message])
+        except StoreError as exc:
+            log.warning("mail: %s could not continue errand %s: %s", key, errand_id, exc)
+            return True
+        tally.continued += 1
+        return True
+
+    # -- running on its own ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read the inbox from now on: at once, then whenever the server says something
+        arrived (IDLE) or every ``poll_seconds``."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+                self.last_error = None
+            except MailError as exc:
+                if str(exc) != self.last_error:
+                    log.warning("mail: cannot read the inbox: %s", exc)
+                self.last_error = str(exc)
+            except Exception:  # never let the reader die silently
+                log.exception("mail: the reader failed")
+            try:
+                idled = await asyncio.to_thread(
+                    wait_for_mail, self.email, self.folder, self.email.poll_seconds, self._idle
+                )
+            except MailError:
+                idled = False
+            if not idled:
+                await asyncio.sleep(self.email.poll_seconds)
+
+    async def close(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        for client in list(self._idle):  # (cut the IDLE wait short)
+            with contextlib.suppress(Exception):
+                client.shutdown()  # type: ignore[attr-defined]
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
