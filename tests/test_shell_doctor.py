@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,10 @@ class NoWayOut(Sandbox):
         etc: Path,
         extras: Extras | None = None,
         seccomp_fd: int | None = None,
+        pinned: Sequence[tuple[int, str]] = (),
     ) -> list[str]:
         bare = Extras(env=extras.env, prefix=extras.prefix) if extras else None
-        return super().argv(command, workspace, etc, bare, seccomp_fd)
+        return super().argv(command, workspace, etc, bare, seccomp_fd, pinned)
 
 
 def test_doctor_finds_a_broken_way_out() -> None:

@@ -10,7 +10,9 @@ bind (``RwGitSandbox``) lets the commit through.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,3 +138,51 @@ async def test_a_forged_backlink_binds_nothing_outside(
             assert "CANARY-gitdir-outside" in out, out
             continue
         assert "CANARY-gitdir-outside" not in out, out
+
+
+class SwapsAfterTheCheck(Sandbox):
+    """Swaps the workspace's .git for a link to ``../tmp`` right after the check, as a
+    command running meanwhile in the same workspace could: on the host that is a
+    directory beside the workspace, in the sandbox its /tmp, so a bind by path would
+    show the host's directory there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: list[tuple[Path, str]] = []
+
+    def git_binds(self, workspace: Path) -> list[tuple[Path, str]]:
+        self.checked = super().git_binds(workspace)
+        dot = workspace / ".git"
+        dot.rename(workspace / ".git-moved")
+        dot.symlink_to("../tmp")
+        return self.checked
+
+
+class BindsByPath(SwapsAfterTheCheck):
+    """The control: binds the checked paths by name (``--ro-bind``), not the directories
+    opened at the check."""
+
+    @staticmethod
+    def _pin(binds: Sequence[tuple[Path, str]]) -> list[tuple[int, str]]:
+        return []
+
+    def argv(self, command: str, workspace: Path, *args: Any, **kwargs: Any) -> list[str]:
+        argv = super().argv(command, workspace, *args, **kwargs)
+        cut = argv.index("--")
+        binds = [a for source, target in self.checked for a in ("--ro-bind", str(source), target)]
+        return [*argv[:cut], *binds, *argv[cut:]]
+
+
+@pytest.mark.parametrize("sandbox", [SwapsAfterTheCheck, BindsByPath], ids=["pinned", "CONTROL"])
+async def test_a_link_swapped_in_after_the_check_is_not_followed(
+    tmp_path: Path, sandbox: type[Sandbox]
+) -> None:
+    beside = tmp_path / "tmp"
+    beside.mkdir()
+    (beside / "secret.txt").write_text("CANARY-swapped\n")
+    ws = repo(tmp_path / "ws")
+    out = await shell(ws, "cat /tmp/secret.txt 2>&1", sandbox())
+    if sandbox is BindsByPath:  # the control: the directory beside is bound in
+        assert "CANARY-swapped" in out, out
+        return
+    assert "CANARY-swapped" not in out, out

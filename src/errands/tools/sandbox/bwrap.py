@@ -197,11 +197,13 @@ class Sandbox:
         etc: Path,
         extras: Extras | None = None,
         seccomp_fd: int | None = None,
+        pinned: Sequence[tuple[int, str]] = (),
     ) -> list[str]:
         """bwrap's arguments for *command* with *workspace* at /workspace, the /etc
-        files in *etc*, the workspace's git directory read-only, *extras*, and the seccomp
-        filter bwrap reads from *seccomp_fd*. The environment is not in them
-        (:meth:`spawn_env`: bwrap passes its own on)."""
+        files in *etc*, *extras*, the seccomp filter bwrap reads from *seccomp_fd*, and
+        the directories *pinned* (open descriptors: the workspace's git directory) bound
+        read-only where they say. The environment is not in them (:meth:`spawn_env`:
+        bwrap passes its own on)."""
         assert self.bwrap is not None
         extras = extras or Extras()
         args = [
@@ -245,7 +247,9 @@ class Sandbox:
             "--chdir",
             WORKSPACE,
         ]
-        for source, target in [*self.git_binds(workspace), *extras.ro_binds]:
+        for fd, target in pinned:
+            args += ["--ro-bind-fd", str(fd), target]
+        for source, target in extras.ro_binds:
             args += ["--ro-bind", str(source), target]
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
@@ -292,13 +296,28 @@ class Sandbox:
             etc = Path(tmp)
             _write_etc(etc)
             fd = self._seccomp_fd(etc)  # (only the files bound by name are seen inside)
+            pinned = self._pin(self.git_binds(workspace))
+            fds = [*([] if fd is None else [fd]), *(pin for pin, _ in pinned)]
             try:
-                argv = self.argv(command, workspace.resolve(), etc, extras, fd)
-                fds = () if fd is None else (fd,)
+                argv = self.argv(command, workspace.resolve(), etc, extras, fd, pinned)
                 return await self._run(argv, self.spawn_env(extras), timeout_s, limits, fds)
             finally:
-                if fd is not None:
-                    os.close(fd)
+                for each in fds:
+                    os.close(each)
+
+    @staticmethod
+    def _pin(binds: Sequence[tuple[Path, str]]) -> list[tuple[int, str]]:
+        """Each directory of *binds* opened (``O_PATH``, never through a symbolic link)
+        and bound by its descriptor: a command running meanwhile in the same workspace
+        cannot swap a link in between the check and the bind."""
+        pinned = []
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        for source, target in binds:
+            try:
+                pinned.append((os.open(source, flags), target))
+            except OSError:
+                continue  # gone or swapped for a link: not bound
+        return pinned
 
     async def _run(
         self,
