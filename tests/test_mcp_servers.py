@@ -105,6 +105,32 @@ async def test_own_server_over_stdio(pins_store: SQLiteStore, tmp_path: Path) ->
         await ts.aclose()
 
 
+async def test_warm_starts_and_lists_the_servers_before_any_errand_asks(
+    pins_store: SQLiteStore,
+) -> None:
+    """``errands up`` warms the toolset at start: the server starts and is listed in the
+    background, so the first errand's tools() does not wait on the server's start (which
+    would hold up every errand of its runner). Control: without warm() nothing starts
+    until an errand asks."""
+    servers = {"own": {"command": [PY, str(SERVERS / "own_server.py")]}}
+    cold = await toolset_of(pins_store, servers)
+    warm = await toolset_of(pins_store, servers)
+    try:
+        warm.warm()
+        warming = warm._refreshing
+        assert warming is not None
+        await asyncio.wait_for(asyncio.wrap_future(warming), 60)
+        assert warm.connections["own"].protocol_version is not None  # started by warm()
+        assert cold.connections["own"].protocol_version is None  # (the control)
+        listing = await asyncio.to_thread(warm.tools, ANYONE)  # new: withheld, but listed
+        assert "mcp__own__add" in listing.withheld
+        warm.warm()  # once listed, warming again starts nothing
+        assert warm._refreshing is warming
+    finally:
+        await warm.aclose()
+        await cold.aclose()
+
+
 async def test_resources_and_prompts_as_tools(pins_store: SQLiteStore) -> None:
     ts = await toolset_of(
         pins_store,

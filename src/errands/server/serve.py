@@ -344,6 +344,8 @@ async def _main(
             },
         )
         await asyncio.to_thread(announce)  # (requests are answered meanwhile)
+        if harness.mcp is not None:  # the MCP servers start and list now, not in an errand
+            harness.mcp.warm()
         sys.stdout.flush()
         _tune_runtime()
         reaper = asyncio.create_task(_reap_forever(store))

@@ -185,6 +185,8 @@ async def _work(settings: Settings, parent: int | None) -> None:
     harness = build(settings)
     harness.store.share_writes()  # (the server and the other workers write too)
     harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
+    if harness.mcp is not None:  # the MCP servers start and list now, not in an errand
+        harness.mcp.warm()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -261,8 +261,12 @@ class McpToolset:
             wait = max(
                 s.startup_seconds + s.timeout_seconds for s in self.settings.servers.values()
             )
+            warming = self._refreshing
             with contextlib.suppress(concurrent.futures.TimeoutError):
-                self.runtime.run_blocking(self.refresh(), wait + FIRST_LISTING_MARGIN)
+                if warming is not None and not warming.done():  # (the listing warm() began)
+                    warming.result(wait + FIRST_LISTING_MARGIN)
+                else:
+                    self.runtime.run_blocking(self.refresh(), wait + FIRST_LISTING_MARGIN)
             state = self._state
             if state is None:
                 return ToolList()
@@ -274,6 +278,14 @@ class McpToolset:
         if not isinstance(tool, McpTool):
             raise ToolError(f"{tool.name} is not an MCP tool")
         return await self.runtime.run(self._call(tool, args))
+
+    def warm(self) -> None:
+        """Start the servers and list their tools now, in the background: ``errands up``
+        and ``errands worker`` call it at start, so that the first errand finds the tools
+        listed instead of holding up every errand of its runner while a server starts."""
+        if self._state is None and not self._closed and self._refreshing is None:
+            self._checked = time.monotonic()
+            self._refreshing = self.runtime.submit(self.refresh())
 
     # -- listing and judging (on the runtime's loop) --------------------------------------
 
