@@ -22,7 +22,9 @@ from errands.harness import Harness
 from errands.store.sqlite import SQLiteStore
 
 __all__ = ["mail"]
-pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # (the module-scoped fixture)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Requiring AUTH while not requiring TLS"
+)  # (the module-scoped fixture)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -22,9 +23,9 @@ AUTHSERV = "mx.test.example"
 PASSWORD_ENV = "ERRANDS_TEST_MAIL_PASSWORD"
 
 
-@pytest.fixture(scope="module")
-def mail() -> Iterator[MailServers]:
-    """Dovecot and the SMTP relay, for the whole module (users made here)."""
+@contextmanager
+def mail_servers() -> Iterator[MailServers]:
+    """Dovecot and the SMTP relay with this kit's users; stopped and removed after."""
     root = Path(tempfile.mkdtemp(prefix="errands-mail-"))
     os.chmod(root, 0o755)  # (Dovecot runs as an unprivileged user under root)
     servers = start_mail(root / "srv")
@@ -35,6 +36,13 @@ def mail() -> Iterator[MailServers]:
     finally:
         servers.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mail() -> Iterator[MailServers]:
+    """The mail servers, for the whole module."""
+    with mail_servers() as servers:
+        yield servers
 
 
 def email_toml(mail: MailServers, *, imap: bool = True, extra: str = "") -> str:

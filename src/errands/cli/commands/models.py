@@ -82,6 +82,7 @@ def doctor(
         checks.insert(1, store_check(s))  # can the store write right now?
         checks.insert(2, permissions_check(s))  # can other users read it?
         checks.append(_sandbox_check(s))  # can the shell run here?
+        checks.extend(_email_checks(s))  # can errands send and read mail ([email])?
     except ErrandsError as exc:
         fail(str(exc))
     problems = [p for c in checks for p in c.problems]
@@ -107,6 +108,19 @@ def _sandbox_check(s: Settings) -> Check:
 
     report = sandbox_report(egress_wanted=bool(s.network.egress_allow))
     return Check(report.subject, report.ok, report.problems, report.notes)
+
+
+def _email_checks(s: Settings) -> list[Check]:
+    """SMTP and IMAP of ``[email]``: where each failed (DNS, TLS, auth, mailbox)."""
+    if s.email is None:
+        return []
+    from errands.models.inventory import Check
+    from errands.tools.email import check_libraries
+
+    check_libraries()
+    from errands.tools.email.doctor import email_report
+
+    return [Check(r.subject, r.ok, r.problems, r.notes) for r in email_report(s.email)]
 
 
 def _store_check(db: Path) -> Check:
