@@ -232,3 +232,37 @@ async def test_a_shell_call_waits_for_approval_then_runs_untrusted(
     contents = [getattr(s.event, "content", None) for s in await store.read(eid)]
     results = [c for c in contents if c is not None and "sandboxed-42" in c.text]
     assert results and all(c.integrity is Integrity.untrusted for c in results)
+
+
+class FollowsWorkspaceLinks(Sandbox):
+    """The control: opens the workspace's path following links."""
+
+    @staticmethod
+    def open_workspace(workspace: Path) -> int:
+        return os.open(workspace, os.O_PATH | os.O_DIRECTORY)
+
+
+@pytest.mark.parametrize("sandbox", [Sandbox, FollowsWorkspaceLinks], ids=["pinned", "CONTROL"])
+async def test_a_workspace_inside_another_cannot_be_swapped_for_a_link(
+    tmp_path: Path, sandbox: type[Sandbox]
+) -> None:
+    """Errand A's workspace holds errand B's (a named workspace may lie below another);
+    a command of A's swaps B's directory for a link to a directory outside. B's next
+    command must not get that directory as its workspace."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(f"{CANARY}-swapped\n")
+    outer = tmp_path / "a"
+    inner = outer / "b"
+    inner.mkdir(parents=True)
+    tool = make_shell_tool()
+    swap = tool.validate({"command": f"rm -r b && ln -s {outside} b && echo swapped"})
+    assert "swapped" in (await tool.invoke(swap, ToolContext("a", 1, "k", outer))).text
+    victim = make_shell_tool(sandbox())
+    cat = victim.validate({"command": "cat secret.txt 2>&1"})
+    if sandbox is FollowsWorkspaceLinks:  # the control: B works in the directory outside
+        out = await victim.invoke(cat, ToolContext("b", 1, "k", inner))
+        assert f"{CANARY}-swapped" in out.text, out.text
+        return
+    with pytest.raises(ToolError, match="without following a symbolic link"):
+        await victim.invoke(cat, ToolContext("b", 1, "k", inner))

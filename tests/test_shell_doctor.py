@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,11 @@ class NoWayOut(Sandbox):
         workspace: Path,
         etc: Path,
         extras: Extras | None = None,
-        seccomp_fd: int | None = None,
-        pinned: Sequence[tuple[int, str]] = (),
+        *rest: Any,
+        **more: Any,
     ) -> list[str]:
         bare = Extras(env=extras.env, prefix=extras.prefix) if extras else None
-        return super().argv(command, workspace, etc, bare, seccomp_fd, pinned)
+        return super().argv(command, workspace, etc, bare, *rest, **more)
 
 
 def test_doctor_finds_a_broken_way_out() -> None:

@@ -163,7 +163,7 @@ class BindsByPath(SwapsAfterTheCheck):
     opened at the check."""
 
     @staticmethod
-    def _pin(binds: Sequence[tuple[Path, str]]) -> list[tuple[int, str]]:
+    def _pin(binds: Sequence[tuple[Path, str]], *rest: Any) -> list[tuple[int, str]]:
         return []
 
     def argv(self, command: str, workspace: Path, *args: Any, **kwargs: Any) -> list[str]:

@@ -198,12 +198,14 @@ class Sandbox:
         extras: Extras | None = None,
         seccomp_fd: int | None = None,
         pinned: Sequence[tuple[int, str]] = (),
+        workspace_fd: int | None = None,
     ) -> list[str]:
         """bwrap's arguments for *command* with *workspace* at /workspace, the /etc
         files in *etc*, *extras*, the seccomp filter bwrap reads from *seccomp_fd*, and
         the directories *pinned* (open descriptors: the workspace's git directory) bound
-        read-only where they say. The environment is not in them (:meth:`spawn_env`:
-        bwrap passes its own on)."""
+        read-only where they say; the workspace by its descriptor *workspace_fd* when
+        given. The environment is not in them (:meth:`spawn_env`: bwrap passes its own
+        on)."""
         assert self.bwrap is not None
         extras = extras or Extras()
         args = [
@@ -241,9 +243,11 @@ class Sandbox:
             "/proc",
             "--dev",
             "/dev",
-            "--bind",
-            str(workspace),
-            WORKSPACE,
+            *(
+                ["--bind", str(workspace), WORKSPACE]
+                if workspace_fd is None
+                else ["--bind-fd", str(workspace_fd), WORKSPACE]
+            ),
             "--chdir",
             WORKSPACE,
         ]
@@ -295,26 +299,57 @@ class Sandbox:
         with tempfile.TemporaryDirectory(prefix="errands-sandbox-") as tmp:
             etc = Path(tmp)
             _write_etc(etc)
+            home = self.open_workspace(workspace)
             fd = self._seccomp_fd(etc)  # (only the files bound by name are seen inside)
-            pinned = self._pin(self.git_binds(workspace))
-            fds = [*([] if fd is None else [fd]), *(pin for pin, _ in pinned)]
+            pinned = self._pin(self.git_binds(workspace), workspace, home)
+            fds = [home, *([] if fd is None else [fd]), *(pin for pin, _ in pinned)]
             try:
-                argv = self.argv(command, workspace.resolve(), etc, extras, fd, pinned)
+                argv = self.argv(command, workspace, etc, extras, fd, pinned, home)
                 return await self._run(argv, self.spawn_env(extras), timeout_s, limits, fds)
             finally:
                 for each in fds:
                     os.close(each)
 
     @staticmethod
-    def _pin(binds: Sequence[tuple[Path, str]]) -> list[tuple[int, str]]:
-        """Each directory of *binds* opened (``O_PATH``, never through a symbolic link)
-        and bound by its descriptor: a command running meanwhile in the same workspace
-        cannot swap a link in between the check and the bind."""
+    def open_workspace(workspace: Path) -> int:
+        """The workspace opened component by component, never through a symbolic link
+        (it was stored with none; another errand's commands could plant one in a path
+        through their own workspace), to be bound by its descriptor."""
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        if not workspace.is_absolute():
+            workspace = Path.cwd() / workspace
+        fd = os.open("/", flags)
+        try:
+            for part in workspace.parts[1:]:
+                step = os.open(part, flags, dir_fd=fd)
+                os.close(fd)
+                fd = step
+        except OSError as exc:
+            os.close(fd)
+            raise SandboxUnavailable(
+                f"the workspace {workspace} cannot be opened without following a symbolic "
+                f"link or is gone ({exc.strerror}); errands binds only the directory it made"
+            ) from None
+        return fd
+
+    @staticmethod
+    def _pin(
+        binds: Sequence[tuple[Path, str]], workspace: Path, home: int
+    ) -> list[tuple[int, str]]:
+        """Each directory of *binds* opened (``O_PATH``, never through a symbolic link;
+        one inside *workspace* from its open descriptor *home*) and bound by its
+        descriptor: a command running meanwhile cannot swap a link in between the check
+        and the bind."""
         pinned = []
         flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        root = Path(os.path.realpath(workspace))
         for source, target in binds:
+            inside = source.is_relative_to(root)
             try:
-                pinned.append((os.open(source, flags), target))
+                if inside and len(source.relative_to(root).parts) == 1:
+                    pinned.append((os.open(source.name, flags, dir_fd=home), target))
+                elif not inside:
+                    pinned.append((os.open(source, flags), target))
             except OSError:
                 continue  # gone or swapped for a link: not bound
         return pinned
