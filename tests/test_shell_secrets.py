@@ -151,6 +151,9 @@ async def test_a_secret_must_be_declared_and_set(
         ToolArgumentError, match=r"no secret named NOPE in errands\.toml \(declared: DEPLOY\)"
     ):
         await tool.invoke(tool.validate({"command": "true", "secrets": ["NOPE"]}), ctx)
+    monkeypatch.setenv(ENV, "1234567")
+    with pytest.raises(ToolError, match="shorter than 8 characters"):
+        await tool.invoke(tool.validate({"command": "true", "secrets": ["DEPLOY"]}), ctx)
     monkeypatch.delenv(ENV)
     with pytest.raises(ToolError, match=f"errands' environment has no {ENV}"):
         await tool.invoke(tool.validate({"command": "true", "secrets": ["DEPLOY"]}), ctx)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from errands.store.redact import MIN_SECRET_LENGTH, Redactor
 from errands.tools.sandbox.proxy import SecretHosts
 from errands.tools.tool import ToolArgumentError, ToolError
 
@@ -85,6 +86,11 @@ def call_secrets(
             raise ToolError(
                 f"shell: the secret {name} is not set: errands' environment has no "
                 f"{declared.env or name}"
+            )
+        if len(value) < MIN_SECRET_LENGTH:  # too short to find in output without noise
+            raise ToolError(
+                f"shell: the secret {name} is shorter than {MIN_SECRET_LENGTH} characters, "
+                "too short to be redacted from a command's output; it is not given to one"
             )
         values[name] = value
         hosts.append(SecretHosts(name, tuple(declared.hosts)))
@@ -151,8 +157,6 @@ def declared_values(settings: Settings, environ: Mapping[str, str] | None = None
 
 def secret_redactor(secrets: Mapping[str, str]) -> Redact:
     """A redactor for *secrets*' values in their common spellings, hex included."""
-    from errands.store.redact import Redactor  # (the store's, as the log redacts)
-
     redactor = Redactor(secrets)
     for name, value in secrets.items():
         raw = value.encode("utf-8", "surrogatepass")
