@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from helpers.kit import call, harness_for, script
-from helpers.mailkit import BOB, ERRANDS, ME, a_mail, mail, mail_settings
+from helpers.mailkit import BOB, ERRANDS, ME, a_mail, email_toml, mail, mail_settings
 from helpers.mailserver import MailServers
 
 from errands.config import Settings
@@ -284,3 +284,57 @@ def test_a_bad_email_section_is_one_clear_error(home: Path, toml: str, says: str
         load_settings(home)
     assert says in str(caught.value) and "email" in str(caught.value)
     assert "hunter2" not in str(caught.value) or "password_env" in toml
+
+
+async def test_edit_then_send_is_validated_again_and_sends_the_edit(
+    mailed: Settings, mail: MailServers
+) -> None:
+    turns: list[dict[str, Any]] = [
+        {"tool_calls": [call("send_email", to=["not an address"], subject="x", body="y")]},
+        {"tool_calls": [call("send_email", to=[BOB], subject="Draft subject", body="Draft.")]},
+        {"text": "sent"},
+    ]
+    store = SQLiteStore(mailed.db_path)
+    try:
+        h = harness_for(store, mailed, model=script(*turns))
+        eid = await h.create("mail bob")
+        log = await run(h, eid)
+        refused = results(log, "send_email")[0]  # the model's bad address: no card at all
+        assert (
+            refused.error_kind == "bad_arguments"
+            and "not a bare mail address" in refused.content.text
+        )
+        (pending,) = (await store.view(eid)).pending.values()
+        edit = {
+            "to": [BOB],
+            "cc": [],
+            "subject": "Edited subject",
+            "body": "Edited.",
+            "in_reply_to": None,
+        }
+        with pytest.raises(Exception, match="not a bare mail address"):
+            await h.approvals.approve(pending.id, by="me", channel="inbox",
+                                      edited_arguments={**edit, "cc": ["bob@@evil"]})  # fmt: skip
+        await h.approvals.approve(pending.id, by="me", channel="inbox", edited_arguments=edit)
+        await run(h, eid)
+    finally:
+        await store.close()
+    subjects = [message_from_bytes(m)["Subject"] for m in mail.messages(BOB)]
+    assert "Edited subject" in subjects and "Draft subject" not in subjects
+
+
+def test_the_mail_password_is_redacted_from_the_store_whatever_its_name(
+    home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from errands.config import load_settings
+    from errands.store import open_store
+
+    (home / "errands.toml").write_text(
+        email_toml(mail).replace("ERRANDS_TEST_MAIL_PASSWORD", "MAILPW")
+    )
+    monkeypatch.setenv("MAILPW", "pw-9f8e7d6c5b")
+    store = open_store(load_settings(home))
+    try:
+        assert "pw-9f8e7d6c5b" not in store.redact("the password is pw-9f8e7d6c5b")
+    finally:
+        asyncio.run(store.close())

@@ -56,7 +56,11 @@ def open_store(
         return ReadOnlySQLiteStore(settings.db_path)
     from errands.store.sqlite import SQLiteStore
 
-    return SQLiteStore(settings.db_path, redactor=redactor or Redactor(secret_env_values()))
+    # (the mail password's variable is a secret whatever its name: [email] password_env)
+    mail = [settings.email.password_env] if settings.email and settings.email.password_env else []
+    return SQLiteStore(
+        settings.db_path, redactor=redactor or Redactor(secret_env_values(extra_names=mail))
+    )
 
 
 def writable(settings: Settings) -> bool:

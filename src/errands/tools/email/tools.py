@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from imapclient.exceptions import IMAPClientError
+from pydantic import GetCoreSchemaHandler
+from pydantic_core import core_schema
 
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
@@ -53,24 +55,56 @@ def _untrusted(text: str, source: str) -> ToolOutput:
     )
 
 
-def check_mail(
-    settings: EmailSettings,
-    to: list[str],
-    cc: list[str],
-    subject: str,
-    body: str,
-    in_reply_to: str | None,
-) -> None:
-    """Refuse what cannot go out as written: ToolArgumentError saying what."""
+def _address(text: str) -> str:
+    text = text.strip()
+    if not address_ok(text):
+        raise ValueError(f"{text!r} is not a bare mail address (name@example.com)")
+    return text
+
+
+def _one_line(text: str) -> str:
+    if "\r" in text or "\n" in text or len(text) > MAX_HEADER_CHARS:
+        raise ValueError(f"one line, at most {MAX_HEADER_CHARS} characters")
+    return text
+
+
+def _message_id(text: str) -> str:
+    text = text.strip()
+    if not _MESSAGE_ID.match(text):
+        raise ValueError("a Message-ID, such as <abc@example.com>")
+    return text
+
+
+class _Checked(str):
+    """A string argument checked wherever arguments are validated -- the model's call,
+    and a person's edit on the approval card (an edit that breaks it is refused)."""
+
+    @staticmethod
+    def check(text: str) -> str:
+        return text
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(cls.check, core_schema.str_schema())
+
+
+class Address(_Checked):
+    check = staticmethod(_address)
+
+
+class Subject(_Checked):
+    check = staticmethod(_one_line)
+
+
+class MessageId(_Checked):
+    check = staticmethod(_message_id)
+
+
+def check_body(settings: EmailSettings, to: list[Address], body: str) -> None:
     if not to:
         raise ToolArgumentError("to: at least one recipient")
-    for address in [*to, *cc]:
-        if not address_ok(address):
-            raise ToolArgumentError(f"{address!r} is not a bare mail address (name@example.com)")
-    if "\r" in subject or "\n" in subject or len(subject) > MAX_HEADER_CHARS:
-        raise ToolArgumentError("subject: one line, at most 2000 characters")
-    if in_reply_to is not None and not _MESSAGE_ID.match(in_reply_to):
-        raise ToolArgumentError("in_reply_to: a Message-ID, such as <abc@example.com>")
     if len(body.encode()) > settings.max_message_bytes:
         raise ToolArgumentError(f"body: more than max_message_bytes ({settings.max_message_bytes})")
 
@@ -114,14 +148,14 @@ def _mail_tool(
     """A tool function taking a mail's fields (checked), handing them to *act*."""
 
     async def fn(
-        to: list[str],
-        subject: str,
+        to: list[Address],
+        subject: Subject,
         body: str,
         ctx: ToolContext,
-        cc: list[str] | None = None,
-        in_reply_to: str | None = None,
+        cc: list[Address] | None = None,
+        in_reply_to: MessageId | None = None,
     ) -> str:
-        check_mail(settings, to, cc or [], subject, body, in_reply_to)
+        check_body(settings, to, body)
         mail = {"to": to, "cc": cc or [], "subject": subject, "body": body}
         return await act({**mail, "in_reply_to": in_reply_to}, ctx)
 
