@@ -8,12 +8,14 @@ starts a second errand for a mail taken twice); IDLE wakes the reader."""
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.inproc import in_process
 from helpers.kit import call, harness_for, script
 from helpers.mailkit import AUTHSERV, BOB, ERRANDS, ME, a_mail, mail, mail_settings
 from helpers.mailserver import MailServers
@@ -194,6 +196,11 @@ async def test_an_injected_mail_recipient_waits_and_the_card_names_the_mail(
     (pending,) = view.pending.values()
     assert view.state is ErrandState.waiting_approval
     assert "came from content from email" in pending.reason and ME in pending.reason, pending.reason
+    async with in_process(h) as (client, _):  # the inbox's card shows all of it
+        page = html.unescape((await client.get(f"/errands/{eid}")).text)
+    for shown in (f"from: errands <{ERRANDS}>", "to: x@evil.example", "subject: Fwd",
+                  "all of it", "came from content from email", ME):  # fmt: skip
+        assert shown in page, shown
     assert mail.messages("x@evil.example") == []
 
 
