@@ -274,3 +274,26 @@ async def test_a_cursor_survives_in_the_store(mailed: Settings) -> None:
         assert await store.mail_cursor("Other") is None
     finally:
         await store.close()
+
+
+async def test_the_server_starts_the_reader_with_its_channels(
+    mailed: Settings, mail: MailServers, store: SQLiteStore
+) -> None:
+    """What ``errands up`` does: Harness.channels starts the mail reader; closing stops it."""
+    h = harness_for(store, mailed, model=script({"text": "ok"}))
+    channels = h.channels("http://127.0.0.1:7878")
+    try:
+        assert len([c for c in channels if isinstance(c, MailReader)]) == 1
+        for _ in range(100):  # its first look records the baseline
+            if await store.mail_cursor("INBOX") is not None:
+                break
+            await asyncio.sleep(0.05)
+        mail.deliver(a_mail(ME, "via the server", "hello"), [ERRANDS])
+        for _ in range(100):
+            if await errands_of(store):
+                break
+            await asyncio.sleep(0.05)
+        assert len(await errands_of(store)) == 1
+    finally:
+        for channel in channels:
+            await channel.close()

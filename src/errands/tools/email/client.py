@@ -21,6 +21,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from errands.mailconfig import EmailSettings, MailEndpoint
+from errands.models.keys import find_key
 from errands.tools.tool import ToolError
 
 __all__ = ["MailError", "Stage", "imap_session", "smtp_session"]
@@ -39,10 +40,17 @@ class MailError(ToolError):
 
 
 def _password(settings: EmailSettings) -> str:
+    """From the variable ``password_env`` names, else the OS keyring under that name
+    (``keyring set errands ERRANDS_MAIL_PASSWORD``, with the keyring extra)."""
     try:
         return settings.password()
     except ValueError as exc:
-        raise MailError("config", str(exc)) from None
+        found = find_key(settings.password_env)
+        if found is not None:
+            return found[0]
+        raise MailError(
+            "config", f"{exc}, or keyring set errands {settings.password_env}"
+        ) from None
 
 
 def _resolve(where: MailEndpoint, what: str) -> None:
