@@ -120,9 +120,10 @@ async def test_a_send_killed_between_the_250_and_the_mark_is_in_doubt_not_resent
     assert worker(home, eid, script_file, "kill-before-mark", None) == -signal.SIGKILL
     assert worker(home, eid, script_file, "", None) == 0
     assert received(mail, subject) == 1
-    _, (result,) = await outcome(home, eid)
+    state, (result,) = await outcome(home, eid)
     assert not result.ok and result.error_kind == "in_doubt"
     assert "not sent again on its own" in result.content.text
+    assert state is ErrandState.needs_attention  # a person checks before anything else
 
 
 async def test_without_imap_a_send_in_doubt_needs_attention(

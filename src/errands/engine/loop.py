@@ -452,12 +452,29 @@ class Loop:
                 )
             finally:
                 self.in_flight.leave(entry)
-            await self._append(p, [*results, *self._next_request(p, call)])
+            await self._append(p, [*results, *self._after(p, call, results)])
 
         if len(calls) == 1:
             await one(calls[0])
         else:
             await asyncio.gather(*(one(c) for c in calls))
+
+    def _after(
+        self, p: Progress, finishing: CallState, results: Sequence[ev.Event]
+    ) -> list[ev.Event]:
+        """What follows a call's result: the next model request -- or, when the tool said
+        its effect is in doubt (a send that may or may not have left), a stop in
+        ``needs_attention``, as for a call a crash left in doubt: a person checks first."""
+        for result in results:
+            if isinstance(result, ev.ToolResult) and result.error_kind == "in_doubt":
+                return [
+                    ev.StateChanged(
+                        state="needs_attention",
+                        reason=f"in doubt: {result.tool} may or may not have taken effect; "
+                        "check, then tell the errand how to go on",
+                    )
+                ]
+        return self._next_request(p, finishing)
 
     def _next_request(self, p: Progress, finishing: CallState) -> list[ev.Event]:
         """The model request that follows the last result of a turn, to log it in the same
