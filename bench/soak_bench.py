@@ -2,13 +2,16 @@
 one process, with its RSS, open file descriptors, threads and asyncio tasks sampled.
 
 What runs is what ``errands up`` runs, wired by ``harness.build``: the SQLite store on
-disk, the runner (claiming errands and driving their loops), the scheduler (a watch
-checked every minute whose page gets a new item every ``--change-every`` minutes, and
-hourly schedules), approvals decided through ``harness.approvals`` (approved and denied
-in turn), and retention every hour (``[retention]``: finished errands compacted after
-two hours). The model is the scripted model (a lookup, then a message that needs
-approval, then a final answer); the watch's page is simulated (no HTTP). Time is a
-:class:`~errands.clock.FakeClock` moved a minute at a time; nothing sleeps.
+disk, the runner serving (``Runner.serve``: claiming errands, noticing wake-ups, driving
+their loops) with its scheduler (a watch checked every minute whose page gets a new item
+every 10 minutes, and three hourly schedules), approvals decided through
+``harness.approvals`` as they come (approved and denied in turn), errands handed over
+every 5 minutes, and retention every hour (finished errands compacted after two hours).
+The model is the scripted model (a lookup, then a message that needs approval, then a
+final answer); the watch's page is simulated (no HTTP). Time is a
+:class:`~errands.clock.FakeClock` moved a minute at a time, and the bench gives the
+serving loops a few milliseconds of real time each minute (they poll every 5 ms here,
+every 0.5 s in ``errands up``).
 
 A sample is taken every simulated hour, after ``gc.collect()``: RSS (psutil), open file
 descriptors, threads, asyncio tasks, and the Python objects the collector tracks.
@@ -42,7 +45,6 @@ from errands.config import RetentionSettings, Settings, load_settings
 from errands.core.events import EffectClass
 from errands.engine.operations import create_errand
 from errands.engine.retention import Retention
-from errands.engine.scheduler import Scheduler
 from errands.engine.schedules import ScheduleRequest, add_schedule
 from errands.errors import StoreError
 from errands.harness import Harness, build
@@ -55,6 +57,7 @@ from errands.tools.toolset import FunctionToolset
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "soak.json"
 MINUTE, HOUR = 60.0, 3600.0
+POLL = 0.005  # real seconds between the runner's looks (errands up: 0.5)
 
 SCRIPT = {
     "name": "soak",
@@ -196,20 +199,24 @@ async def soak(
     h = build(
         settings, store=store, toolsets=[toolset or tools()], builtins=False, models=lambda _: model
     )
-    runner = h.runner()
+    # what errands up runs: the runner serving (claiming, waking), its scheduler; leases
+    # outlive the simulated day (renewing runs on real time, which barely passes)
+    runner = h.runner(lease_ttl=30 * 86400.0).with_schedules(clock)
     runner.loop.clock = clock
     page = Page(clock, change_every)
+    scheduler = runner.scheduler
+    assert scheduler is not None
 
-    class Watching(Scheduler):
-        @staticmethod
-        async def check(*args: Any, **kwargs: Any) -> watchcheck.Checked:
-            return page.checked()
+    async def check(*args: Any, **kwargs: Any) -> watchcheck.Checked:
+        return page.checked()
 
-    scheduler = Watching(store, settings, clock=clock)
+    scheduler.check = check  # type: ignore[method-assign]  (the simulated page)
     retention = Retention(store, RetentionSettings(keep_days=2 / 24, schedule_runs=10), clock)
     out = SoakResult(hours, warmup_hours)
     started = time.monotonic()
     decisions = 0
+    stop = asyncio.Event()
+    serving: asyncio.Task[None] | None = None
     try:
         request = ScheduleRequest(
             name="flats", kind="watch", every="1m", url="https://flats.example/", select="li",
@@ -221,16 +228,17 @@ async def soak(
                 name=f"hourly-{i}", kind="cron", cron=f"{i * 7} * * * *", text="the report"
             )
             await add_schedule(store, settings, hourly, clock=clock)
+        serving = asyncio.create_task(runner.serve(stop, poll=POLL))
+        await asyncio.sleep(10 * POLL)
         out.samples.append(sample(0.0, h, 0))
         minutes = int(hours * 60)
         for minute in range(1, minutes + 1):
             clock.advance(MINUTE)
-            await scheduler.tick()
+            scheduler.nudge()  # (its wait is in real time: look now)
             if minute % every_minutes == 0:  # a person hands over an errand
                 await create_errand(store, settings, f"errand {minute}", model=f"scripted:{spec}")
                 out.errands += 1
-            await runner.claim()
-            await runner.wait_idle()
+            await asyncio.sleep(2 * POLL)  # (the runner claims and runs)
             for pending in await store.pending_approvals():
                 decisions += 1
                 try:
@@ -243,8 +251,7 @@ async def soak(
                 except StoreError:
                     continue
                 out.approvals += 1
-            await runner.claim()
-            await runner.wait_idle()
+            await asyncio.sleep(2 * POLL)
             if minute % 60 == 0:
                 await retention.run()
                 count, done, out.watch_runs = _counts(settings.db_path)
@@ -258,6 +265,9 @@ async def soak(
                         flush=True,
                     )
     finally:
+        stop.set()
+        if serving is not None:
+            await serving
         await runner.drain()
         await h.close()
     out.seconds = round(time.monotonic() - started, 1)
