@@ -5,8 +5,10 @@ server and Dovecot; the recipient's mailbox, read over IMAP, is the judge.
   the result was logged: the next run finds the Message-ID in Sent and does not send
   again -- the recipient has it once. Control (``no-sent-check``: errands does not look
   in Sent): it goes out twice.
-- killed after the server's 250 but before the copy in Sent is marked: the next run
-  finds it marked ``$ErrandsSending`` -- in doubt -- and sends nothing: once.
+- killed after the server's 250 but before the copy in Sent is marked, or while the SMTP
+  transaction was open (the server had the mail, errands never heard its 250): the next
+  run finds the copy marked ``$ErrandsSending`` -- in doubt -- sends nothing and stops in
+  ``needs_attention``: once.
 - without IMAP (nothing to look in), the send in doubt stops the errand in
   ``needs_attention``, as any call that is not safe to run twice: once.
 """
@@ -46,13 +48,29 @@ def turns(subject: str) -> list[dict[str, Any]]:
     ]
 
 
-def worker(home: Path, eid: str, script_file: Path, variant: str, fault: str | None) -> int:
-    proc = subprocess.run(
+def worker(
+    home: Path,
+    eid: str,
+    script_file: Path,
+    variant: str,
+    fault: str | None,
+    mail: MailServers | None = None,
+) -> int:
+    """Run the worker to its end; with *mail*, SIGKILL it when the SMTP server has the
+    whole mail and has delivered it, before it answers 250."""
+    proc = subprocess.Popen(
         [sys.executable, str(WORKER), str(home), eid, str(script_file), variant],
-        env=child_env(fault=fault), capture_output=True, text=True, timeout=60,
+        env=child_env(fault=fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    if mail is not None:
+        mail.relay.handler.on_data = lambda envelope: proc.kill()
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if mail is not None:
+            mail.relay.handler.on_data = None
     if proc.returncode not in (0, -signal.SIGKILL):
-        raise AssertionError(proc.stderr[-3000:])
+        raise AssertionError(err[-3000:])
     return proc.returncode
 
 
@@ -124,6 +142,22 @@ async def test_a_send_killed_between_the_250_and_the_mark_is_in_doubt_not_resent
     assert not result.ok and result.error_kind == "in_doubt"
     assert "not sent again on its own" in result.content.text
     assert state is ErrandState.needs_attention  # a person checks before anything else
+
+
+async def test_a_send_killed_before_the_server_answered_250_is_in_doubt_not_resent(
+    home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while the SMTP transaction was open (the server had the mail, the client
+    never heard its answer): the Sent copy is still marked, so the next run stops in
+    needs_attention -- the recipient has the mail once."""
+    mail_settings(home, mail, monkeypatch)
+    subject = "invoice in data"
+    eid, script_file = await approved_errand(home, subject)
+    assert worker(home, eid, script_file, "", None, mail=mail) == -signal.SIGKILL
+    assert worker(home, eid, script_file, "", None) == 0
+    assert received(mail, subject) == 1
+    state, (result,) = await outcome(home, eid)
+    assert state is ErrandState.needs_attention and result.error_kind == "in_doubt"
 
 
 async def test_without_imap_a_send_in_doubt_needs_attention(
