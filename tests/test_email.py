@@ -61,7 +61,7 @@ async def test_search_read_draft_then_send_with_approval(
     )
     (ident,) = inbox_ids(mail, "Lunch on Friday")
     turns: list[dict[str, Any]] = [
-        {"tool_calls": [call("search_email", query="lunch")]},
+        {"tool_calls": [call("search_email", query="lunch", since="2020-01-01")]},
         {"tool_calls": [call("read_email", id=ident)]},
         {"tool_calls": [call("draft_email", to=[BOB], subject="Re: Lunch", body="Yes, 1pm.")]},
         {"tool_calls": [call("send_email", to=[BOB], cc=[ME], subject="Re: Lunch on Friday?",
