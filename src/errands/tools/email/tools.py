@@ -35,7 +35,7 @@ from errands.tools.email.message import (
     render,
 )
 from errands.tools.email.outbox import Outbox
-from errands.tools.tool import ToolArgumentError, ToolContext, ToolOutput, make_tool
+from errands.tools.tool import Preview, ToolArgumentError, ToolContext, ToolOutput, make_tool
 from errands.tools.toolset import FunctionToolset
 
 __all__ = ["EMAIL_TOOLS", "EmailToolset", "email_preview", "email_toolset"]
@@ -109,7 +109,7 @@ def check_body(settings: EmailSettings, to: list[Address], body: str) -> None:
         raise ToolArgumentError(f"body: more than max_message_bytes ({settings.max_message_bytes})")
 
 
-def email_preview(settings: EmailSettings) -> Any:
+def email_preview(settings: EmailSettings) -> Preview:
     """The approval card of a send (or a draft): everything that would leave."""
 
     def preview(args: Mapping[str, Any], workspace: Path) -> str:
