@@ -338,3 +338,36 @@ def test_the_mail_password_is_redacted_from_the_store_whatever_its_name(
         assert "pw-9f8e7d6c5b" not in store.redact("the password is pw-9f8e7d6c5b")
     finally:
         asyncio.run(store.close())
+
+
+async def test_a_server_that_files_sent_mail_itself_gets_no_second_copy(
+    home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sent_copy = "server"`` (Gmail's way): the SMTP server files the copy; errands only
+    looks in Sent, so there is one copy, not two."""
+    (home / "errands.toml").write_text(email_toml(mail, extra='sent_copy = "server"\n'))
+    monkeypatch.setenv("ERRANDS_TEST_MAIL_PASSWORD", "s3cret-mail-pw")
+    from errands.config import load_settings
+
+    settings = load_settings(home)
+
+    def file_it(envelope: Any) -> None:  # what such a server does with what it sends
+        mail.append(ERRANDS, envelope.original_content, "Sent")
+
+    turns = [
+        {"tool_calls": [call("send_email", to=[BOB], subject="server files it", body="b")]},
+        {"text": "sent"},
+    ]
+    mail.relay.handler.on_data = file_it
+    store = SQLiteStore(settings.db_path)
+    try:
+        h = harness_for(store, settings, model=script(*turns))
+        eid = await h.create("mail bob")
+        await run(h, eid)
+        await approve_all(h, eid)
+        await run(h, eid)
+    finally:
+        mail.relay.handler.on_data = None
+        await store.close()
+    copies = [m for m in mail.messages(ERRANDS, "Sent") if b"server files it" in m]
+    assert len(copies) == 1
