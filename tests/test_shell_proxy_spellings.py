@@ -135,8 +135,8 @@ async def _send(proxy_class: type[EgressProxy], request: bytes, port: int) -> by
         try:
             reader, writer = await asyncio.open_unix_connection(str(path))
             writer.write(request)
-            await writer.drain()
-            answer = await asyncio.wait_for(reader.read(4096), timeout=5)
+            writer.write_eof()  # (a tunnel then ends too, when the server sees the end)
+            answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the end
             writer.close()
             return answer
         finally:
