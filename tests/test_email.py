@@ -371,3 +371,34 @@ async def test_a_server_that_files_sent_mail_itself_gets_no_second_copy(
         await store.close()
     copies = [m for m in mail.messages(ERRANDS, "Sent") if b"server files it" in m]
     assert len(copies) == 1
+
+
+async def test_an_smtp_server_that_is_down_leaves_no_copy_marked_sending(
+    home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy filed in Sent before the SMTP transaction is removed when the server
+    could not even be reached (nothing left): a later send of the same call is not held
+    in doubt by it."""
+    from helpers.mailserver import free_port
+
+    from errands.config import load_settings
+
+    mail_settings(home, mail, monkeypatch)
+    text = (home / "errands.toml").read_text().replace(f":{mail.relay.port}", f":{free_port()}")
+    (home / "errands.toml").write_text(text)
+    settings = load_settings(home)
+    turns = [
+        {"tool_calls": [call("send_email", to=[BOB], subject="smtp is down", body="b")]},
+        {"text": "gave up"},
+    ]
+    store = SQLiteStore(settings.db_path)
+    try:
+        h = harness_for(store, settings, model=script(*turns))
+        eid = await h.create("mail bob")
+        await run(h, eid)
+        await approve_all(h, eid)
+        (sent,) = results(await run(h, eid), "send_email")
+    finally:
+        await store.close()
+    assert sent.error_kind == "mail_error" and "connection refused" in sent.content.text
+    assert not [m for m in mail.messages(ERRANDS, "Sent") if b"smtp is down" in m]
