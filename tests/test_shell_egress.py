@@ -134,6 +134,8 @@ async def test_a_call_may_name_only_configured_hosts(tmp_path: Path, allowed: Up
         await shell(settings_for(), tmp_path, "true", [allowed.hostport])
     with pytest.raises(ToolArgumentError, match=r"egress to \*\.github\.com is not allowed"):
         await shell(settings_for("api.github.com"), tmp_path, "true", ["*.github.com"])
+    with pytest.raises(ToolArgumentError, match=r"no scheme, no path"):
+        await shell(settings_for("pypi.org"), tmp_path, "true", ["https://pypi.org/simple"])
 
 
 @pytest.mark.parametrize("proxy", [EgressProxy, UnguardedProxy], ids=["guarded", "CONTROL"])

@@ -87,6 +87,7 @@ _EXTRA_NON_PUBLIC: tuple[IPNetwork, ...] = tuple(
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
 _NUMERIC_LABEL = re.compile(r"^(?:0[xX][0-9a-fA-F]*|[0-9]+)$")
+_EGRESS_HOST = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|[0-9a-f:.]*:[0-9a-f:.]*")
 
 
 class NetworkRefused(ToolError):
@@ -274,8 +275,14 @@ class EgressEntry:
             entry, port = head, int(tail)  # (a bare IPv6 address has no port)
         subdomains = entry.startswith("*.")
         host = entry.removeprefix("*.").strip("[]").rstrip(".")
-        if not host or (port is not None and not 0 < port < 65536):
-            raise NetworkRefused(f"{text!r} is not a host, *.domain or host:port")
+        if (
+            not _EGRESS_HOST.fullmatch(host)
+            or (":" in host and subdomains)
+            or (port is not None and not 0 < port < 65536)
+        ):
+            raise NetworkRefused(
+                f"{text!r} is not a host, *.domain or host:port (no scheme, no path)"
+            )
         return cls(host, port, subdomains)
 
     def matches(self, host: str, port: int) -> bool:
