@@ -22,6 +22,7 @@ from helpers.mailserver import MailServers
 
 from errands.channels.email.reader import MailReader
 from errands.channels.email.senders import SenderCheck
+from errands.cli.render import event_line
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.states import ErrandState
@@ -69,6 +70,8 @@ async def test_an_allowed_sender_starts_an_errand_with_untrusted_text(
     assert created.content.integrity.value == "untrusted"  # never the person's own words
     assert created.content.provenance.kind == "external" and created.content.provenance.source == ME
     assert "Book a table for two on Friday." in created.content.text
+    line = event_line(first) or ""  # errands show: whose words, labelled
+    assert f"a mail from {ME}" in line and "(untrusted)" in line
     assert (await reader.poll()).started == 0  # nothing twice
 
 
@@ -198,6 +201,8 @@ async def test_an_injected_mail_recipient_waits_and_the_card_names_the_mail(
     assert "came from content from email" in pending.reason and ME in pending.reason, pending.reason
     async with in_process(h) as (client, _):  # the inbox's card shows all of it
         page = html.unescape((await client.get(f"/errands/{eid}")).text)
+    assert f"Mail from {ME}" in page and "untrusted</span>" in page  # who asked: a mail
+    assert "You asked" not in page
     for shown in (f"from: errands <{ERRANDS}>", "to: x@evil.example", "subject: Fwd",
                   "all of it", "came from content from email", ME):  # fmt: skip
         assert shown in page, shown

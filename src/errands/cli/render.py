@@ -97,7 +97,9 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
     match e:
         case ev.ErrandCreated():
             mode = ", plan mode" if e.mode else ""
-            return f"{seq}[bold]▶ {safe(e.title)}[/bold] [dim]({safe(e.model)}{mode}, workspace {safe(e.workspace)})[/dim]"
+            if e.channel == "email":  # (a mail's words, not the person's: labelled so)
+                mode += f", {safe(e.by.replace('email:', 'a mail from '))}"
+            return f"{seq}[bold]▶ {safe(e.title)}[/bold] [dim]({safe(e.model)}{mode}, workspace {safe(e.workspace)})[/dim]{_label(e.content)}"
         case ev.UserMessage():
             return f"{seq}[bold cyan]{_speaker(e)}:[/bold cyan] {safe(_clip(e.content.text))}{_label(e.content)}"
         case ev.ModelRequested():
@@ -180,6 +182,8 @@ def _speaker(message: ev.UserMessage) -> str:
         return f"watch {safe(message.by.removeprefix('watch:'))}"
     if message.channel == "schedule":
         return f"schedule {safe(message.by.removeprefix('schedule:'))}"
+    if message.channel == "email":
+        return f"mail from {safe(message.by.removeprefix('email:'))}"
     return "you" if message.content.provenance.kind == "user" else "errands"
 
 
