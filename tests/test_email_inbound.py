@@ -1,5 +1,5 @@
 """Talking to errands by mail (issue 20), on a real Dovecot: a mail from an allowed,
-authenticated sender starts an errand (its text untrusted); a reply continues the errand
+authenticated sender starts an errand (its text untrusted); a reply continues (and wakes) the errand
 it answers; anyone else starts nothing (counted); a forged Authentication-Results is
 refused (control: a check that trusts From alone lets it in); the cursor survives
 restarts (no mail twice, none skipped; control: an errand id not derived from the mail
@@ -50,6 +50,10 @@ async def reader_for(settings: Settings, store: SQLiteStore, **kw: Any) -> MailR
     reader = MailReader(settings, store, **kw)
     await reader.poll()
     return reader
+
+
+def results_of(log: list[Any], tool: str) -> list[ev.ToolResult]:
+    return [s.event for s in log if isinstance(s.event, ev.ToolResult) and s.event.tool == tool]
 
 
 async def errands_of(store: SQLiteStore) -> list[str]:
@@ -150,7 +154,7 @@ async def test_a_reply_continues_the_errand_that_sent_the_mail_it_answers(
     """errands mails me; my reply joins that errand, which goes on with it."""
     turns: list[dict[str, Any]] = [
         {"tool_calls": [call("send_email", to=[ME], subject="Which date?", body="Friday or Monday?")]},
-        {"text": "asked; waiting for the answer"},
+        {"tool_calls": [call("wait", seconds=86400, reason="the answer")]},
         {"text": "Monday it is."},
     ]  # fmt: skip
     h = harness_for(store, mailed, model=script(*turns))
@@ -160,7 +164,7 @@ async def test_a_reply_continues_the_errand_that_sent_the_mail_it_answers(
     (pending,) = (await store.view(eid)).pending.values()
     await h.approvals.approve(pending.id, by="me", channel="cli")
     await asyncio.wait_for(h.runner().run_errand(eid), 30)
-    assert (await store.view(eid)).state is ErrandState.done
+    assert (await store.view(eid)).state is ErrandState.sleeping  # for a day, or a reply
     sent_id = next(m for m in mail.messages(ME) if b"Which date?" in m)
     message_id = next(
         line.split(b":", 1)[1].strip().decode()
@@ -178,6 +182,8 @@ async def test_a_reply_continues_the_errand_that_sent_the_mail_it_answers(
     await asyncio.wait_for(h.runner().run_errand(eid), 30)  # it woke and went on
     view = await store.view(eid)
     assert view.state is ErrandState.done and view.result == "Monday it is."
+    woken = results_of(await store.read(eid), "wait")
+    assert woken and woken[-1].content.text.startswith("woken early: a message came")
 
 
 async def test_an_injected_mail_recipient_waits_and_the_card_names_the_mail(
