@@ -48,6 +48,7 @@ from errands.policy.hook import AllowAll
 from errands.store import Store
 from errands.store.sqlite import SQLiteStore
 from errands.store.sqlite import spend as spend_tables
+from errands.store.sqlite.migrations import MIGRATIONS
 from errands.tools.toolset import FunctionToolset
 
 KEY_ENV = "BUDGET_SIM_KEY"
@@ -208,6 +209,18 @@ async def test_integrity_check_finds_a_tampered_spend_and_rebuild_repairs_it(
     assert (await store.budget(None)).spent_usd == 0.125
 
 
+def _schema_2_tables() -> set[str]:
+    """The tables of a store that only migrations 0001 and 0002 made."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for migration in MIGRATIONS[:2]:
+            assert isinstance(migration.step, str)
+            conn.executescript(migration.step)
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
 async def test_a_store_from_before_budgets_is_backfilled_from_its_log(
     settings: Settings,
 ) -> None:
@@ -216,12 +229,10 @@ async def test_a_store_from_before_budgets_is_backfilled_from_its_log(
     await store.append(a, [responded(await ask(store, a), 0.5)])
     await store.close()
     conn = sqlite3.connect(settings.db_path)
-    with conn:  # back to schema 2, as an older errands left it
-        conn.execute("DROP TABLE spend")
-        conn.execute("DROP TABLE budget_holds")
-        for table in ("timers", "schedules", "schedule_runs", "watch_items"):
-            conn.execute(f"DROP TABLE {table}")  # (and what later migrations added)
-        conn.execute("DROP TABLE migrations")  # (an older errands kept only the version)
+    with conn:  # back to schema 2, as an older errands left it: every later table goes
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in sorted(tables - _schema_2_tables()):  # spend, budget_holds, ..., migrations
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     store = SQLiteStore(settings.db_path)
