@@ -488,19 +488,28 @@ def test_a_kill_in_the_middle_of_gc_loses_nothing(cli: CLI, home: Path) -> None:
     assert finished["errands"] == 120 - len(compacted)
 
 
-def test_errands_up_applies_retention_by_itself(cli: CLI, home: Path) -> None:
+@pytest.mark.parametrize("applies", [True, False], ids=["on", "control-off"])
+def test_errands_up_applies_retention_by_itself(cli: CLI, home: Path, applies: bool) -> None:
+    """errands up compacts by itself; the control, a server that does not apply retention
+    (enabled = false), fails the same wait."""
     from helpers.server import running, wait_for
 
     (home / "errands.toml").write_text(
         "[retention]\nkeep_days = 0.00001\nevery_minutes = 0.01\n"  # (0.9 s; every 0.6 s)
+        + ("" if applies else "enabled = false\n")
     )
     ran = json.loads(cli("demo", "--json").stdout)
+    time.sleep(1.0)  # (past keep_days before the server starts)
     with running(home) as server, server.client() as api:
 
         def compacted() -> bool:
             shown = json.loads(cli("show", ran["id"], "--json").stdout)["events"]
             return any(e["type"] == "errand_compacted" for e in shown)
 
-        wait_for(compacted, timeout=30, interval=0.3)
-        assert api.get(f"/api/errands/{ran['id']}").json()["result"] == ran["result"]
+        if applies:
+            wait_for(compacted, timeout=30, interval=0.3)
+            assert api.get(f"/api/errands/{ran['id']}").json()["result"] == ran["result"]
+        else:
+            with pytest.raises(AssertionError, match="timed out"):
+                wait_for(compacted, timeout=2.4, interval=0.3)  # (4 periods)
         assert server.stop() == 0
