@@ -308,3 +308,31 @@ async def test_the_server_starts_the_reader_with_its_channels(
     finally:
         for channel in channels:
             await channel.close()
+
+
+async def test_a_mail_that_comes_between_a_look_and_the_wait_is_not_left_waiting(
+    mailed: Settings, mail: MailServers, store: SQLiteStore
+) -> None:
+    """IDLE reports only what changes once it waits: a mail that came just before must
+    not wait for the next poll (60 s)."""
+
+    class MailAfterLook(MailReader):
+        delivered = False
+
+        async def poll(self) -> Any:
+            tally = await super().poll()
+            if not self.delivered:  # after the first look, before the wait
+                self.delivered = True
+                await asyncio.to_thread(mail.deliver, a_mail(ME, "between", "hi"), [ERRANDS])
+            return tally
+
+    reader = MailAfterLook(mailed, store)
+    reader.start()
+    try:
+        for _ in range(60):
+            if await errands_of(store):
+                break
+            await asyncio.sleep(0.05)
+        assert len(await errands_of(store)) == 1
+    finally:
+        await reader.close()

@@ -8,6 +8,8 @@ else now).
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 
 from imapclient.exceptions import IMAPClientError
@@ -63,23 +65,28 @@ def fetch_new(
     return Fetched(validity, mails=mails)
 
 
-def wait_for_mail(settings: EmailSettings, folder: str, seconds: float, hold: list[object]) -> bool:
-    """Wait up to *seconds* for the server to say *folder* changed (IDLE); False at
-    once when it does not offer IDLE. *hold* receives the connection while it waits,
-    so that another thread can cut the wait short (``shutdown()``)."""
+def wait_for_mail(
+    settings: EmailSettings, folder: str, seconds: float, stop: threading.Event, after: int | None
+) -> bool:
+    """Wait up to *seconds* for the server to say *folder* changed (IDLE) -- at once if
+    a mail above UID *after* is there already (it came after the last look, before the
+    wait began) -- or until *stop* is set (checked every second); False at once when
+    the server does not offer IDLE."""
     with imap_session(settings) as imap:
         if b"IDLE" not in imap.capabilities():
             return False
         select(imap, folder)
-        hold.append(imap)
         try:
+            if after is not None and any(u > after for u in imap.search(["UID", f"{after + 1}:*"])):
+                return True
             imap.idle()
             try:
-                imap.idle_check(timeout=seconds)
+                deadline = time.monotonic() + seconds
+                while not stop.is_set() and time.monotonic() < deadline:
+                    if imap.idle_check(timeout=min(1.0, max(0.0, deadline - time.monotonic()))):
+                        break
             finally:
                 imap.idle_done()
         except (IMAPClientError, OSError):
-            pass  # (cut short, or the server dropped it: the next look says)
-        finally:
-            hold.clear()
+            pass  # (the server dropped it: the next look says what is wrong)
     return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from email.message import Message
 from typing import Protocol, runtime_checkable
@@ -82,7 +83,7 @@ class MailReader:
         self.folder = self.email.inbox_folder
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
-        self._idle: list[object] = []
+        self._stop = threading.Event()  # (ends a wait in IDLE within a second)
 
     async def poll(self) -> Tally:
         """Take every new mail now (in batches); what happened to them."""
@@ -223,9 +224,11 @@ class MailReader:
             except Exception:  # never let the reader die silently
                 log.exception("mail: the reader failed")
             try:
+                cursor = await self.cursors.mail_cursor(self.folder)
                 idled = await asyncio.to_thread(
-                    wait_for_mail, self.email, self.folder, self.email.poll_seconds, self._idle
-                )
+                    wait_for_mail, self.email, self.folder, self.email.poll_seconds,
+                    self._stop, None if cursor is None else cursor.last_uid,
+                )  # fmt: skip
             except MailError:
                 idled = False
             if not idled:
@@ -234,9 +237,7 @@ class MailReader:
     async def close(self) -> None:
         if self._task is None:
             return
+        self._stop.set()
         self._task.cancel()
-        for client in list(self._idle):  # (cut the IDLE wait short)
-            with contextlib.suppress(Exception):
-                client.shutdown()  # type: ignore[attr-defined]
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
