@@ -4,6 +4,7 @@ server; the password never shows."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from helpers.mailkit import PASSWORD_ENV, email_toml, mail
 from helpers.mailserver import PASSWORD, MailServers, free_port
 
 from errands.config import load_settings
+from errands.store.sqlite import SQLiteStore
+from errands.store.sqlite.mail_cursor import MailCursor
 from errands.tools.email.doctor import email_report
 
 __all__ = ["mail"]
@@ -64,10 +67,14 @@ def test_doctor_cli_checks_both_and_says_what_failed(
     home: Path, mail: MailServers, cli: Any
 ) -> None:
     (home / "errands.toml").write_text(email_toml(mail))
+    store = SQLiteStore(load_settings(home).db_path)  # the reader refused two mails so far
+    asyncio.run(store.move_mail_cursor(MailCursor("INBOX", 1, 5, 2)))
+    asyncio.run(store.close())
     good = cli("doctor", "--json", **{PASSWORD_ENV: PASSWORD})
     checks = {c["subject"]: c for c in json.loads(good.stdout)["checks"]}
     email = {k: v for k, v in checks.items() if k.startswith("email")}
     assert len(email) == 2 and all(c["ok"] for c in email.values()), email
+    assert any("up to UID 5; 2 refused" in n for c in email.values() for n in c["notes"])
     bad = cli("doctor", **{PASSWORD_ENV: "nope-not-it"})
     assert bad.returncode == 1
     assert (

@@ -120,7 +120,39 @@ def _email_checks(s: Settings) -> list[Check]:
     check_libraries()
     from errands.tools.email.doctor import email_report
 
-    return [Check(r.subject, r.ok, r.problems, r.notes) for r in email_report(s.email)]
+    checks = [Check(r.subject, r.ok, r.problems, r.notes) for r in email_report(s.email)]
+    note = _mail_in(s)
+    if note and len(checks) > 1:
+        checks[1].notes.append(note)
+    return checks
+
+
+def _mail_in(s: Settings) -> str | None:
+    """Where the mail reader is, and how many mails it refused (from the store)."""
+    email = s.email
+    if email is None or not email.allowed_senders or not s.db_path.exists():
+        return None
+    import asyncio
+
+    from errands.channels.email.reader import CursorStore
+    from errands.store import open_store
+
+    async def read() -> str | None:
+        store = open_store(s, read_only=True)
+        try:
+            if not isinstance(store, CursorStore):
+                return None
+            cursor = await store.mail_cursor(email.inbox_folder)
+        finally:
+            await store.close()
+        if cursor is None:
+            return "mail in: not read yet (errands up reads it)"
+        return (
+            f"mail in: up to UID {cursor.last_uid}; {cursor.refused} refused "
+            "(not an allowed sender, or not authenticated: see the log)"
+        )
+
+    return asyncio.run(read())
 
 
 def _store_check(db: Path) -> Check:
