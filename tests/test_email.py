@@ -6,6 +6,7 @@ results. Mail servers: ``helpers.mailserver`` (no mocks of IMAP or SMTP)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from errands.core import events as ev
 from errands.core.states import ErrandState
 from errands.harness import Harness
 from errands.store.sqlite import SQLiteStore
+from errands.tools.email.tools import DRAFT_ARGS
 
 __all__ = ["mail"]
 pytestmark = pytest.mark.filterwarnings(
@@ -83,6 +85,9 @@ async def test_search_read_draft_then_send_with_approval(
         assert read.content.provenance.source and BOB in read.content.provenance.source
         (draft,) = results(log, "draft_email")
         assert draft.ok and "saved (not sent)" in draft.content.text
+        args = json.loads(draft.content.text.rsplit(DRAFT_ARGS, 1)[1])  # ready for send_email
+        assert args == {"to": [BOB], "cc": [], "subject": "Re: Lunch", "body": "Yes, 1pm.",
+                        "in_reply_to": None}  # fmt: skip
         # the send waits; the card shows everything that will leave
         view = await store.view(eid)
         (pending,) = view.pending.values()

@@ -12,6 +12,7 @@ takes from it. ``draft_email`` stores a draft in the errand's log (no network);
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import date
@@ -38,9 +39,10 @@ from errands.tools.email.outbox import Outbox
 from errands.tools.tool import Preview, ToolArgumentError, ToolContext, ToolOutput, make_tool
 from errands.tools.toolset import FunctionToolset
 
-__all__ = ["EMAIL_TOOLS", "EmailToolset", "email_preview", "email_toolset"]
+__all__ = ["DRAFT_ARGS", "EMAIL_TOOLS", "EmailToolset", "email_preview", "email_toolset"]
 
 EMAIL_TOOLS = ("draft_email", "read_email", "search_email", "send_email")
+DRAFT_ARGS = "send_email arguments: "  # the last line of a draft's result, then JSON
 MAX_RESULTS = 50
 _MESSAGE_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
 _ROLES = {"to": "recipient", "cc": "recipient", "subject": "subject", "body": "body"}
@@ -249,7 +251,10 @@ def email_toolset(settings: EmailSettings, outbox: Outbox | None = None) -> Emai
 
     async def draft(mail: dict[str, Any], ctx: ToolContext) -> str:
         preview = email_preview(settings)(mail, ctx.workspace)
-        return f"draft {ctx.idempotency_key} saved (not sent):\n{preview}"
+        # the draft's arguments as send_email takes them, last: what a morning's run (or
+        # a recipe) turns into a send_email call, and so into an approval card
+        as_sent = json.dumps(mail, ensure_ascii=False, sort_keys=True)
+        return f"draft {ctx.idempotency_key} saved (not sent):\n{preview}\n\n{DRAFT_ARGS}{as_sent}"
 
     async def send(mail: dict[str, Any], ctx: ToolContext) -> str:
         msg = build_message(
