@@ -336,3 +336,30 @@ async def test_a_mail_that_comes_between_a_look_and_the_wait_is_not_left_waiting
         assert len(await errands_of(store)) == 1
     finally:
         await reader.close()
+
+
+async def test_a_reply_taken_twice_joins_its_errand_once(
+    mailed: Settings, mail: MailServers, store: SQLiteStore
+) -> None:
+    """A crash after a reply joined its errand, before the cursor moved: the reply is
+    read again and found in the errand's log -- one message, not two."""
+    reader = await reader_for(mailed, store)
+    mail.deliver(a_mail(ME, "plan", "Plan my week.", message_id="<plan-1@test.example>"), [ERRANDS])
+    await reader.poll()
+    (eid,) = await errands_of(store)
+    mail.deliver(
+        a_mail(ME, "Re: plan", "Add Friday too.", in_reply_to="<plan-1@test.example>",
+               message_id="<plan-2@test.example>"),
+        [ERRANDS],
+    )  # fmt: skip
+    assert (await reader.poll()).continued == 1
+    cursor = await store.mail_cursor("INBOX")
+    assert cursor is not None
+    await store.move_mail_cursor(MailCursor("INBOX", cursor.uidvalidity, cursor.last_uid - 1))
+    tally = await reader.poll()
+    assert (tally.continued, tally.again, tally.started) == (0, 1, 0)
+    replies = [
+        s.event for s in await store.read(eid)
+        if isinstance(s.event, ev.UserMessage) and s.event.channel == "email"
+    ]  # fmt: skip
+    assert len(replies) == 1 and "Add Friday too." in replies[0].content.text

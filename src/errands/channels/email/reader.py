@@ -126,7 +126,7 @@ class MailReader:
                 mail.uid, self.folder, header_value(msg, "From")[:200], verdict.reason,
             )  # fmt: skip
             return False
-        key = header_value(msg, "Message-ID").strip() or f"<{uidvalidity}.{mail.uid}@imap>"
+        key = header_value(msg, "Message-ID").strip()[:200] or f"<{uidvalidity}.{mail.uid}@imap>"
         shown = render(
             mail.raw, size=mail.size, truncated=mail.size > len(mail.raw),
             ident=f"{self.folder}:{mail.uid}",
@@ -193,7 +193,7 @@ class MailReader:
         marker = f"({key})"
         for stored in await self.store.read(errand_id):
             event = stored.event
-            if isinstance(event, ev.UserMessage) and marker in event.content.text[:400]:
+            if isinstance(event, ev.UserMessage) and marker in event.content.text[:600]:
                 tally.again += 1
                 return True
         message = ev.UserMessage(content=content, by=f"email:{sender}", channel="email")
