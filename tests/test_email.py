@@ -407,3 +407,31 @@ async def test_an_smtp_server_that_is_down_leaves_no_copy_marked_sending(
         await store.close()
     assert sent.error_kind == "mail_error" and "connection refused" in sent.content.text
     assert not [m for m in mail.messages(ERRANDS, "Sent") if b"smtp is down" in m]
+
+
+async def test_a_reply_carries_the_thread_of_the_mail_it_answers(
+    mailed: Settings, mail: MailServers
+) -> None:
+    """In-Reply-To the mail answered, and References its chain then its Message-ID."""
+    mail.deliver(
+        a_mail(BOB, "Re: the plan", "Third in the thread.", message_id="<c-3@test.example>",
+               in_reply_to="<b-2@test.example>"),
+        [ERRANDS],
+    )  # fmt: skip
+    turns: list[dict[str, Any]] = [
+        {"tool_calls": [call("send_email", to=[BOB], subject="Re: the plan", body="Fourth.",
+                             in_reply_to="<c-3@test.example>")]},
+        {"text": "answered"},
+    ]  # fmt: skip
+    store = SQLiteStore(mailed.db_path)
+    try:
+        h = harness_for(store, mailed, model=script(*turns))
+        eid = await h.create("answer bob")
+        await run(h, eid)
+        await approve_all(h, eid)
+        await run(h, eid)
+    finally:
+        await store.close()
+    (got,) = [message_from_bytes(m) for m in mail.messages(BOB) if b"Fourth." in m]
+    assert got["In-Reply-To"] == "<c-3@test.example>"
+    assert got["References"].split() == ["<b-2@test.example>", "<c-3@test.example>"]

@@ -30,8 +30,9 @@ from imapclient.exceptions import IMAPClientError
 
 from errands.mailconfig import EmailSettings
 from errands.tools.email.client import MailError, imap_session, select, smtp_session
+from errands.tools.email.message import header_value, parse
 
-__all__ = ["SENDING", "Outbox", "Settled"]
+__all__ = ["SENDING", "Outbox", "Settled", "thread"]
 
 SENDING = "$ErrandsSending"
 
@@ -59,6 +60,7 @@ class Outbox:
         if not self.checks_sent:
             return f"sent {message_id}" + self._smtp(msg)
         with imap_session(self.settings) as imap:
+            thread(imap, msg, (self.settings.inbox_folder, self.settings.sent_folder))
             folder = self.settings.sent_folder
             select(imap, folder, readonly=False)
             state, _ = self.settled(imap, message_id)
@@ -150,6 +152,32 @@ class Outbox:
                     "mail may or may not have left; it is not sent again on its own",
                 ) from None
         return f" (refused by the server for: {_refusals(refused)})" if refused else ""
+
+
+def thread(imap: IMAPClient, msg: EmailMessage, folders: tuple[str, ...]) -> None:
+    """A reply's ``References``: the chain of the mail it answers (found in *folders*)
+    and that mail's Message-ID, so that every client threads it; just the Message-ID
+    when the mail is not found."""
+    parent = msg.get("In-Reply-To")
+    if not parent:
+        return
+    for folder in folders:
+        try:
+            select(imap, folder)
+            uids = imap.search(["HEADER", "Message-ID", str(parent)])
+            if not uids:
+                continue
+            field = b"BODY[HEADER.FIELDS (REFERENCES)]"
+            got = imap.fetch(uids[-1:], ["BODY.PEEK[HEADER.FIELDS (REFERENCES)]"])
+        except (MailError, IMAPClientError, OSError):
+            return  # (a reply threads by In-Reply-To alone)
+        fields: dict[bytes, bytes] = next(iter(got.values()), {})
+        head = parse(fields.get(field, b""))
+        chain = " ".join(header_value(head, "References").split()[-20:])
+        if chain:
+            del msg["References"]
+            msg["References"] = f"{chain} {parent}"
+        return
 
 
 def _text(value: bytes | str) -> str:
