@@ -50,6 +50,22 @@ async def approve_all(h: Harness, eid: str) -> None:
         await h.approvals.approve(pending.id, by="me", channel="cli")
 
 
+async def approved(
+    settings: Settings, turns: list[dict[str, Any]], text: str = "mail bob"
+) -> tuple[ErrandState, list[ev.Event]]:
+    """Run an errand until it asks, grant what it asks, run it on: its state and log."""
+    store = SQLiteStore(settings.db_path)
+    try:
+        h = harness_for(store, settings, model=script(*turns))
+        eid = await h.create(text)
+        await run(h, eid)
+        await approve_all(h, eid)
+        log = await run(h, eid)
+        return (await store.view(eid)).state, log
+    finally:
+        await store.close()
+
+
 def inbox_ids(mail: MailServers, subject: str) -> list[str]:
     with mail.imap(ERRANDS) as c:
         return [f"INBOX:{u}" for u in c.search(["SUBJECT", subject])]
@@ -232,16 +248,8 @@ async def test_wrong_password_or_unreachable_server_is_a_clear_error(
         {"tool_calls": [call("send_email", to=[BOB], subject="s", body="b")]},
         {"text": "gave up"},
     ]
-    store = SQLiteStore(settings.db_path)
-    try:
-        h = harness_for(store, settings, model=script(*turns))
-        eid = await h.create("mail bob")
-        await run(h, eid)
-        await approve_all(h, eid)
-        log = await run(h, eid)
-        assert (await store.view(eid)).state is ErrandState.done  # no crash: the model was told
-    finally:
-        await store.close()
+    state, log = await approved(settings, turns)
+    assert state is ErrandState.done  # no crash: the model was told
     (found,) = results(log, "search_email")
     (sent,) = results(log, "send_email")
     for r in (found, sent):
@@ -364,16 +372,10 @@ async def test_a_server_that_files_sent_mail_itself_gets_no_second_copy(
         {"text": "sent"},
     ]
     mail.relay.handler.on_data = file_it
-    store = SQLiteStore(settings.db_path)
     try:
-        h = harness_for(store, settings, model=script(*turns))
-        eid = await h.create("mail bob")
-        await run(h, eid)
-        await approve_all(h, eid)
-        await run(h, eid)
+        await approved(settings, turns)
     finally:
         mail.relay.handler.on_data = None
-        await store.close()
     copies = [m for m in mail.messages(ERRANDS, "Sent") if b"server files it" in m]
     assert len(copies) == 1
 
@@ -396,15 +398,7 @@ async def test_an_smtp_server_that_is_down_leaves_no_copy_marked_sending(
         {"tool_calls": [call("send_email", to=[BOB], subject="smtp is down", body="b")]},
         {"text": "gave up"},
     ]
-    store = SQLiteStore(settings.db_path)
-    try:
-        h = harness_for(store, settings, model=script(*turns))
-        eid = await h.create("mail bob")
-        await run(h, eid)
-        await approve_all(h, eid)
-        (sent,) = results(await run(h, eid), "send_email")
-    finally:
-        await store.close()
+    (sent,) = results((await approved(settings, turns))[1], "send_email")
     assert sent.error_kind == "mail_error" and "connection refused" in sent.content.text
     assert not [m for m in mail.messages(ERRANDS, "Sent") if b"smtp is down" in m]
 
@@ -423,15 +417,7 @@ async def test_a_reply_carries_the_thread_of_the_mail_it_answers(
                              in_reply_to="<c-3@test.example>")]},
         {"text": "answered"},
     ]  # fmt: skip
-    store = SQLiteStore(mailed.db_path)
-    try:
-        h = harness_for(store, mailed, model=script(*turns))
-        eid = await h.create("answer bob")
-        await run(h, eid)
-        await approve_all(h, eid)
-        await run(h, eid)
-    finally:
-        await store.close()
+    await approved(mailed, turns, "answer bob")
     (got,) = [message_from_bytes(m) for m in mail.messages(BOB) if b"Fourth." in m]
     assert got["In-Reply-To"] == "<c-3@test.example>"
     assert got["References"].split() == ["<b-2@test.example>", "<c-3@test.example>"]
