@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import html
 import time
+from collections.abc import Awaitable, Callable
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,20 @@ def results_of(log: list[Any], tool: str) -> list[ev.ToolResult]:
 
 async def errands_of(store: SQLiteStore) -> list[str]:
     return [v.id for v in await store.list_errands()]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> bool:
+    """Whether *check* holds within *seconds* (asked every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while not await check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def one_errand(store: SQLiteStore) -> bool:
+    return len(await errands_of(store)) == 1
 
 
 async def test_an_allowed_sender_starts_an_errand_with_untrusted_text(
@@ -264,11 +279,7 @@ async def test_idle_brings_new_mail_in_without_a_poll(
     try:
         await asyncio.sleep(0.5)  # (it looked, and waits in IDLE)
         mail.deliver(a_mail(ME, "idle", "hello"), [ERRANDS])
-        for _ in range(100):
-            if await errands_of(store):
-                break
-            await asyncio.sleep(0.05)
-        assert len(await errands_of(store)) == 1
+        assert await eventually(lambda: one_errand(store))
     finally:
         started = time.monotonic()
         await reader.close()
@@ -295,16 +306,13 @@ async def test_the_server_starts_the_reader_with_its_channels(
     channels = h.channels("http://127.0.0.1:7878")
     try:
         assert len([c for c in channels if isinstance(c, MailReader)]) == 1
-        for _ in range(100):  # its first look records the baseline
-            if await store.mail_cursor("INBOX") is not None:
-                break
-            await asyncio.sleep(0.05)
+
+        async def looked() -> bool:  # its first look records the baseline
+            return await store.mail_cursor("INBOX") is not None
+
+        assert await eventually(looked)
         mail.deliver(a_mail(ME, "via the server", "hello"), [ERRANDS])
-        for _ in range(100):
-            if await errands_of(store):
-                break
-            await asyncio.sleep(0.05)
-        assert len(await errands_of(store)) == 1
+        assert await eventually(lambda: one_errand(store))
     finally:
         for channel in channels:
             await channel.close()
@@ -329,11 +337,7 @@ async def test_a_mail_that_comes_between_a_look_and_the_wait_is_not_left_waiting
     reader = MailAfterLook(mailed, store)
     reader.start()
     try:
-        for _ in range(60):
-            if await errands_of(store):
-                break
-            await asyncio.sleep(0.05)
-        assert len(await errands_of(store)) == 1
+        assert await eventually(lambda: one_errand(store), seconds=3.0)  # not the 60 s poll
     finally:
         await reader.close()
 
