@@ -47,6 +47,9 @@ FEED_MARGIN = 5.0  # seconds of updates looked at again (clocks, overlapping com
 WORKER_POLL = 0.1  # how often a worker looks for runnable errands and wake-ups
 WORKER_BATCH = 25  # runnable errands a worker takes per look: the others take theirs
 PARENT_POLL = 0.5  # how often a server's worker checks that the server is still there
+# a server's workers run this much nicer than the server: a person's request (an approve,
+# a page of the inbox) gets a core first, and the workers have every cycle it leaves
+WORKER_NICE = 10
 
 log = logging.getLogger("errands.server")
 
@@ -166,7 +169,11 @@ def worker_args(home: str, config: str | None) -> list[str]:
 
 def run_worker(settings: Settings, parent: int | None = None) -> None:
     """``errands worker``: run errands from the home's store until SIGTERM or SIGINT
-    (or, given *parent*, until that process is gone)."""
+    (or, given *parent*, until that process is gone). A server's worker (given *parent*)
+    lowers its priority by :data:`WORKER_NICE` first."""
+    if parent is not None:
+        with contextlib.suppress(OSError):
+            os.nice(WORKER_NICE)
     asyncio.run(_work(settings, parent))
 
 
