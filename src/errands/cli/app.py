@@ -25,6 +25,7 @@ from errands.cli.commands import (
     mcp,
     models,
     policy,
+    recipes,
     schedules,
     server,
     service,
@@ -82,6 +83,7 @@ def version() -> None:
 errands.register(app)
 approvals.register(app)
 schedules.register(app)
+recipes.register(app)
 policy.register(app)
 app.command()(version)
 cost.register(app)
