@@ -11,6 +11,8 @@ nothing reaches x@evil.example."""
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,11 @@ from helpers.mailserver import MailServers
 
 from errands.clock import FakeClock
 from errands.config import Settings
+from errands.core.events import ToolCall, Usage
 from errands.core.states import ErrandState, ErrandView
 from errands.engine.scheduler import Scheduler
 from errands.harness import Harness
+from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.policy.hook import AllowAll
 from errands.recipes import RecipeOptions, add_recipe
 from errands.store.sqlite import SQLiteStore
@@ -33,6 +37,7 @@ __all__ = ["mail"]
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
 EVIL = "x@evil.example"
+DAY = 86400.0
 NIGHT = [  # (sender, subject, body, Message-ID)
     (BOB, "Invoice 7", "Can you confirm invoice 7 is paid?", "<n1@test.example>"),
     (BOB, "Friday meeting", "Is 10:00 on Friday fine?", "<n2@test.example>"),
@@ -152,3 +157,110 @@ async def test_negative_control_a_policy_that_allows_sends_forwards_to_the_attac
         await store.close()
     (leaked,) = [message_from_bytes(m) for m in mail.messages(EVIL) if b"(control)" in m]
     assert leaked["Subject"] == "Re: Mailbox move (control)"
+
+
+# -- vendor-chase -----------------------------------------------------------------------------
+
+SENT = re.compile(r"sent (<errands\.[^>\s]+>)")
+SUBJECT = "Invoice 42"
+
+
+class Vendor:
+    """A model that follows vendor-chase's prompt by what its transcript shows: send,
+    wait, on each wake search the thread; a reply found -> read it and report; none ->
+    follow up in the thread, up to the most."""
+
+    name = "test:vendor"
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        tools = [m for m in request.messages if m.role == "tool"]
+        sent = [found for m in tools for found in SENT.findall(m.text)]
+        last = tools[-1] if tools else None
+        if not sent:
+            return self._call("send_email", to=[BOB], subject=SUBJECT, body="Hello, when is "
+                              "invoice 42 paid?")  # fmt: skip
+        assert last is not None
+        if last.tool_name == "send_email":
+            return self._call("wait", seconds=2 * DAY, reason=f"a reply from {BOB}")
+        if last.tool_name == "wait":
+            return self._call("search_email", query=f"Re: {SUBJECT}")
+        if last.tool_name == "search_email":
+            ids = re.findall(r"INBOX:\d+", last.text)
+            if ids:
+                return self._call("read_email", id=ids[0])
+            if len(sent) - 1 < 3:
+                return self._call("send_email", to=[BOB], subject=f"Re: {SUBJECT}",
+                                  body="A friendly reminder.", in_reply_to=sent[0])  # fmt: skip
+            return self._say("The vendor never replied.")
+        said = re.search(r"Paid[^\r\n]*", last.text)
+        return self._say(f"The vendor replied: {said.group(0) if said else '?'}")
+
+    def _call(self, name: str, **arguments: Any) -> ModelReply:
+        call = ToolCall(call_id=f"c{time.monotonic_ns()}", name=name, arguments=arguments)
+        return ModelReply(tool_calls=[call], usage=Usage(input_tokens=1, output_tokens=1), stop_reason="tool_use",
+                          model=self.name)  # fmt: skip
+
+    def _say(self, text: str) -> ModelReply:
+        return ModelReply(text=text, usage=Usage(input_tokens=1, output_tokens=1), model=self.name)
+
+
+async def drive(h: Harness, clock: FakeClock, eid: str) -> tuple[ErrandView, int]:
+    """Run the errand until it sleeps or ends, approving each card: (view, cards)."""
+    cards = 0
+    while True:
+        runner = h.runner()
+        runner.loop.clock = clock
+        view = await asyncio.wait_for(runner.run_errand(eid), 60)
+        if view.state is not ErrandState.waiting_approval:
+            return view, cards
+        for pending in view.pending.values():
+            assert pending.tool == "send_email" and f"to: {BOB}" in pending.preview
+            await h.approvals.approve(pending.id, by="me", channel="inbox")
+            cards += 1
+
+
+def chased(mail: MailServers) -> list[Any]:
+    return [message_from_bytes(m) for m in mail.messages(BOB) if SUBJECT.encode() in m]
+
+
+async def test_vendor_chase_two_follow_ups_in_four_days_and_a_reply_on_day_five_stops_it(
+    mailed: Settings, mail: MailServers
+) -> None:
+    model = Vendor()
+    clock = FakeClock(wall=time.time())
+    store = SQLiteStore(mailed.db_path, clock=clock)
+    try:
+        h = harness_for(store, mailed, model=model)
+        options = RecipeOptions(name="vendor", to=BOB, about="when invoice 42 is paid",
+                                every="2d", max_follow_ups=3)  # fmt: skip
+        made = await add_recipe(store, mailed, "vendor-chase", options, clock=clock,
+                                known_tools=h.tool_names())  # fmt: skip
+        assert made.kind == "at"
+        clock.advance(61)
+        await Scheduler(store, mailed, clock=clock).tick()
+        (view,) = await store.list_errands()
+        prompt = "\n".join(m.text for m in (await h.runner().loop.load(view.id)).messages)
+        assert f"Chase a vendor, {BOB}, about: when invoice 42 is paid" in prompt
+        view, cards = await drive(h, clock, view.id)  # day 0: the first mail, approved
+        assert view.state is ErrandState.sleeping and cards == 1, view.result
+        for day in (2, 4):  # no reply: a follow-up at each deadline
+            clock.advance(2 * DAY + 1)
+            view, cards = await drive(h, clock, view.id)
+            assert view.state is ErrandState.sleeping and cards == 1, day
+        first, *follow_ups = chased(mail)
+        assert len(follow_ups) == 2
+        assert all(f["In-Reply-To"] == first["Message-ID"] for f in follow_ups)
+        clock.advance(DAY)  # day 5: the vendor answers in the thread
+        reply = a_mail(BOB, f"Re: {SUBJECT}", "Paid today, sorry for the delay.",
+                       in_reply_to=first["Message-ID"])  # fmt: skip
+        mail.deliver(reply, [ERRANDS])
+        clock.advance(DAY + 1)  # day 6: the deadline finds the reply
+        view, cards = await drive(h, clock, view.id)
+        assert view.state is ErrandState.done and cards == 0
+        assert view.result == "The vendor replied: Paid today, sorry for the delay."
+        clock.advance(4 * DAY)
+        view, _ = await drive(h, clock, view.id)
+        assert view.state is ErrandState.done
+    finally:
+        await store.close()
+    assert len(chased(mail)) == 3  # the first mail and two follow-ups; none after the reply
