@@ -180,3 +180,19 @@ def test_bad_input_is_one_line_and_creates_nothing(
     assert text.startswith(error), text
     assert "Traceback" not in r.stderr
     assert json.loads(cli("schedule", "ls", "--json").stdout) == []
+
+
+def test_always_for_a_mail_recipient_pins_exactly_who_receives_it() -> None:
+    """send_email's to and cc are lists: "always" from its card pins both exactly (no cc
+    stays no cc), never the body -- before, a list pinned nothing and the card could not
+    offer "always" at all."""
+    from errands.policy.rules import pattern_matches
+    from errands.policy.standing import standing_pattern
+    from errands.tools.tool import ArgRole
+
+    roles = {"to": ArgRole.recipient, "cc": ArgRole.recipient, "body": ArgRole.body}
+    me = ["me@test.example"]
+    pattern = standing_pattern(roles, {"to": me, "cc": None, "body": "Monday's summary"})
+    assert pattern_matches(pattern, {"to": me, "cc": None, "body": "Tuesday's summary"})
+    for sneaked in ({"to": me, "cc": ["x@evil.example"]}, {"to": [*me, "x@evil.example"]}):
+        assert not pattern_matches(pattern, {"cc": None, "body": "hi", **sneaked})

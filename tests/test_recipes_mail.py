@@ -11,6 +11,7 @@ nothing reaches x@evil.example."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from email import message_from_bytes
@@ -19,11 +20,21 @@ from typing import Any
 
 import pytest
 from helpers.kit import call, harness_for, script
-from helpers.mailkit import BOB, ERRANDS, ME, a_mail, mail, mail_settings
-from helpers.mailserver import MailServers
+from helpers.mailkit import (
+    BOB,
+    ERRANDS,
+    ME,
+    PASSWORD_ENV,
+    a_mail,
+    email_toml,
+    mail,
+    mail_settings,
+)
+from helpers.mailserver import PASSWORD, MailServers
+from helpers.site import Page, Site
 
 from errands.clock import FakeClock
-from errands.config import Settings
+from errands.config import Settings, load_settings
 from errands.core.events import ToolCall, Usage
 from errands.core.states import ErrandState, ErrandView
 from errands.engine.scheduler import Scheduler
@@ -204,9 +215,12 @@ class Vendor:
         return ModelReply(text=text, usage=Usage(input_tokens=1, output_tokens=1), model=self.name)
 
 
-async def drive(h: Harness, clock: FakeClock, eid: str) -> tuple[ErrandView, int]:
-    """Run the errand until it sleeps or ends, approving each card: (view, cards)."""
-    cards = 0
+async def drive(
+    h: Harness, clock: FakeClock, eid: str, *, standing: bool = False, to: str = BOB
+) -> tuple[ErrandView, list[str]]:
+    """Run the errand until it sleeps or ends, approving each card to *to* (with
+    *standing*: "always" for calls like it): (view, each card's reason)."""
+    cards: list[str] = []
     while True:
         runner = h.runner()
         runner.loop.clock = clock
@@ -214,9 +228,10 @@ async def drive(h: Harness, clock: FakeClock, eid: str) -> tuple[ErrandView, int
         if view.state is not ErrandState.waiting_approval:
             return view, cards
         for pending in view.pending.values():
-            assert pending.tool == "send_email" and f"to: {BOB}" in pending.preview
-            await h.approvals.approve(pending.id, by="me", channel="inbox")
-            cards += 1
+            assert pending.tool == "send_email" and f"to: {to}" in pending.preview
+            await h.approvals.approve(pending.id, by="me", channel="inbox", standing=standing)
+            cards.append(pending.reason)
+            standing = False  # ("always" once: the rule is written)
 
 
 def chased(mail: MailServers) -> list[Any]:
@@ -242,11 +257,11 @@ async def test_vendor_chase_two_follow_ups_in_four_days_and_a_reply_on_day_five_
         prompt = "\n".join(m.text for m in (await h.runner().loop.load(view.id)).messages)
         assert f"Chase a vendor, {BOB}, about: when invoice 42 is paid" in prompt
         view, cards = await drive(h, clock, view.id)  # day 0: the first mail, approved
-        assert view.state is ErrandState.sleeping and cards == 1, view.result
+        assert view.state is ErrandState.sleeping and len(cards) == 1, view.result
         for day in (2, 4):  # no reply: a follow-up at each deadline
             clock.advance(2 * DAY + 1)
             view, cards = await drive(h, clock, view.id)
-            assert view.state is ErrandState.sleeping and cards == 1, day
+            assert view.state is ErrandState.sleeping and len(cards) == 1, day
         first, *follow_ups = chased(mail)
         assert len(follow_ups) == 2
         assert all(f["In-Reply-To"] == first["Message-ID"] for f in follow_ups)
@@ -256,7 +271,7 @@ async def test_vendor_chase_two_follow_ups_in_four_days_and_a_reply_on_day_five_
         mail.deliver(reply, [ERRANDS])
         clock.advance(DAY + 1)  # day 6: the deadline finds the reply
         view, cards = await drive(h, clock, view.id)
-        assert view.state is ErrandState.done and cards == 0
+        assert view.state is ErrandState.done and cards == []
         assert view.result == "The vendor replied: Paid today, sorry for the delay."
         clock.advance(4 * DAY)
         view, _ = await drive(h, clock, view.id)
@@ -264,3 +279,105 @@ async def test_vendor_chase_two_follow_ups_in_four_days_and_a_reply_on_day_five_
     finally:
         await store.close()
     assert len(chased(mail)) == 3  # the first mail and two follow-ups; none after the reply
+
+
+# -- board-summary ----------------------------------------------------------------------------
+
+ISSUE = re.compile(r'"title": "([^"]+)", "state": "(\w+)"')
+MONDAY_7 = 1799650800.0  # Mon 11 Jan 2027 07:00 UTC
+
+
+def board(*issues: tuple[str, str]) -> Page:
+    """A board in the shape of GitHub's REST issues API."""
+    body = [
+        {"number": n, "title": title, "state": state, "updated_at": "2027-01-11T07:00:00Z",
+         "labels": [{"name": "bug"}], "assignees": [{"login": "bob"}]}
+        for n, (title, state) in enumerate(issues, 1)
+    ]  # fmt: skip
+    return Page(json.dumps(body).encode(), "application/json")
+
+
+class Summariser:
+    """Fetches the board, mails what changed since the answer of last_run (which lists
+    what it saw), and answers with the same summary."""
+
+    name = "test:board"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        tools = [m for m in request.messages if m.role == "tool"]
+        if not tools:
+            return call_reply(self.name, "fetch_url", url=self.url)
+        now = ISSUE.findall(tools[0].text)
+        before = "\n".join(m.text for m in request.messages if m.role == "user")
+        changed = [f"{t} ({s})" for t, s in now if f"{t}={s};" not in before]
+        summary = f"Changed since the last run: {', '.join(changed) or 'nothing'}. " + (
+            "Seen: " + "".join(f"{t}={s};" for t, s in now)
+        )
+        if tools[-1].tool_name == "fetch_url":
+            return call_reply(self.name, "send_email", to=[ME], subject="Board summary",
+                              body=summary)  # fmt: skip
+        return ModelReply(text=summary, usage=Usage(input_tokens=1, output_tokens=1),
+                          model=self.name)  # fmt: skip
+
+
+def call_reply(model: str, name: str, **arguments: Any) -> ModelReply:
+    call = ToolCall(call_id=f"c{time.monotonic_ns()}", name=name, arguments=arguments)
+    return ModelReply(tool_calls=[call], usage=Usage(input_tokens=1, output_tokens=1),
+                      stop_reason="tool_use", model=model)  # fmt: skip
+
+
+async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes(
+    home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch, site: Site
+) -> None:
+    """The first send asks; approved with "always" for that recipient, the next
+    mornings send without a card. Each mail says what changed that day."""
+    (home / "errands.toml").write_text(
+        email_toml(mail, extra='[network]\nallow_private = ["127.0.0.1"]\n')
+    )
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    settings = load_settings(home)
+    days = [
+        board(("Login fails", "open"), ("Slow export", "open")),
+        board(("Login fails", "closed"), ("Slow export", "open"), ("Dark mode", "open")),
+        board(("Login fails", "closed"), ("Slow export", "closed"), ("Dark mode", "open")),
+    ]
+    clock = FakeClock(wall=MONDAY_7)
+    store = SQLiteStore(settings.db_path, clock=clock)
+    try:
+        h = harness_for(store, settings, model=Summariser(site.url("/issues")))
+        options = RecipeOptions(name="board", board=site.url("/issues"), cron="0 8 * * 1-5",
+                                tz="UTC", to=ME)  # fmt: skip
+        await add_recipe(store, settings, "board-summary", options, clock=clock,
+                         known_tools=h.tool_names())  # fmt: skip
+        scheduler = Scheduler(store, settings, clock=clock)
+        cards = []
+        for page in days:
+            site.pages["/issues"] = page
+            clock.advance(3601)  # 08:00 and a second
+            await scheduler.tick()
+            run = (await store.schedule_runs("board", 10))[0]
+            view, asked = await drive(h, clock, run.errand_id or "", standing=not cards, to=ME)
+            assert view.state is ErrandState.done, view.result
+            cards.append(asked)
+            clock.advance(86400 - 3601)
+    finally:
+        await store.close()
+    # the first card, approved with "always" for that recipient, wrote a standing rule
+    # pinning exactly who receives it (to, and no cc) ...
+    policy = (home / "policy.toml").read_text()
+    assert 'args = { "to" = "[[]\\"me@test.example\\"]", "cc" = "null" }' in policy
+    # ... and still each morning asks: the summary's body comes from the board, untrusted,
+    # and flow control's ask outvotes a standing rule (docs/security.md, P-T)
+    assert policy.count("standing rule") == 1 and [len(c) for c in cards] == [1, 1, 1]
+    assert all("flow control: P-T" in c[0] and "the body is not in your words" in c[0]
+               for c in cards)  # fmt: skip
+    bodies = [m.get_payload() for m in map(message_from_bytes, mail.messages(ME))
+              if m["Subject"] == "Board summary"]  # fmt: skip
+    assert [b.split(". Seen:")[0].strip() for b in bodies] == [
+        "Changed since the last run: Login fails (open), Slow export (open)",
+        "Changed since the last run: Login fails (closed), Dark mode (open)",
+        "Changed since the last run: Slow export (closed)",
+    ]

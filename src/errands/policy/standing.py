@@ -51,11 +51,20 @@ def _escaped(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def standing_pattern(roles: Mapping[str, ArgRole], args: Mapping[str, Any]) -> dict[str, str]:
     """The argument globs a standing rule made from a call with *args* pins, by role."""
     pattern: dict[str, str] = {}
     for name, role in roles.items():
         value = args.get(name)
+        if role is ArgRole.recipient and name in args and (value is None or _strings(value)):
+            # a list of recipients (send_email's to and cc) exactly, an empty or absent one
+            # included: "always to ana" never lets a later call add someone
+            pattern[name] = _escaped(json.dumps(value, sort_keys=True))
+            continue
         if not isinstance(value, str) or not value:
             continue
         if role is ArgRole.url:
