@@ -105,8 +105,8 @@ def _listings(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleReques
     )  # fmt: skip
     policy = {
         "inbox": "each errand's answer (the new listings) shows in the inbox; it calls no tool",
-        "email": f"send_email to {to} asks you first (choose 'always' for {to} on the card to "
-        "stop being asked -- except when the page itself named the address)",
+        "email": f"each mail to {to} is an approval card: it is made from the page "
+        "(untrusted), so flow control asks even under 'always' (docs/security.md)",
         "webhook": "each errand's answer is posted to [notify] webhook_url when it finishes",
     }[notify]
     return request, [policy]
@@ -125,8 +125,9 @@ def _board(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleRequest, 
         tools=["fetch_url", "send_email"], model=o.model,
     )  # fmt: skip
     return request, [
-        f"send_email to {to} asks you the first time: approve it, and choose 'always' for "
-        f"{to} on the card so that the next mornings send without asking"
+        f"each morning's mail to {to} is an approval card showing the summary; 'always' for "
+        f"{to} pins the recipient, but the summary is made from the board (untrusted), so "
+        "flow control still asks for each one (docs/security.md)"
     ]
 
 
@@ -165,9 +166,9 @@ def _chase(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleRequest, 
         tools=["send_email", "read_email", "search_email", "wait"], model=o.model,
     )  # fmt: skip
     return request, [
-        f"the first mail to {to} asks you first; each follow-up asks too (choose 'always' "
-        f"for {to} on a card to let the rest go); a reply from the vendor stops the chase "
-        "and the errand's answer tells you what they said"
+        f"the first mail to {to} and each follow-up are approval cards; a reply from the "
+        "vendor stops the chase and the errand's answer tells you what they said (found at "
+        "the next deadline; at once when the vendor is an allowed sender, docs/email.md)"
     ]
 
 

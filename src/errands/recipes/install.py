@@ -87,6 +87,7 @@ async def add_recipe(
         "the inbox: each run's answer"
     )  # fmt: skip
     return Made(
-        recipe=chosen.name, name=name, kind=row.spec.kind, when=describe(row.spec),
+        recipe=chosen.name, name=name, kind=row.spec.kind,
+        when=describe(row.spec) + (f" on {row.spec.url}" if row.spec.url else ""),
         tools=list(row.spec.tools or []), policy=policy, see=see,
     )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from errands.cli.common import JsonOpt, out, who, with_harness
+from errands.cli.common import JsonOpt, out, server_for_home, who, with_harness
 from errands.cli.render import safe
 
 if TYPE_CHECKING:
@@ -106,8 +106,14 @@ def add(
     out.print(f"  tools: {', '.join(made.tools) or 'none'}")
     for line in made.policy:
         out.print(f"  policy: {safe(line)}")
+    if made.kind == "watch":
+        out.print("  the first check records what is there; later ones start an errand only "
+                  "for new items (an unchanged page calls no model)")  # fmt: skip
     for line in made.see:
         out.print(f"  see it: {safe(line)}")
+    if server_for_home() is None:
+        out.print("[dim]no errands up runs for this home: recipes run only while it runs "
+                  "(errands up)[/dim]")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
