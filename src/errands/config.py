@@ -223,6 +223,20 @@ class RetentionSettings(BaseModel):
     enabled: bool = True  # false: errands up never runs it (errands gc still does)
 
 
+class SubagentSettings(BaseModel):
+    """``[subagents]``: sub-errands started by ``delegate`` (docs/subagents.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_parallel: int = Field(default=16, ge=1)  # children of one delegate call
+    max_total: int = Field(default=256, ge=1)  # sub-errands open on the server at once
+    max_depth: int = Field(default=2, ge=1)  # a child's child's ... (the root is depth 0)
+    result_chars: int = Field(default=8000, ge=200)  # each answer, cut (~2,000 tokens)
+    # the longest a parent sleeps before it looks at its children itself (a child's end
+    # wakes it at once; this only bounds a wake-up lost to a crash)
+    recheck_seconds: float = Field(default=3600.0, gt=0)
+
+
 class ProviderSettings(BaseModel):
     """``[providers.NAME]``: a named endpoint (``NAME:MODEL`` specs), or the limits and
     retry settings of a built-in provider when NAME is ``openai``, ``anthropic``, ...
@@ -375,6 +389,7 @@ class Settings(BaseModel):
     secrets: dict[str, SecretSettings] = {}
     # [mcp]: MCP servers whose tools errands offers, once pinned (errands.tools.mcp)
     mcp: McpSettings = McpSettings()
+    subagents: SubagentSettings = SubagentSettings()
     # [email]: the mail server (errands.mailconfig; docs/email.md); None: no email
     email: EmailSettings | None = None
 

@@ -19,6 +19,7 @@ Points:
 - ``schedule_due``      a schedule's slot is due and its run is made, not yet fired
 - ``schedule_fired``    the slot's run is durable (keyed), the runner not yet told
 - ``watch_changed``     a watch saw new items, the run they start is not yet fired
+- ``child_created``     a delegate call's child is created, the next one is not yet
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ POINTS = (
     "schedule_due",
     "schedule_fired",
     "watch_changed",
+    "child_created",
 )
 
 FaultHook = Callable[[str], None]

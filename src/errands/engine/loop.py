@@ -38,6 +38,7 @@ from errands.core.progress import CallState, Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.costs.pricing import cost_usd
 from errands.engine.budgets import Budgets
+from errands.engine.delegate import Delegation
 from errands.engine.dispatch import Dispatcher
 from errands.engine.inflight import InFlight, Interrupted
 from errands.engine.limits import exceeded
@@ -48,6 +49,7 @@ from errands.models.spec import outage_wait_for
 from errands.models.streaming import ErrandText
 from errands.policy.hook import PolicyHook
 from errands.store import Store
+from errands.tools.builtin.subagents import JOINS
 from errands.tools.tool import ToolError
 from errands.tools.toolset import Toolset
 
@@ -73,6 +75,7 @@ class Loop:
     progress_class: type[Progress] = Progress
     dispatcher_class: type[Dispatcher] = Dispatcher
     budgets_class: type[Budgets] = Budgets
+    delegation_class: type[Delegation] = Delegation
 
     def __init__(
         self,
@@ -91,6 +94,7 @@ class Loop:
         self.dispatch = self.dispatcher_class(toolset, policy, settings)
         self.settings = settings
         self.budgets = self.budgets_class(store, settings)
+        self.delegation = self.delegation_class(store, settings, toolset)  # sub-errands
         self.owner = owner
         self.on_text = on_text
         self.dirty: set[str] = set()  # errands an outsider wrote to since we last looked
@@ -192,9 +196,23 @@ class Loop:
         its timer is due; the result says which. False if neither: it sleeps on."""
         assert call.wake_at is not None
         by_message = bool(p.held_messages)
-        if not by_message and self.clock.wall() < call.wake_at:
+        woken: ev.ToolResult | float
+        if call.call.name in JOINS:  # sub-errands: start them, or see if they have ended
+            woken = await self.delegation.joined(p, call, by_message, self.clock.wall())
+            if not isinstance(woken, ev.ToolResult):  # they still run: sleep on
+                again = ev.Sleeping(
+                    call_id=call.call.call_id,
+                    tool=call.call.name,
+                    wake_at=woken,
+                    reason="waiting for its sub-errands",
+                )
+                with contextlib.suppress(Stopped):
+                    await self._append(p, [again], guard=_not_cancelled)
+                return False
+        elif not by_message and self.clock.wall() < call.wake_at:
             return False
-        woken = self.dispatch.woken(call, by_message)
+        else:
+            woken = self.dispatch.woken(call, by_message)
         await self._append(p, [woken, *self._next_request(p, call)])
         return True
 

@@ -18,6 +18,7 @@ from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.plan import PLAN
 from errands.core.progress import Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
+from errands.engine.delegate import cancel_children, title_for
 from errands.engine.limits import exceeded
 from errands.errors import StoreError, UserError
 from errands.models.spec import check_spec
@@ -33,11 +34,6 @@ __all__ = [
     "tell_errand",
     "title_for",
 ]
-
-
-def title_for(text: str, limit: int = 72) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
 async def create_errand(
@@ -141,6 +137,8 @@ async def cancel_errand(
 ) -> None:
     event = ev.CancelRequested(reason=reason or f"cancelled by {by}", by=by, channel=channel)
     await store.append(errand_id, [event], guard=_cancellable)
+    # its sub-errands end with it
+    await cancel_children(store, errand_id, f"its parent {errand_id} was cancelled", by, channel)
 
 
 async def _progress(store: Store, errand_id: str) -> Progress:

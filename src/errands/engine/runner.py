@@ -28,7 +28,7 @@ from collections.abc import Callable
 from errands.clock import SYSTEM, Clock
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core.states import ErrandView
+from errands.core.states import ErrandState, ErrandView
 from errands.engine.loop import Loop, TextListener
 from errands.engine.scheduler import Scheduler
 from errands.errors import ErrandBusy, LeaseLost, StoreError, StoreUnavailable
@@ -201,7 +201,13 @@ class Runner:
 
     async def _drive(self, errand_id: str) -> ErrandView | None:
         try:
-            return await self._guarded(errand_id)
+            view = await self._guarded(errand_id)
+            # woken while it was going to sleep (a sub-errand ended): look again
+            while view is not None and view.state is ErrandState.sleeping:
+                if errand_id not in self.loop.dirty:
+                    break
+                view = await self._guarded(errand_id)
+            return view
         except LeaseLost:
             return None  # another process owns it now; it carries on there
         finally:

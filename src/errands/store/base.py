@@ -38,7 +38,14 @@ from typing import Any
 from errands.clock import SYSTEM, Clock
 from errands.core import events as ev
 from errands.core.contracts import enabled, ensure, invariant, require
-from errands.core.states import RUNNABLE, ErrandState, ErrandView, PendingApproval, apply
+from errands.core.states import (
+    RUNNABLE,
+    TERMINAL,
+    ErrandState,
+    ErrandView,
+    PendingApproval,
+    apply,
+)
 from errands.costs import spend
 from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
 from errands.store.compaction import RetentionOps
@@ -72,6 +79,7 @@ COLUMNS = ("id", "state", "title", "created_at", "updated_at", "last_seq", "pare
 _COLUMN_SET = set(COLUMNS)
 _EXTRA_FIELDS = tuple(f for f in ErrandView.model_fields if f not in _COLUMN_SET)
 _extras = operator.attrgetter(*_EXTRA_FIELDS)
+_ENDS = frozenset({"state_changed", "cancel_requested"})  # what may end an errand
 _BOOKED = frozenset(
     {"model_responded", "model_used", "state_changed"}
 )  # events that touch the budgets
@@ -321,6 +329,10 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
             elif event.type == "sleeping":
                 assert isinstance(event, ev.Sleeping)
                 self._set_timer(tx, errand_id, event.wake_at)
+            if event.type in _ENDS and view.parent is not None and view.state in TERMINAL:
+                # a sub-errand ended: its parent's timer is due now, and it is woken
+                self._set_timer(tx, view.parent, event.at)
+                tx.wakeups.append(view.parent)
         tx.dirty[errand_id] = view
         if self._listeners:
             tx.appended.append((errand_id, seqs[-1]))

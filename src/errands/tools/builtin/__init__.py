@@ -1,11 +1,12 @@
-"""The built-in tools: files in the errand's workspace, the web behind the guard, and the
-sandboxed shell."""
+"""The built-in tools: files in the errand's workspace, the web behind the guard, the
+sandboxed shell, wait, and sub-errands."""
 
 from __future__ import annotations
 
 from errands.core.events import EffectClass
 from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
 from errands.tools.builtin.shell import make_shell_tool
+from errands.tools.builtin.subagents import join_tools
 from errands.tools.builtin.waiting import wait, wake_time
 from errands.tools.builtin.web import fetch_url, http_request, http_request_effect
 from errands.tools.tool import Contract, ToolContext, make_tool
@@ -62,5 +63,6 @@ def builtin_toolset() -> FunctionToolset:
             ),
             make_shell_tool(),
             make_tool(wait, effect=EffectClass.none, idempotent=True, pauses=wake_time),
+            *join_tools(),  # sub-errands (docs/subagents.md)
         ]
     )

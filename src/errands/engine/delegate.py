@@ -1,0 +1,271 @@
+"""Sub-errands: what the loop does for ``delegate``, ``wait_for`` and ``read_errand_result``
+(docs/subagents.md).
+
+Routing turned the call into a ``sleeping`` event due at once; :meth:`Delegation.joined`
+carries it out from the store each time the errand wakes:
+
+- ``delegate`` starts one child per task, with the id :meth:`Delegation.child_id` derives
+  from the parent's id, the model request's sequence number and the call's and the
+  task's places. Creating an id that exists is a no-op, so a crash between two children
+  and the resume that follows start each child exactly once. A child sees only its
+  task, labelled as the parent's call was (never more trusted), works in a folder of the
+  parent's workspace, with at most the parent's tools, limits and budget (the tree's
+  budget is enforced in the store), under the same policy.
+- Until every child has ended the parent sleeps again (no task; a child's end sets the
+  parent's timer due and wakes it: :meth:`errands.store.base.BaseStore._stage`), then
+  the call's result gives each child's state, cost and answer, cut to
+  ``[subagents] result_chars``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from errands.config import Settings
+from errands.core import events as ev
+from errands.core.faults import fault
+from errands.core.labels import Confidentiality, Integrity, Provenance
+from errands.core.progress import CallState, Progress
+from errands.core.states import TERMINAL, ErrandState, ErrandView
+from errands.errors import ErrandExists, ErrandsError, NotFound, StoreError
+from errands.models.spec import check_spec
+from errands.store import Store, StoredEvent
+from errands.tools.toolset import Toolset
+from errands.tools.workspace import make_workspace
+
+__all__ = ["Delegation", "cancel_children", "children_in", "title_for"]
+
+_TOOL = Provenance(kind="tool", name="delegate")
+_OPEN = [s for s in ErrandState if s not in TERMINAL]
+
+
+def title_for(text: str, limit: int = 72) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def children_in(errand_id: str, log: Iterable[StoredEvent]) -> list[str]:
+    """The ids of the children the errand's delegate calls asked for (whether or not
+    they were all made: a refused call made none), from its log."""
+    out: list[str] = []
+    for stored in log:
+        event = stored.event
+        if isinstance(event, ev.ModelResponded):
+            for i, call in enumerate(event.tool_calls):
+                tasks = call.arguments.get("tasks") if call.name == "delegate" else None
+                if isinstance(tasks, list):
+                    out.extend(
+                        Delegation.child_id(errand_id, event.request_seq, i, k)
+                        for k in range(len(tasks))
+                    )
+    return out
+
+
+class _Refused(Exception):
+    """A delegate call that cannot be carried out: the model reads why; nothing made."""
+
+
+class Delegation:
+    """The loop's part for sub-errands. A variant (a test's control) is a subclass."""
+
+    def __init__(self, store: Store, settings: Settings, toolset: Toolset) -> None:
+        self.store = store
+        self.settings = settings
+        self.toolset = toolset
+
+    @staticmethod
+    def child_id(parent: str, request_seq: int, index: int, k: int) -> str:
+        """The id of the *k*-th child of the call at *index* of the reply to request
+        *request_seq*: the same on every resume, so a child is never started twice."""
+        return f"{parent}.{request_seq}.{index}.{k}"
+
+    def ids_for(self, p: Progress, call: CallState, n: int) -> list[str]:
+        return [self.child_id(p.errand_id, call.request_seq, call.index, k) for k in range(n)]
+
+    async def joined(
+        self, p: Progress, call: CallState, by_message: bool, now: float
+    ) -> ev.ToolResult | float:
+        """The call's result, or when to wake next (its children still run)."""
+        args = call.call.arguments
+        try:
+            if call.call.name == "read_errand_result":
+                view = await self._child(p, str(args.get("id")))
+                return self._result(call, view.result or f"(no answer: {view.state.value})")
+            if call.call.name == "delegate":
+                ids = await self.spawn(p, call, args["tasks"])
+                if not args.get("wait", True):
+                    text = "started, running now; collect them with wait_for: " + ", ".join(ids)
+                    return self._result(call, text)
+                views = [await self.store.view(i) for i in ids]
+            else:
+                views = [await self._child(p, str(i)) for i in args["ids"]]
+        except _Refused as exc:
+            return self._result(call, str(exc), ok=False)
+        if by_message or all(v.state in TERMINAL for v in views):
+            return self.report(call, views, by_message)
+        return now + self.settings.subagents.recheck_seconds
+
+    async def _child(self, p: Progress, child_id: str) -> ErrandView:
+        try:
+            view = await self.store.view(child_id)
+        except NotFound:
+            view = None
+        if view is None or view.parent != p.errand_id:
+            raise _Refused(f"{child_id} is not a sub-errand this errand started")
+        return view
+
+    async def spawn(self, p: Progress, call: CallState, tasks: Sequence[Any]) -> list[str]:
+        """Start the call's children (those a crash left unmade); their ids. Every check
+        comes before the first child is made: a refused call makes none."""
+        limits = self.settings.subagents
+        ids = self.ids_for(p, call, len(tasks))
+        if len(tasks) > limits.max_parallel:
+            raise _Refused(
+                f"delegate: {len(tasks)} tasks, but at most {limits.max_parallel} sub-errands "
+                "may run at once ([subagents] max_parallel); split the work"
+            )
+        depth = await self._depth(p.view)
+        if depth + 1 > limits.max_depth:
+            raise _Refused(
+                f"delegate: this errand is at depth {depth}; sub-errands may nest at most "
+                f"{limits.max_depth} deep ([subagents] max_depth) -- do the work yourself"
+            )
+        running = await self.store.list_errands(states=_OPEN, limit=limits.max_total + len(ids))
+        others = sum(1 for v in running if v.parent is not None and v.id not in ids)
+        if others + len(ids) > limits.max_total:
+            raise _Refused(
+                f"delegate: {others} sub-errands are open on this server and at most "
+                f"{limits.max_total} may be ([subagents] max_total); wait for some to end"
+            )
+        made = [self._created(p, call, ids[k], task) for k, task in enumerate(tasks)]
+        for child_id, created in zip(ids, made, strict=True):
+            await self.create(child_id, created)
+            fault("child_created")
+        return ids
+
+    async def create(self, child_id: str, created: ev.ErrandCreated) -> None:
+        """Create the child; one that exists (made before a crash) is left as it is."""
+        with contextlib.suppress(ErrandExists):
+            await self.store.create(child_id, created)
+
+    async def _depth(self, view: ErrandView) -> int:
+        depth, parent = 0, view.parent
+        while parent is not None and depth < 64:
+            depth += 1
+            try:
+                parent = (await self.store.view(parent)).parent
+            except NotFound:
+                break
+        return depth
+
+    def _created(self, p: Progress, call: CallState, child_id: str, task: Any) -> ev.ErrandCreated:
+        """The child's first event: only its task, labelled as the parent's call (never
+        more trusted), at most the parent's tools and budget."""
+        assert p.created is not None
+        text = str(task["task"])
+        spec = str(task.get("model") or p.view.model).strip()
+        try:
+            check_spec(spec, self.settings)
+        except ErrandsError as exc:
+            raise _Refused(f"delegate: {exc}") from None
+        mine = self.toolset.tools(p.view).names
+        wanted = task.get("tools")
+        if wanted is not None:
+            unknown = sorted(set(wanted) - set(mine))
+            if unknown:
+                raise _Refused(f"delegate: tools {unknown} are not among this errand's tools")
+        tools = list(wanted) if wanted is not None else p.view.tools
+        cost = task.get("max_cost_usd")
+        cap = p.limits.max_cost_usd
+        if cost is not None and cap is not None:
+            cost = min(float(cost), cap)
+        limits = p.limits.model_copy(update={"max_cost_usd": cost if cost is not None else cap})
+        folder = Path(p.view.workspace) / "subtasks" / child_id.removeprefix(p.errand_id + ".")
+        try:
+            os.makedirs(folder.parent, mode=0o700, exist_ok=True)
+            workspace = make_workspace(self.settings, child_id, folder)
+        except (ErrandsError, OSError) as exc:
+            raise _Refused(f"delegate: the sub-errand's workspace: {exc}") from None
+        return ev.ErrandCreated(
+            title=title_for(text),
+            content=ev.Content.labelled(
+                text, Provenance(kind="model", name=f"errand {p.errand_id}"), call.label
+            ),
+            model=spec,
+            timezone=p.created.timezone,
+            workspace=str(workspace),
+            limits=limits,
+            parent=p.errand_id,
+            by=p.created.by,
+            channel="delegate",
+            tools=tools,
+            mode=p.view.mode,
+        )
+
+    def report(
+        self, call: CallState, views: Sequence[ErrandView], by_message: bool
+    ) -> ev.ToolResult:
+        """Each child's state, cost and answer (cut), and how to read it whole."""
+        cut = self.settings.subagents.result_chars
+        ended = sum(1 for v in views if v.state in TERMINAL)
+        head = f"{ended} of {len(views)} sub-errands ended"
+        if by_message:
+            head = f"woken early: a message came (it follows); {head}"
+        lines = [head + ":"]
+        untrusted = False
+        for v in views:
+            lines.append(f"\n## {v.id}: {v.state.value} (${v.usage.cost_usd:.4f}, {v.steps} steps)")
+            if v.state is not ErrandState.done and v.reason:
+                lines.append(f"reason: {v.reason}")
+            answer = v.result or ""
+            untrusted = untrusted or v.result_untrusted
+            if len(answer) > cut:
+                answer = (
+                    answer[:cut] + f"\n[cut: {len(answer)} characters in all; "
+                    f'read_errand_result("{v.id}") gives the whole answer]'
+                )
+            if answer:
+                lines.append(answer)
+            elif v.state not in TERMINAL:
+                lines.append(f'(still {v.state.value}: wait_for(["{v.id}"]) collects it)')
+        return self._result(call, "\n".join(lines), untrusted=untrusted)
+
+    def _result(
+        self, call: CallState, text: str, ok: bool = True, untrusted: bool = False
+    ) -> ev.ToolResult:
+        return ev.ToolResult(
+            call_id=call.call.call_id,
+            tool=call.call.name,
+            ok=ok,
+            error_kind=None if ok else "refused",
+            content=ev.Content(
+                text=text,
+                provenance=_TOOL,
+                integrity=Integrity.untrusted if untrusted else Integrity.trusted,
+                confidentiality=Confidentiality.private,
+            ),
+        )
+
+
+async def cancel_children(store: Store, errand_id: str, reason: str, by: str, channel: str) -> None:
+    """Cancel the open children of *errand_id* (and theirs): a parent's cancel ends its
+    tree."""
+    for child_id in children_in(errand_id, await store.read(errand_id)):
+        try:
+            view = await store.view(child_id)
+        except NotFound:
+            continue
+        if view.state not in TERMINAL:
+            event = ev.CancelRequested(reason=reason, by=by, channel=channel)
+            with contextlib.suppress(StoreError):  # (it ended meanwhile)
+                await store.append(child_id, [event], guard=_open)
+        await cancel_children(store, child_id, reason, by, channel)
+
+
+def _open(view: ErrandView) -> None:
+    if view.state in TERMINAL:
+        raise StoreError(f"errand {view.id} has ended")

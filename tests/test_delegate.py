@@ -1,0 +1,170 @@
+"""Sub-errands (issue 22, item 1): ``delegate`` starts children that run in parallel, each
+with only its task and a folder of the parent's workspace; the parent sleeps with no
+task meanwhile and wakes when all have ended, reading each one's state and answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.fanout import CHILD, FanModel, ended, serving, until, with_subagents
+from helpers.kit import harness_for
+
+from errands.config import Settings
+from errands.core import events as ev
+from errands.core.labels import Integrity, Provenance
+from errands.core.states import ErrandState, ErrandView
+from errands.engine.delegate import children_in
+from errands.engine.operations import create_errand
+from errands.models.protocol import ModelReply, ModelRequest, TextSink
+from errands.store.sqlite import SQLiteStore
+
+LATENCY = 0.5
+CHILD_CALLS = 3
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    yield store
+    await store.close()
+
+
+async def _log(store: SQLiteStore, eid: str) -> list[ev.Event]:
+    return [s.event for s in await store.read(eid)]
+
+
+async def _fan(db: SQLiteStore, settings: Settings, model: Any) -> tuple[str, ErrandView]:
+    """A parent that fans out with *model*, served until it ends: its id and view."""
+    h = harness_for(db, settings, model=model)
+    eid = await create_errand(db, settings, "fan out", model="scripted:demo")
+    async with serving(h.runner()):
+        return eid, await until(db, eid, ended, timeout=30)
+
+
+def _result(log: list[ev.Event], tool: str = "delegate") -> ev.ToolResult:
+    return next(e for e in log if isinstance(e, ev.ToolResult) and e.tool == tool)
+
+
+async def test_twenty_children_run_at_once_and_the_parent_reads_them(
+    db: SQLiteStore, settings: Settings
+) -> None:
+    model = FanModel(20, child_calls=CHILD_CALLS, latency=LATENCY)
+    eid, view = await _fan(db, with_subagents(settings, max_parallel=20), model)
+    assert view.state is ErrandState.done, view.reason
+    log = await _log(db, eid)
+    slept = next(e for e in log if isinstance(e, ev.Sleeping))
+    result = _result(log)
+    one_child = CHILD_CALLS * LATENCY
+    assert result.at - slept.at < 1.5 * one_child, (result.at - slept.at, one_child)
+    ids = children_in(eid, await db.read(eid))
+    assert len(ids) == 20
+    for k, cid in enumerate(ids):
+        child = await db.view(cid)
+        assert child.state is ErrandState.done and child.parent == eid
+        assert child.result == f"answer of {CHILD} {k}"
+        assert f"answer of {CHILD} {k}" in result.content.text
+        # its own context: only its task; its own folder of the parent's workspace
+        created = (await db.read(cid))[0].event
+        assert isinstance(created, ev.ErrandCreated) and created.content.text == f"{CHILD} {k}"
+        assert Path(child.workspace).parent.parent == Path(view.workspace)
+    assert view.result is not None and view.result.startswith("parent read: ")
+    # sleeping cost nothing: the parent's model was asked twice (delegate, answer)
+    assert model.asked[eid] == 2
+
+
+class Later(FanModel):
+    """A parent that delegates with wait=false, then collects the ids with wait_for."""
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        reply = await super().complete(request, on_text)
+        first = next(m.text for m in request.messages if m.role == "user")
+        if CHILD not in first and sum(1 for m in request.messages if m.role == "assistant") == 1:
+            ids = request.messages[-1].text.split(": ", 1)[1].split(", ")
+            reply.text = ""
+            reply.tool_calls = [ev.ToolCall(call_id="w1", name="wait_for", arguments={"ids": ids})]
+        return reply
+
+
+async def test_wait_false_returns_ids_and_wait_for_collects(
+    db: SQLiteStore, settings: Settings
+) -> None:
+    eid, view = await _fan(db, settings, Later(3, latency=0.05, wait=False))
+    assert view.state is ErrandState.done, view.reason
+    log = await _log(db, eid)
+    assert "collect them with wait_for" in _result(log).content.text
+    assert "3 of 3 sub-errands ended" in _result(log, "wait_for").content.text
+
+
+async def test_long_answers_are_cut_with_a_pointer_to_the_whole(
+    db: SQLiteStore, settings: Settings
+) -> None:
+    model = FanModel(1, task=lambda k: {"task": CHILD + " " + "x" * 500})
+    eid, view = await _fan(db, with_subagents(settings, result_chars=200), model)
+    assert view.state is ErrandState.done
+    (cid,) = children_in(eid, await db.read(eid))
+    text = _result(await _log(db, eid)).content.text
+    assert f'read_errand_result("{cid}")' in text and "x" * 300 not in text
+
+
+class Asking(FanModel):
+    """A parent that calls delegate with *args* as they are."""
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        super().__init__(0)
+        self.args = args
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        reply = await super().complete(request, on_text)
+        if reply.tool_calls and reply.tool_calls[0].name == "delegate":
+            reply.tool_calls = [ev.ToolCall(call_id="d0", name="delegate", arguments=self.args)]
+        return reply
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"tasks": []},
+        {"tasks": [{"task": ""}]},
+        {"tasks": [{"task": "CHILD 0", "colour": "red"}]},
+        {"tasks": [{"task": "CHILD 0", "max_cost_usd": -1}]},
+        {"tasks": [{"task": "CHILD 0"}, {"task": "CHILD 1", "tools": ["no_such_tool"]}]},
+        {"tasks": [{"task": "CHILD 0"}, {"task": "CHILD 1", "model": "nonsense:x"}]},
+        {"tasks": [{"task": f"CHILD {k}"} for k in range(17)]},  # > max_parallel
+    ],
+    ids=["none", "empty", "unknown-key", "negative-cost", "tool", "model", "too-many"],
+)
+async def test_bad_tasks_are_a_tool_error_and_nothing_is_made(
+    db: SQLiteStore, settings: Settings, args: dict[str, Any]
+) -> None:
+    h = harness_for(db, settings, model=Asking(args))
+    eid = await create_errand(db, settings, "fan out", model="scripted:demo")
+    view = await h.runner().run_errand(eid)
+    assert view.state is ErrandState.done, view.reason
+    result = _result(await _log(db, eid))
+    assert not result.ok and "delegate" in result.content.text
+    assert not [v for v in await db.list_errands() if v.parent is not None]
+
+
+async def test_a_child_is_never_more_trusted_than_the_call(
+    db: SQLiteStore, settings: Settings
+) -> None:
+    h = harness_for(db, settings, model=FanModel(1))
+    eid = await create_errand(db, settings, "fan out", model="scripted:demo")
+    # untrusted content in the parent's context: the call that delegates carries it
+    mail = ev.UserMessage(
+        content=ev.Content(
+            text="a mail from outside",
+            provenance=Provenance(kind="external", source="mail"),
+            integrity=Integrity.untrusted,
+        )
+    )
+    await db.append(eid, [mail])
+    async with serving(h.runner()):
+        await until(db, eid, ended)
+    (cid,) = children_in(eid, await db.read(eid))
+    created = (await db.read(cid))[0].event
+    assert isinstance(created, ev.ErrandCreated)
+    assert created.content.integrity is Integrity.untrusted
