@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +197,33 @@ def test_always_for_a_mail_recipient_pins_exactly_who_receives_it() -> None:
     assert pattern_matches(pattern, {"to": me, "cc": None, "body": "Tuesday's summary"})
     for sneaked in ({"to": me, "cc": ["x@evil.example"]}, {"to": [*me, "x@evil.example"]}):
         assert not pattern_matches(pattern, {"cc": None, "body": "hi", **sneaked})
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["overnight-drafts", "--name", "x", "--cron", "61 * * * *"],
+         "error: --cron: '61 * * * *' is not valid"),
+        (["board-summary", "--name", "x", "--board", "file:///etc/passwd", "--cron", "0 8 * * *",
+          "--to", "me@example.com"], "error: --board: "),
+        (["vendor-chase", "--name", "x", "--to", "not an address", "--about", "invoice"],
+         "error: --to: 'not an address' is not an email address"),
+        (["vendor-chase", "--name", "x", "--to", "v@example.com", "--about", "invoice",
+          "--cron", "0 8 * * *"], "error: --cron: vendor-chase does not take it"),
+        (["board-summary", "--name", "x", "--board", "http://127.0.0.1:9/", "--cron", "0 8 * * *",
+          "--tz", "Mars/Olympus", "--to", "me@example.com"], "error: --tz: "),
+    ],
+    ids=["bad-cron", "bad-board-url", "bad-address", "foreign-option", "bad-zone"],
+)  # fmt: skip
+def test_bad_input_with_email_configured_is_one_line_and_creates_nothing(
+    cli: CLI, home: Path, args: list[str], error: str
+) -> None:
+    (home / "errands.toml").write_text(
+        '[network]\nallow_private = ["127.0.0.1"]\n[email]\nsmtp_url = "smtp://127.0.0.1:9"\n'
+        'from = "errands@example.com"\n'
+    )
+    r = cli("recipe", "add", *args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    text = " ".join(r.stderr.split())
+    assert text.startswith(error), text
+    assert json.loads(cli("schedule", "ls", "--json").stdout) == []
