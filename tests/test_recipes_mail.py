@@ -173,46 +173,44 @@ async def test_negative_control_a_policy_that_allows_sends_forwards_to_the_attac
 # -- vendor-chase -----------------------------------------------------------------------------
 
 SENT = re.compile(r"sent (<errands\.[^>\s]+>)")
-SUBJECT = "Invoice 42"
 
 
 class Vendor:
     """A model that follows vendor-chase's prompt by what its transcript shows: send,
-    wait, on each wake search the thread; a reply found -> read it and report; none ->
-    follow up in the thread, up to the most."""
+    wait, on each wake search the thread (unless *looks* is off: the control); a reply
+    found -> read it and report; none -> follow up in the thread, up to the most."""
 
     name = "test:vendor"
+
+    def __init__(self, subject: str, *, looks: bool = True) -> None:
+        self.subject, self.looks = subject, looks
 
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         tools = [m for m in request.messages if m.role == "tool"]
         sent = [found for m in tools for found in SENT.findall(m.text)]
         last = tools[-1] if tools else None
         if not sent:
-            return self._call("send_email", to=[BOB], subject=SUBJECT, body="Hello, when is "
-                              "invoice 42 paid?")  # fmt: skip
+            return call_reply(self.name, "send_email", to=[BOB], subject=self.subject,
+                              body="Hello, when is it paid?")  # fmt: skip
         assert last is not None
         if last.tool_name == "send_email":
-            return self._call("wait", seconds=2 * DAY, reason=f"a reply from {BOB}")
-        if last.tool_name == "wait":
-            return self._call("search_email", query=f"Re: {SUBJECT}")
-        if last.tool_name == "search_email":
+            return call_reply(self.name, "wait", seconds=2 * DAY, reason=f"a reply from {BOB}")
+        if last.tool_name == "wait" and self.looks:
+            return call_reply(self.name, "search_email", query=f"Re: {self.subject}")
+        if last.tool_name in ("search_email", "wait"):
             ids = re.findall(r"INBOX:\d+", last.text)
             if ids:
-                return self._call("read_email", id=ids[0])
+                return call_reply(self.name, "read_email", id=ids[0])
             if len(sent) - 1 < 3:
-                return self._call("send_email", to=[BOB], subject=f"Re: {SUBJECT}",
-                                  body="A friendly reminder.", in_reply_to=sent[0])  # fmt: skip
-            return self._say("The vendor never replied.")
+                return call_reply(self.name, "send_email", to=[BOB], in_reply_to=sent[0],
+                                  subject=f"Re: {self.subject}", body="A friendly reminder.")  # fmt: skip
+            return say(self.name, "The vendor never replied.")
         said = re.search(r"Paid[^\r\n]*", last.text)
-        return self._say(f"The vendor replied: {said.group(0) if said else '?'}")
+        return say(self.name, f"The vendor replied: {said.group(0) if said else '?'}")
 
-    def _call(self, name: str, **arguments: Any) -> ModelReply:
-        call = ToolCall(call_id=f"c{time.monotonic_ns()}", name=name, arguments=arguments)
-        return ModelReply(tool_calls=[call], usage=Usage(input_tokens=1, output_tokens=1), stop_reason="tool_use",
-                          model=self.name)  # fmt: skip
 
-    def _say(self, text: str) -> ModelReply:
-        return ModelReply(text=text, usage=Usage(input_tokens=1, output_tokens=1), model=self.name)
+def say(model: str, text: str) -> ModelReply:
+    return ModelReply(text=text, usage=Usage(input_tokens=1, output_tokens=1), model=model)
 
 
 async def drive(
@@ -234,19 +232,22 @@ async def drive(
             standing = False  # ("always" once: the rule is written)
 
 
-def chased(mail: MailServers) -> list[Any]:
-    return [message_from_bytes(m) for m in mail.messages(BOB) if SUBJECT.encode() in m]
+def chased(mail: MailServers, subject: str) -> list[Any]:
+    return [message_from_bytes(m) for m in mail.messages(BOB) if subject.encode() in m]
 
 
+@pytest.mark.parametrize("looks", [True, False], ids=["chase", "control-never-looks"])
 async def test_vendor_chase_two_follow_ups_in_four_days_and_a_reply_on_day_five_stops_it(
-    mailed: Settings, mail: MailServers
+    mailed: Settings, mail: MailServers, looks: bool
 ) -> None:
-    model = Vendor()
+    """The control: a chase that does not look for the reply when it wakes sends a third
+    follow-up on day 6, after the vendor answered -- what the test would catch."""
+    subject = f"Invoice {42 if looks else 43}"
     clock = FakeClock(wall=time.time())
     store = SQLiteStore(mailed.db_path, clock=clock)
     try:
-        h = harness_for(store, mailed, model=model)
-        options = RecipeOptions(name="vendor", to=BOB, about="when invoice 42 is paid",
+        h = harness_for(store, mailed, model=Vendor(subject, looks=looks))
+        options = RecipeOptions(name="vendor", to=BOB, about=f"when {subject} is paid",
                                 every="2d", max_follow_ups=3)  # fmt: skip
         made = await add_recipe(store, mailed, "vendor-chase", options, clock=clock,
                                 known_tools=h.tool_names())  # fmt: skip
@@ -255,22 +256,25 @@ async def test_vendor_chase_two_follow_ups_in_four_days_and_a_reply_on_day_five_
         await Scheduler(store, mailed, clock=clock).tick()
         (view,) = await store.list_errands()
         prompt = "\n".join(m.text for m in (await h.runner().loop.load(view.id)).messages)
-        assert f"Chase a vendor, {BOB}, about: when invoice 42 is paid" in prompt
+        assert f"Chase a vendor, {BOB}, about: when {subject} is paid" in prompt
         view, cards = await drive(h, clock, view.id)  # day 0: the first mail, approved
         assert view.state is ErrandState.sleeping and len(cards) == 1, view.result
         for day in (2, 4):  # no reply: a follow-up at each deadline
             clock.advance(2 * DAY + 1)
             view, cards = await drive(h, clock, view.id)
             assert view.state is ErrandState.sleeping and len(cards) == 1, day
-        first, *follow_ups = chased(mail)
+        first, *follow_ups = chased(mail, subject)
         assert len(follow_ups) == 2
         assert all(f["In-Reply-To"] == first["Message-ID"] for f in follow_ups)
         clock.advance(DAY)  # day 5: the vendor answers in the thread
-        reply = a_mail(BOB, f"Re: {SUBJECT}", "Paid today, sorry for the delay.",
+        reply = a_mail(BOB, f"Re: {subject}", "Paid today, sorry for the delay.",
                        in_reply_to=first["Message-ID"])  # fmt: skip
         mail.deliver(reply, [ERRANDS])
         clock.advance(DAY + 1)  # day 6: the deadline finds the reply
         view, cards = await drive(h, clock, view.id)
+        if not looks:
+            assert len(cards) == 1 and len(chased(mail, subject)) == 4  # it mailed on
+            return
         assert view.state is ErrandState.done and cards == []
         assert view.result == "The vendor replied: Paid today, sorry for the delay."
         clock.advance(4 * DAY)
@@ -278,7 +282,7 @@ async def test_vendor_chase_two_follow_ups_in_four_days_and_a_reply_on_day_five_
         assert view.state is ErrandState.done
     finally:
         await store.close()
-    assert len(chased(mail)) == 3  # the first mail and two follow-ups; none after the reply
+    assert len(chased(mail, subject)) == 3  # the first mail, two follow-ups; none after
 
 
 # -- board-summary ----------------------------------------------------------------------------
