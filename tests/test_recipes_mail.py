@@ -333,16 +333,23 @@ def call_reply(model: str, name: str, **arguments: Any) -> ModelReply:
                       stop_reason="tool_use", model=model)  # fmt: skip
 
 
-async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes(
-    home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch, site: Site
-) -> None:
-    """The first send asks; approved with "always" for that recipient, the next
-    mornings send without a card. Each mail says what changed that day."""
+@pytest.fixture
+def web_mailed(home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The mail servers, and the network tools let reach 127.0.0.1 (the local site)."""
     (home / "errands.toml").write_text(
         email_toml(mail, extra='[network]\nallow_private = ["127.0.0.1"]\n')
     )
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    settings = load_settings(home)
+    return load_settings(home)
+
+
+async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes(
+    home: Path, web_mailed: Settings, mail: MailServers, site: Site
+) -> None:
+    """Each morning's mail says what changed that day. The first card, approved with
+    "always" for that recipient, writes one rule pinning it; the summary is made from the
+    board, so flow control still asks each morning."""
+    settings = web_mailed
     days = [
         board(("Login fails", "open"), ("Slow export", "open")),
         board(("Login fails", "closed"), ("Slow export", "open"), ("Dark mode", "open")),
@@ -385,3 +392,41 @@ async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes
         "Changed since the last run: Login fails (closed), Dark mode (open)",
         "Changed since the last run: Slow export (closed)",
     ]
+
+
+async def test_listings_notify_email_mails_only_the_new_listings_after_the_card(
+    web_mailed: Settings, mail: MailServers, site: Site
+) -> None:
+    """--notify email: the run may use send_email only; its mail of the new listings is a
+    card naming the page (flow control), and once approved it reaches --to."""
+    site.pages["/flats"] = Page(b'<ul><li class="flat">studio, 900</li></ul>')
+    body = "New: loft, 2400"
+    model = script(
+        {"tool_calls": [call("send_email", to=[ME], subject="New listings", body=body)]},
+        {"text": body},
+    )
+    clock = FakeClock(wall=1_800_000_000.0)
+    store = SQLiteStore(web_mailed.db_path, clock=clock)
+    try:
+        h = harness_for(store, web_mailed, model=model)
+        options = RecipeOptions(name="flats", url=site.url("/flats"), select="li.flat",
+                                every="1h", notify="email", to=ME)  # fmt: skip
+        made = await add_recipe(store, web_mailed, "listings-monitor", options, clock=clock,
+                                known_tools=h.tool_names())  # fmt: skip
+        assert made.tools == ["send_email"]
+        scheduler = Scheduler(store, web_mailed, clock=clock)
+        for page in (b'<li class="flat">studio, 900</li>',
+                     b'<li class="flat">studio, 900</li><li class="flat">loft, 2400</li>'):  # fmt: skip
+            site.pages["/flats"] = Page(b"<ul>" + page + b"</ul>")
+            clock.advance(3600 + 60)
+            await scheduler.tick()
+        (view,) = await store.list_errands()
+        view, cards = await drive(h, clock, view.id, to=ME)
+        assert view.state is ErrandState.done and len(cards) == 1
+        assert "flow control: P-T" in cards[0] and site.url("/flats") in cards[0]
+        assert view.tools == ["send_email"]
+    finally:
+        await store.close()
+    (got,) = [m for m in map(message_from_bytes, mail.messages(ME))
+              if m["Subject"] == "New listings"]  # fmt: skip
+    assert "loft, 2400" in got.get_payload()
