@@ -168,9 +168,11 @@ def test_recipe_add_prints_what_it_made_and_how_to_see_it(cli: CLI, local: Setti
         (["listings-monitor", "--name", "x", "--url", "http://127.0.0.1:9/", "--notify", "email",
           "--to", "me@example.com"],
          "error: listings-monitor sends mail, and errands.toml has no [email] section"),
+        (["listings-monitor", "--name", "x", "--url", "http://127.0.0.1:9/", "--notify",
+          "webhook"], "error: --notify webhook: errands.toml has no [notify] webhook_url"),
     ],
     ids=["unknown", "drafts-no-email", "board-no-email", "bad-url", "bad-every", "bad-notify",
-         "email-notify-no-email"],
+         "email-notify-no-email", "webhook-none"],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_creates_nothing(
     cli: CLI, local: Settings, args: list[str], error: str

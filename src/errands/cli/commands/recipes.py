@@ -76,7 +76,12 @@ def add(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a recipe: its schedule or watch, prompt, tools and policy, in one step."""
+    """Start a recipe: its schedule or watch, prompt, tools and policy, in one step.
+
+    Example: errands recipe add listings-monitor --name flats --url
+    https://flats.example/list --select '.listing' --every 1h. The recipes and their
+    options: errands recipe ls; each has a page in docs/recipes/.
+    """
     from pydantic import ValidationError
 
     from errands.errors import UserError
