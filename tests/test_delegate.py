@@ -4,22 +4,31 @@ task meanwhile and wakes when all have ended, reading each one's state and answe
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from helpers.fanout import CHILD, FanModel, ended, serving, until, with_subagents
+from helpers.inproc import in_process
 from helpers.kit import harness_for
 
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core.labels import Integrity, Provenance
+from errands.core.labels import Confidentiality, Integrity, Label, Provenance
+from errands.core.progress import CallState
 from errands.core.states import ErrandState, ErrandView
-from errands.engine.delegate import children_in
+from errands.engine.delegate import Delegation, children_in
+from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
 from errands.models.protocol import ModelReply, ModelRequest, TextSink
+from errands.store import StoredEvent
+from errands.store.base import Tx
 from errands.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from conftest import CLI
 
 LATENCY = 0.5
 CHILD_CALLS = 3
@@ -148,8 +157,20 @@ async def test_bad_tasks_are_a_tool_error_and_nothing_is_made(
     assert not [v for v in await db.list_errands() if v.parent is not None]
 
 
+class TrustingDelegation(Delegation):
+    """The control: a child's task is trusted whatever the parent had read."""
+
+    def label(self, call: CallState) -> Label:
+        return Label.of(Integrity.trusted, Confidentiality.private)
+
+
+class TrustingLoop(Loop):
+    delegation_class = TrustingDelegation
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["labelled", "control-trusting"])
 async def test_a_child_is_never_more_trusted_than_the_call(
-    db: SQLiteStore, settings: Settings
+    db: SQLiteStore, settings: Settings, control: bool
 ) -> None:
     h = harness_for(db, settings, model=FanModel(1))
     eid = await create_errand(db, settings, "fan out", model="scripted:demo")
@@ -162,9 +183,66 @@ async def test_a_child_is_never_more_trusted_than_the_call(
         )
     )
     await db.append(eid, [mail])
-    async with serving(h.runner()):
+    async with serving(h.runner(loop_class=TrustingLoop if control else None)):
         await until(db, eid, ended)
     (cid,) = children_in(eid, await db.read(eid))
     created = (await db.read(cid))[0].event
     assert isinstance(created, ev.ErrandCreated)
-    assert created.content.integrity is Integrity.untrusted
+    expected = Integrity.trusted if control else Integrity.untrusted
+    assert created.content.integrity is expected
+
+
+class NoWakeStore(SQLiteStore):
+    """The control: a child's end does not wake its parent."""
+
+    def _wake_parent(self, tx: Tx, parent: str, at: float) -> None:
+        return None
+
+
+@pytest.mark.parametrize("store_class", [SQLiteStore, NoWakeStore], ids=["wakes", "control"])
+async def test_the_last_child_ending_wakes_the_sleeping_parent(
+    tmp_path: Path, settings: Settings, store_class: type[SQLiteStore]
+) -> None:
+    db = store_class(tmp_path / "w.sqlite")
+    try:
+        h = harness_for(db, settings, model=FanModel(2, child_calls=3, latency=0.1))
+        eid = await create_errand(db, settings, "fan out", model="scripted:demo")
+        async with serving(h.runner()):
+            ids = children_in(eid, await until_sleeping(db, eid))
+            for i in ids:
+                await until(db, i, ended)
+            if store_class is NoWakeStore:  # it sleeps on past its children
+                with pytest.raises(AssertionError):
+                    await until(db, eid, ended, timeout=2)
+                return
+            view = await until(db, eid, ended, timeout=2)
+        assert view.state is ErrandState.done
+    finally:
+        await db.close()
+
+
+async def until_sleeping(db: SQLiteStore, eid: str) -> list[StoredEvent]:
+    await until(db, eid, lambda v: v.reason == "waiting for its sub-errands")
+    return await db.read(eid)
+
+
+async def test_the_api_and_errands_show_list_the_children(settings: Settings, cli: CLI) -> None:
+    db = SQLiteStore(settings.db_path)
+    try:
+        eid, _ = await _fan(db, settings, FanModel(3))
+        ids = children_in(eid, await db.read(eid))
+        assert [v.id for v in await db.children(eid)] == ids
+        assert await db.children(ids[0]) == []
+        async with in_process(harness_for(db, settings, model=FanModel(0))) as (api, _):
+            r = await api.get(f"/api/errands/{eid}")
+        assert r.status_code == 200, r.text
+        listed = r.json()["children"]
+        assert [(c["id"], c["status"], c["parent"]) for c in listed] == [
+            (i, "done", eid) for i in ids
+        ]
+    finally:
+        await db.close()
+    shown = cli("show", eid)
+    assert shown.returncode == 0, shown.stderr
+    for i in ids:
+        assert re.search(rf"└ {re.escape(i)} done · \$0\.0000 · 1 steps · ", shown.stdout)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STATE_STYLE",
     "approval_card",
+    "child_line",
     "errands_table",
     "event_line",
     "safe",
@@ -195,6 +196,16 @@ def _label(content: ev.Content) -> str:
     if content.confidentiality != "private":
         marks.append(content.confidentiality.value)
     return f" [dim]({', '.join(marks)})[/dim]" if marks else ""
+
+
+def child_line(view: ErrandView) -> str:
+    """A sub-errand under its parent's timeline: id, state, cost, steps, time, title."""
+    style = STATE_STYLE.get(view.state) or "default"
+    took = max(0.0, view.updated_at - view.created_at)
+    return (
+        f"  └ {view.id} [{style}]{view.state.value}[/{style}] · ${view.usage.cost_usd:.4f}"
+        f" · {view.steps} steps · {took:.1f} s · {safe(view.title)}"
+    )
 
 
 def errands_table(views: list[ErrandView], width: int = 120) -> Table:

@@ -28,7 +28,7 @@ from typing import Any
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.faults import fault
-from errands.core.labels import Confidentiality, Integrity, Provenance
+from errands.core.labels import Confidentiality, Integrity, Label, Provenance
 from errands.core.progress import CallState, Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.errors import ErrandExists, ErrandsError, NotFound, StoreError
@@ -37,10 +37,12 @@ from errands.store import Store, StoredEvent
 from errands.tools.toolset import Toolset
 from errands.tools.workspace import make_workspace
 
-__all__ = ["Delegation", "cancel_children", "children_in", "title_for"]
+__all__ = ["STOPPED", "Delegation", "cancel_children", "children_in", "title_for"]
 
 _TOOL = Provenance(kind="tool", name="delegate")
 _OPEN = [s for s in ErrandState if s not in TERMINAL]
+# a child in one of these is reported to its parent: it ended, or it needs a person
+STOPPED = TERMINAL | {ErrandState.needs_attention}
 
 
 def title_for(text: str, limit: int = 72) -> str:
@@ -105,7 +107,7 @@ class Delegation:
                 views = [await self._child(p, str(i)) for i in args["ids"]]
         except _Refused as exc:
             return self._result(call, str(exc), ok=False)
-        if by_message or all(v.state in TERMINAL for v in views):
+        if by_message or all(v.state in STOPPED for v in views):
             return self.report(call, views, by_message)
         return now + self.settings.subagents.recheck_seconds
 
@@ -193,7 +195,7 @@ class Delegation:
         return ev.ErrandCreated(
             title=title_for(text),
             content=ev.Content.labelled(
-                text, Provenance(kind="model", name=f"errand {p.errand_id}"), call.label
+                text, Provenance(kind="model", name=f"errand {p.errand_id}"), self.label(call)
             ),
             model=spec,
             timezone=p.created.timezone,
@@ -206,6 +208,11 @@ class Delegation:
             mode=p.view.mode,
         )
 
+    def label(self, call: CallState) -> Label:
+        """The label of a child's task: the label of the call that asked for it, so a
+        child is never more trusted than its parent was when it delegated."""
+        return call.label
+
     def report(
         self, call: CallState, views: Sequence[ErrandView], by_message: bool
     ) -> ev.ToolResult:
@@ -213,6 +220,8 @@ class Delegation:
         cut = self.settings.subagents.result_chars
         ended = sum(1 for v in views if v.state in TERMINAL)
         head = f"{ended} of {len(views)} sub-errands ended"
+        if waiting := sum(1 for v in views if v.state is ErrandState.needs_attention):
+            head += f", {waiting} need a person (errands show ID says why)"
         if by_message:
             head = f"woken early: a message came (it follows); {head}"
         lines = [head + ":"]
@@ -254,16 +263,12 @@ class Delegation:
 async def cancel_children(store: Store, errand_id: str, reason: str, by: str, channel: str) -> None:
     """Cancel the open children of *errand_id* (and theirs): a parent's cancel ends its
     tree."""
-    for child_id in children_in(errand_id, await store.read(errand_id)):
-        try:
-            view = await store.view(child_id)
-        except NotFound:
-            continue
+    for view in await store.children(errand_id):
         if view.state not in TERMINAL:
             event = ev.CancelRequested(reason=reason, by=by, channel=channel)
             with contextlib.suppress(StoreError):  # (it ended meanwhile)
-                await store.append(child_id, [event], guard=_open)
-        await cancel_children(store, child_id, reason, by, channel)
+                await store.append(view.id, [event], guard=_open)
+        await cancel_children(store, view.id, reason, by, channel)
 
 
 def _open(view: ErrandView) -> None:

@@ -289,6 +289,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             approvals=[ApprovalOut.of(p, view.title) for p in view.pending.values()],
             events=[StoredEventOut(seq=s.seq, event=s.event) for s in stored],
             events_before=stored[0].seq - 1 if stored else 0,
+            children=[ErrandSummary.of(c) for c in await ctx.store.children(errand_id)],
         )
         return _json(detail.model_dump_json().encode())
 

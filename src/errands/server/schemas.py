@@ -173,6 +173,10 @@ class ErrandDetail(ErrandSummary):
         description="how many older events there are (page back with ?before= the first "
         "event's seq)"
     )
+    children: list[ErrandSummary] = Field(
+        default_factory=list,
+        description="the sub-errands it started with delegate, oldest first (docs/subagents.md)",
+    )
 
 
 class Message(BaseModel):

@@ -80,6 +80,8 @@ _COLUMN_SET = set(COLUMNS)
 _EXTRA_FIELDS = tuple(f for f in ErrandView.model_fields if f not in _COLUMN_SET)
 _extras = operator.attrgetter(*_EXTRA_FIELDS)
 _ENDS = frozenset({"state_changed", "cancel_requested"})  # what may end an errand
+# a sub-errand in one of these wakes its parent: it ended, or it needs a person
+_STOPPED = TERMINAL | {ErrandState.needs_attention}
 _BOOKED = frozenset(
     {"model_responded", "model_used", "state_changed"}
 )  # events that touch the budgets
@@ -329,14 +331,18 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
             elif event.type == "sleeping":
                 assert isinstance(event, ev.Sleeping)
                 self._set_timer(tx, errand_id, event.wake_at)
-            if event.type in _ENDS and view.parent is not None and view.state in TERMINAL:
-                # a sub-errand ended: its parent's timer is due now, and it is woken
-                self._set_timer(tx, view.parent, event.at)
-                tx.wakeups.append(view.parent)
+            if event.type in _ENDS and view.parent is not None and view.state in _STOPPED:
+                self._wake_parent(tx, view.parent, event.at)
         tx.dirty[errand_id] = view
         if self._listeners:
             tx.appended.append((errand_id, seqs[-1]))
         return seqs
+
+    def _wake_parent(self, tx: Tx, parent: str, at: float) -> None:
+        """A sub-errand stopped (ended, or needs a person): in the same commit, its
+        parent's timer is due and a wake-up is recorded (docs/subagents.md)."""
+        self._set_timer(tx, parent, at)
+        tx.wakeups.append(parent)
 
     def _book(self, tx: Tx, view: ErrandView, event: ev.Event) -> None:
         """Keep the budget tables in step with the log, in the same transaction."""
@@ -656,6 +662,9 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     async def list_errands(
         self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
     ) -> list[ErrandView]: ...
+
+    @abc.abstractmethod
+    async def children(self, errand_id: str) -> list[ErrandView]: ...
 
     @abc.abstractmethod
     async def pending_approvals(self) -> list[PendingApproval]: ...

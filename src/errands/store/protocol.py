@@ -192,6 +192,10 @@ class StoreReader(Protocol):
         """Errands, newest first (only those in *states*, if given)."""
         ...
 
+    async def children(self, errand_id: str) -> list[ErrandView]:
+        """The errands *errand_id* started (its sub-errands), oldest first."""
+        ...
+
     async def pending_approvals(self) -> list[PendingApproval]:
         """Every approval waiting for a person, oldest errand activity first."""
         ...

@@ -19,7 +19,7 @@ from errands.cli.common import (
     server_for_home,
     with_harness,
 )
-from errands.cli.render import errands_table, event_line
+from errands.cli.render import child_line, errands_table, event_line
 from errands.errors import ErrandsError
 from errands.textlimit import check_text
 
@@ -203,6 +203,8 @@ def show(
             f"{view.usage.input_tokens} in / {view.usage.output_tokens} out · "
             f"${view.usage.cost_usd:.4f}[/dim]"
         )
+        for child in await h.store.children(full):  # its sub-errands (docs/subagents.md)
+            out.print(child_line(child), highlight=False)
 
     with_harness(go, write=False)
 

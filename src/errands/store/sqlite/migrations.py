@@ -106,6 +106,11 @@ MIGRATIONS: list[Migration] = [
     Migration("0008_mcp_pins", mcp_pins.MIGRATION),
     # where errands is in the mailbox it reads work from (errands.channels.email)
     Migration("0010_email", mail_cursor.MIGRATION),
+    # an errand's sub-errands (docs/subagents.md): only rows with a parent are indexed
+    Migration(
+        "0011_subagents",
+        "CREATE INDEX IF NOT EXISTS errands_parent ON errands(parent) WHERE parent IS NOT NULL",
+    ),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

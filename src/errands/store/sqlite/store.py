@@ -435,7 +435,8 @@ class SQLiteStore(
         )
         if not rows:
             raise NotFound(f"no errand {prefix}")
-        if len(rows) > 1:
+        # (an id that is whole wins: its sub-errands' ids start with it; it sorts first)
+        if len(rows) > 1 and rows[0][0] != prefix:
             raise NotFound(f"{prefix} matches several errands; give more of the id")
         return str(rows[0][0])
 
@@ -454,6 +455,14 @@ class SQLiteStore(
         self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
     ) -> list[ErrandView]:
         return await asyncio.to_thread(self._list, states, limit)
+
+    @_reads
+    def _children(self, errand_id: str) -> list[ErrandView]:
+        sql = _SELECT_VIEW + " WHERE parent = ? ORDER BY created_at, id"
+        return [_view_from_row(r) for r in self._reader().execute(sql, (errand_id,)).fetchall()]
+
+    async def children(self, errand_id: str) -> list[ErrandView]:
+        return self._children(errand_id)  # (a point lookup on an index: no thread hop)
 
     @_reads
     def _pending(self) -> list[PendingApproval]:
