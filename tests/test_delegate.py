@@ -246,3 +246,28 @@ async def test_the_api_and_errands_show_list_the_children(settings: Settings, cl
     assert shown.returncode == 0, shown.stderr
     for i in ids:
         assert re.search(rf"└ {re.escape(i)} done · \$0\.0000 · 1 steps · ", shown.stdout)
+
+
+@pytest.mark.parametrize("limit", ["max_depth", "max_total"])
+async def test_the_limits_refuse_a_fan_out_with_nothing_made(
+    db: SQLiteStore, settings: Settings, limit: str
+) -> None:
+    if limit == "max_depth":  # a child (task "nested") delegates again: depth 2 > 1
+        settings = with_subagents(settings, max_depth=1)
+        model = FanModel(1, task=lambda k: {"task": "nested"})
+    else:  # 4 tasks, at most 3 open
+        settings = with_subagents(settings, max_total=3)
+        model = FanModel(4)
+    eid, view = await _fan(db, settings, model)
+    assert view.state is ErrandState.done, view.reason
+    refusing = (await db.children(eid))[0].id if limit == "max_depth" else eid
+    result = _result(await _log(db, refusing))
+    assert not result.ok and f"[subagents] {limit}" in result.content.text
+    assert await db.children(refusing) == []
+
+
+async def test_a_child_gets_only_the_tools_it_is_given(db: SQLiteStore, settings: Settings) -> None:
+    model = FanModel(2, task=lambda k: {"task": f"{CHILD} {k}", "tools": ["list_files"][:k]})
+    eid, _ = await _fan(db, settings, model)
+    first, second = await db.children(eid)
+    assert (first.tools, second.tools) == ([], ["list_files"])

@@ -111,6 +111,19 @@ class Delegation:
             return self.report(call, views, by_message)
         return now + self.settings.subagents.recheck_seconds
 
+    async def orphaned(self, p: Progress) -> ev.CancelRequested | None:
+        """A child whose parent was cancelled cancels itself before its next model call
+        (what the parent's cancel did not reach: a crash between the two, say)."""
+        assert p.view.parent is not None
+        try:
+            parent = await self.store.view(p.view.parent)
+        except NotFound:
+            return None
+        if parent.state is not ErrandState.cancelled:
+            return None
+        reason = f"its parent {parent.id} was cancelled"
+        return ev.CancelRequested(reason=reason, by="errands", channel="delegate")
+
     async def _child(self, p: Progress, child_id: str) -> ErrandView:
         try:
             view = await self.store.view(child_id)

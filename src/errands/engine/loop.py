@@ -246,6 +246,9 @@ class Loop:
         if reason:
             await self._append(p, [ev.StateChanged(state="failed", reason=reason)])
             return
+        if p.view.parent is not None and (cancel := await self.delegation.orphaned(p)):
+            await self._append(p, [cancel])  # a sub-errand whose parent was cancelled
+            return
         if p.created.timezone is not None and not await self._date_told(p, p.created.timezone):
             return  # cancelled meanwhile
         model = self.models(p.view.model)
