@@ -271,3 +271,18 @@ async def test_a_child_gets_only_the_tools_it_is_given(db: SQLiteStore, settings
     eid, _ = await _fan(db, settings, model)
     first, second = await db.children(eid)
     assert (first.tools, second.tools) == ([], ["list_files"])
+
+
+async def test_a_subtasks_link_out_of_the_workspace_is_refused(
+    db: SQLiteStore, settings: Settings, tmp_path: Path
+) -> None:
+    h = harness_for(db, settings, model=FanModel(2))
+    eid = await create_errand(db, settings, "fan out", model="scripted:demo")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (Path((await db.view(eid)).workspace) / "subtasks").symlink_to(elsewhere)
+    view = await h.runner().run_errand(eid)
+    assert view.state is ErrandState.done, view.reason
+    result = _result(await _log(db, eid))
+    assert not result.ok and "is not a folder of this errand's workspace" in result.content.text
+    assert await db.children(eid) == [] and list(elsewhere.iterdir()) == []

@@ -98,7 +98,12 @@ class Delegation:
                 view = await self._child(p, str(args.get("id")))
                 return self._result(call, view.result or f"(no answer: {view.state.value})")
             if call.call.name == "delegate":
-                ids = await self.spawn(p, call, args["tasks"])
+                ids = self.ids_for(p, call, len(args["tasks"]))
+                found = await self._found(ids)
+                if None in found:  # the first pass, or a crash cut it short
+                    await self.spawn(
+                        p, call, args["tasks"], ids, fresh=found.count(None) == len(ids)
+                    )
                 if not args.get("wait", True):
                     text = "started, running now; collect them with wait_for: " + ", ".join(ids)
                     return self._result(call, text)
@@ -133,14 +138,50 @@ class Delegation:
             raise _Refused(f"{child_id} is not a sub-errand this errand started")
         return view
 
-    async def spawn(self, p: Progress, call: CallState, tasks: Sequence[Any]) -> list[str]:
-        """Start the call's children (those a crash left unmade); their ids. Every check
-        comes before the first child is made: a refused call makes none."""
+    async def _found(self, ids: Sequence[str]) -> list[ErrandView | None]:
+        out: list[ErrandView | None] = []
+        for child_id in ids:
+            try:
+                out.append(await self.store.view(child_id))
+            except NotFound:
+                out.append(None)
+        return out
+
+    async def spawn(
+        self, p: Progress, call: CallState, tasks: Sequence[Any], ids: Sequence[str], fresh: bool
+    ) -> None:
+        """Start the call's children *ids* (those a crash left unmade). Every check comes
+        before the first child is made: a refused call makes none. The limits are checked
+        for a *fresh* call only: a call some of whose children exist was admitted."""
+        if fresh:
+            await self._admit(p, ids)
+        home = self._subtasks(p)
+        made = [self._created(p, call, ids[k], task, home) for k, task in enumerate(tasks)]
+        for child_id, created in zip(ids, made, strict=True):
+            # (a folder that cannot be made now is a step's failure: tried again)
+            make_workspace(self.settings, child_id, created.workspace)
+            await self.create(child_id, created)
+            fault("child_created")
+
+    def _subtasks(self, p: Progress) -> Path:
+        """``WORKSPACE/subtasks``, where the children's folders go: made, and refused if
+        it leads out of the parent's workspace (a link the parent made, say)."""
+        workspace = Path(os.path.realpath(p.view.workspace))
+        home = workspace / "subtasks"
+        try:
+            os.makedirs(home, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise _Refused(f"delegate: {home} cannot be made: {exc.strerror}") from None
+        if Path(os.path.realpath(home)) != home or not home.is_dir():
+            raise _Refused(f"delegate: {home} is not a folder of this errand's workspace")
+        return home
+
+    async def _admit(self, p: Progress, ids: Sequence[str]) -> None:
+        """Refuse a fan-out over ``[subagents]``'s limits."""
         limits = self.settings.subagents
-        ids = self.ids_for(p, call, len(tasks))
-        if len(tasks) > limits.max_parallel:
+        if len(ids) > limits.max_parallel:
             raise _Refused(
-                f"delegate: {len(tasks)} tasks, but at most {limits.max_parallel} sub-errands "
+                f"delegate: {len(ids)} tasks, but at most {limits.max_parallel} sub-errands "
                 "may run at once ([subagents] max_parallel); split the work"
             )
         depth = await self._depth(p.view)
@@ -156,11 +197,6 @@ class Delegation:
                 f"delegate: {others} sub-errands are open on this server and at most "
                 f"{limits.max_total} may be ([subagents] max_total); wait for some to end"
             )
-        made = [self._created(p, call, ids[k], task) for k, task in enumerate(tasks)]
-        for child_id, created in zip(ids, made, strict=True):
-            await self.create(child_id, created)
-            fault("child_created")
-        return ids
 
     async def create(self, child_id: str, created: ev.ErrandCreated) -> None:
         """Create the child; one that exists (made before a crash) is left as it is."""
@@ -177,7 +213,9 @@ class Delegation:
                 break
         return depth
 
-    def _created(self, p: Progress, call: CallState, child_id: str, task: Any) -> ev.ErrandCreated:
+    def _created(
+        self, p: Progress, call: CallState, child_id: str, task: Any, home: Path
+    ) -> ev.ErrandCreated:
         """The child's first event: only its task, labelled as the parent's call (never
         more trusted), at most the parent's tools and budget."""
         assert p.created is not None
@@ -199,12 +237,7 @@ class Delegation:
         if cost is not None and cap is not None:
             cost = min(float(cost), cap)
         limits = p.limits.model_copy(update={"max_cost_usd": cost if cost is not None else cap})
-        folder = Path(p.view.workspace) / "subtasks" / child_id.removeprefix(p.errand_id + ".")
-        try:
-            os.makedirs(folder.parent, mode=0o700, exist_ok=True)
-            workspace = make_workspace(self.settings, child_id, folder)
-        except (ErrandsError, OSError) as exc:
-            raise _Refused(f"delegate: the sub-errand's workspace: {exc}") from None
+        workspace = home / child_id.removeprefix(p.errand_id + ".")
         return ev.ErrandCreated(
             title=title_for(text),
             content=ev.Content.labelled(
