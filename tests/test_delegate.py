@@ -4,6 +4,7 @@ task meanwhile and wakes when all have ended, reading each one's state and answe
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from helpers.fanout import CHILD, FanModel, ended, serving, until, with_subagents
 from helpers.inproc import in_process
-from helpers.kit import harness_for
+from helpers.kit import call, harness_for, write_script
 
 from errands.config import Settings
 from errands.core import events as ev
@@ -286,3 +287,30 @@ async def test_a_subtasks_link_out_of_the_workspace_is_refused(
     result = _result(await _log(db, eid))
     assert not result.ok and "is not a folder of this errand's workspace" in result.content.text
     assert await db.children(eid) == [] and list(elsewhere.iterdir()) == []
+
+
+def test_errands_run_runs_the_children_too(tmp_path: Path) -> None:
+    """``errands run`` (no ``errands up``): the parent and its children run here."""
+    from conftest import CLI
+
+    cli = CLI(tmp_path / "home")
+    spec = write_script(
+        tmp_path / "s.json",
+        {
+            "cases": [
+                {"when_seen": CHILD, "text": "a child's answer"},
+                {
+                    "tool_calls": [
+                        call("delegate", tasks=[{"task": f"{CHILD} {k}"} for k in range(3)])
+                    ]
+                },
+            ]
+        },
+        {"text": "all three answered"},
+    )
+    r = cli("run", "fan out", "-m", spec)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all three answered" in r.stdout
+    (parent,) = [e for e in json.loads(cli("ls", "--json").stdout) if e["parent"] is None]
+    shown = cli("show", parent["id"]).stdout
+    assert shown.count("done · $0.0000 · 1 steps") == 3, shown

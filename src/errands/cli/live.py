@@ -18,6 +18,7 @@ from errands.cli.common import EXIT, err, json_object, out, who
 from errands.cli.render import approval_card, event_line, safe, visible
 from errands.core.errand import Errand
 from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.engine.delegate import WAITING
 from errands.errors import ApprovalRefused, UserError
 from errands.harness import Harness
 
@@ -82,7 +83,7 @@ async def foreground(
         store.subscribe(on_append)
         await show_new()
     while True:
-        view = await runner.run_errand(errand_id)
+        view = await runner.run_tree(errand_id)  # (and the sub-errands it waits for)
         if not as_json:
             await asyncio.gather(*pending)
             await show_new()
@@ -148,6 +149,11 @@ def finish(view: ErrandView, *, as_json: bool) -> None:
                 f"[yellow]errand {view.id} is waiting for your approval[/yellow]: "
                 f"errands approvals, then errands approve ID or errands deny ID --reason …, "
                 f"then errands resume {view.id}"
+            )
+        elif view.state is ErrandState.sleeping and view.reason == WAITING:
+            err.print(
+                f"[magenta]errand {view.id} waits for its sub-errands[/magenta] (errands show "
+                f"{view.id}): errands up runs them and wakes it when they have ended"
             )
         elif view.state is ErrandState.sleeping and view.wake_at is not None:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(view.wake_at))

@@ -37,9 +37,10 @@ from errands.store import Store, StoredEvent
 from errands.tools.toolset import Toolset
 from errands.tools.workspace import make_workspace
 
-__all__ = ["STOPPED", "Delegation", "cancel_children", "children_in", "title_for"]
+__all__ = ["STOPPED", "WAITING", "Delegation", "cancel_children", "children_in", "title_for"]
 
 _TOOL = Provenance(kind="tool", name="delegate")
+WAITING = "waiting for its sub-errands"  # the reason a parent sleeps with
 _OPEN = [s for s in ErrandState if s not in TERMINAL]
 # a child in one of these is reported to its parent: it ended, or it needs a person
 STOPPED = TERMINAL | {ErrandState.needs_attention}

@@ -38,7 +38,7 @@ from errands.core.progress import CallState, Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.costs.pricing import cost_usd
 from errands.engine.budgets import Budgets
-from errands.engine.delegate import Delegation
+from errands.engine.delegate import WAITING, Delegation
 from errands.engine.dispatch import Dispatcher
 from errands.engine.inflight import InFlight, Interrupted
 from errands.engine.limits import exceeded
@@ -204,7 +204,7 @@ class Loop:
                     call_id=call.call.call_id,
                     tool=call.call.name,
                     wake_at=woken,
-                    reason="waiting for its sub-errands",
+                    reason=WAITING,
                 )
                 with contextlib.suppress(Stopped):
                     await self._append(p, [again], guard=_not_cancelled)

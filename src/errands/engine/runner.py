@@ -28,7 +28,8 @@ from collections.abc import Callable
 from errands.clock import SYSTEM, Clock
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core.states import ErrandState, ErrandView
+from errands.core.states import RUNNABLE, ErrandState, ErrandView
+from errands.engine.delegate import WAITING
 from errands.engine.loop import Loop, TextListener
 from errands.engine.scheduler import Scheduler
 from errands.errors import ErrandBusy, LeaseLost, StoreError, StoreUnavailable
@@ -126,6 +127,31 @@ class Runner:
                     await task
             with contextlib.suppress(StoreError):
                 await self.store.release(errand_id, self.owner)
+
+    async def run_tree(self, errand_id: str) -> ErrandView:
+        """Run one errand in the foreground, and the sub-errands it sleeps for
+        (docs/subagents.md), here and at the same time, until it stops: ``errands run``
+        without ``errands up``. A child another process runs, or one that waits for a
+        person, is left as it is: the errand then stops sleeping on them."""
+        view = await self.run_errand(errand_id)
+        while view.state is ErrandState.sleeping and view.reason == WAITING:
+            ready = [
+                c.id
+                for c in await self.store.children(errand_id)
+                if c.state in RUNNABLE or (c.state is ErrandState.sleeping and c.reason == WAITING)
+            ]
+            ran = await asyncio.gather(*(self._child_tree(c) for c in ready))
+            if not any(ran):
+                return view
+            view = await self.run_errand(errand_id)
+        return view
+
+    async def _child_tree(self, errand_id: str) -> bool:
+        try:
+            await self.run_tree(errand_id)
+        except ErrandBusy:
+            return False  # another process runs it
+        return True
 
     async def _watch(self, errand_id: str) -> None:
         """Notice what other processes write to the errand (a cancel above all)."""
