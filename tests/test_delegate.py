@@ -22,7 +22,7 @@ from errands.core.progress import CallState
 from errands.core.states import ErrandState, ErrandView
 from errands.engine.delegate import Delegation, children_in
 from errands.engine.loop import Loop
-from errands.engine.operations import create_errand
+from errands.engine.operations import create_errand, tell_errand
 from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.store import StoredEvent
 from errands.store.base import Tx
@@ -268,10 +268,30 @@ async def test_the_limits_refuse_a_fan_out_with_nothing_made(
 
 
 async def test_a_child_gets_only_the_tools_it_is_given(db: SQLiteStore, settings: Settings) -> None:
-    model = FanModel(2, task=lambda k: {"task": f"{CHILD} {k}", "tools": ["list_files"][:k]})
-    eid, _ = await _fan(db, settings, model)
+    def task(k: int) -> dict[str, Any]:
+        return {"task": f"{CHILD} {k}", "tools": ["list_files"][:k], "max_cost_usd": 0.5 + k}
+
+    eid, _ = await _fan(db, settings, FanModel(2, task=task))
     first, second = await db.children(eid)
     assert (first.tools, second.tools) == ([], ["list_files"])
+    assert (first.budget_usd, second.budget_usd) == (0.5, 1.5)  # (the parent has no cap)
+
+
+async def test_a_message_wakes_the_parent_before_its_children_end(
+    db: SQLiteStore, settings: Settings
+) -> None:
+    h = harness_for(db, settings, model=FanModel(2, child_calls=30, latency=0.1))
+    eid = await create_errand(db, settings, "fan out", model="scripted:demo")
+    async with serving(h.runner()):
+        ids = children_in(eid, await until_sleeping(db, eid))
+        await tell_errand(db, eid, "how far are they?")
+        view = await until(db, eid, ended)
+        text = _result(await _log(db, eid)).content.text
+        assert "woken early: a message came" in text and "0 of 2 sub-errands ended" in text
+        assert not [i for i in ids if ended(await db.view(i))]  # they go on
+        await h.cancel(ids[0])
+        await h.cancel(ids[1])
+    assert view.state is ErrandState.done
 
 
 async def test_a_subtasks_link_out_of_the_workspace_is_refused(
