@@ -45,20 +45,21 @@ def test_prices_come_from_genai_prices_unless_the_config_overrides() -> None:
 
 def test_a_spent_daily_budget_stops_errands_clearly_and_tell_goes_on(cli: CLI, home: Path) -> None:
     prices = 'max_tokens = 200\n[prices."scripted:demo"]\ninput = 2.0\noutput = 10.0\n'
-    (home / "errands.toml").write_text(prices + "[budget]\ndaily_usd = 0.015\n")
+    (home / "errands.toml").write_text(prices + "[budget]\ndaily_usd = 0.02\n")
     # a demo errand costs ~$0.0018 in 4 calls; each call first reserves its worst case
-    # (~$0.011: 200 output tokens at $10/M, and its input bounded by its bytes -- the
-    # system prompt and the tools' schemas, ~5 KB, at $2/M): the fourth or so stops
+    # (~$0.016: 200 output tokens at $10/M, and its input bounded by its bytes -- the
+    # system prompt and the ten built-in tools' schemas, ~7 KB, at $2/M): the fourth or
+    # so stops
     runs = [json.loads(cli("demo", "--json").stdout) for _ in range(5)]
     stopped = next(r for r in runs if r["status"] != "done")
     assert stopped["status"] == "needs_attention", stopped
-    assert "the daily budget of $0.0150 is reached" in stopped["reason"]
+    assert "the daily budget of $0.0200 is reached" in stopped["reason"]
     assert f'errands tell {stopped["id"]} "go on"' in stopped["reason"]
     budget = json.loads(cli("cost", "--json").stdout)["budget"]
-    assert budget["daily_usd"] == 0.015 and budget["calls_in_flight"] == 0
-    assert 0 < budget["spent_usd"] <= 0.015
-    assert abs(budget["left_usd"] - (0.015 - budget["spent_usd"])) < 1e-12
-    assert "daily budget $0.01" in cli("cost").stdout
+    assert budget["daily_usd"] == 0.02 and budget["calls_in_flight"] == 0
+    assert 0 < budget["spent_usd"] <= 0.02
+    assert abs(budget["left_usd"] - (0.02 - budget["spent_usd"])) < 1e-12
+    assert "daily budget $0.02" in cli("cost").stdout
     # a person raises the budget and tells the errand to go on
     (home / "errands.toml").write_text(prices + "[budget]\ndaily_usd = 5.0\n")
     told = cli("tell", stopped["id"], "go on")

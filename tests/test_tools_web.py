@@ -422,24 +422,31 @@ def test_http_request_effect_depends_on_the_method(registry: FunctionToolset) ->
         tool.validate({"method": "TRACE", "url": url})
 
 
-def test_builtin_toolset_has_the_seven_tools(registry: FunctionToolset) -> None:
+def test_builtin_toolset_has_the_ten_tools(registry: FunctionToolset) -> None:
     assert [t.name for t in registry.listing] == [
+        "delegate",
         "fetch_url",
         "http_request",
         "list_files",
+        "read_errand_result",
         "read_file",
         "shell",
         "wait",
+        "wait_for",
         "write_file",
     ]
-    effects = {t.name: t.effect({"method": "GET", "command": "ls"}) for t in registry.listing}
+    args = {"method": "GET", "command": "ls", "tasks": [{"task": "x"}]}
+    effects = {t.name: t.effect(args) for t in registry.listing}
     assert effects == {
+        "delegate": EffectClass.none,
         "fetch_url": EffectClass.network,
         "http_request": EffectClass.network,
         "list_files": EffectClass.read,
+        "read_errand_result": EffectClass.none,
         "read_file": EffectClass.read,
         "shell": EffectClass.write_local,
         "wait": EffectClass.none,
+        "wait_for": EffectClass.none,
         "write_file": EffectClass.write_local,
     }
     # every one but the shell is safe to run again after a crash (a command may not be)
