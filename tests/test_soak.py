@@ -19,6 +19,7 @@ open file per call -- the kind of leak this is here to catch -- breaks both boun
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import sys
 from pathlib import Path
@@ -52,7 +53,11 @@ def leaking_tools(kept: list[object]) -> FunctionToolset:
         Args:
             term: What to look up.
         """
-        kept.append(bytearray(os.urandom(256 * 1024)))  # (touched: really resident)
+        # new pages every call, written so that they are resident: an anonymous mapping
+        # (a bytearray may reuse heap the first soak freed, and RSS would not move)
+        block = mmap.mmap(-1, 256 * 1024)
+        block.write(os.urandom(256 * 1024))
+        kept.append(block)
         kept.append(open(os.devnull))  # noqa: SIM115  (the leak under test)
         return f"{term}: found"
 
