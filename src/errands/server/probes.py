@@ -42,11 +42,8 @@ class _Shared:
 
 
 async def _store_problem(ctx: ServerContext) -> str | None:
-    probe = getattr(ctx.store, "probe", None)
-    if probe is None:  # (a store without a writer of its own)
-        return None
     try:
-        await asyncio.wait_for(probe(), PROBE_TIMEOUT)
+        await asyncio.wait_for(ctx.store.probe(), PROBE_TIMEOUT)
     except TimeoutError:
         return f"the store did not take a write within {PROBE_TIMEOUT:.0f} s"
     except Exception as exc:

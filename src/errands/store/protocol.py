@@ -295,6 +295,12 @@ class Store(StoreReader, Protocol):
 
     async def create(self, errand_id: str, created: ev.ErrandCreated) -> None: ...
 
+    async def probe(self) -> None:
+        """Write something and take it away again, in one commit: raises what a write
+        would raise now (:class:`~errands.errors.StoreUnavailable` when the store cannot
+        write). The server's ``/readyz``."""
+        ...
+
     async def append(
         self,
         errand_id: str,
