@@ -31,6 +31,7 @@ class NoSandbox(Sandbox):
         timeout_s: int,
         limits: Limits | None = None,
         extras: Extras | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> Ran:
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(

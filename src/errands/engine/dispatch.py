@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from errands.config import Settings
 from errands.core import events as ev
@@ -31,10 +31,20 @@ from errands.policy.preview import preview_of
 from errands.tools.tool import AskModel, Tool, ToolContext, ToolError
 from errands.tools.toolset import Toolset
 
-__all__ = ["MAX_RESULT_CHARS", "Dispatcher", "idempotency_key"]
+__all__ = ["MAX_RESULT_CHARS", "Dispatcher", "OutputListener", "ShowsOutput", "idempotency_key"]
 
 MAX_RESULT_CHARS = 200_000
 SYSTEM = Provenance(kind="system", name="errands")
+
+# (errand id, the call's intent seq, stream, text): a tool's output while it runs
+OutputListener = Callable[[str, int, str, str], None]
+
+
+@runtime_checkable
+class ShowsOutput(Protocol):
+    """A text listener that also shows tools' output live (the server's hub)."""
+
+    def output(self, errand_id: str, seq: int, stream: str, text: str, /) -> None: ...
 
 
 @lru_cache(maxsize=16_384)  # more than the errands one process runs at once
@@ -77,6 +87,8 @@ class Dispatcher:
         # a model call outside the conversation, for a tool that needs one (plan mode's
         # extract): the loop's, bounded and with its retries
         self.ask_model: AskModel | None = None
+        # where a tool shows its output while it runs (the server's hub): the loop's
+        self.on_output: OutputListener | None = None
 
     def route(
         self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
@@ -284,6 +296,9 @@ class Dispatcher:
                 settings=self.settings,
                 ask_model=self.ask_model,
                 model=p.view.model,
+                on_output=None
+                if self.on_output is None
+                else partial(self.on_output, p.errand_id, seq),
             )
             output = await self.toolset.call(tool, intent.arguments, ctx)
         except Exception as exc:  # a tool's error, or its bug: not a crash of the errand

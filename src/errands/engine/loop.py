@@ -39,7 +39,7 @@ from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.costs.pricing import cost_usd
 from errands.engine.budgets import Budgets
 from errands.engine.delegate import WAITING, Delegation
-from errands.engine.dispatch import Dispatcher
+from errands.engine.dispatch import Dispatcher, ShowsOutput
 from errands.engine.inflight import InFlight, Interrupted
 from errands.engine.limits import exceeded
 from errands.engine.replies import tame
@@ -104,6 +104,8 @@ class Loop:
         self.in_flight = InFlight(lambda: self.clock.steady())  # model and tool calls
         self.dispatch.now = lambda: self.clock.wall()  # wait's timers are wall times
         self.dispatch.ask_model = self._quarantined  # plan mode's extractor
+        if isinstance(on_text, ShowsOutput):  # the server's hub: tools' output, live
+            self.dispatch.on_output = on_text.output
         self._since: dict[str, tuple[float, float]] = {}  # run start: (wall, steady)
         # (zone, the end of the minute it holds for, the date line): computed once a minute
         self._day_cache: tuple[str, float, str] = ("", 0.0, "")

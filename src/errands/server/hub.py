@@ -3,9 +3,13 @@
 The store calls :meth:`Hub.committed` after each durable commit (in this process);
 the runner (through :class:`LiveText`) calls :meth:`Hub.text` for each streamed model
 text delta and :meth:`Hub.text_reset` when a retry or fallback takes the text of a
-failed attempt back. Subscribers are woken, not fed: a stream reads what is new from
+failed attempt back, and :meth:`Hub.output` for what a running tool prints (the shell's
+output, redacted by the tool). Subscribers are woken, not fed: a stream reads what is new from
 the store itself, so a slow client can never make the server hold an unbounded queue,
-and a woken stream always sends exactly the committed log.
+and a woken stream always sends exactly the committed log. A tool's live output is
+held per subscriber up to a cap (what is past it is dropped and said so), and the latest
+of each running call is kept for a stream that opens while it runs; neither is ever
+written to the store -- the call's result is the record.
 """
 
 from __future__ import annotations
@@ -13,12 +17,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from errands.store import Store
 
-__all__ = ["Hub", "LiveText", "Subscription"]
+__all__ = ["Hub", "LiveText", "Output", "Subscription"]
 
 MAX_BUFFERED_TEXT = 64_000  # characters of model text held for one slow subscriber
+MAX_BUFFERED_OUTPUT = 64_000  # characters of a tool's live output held for one subscriber
+MAX_RECENT_OUTPUT = 16_000  # characters of a running call's output a new stream is given
+
+
+@dataclass
+class Output:
+    """A piece of a running tool call's live output: *stream* is ``stdout``, ``stderr``,
+    ``exit`` (its status line, at the end) or ``dropped`` (what a slow viewer missed)."""
+
+    seq: int  # the call's intent
+    stream: str
+    text: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "stream": self.stream, "text": self.text}
+
+
+def _append(outputs: list[Output], piece: Output) -> None:
+    """Add *piece*, merged into the last one when it continues it (fewer SSE events)."""
+    last = outputs[-1] if outputs else None
+    if last is not None and (last.seq, last.stream) == (piece.seq, piece.stream):
+        last.text += piece.text
+    else:
+        outputs.append(Output(piece.seq, piece.stream, piece.text))
 
 
 class Subscription:
@@ -29,6 +59,17 @@ class Subscription:
         self.text_chars = 0
         self.text_reset = False  # the text sent so far is to be discarded
         self.changed: set[str] = set()
+        self.outputs: list[Output] = []
+        self.output_chars = 0
+        self.output_dropped = 0
+
+    def take_outputs(self) -> list[Output]:
+        """The live output since the last take, merged; what the cap dropped, said."""
+        outputs, dropped = self.outputs, self.output_dropped
+        self.outputs, self.output_chars, self.output_dropped = [], 0, 0
+        if dropped and outputs:
+            outputs.append(Output(outputs[-1].seq, "dropped", f"[{dropped} characters not shown]"))
+        return outputs
 
     def take_texts(self) -> tuple[bool, list[str]]:
         """(was the text sent so far reset?, the deltas since)."""
@@ -45,6 +86,7 @@ class Hub:
     def __init__(self, store: Store) -> None:
         self._by_errand: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
+        self._recent: dict[str, list[Output]] = {}  # errand -> its running call's output
         self.closing = asyncio.Event()
         store.subscribe(self.committed)
 
@@ -67,6 +109,32 @@ class Hub:
         for sub in self._by_errand.get(errand_id, ()):
             sub.texts, sub.text_chars, sub.text_reset = [], 0, True  # unsent: just drop it
             sub.wake.set()
+
+    def output(self, errand_id: str, seq: int, stream: str, text: str) -> None:
+        """A running tool call's live output (already redacted by the tool)."""
+        piece = Output(seq, stream, text)
+        recent = self._recent.setdefault(errand_id, [])
+        if stream == "exit" or (recent and recent[0].seq != seq):
+            recent.clear()  # the call ended (or a newer one runs): nothing to replay
+        if stream != "exit":
+            _append(recent, piece)
+            while len(recent) > 1 and sum(len(o.text) for o in recent) > MAX_RECENT_OUTPUT:
+                recent.pop(0)
+            if recent and len(recent[0].text) > MAX_RECENT_OUTPUT:
+                recent[0].text = recent[0].text[-MAX_RECENT_OUTPUT:]
+        else:
+            del self._recent[errand_id]
+        for sub in self._by_errand.get(errand_id, ()):
+            if sub.output_chars + len(text) <= MAX_BUFFERED_OUTPUT or stream == "exit":
+                _append(sub.outputs, piece)
+                sub.output_chars += len(text)
+            else:
+                sub.output_dropped += len(text)
+            sub.wake.set()
+
+    def recent_output(self, errand_id: str) -> list[Output]:
+        """The latest output of the errand's running call (for a stream opening now)."""
+        return [Output(o.seq, o.stream, o.text) for o in self._recent.get(errand_id, ())]
 
     def watched(self, errand_id: str) -> bool:
         """Does any stream follow this errand? (Safe to ask from another thread.)"""
@@ -128,3 +196,8 @@ class LiveText:
     def reset(self, errand_id: str) -> None:
         if self.hub.watched(errand_id):
             self.loop.call_soon_threadsafe(self.hub.text_reset, errand_id)
+
+    def output(self, errand_id: str, seq: int, stream: str, text: str, /) -> None:
+        """A tool's live output (errands.engine.dispatch.ShowsOutput): always handed
+        over, so that a page opened while the call runs gets its latest output."""
+        self.loop.call_soon_threadsafe(self.hub.output, errand_id, seq, stream, text)

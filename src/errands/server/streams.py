@@ -27,12 +27,18 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
 
 async def errand_stream(ctx: ServerContext, errand_id: str, after: int) -> AsyncIterator[bytes]:
     """The errand's log from *after* on, then live: events, view changes, model text
-    (and ``text_reset`` when the text streamed so far is taken back)."""
+    (and ``text_reset`` when the text streamed so far is taken back), and ``output``: what
+    a running tool prints (``{"seq", "stream", "text"}``; the latest of a call already
+    running first)."""
     hub, store = ctx.hub, ctx.store
     with hub.subscribe(errand_id) as sub:
         yield b"retry: 2000\n\n"
+        for piece in hub.recent_output(errand_id):
+            yield _sse("output", piece.as_json())
         last_beat = asyncio.get_running_loop().time()
         while not hub.closing.is_set():
+            for piece in sub.take_outputs():
+                yield _sse("output", piece.as_json())
             reset, texts = sub.take_texts()
             stored = await store.read(errand_id, after=after)
             if reset:  # a retry or fallback starts the reply over: drop the partial text

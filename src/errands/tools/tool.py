@@ -96,6 +96,10 @@ class ToolContext:
     # errand's model spec
     ask_model: AskModel | None = None
     model: str = ""
+    # where a tool shows its output while it runs, (stream, text) -- "stdout", "stderr",
+    # and "exit" with a status line at the end: the inbox's live view (None: nobody looks).
+    # Text handed here is shown as it is: the tool redacts it first. Never the record.
+    on_output: Callable[[str, str], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from errands.core.labels import Confidentiality, Integrity
 from errands.tools.sandbox.bwrap import WORKSPACE, Limits, Ran, Sandbox, SandboxUnavailable
 from errands.tools.sandbox.commands import parse_script
 from errands.tools.sandbox.egress import Egress, RedactorFactory, call_egress, egress_session
+from errands.tools.sandbox.live import LiveOutput
 from errands.tools.sandbox.proxy import EgressProxy
 from errands.tools.sandbox.secrets import (
     Redact,
@@ -104,6 +105,13 @@ def render(
     return "\n".join(parts)
 
 
+def _end_live(shown: LiveOutput, ran: Ran | None) -> None:
+    if ran is None:
+        shown.end({}, "the command did not run")
+    else:
+        shown.end({"stdout": ran.stdout_total, "stderr": ran.stderr_total}, _status(ran))
+
+
 def _strings(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list | tuple) else []
 
@@ -147,10 +155,13 @@ def make_shell_tool(
     limits: Limits | None = None,
     proxy: type[EgressProxy] = EgressProxy,
     redactor: RedactorFactory = secret_redactor,
+    live: type[LiveOutput] = LiveOutput,
 ) -> Tool:
     """The ``shell`` tool, running its commands in *sandbox* (bubblewrap by default), its
-    network through *proxy*, its output redacted by *redactor* (tests pass controls)."""
+    network through *proxy*, its output redacted by *redactor* and shown while it runs
+    (to ``ctx.on_output``) by *live* (tests pass controls)."""
     runner = sandbox if sandbox is not None else Sandbox()
+    caps = limits or Limits()
 
     async def shell(
         command: str,
@@ -193,13 +204,23 @@ def make_shell_tool(
         except OSError as exc:  # unrecorded, a later call could send what this one leaves
             raise ToolError(f"shell: cannot record the secrets given: {exc}") from None
         hosts += workspace_secret_hosts(settings, ctx.workspace, values)
-        redact = redactor({**declared_values(settings), **values})
+        known = {**declared_values(settings), **values}
+        redact = redactor(known)
         plan = Egress(entries, values, hosts)
+        shown = None
+        if ctx.on_output is not None:
+            shown = live(ctx.on_output, redact, known.values(), caps.output)
+        done: Ran | None = None
         try:
             async with egress_session(plan, settings, proxy) as (extras, seen):
-                ran = await runner.run(command, ctx.workspace, timeout_s, limits, extras)
+                ran = done = await runner.run(
+                    command, ctx.workspace, timeout_s, caps, extras, shown
+                )
         except SandboxUnavailable as exc:
             raise ToolError(f"shell refuses to run without its sandbox: {exc}") from None
+        finally:
+            if shown is not None:  # the live view ends however the call does
+                _end_live(shown, done)
         return ToolOutput(
             text=render(ran, note, redact, seen.lines() if seen is not None else None),
             integrity=Integrity.untrusted,

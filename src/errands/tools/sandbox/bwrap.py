@@ -292,8 +292,10 @@ class Sandbox:
         timeout_s: int,
         limits: Limits | None = None,
         extras: Extras | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> Ran:
-        """Run *command* in the sandbox; never raises for what the command does."""
+        """Run *command* in the sandbox; never raises for what the command does.
+        *on_output* gets ``("stdout" | "stderr", bytes)`` as the command writes them."""
         limits = limits or Limits()
         self.check()
         with tempfile.TemporaryDirectory(prefix="errands-sandbox-") as tmp:
@@ -305,7 +307,8 @@ class Sandbox:
             fds = [home, *([] if fd is None else [fd]), *(pin for pin, _ in pinned)]
             try:
                 argv = self.argv(command, workspace, etc, extras, fd, pinned, home)
-                return await self._run(argv, self.spawn_env(extras), timeout_s, limits, fds)
+                env = self.spawn_env(extras)
+                return await self._run(argv, env, timeout_s, limits, fds, on_output)
             finally:
                 for each in fds:
                     os.close(each)
@@ -361,6 +364,7 @@ class Sandbox:
         timeout_s: int,
         limits: Limits,
         fds: Sequence[int] = (),
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> Ran:
         rlimits = _rlimits(limits, timeout_s)
         # the kernel's own cap on the process count, where errands may make one: a
@@ -394,8 +398,8 @@ class Sandbox:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
 
-        out = _Capture(limits, kill)
-        err = _Capture(limits, kill)
+        out = _Capture(limits, kill, "stdout", on_output)
+        err = _Capture(limits, kill, "stderr", on_output)
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
             asyncio.ensure_future(out.drain(proc.stdout)),
@@ -430,9 +434,17 @@ class Sandbox:
 
 
 class _Capture:
-    def __init__(self, limits: Limits, kill: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        kill: Callable[[str], None],
+        name: str = "",
+        on_output: Callable[[str, bytes], None] | None = None,
+    ) -> None:
         self.limits = limits
         self.kill = kill
+        self.name = name
+        self.on_output = on_output
         self.kept = bytearray()
         self.total = 0
 
@@ -442,6 +454,11 @@ class _Capture:
             if not chunk:
                 return
             self.total += len(chunk)
+            if self.on_output is not None:
+                try:
+                    self.on_output(self.name, chunk)
+                except Exception:  # the live view's fault: the capture goes on without it
+                    self.on_output = None
             room = self.limits.output - len(self.kept)
             if room > 0:
                 self.kept += chunk[:room]

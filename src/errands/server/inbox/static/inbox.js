@@ -639,6 +639,8 @@
       },
       // a retry or the next model of a chain starts the reply over: drop the partial text
       text_reset: clearLiveText,
+      // a running tool's output (static/live-output.js shows it)
+      output: (data) => document.dispatchEvent(new CustomEvent("errands:output", { detail: data })),
     });
   }
 })();
