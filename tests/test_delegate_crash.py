@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers.fanout import CHILD
+from helpers.gitrepo import git, init_repo
 from seams import child_env
 
 from errands.config import Settings
@@ -73,3 +74,41 @@ async def test_a_kill_between_child_7_and_8_starts_each_child_once(
         assert set(made) == tasks and max(made.values()) == 2, made  # duplicates
     else:
         assert made == collections.Counter(tasks), made  # each exactly once
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["found-again", "control-naive-add"])
+async def test_a_kill_between_worktree_8_and_its_child_loses_nothing(
+    home: Path, settings: Settings, control: bool
+) -> None:
+    """A git workspace: the 8th child's worktree is made, the child is not: SIGKILL. The
+    resume finds that worktree instead of adding it again; every child's work ends up
+    committed on its own branch and every worktree is removed when the parent ends. The
+    control adds each worktree anew on every pass: the resume cannot go on."""
+    store = SQLiteStore(home / "s.sqlite")
+    eid = await create_errand(store, settings, "fan out", model="scripted:demo")
+    workspace = Path((await store.view(eid)).workspace)
+    await store.close()
+    init_repo(workspace)
+    extra = ("--writes", *(("--naive-worktrees",) if control else ()))
+    killed = await asyncio.to_thread(_run, home, eid, *extra, fault="child_folder:8")
+    assert killed == -signal.SIGKILL
+    assert await asyncio.to_thread(_run, home, eid, *extra) == 0
+    store = SQLiteStore(home / "s.sqlite")
+    try:
+        view = await store.view(eid)
+        children = await store.children(eid)
+    finally:
+        await store.close()
+    if control:
+        assert view.state is ErrandState.needs_attention, view.reason
+        assert "worktree', 'add'" in (view.reason or ""), view.reason  # (a second time)
+        return
+    assert view.state is ErrandState.done, view.reason
+    assert sorted(c.title for c in children) == sorted(f"{CHILD} {k}" for k in range(20))
+    branches = git(workspace, "branch", "--list", "errands/*", "--format=%(refname:short)")
+    assert sorted(branches.split()) == sorted(f"errands/{c.id}" for c in children)
+    for c in children:  # each child's file, committed on its branch (kept: not merged)
+        assert git(workspace, "show", f"errands/{c.id}:out.txt") == "work"
+    assert git(workspace, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert not (workspace / "subtasks").exists() or not any((workspace / "subtasks").iterdir())
+    assert git(workspace, "status", "--porcelain") == ""

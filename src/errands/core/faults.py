@@ -20,6 +20,7 @@ Points:
 - ``schedule_fired``    the slot's run is durable (keyed), the runner not yet told
 - ``watch_changed``     a watch saw new items, the run they start is not yet fired
 - ``child_created``     a delegate call's child is created, the next one is not yet
+- ``child_folder``      a child's folder (a git worktree) is made, the child is not yet
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ POINTS = (
     "schedule_fired",
     "watch_changed",
     "child_created",
+    "child_folder",
 )
 
 FaultHook = Callable[[str], None]

@@ -19,7 +19,9 @@ carries it out from the store each time the errand wakes:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -31,13 +33,25 @@ from errands.core.faults import fault
 from errands.core.labels import Confidentiality, Integrity, Label, Provenance
 from errands.core.progress import CallState, Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
+from errands.engine import worktrees
 from errands.errors import ErrandExists, ErrandsError, NotFound, StoreError
 from errands.models.spec import check_spec
 from errands.store import Store, StoredEvent
 from errands.tools.toolset import Toolset
 from errands.tools.workspace import make_workspace
 
-__all__ = ["STOPPED", "WAITING", "Delegation", "cancel_children", "children_in", "title_for"]
+__all__ = [
+    "STOPPED",
+    "WAITING",
+    "Delegation",
+    "cancel_children",
+    "children_in",
+    "settle_worktrees",
+    "sweep_worktrees",
+    "title_for",
+]
+
+log = logging.getLogger(__name__)
 
 _TOOL = Provenance(kind="tool", name="delegate")
 WAITING = "waiting for its sub-errands"  # the reason a parent sleeps with
@@ -75,6 +89,9 @@ class _Refused(Exception):
 class Delegation:
     """The loop's part for sub-errands. A variant (a test's control) is a subclass."""
 
+    # merges the children's branches into the parent's (a test's control swaps it)
+    merge_branches = staticmethod(worktrees.merge)
+
     def __init__(self, store: Store, settings: Settings, toolset: Toolset) -> None:
         self.store = store
         self.settings = settings
@@ -98,6 +115,8 @@ class Delegation:
             if call.call.name == "read_errand_result":
                 view = await self._child(p, str(args.get("id")))
                 return self._result(call, view.result or f"(no answer: {view.state.value})")
+            if call.call.name == "merge_children":
+                return await self.merge(p, call, [str(i) for i in args["ids"]])
             if call.call.name == "delegate":
                 ids = self.ids_for(p, call, len(args["tasks"]))
                 found = await self._found(ids)
@@ -158,9 +177,12 @@ class Delegation:
             await self._admit(p, ids)
         home = self._subtasks(p)
         made = [self._created(p, call, ids[k], task, home) for k, task in enumerate(tasks)]
+        parent = Path(p.view.workspace)
         for child_id, created in zip(ids, made, strict=True):
-            # (a folder that cannot be made now is a step's failure: tried again)
+            # (a folder or worktree that cannot be made now is a step's failure: tried again)
+            await self.worktree(parent, Path(created.workspace), child_id)
             make_workspace(self.settings, child_id, created.workspace)
+            fault("child_folder")
             await self.create(child_id, created)
             fault("child_created")
 
@@ -176,6 +198,38 @@ class Delegation:
         if Path(os.path.realpath(home)) != home or not home.is_dir():
             raise _Refused(f"delegate: {home} is not a folder of this errand's workspace")
         return home
+
+    async def worktree(self, parent: Path, child: Path, child_id: str) -> bool:
+        """Make the child's folder a git worktree on its own branch when the parent's
+        workspace is a git repository (made once: a resume finds it)."""
+        branch = worktrees.branch_for(child_id)
+        return await asyncio.to_thread(worktrees.add, parent, child, branch)
+
+    async def merge(self, p: Progress, call: CallState, ids: Sequence[str]) -> ev.ToolResult:
+        """``merge_children``: commit each ended child's work to its branch and merge the
+        branches into the parent's, one after the other; a conflict is reported with
+        its files and hunks (and aborted: the parent's files stay as they were)."""
+        views = [await self._child(p, i) for i in ids]
+        running = [v.id for v in views if v.state not in TERMINAL]
+        if running:
+            raise _Refused(
+                f"merge_children: {', '.join(running)} have not ended; wait_for them first"
+            )
+        parent = Path(p.view.workspace)
+        if await asyncio.to_thread(worktrees.repo_of, parent) is None:
+            raise _Refused(
+                "merge_children: this errand's workspace is not a git repository; the "
+                "sub-errands' files are in its subtasks folder"
+            )
+        try:
+            for v in views:
+                await asyncio.to_thread(worktrees.commit, parent, Path(v.workspace), _message(v))
+            merged = await asyncio.to_thread(
+                self.merge_branches, parent, [worktrees.branch_for(v.id) for v in views]
+            )
+        except worktrees.GitFailed as exc:
+            raise _Refused(f"merge_children: {exc}") from None
+        return self._result(call, _merge_report(views, merged), ok=all(not m.error for m in merged))
 
     async def _admit(self, p: Progress, ids: Sequence[str]) -> None:
         """Refuse a fan-out over ``[subagents]``'s limits."""
@@ -316,6 +370,81 @@ async def cancel_children(store: Store, errand_id: str, reason: str, by: str, ch
             with contextlib.suppress(StoreError):  # (it ended meanwhile)
                 await store.append(view.id, [event], guard=_open)
         await cancel_children(store, view.id, reason, by, channel)
+
+
+def _message(view: ErrandView) -> str:
+    return f"errands: sub-errand {view.id} ({view.state.value}): {view.title}"
+
+
+def _merge_report(views: Sequence[ErrandView], merged: Sequence[worktrees.Merged]) -> str:
+    lines = []
+    for v, m in zip(views, merged, strict=True):
+        if m.merged:
+            lines.append(f"{v.id}: merged ({m.branch})")
+        elif m.up_to_date:
+            lines.append(f"{v.id}: nothing to merge ({m.branch} is already in this branch)")
+        elif m.error:
+            lines.append(f"{v.id}: not merged: {m.error}")
+        else:
+            files = ", ".join(c.path for c in m.conflicts)
+            lines.append(
+                f"{v.id}: CONFLICT in {files}: not merged, your files are as they were; "
+                f"its work stays on branch {m.branch} (its files: {v.workspace}). Resolve "
+                "by editing the files yourself, or delegate again with the hunks below."
+            )
+            for c in m.conflicts:
+                lines.extend(f"--- {c.path}\n{h}" for h in c.hunks)
+    conflicted = sum(1 for m in merged if m.conflicts)
+    head = f"{sum(1 for m in merged if m.merged)} of {len(merged)} merged"
+    if conflicted:
+        head += f", {conflicted} with conflicts"
+    return head + ":\n" + "\n".join(lines)
+
+
+async def settle_worktrees(store: Store, view: ErrandView) -> None:
+    """When an errand has ended: a sub-errand's work is committed to its branch (and its
+    worktree removed if its parent has ended too); the worktrees of its own ended
+    children are removed (their work committed first; a branch is deleted only if it is
+    merged). Git failures are logged, not raised: the next end tries again."""
+    jobs: list[tuple[Path, ErrandView, bool]] = []  # (parent's workspace, child, remove?)
+    if view.parent is not None:
+        with contextlib.suppress(NotFound):
+            parent = await store.view(view.parent)
+            # its parent still runs: keep the worktree (merge_children needs the branch)
+            jobs.append((Path(parent.workspace), view, parent.state in TERMINAL))
+    jobs.extend(
+        (Path(view.workspace), c, True)
+        for c in await store.children(view.id)
+        if c.state in TERMINAL
+    )
+    for parent_ws, child, removed in jobs:
+        child_ws, message = Path(child.workspace), _message(child)
+        try:
+            if not removed:
+                await asyncio.to_thread(worktrees.commit, parent_ws, child_ws, message)
+            else:
+                branch = worktrees.branch_for(child.id)
+                await asyncio.to_thread(worktrees.remove, parent_ws, child_ws, branch, message)
+        except (worktrees.GitFailed, OSError) as exc:
+            log.warning("sub-errand %s: its worktree was not settled: %s", child.id, exc)
+
+
+async def sweep_worktrees(store: Store, limit: int = 1000) -> int:
+    """Settle what a crash left: the worktrees of the *limit* newest ended sub-errands
+    whose worktree is still there and whose parent has ended (``errands up`` does this
+    as it starts). Returns how many parents it settled."""
+    ended = await store.list_errands(states=sorted(TERMINAL), limit=limit)
+    parents = {
+        v.parent for v in ended if v.parent is not None and (Path(v.workspace) / ".git").is_file()
+    }
+    settled = 0
+    for parent_id in sorted(p for p in parents if p is not None):
+        with contextlib.suppress(NotFound):
+            parent = await store.view(parent_id)
+            if parent.state in TERMINAL:
+                await settle_worktrees(store, parent)
+                settled += 1
+    return settled
 
 
 def _open(view: ErrandView) -> None:

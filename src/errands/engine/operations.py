@@ -18,7 +18,7 @@ from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.core.plan import PLAN
 from errands.core.progress import Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
-from errands.engine.delegate import cancel_children, title_for
+from errands.engine.delegate import cancel_children, settle_worktrees, title_for
 from errands.engine.limits import exceeded
 from errands.errors import StoreError, UserError
 from errands.models.spec import check_spec
@@ -139,6 +139,7 @@ async def cancel_errand(
     await store.append(errand_id, [event], guard=_cancellable)
     # its sub-errands end with it
     await cancel_children(store, errand_id, f"its parent {errand_id} was cancelled", by, channel)
+    await settle_worktrees(store, await store.view(errand_id))  # (git worktrees)
 
 
 async def _progress(store: Store, errand_id: str) -> Progress:

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from errands.clock import SYSTEM, Clock
 from errands.config import Settings
 from errands.core import events as ev
-from errands.core.states import RUNNABLE, ErrandState, ErrandView
-from errands.engine.delegate import WAITING
+from errands.core.states import RUNNABLE, TERMINAL, ErrandState, ErrandView
+from errands.engine.delegate import WAITING, settle_worktrees, sweep_worktrees
 from errands.engine.loop import Loop, TextListener
 from errands.engine.scheduler import Scheduler
 from errands.errors import ErrandBusy, LeaseLost, StoreError, StoreUnavailable
@@ -177,7 +177,10 @@ class Runner:
         pause = 0.0
         while True:
             try:
-                return await self.loop.run(errand_id)
+                view = await self.loop.run(errand_id)
+                if view.state in TERMINAL:  # its sub-errands' worktrees (docs/subagents.md)
+                    await settle_worktrees(self.store, view)
+                return view
             except (LeaseLost, asyncio.CancelledError):
                 raise
             except StoreUnavailable as exc:  # a condition of the world: wait it out
@@ -270,6 +273,8 @@ class Runner:
         for errand_id in await self.store.renew(self.owner, self.lease_ttl):
             if errand_id not in self.tasks:
                 await self.store.release(errand_id, self.owner)
+        # worktrees of ended sub-errands a crash left (docs/subagents.md)
+        sweep = asyncio.create_task(sweep_worktrees(self.store))
         try:
             while not stop.is_set():
                 await self.claim()
@@ -285,7 +290,7 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
         finally:
-            for task in (renew, schedules):
+            for task in (renew, schedules, sweep):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

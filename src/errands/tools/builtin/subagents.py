@@ -1,4 +1,5 @@
-"""``delegate``, ``wait_for``, ``read_errand_result``: sub-errands (docs/subagents.md).
+"""``delegate``, ``wait_for``, ``read_errand_result``, ``merge_children``: sub-errands
+(docs/subagents.md).
 
 Like ``wait``, these calls are not run like other tools: routing checks their arguments
 (a bad call is a tool error the model reads, and nothing is created), the policy judges
@@ -22,11 +23,12 @@ __all__ = [
     "check_join",
     "delegate",
     "join_tools",
+    "merge_children",
     "read_errand_result",
     "wait_for",
 ]
 
-JOINS = frozenset({"delegate", "wait_for", "read_errand_result"})
+JOINS = frozenset({"delegate", "wait_for", "read_errand_result", "merge_children"})
 MAX_TASK_CHARS = 50_000
 _TASK_KEYS = frozenset({"task", "model", "tools", "max_cost_usd"})
 
@@ -66,6 +68,18 @@ def read_errand_result(id: str) -> str:
     raise ToolError("read_errand_result is carried out by errands itself, not called")
 
 
+def merge_children(ids: list[str]) -> str:
+    """Merge the work of sub-errands that have ended into your workspace's git branch
+    (when your workspace is a git repository, each sub-errand works on its own branch
+    in its own worktree). Each is merged in turn; a conflict is not merged (your files
+    stay as they were) and is reported with its files and hunks, to resolve yourself.
+
+    Args:
+        ids: The ids of sub-errands this errand started, in the order to merge them.
+    """
+    raise ToolError("merge_children is carried out by errands itself, not called")
+
+
 def _task(i: int, task: object) -> None:
     if not isinstance(task, Mapping):
         raise ToolArgumentError(f"delegate: tasks[{i}] must be an object with a 'task' text")
@@ -103,15 +117,16 @@ def check_join(name: str, args: Mapping[str, Any]) -> None:
             raise ToolArgumentError("delegate: tasks must be a non-empty list")
         for i, task in enumerate(tasks):
             _task(i, task)
-    elif name == "wait_for":
+    elif name in ("wait_for", "merge_children"):
         ids = args.get("ids")
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-            raise ToolArgumentError("wait_for: ids must be a non-empty list of errand ids")
+            raise ToolArgumentError(f"{name}: ids must be a non-empty list of errand ids")
 
 
 def join_tools() -> list[Tool]:
-    """The three tools, each routed to a ``sleeping`` event due at once (after its
-    arguments are checked): the loop carries them out."""
+    """The four tools, each routed to a ``sleeping`` event due at once (after its
+    arguments are checked): the loop carries them out. ``merge_children`` changes the
+    workspace (``write_local``); merging again what is merged changes nothing."""
 
     def due_now(name: str) -> Any:
         def pauses(args: Mapping[str, Any], now: float) -> float:
@@ -121,6 +136,14 @@ def join_tools() -> list[Tool]:
         return pauses
 
     return [
-        make_tool(fn, effect=EffectClass.none, idempotent=True, pauses=due_now(fn.__name__))
-        for fn in (delegate, wait_for, read_errand_result)
+        *(
+            make_tool(fn, effect=EffectClass.none, idempotent=True, pauses=due_now(fn.__name__))
+            for fn in (delegate, wait_for, read_errand_result)
+        ),
+        make_tool(
+            merge_children,
+            effect=EffectClass.write_local,
+            idempotent=True,
+            pauses=due_now("merge_children"),
+        ),
     ]
