@@ -23,7 +23,6 @@ from errands.store.sqlite import SQLiteStore
 __all__ = ["BACKENDS", "Backend", "backend"]
 
 
-
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -57,7 +56,63 @@ def _sqlite_crash_copy(source: Path, target: Path) -> None:
             shutil.copyfile(src, target / f"errands.sqlite{suffix}")
 
 
-_ALL = {"sqlite": Backend("sqlite", _sqlite_open, _sqlite_hold, _sqlite_crash_copy)}
+# PostgreSQL (tests/helpers/postgres.py): a directory names its database (the file
+# ``postgres-db`` in it); the server is the session's, started on first use.
+_PG_NAME = "postgres-db"
+
+
+def _pg_database(directory: Path) -> str:
+    from helpers.postgres import server
+
+    marker = directory / _PG_NAME
+    if marker.exists():
+        return marker.read_text()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = server().new_database(str(directory))
+    marker.write_text(name)
+    return name
+
+
+def _pg_open(directory: Path, clock: Clock | None) -> Store:
+    from helpers.postgres import server
+
+    from errands.store.postgres import PostgresStore
+
+    url = server().url(_pg_database(directory))
+    return PostgresStore(url) if clock is None else PostgresStore(url, clock=clock)
+
+
+@contextmanager
+def _pg_hold(directory: Path) -> Iterator[None]:
+    import psycopg
+    from helpers.postgres import server
+
+    blocker = psycopg.connect(server().url(_pg_database(directory)))
+    # every write of a batch waits for these locks: operations pile up behind it
+    blocker.execute("LOCK TABLE events, errands, leases IN EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+
+def _pg_crash_copy(source: Path, target: Path) -> None:
+    """The database as a SIGKILL of its client leaves it: the server ends the dead
+    client's sessions (rolling back what they had not committed); the committed rest
+    is what the next process opens."""
+    from helpers.postgres import server
+
+    name = _pg_database(source)
+    server().disconnect(name)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / _PG_NAME).write_text(name)
+
+
+_ALL = {
+    "sqlite": Backend("sqlite", _sqlite_open, _sqlite_hold, _sqlite_crash_copy),
+    "postgres": Backend("postgres", _pg_open, _pg_hold, _pg_crash_copy),
+}
 
 BACKENDS = [
     name.strip()

@@ -223,6 +223,34 @@ class RetentionSettings(BaseModel):
     enabled: bool = True  # false: errands up never runs it (errands gc still does)
 
 
+class StoreSettings(BaseModel):
+    """``[store]``: where errands keeps its logs. Without ``url``, the SQLite file in the
+    home; with ``url = "postgresql://…"`` (or ``ERRANDS_STORE_URL``), a PostgreSQL
+    database many processes and hosts share (docs/scale-out.md; the ``postgres`` extra)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, url: str | None) -> str | None:
+        return None if url is None else check_store_url(url)
+
+
+STORE_URL_ENV = "ERRANDS_STORE_URL"
+
+
+def check_store_url(url: str) -> str:
+    """*url* if it names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            "the store's url must be a PostgreSQL URL (postgresql://USER@HOST/DATABASE);"
+            " leave it out to keep the SQLite file in the home"
+        )
+    return url
+
+
 class SubagentSettings(BaseModel):
     """``[subagents]``: sub-errands started by ``delegate`` (docs/subagents.md)."""
 
@@ -372,6 +400,7 @@ class Settings(BaseModel):
     limits: Limits = Limits()
     budget: BudgetSettings = BudgetSettings()
     retention: RetentionSettings = RetentionSettings()
+    store: StoreSettings = StoreSettings()
     network: NetworkSettings = NetworkSettings()
     prices: dict[str, Price] = {}
     providers: dict[str, ProviderSettings] = {}
@@ -418,6 +447,18 @@ class Settings(BaseModel):
         """Where a named workspace may lie: ``ERRANDS_HOME/workspaces`` and ``[workspaces]
         roots``, symbolic links resolved."""
         return [Path(os.path.realpath(self.workspaces)), *self.workspace_roots.roots]
+
+    @property
+    def store_url(self) -> str | None:
+        """The PostgreSQL store's URL (``ERRANDS_STORE_URL``, else ``[store] url``); None:
+        the SQLite file."""
+        env = os.environ.get(STORE_URL_ENV)
+        if not env:
+            return self.store.url
+        try:
+            return check_store_url(env)
+        except ValueError as exc:
+            raise ConfigError(f"{STORE_URL_ENV}: {exc}") from None
 
     @property
     def config_path(self) -> Path:

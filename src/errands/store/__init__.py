@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from errands.errors import ErrandExists, LeaseLost, NotFound, StoreError
+from errands.errors import ConfigError, ErrandExists, LeaseLost, NotFound, StoreError
 from errands.store.protocol import (
     AppendCheck,
     BudgetStatus,
@@ -50,14 +50,29 @@ def open_store(
     *read_only*: open it for reading only, without migrating or writing anything, as a
     user who cannot write the home may (:class:`~errands.store.sqlite.readonly.
     ReadOnlySQLiteStore`); every write is refused."""
+    # (the mail password's variable is a secret whatever its name: [email] password_env)
+    mail = [settings.email.password_env] if settings.email and settings.email.password_env else []
+    from errands.config import STORE_URL_ENV
+
+    url = settings.store_url
+    if url is not None:  # PostgreSQL: the server's permissions decide who may write
+        try:
+            from errands.store.postgres import PostgresStore
+        except ImportError:
+            raise ConfigError(
+                "[store] url names a PostgreSQL database, but psycopg is not installed:"
+                " pip install 'errands[postgres]'"
+            ) from None
+        names = [*mail, STORE_URL_ENV]  # (a password in the URL never reaches the log)
+        return PostgresStore(
+            url, redactor=redactor or Redactor(secret_env_values(extra_names=names))
+        )
     if read_only:
         from errands.store.sqlite.readonly import ReadOnlySQLiteStore
 
         return ReadOnlySQLiteStore(settings.db_path)
     from errands.store.sqlite import SQLiteStore
 
-    # (the mail password's variable is a secret whatever its name: [email] password_env)
-    mail = [settings.email.password_env] if settings.email and settings.email.password_env else []
     return SQLiteStore(
         settings.db_path, redactor=redactor or Redactor(secret_env_values(extra_names=mail))
     )
@@ -66,7 +81,10 @@ def open_store(
 def writable(settings: Settings) -> bool:
     """May this process write the home's store: the file and its WAL and shared-memory
     files where they exist, and the directory SQLite makes them in (or the nearest
-    existing directory above a home not made yet)?"""
+    existing directory above a home not made yet)? (On PostgreSQL: yes -- the server
+    decides.)"""
+    if settings.store_url is not None:
+        return True
     db = settings.db_path
     where = db.parent
     while not where.exists() and where != where.parent:

@@ -1,0 +1,328 @@
+"""The PostgreSQL store's smaller tables: schedules (the hooks of
+:class:`errands.store.schedules.ScheduleOps`), MCP pins, the mail cursor, and retention
+(the hooks of :class:`errands.store.compaction.RetentionOps` and the plan). The same
+rows and keys as the SQLite store's (:mod:`errands.store.sqlite.schedules` and its
+neighbours); the exactly-once guarantee of a schedule's slot is the primary key
+``(schedule, slot)`` here too."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from errands.core.canonical import canonical_json
+from errands.costs.spend import schedule_scope, usd
+from errands.errors import NotFound
+from errands.store.protocol import McpPin, RunRow, ScheduleRow
+from errands.store.retention import RetentionPlan
+from errands.store.sqlite.mail_cursor import MailCursor
+from errands.store.sqlite.mcp_pins import _pin  # (the rows are the same: one parser)
+from errands.store.sqlite.schedules import _row as _schedule
+from errands.store.writer import Tx
+
+__all__ = ["PostgresExtras", "drop_snapshot"]
+
+_SCHEDULE = "spec, paused, next_at, due_at, status, updated_at, version"
+_PIN = "server, tool, digest, definition, pinned_by, pinned_at"
+_FINISHED = "('done', 'failed', 'cancelled')"
+_RANKED_RUNS = (
+    "SELECT schedule, slot, outcome, errand_id,"
+    " row_number() OVER (PARTITION BY schedule ORDER BY slot DESC) AS n FROM schedule_runs"
+)
+_OLD_WAKEUPS = "FROM wakeups WHERE at < %s AND id < (SELECT max(id) FROM wakeups)"
+
+
+def drop_snapshot(conn: Any, errand_id: str) -> None:
+    """Forget the errand's fold snapshot (its log is being rewritten); in the caller's tx."""
+    conn.execute("DELETE FROM snapshots WHERE errand_id = %s", (errand_id,))
+    conn.execute("DELETE FROM snapshot_parts WHERE errand_id = %s", (errand_id,))
+
+
+class PostgresExtras:
+    """Mixed into :class:`~errands.store.postgres.PostgresStore`."""
+
+    if TYPE_CHECKING:
+
+        def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+        async def _submit(self, fn: Any) -> Any: ...
+        def _vacuum(self, *tables: str) -> None: ...
+        def _database_bytes(self) -> int: ...
+
+    # ---------------------------------------------------------- schedules (writer thread)
+
+    def _get_schedule(self, tx: Tx, name: str) -> ScheduleRow | None:
+        found = tx.conn.execute(
+            f"SELECT {_SCHEDULE} FROM schedules WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
+        return None if found is None else _schedule(found)
+
+    def _set_schedule(self, tx: Tx, row: ScheduleRow, *, new: bool) -> None:
+        values = (
+            row.spec.model_dump_json(),
+            row.paused,
+            row.next_at,
+            row.due_at,
+            row.status.model_dump_json(exclude_defaults=True),
+            row.updated_at,
+            row.version,
+            row.spec.name,
+        )
+        if new:
+            tx.conn.execute(
+                f"INSERT INTO schedules({_SCHEDULE}, name) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                values,
+            )
+        else:
+            tx.conn.execute(
+                "UPDATE schedules SET spec = %s, paused = %s, next_at = %s, due_at = %s,"
+                " status = %s, updated_at = %s, version = %s WHERE name = %s",
+                values,
+            )
+
+    def _delete_schedule(self, tx: Tx, name: str) -> bool:
+        gone = tx.conn.execute("DELETE FROM schedules WHERE name = %s", (name,)).rowcount
+        tx.conn.execute("DELETE FROM schedule_runs WHERE schedule = %s", (name,))
+        tx.conn.execute("DELETE FROM watch_items WHERE schedule = %s", (name,))
+        return bool(gone)
+
+    def _add_run(self, tx: Tx, run: RunRow) -> bool:
+        added = tx.conn.execute(
+            "INSERT INTO schedule_runs(schedule, slot, outcome, errand_id, count, reason, at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (
+                run.schedule,
+                int(run.slot),
+                run.outcome,
+                run.errand_id,
+                run.count,
+                run.reason,
+                run.at,
+            ),
+        ).rowcount
+        return bool(added == 1)
+
+    def _seen(self, tx: Tx, name: str, keys: Sequence[str], since: float) -> dict[str, float]:
+        rows = tx.conn.execute(_SEEN, (name, since, list(keys))).fetchall()
+        return {str(k): float(s) for k, s in rows}
+
+    def _mark_seen(self, tx: Tx, name: str, keys: Sequence[str], now: float) -> None:
+        with tx.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO watch_items(schedule, key, seen_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (schedule, key) DO UPDATE SET seen_at = EXCLUDED.seen_at",
+                [(name, key, now) for key in sorted(set(keys))],
+            )
+
+    def _forget_seen(self, tx: Tx, name: str, before: float) -> None:
+        tx.conn.execute(
+            "DELETE FROM watch_items WHERE schedule = %s AND seen_at < %s", (name, before)
+        )
+
+    # ---------------------------------------------------------- schedules (reads)
+
+    async def schedules(self) -> list[ScheduleRow]:
+        return [
+            _schedule(r) for r in self._rows(f"SELECT {_SCHEDULE} FROM schedules ORDER BY name")
+        ]
+
+    async def schedule(self, name: str) -> ScheduleRow:
+        rows = self._rows(f"SELECT {_SCHEDULE} FROM schedules WHERE name = %s", (name,))
+        if not rows:
+            raise NotFound(f"no schedule named {name!r}")
+        return _schedule(rows[0])
+
+    async def schedule_runs(self, name: str, limit: int = 20) -> list[RunRow]:
+        rows = self._rows(
+            "SELECT schedule, slot, outcome, errand_id, count, reason, at FROM schedule_runs"
+            " WHERE schedule = %s ORDER BY slot DESC LIMIT %s",
+            (name, limit),
+        )
+        return [
+            RunRow(str(s), float(slot), str(o), e, int(c), str(r), float(at))
+            for s, slot, o, e, c, r, at in rows
+        ]
+
+    async def due_schedules(self, now: float, limit: int) -> list[ScheduleRow]:
+        rows = self._rows(
+            f"SELECT {_SCHEDULE} FROM schedules WHERE NOT paused AND due_at IS NOT NULL"
+            " AND due_at <= %s ORDER BY due_at LIMIT %s",
+            (now, limit),
+        )
+        return [_schedule(r) for r in rows]
+
+    async def next_due(self) -> float | None:
+        rows = self._rows(
+            "SELECT min(due_at) FROM schedules WHERE NOT paused AND due_at IS NOT NULL"
+        )
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    async def schedule_spent(self, name: str, at: float) -> float:
+        rows = self._rows("SELECT nanos FROM spend WHERE scope = %s", (schedule_scope(name, at),))
+        return 0.0 if not rows else usd(int(rows[0][0]))
+
+    async def seen_items(self, name: str, keys: Sequence[str], since: float) -> set[str]:
+        return {str(r[0]) for r in self._rows(_SEEN, (name, since, list(keys)))}
+
+    # ---------------------------------------------------------- MCP pins
+
+    async def mcp_pins(self, server: str | None = None) -> list[McpPin]:
+        sql, params = f"SELECT {_PIN} FROM mcp_pins", tuple[str, ...]()
+        if server is not None:
+            sql, params = sql + " WHERE server = %s", (server,)
+        return [_pin(r) for r in self._rows(sql + " ORDER BY server, tool", params)]
+
+    async def pin_mcp(
+        self, server: str, pins: Sequence[McpPin], *, drop: Sequence[str] = (), by: str = ""
+    ) -> None:
+        rows = [
+            (server, p.tool, p.digest, canonical_json(p.definition), by or p.pinned_by)
+            for p in pins
+        ]
+
+        def op(tx: Tx) -> None:
+            for srv, tool, digest, definition, who in rows:
+                tx.conn.execute(
+                    f"INSERT INTO mcp_pins({_PIN}) VALUES (%s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (server, tool) DO UPDATE SET digest = EXCLUDED.digest,"
+                    " definition = EXCLUDED.definition, pinned_by = EXCLUDED.pinned_by,"
+                    " pinned_at = EXCLUDED.pinned_at",
+                    (srv, tool, digest, definition, who, tx.now),
+                )
+                tx.conn.execute(
+                    "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
+                    " VALUES (%s, %s, 'pinned', %s, %s, %s)",
+                    (srv, tool, digest, who, tx.now),
+                )
+            for tool in drop:
+                gone = tx.conn.execute(
+                    "DELETE FROM mcp_pins WHERE server = %s AND tool = %s", (server, tool)
+                ).rowcount
+                if gone:
+                    tx.conn.execute(
+                        "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
+                        " VALUES (%s, %s, 'dropped', NULL, %s, %s)",
+                        (server, tool, by, tx.now),
+                    )
+
+        await self._submit(op)
+
+    async def mcp_pin_log(
+        self, server: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """The newest approvals and drops (of one server, if given), newest first."""
+        sql, params = (
+            "SELECT server, tool, action, digest, by, at FROM mcp_pin_log",
+            tuple[str, ...](),
+        )
+        if server is not None:
+            sql, params = sql + " WHERE server = %s", (server,)
+        rows = self._rows(sql + " ORDER BY id DESC LIMIT %s", (*params, limit))
+        keys = ("server", "tool", "action", "digest", "by", "at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # ---------------------------------------------------------- the mail cursor
+
+    async def mail_cursor(self, folder: str) -> MailCursor | None:
+        """Where the reader is in *folder* (None: it has not read it yet)."""
+        rows = self._rows(
+            "SELECT uidvalidity, last_uid, refused FROM mail_cursor WHERE folder = %s", (folder,)
+        )
+        if not rows:
+            return None
+        return MailCursor(folder, int(rows[0][0]), int(rows[0][1]), int(rows[0][2]))
+
+    async def move_mail_cursor(self, cursor: MailCursor) -> None:
+        """Record *cursor* (durably, before this returns)."""
+
+        def op(tx: Tx) -> None:
+            tx.conn.execute(
+                "INSERT INTO mail_cursor(folder, uidvalidity, last_uid, refused, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (folder) DO UPDATE SET"
+                " uidvalidity = EXCLUDED.uidvalidity, last_uid = EXCLUDED.last_uid,"
+                " refused = EXCLUDED.refused, updated_at = EXCLUDED.updated_at",
+                (cursor.folder, cursor.uidvalidity, cursor.last_uid, cursor.refused, tx.now),
+            )
+
+        await self._submit(op)
+
+    # ---------------------------------------------------------- retention
+
+    def _delete_log(self, tx: Tx, errand_id: str) -> None:
+        tx.conn.execute("DELETE FROM events WHERE errand_id = %s", (errand_id,))
+        tx.conn.execute("DELETE FROM timers WHERE errand_id = %s", (errand_id,))
+        drop_snapshot(tx.conn, errand_id)
+
+    def _trim(
+        self, tx: Tx, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> tuple[int, int, int]:
+        conn = tx.conn
+        runs = conn.execute(
+            "DELETE FROM schedule_runs WHERE (schedule, slot) IN"
+            f" (SELECT schedule, slot FROM ({_RANKED_RUNS}) r WHERE n > %s)",
+            (keep_runs,),
+        ).rowcount
+        items = conn.execute("DELETE FROM watch_items WHERE seen_at < %s", (items_before,)).rowcount
+        # (readers track the newest id they saw: the newest row always stays)
+        wakeups = conn.execute("DELETE " + _OLD_WAKEUPS, (wakeups_before,)).rowcount
+        return int(runs), int(items), int(wakeups)
+
+    def _reclaim(self) -> int:
+        """PostgreSQL reuses the space of deleted rows after a VACUUM (autovacuum runs
+        it too); the bytes given back to the file system are what the database shrank."""
+        before = self._database_bytes()
+        self._vacuum()
+        return max(0, before - self._database_bytes())
+
+    async def retention_plan(
+        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> RetentionPlan:
+        return await asyncio.to_thread(self._plan, cutoff, keep_runs, items_before, wakeups_before)
+
+    def _plan(
+        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> RetentionPlan:
+        old = [
+            str(r[0])
+            for r in self._rows(
+                f"SELECT id FROM errands WHERE state IN {_FINISHED} AND updated_at < %s"
+                " AND (view::jsonb -> 'compacted') IS NULL ORDER BY updated_at",
+                (cutoff,),
+            )
+        ]
+        past_runs = [
+            str(r[0])
+            for r in self._rows(
+                f"SELECT r.errand_id FROM ({_RANKED_RUNS}) r JOIN errands e ON e.id = r.errand_id"
+                f" WHERE r.n > %s AND e.state IN {_FINISHED}"
+                " AND (e.view::jsonb -> 'compacted') IS NULL ORDER BY r.slot",
+                (keep_runs,),
+            )
+        ]
+        errands = tuple(dict.fromkeys(old + past_runs))
+        events, size = self._rows(
+            "SELECT count(*), coalesce(sum(octet_length(e.body)"
+            " + coalesce(octet_length(b.data), 0)), 0)"
+            " FROM events e LEFT JOIN blobs b ON b.hash = e.blob WHERE e.errand_id = ANY(%s)",
+            (list(errands),),
+        )[0]
+        runs = self._rows(f"SELECT count(*) FROM ({_RANKED_RUNS}) r WHERE n > %s", (keep_runs,))
+        items = self._rows("SELECT count(*) FROM watch_items WHERE seen_at < %s", (items_before,))
+        wakeups = self._rows("SELECT count(*) " + _OLD_WAKEUPS, (wakeups_before,))
+        return RetentionPlan(
+            errands=errands,
+            past_runs=tuple(past_runs),
+            events=int(events),
+            bytes=int(size),
+            runs=int(runs[0][0]),
+            items=int(items[0][0]),
+            wakeups=int(wakeups[0][0]),
+            file_bytes=self._database_bytes(),
+            free_bytes=0,
+            auto_vacuum="incremental",  # (reclaim: a VACUUM, as the SQLite store's incremental one)
+        )
+
+
+_SEEN = (
+    "SELECT key, seen_at FROM watch_items WHERE schedule = %s AND seen_at >= %s AND key = ANY(%s)"
+)

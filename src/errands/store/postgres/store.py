@@ -1,0 +1,574 @@
+"""The PostgreSQL store: the same log, projections, leases and budgets as the SQLite
+store, on a database server that many processes on many hosts share.
+
+Everything that is not SQL -- group commit (one transaction, one commit, for every
+operation queued meanwhile, many errands' appends together), staging and the fold, the
+projection cache, budgets' admission, purge rules -- is
+:class:`~errands.store.base.BaseStore`'s; this is the SQL, the connections, and what
+sharing the database with other writers needs:
+
+- **fencing**: an append made under a lease reads the lease row ``FOR SHARE`` in its
+  own transaction (one query for every such append of the batch), so a process that
+  takes an expired lease waits for that commit, and one whose lease was taken is
+  refused (:class:`~errands.errors.LeaseLost`) -- never answered from a cache;
+- **caches**: every batch bumps the ``errands_commits`` sequence; a writer that sees
+  another's number drops its caches (as the SQLite store does on ``data_version``),
+  and the log's primary key ``(errand_id, seq)`` refuses whatever a stale cache still
+  gets wrong (the batch is then retried one operation at a time, caches dropped);
+- **wake-ups** are numbered in commit order (an advisory lock held to the commit), so
+  a reader that keeps the newest id it saw misses none;
+- **the lease clock**: this host's steady clock, aligned once per boot to the
+  database's clock (``meta`` row ``lease_clock:BOOT``): every host's leases expire on
+  the database's time, and a wall clock stepped on any host moves none of them.
+
+Writes use one connection (in the base's writer thread); reads a small pool of
+autocommit connections. Durability is the server's: a commit returns once it is
+flushed (``synchronous_commit`` as the server has it; ``on`` by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import errors as pgerrors
+
+from errands.clock import SYSTEM, Clock
+from errands.core import events as ev
+from errands.core.states import ErrandState, ErrandView, PendingApproval
+from errands.costs import spend as money
+from errands.errors import LeaseLost, NotFound, SchemaTooNew, StoreError, StoreUnavailable
+from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, Tx
+from errands.store.postgres import spend
+from errands.store.postgres.extras import PostgresExtras, drop_snapshot
+from errands.store.postgres.schema import migrate
+from errands.store.protocol import StoredEvent, UsageRow
+from errands.store.redact import Redactor
+from errands.store.sqlite.store import _view_from_row  # (the same columns: one parser)
+from errands.store.writer import Op
+
+__all__ = ["PostgresStore", "redacted_url"]
+
+_SELECT_VIEW = (
+    "SELECT id, state, title, created_at, updated_at, last_seq, parent, view FROM errands"
+)
+_UPSERT_VIEW = (
+    "INSERT INTO errands(id, state, title, created_at, updated_at, last_seq, parent,"
+    " pending_count, view) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (id) DO UPDATE SET"
+    " state=EXCLUDED.state, title=EXCLUDED.title, created_at=EXCLUDED.created_at,"
+    " updated_at=EXCLUDED.updated_at, last_seq=EXCLUDED.last_seq, parent=EXCLUDED.parent,"
+    " pending_count=EXCLUDED.pending_count, view=EXCLUDED.view"
+)
+_UPDATE_VIEW = (
+    "UPDATE errands SET title=%s, updated_at=%s, last_seq=%s, parent=%s, view=%s WHERE id=%s"
+)
+_SELECT_LOG = (
+    "SELECT e.seq, e.body, e.blob, b.data FROM events e LEFT JOIN blobs b"
+    " ON b.hash = e.blob WHERE e.errand_id = %s"
+)
+_MAX_SEQ = 2**62
+_WAKEUPS_LOCK = 0x6572_7261_6E65  # pg_advisory_xact_lock key: wake-ups in commit order
+CONNECT_TIMEOUT = 10  # seconds
+
+
+def redacted_url(url: str) -> str:
+    """*url* without its password (for messages and logs)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://…"
+    if "password" in info:
+        info["password"] = "***"
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
+def _unavailable(exc: BaseException, url: str) -> StoreUnavailable | None:
+    """A failed statement's error as a condition of the world, or None (a bug, a refusal)."""
+    if isinstance(exc, StoreUnavailable):
+        return exc
+    if isinstance(exc, pgerrors.DiskFull | pgerrors.OutOfMemory):
+        return StoreUnavailable(f"the PostgreSQL server is out of space: {exc}", "disk_full")
+    if isinstance(exc, pgerrors.LockNotAvailable):
+        return StoreUnavailable(f"PostgreSQL: {exc}", "locked")
+    if isinstance(exc, pgerrors.ReadOnlySqlTransaction):
+        return StoreUnavailable(
+            f"the PostgreSQL server at {redacted_url(url)} is read-only (a standby?): give"
+            " [store] url the primary (target_session_attrs=read-write)"
+        )
+    if isinstance(
+        exc,
+        psycopg.OperationalError
+        | pgerrors.AdminShutdown
+        | pgerrors.CannotConnectNow
+        | psycopg_pool.PoolTimeout,
+    ):
+        return StoreUnavailable(
+            f"cannot reach the PostgreSQL server at {redacted_url(url)}: {exc}".strip()
+        )
+    return None
+
+
+class PostgresStore(PostgresExtras, BaseStore):
+    """``PostgresStore(url)`` connects (and migrates the database); close it with
+    :meth:`close`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        redactor: Redactor | None = None,
+        clock: Clock = SYSTEM,
+        pool_size: int = 4,
+    ) -> None:
+        super().__init__(redactor=redactor, clock=clock)
+        self.url = url
+        self._wconn = self._connect()
+        try:
+            migrate(self._wconn)
+            self._offset = self._align_lease_clock()
+            self._pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                name="errands-readers",
+                timeout=30,
+                open=True,
+            )
+        except BaseException:
+            self._wconn.close()
+            raise
+        self._commit_no = -1  # the errands_commits number of this writer's last batch
+        self._seen_no = -1  # the number when this batch began
+        self._batch_owned: list[str] = []  # errands a batch appends to under a lease
+        self._batch_leases: dict[str, str] = {}  # their lease owners, read FOR SHARE
+        self._reclaim_lock = threading.Lock()
+        self._start_writer()
+
+    # ---------------------------------------------------------------- connections
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.url, autocommit=False, connect_timeout=CONNECT_TIMEOUT)
+        except psycopg.Error as exc:
+            condition = _unavailable(exc, self.url)
+            raise condition or exc from None
+
+    def _align_lease_clock(self) -> float:
+        """The offset from this host's steady clock to the database's lease clock, kept
+        per boot (the first process of a boot measures it; later ones read it)."""
+        key = f"lease_clock:{self.time.boot_id()}"
+        with self._wconn.transaction():
+            row = self._wconn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+            if row is not None:
+                return float(row[0])
+            db_now = _one(self._wconn, "SELECT extract(epoch FROM clock_timestamp())::float8")
+            offset = float(db_now) - self.time.steady()
+            self._wconn.execute(
+                "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                (key, repr(offset)),
+            )
+            return float(_one(self._wconn, "SELECT value FROM meta WHERE key = %s", (key,)))
+
+    def _lease_now(self) -> float:
+        return self.time.steady() + self._offset
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read on a pooled autocommit connection (any thread)."""
+        try:
+            with self._pool.connection() as conn:
+                rows: list[tuple[Any, ...]] = conn.execute(sql, params).fetchall()
+                return rows
+        except ev.EventTooNew as exc:
+            raise SchemaTooNew(f"this store was written by a newer errands: {exc}") from None
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            condition = _unavailable(exc, self.url)
+            if condition is None:
+                raise
+            raise condition from exc
+
+    # ---------------------------------------------------------------- transactions
+
+    def _run_tx(self, batch: list[Op]) -> None:
+        self._batch_owned = sorted(
+            {op.errand_id for op in batch if op.fn is None and op.owner is not None}
+        )
+        super()._run_tx(batch)
+
+    def _begin(self) -> psycopg.Connection[Any]:
+        if self._wconn.closed or self._wconn.broken:
+            self._wconn = self._connect()  # (a restarted server, a failover: a new session)
+        return self._wconn
+
+    def _written_elsewhere(self, conn: psycopg.Connection[Any]) -> bool:
+        self._batch_leases = {}
+        if self._batch_owned:  # fencing: these leases cannot change hands before our commit
+            rows = conn.execute(
+                "SELECT errand_id, owner FROM leases WHERE errand_id = ANY(%s)"
+                " ORDER BY errand_id FOR SHARE",
+                (self._batch_owned,),
+            ).fetchall()
+            self._batch_leases = {str(e): str(o) for e, o in rows}
+        self._seen_no = int(_one(conn, "SELECT last_value FROM errands_commits"))
+        return self._seen_no != self._commit_no
+
+    def _commit(self, conn: psycopg.Connection[Any]) -> None:
+        number = int(_one(conn, "SELECT nextval('errands_commits')"))
+        # another process's number between the batch's start and now: it may have
+        # committed meanwhile, so the next batch starts with empty caches
+        self._commit_no = number if number == self._seen_no + 1 else -1
+        conn.commit()
+
+    def _rollback(self, conn: psycopg.Connection[Any]) -> None:
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable | None:
+        return _unavailable(exc, self.url)
+
+    def _probe_write(self, tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO meta(key, value) VALUES ('probe', '') ON CONFLICT DO NOTHING")
+        tx.conn.execute("DELETE FROM meta WHERE key = 'probe'")
+
+    # ---------------------------------------------------------------- writes
+
+    def _load_view(self, tx: Tx, errand_id: str) -> ErrandView | None:
+        row = tx.conn.execute(_SELECT_VIEW + " WHERE id = %s", (errand_id,)).fetchone()
+        return None if row is None else _view_from_row(row)
+
+    def _exists(self, tx: Tx, errand_id: str) -> bool:
+        found = tx.conn.execute("SELECT 1 FROM errands WHERE id = %s", (errand_id,)).fetchone()
+        return found is not None
+
+    def _write(self, tx: Tx, upserts: list[ProjectionRow], updates: list[ProjectionUpdate]) -> None:
+        conn = tx.conn
+        with conn.cursor() as cur:
+            if tx.blobs:
+                cur.executemany(
+                    "INSERT INTO blobs(hash, data) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    sorted(tx.blobs.items()),
+                )
+            if tx.rows:
+                cur.executemany(
+                    "INSERT INTO events(errand_id, seq, type, at, body, blob)"
+                    " VALUES (%s,%s,%s,%s,%s,%s)",
+                    tx.rows,
+                )
+            if upserts:
+                cur.executemany(_UPSERT_VIEW, sorted(upserts))
+            if updates:
+                cur.executemany(_UPDATE_VIEW, sorted(updates, key=lambda u: u[-1]))
+            if tx.wakeups:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WAKEUPS_LOCK,))
+                cur.executemany(
+                    "INSERT INTO wakeups(errand_id, at) VALUES (%s, %s)",
+                    [(e, tx.now) for e in tx.wakeups],
+                )
+
+    def _lease_owner(self, tx: Tx, errand_id: str) -> str | None:
+        if errand_id in self._batch_owned:
+            return self._batch_leases.get(errand_id)
+        row = tx.conn.execute(
+            "SELECT owner FROM leases WHERE errand_id = %s FOR SHARE", (errand_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _check_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
+        # (never from the writer's cache: another host may have taken the lease)
+        if self._lease_owner(tx, errand_id) != owner:
+            raise LeaseLost(f"errand {errand_id} is owned by another process now")
+
+    def _take_lease(self, tx: Tx, errand_id: str, owner: str, until: float) -> bool:
+        cur = tx.conn.execute(
+            "INSERT INTO leases(errand_id, owner, expires_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (errand_id) DO UPDATE SET owner = EXCLUDED.owner,"
+            " expires_at = EXCLUDED.expires_at"
+            " WHERE leases.owner = EXCLUDED.owner OR leases.expires_at <= %s",
+            (errand_id, owner, until, self._lease_now()),
+        )
+        taken = cur.rowcount == 1
+        if taken and errand_id in self._batch_owned:
+            self._batch_leases[errand_id] = owner
+        return bool(taken)
+
+    def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
+        lease_now = self._lease_now()
+        rows = tx.conn.execute(
+            "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
+            " WHERE e.state IN ('queued', 'running')"
+            " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY e.updated_at LIMIT %s",
+            (lease_now, limit),
+        ).fetchall()
+        found = [str(r[0]) for r in rows]
+        if len(found) < limit:
+            due = tx.conn.execute(
+                "SELECT e.id FROM timers t JOIN errands e ON e.id = t.errand_id"
+                " LEFT JOIN leases l ON l.errand_id = e.id"
+                " WHERE t.wake_at <= %s AND e.state = 'sleeping'"
+                " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY t.wake_at LIMIT %s",
+                (self.time.wall(), lease_now, limit - len(found)),
+            ).fetchall()
+            found.extend(str(r[0]) for r in due)
+        return found
+
+    def _set_timer(self, tx: Tx, errand_id: str, wake_at: float) -> None:
+        tx.conn.execute(
+            "INSERT INTO timers(errand_id, wake_at) VALUES (%s, %s)"
+            " ON CONFLICT (errand_id) DO UPDATE SET wake_at = EXCLUDED.wake_at",
+            (errand_id, wake_at),
+        )
+
+    def _renew_leases(self, tx: Tx, owner: str, until: float) -> set[str]:
+        rows = tx.conn.execute(
+            "UPDATE leases SET expires_at = %s WHERE owner = %s RETURNING errand_id",
+            (until, owner),
+        ).fetchall()
+        spend.extend(tx.conn, owner, until)
+        return {str(r[0]) for r in rows}
+
+    def _drop_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
+        tx.conn.execute(
+            "DELETE FROM leases WHERE errand_id = %s AND owner = %s", (errand_id, owner)
+        )
+        if self._batch_leases.get(errand_id) == owner:
+            del self._batch_leases[errand_id]
+
+    def _spent_on(self, tx: Tx, scope: str) -> int:
+        return spend.spent(tx.conn, scope, tx.now)
+
+    def _held_on(self, tx: Tx, scope: str, hold: str) -> int:
+        return spend.held(tx.conn, scope, self._lease_now(), hold)
+
+    def _place_hold(
+        self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
+    ) -> None:
+        now = self._lease_now()
+        spend.place(tx.conn, hold, caps, amount, now, now + ttl)
+
+    def _settle_hold(self, tx: Tx, hold: str) -> None:
+        spend.settle(tx.conn, hold)
+
+    def _release_holds(self, tx: Tx, errand_id: str) -> None:
+        spend.release(tx.conn, errand_id)
+
+    def _add_spend(self, tx: Tx, scopes: Sequence[str], amount: int) -> None:
+        spend.add(tx.conn, scopes, amount)
+
+    def _admit(
+        self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
+    ) -> money.CapReached | None:
+        # two processes admitting against one cap at once: each scope's check and hold
+        # are serialised (transaction-level advisory locks, in a fixed order), so their
+        # sum can never pass it
+        for scope in sorted({cap.scope for cap in caps}):
+            tx.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (scope,))
+        return super()._admit(tx, hold, caps, amount, ttl)
+
+    def _log_bodies(self, tx: Tx, errand_id: str) -> list[tuple[int, str, str | None]]:
+        rows = tx.conn.execute(_SELECT_LOG + " ORDER BY e.seq", (errand_id,)).fetchall()
+        return [(int(seq), data if blob else body, blob) for seq, body, blob, data in rows]
+
+    def _rewrite_body(self, tx: Tx, errand_id: str, seq: int, body: str) -> None:
+        tx.conn.execute(
+            "UPDATE events SET body = %s, blob = NULL WHERE errand_id = %s AND seq = %s",
+            (body, errand_id, seq),
+        )
+        drop_snapshot(tx.conn, errand_id)  # (a purge: the snapshot holds what goes)
+
+    def _drop_orphan_blobs(self, tx: Tx, hashes: Sequence[str]) -> None:
+        for h in hashes:
+            tx.conn.execute(
+                "DELETE FROM blobs WHERE hash = %s"
+                " AND NOT EXISTS (SELECT 1 FROM events WHERE blob = %s)",
+                (h, h),
+            )
+
+    async def _after_purge(self) -> None:
+        # the old row versions stay in the table's pages until a VACUUM marks them free
+        await asyncio.to_thread(self._vacuum)
+
+    def _vacuum(self, *tables: str) -> None:
+        """VACUUM *tables* (default: the log's): old row versions become free space."""
+        names = ", ".join(tables or ("events", "blobs", "errands", "snapshots", "snapshot_parts"))
+        with self._reclaim_lock:
+            try:
+                with self._pool.connection() as conn:
+                    conn.execute(f"VACUUM {names}")
+            except psycopg.Error as exc:
+                raise StoreError(f"could not VACUUM the store's tables: {exc}") from exc
+
+    def _database_bytes(self) -> int:
+        return int(self._rows("SELECT pg_database_size(current_database())")[0][0])
+
+    def _errand_ids(self, tx: Tx) -> list[str]:
+        rows = tx.conn.execute("SELECT DISTINCT errand_id FROM events ORDER BY errand_id")
+        return [str(r[0]) for r in rows.fetchall()]
+
+    def _rebuild_spend(self, tx: Tx) -> None:
+        spend.rebuild(tx.conn)
+
+    # ---------------------------------------------------------------- reads
+
+    def _read_log(self, errand_id: str, after: int) -> list[StoredEvent]:
+        rows = self._rows(_SELECT_LOG + " AND e.seq > %s ORDER BY e.seq", (errand_id, after))
+        return [
+            StoredEvent(errand_id, int(seq), _load(data if blob else body))
+            for seq, body, blob, data in rows
+        ]
+
+    def _read_latest(self, errand_id: str, limit: int, before: int | None) -> list[StoredEvent]:
+        bound = _MAX_SEQ if before is None else before
+        rows = self._rows(
+            _SELECT_LOG + " AND e.seq < %s ORDER BY e.seq DESC LIMIT %s", (errand_id, bound, limit)
+        )
+        return [
+            StoredEvent(errand_id, int(seq), _load(data if blob else body))
+            for seq, body, blob, data in reversed(rows)
+        ]
+
+    def _read_view(self, errand_id: str) -> ErrandView:
+        rows = self._rows(_SELECT_VIEW + " WHERE id = %s", (errand_id,))
+        if not rows:
+            raise NotFound(f"no errand {errand_id}")
+        return _view_from_row(rows[0])
+
+    async def find(self, prefix: str) -> str:
+        rows = self._rows(
+            "SELECT id FROM errands WHERE id >= %s AND id < %s ORDER BY id LIMIT 2",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        if not rows:
+            raise NotFound(f"no errand {prefix}")
+        if len(rows) > 1 and rows[0][0] != prefix:
+            raise NotFound(f"{prefix} matches several errands; give more of the id")
+        return str(rows[0][0])
+
+    def _list(self, states: Sequence[ErrandState] | None, limit: int) -> list[ErrandView]:
+        sql, params = _SELECT_VIEW, list[Any]()
+        if states:
+            sql += " WHERE state = ANY(%s)"
+            params.append([s.value for s in states])
+        sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+        params.append(limit)
+        return [_view_from_row(r) for r in self._rows(sql, params)]
+
+    async def list_errands(
+        self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
+    ) -> list[ErrandView]:
+        return await asyncio.to_thread(self._list, states, limit)
+
+    async def children(self, errand_id: str) -> list[ErrandView]:
+        sql = _SELECT_VIEW + " WHERE parent = %s ORDER BY created_at, id"
+        return [_view_from_row(r) for r in self._rows(sql, (errand_id,))]
+
+    def _pending(self) -> list[PendingApproval]:
+        out: list[PendingApproval] = []
+        for row in self._rows(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at"):
+            out.extend(_view_from_row(row).pending.values())
+        return out
+
+    async def pending_approvals(self) -> list[PendingApproval]:
+        return await asyncio.to_thread(self._pending)
+
+    async def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
+        # (until when on this host's steady clock, as the SQLite store says it)
+        rows = self._rows("SELECT owner, expires_at FROM leases WHERE errand_id = %s", (errand_id,))
+        return None if not rows else (str(rows[0][0]), float(rows[0][1]) - self._offset)
+
+    async def changed_since(self, since: float) -> list[tuple[str, int, float]]:
+        rows = self._rows(
+            "SELECT id, last_seq, updated_at FROM errands WHERE updated_at > %s"
+            " ORDER BY updated_at",
+            (since,),
+        )
+        return [(str(i), int(s), float(u)) for i, s, u in rows]
+
+    async def wakeups(self, after: int) -> tuple[int, list[str]]:
+        rows = self._rows("SELECT id, errand_id FROM wakeups WHERE id > %s ORDER BY id", (after,))
+        if not rows:
+            if after == 0:
+                top = self._rows("SELECT max(id) FROM wakeups")[0][0]
+                return int(top or 0), []
+            return after, []
+        return int(rows[-1][0]), list(dict.fromkeys(str(r[1]) for r in rows))
+
+    def _usage(self, since: float, errand_id: str | None) -> list[UsageRow]:
+        sql = (
+            "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
+            " LEFT JOIN blobs b ON b.hash = e.blob"
+            " WHERE e.type IN ('model_responded', 'model_used') AND e.at >= %s"
+        )
+        params: list[Any] = [since]
+        if errand_id is not None:
+            sql += " AND e.errand_id = %s"
+            params.append(errand_id)
+        out = []
+        for eid, at, body in self._rows(sql + " ORDER BY e.at, e.errand_id, e.seq", params):
+            event = _load(body)
+            assert isinstance(event, ev.ModelResponded | ev.ModelUsed)
+            out.append(UsageRow(str(eid), float(at), event.model, event.usage))
+        return out
+
+    async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
+        return await asyncio.to_thread(self._usage, since, errand_id)
+
+    def _budget_now(self, now: float, lease_now: float, daily: bool) -> tuple[int, int, int]:
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT nanos FROM spend WHERE scope = %s", (money.day_scope(now),)
+            ).fetchone()
+            spent = int(row[0]) if row else 0
+            if daily:
+                held, calls = spend.held_total(conn, money.DAY, lease_now)
+            else:
+                held, calls = spend.held_all(conn, lease_now)
+        return spent, held, calls
+
+    def _all_ids(self) -> list[str]:
+        return [str(r[0]) for r in self._rows("SELECT DISTINCT errand_id FROM events ORDER BY 1")]
+
+    def _integrity_extra(self) -> list[str]:
+        problems = []
+        for errand_id, pending, data in self._rows("SELECT id, pending_count, view FROM errands"):
+            if pending != len(json.loads(data).get("pending", {})):
+                problems.append(f"{errand_id}: pending_count differs from the fold")
+        orphans = self._rows(
+            "SELECT id FROM errands e WHERE NOT EXISTS"
+            " (SELECT 1 FROM events v WHERE v.errand_id = e.id)"
+        )
+        problems.extend(f"{errand_id}: a projection without a log" for (errand_id,) in orphans)
+        with self._pool.connection() as conn:
+            expected, actual = spend.expected(conn), spend.totals(conn)
+        problems.extend(
+            f"spend {scope}: {actual.get(scope, 0)} nano-USD, the log says {expected.get(scope, 0)}"
+            for scope in sorted(expected.keys() | actual.keys())
+            if expected.get(scope, 0) != actual.get(scope, 0)
+        )
+        return problems
+
+    # ---------------------------------------------------------------- closing
+
+    def _close_backend(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._wconn.close()
+        self._pool.close()
+
+
+def _one(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the one row *sql* returns."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
+def _load(body: str) -> ev.Event:
+    try:
+        return ev.load_event(body)
+    except ev.EventTooNew as exc:
+        raise SchemaTooNew(f"this store was written by a newer errands: {exc}") from None

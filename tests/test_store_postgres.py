@@ -1,0 +1,237 @@
+"""What the PostgreSQL store guarantees beyond one process: several stores (processes,
+hosts) on one database. The protocol suites (tests/test_store_protocol.py, the state
+machines of tests/test_store_properties.py) run on it too, through tests/backends.py;
+these are the races they cannot show, each made deterministic by holding one store's
+commit back (its batch written, not committed) while the other acts.
+
+Each guarantee has its negative control: the same race with the guard taken out of a
+subclass, which must let the bad outcome through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from helpers.postgres import server
+from test_store_protocol import _created, _note
+
+from errands.clock import ReadingClock
+from errands.core import events as ev
+from errands.costs import spend as money
+from errands.errors import ConfigError, LeaseLost
+from errands.store.base import BaseStore
+from errands.store.postgres import PostgresStore
+from errands.store.writer import Tx
+
+
+class Held(PostgresStore):
+    """A store whose next commit waits (its batch written, locks held) until released."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_next = False
+        self.holding = threading.Event()
+        self.go_on = threading.Event()
+
+    def _commit(self, conn: psycopg.Connection[Any]) -> None:
+        if self.hold_next:
+            self.hold_next = False
+            self.holding.set()
+            self.go_on.wait(30)
+        super()._commit(conn)
+
+
+class UnfencedHeld(Held):
+    """Control: the lease checked as the writer last knew it -- its cache, or a plain
+    read that does not hold the row until the commit."""
+
+    def _written_elsewhere(self, conn: psycopg.Connection[Any]) -> bool:
+        self._batch_owned = []
+        return super()._written_elsewhere(conn)
+
+    def _lease_owner(self, tx: Tx, errand_id: str) -> str | None:
+        row = tx.conn.execute("SELECT owner FROM leases WHERE errand_id = %s", (errand_id,))
+        found = row.fetchone()
+        return None if found is None else str(found[0])
+
+    def _check_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
+        BaseStore._check_lease(self, tx, errand_id, owner)
+
+
+class UnlockedHeld(Held):
+    """Control: admission without serialising the check and the hold per cap."""
+
+    def _admit(
+        self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
+    ) -> money.CapReached | None:
+        return BaseStore._admit(self, tx, hold, caps, amount, ttl)
+
+
+class Now:
+    def __init__(self) -> None:
+        self.t = 1_000.0
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    yield server().url(server().new_database("pg-tests"))
+
+
+async def _wait(event: threading.Event) -> None:
+    for _ in range(300):
+        if event.is_set():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the held store never reached its commit")
+
+
+async def _takeover_during_write(url: str, kind: type[Held]) -> tuple[bool, list[str]]:
+    """A (*kind*) holds an expired lease and appends; while its batch waits to commit,
+    B takes the lease. Returns (B had the lease before A's write committed, the log's
+    notes in order)."""
+    now = Now()
+    a = kind(url, clock=ReadingClock(lambda: now.t))
+    b = PostgresStore(url, clock=ReadingClock(lambda: now.t))
+    try:
+        await a.create("e1", _created())
+        assert await a.acquire("e1", "A", ttl=5)
+        now.t += 10  # A's lease has expired: anyone may take it
+        a.hold_next = True
+        write = asyncio.ensure_future(a.append("e1", [_note("from A")], owner="A"))
+        await _wait(a.holding)
+        take = asyncio.ensure_future(b.acquire("e1", "B", ttl=5))
+        await asyncio.sleep(0.5)
+        taken_first = take.done() and take.result()
+        a.go_on.set()
+        await write
+        assert await take, "B takes the lease once A has committed"
+        with pytest.raises(LeaseLost):  # and A's next write is refused
+            await a.append("e1", [_note("late from A")], owner="A")
+        notes = [
+            s.event.content.text for s in await b.read("e1") if isinstance(s.event, ev.ToolResult)
+        ]
+        return bool(taken_first), notes
+    finally:
+        a.go_on.set()
+        await a.close()
+        await b.close()
+
+
+async def test_a_lease_cannot_change_hands_under_a_write_in_flight(url: str) -> None:
+    """Fencing: the append's transaction holds the lease row (FOR SHARE) to its commit;
+    B's takeover waits for it, so no write of A's lands after B owns the errand."""
+    taken_first, notes = await _takeover_during_write(url, Held)
+    assert not taken_first
+    assert notes == ["from A"]
+
+
+async def test_control_without_the_row_lock_a_write_lands_under_the_new_owner(url: str) -> None:
+    taken_first, notes = await _takeover_during_write(url, UnfencedHeld)
+    assert taken_first, "without the lock, B took the lease while A's write was in flight"
+    assert notes == ["from A"]  # ... and A's write committed after: a fenced-out write
+
+
+async def _two_reservations(url: str, kind: type[Held]) -> list[bool]:
+    """Two processes reserve $0.6 each against a $1 daily budget at once (A's reservation
+    written, not committed, when B asks): which were admitted."""
+    a = kind(url)
+    b = PostgresStore(url)
+    try:
+        await a.create("e1", _created("one"))
+        await a.create("e2", _created("two"))
+        a.hold_next = True
+        first = asyncio.ensure_future(a.reserve("e1", 1, 0.6, daily_usd=1.0, ttl=60))
+        await _wait(a.holding)
+        second = asyncio.ensure_future(b.reserve("e2", 1, 0.6, daily_usd=1.0, ttl=60))
+        await asyncio.sleep(0.5)
+        a.go_on.set()
+        return [await first is None, await second is None]
+    finally:
+        a.go_on.set()
+        await a.close()
+        await b.close()
+
+
+async def test_two_processes_cannot_reserve_past_a_cap_together(url: str) -> None:
+    assert await _two_reservations(url, Held) == [True, False]
+
+
+async def test_control_unserialised_admission_passes_the_cap(url: str) -> None:
+    assert await _two_reservations(url, UnlockedHeld) == [True, True]
+
+
+async def test_another_process_s_appends_are_seen_not_overwritten(url: str) -> None:
+    """Two writers append to one errand in turn: each sees the other's events (its
+    cache is dropped when another process committed), none is lost or renumbered."""
+    a, b = PostgresStore(url), PostgresStore(url)
+    try:
+        await a.create("e1", _created())
+        for i in range(5):
+            assert await a.append("e1", [_note(f"a{i}")]) == [2 + 2 * i]
+            assert await b.append("e1", [_note(f"b{i}")]) == [3 + 2 * i]
+        logged = [s.event for s in await a.read("e1")]
+        assert [e.content.text for e in logged[1:] if isinstance(e, ev.ToolResult)] == [
+            x for i in range(5) for x in (f"a{i}", f"b{i}")
+        ]
+        assert (await a.view("e1")).last_seq == (await b.view("e1")).last_seq == 11
+        assert await a.integrity_check() == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_wakeups_arrive_in_commit_order_across_processes(url: str) -> None:
+    a, b = PostgresStore(url), PostgresStore(url)
+    try:
+        for e in ("e1", "e2", "e3"):
+            await a.create(e, _created(e))
+        cursor, _ = await a.wakeups(0)
+        await b.append("e2", [_note("x")])
+        await a.append("e3", [_note("y")])
+        cursor, woken = await a.wakeups(cursor)
+        assert woken == ["e2", "e3"]
+        assert await a.wakeups(cursor) == (cursor, [])
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_a_bad_store_url_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from errands.config import load_settings
+
+    monkeypatch.setenv("ERRANDS_STORE_URL", "mysql://x")
+    with pytest.raises(ConfigError, match="ERRANDS_STORE_URL: the store's url must be"):
+        _ = load_settings(tmp_path).store_url
+    (tmp_path / "errands.toml").write_text('[store]\nurl = "sqlite:///x"\n')
+    monkeypatch.delenv("ERRANDS_STORE_URL")
+    with pytest.raises(ConfigError, match=r"store\.url: .*PostgreSQL URL"):
+        load_settings(tmp_path)
+
+
+def test_the_cli_runs_on_the_postgres_store(cli: Any, url: str) -> None:
+    """ERRANDS_STORE_URL chooses the store for every command: no SQLite file is made."""
+    made = cli("run", "--model", "scripted:demo", "say hello", ERRANDS_STORE_URL=url)
+    assert made.returncode == 0, made.stderr
+    listed = cli("ls", "--json", ERRANDS_STORE_URL=url)
+    assert listed.returncode == 0, listed.stderr
+    assert '"done"' in listed.stdout
+    assert not (cli.home / "errands.sqlite").exists()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM errands").fetchone() == (1,)
+
+
+def test_an_unreachable_server_is_one_clear_error(cli: Any) -> None:
+    bad = "postgresql://nobody:s3cret-pass@/nowhere?host=/nonexistent-dir&connect_timeout=2"
+    done = cli("ls", ERRANDS_STORE_URL=bad)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "cannot reach the PostgreSQL server" in done.stderr
+    assert "s3cret-pass" not in done.stderr + done.stdout
