@@ -183,6 +183,14 @@ class ToolSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     modules: list[str] = []
+    # tool search (errands.tools.search; docs/tool-search.md): past this many tokens of
+    # tool schemas an errand sees the pinned tools and search_tools (0: never search)
+    search_budget_tokens: int = Field(default=5_000, ge=0)
+    search_pinned: list[str] = [  # always offered (errands' everyday tools)
+        "read_file", "write_file", "list_files", "shell", "fetch_url", "wait",
+        "recall_output", "remember", "search_memory",
+    ]  # fmt: skip
+    search_results: int = Field(default=5, ge=1, le=50)  # tools one search finds
 
 
 class Price(BaseModel):

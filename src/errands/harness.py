@@ -261,7 +261,17 @@ def toolset_for(
     parts.extend(toolsets)
     # an errand that names its tools (a schedule's run) sees only those; one in plan mode
     # has the quarantined extractor too
-    return PlanToolset(AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts)))
+    toolset = PlanToolset(AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts)))
+    if not settings.tools.search_budget_tokens:
+        return toolset
+    from errands.tools.search import SearchingToolset  # (tool search: over the budget)
+
+    return SearchingToolset(
+        toolset,
+        budget_tokens=settings.tools.search_budget_tokens,
+        pinned=settings.tools.search_pinned,
+        results=settings.tools.search_results,
+    )
 
 
 def _email(settings: Settings, given: Sequence[Toolset]) -> list[Toolset]:

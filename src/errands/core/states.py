@@ -29,6 +29,7 @@ class ErrandState(StrEnum):
     needs_attention = "needs_attention"
 
 
+SEARCH_TOOLS = "search_tools"  # the tool that finds others (errands.tools.search)
 TERMINAL = frozenset({ErrandState.done, ErrandState.failed, ErrandState.cancelled})
 # States a worker should pick the errand up in.
 RUNNABLE = frozenset({ErrandState.queued, ErrandState.running})
@@ -100,6 +101,9 @@ class ErrandView(BaseModel):
     result_untrusted: bool = False  # the result was derived from untrusted content
     tools: list[str] | None = None  # the only tools it may use (None: every tool)
     mode: str | None = None  # "plan": plan-then-execute (errands.core.plan)
+    # the queries of its search_tools calls, in log order: the tools they found join its
+    # requests (errands.tools.search)
+    tool_searches: list[str] = Field(default_factory=list)
 
 
 def apply(view: ErrandView, seq: int, event: ev.Event) -> None:
@@ -172,6 +176,12 @@ def _working(
         view.reason = ""
 
 
+def _tool_intent(view: ErrandView, seq: int, event: ev.ToolIntent) -> None:
+    _working(view, seq, event)
+    if event.tool == SEARCH_TOOLS:  # (replaced, not appended to: see apply)
+        view.tool_searches = [*view.tool_searches, str(event.arguments.get("query", ""))]
+
+
 def _sleeping(view: ErrandView, seq: int, event: ev.Sleeping) -> None:
     if view.state not in TERMINAL and not view.cancel_requested:
         view.state = ErrandState.sleeping
@@ -237,7 +247,7 @@ _FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
     ev.UserMessage: _user_message,
     ev.ModelRequested: _working,
     ev.ModelResponded: _model_responded,
-    ev.ToolIntent: _working,
+    ev.ToolIntent: _tool_intent,
     ev.ToolResult: _working,
     ev.ApprovalRequested: _approval_requested,
     ev.ApprovalGranted: _approval_decided,

@@ -1,10 +1,12 @@
-"""``errands eval``: errands' boundary measured against outside suites (AgentDojo)."""
+"""``errands eval``: errands measured against outside suites (AgentDojo; BFCL's tools for
+the tool search)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -18,7 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 eval_app = typer.Typer(
-    help="Measure errands' permission boundary against outside suites.", no_args_is_help=True
+    help="Measure errands against outside suites: its permission boundary (agentdojo), its "
+    "tool search (tool-search).",
+    no_args_is_help=True,
 )
 
 
@@ -98,6 +102,34 @@ def agentdojo(
         sys.stdout.write(json.dumps(records) + "\n")
         return
     out.print(table(records))
+
+
+@eval_app.command("tool-search")
+def tool_search(
+    tools: Annotated[Path, typer.Option("--tools", help="The tool pool: JSONL, one tool a line.")],
+    queries: Annotated[
+        Path, typer.Option("--queries", help="The questions: JSONL, one a line, with gold.")
+    ],
+    k: Annotated[int, typer.Option("--k", min=1, max=100, help="Tools one search finds.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """How well the tool search finds the tools questions need: recall@1, recall@k and
+    the tool-schema tokens of a request, by category (multi-turn ones at k=20).
+
+    The format is that of tests/data/tool-retrieval (BFCL's 3,386 tools), e.g.
+    errands eval tool-search --tools tests/data/tool-retrieval/tools.jsonl
+    --queries tests/data/tool-retrieval/queries-dev.jsonl
+    """
+    from errands.tools.search.evaluate import evaluate, load_queries, load_tools, table
+
+    try:
+        result = evaluate(load_tools(tools), load_queries(queries), k)
+    except UserError as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    sys.stdout.write(table(result) + "\n")
 
 
 def register(app: typer.Typer) -> None:

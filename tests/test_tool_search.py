@@ -1,0 +1,272 @@
+"""Tool search (issue 23, item 3): an errand with BFCL's 3,386 tools registered sees the
+search and what it found, never the whole pool.
+
+A scripted model calls ``search_tools``, then the tool the search found, which runs;
+every request's tool list stays within the budget and only grows at its end (the
+prefix the provider caches is never disturbed); an errand stopped and resumed by a
+fresh errands (nothing kept in memory) sends exactly the requests of an uninterrupted
+one. Negative controls: a toolset that sorts what was found by name breaks the
+append-only property, and one with no budget sends ~580K tokens of schemas."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.kit import call, harness_for
+from pydantic import BaseModel, ConfigDict
+
+from errands.config import Settings
+from errands.core import events as ev
+from errands.core.events import EffectClass
+from errands.core.states import ErrandState, ErrandView
+from errands.engine.operations import continue_errand, create_errand
+from errands.harness import Harness
+from errands.models.protocol import ModelReply, ModelRequest, TextSink
+from errands.models.scripted import Script, ScriptedModel
+from errands.policy.hook import AllowAll
+from errands.store import Store
+from errands.tools.search import FoundToolList, SearchingToolset, schema_tokens
+from errands.tools.tool import Tool, ToolContext
+from errands.tools.toolset import FunctionToolset, ToolList, Toolset
+
+TOOLS = Path(__file__).parent / "data" / "tool-retrieval" / "tools.jsonl"
+BUDGET = 5_000
+
+# two searches, then a call of what each found (BFCL dev questions simple_python_1 and 0)
+FACTORIAL, TRIANGLE = "math.factorial", "calculate_triangle_area"
+TURNS: list[dict[str, Any]] = [
+    {"tool_calls": [call("search_tools", query="factorial of a number with math functions")]},
+    {"tool_calls": [call("search_tools", query="area of a triangle from base and height")]},
+    {
+        "cases": [
+            {"when_seen": f"- {FACTORIAL}:", "tool_calls": [call(FACTORIAL, number=5)]},
+            {"text": "the factorial tool was not found"},
+        ]
+    },
+    {
+        "cases": [
+            {
+                "when_seen": f"- {TRIANGLE}:",
+                "tool_calls": [call(TRIANGLE, base=10, height=5)],
+            },
+            {"text": "the triangle tool was not found"},
+        ]
+    },
+    {"text": "120, and 25 square units"},
+]
+
+
+class _AnyArguments(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+def _provider_schema(value: Any) -> Any:
+    """BFCL's dialect as a provider takes it: dict -> object, float -> number."""
+    if isinstance(value, dict):
+        out = {k: _provider_schema(v) for k, v in value.items()}
+        if out.get("type") == "dict":
+            out["type"] = "object"
+        elif out.get("type") == "float":
+            out["type"] = "number"
+        return out
+    if isinstance(value, list):
+        return [_provider_schema(v) for v in value]
+    return value
+
+
+def corpus_toolset(ran: list[tuple[str, dict[str, Any]]]) -> FunctionToolset:
+    """Every tool of the corpus; a name's later definitions get their hash as a suffix
+    (a registry holds one tool per name). Each call is recorded in *ran*."""
+    toolset = FunctionToolset()
+    for line in TOOLS.read_text().splitlines():
+        row = json.loads(line)
+        name = row["name"]
+        if name in toolset:
+            name = f"{name}_{row['id'].split('#')[1]}"
+
+        def run(ctx: ToolContext, _name: str = name, **args: Any) -> str:
+            ran.append((_name, args))
+            return f"{_name} ran"
+
+        toolset.add(
+            Tool(
+                name=name,
+                description=row["description"],
+                fn=run,
+                args_model=_AnyArguments,
+                effect_spec=EffectClass.read,
+                idempotent=True,
+                takes_ctx=True,
+                _schema=_provider_schema(row["parameters"]),
+            )
+        )
+    return toolset
+
+
+class Recording(ScriptedModel):
+    """The scripted model, keeping every request it was sent."""
+
+    def __init__(self, turns: list[dict[str, Any]]) -> None:
+        super().__init__(Script.model_validate({"name": "search", "turns": turns}))
+        self.requests: list[ModelRequest] = []
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        self.requests.append(request)
+        return await super().complete(request, on_text)
+
+
+def sent(model: Recording) -> list[str]:
+    """Each request, as the bytes a provider would be sent of it (tools and messages)."""
+    return [
+        json.dumps(
+            {
+                "tools": [[s.name, s.description, s.parameters] for s in r.tools],
+                "messages": [[m.role, m.text, m.tool_name, m.tool_call_id] for m in r.messages],
+            }
+        )
+        for r in model.requests
+    ]
+
+
+def names(request: ModelRequest) -> list[str]:
+    return [s.name for s in request.tools]
+
+
+def build(
+    store: Store,
+    settings: Settings,
+    model: Recording,
+    control: type[SearchingToolset] | None = None,
+    **kw: Any,
+) -> tuple[Harness, list[tuple[str, dict[str, Any]]]]:
+    """errands as ``harness.build`` wires it, with the corpus's tools; or -- a control --
+    with search off in the config and the tools given through *control* instead."""
+    ran: list[tuple[str, dict[str, Any]]] = []
+    tools: Toolset = corpus_toolset(ran)
+    if control is not None:
+        tools = control(tools, **kw)
+        off = settings.tools.model_copy(update={"search_budget_tokens": 0})
+        settings = settings.model_copy(update={"tools": off})
+    h = harness_for(store, settings, tools=tools, model=model, policy=AllowAll())
+    return h, ran
+
+
+def searching(h: Harness) -> Toolset | None:
+    """The SearchingToolset among *h*'s toolset's wrappers, if any."""
+    toolset: Any = h.toolset
+    while toolset is not None and not isinstance(toolset, SearchingToolset):
+        toolset = getattr(toolset, "inner", None)
+    return toolset
+
+
+class SortingToolset(SearchingToolset):
+    """Negative control: what was found, sorted by name (as a plain ToolList would)."""
+
+    def tools(self, errand: ErrandView) -> ToolList:
+        listing = super().tools(errand)
+        return ToolList(listing, listing.withheld)
+
+
+async def test_the_errand_finds_and_calls_the_right_tools(store: Store, settings: Settings) -> None:
+    model = Recording(TURNS)
+    h, ran = build(store, settings, model)
+    assert isinstance(searching(h), SearchingToolset)  # (3,386 tools: far past 5,000 tokens)
+    eid = await create_errand(
+        store, settings, "factorial of 5; triangle 10 by 5", model="scripted:demo"
+    )
+    view = await h.runner().run_errand(eid)
+    assert view.state is ErrandState.done and view.result == "120, and 25 square units"
+    assert ran == [(FACTORIAL, {"number": 5}), (TRIANGLE, {"base": 10, "height": 5})]
+    assert view.tool_searches == [
+        "factorial of a number with math functions",
+        "area of a triangle from base and height",
+    ]
+    lists = [names(r) for r in model.requests]
+    assert lists[0] == ["list_files", "search_tools"]  # (BFCL has a list_files: pinned)
+    assert FACTORIAL in lists[1] and TRIANGLE not in lists[1] and TRIANGLE in lists[2]
+    for before, after in pairwise(lists):
+        assert after[: len(before)] == before  # append-only: the cached prefix stays
+    for r in model.requests:
+        assert schema_tokens(r.tools) <= BUDGET
+    results = [e.event for e in await store.read(eid) if isinstance(e.event, ev.ToolResult)]
+    assert results[0].content.text.startswith("Tools for 'factorial of a number")
+
+
+async def test_a_resumed_errand_sends_the_same_requests(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    whole = Recording(TURNS)
+    h, _ = build(store, settings, whole)
+    eid = await create_errand(
+        store, settings, "factorial of 5; triangle 10 by 5", model="scripted:demo"
+    )
+    await h.runner().run_errand(eid)
+
+    first = Recording(TURNS)
+    h, _ = build(store, settings, first)  # stopped after the two searches ...
+    stopped = await create_errand(
+        store,
+        settings,
+        "factorial of 5; triangle 10 by 5",
+        model="scripted:demo",
+        limits=ev.Limits(max_steps=2),
+    )
+    view = await h.runner().run_errand(stopped)
+    assert view.state is ErrandState.failed and "step limit" in view.reason
+    await continue_errand(store, stopped, 10)
+    second = Recording(TURNS)
+    h, ran = build(store, settings, second)  # ... and resumed by a fresh errands
+    assert (await h.runner().run_errand(stopped)).state is ErrandState.done
+    assert [name for name, _ in ran] == [FACTORIAL, TRIANGLE]
+    assert sent(first) + sent(second) == sent(whole)
+
+
+@pytest.mark.parametrize("check", ["guard", "control"])
+async def test_found_tools_only_ever_join_at_the_end(
+    store: Store, settings: Settings, check: str
+) -> None:
+    model = Recording(TURNS)
+    h, _ = build(store, settings, model, SortingToolset if check == "control" else None)
+    eid = await create_errand(
+        store, settings, "factorial of 5; triangle 10 by 5", model="scripted:demo"
+    )
+    assert (await h.runner().run_errand(eid)).state is ErrandState.done
+    lists = [names(r) for r in model.requests]
+    append_only = all(a[: len(b)] == b for b, a in pairwise(lists))
+    assert append_only is (check == "guard")
+
+
+@pytest.mark.parametrize("check", ["guard", "control"])
+async def test_the_request_stays_within_the_budget(
+    store: Store, settings: Settings, check: str
+) -> None:
+    model = Recording(TURNS)
+    control = SearchingToolset if check == "control" else None  # no budget: every tool
+    h, _ = build(store, settings, model, control, budget_tokens=10**9)
+    eid = await create_errand(
+        store, settings, "factorial of 5; triangle 10 by 5", model="scripted:demo"
+    )
+    await h.runner().run_errand(eid)
+    biggest = max(schema_tokens(r.tools) for r in model.requests)
+    assert (biggest <= BUDGET) is (check == "guard"), biggest
+
+
+def test_under_the_budget_every_tool_is_offered_as_it_was() -> None:
+    small = corpus_toolset([])
+    few = FunctionToolset(list(small.listing)[:3])
+    searching = SearchingToolset(few, budget_tokens=BUDGET)
+    listing = searching.tools(ErrandView(id="e"))
+    assert listing is few.listing and "search_tools" not in listing
+
+
+def test_a_found_list_keeps_its_order_and_calls_any_tool_by_name() -> None:
+    every = corpus_toolset([]).listing
+    tools = [every.get("math.factorial"), every.get("calculate_triangle_area")]
+    found = FoundToolList(tools, every)
+    assert found.names == ("math.factorial", "calculate_triangle_area")  # not sorted
+    assert found.get("requests.get").name == "requests.get"  # shown or not, callable
+    assert "requests.get" not in found
