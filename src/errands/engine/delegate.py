@@ -41,6 +41,7 @@ from errands.tools.toolset import Toolset
 from errands.tools.workspace import make_workspace
 
 __all__ = [
+    "PERSON",
     "STOPPED",
     "WAITING",
     "Delegation",
@@ -58,6 +59,8 @@ WAITING = "waiting for its sub-errands"  # the reason a parent sleeps with
 _OPEN = [s for s in ErrandState if s not in TERMINAL]
 # a child in one of these is reported to its parent: it ended, or it needs a person
 STOPPED = TERMINAL | {ErrandState.needs_attention}
+# a child in one of these waits for a person (delegate's wake_on_person reports it)
+PERSON = frozenset({ErrandState.waiting_approval, ErrandState.needs_attention})
 
 
 def title_for(text: str, limit: int = 72) -> str:
@@ -134,6 +137,8 @@ class Delegation:
             return self._result(call, str(exc), ok=False)
         if by_message or all(v.state in STOPPED for v in views):
             return self.report(call, views, by_message)
+        if args.get("wake_on_person") and any(v.state in PERSON for v in views):
+            return self.report(call, views, by_message)  # it asked to know at once
         return now + self.settings.subagents.recheck_seconds
 
     async def orphaned(self, p: Progress) -> ev.CancelRequested | None:
@@ -323,6 +328,8 @@ class Delegation:
         head = f"{ended} of {len(views)} sub-errands ended"
         if waiting := sum(1 for v in views if v.state is ErrandState.needs_attention):
             head += f", {waiting} need a person (errands show ID says why)"
+        if asking := sum(1 for v in views if v.state is ErrandState.waiting_approval):
+            head += f", {asking} wait for a person's approval (the inbox, errands approve)"
         if by_message:
             head = f"woken early: a message came (it follows); {head}"
         lines = [head + ":"]
@@ -331,6 +338,8 @@ class Delegation:
             lines.append(f"\n## {v.id}: {v.state.value} (${v.usage.cost_usd:.4f}, {v.steps} steps)")
             if v.state is not ErrandState.done and v.reason:
                 lines.append(f"reason: {v.reason}")
+            for asked in v.pending.values():
+                lines.append(f"waits for approval {asked.id}: {asked.tool} ({asked.reason})")
             answer = v.result or ""
             untrusted = untrusted or v.result_untrusted
             if len(answer) > cut:

@@ -291,6 +291,7 @@ class Dispatcher:
             ctx = ToolContext(
                 errand_id=p.errand_id,
                 seq=seq,
+                label=p.label.joined(used),  # (what remember keeps: docs/memory.md)
                 idempotency_key=intent.idempotency_key,
                 workspace=_workspace(p.view.workspace),
                 settings=self.settings,

@@ -331,12 +331,20 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
             elif event.type == "sleeping":
                 assert isinstance(event, ev.Sleeping)
                 self._set_timer(tx, errand_id, event.wake_at)
-            if event.type in _ENDS and view.parent is not None and view.state in _STOPPED:
+            if view.parent is not None and self._wakes_parent(event.type, view):
                 self._wake_parent(tx, view.parent, event.at)
         tx.dirty[errand_id] = view
         if self._listeners:
             tx.appended.append((errand_id, seqs[-1]))
         return seqs
+
+    def _wakes_parent(self, event_type: str, view: ErrandView) -> bool:
+        """Whether a sub-errand's event wakes its parent: it ended, or it needs a person
+        (``needs_attention``, or an approval asked: a parent that asked to know is told,
+        another looks and sleeps on, at no model call)."""
+        return (event_type in _ENDS and view.state in _STOPPED) or (
+            event_type == "approval_requested"
+        )
 
     def _wake_parent(self, tx: Tx, parent: str, at: float) -> None:
         """A sub-errand stopped (ended, or needs a person): in the same commit, its

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from errands.core import events as ev
+from errands.core.labels import Label
 from errands.core.schedules import ScheduleSpec, ScheduleStatus
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs.spend import CapReached
@@ -29,6 +30,7 @@ __all__ = [
     "Fired",
     "Firing",
     "McpPin",
+    "Memory",
     "NewRun",
     "RunRow",
     "ScheduleRow",
@@ -81,6 +83,23 @@ class McpPin:
     definition: dict[str, Any]
     pinned_by: str = ""
     pinned_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """A memory kept across errands (docs/memory.md): its text and tags, the scope it
+    belongs to (``person``, or ``schedule:NAME``), the label of what it was derived from
+    (an untrusted page stays untrusted when recalled), and where it came from -- the
+    errand and the sequence number of the ``remember`` call (None: a person's own)."""
+
+    id: int  # given by the store, increasing, never reused
+    scope: str
+    text: str
+    tags: tuple[str, ...]
+    label: Label
+    at: float  # when it was kept (wall time)
+    errand_id: str | None = None
+    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +280,20 @@ class StoreReader(Protocol):
         """The approved MCP tool definitions (of one server, if given), by server and tool."""
         ...
 
+    async def memories(
+        self, scope: str | None = None, query: str | None = None, limit: int = 50
+    ) -> list[Memory]:
+        """Memories of *scope* (every scope: None). Without *query*, the newest first;
+        with one, those matching at least one of its words (case and accents aside; its
+        words only, never query syntax), best match first. At most *limit* (1 to 1,000).
+        Pre: *scope* and *query* pass :func:`errands.store.memory.check_scope` and
+        ``check_query`` (else :class:`~errands.errors.UserError`)."""
+        ...
+
+    async def memory(self, memory_id: int) -> Memory:
+        """The memory *memory_id*; :class:`NotFound` if there is none."""
+        ...
+
     def subscribe(self, listener: CommitListener) -> None:
         """Call *listener(errand_id, last_seq)* in this event loop after each durable
         commit this process makes."""
@@ -381,6 +414,28 @@ class Store(StoreReader, Protocol):
         """Approve *pins* (replacing the server's pins of those tools) and forget the
         server's pins of the tools *drop* names, in one transaction; each is logged
         with *by* and the time."""
+        ...
+
+    async def remember(
+        self,
+        scope: str,
+        text: str,
+        tags: Sequence[str],
+        label: Label,
+        *,
+        errand_id: str | None = None,
+        seq: int | None = None,
+    ) -> Memory:
+        """Keep a memory; return it, durable. Pre: the arguments pass
+        :func:`errands.store.memory.check_memory` (else :class:`UserError`, nothing
+        written). Idempotent on (*errand_id*, *seq*): a second call with the same pair
+        (a remember call run again after a crash) writes nothing and returns the first."""
+        ...
+
+    async def forget(self, memory_id: int) -> None:
+        """Purge the memory: its row and its search index entry are gone (not flagged),
+        and its text is wiped from the file's free pages and journal before this returns.
+        :class:`NotFound` (nothing written) if there is none."""
         ...
 
     async def rebuild_projections(self) -> int:

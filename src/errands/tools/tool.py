@@ -34,7 +34,7 @@ from typing import Any, get_type_hints
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from errands.core.events import EffectClass
-from errands.core.labels import Confidentiality, Integrity
+from errands.core.labels import Confidentiality, Integrity, Label
 from errands.core.messages import ToolSchema
 
 __all__ = [
@@ -83,6 +83,10 @@ class PostconditionFailed(ToolError):
 AskModel = Callable[[str, str, str, str], Awaitable[tuple[str, Any, str]]]
 
 
+# what a tool call was derived from when nobody said: untrusted (errands.tools.builtin.memory)
+UNKNOWN_ORIGIN = Label.of(Integrity.untrusted, Confidentiality.private)
+
+
 @dataclass(frozen=True)
 class ToolContext:
     """What the harness hands a tool besides its arguments."""
@@ -92,6 +96,10 @@ class ToolContext:
     idempotency_key: str
     workspace: Path
     settings: Any = None  # errands.config.Settings; Any to keep tools free of the config layer
+    # the label of what the call was derived from (the errand's context, and what the
+    # values its handles name): what ``remember`` keeps with a memory. Untrusted unless
+    # the dispatcher says otherwise: a caller that does not know fails safe
+    label: Label = UNKNOWN_ORIGIN
     # a model call outside the conversation, with no tools (plan mode's extract), and the
     # errand's model spec
     ask_model: AskModel | None = None

@@ -12,7 +12,7 @@ import sqlite3
 import time
 
 from errands.store.migrations import Migration, to_apply
-from errands.store.sqlite import leaseclock, mail_cursor, mcp_pins, schedules, spend
+from errands.store.sqlite import leaseclock, mail_cursor, mcp_pins, memory, schedules, spend
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -111,6 +111,8 @@ MIGRATIONS: list[Migration] = [
         "0011_subagents",
         "CREATE INDEX IF NOT EXISTS errands_parent ON errands(parent) WHERE parent IS NOT NULL",
     ),
+    # memory across errands, with an FTS5 index (errands.store.sqlite.memory)
+    Migration("0012_memory", memory.MIGRATION),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

@@ -58,6 +58,7 @@ from errands.store.sqlite.connection import (
 )
 from errands.store.sqlite.mail_cursor import SQLiteMailCursor
 from errands.store.sqlite.mcp_pins import SQLiteMcpPins
+from errands.store.sqlite.memory import SQLiteMemory
 from errands.store.sqlite.migrations import migrate
 from errands.store.sqlite.retention import SQLiteRetention, incremental_if_new
 from errands.store.sqlite.schedules import SQLiteSchedules
@@ -127,7 +128,7 @@ def _reads_async(
 
 
 class SQLiteStore(
-    SQLiteRetention, SQLiteSchedules, SQLiteMcpPins, SQLiteMailCursor, BaseStore
+    SQLiteRetention, SQLiteSchedules, SQLiteMcpPins, SQLiteMailCursor, SQLiteMemory, BaseStore
 ):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
     with :meth:`close`."""

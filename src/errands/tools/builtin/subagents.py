@@ -33,7 +33,7 @@ MAX_TASK_CHARS = 50_000
 _TASK_KEYS = frozenset({"task", "model", "tools", "max_cost_usd"})
 
 
-def delegate(tasks: list[dict[str, Any]], wait: bool = True) -> str:
+def delegate(tasks: list[dict[str, Any]], wait: bool = True, wake_on_person: bool = False) -> str:
     """Start sub-errands that work in parallel, each with a clean context (it sees only
     its task) and its own workspace (a folder inside yours). With wait (the default) you
     sleep until all have finished and get each one's state and answer; with wait=false
@@ -44,6 +44,9 @@ def delegate(tasks: list[dict[str, Any]], wait: bool = True) -> str:
             "model"?: a model spec, "tools"?: the names of the tools it may use (a subset
             of yours), "max_cost_usd"?: its budget}.
         wait: Sleep until every sub-errand has finished (true) or return their ids now.
+        wake_on_person: Wake as soon as one sub-errand waits for a person (an approval,
+            or it needs attention) instead of when all have finished; wait_for(ids)
+            then waits for the rest.
     """
     raise ToolError("delegate is carried out by errands itself, not called")
 
@@ -117,6 +120,9 @@ def check_join(name: str, args: Mapping[str, Any]) -> None:
             raise ToolArgumentError("delegate: tasks must be a non-empty list")
         for i, task in enumerate(tasks):
             _task(i, task)
+        for flag in ("wait", "wake_on_person"):
+            if not isinstance(args.get(flag, False), bool):
+                raise ToolArgumentError(f"delegate: {flag} must be true or false")
     elif name in ("wait_for", "merge_children"):
         ids = args.get("ids")
         if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
