@@ -302,7 +302,8 @@ def build(
 
     - *store*: default, the home's store (:func:`errands.store.open_store`, with the
       secret redactor -- or *redactor*);
-    - *toolsets*: added to the built-in tools (or in their place, ``builtins=False``);
+    - *toolsets*: added to the built-in tools (or in their place, ``builtins=False``;
+      the built-ins include the memory tools over the store, errands.tools.builtin.memory);
     - the MCP servers of ``[mcp]`` join as a toolset (:mod:`errands.tools.mcp`), and the
       email tools of ``[email]`` (:mod:`errands.tools.email`; unless *toolsets* has them);
     - *policy*: default, ``policy.toml`` in the home (read on first use, and again
@@ -315,6 +316,10 @@ def build(
         check_sdk()
     toolsets = [*toolsets, *_email(settings, toolsets)]  # (before the store: a missing extra)
     the_store = store if store is not None else open_store(settings, redactor=redactor)
+    if builtins:  # remember and search_memory, over this store (docs/memory.md)
+        from errands.tools.builtin.memory import memory_toolset
+
+        toolsets = [*toolsets, memory_toolset(the_store)]
     mcp = None
     if settings.mcp.servers:  # (the servers start at the first listing, not here)
         from errands.tools.mcp import mcp_toolset

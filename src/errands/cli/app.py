@@ -23,6 +23,7 @@ from errands.cli.commands import (
     evals,
     gc,
     mcp,
+    memory,
     models,
     policy,
     recipes,
@@ -92,6 +93,7 @@ store.register(app)
 gc.register(app)
 tools.register(app)
 mcp.register(app)
+memory.register(app)
 server.register(app)
 service.register(app)
 evals.register(app)

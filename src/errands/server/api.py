@@ -39,6 +39,7 @@ from errands.server.handlers import (
     view_or_404,
 )
 from errands.server.mcp_api import add_mcp_routes
+from errands.server.memory_api import add_memory_routes
 from errands.server.schedule_api import add_schedule_routes
 from errands.server.schemas import (
     APPROVAL_ID,
@@ -477,4 +478,5 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
 
     add_schedule_routes(router, get_ctx)
     add_mcp_routes(router, get_ctx)
+    add_memory_routes(router, get_ctx)
     return router

@@ -47,6 +47,7 @@ from errands.server.context import ServerContext, model_help
 from errands.server.editing import Editor, editor_for
 from errands.server.handlers import listing, marks, pending_with_titles, store_condition
 from errands.server.mcp_inbox import add_mcp_page
+from errands.server.memory_inbox import add_memory_page
 from errands.server.prices import price_hint
 from errands.server.schemas import ERRAND_ID
 from errands.server.workspace_files import list_workspace, read_workspace_file
@@ -489,6 +490,7 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         )
 
     add_mcp_page(router, get_ctx, page)  # /mcp: MCP servers' pins (errands.server.mcp_inbox)
+    add_memory_page(router, get_ctx, page)  # /memory (errands.server.memory_inbox)
 
     @router.get("/costs", response_class=HTMLResponse)
     async def costs_page(request: Request, days: int | None = None) -> HTMLResponse:

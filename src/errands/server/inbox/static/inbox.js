@@ -320,6 +320,19 @@
       window.location.href = "/login";
       return;
     }
+    if (action === "delete-memory") {
+      // a purge (docs/memory.md): asked once, then the row leaves the page
+      if (!window.confirm(`Delete memory ${button.dataset.memoryId} for good?`)) return;
+      button.disabled = true;
+      try {
+        await send("DELETE", `/api/memory/${encodeURIComponent(button.dataset.memoryId)}`);
+        button.closest(".memory-row").remove();
+      } catch (err) {
+        window.alert(err.message);
+        button.disabled = false;
+      }
+      return;
+    }
     if (action === "approve-mcp") {
       // pin exactly the definition shown (its digest): a server that lists anything else
       // by now is refused, and the page shows what it lists
