@@ -214,15 +214,22 @@ def test_always_for_a_mail_recipient_pins_exactly_who_receives_it() -> None:
           "--cron", "0 8 * * *"], "error: --cron: vendor-chase does not take it"),
         (["board-summary", "--name", "x", "--board", "http://127.0.0.1:9/", "--cron", "0 8 * * *",
           "--tz", "Mars/Olympus", "--to", "me@example.com"], "error: --tz: "),
+        (["board-summary", "--name", "x", "--board", "http://127.0.0.1:9/", "--token", "NOPE",
+          "--cron", "0 8 * * *", "--to", "me@example.com"],
+         "error: --token: no secret named NOPE in errands.toml"),
+        (["board-summary", "--name", "x", "--board", "http://127.0.0.1:9/", "--token", "ELSEWHERE",
+          "--cron", "0 8 * * *", "--to", "me@example.com"],
+         "error: --token: the secret ELSEWHERE may be sent only to board.example.com, not to 127.0.0.1"),
     ],
-    ids=["bad-cron", "bad-board-url", "bad-address", "foreign-option", "bad-zone"],
+    ids=["bad-cron", "bad-board-url", "bad-address", "foreign-option", "bad-zone",
+         "undeclared-token", "token-for-another-host"],
 )  # fmt: skip
 def test_bad_input_with_email_configured_is_one_line_and_creates_nothing(
     cli: CLI, home: Path, args: list[str], error: str
 ) -> None:
     (home / "errands.toml").write_text(
         '[network]\nallow_private = ["127.0.0.1"]\n[email]\nsmtp_url = "smtp://127.0.0.1:9"\n'
-        'from = "errands@example.com"\n'
+        'from = "errands@example.com"\n[secrets.ELSEWHERE]\nhosts = ["board.example.com"]\n'
     )
     r = cli("recipe", "add", *args)
     assert r.returncode == 2, r.stdout + r.stderr

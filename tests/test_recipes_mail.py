@@ -41,6 +41,7 @@ from errands.engine.scheduler import Scheduler
 from errands.harness import Harness
 from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.policy.hook import AllowAll
+from errands.policy.reload import PolicyFile
 from errands.recipes import RecipeOptions, add_recipe
 from errands.store.sqlite import SQLiteStore
 
@@ -392,6 +393,87 @@ async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes
         "Changed since the last run: Login fails (closed), Dark mode (open)",
         "Changed since the last run: Slow export (closed)",
     ]
+
+
+BOARD_ENV = "BOARD_CANARY_VALUE"  # not *_TOKEN: only the tools' redaction stands
+BOARD_VALUE = "brd-4f1c+Qz7/token=9"
+
+
+class TokenSummariser(Summariser):
+    """The same summariser, reading the board with http_request and the secret BOARD."""
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        tools = [m for m in request.messages if m.role == "tool"]
+        if not tools:
+            return call_reply(self.name, "http_request", method="GET", url=self.url,
+                              auth="secret:BOARD")  # fmt: skip
+        if tools[-1].tool_name == "http_request":
+            return call_reply(self.name, "send_email", to=[ME], subject="Board summary",
+                              body=f"Read: {tools[0].text[-200:]}")  # fmt: skip
+        return ModelReply(text="sent", usage=Usage(input_tokens=1, output_tokens=1),
+                          model=self.name)  # fmt: skip
+
+
+async def test_a_board_behind_a_token_is_read_with_it_and_asks_only_the_first_morning(
+    home: Path, mail: MailServers, site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--token BOARD: the board gets the secret as a Bearer token; the first read is a card
+    naming the secret (approved with "always", a rule for that URL), later mornings read
+    without asking; the value is in no card, log, mail or model request."""
+    (home / "errands.toml").write_text(email_toml(mail, extra=(
+        '[network]\nallow_private = ["127.0.0.1"]\n'
+        f'[secrets.BOARD]\nenv = "{BOARD_ENV}"\nhosts = ["127.0.0.1"]\n'
+    )))  # fmt: skip
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    monkeypatch.setenv(BOARD_ENV, BOARD_VALUE)
+    settings = load_settings(home)
+    site.pages["/issues"] = board(("Login fails", "open"))
+    clock = FakeClock(wall=MONDAY_7)
+    store = SQLiteStore(settings.db_path, clock=clock)
+    cards: list[list[str]] = []
+    try:
+        h = harness_for(store, settings, model=TokenSummariser(site.url("/issues")))
+        options = RecipeOptions(name="board", board=site.url("/issues"), token="BOARD",
+                                cron="0 8 * * 1-5", tz="UTC", to=ME)  # fmt: skip
+        made = await add_recipe(store, settings, "board-summary", options, clock=clock,
+                                known_tools=h.tool_names())  # fmt: skip
+        assert made.tools == ["http_request", "send_email"]
+        assert "secret BOARD" in made.policy[0] and BOARD_VALUE not in json.dumps(made.as_dict())
+        scheduler = Scheduler(store, settings, clock=clock)
+        for _ in range(2):
+            clock.advance(3601)
+            await scheduler.tick()
+            run = (await store.schedule_runs("board", 10))[0]
+            asked: list[str] = []
+            while True:
+                runner = h.runner()
+                runner.loop.clock = clock
+                view = await asyncio.wait_for(runner.run_errand(run.errand_id or ""), 60)
+                if view.state is not ErrandState.waiting_approval:
+                    break
+                for pending in view.pending.values():
+                    asked.append(f"{pending.tool}: {pending.preview}")
+                    await h.approvals.approve(pending.id, by="me", channel="inbox",
+                                              standing=pending.tool == "http_request")  # fmt: skip
+            assert view.state is ErrandState.done, view.result
+            cards.append(asked)
+            clock.advance(86400 - 3601)
+            assert isinstance(h.policy, PolicyFile)
+            h.policy.refresh()  # (a day later, as it would have within 2 s)
+        logged = json.dumps([
+            s.event.model_dump(mode="json")
+            for v in await store.list_errands() for s in await store.read(v.id)
+        ])  # fmt: skip
+    finally:
+        await store.close()
+    assert [s.get("authorization") for s in site.seen] == [f"Bearer {BOARD_VALUE}"] * 2
+    first, second = cards
+    assert [c.split(":")[0] for c in first] == ["http_request", "send_email"]
+    assert "the secret BOARD" in first[0]
+    assert [c.split(":")[0] for c in second] == ["send_email"]  # the read no longer asks
+    mailed = b"".join(mail.messages(ME)).decode("utf-8", "replace")
+    for where in (json.dumps(cards), logged, mailed, (home / "policy.toml").read_text()):
+        assert BOARD_VALUE not in where
 
 
 async def test_listings_notify_email_mails_only_the_new_listings_after_the_card(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -12,13 +15,21 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from helpers.kit import call as kit_call
+from helpers.kit import harness_for, script
+from test_shell_secrets import Recording
 
-from errands.config import NetworkSettings, Settings
+from errands.config import NetworkSettings, SecretSettings, Settings
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
+from errands.core.states import ErrandState
+from errands.engine.operations import create_errand
+from errands.policy.preview import preview_of
+from errands.store import Store
 from errands.tools.builtin import builtin_toolset
+from errands.tools.builtin.web import http_request_effect, make_http_request, secret_auth
 from errands.tools.netguard import NetworkRefused, check_url, guarded_client
-from errands.tools.tool import ToolArgumentError, ToolContext, ToolError, ToolOutput
+from errands.tools.tool import ToolArgumentError, ToolContext, ToolError, ToolOutput, make_tool
 from errands.tools.toolset import FunctionToolset
 
 PAGE = (
@@ -83,6 +94,9 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path.startswith("/hop/"):
             n = int(url.path.rsplit("/", 1)[1])
             self._reply(302, b"", "text/plain", Location=f"/hop/{n + 1}")
+        elif url.path == "/whoami":  # echoes the credential: the result must not show it
+            said = self.headers.get("Authorization", "nobody")
+            self._reply(200, f'{{"you": "{said}"}}'.encode(), "application/json")
         elif url.path == "/echo":
             reply = f"{self.command} {body.decode()}".encode()
             self._reply(201, reply, "application/json", X_RateLimit_Remaining="41", X_Other="no")
@@ -459,3 +473,172 @@ async def test_a_connection_failure_is_a_clear_tool_error(registry: FunctionTool
         await call(
             registry, settings_for(ALLOW_LOOPBACK), "fetch_url", url=f"http://127.0.0.1:{port}/"
         )
+
+
+# -- http_request(auth="secret:NAME") ------------------------------------------------------
+
+AUTH_ENV = "WEB_AUTH_CANARY_VALUE"  # not *_TOKEN/_KEY: only the tool's redaction stands
+AUTH_VALUE = "brd-7Hq2+kP9/xW4=Zz1"
+
+
+def auth_settings(hosts: list[str]) -> Settings:
+    return Settings(
+        network=NetworkSettings(allow_private=ALLOW_LOOPBACK, timeout_seconds=5),
+        secrets={"BOARD": SecretSettings(env=AUTH_ENV, hosts=hosts)},
+    )
+
+
+def no_host_check(settings: Settings, auth: str, url: str) -> tuple[str, str]:
+    """The control: finds the secret and sends it wherever the call says."""
+    declared = settings.secrets["BOARD"]
+    return "BOARD", os.environ[declared.env or "BOARD"]
+
+
+@pytest.mark.parametrize("check", [secret_auth, no_host_check], ids=["guarded", "CONTROL"])
+async def test_auth_sends_the_secret_only_to_its_hosts_and_never_shows_it(
+    server: Server, monkeypatch: pytest.MonkeyPatch, check: Any
+) -> None:
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    tool = make_tool(
+        make_http_request(check),
+        effect=http_request_effect,
+        roles={"method": "method", "url": "url", "headers": "headers", "body": "body"},
+    )
+    args = {"method": "GET", "url": server.url("/whoami"), "auth": "secret:BOARD"}
+    ctx = ToolContext("e1", 7, "e1:7", Path("."), auth_settings(["127.0.0.1"]))
+    out = await tool.invoke(tool.validate(args), ctx)
+    assert server.requests[-1].headers["authorization"] == f"Bearer {AUTH_VALUE}"
+    assert AUTH_VALUE not in out.text and "[REDACTED:BOARD]" in out.text, out.text
+    assert tool.effect(args) is EffectClass.external  # a GET acting as someone
+    server.requests.clear()
+    elsewhere = ToolContext("e1", 8, "e1:8", Path("."), auth_settings(["board.example.com"]))
+    if check is no_host_check:  # the control: the secret reaches a host it is not for
+        await tool.invoke(tool.validate(args), elsewhere)
+        assert server.requests[-1].headers["authorization"] == f"Bearer {AUTH_VALUE}"
+        return
+    with pytest.raises(ToolError, match=re.escape("only to board.example.com, not to 127.0.0.1")):
+        await tool.invoke(tool.validate(args), elsewhere)
+    assert server.requests == []  # nothing was sent
+
+
+@pytest.mark.parametrize(
+    ("auth", "headers", "why"),
+    [
+        ("Bearer abc", None, "auth must be secret:NAME"),
+        ("secret:", None, "auth must be secret:NAME"),
+        ("secret:NOPE", None, "no secret named NOPE in errands.toml .declared: BOARD"),
+        ("secret:BOARD", {"authorization": "Bearer x"}, "either an Authorization header or auth"),
+    ],
+)
+async def test_bad_auth_is_one_clear_error_and_nothing_is_sent(
+    registry: FunctionToolset,
+    server: Server,
+    monkeypatch: pytest.MonkeyPatch,
+    auth: str,
+    headers: dict[str, str] | None,
+    why: str,
+) -> None:
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    with pytest.raises(ToolArgumentError, match=why):
+        await call(
+            registry,
+            auth_settings(["127.0.0.1"]),
+            "http_request",
+            method="GET",
+            url=server.url("/whoami"),
+            auth=auth,
+            headers=headers,
+        )
+    assert server.requests == []
+
+
+async def test_an_unset_secret_sends_nothing(
+    registry: FunctionToolset, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    with pytest.raises(ToolError, match=f"has no {AUTH_ENV}; nothing was sent"):
+        await call(
+            registry,
+            auth_settings(["127.0.0.1"]),
+            "http_request",
+            method="GET",
+            url=server.url("/whoami"),
+            auth="secret:BOARD",
+        )
+    assert server.requests == []
+
+
+def test_the_card_names_the_secret_and_never_its_value(
+    registry: FunctionToolset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    tool = registry.get("http_request")
+    args = tool.validate(
+        {"method": "GET", "url": "https://board.example.com/issues", "auth": "secret:BOARD"}
+    )
+    card = preview_of(tool, args, Path("."))
+    assert card.startswith("GET https://board.example.com/issues")
+    assert "the secret BOARD" in card and AUTH_VALUE not in card
+
+
+async def test_auth_never_reaches_the_log_or_the_model(
+    server: Server, store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    configured = settings.model_copy(
+        update={
+            "network": NetworkSettings(allow_private=ALLOW_LOOPBACK, timeout_seconds=5),
+            "secrets": {"BOARD": SecretSettings(env=AUTH_ENV, hosts=["127.0.0.1"])},
+        }
+    )
+    url = server.url("/whoami")
+    model = Recording(
+        script(
+            {
+                "text": "",
+                "tool_calls": [
+                    kit_call("http_request", method="GET", url=url, auth="secret:BOARD")
+                ],
+            },
+            {"text": "done"},
+        ).script
+    )
+    harness = harness_for(store, configured, model=model)
+    eid = await create_errand(store, configured, "read the board", model="scripted:demo")
+    runner = harness.runner()
+    view = await runner.run_errand(eid)
+    (pending,) = view.pending.values()  # external: it asks, naming the secret
+    assert "the secret BOARD" in pending.preview and AUTH_VALUE not in pending.preview
+    await harness.approvals.approve(pending.id, by="ann", channel="cli")
+    view = await runner.run_errand(eid)
+    assert view.state is ErrandState.done
+    assert server.requests[-1].headers["authorization"] == f"Bearer {AUTH_VALUE}"
+    logged = json.dumps([s.event.model_dump(mode="json") for s in await store.read(eid)])
+    assert "[REDACTED:BOARD]" in logged and AUTH_VALUE not in logged
+    assert len(model.seen) == 2 and all(AUTH_VALUE not in seen for seen in model.seen)
+    assert "[REDACTED:BOARD]" in model.seen[-1]  # the model saw the result, redacted
+
+
+async def test_a_redirect_to_another_origin_does_not_carry_the_secret(
+    registry: FunctionToolset, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    other = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # (same handler: one request log)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        elsewhere = f"http://127.0.0.1:{other.server_address[1]}/whoami"
+        out = await call(
+            registry,
+            auth_settings(["127.0.0.1"]),
+            "http_request",
+            method="GET",
+            url=server.url(f"/redirect?to={elsewhere}"),
+            auth="secret:BOARD",
+        )
+    finally:
+        other.shutdown()
+        other.server_close()
+    first, second = server.requests
+    assert first.headers["authorization"] == f"Bearer {AUTH_VALUE}"  # the origin it was for
+    assert "authorization" not in second.headers  # another port: another origin
+    assert '"you": "nobody"' in out.text

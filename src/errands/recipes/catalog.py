@@ -39,6 +39,7 @@ class RecipeOptions(BaseModel):
     every: str | None = None
     notify: Notify | None = None
     board: str | None = None
+    token: str | None = None
     cron: str | None = None
     tz: str | None = None
     to: str | None = None
@@ -113,6 +114,7 @@ def _listings(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleReques
 
 
 def _board(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleRequest, list[str]]:
+    from errands.engine.scheduler import secret_problem
     from errands.tools import watchcheck  # (the same network check a watch's URL gets)
 
     to = _address(o.to)
@@ -120,15 +122,29 @@ def _board(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleRequest, 
         board = watchcheck.validate_watch(o.board or "", None, None, s)
     except UserError as exc:
         raise RecipeError(f"--board: {str(exc).removeprefix('url: ')}") from None
+    token = (o.token or "").strip().removeprefix("secret:") or None
+    if o.token is not None:
+        problem = secret_problem(s, token or "", board) if token else "give a secret's name"
+        if problem:
+            raise RecipeError(f"--token: {problem}")
     request = ScheduleRequest(
-        name=o.name, kind="cron", cron=o.cron, tz=o.tz, text=prompts.board_prompt(board, to),
-        tools=["fetch_url", "send_email"], model=o.model,
+        name=o.name, kind="cron", cron=o.cron, tz=o.tz, text=prompts.board_prompt(board, to, token),
+        tools=["http_request" if token else "fetch_url", "send_email"], model=o.model,
     )  # fmt: skip
-    return request, [
+    said = [
         f"each morning's mail to {to} is an approval card showing the summary; 'always' for "
         f"{to} pins the recipient, but the summary is made from the board (untrusted), so "
         "flow control still asks for each one (docs/security.md)"
     ]
+    if token:
+        said.insert(
+            0,
+            f"the board is read with the secret {token} (http_request, auth=secret:{token}: "
+            "sent only to its hosts, never shown); a request carrying a credential asks, so "
+            "the first morning's read is a card -- approve it with 'always' and the later "
+            "mornings read the board without asking",
+        )
+    return request, said
 
 
 def _drafts(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleRequest, list[str]]:
@@ -188,8 +204,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "board-summary",
             "every weekday morning, a summary of what changed on your project board, mailed",
-            '--board URL --cron "0 8 * * 1-5" [--tz ZONE] --to ADDRESS',
-            frozenset({"board", "cron", "tz", "to"}),
+            '--board URL [--token NAME] --cron "0 8 * * 1-5" [--tz ZONE] --to ADDRESS',
+            frozenset({"board", "token", "cron", "tz", "to"}),
             frozenset({"board", "cron", "to"}),
             _board,
             lambda o: True,

@@ -23,9 +23,14 @@ def listings_prompt(notify: str, to: str | None) -> str:
     )
 
 
-def board_prompt(board: str, to: str) -> str:
+def board_prompt(board: str, to: str, token: str | None = None) -> str:
+    how = (
+        f'http_request (method "GET", auth "secret:{token}": errands adds the token)'
+        if token
+        else "fetch_url"
+    )
     return (
-        f"Summarise the person's project board. Fetch {board} with fetch_url: it lists "
+        f"Summarise the person's project board. Fetch {board} with {how}: it lists "
         "issues in the shape of GitHub's REST issues API (title, state, labels, assignees, "
         "updated_at). Compare with the previous run's summary (last_run, given above) and "
         "the updated_at times: say what changed since the last run -- opened, closed, "

@@ -64,6 +64,10 @@ def add(
     board: Annotated[
         str | None, typer.Option("--board", help="board: a GitHub-REST-shaped issues URL.")
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="board: the [secrets.NAME] sent as its Bearer token."),
+    ] = None,
     cron: Annotated[str | None, typer.Option("--cron", help="A 5-field cron expression.")] = None,
     tz: Annotated[str | None, typer.Option("--tz", help="The zone of --cron.")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Who is mailed.")] = None,
@@ -89,7 +93,7 @@ def add(
 
     given: dict[str, Any] = {
         "name": name, "url": url, "select": select, "every": every, "notify": notify,
-        "board": board, "cron": cron, "tz": tz, "to": to, "about": about,
+        "board": board, "token": token, "cron": cron, "tz": tz, "to": to, "about": about,
         "max_follow_ups": max_follow_ups, "model": model,
     }  # fmt: skip
 

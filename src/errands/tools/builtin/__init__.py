@@ -8,7 +8,12 @@ from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, wr
 from errands.tools.builtin.shell import make_shell_tool
 from errands.tools.builtin.subagents import join_tools
 from errands.tools.builtin.waiting import wait, wake_time
-from errands.tools.builtin.web import fetch_url, http_request, http_request_effect
+from errands.tools.builtin.web import (
+    fetch_url,
+    http_request,
+    http_request_effect,
+    http_request_preview,
+)
 from errands.tools.tool import Contract, ToolContext, make_tool
 from errands.tools.toolset import FunctionToolset
 
@@ -60,6 +65,7 @@ def builtin_toolset() -> FunctionToolset:
                 effect=http_request_effect,
                 honours_idempotency_key=True,
                 roles={"method": "method", "url": "url", "headers": "headers", "body": "body"},
+                preview=http_request_preview,
             ),
             make_shell_tool(),
             make_tool(wait, effect=EffectClass.none, idempotent=True, pauses=wake_time),

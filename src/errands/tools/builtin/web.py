@@ -12,24 +12,36 @@ belong in a header, where the effect class sees them). An ``http_request`` is a 
 read (``network``) only when it is a GET or HEAD with no body and only headers from
 :data:`SAFE_READ_HEADERS`; anything else it carries may change or reveal something, so
 it is ``external``.
+
+``http_request(..., auth="secret:NAME")`` sends ``Authorization: Bearer VALUE`` where VALUE
+is the secret NAME declared in ``[secrets]`` of errands.toml (:func:`secret_auth`): only to
+that secret's hosts (checked on the canonical URL before anything is sent; a redirect to
+another origin drops the header, :func:`errands.tools.netguard.guarded_request`), never in
+the arguments, the approval card (which names the secret), the log or the result (every
+spelling of the value in the response or an error is redacted). Such a call is
+``external``: it acts as someone.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import html2text
+import httpx
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 from errands.config import Settings
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
+from errands.store.redact import MIN_SECRET_LENGTH
 from errands.tools.canonical import UrlError, web_url
 from errands.tools.netguard import Fetched, guarded_request
-from errands.tools.tool import ToolArgumentError, ToolContext, ToolOutput
+from errands.tools.sandbox.secrets import Redact, declared_values, secret_redactor
+from errands.tools.tool import ToolArgumentError, ToolContext, ToolError, ToolOutput
 
 __all__ = [
     "FORBIDDEN_HEADERS",
@@ -39,6 +51,9 @@ __all__ = [
     "fetch_url",
     "http_request",
     "http_request_effect",
+    "http_request_preview",
+    "make_http_request",
+    "secret_auth",
 ]
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -112,6 +127,10 @@ _SHOWN_HEADERS = (
 )
 
 _TEXT_TYPES = ("json", "xml", "javascript", "ecmascript", "csv", "yaml", "x-www-form-urlencoded")
+
+
+def _unchanged(text: str) -> str:
+    return text
 
 
 def _settings(ctx: ToolContext) -> Settings:
@@ -206,6 +225,8 @@ def http_request_effect(args: Mapping[str, Any]) -> EffectClass:
     is ``external``."""
     if args.get("method") not in ("GET", "HEAD") or args.get("body") not in (None, ""):
         return EffectClass.external
+    if args.get("auth"):  # a credential: the request acts as someone
+        return EffectClass.external
     headers = args.get("headers") or {}
     if not isinstance(headers, Mapping):
         return EffectClass.external
@@ -236,58 +257,151 @@ def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-async def http_request(
-    method: HttpMethod,
-    url: WebUrl,
-    ctx: ToolContext,
-    headers: dict[str, str] | None = None,
-    body: str | None = None,
-) -> ToolOutput:
-    """Send an HTTP request (for APIs) and return the status, main headers and body.
+AUTH_PREFIX = "secret:"
 
-    GET and HEAD follow redirects (at most five); other methods return a redirect as
-    it is. Every request carries an Idempotency-Key header, so a retried request is
-    recognised by servers that support it. Only public http(s) addresses can be
-    reached. Long bodies are cut off.
 
-    Args:
-        method: The HTTP method.
-        url: The http:// or https:// URL.
-        headers: Request headers, for example `{"Content-Type": "application/json"}`.
-            Host, Content-Length, Idempotency-Key and hop-by-hop headers cannot be set.
-        body: The request body as text (sent as UTF-8).
-    """
-    send = _checked_headers(headers)
-    send["Idempotency-Key"] = ctx.idempotency_key
-    settings = _settings(ctx)
-    fetched = await guarded_request(
-        method,
-        _sent_url(url),
-        settings,
-        headers=send,
-        content=body.encode("utf-8") if body is not None else None,
-        follow_redirects=method in ("GET", "HEAD"),
-    )
-    lines = [f"HTTP {fetched.status} {fetched.reason}".rstrip()]
-    if fetched.redirects:
-        lines.append(f"(redirected to {fetched.url})")
-    for name in _SHOWN_HEADERS:
-        if name in fetched.headers:
-            lines.append(f"{name}: {fetched.headers[name]}")
-    for name, value in fetched.headers.items():
-        if name.lower().startswith(("x-ratelimit-", "ratelimit-")):
-            lines.append(f"{name.lower()}: {value}")
-    media = _media_type(fetched)
-    if not fetched.body:
-        shown = ""
-    elif _is_text(fetched, media):
-        shown = _decode(fetched) + _cut_note(fetched)
-    else:
-        shown = f"[binary content, {len(fetched.body)} bytes, not shown]"
-    return ToolOutput(
-        text="\n".join(lines) + "\n\n" + shown,
-        integrity=Integrity.untrusted,
-        # a response to an arbitrary request (with credentials, to an account) may be personal
-        confidentiality=Confidentiality.private,
-        source=fetched.url,
-    )
+def _auth_name(auth: str) -> str:
+    name = auth.strip().removeprefix(AUTH_PREFIX)
+    if not auth.strip().startswith(AUTH_PREFIX) or not name:
+        raise ToolArgumentError(
+            f"http_request: auth must be secret:NAME, naming a secret declared in errands.toml "
+            f"([secrets.NAME]); got {auth[:40]!r}"
+        )
+    return name
+
+
+def secret_auth(
+    settings: Settings, auth: str, url: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, str]:
+    """(name, value) of the secret ``auth="secret:NAME"`` names, when it may go to *url*'s
+    host (its ``hosts``, or a subdomain of one); one clear error otherwise."""
+    name = _auth_name(auth)
+    declared = settings.secrets.get(name)
+    if declared is None:
+        known = ", ".join(sorted(settings.secrets)) or "none"
+        raise ToolArgumentError(
+            f"http_request: no secret named {name} in errands.toml (declared: {known}); the "
+            f'person declares it and where it may go: [secrets.{name}] hosts = ["example.com"]'
+        )
+    host = (httpx.URL(url).host or "").strip(".").casefold()
+    if not any(
+        host == a or host.endswith("." + a)
+        for a in (h.strip().strip(".").casefold() for h in declared.hosts)
+    ):
+        raise ToolError(
+            f"http_request: the secret {name} may be sent only to "
+            f"{', '.join(declared.hosts)}, not to {host or url}; nothing was sent"
+        )
+    value = (os.environ if environ is None else environ).get(declared.env or name, "")
+    if not value:
+        raise ToolError(
+            f"http_request: the secret {name} is not set: errands' environment has no "
+            f"{declared.env or name}; nothing was sent"
+        )
+    if len(value) < MIN_SECRET_LENGTH:  # too short to find in a response without noise
+        raise ToolError(
+            f"http_request: the secret {name} is shorter than {MIN_SECRET_LENGTH} characters, "
+            "too short to be redacted from a response; it is not sent"
+        )
+    return name, value
+
+
+def http_request_preview(args: Mapping[str, Any], workspace: Any = None) -> str:
+    """The approval card: method and URL, the headers, the secret by name, the body."""
+    lines = [f"{args.get('method', 'GET')} {args.get('url', '')}"]
+    lines += [f"{k}: {v}" for k, v in (args.get("headers") or {}).items()]
+    if args.get("auth"):
+        lines.append(
+            f"Authorization: Bearer [the secret {str(args['auth']).removeprefix(AUTH_PREFIX)}: "
+            "errands adds its value, only for the secret's hosts; it is never shown]"
+        )
+    if args.get("body"):
+        lines += ["", str(args["body"])]
+    return "\n".join(lines)
+
+
+AuthCheck = Callable[[Settings, str, str], tuple[str, str]]  # (settings, auth, url)
+
+
+def make_http_request(auth_check: AuthCheck = secret_auth) -> Callable[..., Any]:
+    """The ``http_request`` tool function; *auth_check* finds the secret ``auth`` names
+    and refuses a host it may not go to (tests pass a control)."""
+
+    async def http_request(
+        method: HttpMethod,
+        url: WebUrl,
+        ctx: ToolContext,
+        headers: dict[str, str] | None = None,
+        body: str | None = None,
+        auth: str | None = None,
+    ) -> ToolOutput:
+        """Send an HTTP request (for APIs) and return the status, main headers and body.
+
+        GET and HEAD follow redirects (at most five); other methods return a redirect as
+        it is. Every request carries an Idempotency-Key header, so a retried request is
+        recognised by servers that support it. Only public http(s) addresses can be
+        reached. Long bodies are cut off.
+
+        Args:
+            method: The HTTP method.
+            url: The http:// or https:// URL.
+            headers: Request headers, for example `{"Content-Type": "application/json"}`.
+                Host, Content-Length, Idempotency-Key and hop-by-hop headers cannot be set.
+            body: The request body as text (sent as UTF-8).
+            auth: `secret:NAME` to send `Authorization: Bearer <the secret NAME>`; the secret
+                is declared in errands.toml with the hosts it may go to, and you never see
+                its value (e.g. `secret:BOARD_TOKEN`).
+        """
+        send = _checked_headers(headers)
+        send["Idempotency-Key"] = ctx.idempotency_key
+        settings = _settings(ctx)
+        target = _sent_url(url)
+        redact: Redact = _unchanged
+        if auth is not None:
+            if any(k.strip().lower() == "authorization" for k in send):
+                raise ToolArgumentError(
+                    "http_request: give either an Authorization header or auth, not both"
+                )
+            name, value = auth_check(settings, auth, target)
+            send["Authorization"] = f"Bearer {value}"
+            redact = secret_redactor({**declared_values(settings), name: value})
+        try:
+            fetched = await guarded_request(
+                method,
+                target,
+                settings,
+                headers=send,
+                content=body.encode("utf-8") if body is not None else None,
+                follow_redirects=method in ("GET", "HEAD"),
+            )
+        except ToolError as exc:  # (an error names what was sent only redacted)
+            exc.args = (redact(str(exc)),)
+            raise
+        lines = [f"HTTP {fetched.status} {fetched.reason}".rstrip()]
+        if fetched.redirects:
+            lines.append(f"(redirected to {fetched.url})")
+        for name in _SHOWN_HEADERS:
+            if name in fetched.headers:
+                lines.append(f"{name}: {fetched.headers[name]}")
+        for name, value in fetched.headers.items():
+            if name.lower().startswith(("x-ratelimit-", "ratelimit-")):
+                lines.append(f"{name.lower()}: {value}")
+        media = _media_type(fetched)
+        if not fetched.body:
+            shown = ""
+        elif _is_text(fetched, media):
+            shown = _decode(fetched) + _cut_note(fetched)
+        else:
+            shown = f"[binary content, {len(fetched.body)} bytes, not shown]"
+        return ToolOutput(
+            text=redact("\n".join(lines) + "\n\n" + shown),
+            integrity=Integrity.untrusted,
+            # a response to an arbitrary request (with credentials, to an account) may be personal
+            confidentiality=Confidentiality.private,
+            source=fetched.url,
+        )
+
+    return http_request
+
+
+http_request = make_http_request()
