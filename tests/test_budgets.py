@@ -232,7 +232,8 @@ async def test_a_store_from_before_budgets_is_backfilled_from_its_log(
     with conn:  # back to schema 2, as an older errands left it: every later table goes
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         for table in sorted(tables - _schema_2_tables()):  # spend, budget_holds, ..., migrations
-            conn.execute(f"DROP TABLE {table}")
+            # (IF EXISTS: dropping an FTS5 table drops its shadow tables with it)
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute("PRAGMA user_version = 2")
     conn.close()
     store = SQLiteStore(settings.db_path)
