@@ -31,6 +31,7 @@ from errands.core.plan import (
     stub,
     value_stub,
 )
+from errands.core.snapshot import Chain
 from errands.core.states import ErrandView, apply
 
 __all__ = ["CallState", "Progress"]
@@ -73,10 +74,10 @@ class Progress:
     errand_id: str
     view: ErrandView
     created: ev.ErrandCreated | None = None
-    messages: list[Message] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=Chain)  # (a Chain: snapshots)
     label: Label = BOTTOM  # join of every content label in the context
     # every labelled piece that entered the context (flow control traces calls to them)
-    pieces: list[Piece] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=Chain)
     calls: dict[str, CallState] = field(default_factory=dict)
     held_messages: list[Message] = field(default_factory=list)  # user messages during tool calls
     open_request_seq: int | None = None
@@ -109,6 +110,8 @@ class Progress:
     @property
     def last_seq(self) -> int:
         return self.view.last_seq
+    # the latest fold snapshot written or read (errands.core.snapshot); not part of the fold
+    snapshot_seq: int = field(default=0, compare=False)
 
     def apply(self, seq: int, event: ev.Event) -> None:
         apply(self.view, seq, event)  # checks the sequence has no gap

@@ -50,6 +50,7 @@ from errands.models.streaming import ErrandText
 from errands.policy.hook import PolicyHook
 from errands.store import Store
 from errands.tools.builtin.subagents import JOINS
+from errands.store.resume import maybe_save, resume
 from errands.tools.tool import ToolError
 from errands.tools.toolset import Toolset
 
@@ -113,10 +114,7 @@ class Loop:
         self._unlogged: dict[tuple[str, int], ModelReply] = {}
 
     async def load(self, errand_id: str) -> Progress:
-        p = self.progress_class.empty(errand_id)
-        for stored in await self.store.read(errand_id):
-            p.apply(stored.seq, stored.event)
-        return p
+        return await resume(self.store, errand_id, self.progress_class)  # (its snapshot)
 
     async def run(self, errand_id: str, p: Progress | None = None) -> ErrandView:
         """Drive the errand until it has to stop; return its view."""
@@ -541,3 +539,4 @@ class Loop:
         self.dirty.discard(p.errand_id)
         for stored in await self.store.read(p.errand_id, after=p.last_seq):
             p.apply(stored.seq, stored.event)
+        await maybe_save(self.store, p, seqs, logged)  # a fold snapshot every 1,000 events

@@ -23,6 +23,7 @@ from errands.engine.limits import exceeded
 from errands.errors import StoreError, UserError
 from errands.models.spec import check_spec
 from errands.store import Store
+from errands.store.resume import resume
 from errands.tools.workspace import make_workspace
 
 __all__ = [
@@ -143,10 +144,7 @@ async def cancel_errand(
 
 
 async def _progress(store: Store, errand_id: str) -> Progress:
-    progress = Progress.empty(errand_id)
-    for stored in await store.read(errand_id):
-        progress.apply(stored.seq, stored.event)
-    return progress
+    return await resume(store, errand_id, Progress)  # (from its fold snapshot)
 
 
 def _unchanged_since(seen: int) -> Callable[[ErrandView], None]:

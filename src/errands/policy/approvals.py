@@ -35,6 +35,7 @@ from errands.policy.hook import Decision, PolicyCall, PolicyHook, Verdict
 from errands.policy.rules import Policy, parse_policy
 from errands.policy.standing import add_standing_rule, standing_pattern
 from errands.store import AppendCheck, Store
+from errands.store.resume import resume
 from errands.tools.tool import ToolContext, ToolError
 from errands.tools.toolset import Toolset
 
@@ -133,9 +134,8 @@ class Approvals:
             tool = self.toolset.tools(view).get(pending.tool)
         except ToolError:
             return None
-        progress = Progress.empty(view.id)  # the context's label, the standing approvals
-        for stored in await self.store.read(view.id):
-            progress.apply(stored.seq, stored.event)
+        # the context's label, the standing approvals (from its fold snapshot)
+        progress = await resume(self.store, view.id, Progress)
         return self.policy.check(
             PolicyCall(
                 errand_id=view.id,

@@ -52,6 +52,7 @@ from errands.store.compaction import RetentionOps
 from errands.store.protocol import (
     AppendCheck,
     BudgetStatus,
+    Snapshot,
     StoredEvent,
     UsageRow,
 )
@@ -662,6 +663,24 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     async def view(self, errand_id: str) -> ErrandView:
         # a point lookup: run here, a hop to a thread and back costs more than the read
         return self._read_view(errand_id)
+
+    async def snapshot(self, errand_id: str) -> Snapshot | None:
+        """(A backend that keeps no fold snapshots: every resume folds the whole log.)"""
+        return None
+
+    async def put_snapshot(self, errand_id: str, snapshot: Snapshot) -> bool:
+        return False
+
+    def _holds_secret(self, snapshot: Snapshot) -> bool:
+        """Do *snapshot*'s bytes hold a secret this store redacts? (A backend refuses to
+        keep such a snapshot; a fold of the redacted log never holds one.)"""
+        if not self.redact:
+            return False
+        for data in (snapshot.state, *snapshot.data.values()):
+            text = data.decode("utf-8", "surrogateescape")
+            if self.redact(text) != text:
+                return True
+        return False
 
     @abc.abstractmethod
     async def find(self, prefix: str) -> str: ...

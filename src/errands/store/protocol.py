@@ -12,7 +12,7 @@ SQLite backend (:mod:`errands.store.sqlite`) fills in the SQL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -34,6 +34,7 @@ __all__ = [
     "NewRun",
     "RunRow",
     "ScheduleRow",
+    "Snapshot",
     "Store",
     "StoreReader",
     "StoredEvent",
@@ -173,6 +174,20 @@ class Fired:
     new_items: int = 0  # a watch: items not seen in the last 7 days
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A fold of an errand's log through *seq*, encoded by :mod:`errands.core.snapshot`
+    (the store keeps the bytes and never reads them): *state* and the parts it names, in
+    order. Read, *data* holds every part the store has; written, only those it lacks
+    (the others are the parts of the snapshot it keeps, written with it before)."""
+
+    seq: int
+    format: str
+    state: bytes
+    parts: tuple[str, ...]
+    data: Mapping[str, bytes]
+
+
 # An extra check run inside the append's transaction, on the errand's current view,
 # before anything is written: raise StoreError to refuse the append. This is how
 # approvals (no double decision, no decision after cancel) stay atomic.
@@ -195,6 +210,10 @@ class StoreReader(Protocol):
     ) -> list[StoredEvent]:
         """The errand's newest *limit* events before sequence number *before* (all of
         them: None), in order: a page of a long log, read without the rest of it."""
+        ...
+
+    async def snapshot(self, errand_id: str) -> Snapshot | None:
+        """The errand's fold snapshot (:meth:`Store.put_snapshot`), if it has one."""
         ...
 
     async def view(self, errand_id: str) -> ErrandView:
@@ -460,4 +479,12 @@ class Store(StoreReader, Protocol):
     async def reclaim(self) -> int:
         """Give the pages freed back to the file system while the store is in use (when
         the file allows it: ``auto_vacuum``); the bytes of the pages given back."""
+        ...
+
+    async def put_snapshot(self, errand_id: str, snapshot: Snapshot) -> bool:
+        """Keep *snapshot* as the errand's one snapshot, durably, with the parts it names
+        (those not in its *data* must be the kept snapshot's), dropping the parts it no
+        longer names; False, writing nothing, if the kept one is as new or newer, or if
+        its bytes hold a secret the store redacts. A store drops an errand's snapshot in
+        the transaction that rewrites its log (purge, compaction)."""
         ...

@@ -12,7 +12,15 @@ import sqlite3
 import time
 
 from errands.store.migrations import Migration, to_apply
-from errands.store.sqlite import leaseclock, mail_cursor, mcp_pins, memory, schedules, spend
+from errands.store.sqlite import (
+    leaseclock,
+    mail_cursor,
+    mcp_pins,
+    memory,
+    schedules,
+    snapshots,
+    spend,
+)
 
 __all__ = ["MIGRATIONS", "migrate"]
 
@@ -113,6 +121,8 @@ MIGRATIONS: list[Migration] = [
     ),
     # memory across errands, with an FTS5 index (errands.store.sqlite.memory)
     Migration("0012_memory", memory.MIGRATION),
+    # fold snapshots: a long errand resumes from one (errands.core.snapshot)
+    Migration("0013_snapshots", snapshots.MIGRATION),
 ]
 
 _TABLE = "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

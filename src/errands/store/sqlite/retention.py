@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from errands.errors import StoreError
 from errands.store.retention import RetentionPlan
+from errands.store.sqlite import snapshots
 from errands.store.sqlite.connection import connect
 from errands.store.writer import Tx
 
@@ -93,6 +94,7 @@ class SQLiteRetention:
     def _delete_log(self, tx: Tx, errand_id: str) -> None:
         tx.conn.execute("DELETE FROM events WHERE errand_id = ?", (errand_id,))
         tx.conn.execute("DELETE FROM timers WHERE errand_id = ?", (errand_id,))
+        snapshots.drop(tx.conn, errand_id)
 
     def _trim(
         self, tx: Tx, keep_runs: int, items_before: float, wakeups_before: float

@@ -43,7 +43,7 @@ from errands.store.base import (
 )
 from errands.store.protocol import StoredEvent, UsageRow
 from errands.store.redact import Redactor
-from errands.store.sqlite import leaseclock, spend
+from errands.store.sqlite import leaseclock, snapshots, spend
 from errands.store.sqlite.connection import (
     BUSY_TIMEOUT,
     UNAVAILABLE_WAIT,
@@ -62,6 +62,7 @@ from errands.store.sqlite.memory import SQLiteMemory
 from errands.store.sqlite.migrations import migrate
 from errands.store.sqlite.retention import SQLiteRetention, incremental_if_new
 from errands.store.sqlite.schedules import SQLiteSchedules
+from errands.store.sqlite.snapshots import SQLiteSnapshots
 
 __all__ = ["SQLiteStore"]
 
@@ -128,7 +129,13 @@ def _reads_async(
 
 
 class SQLiteStore(
-    SQLiteRetention, SQLiteSchedules, SQLiteMcpPins, SQLiteMailCursor, SQLiteMemory, BaseStore
+    SQLiteSnapshots,
+    SQLiteRetention,
+    SQLiteSchedules,
+    SQLiteMcpPins,
+    SQLiteMailCursor,
+    SQLiteMemory,
+    BaseStore,
 ):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
     with :meth:`close`."""
@@ -350,6 +357,7 @@ class SQLiteStore(
             "UPDATE events SET body = ?, blob = NULL WHERE errand_id = ? AND seq = ?",
             (body, errand_id, seq),
         )
+        snapshots.drop(tx.conn, errand_id)  # (a purge: the snapshot holds what goes)
 
     def _drop_orphan_blobs(self, tx: Tx, hashes: Sequence[str]) -> None:
         # (secure_delete zeroes the freed space)
