@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from errands.clock import Clock
 from errands.store import Store
 from errands.store.sqlite import SQLiteStore
 
-__all__ = ["BACKENDS", "Backend", "backend"]
+__all__ = ["BACKENDS", "Backend", "backend", "store_in"]
 
 
 @dataclass(frozen=True)
@@ -56,38 +57,46 @@ def _sqlite_crash_copy(source: Path, target: Path) -> None:
             shutil.copyfile(src, target / f"errands.sqlite{suffix}")
 
 
-# PostgreSQL (tests/helpers/postgres.py): a directory names its database (the file
-# ``postgres-db`` in it); the server is the session's, started on first use.
-_PG_NAME = "postgres-db"
+# PostgreSQL (tests/helpers/postgres.py): a directory names its database (its URL, in
+# the file ``postgres-url``); the server is the session's, started on first use.
+_PG_URL = "postgres-url"
 
 
-def _pg_database(directory: Path) -> str:
+def _pg_url(directory: Path) -> str:
     from helpers.postgres import server
 
-    marker = directory / _PG_NAME
+    marker = directory / _PG_URL
     if marker.exists():
         return marker.read_text()
     directory.mkdir(parents=True, exist_ok=True)
-    name = server().new_database(str(directory))
-    marker.write_text(name)
-    return name
+    url = server().url(server().new_database(str(directory)))
+    marker.write_text(url)
+    return url
 
 
 def _pg_open(directory: Path, clock: Clock | None) -> Store:
-    from helpers.postgres import server
-
     from errands.store.postgres import PostgresStore
 
-    url = server().url(_pg_database(directory))
+    url = _pg_url(directory)
     return PostgresStore(url) if clock is None else PostgresStore(url, clock=clock)
+
+
+def store_in(directory: Path) -> tuple[type[Any], str | Path]:
+    """The store class of the backend a directory was opened with, and what it opens
+    (for a process the tests start on it -- it has no server of its own to ask)."""
+    marker = directory / _PG_URL
+    if marker.exists():
+        from errands.store.postgres import PostgresStore
+
+        return PostgresStore, marker.read_text()
+    return SQLiteStore, directory / "errands.sqlite"
 
 
 @contextmanager
 def _pg_hold(directory: Path) -> Iterator[None]:
     import psycopg
-    from helpers.postgres import server
 
-    blocker = psycopg.connect(server().url(_pg_database(directory)))
+    blocker = psycopg.connect(_pg_url(directory))
     # every write of a batch waits for these locks: operations pile up behind it
     blocker.execute("LOCK TABLE events, errands, leases IN EXCLUSIVE MODE")
     try:
@@ -103,10 +112,10 @@ def _pg_crash_copy(source: Path, target: Path) -> None:
     is what the next process opens."""
     from helpers.postgres import server
 
-    name = _pg_database(source)
-    server().disconnect(name)
+    url = _pg_url(source)
+    server().disconnect(url)
     target.mkdir(parents=True, exist_ok=True)
-    (target / _PG_NAME).write_text(name)
+    (target / _PG_URL).write_text(url)
 
 
 _ALL = {

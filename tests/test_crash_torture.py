@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import BACKENDS, backend
 
 from errands.config import Settings
 from errands.core import events as ev
@@ -86,7 +87,6 @@ from errands.core.states import ErrandState, ErrandView, apply
 from errands.engine.operations import create_errand
 from errands.policy.approvals import Approvals
 from errands.store import Store
-from errands.store.sqlite import SQLiteStore
 from errands.store.sync import BlockingStore
 from errands.tools.toolset import FunctionToolset
 
@@ -561,14 +561,19 @@ class Round:
     """A fresh store with errands, the approver, and the workers run on it."""
 
     def __init__(
-        self, root: Path, number: int, variants: list[str], server: ForkServer | None = None
+        self,
+        root: Path,
+        number: int,
+        variants: list[str],
+        server: ForkServer | None = None,
+        store: str = "sqlite",
     ) -> None:
         self.number = number
         self.server = server
         self.dir = root / f"round{number:03d}"
         self.dir.mkdir(parents=True)
-        path = self.dir / "errands.sqlite"
-        self.store = BlockingStore(make=lambda: SQLiteStore(path))
+        # (the workers open the store the backend made here: tests/backends.py store_in)
+        self.store = BlockingStore(make=lambda: backend(store).open(self.dir, None))
         self.journal = W.Journal(self.dir / "journal.log")
         settings = Settings(home=self.dir)
         self.variants: dict[str, str] = {}
@@ -728,6 +733,7 @@ class Torture:
     stats: Stats = field(default_factory=Stats)
     rounds: int = 0
     forks: bool = True  # workers from the fork server (one at a time) or subprocess.Popen
+    store: str = "sqlite"  # the backend (tests/backends.py)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -746,7 +752,7 @@ class Torture:
         try:
             while not self.enough():
                 self.rounds += 1
-                rnd = Round(self.root, self.rounds, _variants(self.errands), server)
+                rnd = Round(self.root, self.rounds, _variants(self.errands), server, self.store)
                 try:
                     self.torture_round(rnd)
                     bad, stats = rnd.check(self.reference)
@@ -907,7 +913,8 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     return reference_round(tmp_path_factory.mktemp("reference"))
 
 
-def test_crash_torture_fast(tmp_path: Path, reference: Reference) -> None:
+@pytest.mark.parametrize("store", BACKENDS)
+def test_crash_torture_fast(tmp_path: Path, reference: Reference, store: str) -> None:
     seed = _seed()
     kills, hits = 40, 4
     out = Torture(
@@ -918,6 +925,7 @@ def test_crash_torture_fast(tmp_path: Path, reference: Reference) -> None:
         min_hits=hits,
         max_runs=150,
         reference=reference,
+        store=store,
     ).run()
     print(f"ERRANDS_TORTURE_SEED={seed}: {out.summary()}")
     # (run() returns only once every round checked clean and the kill and window targets

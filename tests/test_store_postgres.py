@@ -202,6 +202,46 @@ async def test_wakeups_arrive_in_commit_order_across_processes(url: str) -> None
         await b.close()
 
 
+class OneAttemptHeld(Held):
+    """Control: a batch that met another process's commit is not run again."""
+
+    attempts = 1
+
+
+async def _append_beside_another(url: str, kind: type[PostgresStore]) -> list[int]:
+    """B's append to e1 is written, not committed, when A (*kind*, its view of e1
+    cached) appends to e1 too; returns A's sequence numbers."""
+    a, b = kind(url), Held(url)
+    try:
+        await a.create("e1", _created())
+        await a.append("e1", [_note("a0")])  # (A's view of e1 is in its cache now)
+        b.hold_next = True
+        theirs = asyncio.ensure_future(b.append("e1", [_note("b")]))
+        await _wait(b.holding)
+        ours = asyncio.ensure_future(a.append("e1", [_note("a1")]))
+        await asyncio.sleep(0.3)  # A's row 3 waits on B's uncommitted row 3
+        b.go_on.set()
+        assert await theirs == [3]
+        seqs = await ours
+        notes = [s.event.content.text for s in await a.read("e1") if s.seq > 1]
+        assert notes == ["a0", "b", "a1"]
+        assert await a.integrity_check() == []
+        return seqs
+    finally:
+        b.go_on.set()
+        await a.close()
+        await b.close()
+
+
+async def test_a_write_that_met_another_process_s_commit_is_run_again(url: str) -> None:
+    assert await _append_beside_another(url, PostgresStore) == [4]
+
+
+async def test_control_without_running_it_again_the_append_fails(url: str) -> None:
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        await _append_beside_another(url, OneAttemptHeld)
+
+
 def test_a_bad_store_url_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,3 +275,32 @@ def test_an_unreachable_server_is_one_clear_error(cli: Any) -> None:
     assert "Traceback" not in done.stderr
     assert "cannot reach the PostgreSQL server" in done.stderr
     assert "s3cret-pass" not in done.stderr + done.stdout
+
+
+async def test_fold_snapshots_are_kept_replaced_and_dropped_by_a_purge(url: str) -> None:
+    """The snapshot rows: a newer one replaces the kept one's parts it no longer names,
+    an older one (or one holding a secret) is refused, and a purge drops them."""
+    from errands.store.protocol import Snapshot
+    from errands.store.redact import Redactor
+
+    store = PostgresStore(url, redactor=Redactor({"API_KEY": "sk-very-secret-123"}))
+    try:
+        await store.create("e", _created())
+        first = Snapshot(5, "f1", b"state-5", ("p1", "p2"), {"p1": b"one", "p2": b"two"})
+        assert await store.put_snapshot("e", first)
+        assert await store.snapshot("e") == first
+        second = Snapshot(9, "f1", b"state-9", ("p2", "p3"), {"p3": b"three"})
+        assert await store.put_snapshot("e", second)
+        assert await store.snapshot("e") == Snapshot(
+            9, "f1", b"state-9", ("p2", "p3"), {"p2": b"two", "p3": b"three"}
+        )
+        assert not await store.put_snapshot("e", first)  # older: refused
+        secret = Snapshot(12, "f1", b"x sk-very-secret-123 x", (), {})
+        assert not await store.put_snapshot("e", secret)
+        assert (await store.snapshot("e")).seq == 9  # type: ignore[union-attr]
+        await store.purge("e")
+        assert await store.snapshot("e") is None
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM snapshot_parts").fetchone() == (0,)
+    finally:
+        await store.close()

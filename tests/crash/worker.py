@@ -58,6 +58,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: seams, helpers
 
+from backends import store_in
 from seams.controls import install
 from seams.faults import arm_from_spec
 
@@ -71,7 +72,6 @@ from errands.models.scripted import Script, ScriptedModel
 from errands.policy.hook import Decision
 from errands.policy.rules import Policy, Rule
 from errands.store import AppendCheck, Store, StoredEvent
-from errands.store.sqlite import SQLiteStore
 from errands.tools.tool import ToolContext
 from errands.tools.toolset import FunctionToolset
 
@@ -269,12 +269,11 @@ class JournalModel:
         return await self.inner.complete(request, on_text)
 
 
-class AckingStore(SQLiteStore):
-    """The SQLite store, noting every append it acknowledged and every full read."""
+class Acking:
+    """Mixed into the round's store (SQLite, or PostgreSQL: tests/backends.py): notes
+    every append it acknowledged and every full read."""
 
-    def __init__(self, path: Path, journal: Journal) -> None:
-        super().__init__(path)
-        self.journal = journal
+    journal: Journal
 
     async def append(
         self,
@@ -286,7 +285,9 @@ class AckingStore(SQLiteStore):
         stored: list[ev.Event] | None = None,
     ) -> list[int]:
         logged: list[ev.Event] = []
-        seqs = await super().append(errand_id, events, owner=owner, guard=guard, stored=logged)
+        seqs: list[int] = await super().append(  # type: ignore[misc]
+            errand_id, events, owner=owner, guard=guard, stored=logged
+        )
         if stored is not None:
             stored.extend(logged)
         # no await between the commit's acknowledgement and these lines: the caller
@@ -298,10 +299,18 @@ class AckingStore(SQLiteStore):
         return seqs
 
     async def read(self, errand_id: str, after: int = 0) -> list[StoredEvent]:
-        out = await super().read(errand_id, after)
+        out: list[StoredEvent] = await super().read(errand_id, after)  # type: ignore[misc]
         if after == 0:
             self.journal.write("load", errand_id, out[-1].seq if out else 0, self.journal.pid)
         return out
+
+
+def acking_store(root: Path, journal: Journal) -> Store:
+    """The round's store (its backend as the round made it), acking into *journal*."""
+    kind, target = store_in(root)
+    store = type(f"Acking{kind.__name__}", (Acking, kind), {})(target)
+    store.journal = journal
+    return store  # type: ignore[no-any-return]
 
 
 def arm(journal: Journal) -> None:
@@ -343,7 +352,7 @@ async def work(
 ) -> None:
     journal = Journal(root / "journal.log")
     arm(journal)
-    store = AckingStore(root / "errands.sqlite", journal)
+    store = acking_store(root, journal)
     if shared:  # one of several workers on the store at once, as ``errands up --workers N``
         store.share_writes()
     model = JournalModel(

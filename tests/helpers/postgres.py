@@ -95,9 +95,10 @@ class PostgresServer:
             self.admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
         return name
 
-    def disconnect(self, database: str) -> None:
-        """End every session on *database*, as the death of its client processes would
-        (their open transactions roll back)."""
+    def disconnect(self, url: str) -> None:
+        """End every session on *url*'s database, as the death of its client processes
+        would (their open transactions roll back)."""
+        database = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
         self.admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",

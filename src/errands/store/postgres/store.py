@@ -47,7 +47,9 @@ from errands.errors import LeaseLost, NotFound, SchemaTooNew, StoreError, StoreU
 from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, Tx
 from errands.store.postgres import spend
 from errands.store.postgres.extras import PostgresExtras, drop_snapshot
+from errands.store.postgres.memory import PostgresMemory
 from errands.store.postgres.schema import migrate
+from errands.store.postgres.snapshots import PostgresSnapshots
 from errands.store.protocol import StoredEvent, UsageRow
 from errands.store.redact import Redactor
 from errands.store.sqlite.store import _view_from_row  # (the same columns: one parser)
@@ -114,9 +116,11 @@ def _unavailable(exc: BaseException, url: str) -> StoreUnavailable | None:
     return None
 
 
-class PostgresStore(PostgresExtras, BaseStore):
+class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore):
     """``PostgresStore(url)`` connects (and migrates the database); close it with
     :meth:`close`."""
+
+    attempts = 5  # a batch that met another process's commit: run again from fresh reads
 
     def __init__(
         self,
@@ -196,10 +200,24 @@ class PostgresStore(PostgresExtras, BaseStore):
     # ---------------------------------------------------------------- transactions
 
     def _run_tx(self, batch: list[Op]) -> None:
+        """The batch in one transaction; run again from fresh reads (caches dropped)
+        when it met another process's commit: a log row numbered from a view that was
+        stale (the primary key refused it), or a deadlock. Nothing of a failed attempt
+        was written; the last attempt's failure is the batch's."""
         self._batch_owned = sorted(
             {op.errand_id for op in batch if op.fn is None and op.owner is not None}
         )
-        super()._run_tx(batch)
+        for attempt in range(self.attempts):
+            try:
+                super()._run_tx(batch)
+                return
+            except (pgerrors.UniqueViolation, pgerrors.DeadlockDetected):
+                if attempt == self.attempts - 1:
+                    raise
+                self._forget()
+                self._commit_no = -1
+                for op in batch:
+                    op.result = op.error = None
 
     def _begin(self) -> psycopg.Connection[Any]:
         if self._wconn.closed or self._wconn.broken:
