@@ -267,6 +267,15 @@ def test_a_found_list_keeps_its_order_and_calls_any_tool_by_name() -> None:
     every = corpus_toolset([]).listing
     tools = [every.get("math.factorial"), every.get("calculate_triangle_area")]
     found = FoundToolList(tools, every)
-    assert found.names == ("math.factorial", "calculate_triangle_area")  # not sorted
-    assert found.get("requests.get").name == "requests.get"  # shown or not, callable
-    assert "requests.get" not in found
+    shown = [s.name for s in found.schemas]
+    assert shown == ["math.factorial", "calculate_triangle_area"]  # not sorted
+    assert found.get("requests.get").name == "requests.get"  # shown or not, callable ...
+    assert "requests.get" in found.names and len(found.names) == len(every)  # ... and named
+    assert "requests.get" not in shown
+
+
+async def test_a_schedule_may_name_a_tool_the_search_hides(
+    store: Store, settings: Settings
+) -> None:
+    h, _ = build(store, settings, Recording(TURNS))
+    assert len(h.tool_names()) == 3386  # (what a schedule's --tool is checked against)

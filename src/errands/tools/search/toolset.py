@@ -33,6 +33,7 @@ from errands.tools.toolset import ToolList, Toolset, _Memo
 
 __all__ = ["FoundToolList", "SearchingToolset", "schema_tokens"]
 
+
 def schema_tokens(schemas: Iterable[ToolSchema]) -> int:
     """Tokens of *schemas* as the budget counts them: characters / 4 of the
     ``json.dumps`` of their list of ``{name, description, parameters}``."""
@@ -47,9 +48,10 @@ class FoundToolList(ToolList):
     the order it was found): unlike :class:`ToolList`, not sorted by name, so a tool
     found later is appended after the others and never moves them.
 
-    Every tool of *every* (the inner toolset's list) can still be called by name: the
-    search decides what the model is shown, not what it may use (that is the allow-list's
-    and the policy's), so a task that names a tool it was told of works as before.
+    Every tool of *every* (the inner toolset's list) can still be called by name, and is
+    among :attr:`names`: the search decides what the model is shown (:attr:`schemas`), not
+    what it may use (that is the allow-list's and the policy's), so a task that names a
+    tool it was told of works as before.
     """
 
     __slots__ = ("every",)
@@ -63,6 +65,12 @@ class FoundToolList(ToolList):
         if name in self._by_name or name not in self.every:
             return super().get(name)
         return self.every.get(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every tool the errand may call (what a schedule's or a sub-errand's ``tools``
+        may name); the tools shown are :attr:`schemas`."""
+        return self.every.names
 
 
 def search_tools(query: str) -> str:  # (run by SearchingToolset.call)
