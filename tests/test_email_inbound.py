@@ -367,3 +367,82 @@ async def test_a_reply_taken_twice_joins_its_errand_once(
         if isinstance(s.event, ev.UserMessage) and s.event.channel == "email"
     ]  # fmt: skip
     assert len(replies) == 1 and "Add Friday too." in replies[0].content.text
+
+
+# -- the answer of someone an errand mailed (a vendor's reply wakes the chase) --------------
+
+EVE = "eve@test.example"  # never mailed by the errand: a stranger, however authenticated
+
+
+class AnyoneInTheThread(MailReader):
+    """The control: takes a reply in an errand's thread from anyone, mailed or not."""
+
+    def recipients(self, logged: Any, key: str) -> Any:
+        class Everyone:
+            def __contains__(self, address: object) -> bool:
+                return True
+
+        return Everyone()
+
+
+REPLIES = {  # who answers, their Authentication-Results (None: aligned), in the thread?
+    "the-vendor": (BOB, None, True),
+    "a-stranger-in-the-thread": (EVE, None, True),
+    "the-vendor-forged": (BOB, FORGED["not-aligned"], True),
+    "the-vendor-outside-the-thread": (BOB, None, False),
+}
+
+
+@pytest.mark.parametrize("case", list(REPLIES))
+@pytest.mark.parametrize("guard", [True, False], ids=["guard", "control"])
+async def test_the_answer_of_someone_the_errand_mailed_wakes_it_and_no_one_else_can(
+    mailed: Settings, mail: MailServers, store: SQLiteStore, case: str, guard: bool
+) -> None:
+    """bob is no allowed sender; the errand mailed him and sleeps. His authenticated reply
+    in that thread continues it -- as untrusted content -- and wakes it; a stranger's
+    reply in the same thread, a forged one, or bob outside the thread start and continue
+    nothing (control: a reader that takes a reply in the thread from anyone lets the
+    stranger in)."""
+    sender, results, threaded = REPLIES[case]
+    subject = f"Invoice {case} {guard}"  # (the mail servers serve every test of the run)
+    turns: list[dict[str, Any]] = [
+        {"tool_calls": [call("send_email", to=[BOB], subject=subject, body="Paid yet?")]},
+        {"tool_calls": [call("wait", seconds=2 * 86400, reason="the vendor's answer")]},
+        {"text": "The vendor answered."},
+    ]  # fmt: skip
+    h = harness_for(store, mailed, model=script(*turns))
+    reader = await reader_for(mailed, store) if guard else AnyoneInTheThread(mailed, store)
+    await reader.poll()
+    eid = await h.create(f"ask {BOB} whether invoice 7 is paid")
+    await asyncio.wait_for(h.runner().run_errand(eid), 30)
+    (pending,) = (await store.view(eid)).pending.values()
+    await h.approvals.approve(pending.id, by="me", channel="cli")
+    await asyncio.wait_for(h.runner().run_errand(eid), 30)
+    assert (await store.view(eid)).state is ErrandState.sleeping
+    sent = next(m for m in mail.messages(BOB) if subject.encode() in m)
+    message_id = next(
+        line.split(b":", 1)[1].strip().decode()
+        for line in sent.splitlines()
+        if line.lower().startswith(b"message-id:")
+    )
+    reply = a_mail(sender, f"Re: {subject}", "Paid this morning.", results=results,
+                   in_reply_to=message_id if threaded else None)  # fmt: skip
+    mail.deliver(reply, [ERRANDS])
+    tally = await reader.poll()
+    assert tally.started == 0 and await errands_of(store) == [eid]  # never a new errand
+    taken = case == "the-vendor" or (not guard and case == "a-stranger-in-the-thread")
+    if not taken:
+        assert (tally.continued, tally.refused) == (0, 1)
+        assert (await store.view(eid)).state is ErrandState.sleeping  # still asleep
+        return
+    if not guard and case != "the-vendor":  # the control: someone it never mailed got in
+        assert tally.continued == 1
+        return
+    assert (tally.continued, tally.refused) == (1, 0)
+    message = [s.event for s in await store.read(eid) if isinstance(s.event, ev.UserMessage)][-1]
+    assert message.by == f"email:{BOB}" and message.content.integrity.value == "untrusted"
+    assert "Paid this morning." in message.content.text
+    await asyncio.wait_for(h.runner().run_errand(eid), 30)  # woken early, it goes on
+    assert (await store.view(eid)).result == "The vendor answered."
+    woken = results_of(await store.read(eid), "wait")
+    assert woken and woken[-1].content.text.startswith("woken early: a message came")

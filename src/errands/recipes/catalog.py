@@ -183,8 +183,9 @@ def _chase(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleRequest, 
     )  # fmt: skip
     return request, [
         f"the first mail to {to} and each follow-up are approval cards; a reply from the "
-        "vendor stops the chase and the errand's answer tells you what they said (found at "
-        "the next deadline; at once when the vendor is an allowed sender, docs/email.md)"
+        "vendor stops the chase and the errand's answer tells you what they said (at once "
+        "when errands up reads the mail: their authenticated reply in the thread wakes it, "
+        "docs/email.md; else at the next deadline)"
     ]
 
 

@@ -4,7 +4,13 @@ Each new mail in the inbox (``[email] inbox_folder``), oldest first:
 
 - from anyone but an allowed sender the configured server authenticated
   (:class:`~errands.channels.email.senders.SenderCheck`): nothing starts; it is logged
-  and counted (``refused`` in the store's mail cursor);
+  and counted (``refused`` in the store's mail cursor) -- with one exception, the
+  **answer of someone an errand mailed**: a mail whose ``In-Reply-To``/``References``
+  name a mail an errand sent (its Message-ID, derived from the send's idempotency key,
+  :func:`~errands.tools.email.message.message_id_for`), from an address that send went to
+  (``to`` or ``cc``), which the configured server authenticated like an allowed sender's,
+  continues that errand (a vendor's reply wakes the chase). It can never start one, nor
+  continue an errand that did not mail that address (:meth:`MailReader.mailed_back`);
 - a reply -- ``In-Reply-To``/``References`` naming a mail an errand sent, or the mail
   that started one -- joins that errand as a message (it wakes a sleeping one);
 - otherwise it starts an errand whose id comes from its Message-ID.
@@ -22,22 +28,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from email.message import Message
+from email.utils import getaddresses
 from typing import Protocol, runtime_checkable
 
 from errands.channels.email.mailbox import Fetched, Mail, fetch_new, wait_for_mail
-from errands.channels.email.senders import SenderCheck
+from errands.channels.email.senders import SenderCheck, Verdict
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.labels import Confidentiality, Integrity, Provenance
 from errands.errors import ErrandExists, NotFound, StoreError
 from errands.mailconfig import EmailSettings
-from errands.store import Store
+from errands.store import Store, StoredEvent
 from errands.store.sqlite.mail_cursor import MailCursor
 from errands.tools.email.client import MailError
 from errands.tools.email.message import (
+    addresses,
     errand_for_mail,
     errand_of,
     header_value,
@@ -49,6 +59,36 @@ from errands.tools.workspace import make_workspace
 __all__ = ["CursorStore", "MailReader", "Tally"]
 
 log = logging.getLogger("errands.email")
+
+_SENT = re.compile(r"^<errands\.([A-Za-z0-9_.-]{1,200})@[^<>\s]+>$")
+
+
+def _sent_key(message_id: str) -> str | None:
+    """The idempotency key of the send that made *message_id* (None: not one of ours)."""
+    found = _SENT.match(message_id.strip())
+    return found.group(1) if found else None
+
+
+def _sent_to(logged: Sequence[StoredEvent], key: str) -> set[str]:
+    """The addresses (lower-cased) the errand's ``send_email`` call *key* mailed, if it
+    ran and succeeded."""
+    intents = {
+        s.seq: s.event
+        for s in logged
+        if isinstance(s.event, ev.ToolIntent)
+        and s.event.tool == "send_email"
+        and s.event.idempotency_key == key
+    }
+    for stored in logged:
+        event = stored.event
+        if isinstance(event, ev.ToolResult) and event.ok and event.intent_seq in intents:
+            args = intents[event.intent_seq].arguments
+            named: list[str] = []
+            for field in ("to", "cc"):
+                value = args.get(field) or []
+                named += [value] if isinstance(value, str) else [str(v) for v in value]
+            return {address.strip().lower() for _, address in getaddresses(named) if address}
+    return set()
 
 
 @runtime_checkable
@@ -119,6 +159,12 @@ class MailReader:
         """Start or continue an errand with *mail*; False if it was refused."""
         msg = parse(mail.raw)
         verdict = self.check.check(msg)
+        target: str | None = None
+        if verdict.sender is None:
+            answered = await self.mailed_back(msg)
+            if answered is not None:
+                target, sender = answered
+                verdict = Verdict(sender, f"answers a mail errand {target} sent to {sender}")
         if verdict.sender is None:
             tally.refused += 1
             log.warning(
@@ -138,7 +184,7 @@ class MailReader:
             integrity=Integrity.untrusted,
             confidentiality=Confidentiality.private,
         )
-        target = await self._answers(msg)
+        target = target or await self._answers(msg)
         if target is not None:
             return await self._continue(target, key, content, verdict.sender, tally)
         return await self._start(key, msg, content, verdict.sender, tally)
@@ -157,6 +203,35 @@ class MailReader:
                     await self.store.view(errand_id)
                     return errand_id
         return None
+
+    async def mailed_back(self, msg: Message) -> tuple[str, str] | None:
+        """(errand, sender) when *msg* answers a mail an errand sent, from an address that
+        mail went to, authenticated by the configured server; None otherwise."""
+        froms = addresses(msg, "From")
+        if len(froms) != 1:
+            return None
+        sender = froms[0].lower()
+        refs = " ".join(header_value(msg, h) for h in ("In-Reply-To", "References"))
+        for ref in reversed(refs.split()):
+            errand_id = errand_of(ref)
+            key = _sent_key(ref)
+            if errand_id is None or key is None:
+                continue
+            try:
+                logged = await self.store.read(errand_id)
+            except NotFound:
+                continue
+            if sender in self.recipients(logged, key):
+                why = self.check.authenticated(msg, sender)
+                if why is not None:
+                    log.warning("mail: a reply to errand %s from %s: %s", errand_id, sender, why)
+                    return None
+                return errand_id, sender
+        return None
+
+    def recipients(self, logged: Sequence[StoredEvent], key: str) -> Container[str]:
+        """Who the errand's send *key* mailed (tests pass a control that says anyone)."""
+        return _sent_to(logged, key)
 
     async def _start(
         self, key: str, msg: Message, content: ev.Content, sender: str, tally: Tally
