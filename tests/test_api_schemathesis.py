@@ -140,6 +140,12 @@ expected-statuses = ["2xx", "404"]
 include-operation-id = "approveMcp"
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "404", "409", "422"]
+
+# a memory id that names nothing (404)
+[[operations]]
+include-operation-id = "deleteMemory"
+[operations.checks.positive_data_acceptance]
+expected-statuses = ["2xx", "404"]
 """
 
 

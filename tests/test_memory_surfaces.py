@@ -97,7 +97,7 @@ def test_the_api_lists_searches_and_deletes_with_the_apis_auth(server: ServerPro
             api.get("/api/memory", params={"q": "widgets", "scope": "schedule:digest"}).json() == []
         )
         bad = api.get("/api/memory", params={"scope": "nobody"})
-        assert bad.status_code == 422 and "bad memory scope" in bad.json()["detail"]
+        assert bad.status_code == 422 and "scope" in bad.json()["detail"]
         assert api.get("/api/memory", params={"q": " "}).status_code == 422
         assert api.delete("/api/memory/999").status_code == 404
         before = len(api.get("/api/memory").json())

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from errands.server.context import ServerContext
 from errands.server.schemas import ErrorBody
-from errands.store.memory import MAX_QUERY_CHARS, as_dict
+from errands.store.memory import MAX_QUERY_CHARS, SCOPE_PATTERN, as_dict
 
 __all__ = ["add_memory_routes"]
 
@@ -53,10 +53,14 @@ def add_memory_routes(router: APIRouter, get_ctx: Callable[[Request], ServerCont
         request: Request,
         scope: Annotated[
             str | None,
-            Query(max_length=80, description="person, or schedule:NAME (default: every scope)"),
+            Query(
+                pattern=SCOPE_PATTERN,
+                description="person, or schedule:NAME (default: every scope)",
+            ),
         ] = None,
         q: Annotated[
-            str | None, Query(max_length=MAX_QUERY_CHARS, description="words (any of them)")
+            str | None,
+            Query(max_length=MAX_QUERY_CHARS, pattern=r"\w", description="words (any of them)"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> list[dict[str, Any]]:

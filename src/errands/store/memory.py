@@ -23,6 +23,7 @@ __all__ = [
     "MAX_QUERY_CHARS",
     "MAX_TAGS",
     "PERSON",
+    "SCOPE_PATTERN",
     "as_dict",
     "check_limit",
     "check_memory",
@@ -39,7 +40,8 @@ MAX_TAGS = 8
 MAX_TAG_CHARS = 32
 MAX_LIMIT = 1_000
 # (a schedule's name, as errands.core.schedules accepts it)
-_SCOPE = re.compile(r"person|schedule:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+SCOPE_PATTERN = r"^(person|schedule:[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$"
+_SCOPE = re.compile(SCOPE_PATTERN)
 _TAG = re.compile(r"[\w.-]{1,32}")
 _WORD = re.compile(r"\w+")
 
