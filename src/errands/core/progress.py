@@ -102,6 +102,8 @@ class Progress:
     # ``label`` is then the join of what the model saw, and ``values`` what handles stand for
     plan: bool = False
     values: dict[str, Value] = field(default_factory=dict)
+    # the latest fold snapshot written or read (errands.core.snapshot); not part of the fold
+    snapshot_seq: int = field(default=0, compare=False)
 
     @classmethod
     def empty(cls, errand_id: str) -> Progress:
@@ -110,8 +112,6 @@ class Progress:
     @property
     def last_seq(self) -> int:
         return self.view.last_seq
-    # the latest fold snapshot written or read (errands.core.snapshot); not part of the fold
-    snapshot_seq: int = field(default=0, compare=False)
 
     def apply(self, seq: int, event: ev.Event) -> None:
         apply(self.view, seq, event)  # checks the sequence has no gap

@@ -533,10 +533,10 @@ class Loop:
         for seq, event in zip(seqs, logged, strict=True):
             if seq > p.last_seq:  # a concurrent call's catch-up may have folded it in already
                 p.apply(seq, event)
+        await maybe_save(self.store, p, seqs, logged)  # a fold snapshot every 1,000 events
         return seqs
 
     async def _catch_up(self, p: Progress) -> None:
         self.dirty.discard(p.errand_id)
         for stored in await self.store.read(p.errand_id, after=p.last_seq):
             p.apply(stored.seq, stored.event)
-        await maybe_save(self.store, p, seqs, logged)  # a fold snapshot every 1,000 events
