@@ -113,6 +113,22 @@ def test_the_api_lists_searches_and_deletes_with_the_apis_auth(server: ServerPro
         assert gone == (404 if expected == 200 else expected)
 
 
+def test_with_a_token_the_memory_api_refuses_a_caller_without_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home, "[server]\nrequire_token = true")
+    seed(home)
+    proc = ServerProc(home, port=free_port()).start()
+    try:
+        assert proc.token
+        with httpx.Client(base_url=proc.url) as anonymous:
+            assert anonymous.get("/api/memory").status_code == 401
+            assert anonymous.delete("/api/memory/1").status_code == 401
+        with proc.client() as api:  # (the token) -- nothing was deleted
+            assert [m["id"] for m in api.get("/api/memory").json()] == [3, 2, 1]
+    finally:
+        proc.kill()
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):  # a missing browser is a failure, never a skip

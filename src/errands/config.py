@@ -31,8 +31,10 @@ from errands.mailconfig import EmailSettings
 __all__ = [
     "BudgetSettings",
     "ConfigError",
+    "ContextSettings",
     "McpServerSettings",
     "McpSettings",
+    "ModelSettings",
     "NetworkSettings",
     "NotifySettings",
     "Price",
@@ -273,6 +275,33 @@ class SubagentSettings(BaseModel):
     recheck_seconds: float = Field(default=3600.0, gt=0)
 
 
+class ContextSettings(BaseModel):
+    """``[context]``: how a long errand's context is kept inside its model's window
+    (docs/context.md). Shares are of the model's context window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compact_at: float = Field(default=0.8, gt=0, le=1)  # compact before passing this share
+    compact_to: float = Field(default=0.5, gt=0, lt=1)  # ... down to this share
+    summary_tokens: int = Field(default=2000, gt=0)  # the summary's max_tokens
+
+    @model_validator(mode="after")
+    def _order(self) -> Self:
+        if self.compact_to >= self.compact_at:
+            raise ValueError(
+                f"compact_to ({self.compact_to:g}) must be below compact_at ({self.compact_at:g})"
+            )
+        return self
+
+
+class ModelSettings(BaseModel):
+    """``[models."SPEC"]``: what errands should know about one model spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    context_window: int | None = Field(default=None, gt=0)  # tokens (input and output)
+
+
 class ProviderSettings(BaseModel):
     """``[providers.NAME]``: a named endpoint (``NAME:MODEL`` specs), or the limits and
     retry settings of a built-in provider when NAME is ``openai``, ``anthropic``, ...
@@ -427,6 +456,9 @@ class Settings(BaseModel):
     # [mcp]: MCP servers whose tools errands offers, once pinned (errands.tools.mcp)
     mcp: McpSettings = McpSettings()
     subagents: SubagentSettings = SubagentSettings()
+    # [context] and [models."SPEC"]: compaction of long errands (docs/context.md)
+    context: ContextSettings = ContextSettings()
+    models: dict[str, ModelSettings] = {}
     # [email]: the mail server (errands.mailconfig; docs/email.md); None: no email
     email: EmailSettings | None = None
 

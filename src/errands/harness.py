@@ -43,6 +43,7 @@ from errands.store import Store, open_store
 from errands.store.redact import Redactor
 from errands.store.sqlite.connection import unavailable
 from errands.textlimit import check_text
+from errands.tools.builtin.recall import RecallToolset
 from errands.tools.extract import PlanToolset
 from errands.tools.plugins import load_tools
 from errands.tools.toolset import AllowedToolset, CombinedToolset, Toolset
@@ -329,7 +330,10 @@ def build(
     return Harness(
         settings=settings,
         store=the_store,
-        toolset=toolset_for(settings, toolsets, builtins=builtins),
+        # recall_output for errands whose context may be compacted (docs/context.md)
+        toolset=RecallToolset(
+            toolset_for(settings, toolsets, builtins=builtins), settings, the_store
+        ),
         models=models or Models(settings),
         _policy=policy,
         mcp=mcp,

@@ -167,6 +167,15 @@ def event_line(stored: StoredEvent, *, streamed: bool = False) -> str | None:
             return f"{seq}[dim]✖ cancel requested by {safe(e.by)}: {safe(e.reason)}[/dim]"
         case ev.ErrandPurged():
             return f"{seq}[dim]private content purged by {safe(e.by)}[/dim]"
+        case ev.ContextCompacted():
+            what = [f"{len(e.masked)} outputs masked"] if e.masked else []
+            if e.summary is not None:
+                what.append(f"{e.summarised} messages summarised")
+            return (
+                f"{seq}[dim]context compacted ({', '.join(what)}): ~{e.tokens_before:,} -> "
+                f"~{e.tokens_after:,} of {e.window:,} tokens[/dim]"
+                + (f"{_label(e.summary)}" if e.summary is not None else "")
+            )
         case ev.ErrandCompacted():
             return f"{seq}[dim]compacted by retention ({e.events} events, {e.bytes:,} bytes): {safe(e.summary)}[/dim]"
         case ev.LimitsRaised():

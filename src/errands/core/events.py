@@ -29,6 +29,7 @@ __all__ = [
     "ApprovalRequested",
     "CancelRequested",
     "Content",
+    "ContextCompacted",
     "EffectClass",
     "ErrandCompacted",
     "ErrandCreated",
@@ -38,6 +39,7 @@ __all__ = [
     "EventTooNew",
     "Limits",
     "LimitsRaised",
+    "MaskedOutput",
     "ModelRequested",
     "ModelResponded",
     "ModelUsed",
@@ -343,6 +345,32 @@ class ErrandCompacted(_Event):
     bytes: int  # and their stored bytes
 
 
+class MaskedOutput(BaseModel):
+    """A tool output taken out of the context: the model reads *stub* in its place, and
+    ``recall_output`` brings the output back by its handle (the result's *seq*)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int  # the tool_result event whose output this is
+    index: int  # its place in the transcript when it was masked
+    stub: str
+
+
+class ContextCompacted(_Event):
+    """The errand's context was compacted to stay inside its model's window
+    (errands.engine.context): old tool outputs *masked*, and/or the *summarised*
+    messages after the first replaced by *summary* (labelled with the join of what it
+    summarises). Folding it gives the next requests' transcript exactly."""
+
+    type: Literal["context_compacted"] = "context_compacted"
+    window: int  # the model's context window, in tokens
+    tokens_before: int  # estimates of the context, before and after
+    tokens_after: int
+    masked: list[MaskedOutput] = []
+    summarised: int = 0  # messages 1..summarised (the request, message 0, is kept)
+    summary: Content | None = None
+
+
 Event = Annotated[
     ErrandCreated
     | UserMessage
@@ -360,7 +388,8 @@ Event = Annotated[
     | LimitsRaised
     | Sleeping
     | ModelUsed
-    | ErrandCompacted,
+    | ErrandCompacted
+    | ContextCompacted,
     Field(discriminator="type"),
 ]
 
@@ -384,6 +413,7 @@ EVENT_TYPES: dict[str, type[_Event]] = {
         Sleeping,
         ModelUsed,
         ErrandCompacted,
+        ContextCompacted,
     )
 }
 

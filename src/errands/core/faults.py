@@ -21,6 +21,8 @@ Points:
 - ``watch_changed``     a watch saw new items, the run they start is not yet fired
 - ``child_created``     a delegate call's child is created, the next one is not yet
 - ``child_folder``      a child's folder (a git worktree) is made, the child is not yet
+- ``mid_compaction``    a context compaction's masking is logged and its summary
+                        answered, the summary is not logged
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ POINTS = (
     "watch_changed",
     "child_created",
     "child_folder",
+    "mid_compaction",
 )
 
 FaultHook = Callable[[str], None]

@@ -13,7 +13,7 @@ must carry back to its API.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from errands.clock import date_line
@@ -87,6 +87,14 @@ class Progress:
     requested_args: dict[int, dict[str, Any]] = field(default_factory=dict)  # validated, by seq
     last_usage: ev.Usage | None = None  # of the latest model call (budgets estimate from it)
     answered: int = 0  # how many messages the latest model call's context and reply made
+    # the seq of the event each message (each held message) came from: a masked output's
+    # handle (errands.engine.context)
+    origins: list[int] = field(default_factory=list)
+    held_origins: list[int] = field(default_factory=list)
+    # after a context compaction (errands.engine.context): its token estimate, and how
+    # many messages the transcript then had
+    compacted_tokens: int | None = None
+    compacted_len: int = 0
     # the provider has been failing since this wall time (retryable errors, no reply yet)
     outage_since: float | None = None
     outage_errors: int = 0
@@ -135,6 +143,7 @@ class Progress:
                         replay=event.replay,  # provider state, carried by the log
                     )
                 )
+                self.origins.append(seq)
                 self.calls = {
                     c.call_id: CallState(
                         call=c, index=i, request_seq=event.request_seq, label=label
@@ -170,6 +179,7 @@ class Progress:
                             is_error=not event.ok,
                         )
                     )
+                    self.origins.append(seq)
                     self.pieces.append(Piece(seq, event.at, event.content))
                     if all(c.done for c in self.calls.values()):
                         self.needs_model = True
@@ -186,7 +196,7 @@ class Progress:
                     self._user(event.content, heading=self.dated, seq=seq)
             case ev.UserMessage(channel="clock"):
                 self.dated = event.content.text
-                self._user(event.content)
+                self._user(event.content, seq=seq)
             case ev.UserMessage():
                 self._user(event.content, seq=seq)
                 self.pieces.append(Piece(seq, event.at, event.content, said=True))
@@ -240,6 +250,8 @@ class Progress:
                 elif event.state == "running":  # reopened: ask again what was not answered
                     self.needs_model = self.needs_model or self.open_request_seq is not None
                     self.failures, self.outage_since, self.outage_errors = 0, None, 0
+            case ev.ContextCompacted():
+                self._compacted(seq, event)
             case _:
                 pass
 
@@ -257,8 +269,10 @@ class Progress:
         message = Message(role="user", text=text)
         if any(not c.done for c in self.calls.values()):
             self.held_messages.append(message)  # joins at the next step, after the results
+            self.held_origins.append(seq)
         else:
             self.messages.append(message)
+            self.origins.append(seq)
             self.needs_model = True
             self.final_text = None
 
@@ -311,7 +325,23 @@ class Progress:
 
     def _release_held(self) -> None:
         self.messages.extend(self.held_messages)
+        self.origins.extend(self.held_origins)
         self.held_messages.clear()
+        self.held_origins.clear()
+
+    def _compacted(self, seq: int, event: ev.ContextCompacted) -> None:
+        """The transcript as compacted (errands.engine.context): masked outputs become
+        their stubs; a summary takes the place of messages 1..summarised."""
+        for masked in event.masked:
+            self.messages[masked.index] = replace(self.messages[masked.index], text=masked.stub)
+        if event.summary is not None and event.summarised:
+            end = 1 + event.summarised
+            self.messages[1:end] = [Message(role="user", text=event.summary.text)]
+            self.origins[1:end] = [seq]
+            self.label = self.label.joined(event.summary.label)
+            self.pieces.append(Piece(seq, event.at, event.summary))
+        self.answered = 0  # (the last usage no longer measures a prefix of the transcript)
+        self.compacted_tokens, self.compacted_len = event.tokens_after, len(self.messages)
 
     def _by_approval(self, request_seq: int) -> CallState | None:
         for call in self.calls.values():

@@ -260,6 +260,7 @@ _FOLD: dict[type[Any], Callable[[ErrandView, int, Any], None]] = {
     ev.Sleeping: _sleeping,
     ev.ModelUsed: _model_used,
     ev.ErrandCompacted: _errand_compacted,
+    ev.ContextCompacted: _working,
 }
 assert set(_FOLD) == set(ev.EVENT_TYPES.values()), "every event type has a fold rule"
 

@@ -38,6 +38,7 @@ from errands.core.progress import CallState, Progress
 from errands.core.states import TERMINAL, ErrandState, ErrandView
 from errands.costs.pricing import cost_usd
 from errands.engine.budgets import Budgets
+from errands.engine.context import Context
 from errands.engine.delegate import WAITING, Delegation
 from errands.engine.dispatch import Dispatcher, ShowsOutput
 from errands.engine.inflight import InFlight, Interrupted
@@ -77,6 +78,7 @@ class Loop:
     dispatcher_class: type[Dispatcher] = Dispatcher
     budgets_class: type[Budgets] = Budgets
     delegation_class: type[Delegation] = Delegation
+    context_class: type[Context] = Context
 
     def __init__(
         self,
@@ -96,6 +98,8 @@ class Loop:
         self.settings = settings
         self.budgets = self.budgets_class(store, settings)
         self.delegation = self.delegation_class(store, settings, toolset)  # sub-errands
+        # compaction of long contexts (errands.engine.context)
+        self.context = self.context_class(settings, self._append_guarded, self._summarise)
         self.owner = owner
         self.on_text = on_text
         self.dirty: set[str] = set()  # errands an outsider wrote to since we last looked
@@ -267,6 +271,11 @@ class Loop:
             errand_id=p.errand_id,
             priority=0 if p.view.parent else 1,  # parents before their fan-out
         )
+        if self.context.over(p, request):  # compact it into the model's context window
+            fitted = await self._fit(p, model, request)
+            if fitted is None:
+                return
+            request = fitted
         blocked = await self.budgets.reserve(p, model, request, request_seq)
         if blocked is not None and blocked.wait:
             await asyncio.sleep(blocked.wait)  # calls in flight hold the budget: ask again
@@ -286,6 +295,25 @@ class Loop:
             if p.open_request_seq == request_seq:  # not logged: keep it, never pay twice
                 self._unlogged[(p.errand_id, request_seq)] = reply
             raise
+
+    async def _fit(self, p: Progress, model: Model, request: ModelRequest) -> ModelRequest | None:
+        """*request*, compacted if it would not fit (errands.engine.context); None when
+        the errand must stop here (a cancel, the summary's model failing: logged)."""
+        try:
+            return await self.context.fit(p, model, request)
+        except Stopped:
+            await self._catch_up(p)
+        except ModelError as exc:
+            await self._model_failed(p, exc)
+        return None
+
+    async def _summarise(self, p: Progress, model: Model, request: ModelRequest) -> ModelReply:
+        """A compaction's summary call, bounded like any model call."""
+        call = self._complete(model, request, p.errand_id, stream=False)
+        return tame(await self.in_flight.run(p.errand_id, call, self._time_left(p)))
+
+    async def _append_guarded(self, p: Progress, events: Sequence[ev.Event]) -> list[int]:
+        return await self._append(p, events, guard=_not_cancelled)
 
     async def _call_model(
         self, p: Progress, model: Model, request: ModelRequest
@@ -413,9 +441,11 @@ class Loop:
         )
         return reply.text, usage, reply.model or model.name
 
-    async def _complete(self, model: Model, request: ModelRequest, errand_id: str) -> ModelReply:
+    async def _complete(
+        self, model: Model, request: ModelRequest, errand_id: str, *, stream: bool = True
+    ) -> ModelReply:
         # streamed text, and the resets of retries and fallbacks, go to the listener
-        sink = None if self.on_text is None else ErrandText(self.on_text, errand_id)
+        sink = None if self.on_text is None or not stream else ErrandText(self.on_text, errand_id)
 
         # retries, fallback and rate limits are wrappers around the model (models/spec.py)
         try:
