@@ -21,6 +21,7 @@ clear error.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -454,3 +455,16 @@ def test_bad_context_settings_on_the_cli(cli: Any, home: Path) -> None:
     result = cli("models")
     assert result.returncode != 0
     assert "context.compact_at" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_errands_models_shows_the_context_windows(cli: Any, home: Path) -> None:
+    (home / "errands.toml").write_text(
+        'default_model = "anthropic:claude-sonnet-4-5"\n'
+        '[models."openai:my-tune"]\ncontext_window = 32000\n'
+    )
+    shown = cli("models", "--json")
+    assert shown.returncode == 0, shown.stderr
+    windows = json.loads(shown.stdout)["context_windows"]
+    assert windows == {"anthropic:claude-sonnet-4-5": 200_000, "openai:my-tune": 32_000}
+    text = cli("models").stdout
+    assert "openai:my-tune: 32,000 tokens" in text

@@ -189,7 +189,18 @@ def inventory(settings: Settings) -> dict[str, Any]:
         "providers": [_provider_info(n, settings).to_json() for n in names],
         "chains": {k: list(v) for k, v in sorted(settings.chains.items())},
         "keyring": keyring_state(),
+        "context_windows": _windows(settings),
     }
+
+
+def _windows(settings: Settings) -> dict[str, int | None]:
+    """The context window of each model in use and each ``[models."SPEC"]`` (None: not
+    known, so never compacted; docs/context.md)."""
+    from errands.models.windows import context_window
+
+    specs = [settings.default_model, *_specs_in_use(settings), *sorted(settings.models)]
+    specs += [f"chain:{name}" for name in sorted(settings.chains)]
+    return {spec: context_window(spec, settings) for spec in dict.fromkeys(specs)}
 
 
 # -- doctor ------------------------------------------------------------------------------

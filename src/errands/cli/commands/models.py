@@ -61,6 +61,10 @@ def models(as_json: JsonOpt = False) -> None:
     for name, members in inv["chains"].items():
         out.print(escape(f"  chain:{name} = {', '.join(members)}"), highlight=False)
     out.print(escape(f"keyring: {inv['keyring']}"), highlight=False)
+    out.print("[bold]context windows:[/bold] (docs/context.md)")
+    for spec, window in inv["context_windows"].items():
+        shown = f"{window:,} tokens" if window else "not known (never compacted)"
+        out.print(escape(f"  {spec}: {shown}"), highlight=False)
 
 
 def doctor(
