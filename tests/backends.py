@@ -21,7 +21,7 @@ from errands.clock import Clock
 from errands.store import Store
 from errands.store.sqlite import SQLiteStore
 
-__all__ = ["BACKENDS", "Backend", "backend", "store_in"]
+__all__ = ["BACKENDS", "Backend", "backend", "raw_connection", "store_in"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,19 @@ for _name in BACKENDS:
         raise ValueError(
             f"ERRANDS_TEST_BACKENDS: unknown backend {_name!r} (known: {sorted(_ALL)})"
         )
+
+
+def raw_connection(store: Store) -> Any:
+    """A connection to *store*'s database beside it (autocommit), for a test that looks
+    at or tampers with its tables: ``conn.execute(sql)``, iterating the result, ``close``."""
+    from errands.store.postgres import PostgresStore
+
+    if isinstance(store, PostgresStore):
+        import psycopg
+
+        return psycopg.connect(store.url, autocommit=True)
+    assert isinstance(store, SQLiteStore)
+    return sqlite3.connect(store.path)
 
 
 def backend(name: str) -> Backend:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import raw_connection
 from conftest import CLI
 from helpers.kit import harness_for
 from hypothesis import HealthCheck
@@ -71,7 +72,7 @@ async def ask(store: Store, eid: str) -> int:
 
 
 def holds(store: Store) -> list[tuple[str, str, int]]:
-    conn = sqlite3.connect(store.path)
+    conn = raw_connection(store)
     try:
         return [
             (str(h), str(s), int(n))
@@ -186,7 +187,7 @@ async def test_a_childs_calls_spend_its_ancestors_budgets(store: Store, settings
 
 
 def spend_totals(store: Store) -> dict[str, int]:
-    conn = sqlite3.connect(store.path)
+    conn = raw_connection(store)
     try:
         return spend_tables.totals(conn)
     finally:
@@ -198,7 +199,7 @@ async def test_integrity_check_finds_a_tampered_spend_and_rebuild_repairs_it(
 ) -> None:
     a = await create_errand(store, settings, "a")
     await store.append(a, [responded(await ask(store, a), 0.125)])
-    conn = sqlite3.connect(store.path)
+    conn = raw_connection(store)
     with conn:
         conn.execute("UPDATE spend SET nanos = 1 WHERE scope LIKE 'day:%'")
     conn.close()
