@@ -46,6 +46,7 @@ from errands.models.spec import check_spec
 from errands.server.context import ServerContext, model_help
 from errands.server.editing import Editor, editor_for
 from errands.server.handlers import listing, marks, pending_with_titles, store_condition
+from errands.server.inbox_tree import add_tree_routes, tree_of
 from errands.server.mcp_inbox import add_mcp_page
 from errands.server.memory_inbox import add_memory_page
 from errands.server.prices import price_hint
@@ -421,6 +422,7 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             return page(request, "missing.html", status=404, errand_id=errand_id)
         values["pending_count"] = len(await ctx.store.pending_approvals())
         values["timeline"] = timeline(values["events"])
+        values["tree"] = await tree_of(ctx.store, errand_id)  # its sub-errands, live
         return page(request, "errand.html", **values)
 
     @router.get("/fragments/errands/{errand_id}", response_class=HTMLResponse)
@@ -491,6 +493,7 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
 
     add_mcp_page(router, get_ctx, page)  # /mcp: MCP servers' pins (errands.server.mcp_inbox)
     add_memory_page(router, get_ctx, page)  # /memory (errands.server.memory_inbox)
+    add_tree_routes(router, get_ctx, env)  # sub-errands (errands.server.inbox_tree)
 
     @router.get("/costs", response_class=HTMLResponse)
     async def costs_page(request: Request, days: int | None = None) -> HTMLResponse:

@@ -56,8 +56,9 @@ __all__ = [
     "StoredEventOut",
 ]
 
-ERRAND_ID = r"^[A-Za-z0-9_-]{1,64}$"
-APPROVAL_ID = r"^[A-Za-z0-9_-]{1,64}\.[0-9]{1,9}$"
+# an errand's id; a sub-errand's is its parent's and ".SEQ.CALL.K" (docs/subagents.md)
+ERRAND_ID = r"^[A-Za-z0-9_-]{1,64}(\.[0-9]{1,9}){0,12}$"
+APPROVAL_ID = r"^[A-Za-z0-9_-]{1,64}(\.[0-9]{1,9}){1,13}$"
 SCHEDULE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # (errands.core.schedules)
 # at least one character that is not white space -- by every definition in play: the JSON
 # Schema (ECMAScript) regex of a client, pydantic's (Unicode) regex, and Python's str.strip()
