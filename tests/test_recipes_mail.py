@@ -380,7 +380,10 @@ async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes
     # the first card, approved with "always" for that recipient, wrote a standing rule
     # pinning exactly who receives it (to, and no cc) ...
     policy = (home / "policy.toml").read_text()
-    assert 'args = { "to" = "[[]\\"me@test.example\\"]", "cc" = "null" }' in policy
+    assert (
+        'args = { "to" = "[[]\\"me@test.example\\"]", "cc" = "null", "attachments" = "null" }'
+        in policy
+    )
     # ... and still each morning asks: the summary's body comes from the board, untrusted,
     # and flow control's ask outvotes a standing rule (docs/security.md, P-T)
     assert policy.count("standing rule") == 1 and [len(c) for c in cards] == [1, 1, 1]

@@ -60,9 +60,11 @@ def standing_pattern(roles: Mapping[str, ArgRole], args: Mapping[str, Any]) -> d
     pattern: dict[str, str] = {}
     for name, role in roles.items():
         value = args.get(name)
-        if role is ArgRole.recipient and name in args and (value is None or _strings(value)):
-            # a list of recipients (send_email's to and cc) exactly, an empty or absent one
-            # included: "always to ana" never lets a later call add someone
+        as_list = role is ArgRole.recipient or (role is ArgRole.path and not isinstance(value, str))
+        if as_list and name in args and (value is None or _strings(value)):
+            # a list of recipients (send_email's to and cc) or of paths (its attachments)
+            # exactly, an empty or absent one included: "always to ana" never lets a later
+            # call add someone, nor attach a file
             pattern[name] = _escaped(json.dumps(value, sort_keys=True))
             continue
         if not isinstance(value, str) or not value:

@@ -26,6 +26,7 @@ from pydantic_core import core_schema
 from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity
 from errands.mailconfig import EmailSettings, address_ok
+from errands.tools.email.attachments import attach, describe, read_attachments
 from errands.tools.email.client import MailError, imap_session, select
 from errands.tools.email.message import (
     MAX_HEADER_CHARS,
@@ -45,7 +46,14 @@ EMAIL_TOOLS = ("draft_email", "read_email", "search_email", "send_email")
 DRAFT_ARGS = "send_email arguments: "  # the last line of a draft's result, then JSON
 MAX_RESULTS = 50
 _MESSAGE_ID = re.compile(r"^<[^<>\s]+@[^<>\s]+>$")
-_ROLES = {"to": "recipient", "cc": "recipient", "subject": "subject", "body": "body"}
+# attachments are paths of the workspace: a standing rule pins them exactly, as a list
+_ROLES = {
+    "to": "recipient",
+    "cc": "recipient",
+    "subject": "subject",
+    "body": "body",
+    "attachments": "path",
+}
 
 
 def _untrusted(text: str, source: str) -> ToolOutput:
@@ -124,7 +132,10 @@ def email_preview(settings: EmailSettings) -> Preview:
         lines.append(f"subject: {args.get('subject', '')}")
         if args.get("in_reply_to"):
             lines.append(f"in reply to: {args['in_reply_to']} (the thread it answers)")
-        lines.append("attachments: none")
+        body_size = len(str(args.get("body", "")).encode())
+        lines += describe(
+            workspace, list(args.get("attachments") or []), settings.max_message_bytes - body_size
+        )
         lines += ["", str(args.get("body", ""))]
         return "\n".join(lines)
 
@@ -139,6 +150,7 @@ _MAIL_ARGS = """
         body: The text of the mail.
         cc: Copies to these addresses.
         in_reply_to: The Message-ID of the mail this answers, if any.
+        attachments: Files of the workspace to attach, by path (e.g. `["report.csv"]`).
 """
 
 MailAction = Callable[[dict[str, Any], ToolContext], Awaitable[str]]
@@ -156,9 +168,14 @@ def _mail_tool(
         ctx: ToolContext,
         cc: list[Address] | None = None,
         in_reply_to: MessageId | None = None,
+        attachments: list[str] | None = None,
     ) -> str:
         check_body(settings, to, body)
-        mail = {"to": to, "cc": cc or [], "subject": subject, "body": body}
+        mail: dict[str, Any] = {"to": to, "cc": cc or [], "subject": subject, "body": body}
+        if attachments:  # (checked now: a missing or too big file is the call's error)
+            room = settings.max_message_bytes - len(body.encode())
+            read_attachments(ctx.workspace, attachments, room)
+            mail["attachments"] = list(attachments)
         return await act({**mail, "in_reply_to": in_reply_to}, ctx)
 
     fn.__name__ = fn.__qualname__ = name
@@ -257,12 +274,17 @@ def email_toolset(settings: EmailSettings, outbox: Outbox | None = None) -> Emai
         return f"draft {ctx.idempotency_key} saved (not sent):\n{preview}\n\n{DRAFT_ARGS}{as_sent}"
 
     async def send(mail: dict[str, Any], ctx: ToolContext) -> str:
+        paths = mail.pop("attachments", [])
         msg = build_message(
             sender=settings.sender,
             message_id=message_id_for(ctx.idempotency_key, settings.address),
             **mail,
         )
-        return await asyncio.to_thread(sender.send, msg)
+        room = settings.max_message_bytes - len(mail["body"].encode())
+        files = read_attachments(ctx.workspace, paths, room)
+        attach(msg, files)
+        said = await asyncio.to_thread(sender.send, msg)
+        return said + "".join(f"\nattached: {f.line()}" for f in files)
 
     draft_email = _mail_tool(
         "draft_email", "Write a draft for the person to review; nothing is sent.", settings, draft
