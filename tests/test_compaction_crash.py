@@ -9,8 +9,9 @@ simulator answers from each request alone, so both runs are answered alike. The
 resumed run asks for the lost summary again -- the same bytes -- and every request of
 it is, byte for byte, the uninterrupted run's.
 
-Negative control: the same comparison catches a change -- a run whose tool outputs
-differ by one page makes the two lists of requests differ.
+Negative controls: a compactor that keeps its running count in the process (not
+derived from the log) sends other requests after the resume than a run that went
+through; and the comparison sees a run whose outputs differ by one character a page.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ CHARS, WINDOW, PAGES = 500, 8000, 40
 
 
 def run_worker(
-    home: Path, sim: ArchiveSim, *, fault: str | None = None, chars: int = CHARS
+    home: Path, sim: ArchiveSim, *, fault: str | None = None, chars: int = CHARS, control: bool
 ) -> subprocess.CompletedProcess[str]:
     home.mkdir(mode=0o700, exist_ok=True)
     env = child_env(fault=fault)
@@ -43,6 +44,7 @@ def run_worker(
             EID,
             str(chars),
             str(WINDOW),
+            *(["control"] if control else []),
         ],
         capture_output=True,
         text=True,
@@ -52,15 +54,17 @@ def run_worker(
     )
 
 
-def requests_of(home: Path, *, fault: str | None = None, chars: int = CHARS) -> list[bytes]:
+def requests_of(
+    home: Path, *, fault: str | None = None, chars: int = CHARS, control: bool = False
+) -> list[bytes]:
     """The raw bodies the simulator received: one run, or a killed run and its resume."""
     with ArchiveSim(PAGES) as sim:
-        first = run_worker(home, sim, fault=fault, chars=chars)
+        first = run_worker(home, sim, fault=fault, chars=chars, control=control)
         if fault is None:
             assert first.returncode == 0 and first.stdout.strip() == "done", first.stderr[-2000:]
         else:
             assert first.returncode == -9, (first.returncode, first.stderr[-2000:])
-            again = run_worker(home, sim, chars=chars)
+            again = run_worker(home, sim, chars=chars, control=control)
             assert again.returncode == 0 and again.stdout.strip() == "done", again.stderr[-2000:]
         return [r.raw for r in sim.requests]
 
@@ -75,6 +79,14 @@ def test_sigkill_mid_compaction_then_resume_sends_the_same_requests(tmp_path: Pa
     first = summaries[0]
     assert killed[first] == killed[first + 1] == whole[first]
     assert killed[: first + 1] + killed[first + 2 :] == whole, "byte-identical requests"
+
+
+def test_negative_control_a_count_kept_in_memory_sends_other_requests(tmp_path: Path) -> None:
+    whole = requests_of(tmp_path / "whole", control=True)
+    killed = requests_of(tmp_path / "killed", fault="mid_compaction:1", control=True)
+    assert any(MARK.encode() in raw for raw in whole)
+    again = [raw for i, raw in enumerate(killed) if i == 0 or raw != killed[i - 1]]
+    assert again != whole
 
 
 def test_negative_control_the_comparison_sees_a_difference(tmp_path: Path) -> None:
