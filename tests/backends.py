@@ -21,7 +21,15 @@ from errands.clock import Clock
 from errands.store import Store
 from errands.store.sqlite import SQLiteStore
 
-__all__ = ["BACKENDS", "Backend", "backend", "raw_connection", "store_in"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "backend",
+    "dumped",
+    "raw_connection",
+    "store_env",
+    "store_in",
+]
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,35 @@ def raw_connection(store: Store) -> Any:
         return psycopg.connect(store.url, autocommit=True)
     assert isinstance(store, SQLiteStore)
     return sqlite3.connect(store.path)
+
+
+def store_env(store: Store) -> dict[str, str]:
+    """The environment that points an ``errands`` command at *store* (a PostgreSQL
+    store's URL; nothing for SQLite, whose file is the home's)."""
+    from errands.store.postgres import PostgresStore
+
+    return {"ERRANDS_STORE_URL": store.url} if isinstance(store, PostgresStore) else {}
+
+
+def dumped(store: Store) -> str:
+    """What *store* keeps outside the home, as text: a PostgreSQL store's database, as
+    ``pg_dump`` writes it (a SQLite store keeps nothing outside: "")."""
+    from errands.store.postgres import PostgresStore
+
+    if not isinstance(store, PostgresStore):
+        return ""
+    import subprocess
+
+    from helpers.postgres import server
+
+    done = subprocess.run(
+        [str(server().bin / "pg_dump"), "--data-only", store.url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout
 
 
 def backend(name: str) -> Backend:

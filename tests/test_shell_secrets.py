@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import dumped, store_env
 from helpers.kit import call, harness_for, script
 from helpers.upstream import Upstream, upstream
 from seams.shell_controls import UnguardedProxy, no_redaction
@@ -201,8 +202,8 @@ async def test_the_secret_never_reaches_the_log_the_cli_or_the_model(
     await harness.approvals.approve(pending.id, by="ann", channel="cli")
     view = await runner.run_errand(eid)
     assert view.state is ErrandState.done
-    shown = cli("show", eid, "--all")
-    stored = _home_bytes(configured).decode("utf-8", "replace")
+    shown = cli("show", eid, "--all", **store_env(store))
+    stored = _home_bytes(configured).decode("utf-8", "replace") + dumped(store)
     if redactor is no_redaction:  # the control: the canary is in the log, the CLI, the model
         assert leaks(stored) and leaks(shown.stdout) and leaks(model.seen[-1])
         return
