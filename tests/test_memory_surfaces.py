@@ -69,6 +69,11 @@ def test_the_cli_lists_searches_and_deletes(cli: Any, home: Path) -> None:
         r = cli(*args)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert len(json.loads(cli("memory", "ls", "--json").stdout)) == 2
+    # the tools are listed with the other built-ins
+    tools = {t["name"]: t for t in json.loads(cli("tools", "--json").stdout)}
+    assert tools["remember"]["source"] == "builtin"
+    assert tools["remember"]["effect"] == "write_local"
+    assert tools["search_memory"]["effect"] == "read"
 
 
 # -- the API and the inbox, on a real server --------------------------------------------------

@@ -61,6 +61,9 @@ def tools(as_json: JsonOpt = False) -> None:
         for source in sources
         for tool in source.toolset.tools(anyone)
     ]
+    from errands.tools.builtin.memory import memory_toolset  # (over the store: harness.build)
+
+    rows += [_row(tool, "builtin") for tool in memory_toolset(None).tools(anyone)]
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -18,7 +18,14 @@ from errands.core.events import EffectClass
 from errands.core.labels import Confidentiality, Integrity, Label, join
 from errands.errors import NotFound, UserError
 from errands.store.memory import PERSON, check_memory, check_query, scope_of_schedule
-from errands.tools.tool import Tool, ToolArgumentError, ToolContext, ToolOutput, make_tool
+from errands.tools.tool import (
+    Tool,
+    ToolArgumentError,
+    ToolContext,
+    ToolError,
+    ToolOutput,
+    make_tool,
+)
 from errands.tools.toolset import FunctionToolset
 
 if TYPE_CHECKING:
@@ -56,8 +63,14 @@ def _line(m: Memory) -> str:
     return f"[memory {m.id}, kept {day}{tags}{trust}] {m.text}"
 
 
-def memory_toolset(store: Store) -> FunctionToolset:
-    """The two memory tools over *store* (added by :func:`errands.harness.build`)."""
+def memory_toolset(store: Store | None) -> FunctionToolset:
+    """The two memory tools over *store* (added by :func:`errands.harness.build`); with
+    None, for listing only (``errands tools``): a call says there is no store."""
+
+    def the_store() -> Store:
+        if store is None:
+            raise ToolError("memory is not available here: errands has no store")
+        return store
 
     async def remember(text: str, ctx: ToolContext, tags: list[str] | None = None) -> str:
         """Keep a fact for later errands (a preference, a detail the person told you, a
@@ -68,12 +81,12 @@ def memory_toolset(store: Store) -> FunctionToolset:
             text: The fact, in one or a few sentences (at most 8,000 characters).
             tags: A few words to file it under, e.g. ["family", "birthdays"].
         """
-        scope = await scope_of(store, ctx.errand_id)
+        scope = await scope_of(the_store(), ctx.errand_id)
         try:
             check_memory(scope, text, tags or [])
         except UserError as exc:
             raise ToolArgumentError(f"remember: {exc}") from None
-        kept = await store.remember(
+        kept = await the_store().remember(
             scope,
             text,
             tags or [],
@@ -95,12 +108,12 @@ def memory_toolset(store: Store) -> FunctionToolset:
         Args:
             query: Words to look for, e.g. "Ana birthday".
         """
-        scope = await scope_of(store, ctx.errand_id)
+        scope = await scope_of(the_store(), ctx.errand_id)
         try:
             check_query(query)
         except UserError as exc:
             raise ToolArgumentError(f"search_memory: {exc}") from None
-        found = await store.memories(scope, query, FOUND_AT_MOST)
+        found = await the_store().memories(scope, query, FOUND_AT_MOST)
         if not found:
             return ToolOutput(text=f"no memory (scope {scope}) matches {query!r}")
         label = join([_PRIVATE, *(m.label for m in found)])
