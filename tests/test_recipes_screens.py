@@ -2,7 +2,7 @@
 against a real ``errands up`` with the real mail servers and a model simulator speaking
 OpenAI's wire protocol: board-summary's morning card (the summary to you, asked because
 it is made from the board) and vendor-chase's first mail to the vendor, each added with
-``errands recipe add`` and run now. Screenshots of each inbox go to ``$ERRANDS_SCREENSHOTS``
+``errands recipe add`` and run now. Screenshots of each inbox go to ``$SCREENSHOTS_DIR``
 (docs/img when making the docs' pictures, see docs/recipes/README.md), else the test's
 temporary directory."""
 
@@ -48,7 +48,7 @@ def page() -> Iterator[Any]:
 
 
 def shots(tmp_path: Path) -> Path:
-    where = Path(os.environ.get("ERRANDS_SCREENSHOTS") or tmp_path)
+    where = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
     where.mkdir(parents=True, exist_ok=True)
     return where
 

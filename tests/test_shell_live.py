@@ -246,7 +246,7 @@ def test_the_errand_page_shows_the_output_while_it_runs(
             expect(box.locator(".out")).to_contain_text("line 2")
             expect(box).to_be_visible()
             assert "line 6" not in box.locator(".out").inner_text()  # still running
-            shots = os.environ.get("ERRANDS_SCREENSHOTS")  # (docs/img: docs/server.md's picture)
+            shots = os.environ.get("SCREENSHOTS_DIR")  # (docs/img: docs/server.md's picture)
             if shots:
                 page.screenshot(path=str(Path(shots) / "shell-live-output.png"), full_page=True)
             expect(page.locator("li.ev-result")).to_contain_text("line 6")
