@@ -242,6 +242,52 @@ async def test_control_without_running_it_again_the_append_fails(url: str) -> No
         await _append_beside_another(url, OneAttemptHeld)
 
 
+class WaitingClaims(PostgresStore):
+    """Control: claims that wait for the rows another claim holds (no SKIP LOCKED)."""
+
+    def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
+        rows = tx.conn.execute(
+            "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
+            " WHERE e.state IN ('queued', 'running') AND l.owner IS NULL"
+            " ORDER BY e.updated_at LIMIT %s",
+            (limit,),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+
+async def _claims_at_once(url: str, kind: type[PostgresStore]) -> tuple[bool, set[str], set[str]]:
+    """A's claim of 2 of 4 queued errands is written, not committed, when B (*kind*)
+    claims 2: (B was answered while A's claim waited, A's errands, B's errands)."""
+    a, b = Held(url), kind(url)
+    try:
+        for i in range(4):
+            await a.create(f"e{i}", _created(f"t{i}"))
+        a.hold_next = True
+        first = asyncio.ensure_future(a.claim_runnable("A", 30, 2))
+        await _wait(a.holding)
+        second = asyncio.ensure_future(b.claim_runnable("B", 30, 2))
+        await asyncio.sleep(0.5)
+        answered = second.done()
+        a.go_on.set()
+        return answered, set(await first), set(await second)
+    finally:
+        a.go_on.set()
+        await a.close()
+        await b.close()
+
+
+async def test_workers_claiming_at_once_take_different_errands_without_waiting(url: str) -> None:
+    answered, mine, theirs = await _claims_at_once(url, PostgresStore)
+    assert answered, "B's claim waited for A's"
+    assert len(mine) == len(theirs) == 2 and not mine & theirs
+
+
+async def test_control_claims_without_skip_locked_wait_for_each_other(url: str) -> None:
+    answered, mine, theirs = await _claims_at_once(url, WaitingClaims)
+    assert not answered and len(mine) == 2
+    assert not mine & theirs  # (the leases still keep them apart, once A commits)
+
+
 def test_a_bad_store_url_is_one_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -316,11 +316,15 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         return bool(taken)
 
     def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
+        """Runnable errands nobody holds, their rows locked to this claim's commit and
+        those another process is claiming (or writing) skipped: workers on many hosts
+        claiming at once take different errands, and none waits for another."""
         lease_now = self._lease_now()
         rows = tx.conn.execute(
             "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
             " WHERE e.state IN ('queued', 'running')"
-            " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY e.updated_at LIMIT %s",
+            " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY e.updated_at LIMIT %s"
+            " FOR UPDATE OF e SKIP LOCKED",
             (lease_now, limit),
         ).fetchall()
         found = [str(r[0]) for r in rows]
@@ -329,7 +333,8 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
                 "SELECT e.id FROM timers t JOIN errands e ON e.id = t.errand_id"
                 " LEFT JOIN leases l ON l.errand_id = e.id"
                 " WHERE t.wake_at <= %s AND e.state = 'sleeping'"
-                " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY t.wake_at LIMIT %s",
+                " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY t.wake_at LIMIT %s"
+                " FOR UPDATE OF e SKIP LOCKED",
                 (self.time.wall(), lease_now, limit - len(found)),
             ).fetchall()
             found.extend(str(r[0]) for r in due)
