@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 from backends import backend
 from helpers.kit import harness_for
-from sim.core import Turn, call
+from sim.anthropic_server import AnthropicSim
+from sim.core import SimServer, Turn, call
 from sim.openai_responses_server import FastPrefixCache
 from sim.openai_server import OpenAIChatSim
 
@@ -44,7 +45,8 @@ from errands.costs.report import cache_hit_ratio
 from errands.engine.context import SUMMARY_PROMPT, Context, estimate_tokens
 from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
-from errands.models.protocol import ModelRequest
+from errands.models.protocol import Model, ModelRequest
+from errands.models.providers.anthropic import AnthropicModel
 from errands.models.providers.openai_chat import OpenAIChatModel
 from errands.models.windows import context_window
 from errands.policy.hook import AllowAll
@@ -70,15 +72,12 @@ def page_text(page: int, chars: int) -> str:
     return text[:chars]
 
 
-class ArchiveSim(OpenAIChatSim):
+class Archive:
     """Answers from the request itself (so a resumed run is answered as the first
     was): the summary for a compaction's request; else a call for the page after the
     one the last tool output names; the final answer after the last page."""
 
-    def __init__(self, pages: int) -> None:
-        super().__init__()
-        self.pages = pages
-        self.cache = FastPrefixCache()
+    pages = 0
 
     def _take_turn(self, last_text: str, *, consume: bool) -> Turn | None:
         if MARK in last_text:
@@ -88,6 +87,33 @@ class ArchiveSim(OpenAIChatSim):
         if page > self.pages:
             return Turn(text=DONE)
         return Turn(tool_calls=(call("read_page", {"page": page}, call_id=f"call_{page}"),))
+
+
+class ArchiveSim(Archive, OpenAIChatSim):
+    def __init__(self, pages: int) -> None:
+        super().__init__()
+        self.pages = pages
+        self.cache = FastPrefixCache()
+
+
+class AnthropicArchiveSim(Archive, AnthropicSim):
+    def __init__(self, pages: int) -> None:
+        super().__init__()
+        self.pages = pages
+
+
+def openai_model(sim: SimServer) -> Model:
+    return OpenAIChatModel("gpt-test", base_url=sim.base_url, api_key=sim.api_key)
+
+
+def anthropic_model(sim: SimServer) -> Model:
+    return AnthropicModel("claude-test", base_url=sim.base_url, api_key=sim.api_key)
+
+
+PROVIDERS = {
+    "openai-chat": (ArchiveSim, openai_model),
+    "anthropic": (AnthropicArchiveSim, anthropic_model),
+}
 
 
 def archive_tools(chars: int, integrity: Integrity = Integrity.trusted) -> FunctionToolset:
@@ -147,15 +173,17 @@ async def run_archive(
     context: type[Context] = Context,
     integrity: Integrity = Integrity.trusted,
     window: int = WINDOW,
+    provider: str = "openai-chat",
 ) -> Run:
     class TheLoop(Loop):
         context_class = context
 
     settings = small_window(settings, window)
-    sim = ArchiveSim(pages)
+    make_sim, make_model = PROVIDERS[provider]
+    sim = make_sim(pages)
     sim.start()
     try:
-        model = OpenAIChatModel("gpt-test", base_url=sim.base_url, api_key=sim.api_key)
+        model = make_model(sim)
         harness = harness_for(
             store, settings, tools=archive_tools(chars, integrity), model=model, policy=AllowAll()
         )
@@ -196,10 +224,11 @@ def check_within_window(run: Run) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("provider", list(PROVIDERS))
 async def test_300_turns_of_2kb_outputs_stay_in_a_32k_window_and_cached(
-    sqlite_store: Store, settings: Settings
+    sqlite_store: Store, settings: Settings, provider: str
 ) -> None:
-    run = await run_archive(sqlite_store, settings, pages=299, chars=2048)
+    run = await run_archive(sqlite_store, settings, pages=299, chars=2048, provider=provider)
     assert run.view.state is ErrandState.done, run.view
     assert run.view.result == DONE
     assert run.purposes.count("turn") == 300
@@ -210,7 +239,7 @@ async def test_300_turns_of_2kb_outputs_stay_in_a_32k_window_and_cached(
     assert masked > 0 and summaries, "both kinds of compaction happened"
     share = run.ratio()
     print(
-        f"\n300 turns, 2 KB outputs, 32K window: {len(compactions)} compactions "
+        f"\n{provider}, 300 turns, 2 KB outputs, 32K window: {len(compactions)} compactions "
         f"({masked} outputs masked, {len(summaries)} summaries); cached share of turns "
         f"2-300 with the summary calls: {share:.1%}; of the turns alone: {run.ratio('turn'):.1%}; "
         f"of the summary calls: {run.ratio('compact'):.1%}; largest request "
@@ -251,25 +280,28 @@ class RewordedSummary(Context):
 SHORT = {"pages": 80, "chars": 500, "window": 8000}  # outputs too short to mask: summaries
 
 
+@pytest.mark.parametrize("provider", list(PROVIDERS))
 async def test_summary_requests_keep_the_cache_and_the_control_loses_it(
-    sqlite_store: Store, settings: Settings, home: Path
+    sqlite_store: Store, settings: Settings, home: Path, provider: str
 ) -> None:
     """80 turns of short outputs in an 8K window: summaries. errands' summary calls are
     served from the cache; the control's (another system prompt) are not."""
-    run = await run_archive(sqlite_store, settings, **SHORT)
+    run = await run_archive(sqlite_store, settings, provider=provider, **SHORT)
     assert run.view.state is ErrandState.done, run.view
     check_within_window(run)
     assert "compact" in run.purposes
     ours = run.ratio("compact")
     control_store = backend("sqlite").open(home / "control", None)
     try:
-        control = await run_archive(control_store, settings, context=RewordedSummary, **SHORT)
+        control = await run_archive(
+            control_store, settings, context=RewordedSummary, provider=provider, **SHORT
+        )
     finally:
         await control_store.close()
     assert control.view.state is ErrandState.done
     theirs = control.ratio("compact")
     print(
-        f"\nsummary calls served from the cache: {ours:.1%} (a changed system prompt: "
+        f"\n{provider}: summary calls served from the cache: {ours:.1%} (a changed system prompt: "
         f"{theirs:.1%}); whole errand {run.ratio():.1%} vs {control.ratio():.1%}"
     )
     assert ours >= 0.80
