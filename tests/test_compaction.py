@@ -500,3 +500,25 @@ def test_errands_models_shows_the_context_windows(cli: Any, home: Path) -> None:
     assert windows == {"anthropic:claude-sonnet-4-5": 200_000, "openai:my-tune": 32_000}
     text = cli("models").stdout
     assert "openai:my-tune: 32,000 tokens" in text
+
+
+class EmptySummarySim(ArchiveSim):
+    """A model that answers a compaction's request with no text."""
+
+    def _take_turn(self, last_text: str, *, consume: bool) -> Turn | None:
+        if MARK in last_text:
+            return Turn(text="")
+        return super()._take_turn(last_text, consume=consume)
+
+
+async def test_an_empty_summary_is_booked_and_the_errand_goes_on(
+    sqlite_store: Store, settings: Settings
+) -> None:
+    PROVIDERS["empty-summary"] = (EmptySummarySim, openai_model)
+    try:
+        run = await run_archive(sqlite_store, settings, provider="empty-summary", **SHORT)
+    finally:
+        del PROVIDERS["empty-summary"]
+    assert run.view.state is ErrandState.done, run.view
+    assert "compact" in run.purposes, "the summary calls were made and booked"
+    assert all(c.summary is None for c in run.compactions())

@@ -144,25 +144,29 @@ class Context:
         summarised, summary = 0, None
         if after > target:
             summarised = self.plan_summary(p, masked, after, target)
+        first: list[ev.Event] = []
         if summarised:
             reply = await self._summary(p, model, request)
             if reply is None:
                 return None
-            usage, summary = reply
+            used, summary = reply
+            first.append(used)  # (what it cost, whatever it gave)
+            fault("mid_compaction")
+        if summary is None:
+            summarised = 0  # (an empty summary: the masking alone, and the call's cost)
+        else:
             dropped = sum(_tokens(m) for m in self._masked_view(p, masked)[1 : 1 + summarised])
             after = after - dropped + _tokens(Message(role="user", text=summary.text))
-            fault("mid_compaction")
-            first: list[ev.Event] = [usage]
-        else:
-            first = []
         if not masked and not summarised:
+            if first:
+                await self.append(p, first)
             return request  # nothing to take out: send it as it is
         compacted = ev.ContextCompacted(
             window=window,
             tokens_before=tokens,
             tokens_after=after,
             masked=masked,
-            summarised=summarised if summary is not None else 0,
+            summarised=summarised,
             summary=summary,
         )
         await self.append(p, [*first, compacted])
@@ -241,7 +245,9 @@ class Context:
 
     async def _summary(
         self, p: Progress, model: Model, request: ModelRequest
-    ) -> tuple[ev.ModelUsed, ev.Content] | None:
+    ) -> tuple[ev.ModelUsed, ev.Content | None] | None:
+        """The summary call: what it cost and the summary (None: it was empty); None
+        when a cancel or the wall-time limit stopped it."""
         try:
             reply = await self.complete(p, model, self.summary_request(p, request))
         except (Interrupted, TimeoutError):  # a cancel, or the wall-time limit: the next step
@@ -253,8 +259,6 @@ class Context:
                 retry_after=exc.retry_after,
             ) from None
         text = reply.text.strip()
-        if not text:
-            raise ModelError("summarising the context failed: the model's summary was empty")
         prices = self.settings.prices
         usage = reply.usage.model_copy(
             update={"cost_usd": cost_usd((model.name, reply.model), reply.usage, prices)}
@@ -262,6 +266,8 @@ class Context:
         used = ev.ModelUsed(
             call_id="context", model=reply.model or model.name, usage=usage, purpose="compact"
         )
+        if not text:
+            return used, None
         summary = ev.Content.labelled(
             f"[Summary of the earlier conversation, written to save context]\n{text}",
             Provenance(kind="model", name=model.name, source="context summary"),
