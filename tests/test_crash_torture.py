@@ -961,7 +961,8 @@ def test_crash_torture_slow(tmp_path: Path, reference: Reference) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_crash_torture_two_workers(tmp_path: Path, reference: Reference) -> None:
+@pytest.mark.parametrize("store", BACKENDS)
+def test_crash_torture_two_workers(tmp_path: Path, reference: Reference, store: str) -> None:
     """Two workers on one store at once (``errands up --workers 2``), each killed and
     replaced on its own: the same checks hold."""
     seed = _seed()
@@ -974,6 +975,7 @@ def test_crash_torture_two_workers(tmp_path: Path, reference: Reference) -> None
         max_runs=300,
         reference=reference,
         workers=2,
+        store=store,
     )
     out = torture.run()
     print(f"ERRANDS_TORTURE_SEED={seed}: {out.summary()}")

@@ -302,6 +302,29 @@ def test_a_bad_store_url_is_one_clear_error(
         load_settings(tmp_path)
 
 
+@pytest.mark.parametrize("opened", ["open_store", "CONTROL"])
+async def test_the_url_s_password_never_reaches_the_log(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: str
+) -> None:
+    """A password in the store's URL is a secret: open_store redacts it from the log
+    (the control opens the store without open_store's redactor: it is logged)."""
+    from errands.config import load_settings
+    from errands.store import open_store
+
+    with_password = url.replace("postgres@", "postgres:hunter2-store-pass@")
+    monkeypatch.setenv("ERRANDS_STORE_URL", with_password)
+    settings = load_settings(tmp_path)
+    store = open_store(settings) if opened == "open_store" else PostgresStore(with_password)
+    try:
+        await store.create("e1", _created())
+        await store.append("e1", [_note("the db password is hunter2-store-pass")])
+        logged = (await store.read("e1"))[-1].event.content.text  # type: ignore[attr-defined]
+        leaked = "hunter2-store-pass" in logged
+        assert leaked is (opened == "CONTROL"), logged
+    finally:
+        await store.close()
+
+
 def test_the_cli_runs_on_the_postgres_store(cli: Any, url: str) -> None:
     """ERRANDS_STORE_URL chooses the store for every command: no SQLite file is made."""
     made = cli("run", "--model", "scripted:demo", "say hello", ERRANDS_STORE_URL=url)

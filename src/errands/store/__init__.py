@@ -20,7 +20,7 @@ from errands.store.protocol import (
     StoreReader,
     UsageRow,
 )
-from errands.store.redact import Redactor, secret_env_values
+from errands.store.redact import MIN_SECRET_LENGTH, Redactor, secret_env_values
 
 if TYPE_CHECKING:
     from errands.config import Settings
@@ -57,16 +57,17 @@ def open_store(
     url = settings.store_url
     if url is not None:  # PostgreSQL: the server's permissions decide who may write
         try:
-            from errands.store.postgres import PostgresStore
+            from errands.store.postgres.store import PostgresStore, url_password
         except ImportError:
             raise ConfigError(
                 "[store] url names a PostgreSQL database, but psycopg is not installed:"
                 " pip install 'errands[postgres]'"
             ) from None
-        names = [*mail, STORE_URL_ENV]  # (a password in the URL never reaches the log)
-        return PostgresStore(
-            url, redactor=redactor or Redactor(secret_env_values(extra_names=names))
-        )
+        secrets = secret_env_values(extra_names=[*mail, STORE_URL_ENV])
+        password = url_password(url)  # (never in the log, whether the URL came from env or file)
+        if password and len(password) >= MIN_SECRET_LENGTH:
+            secrets["STORE_URL_PASSWORD"] = password
+        return PostgresStore(url, redactor=redactor or Redactor(secrets))
     if read_only:
         from errands.store.sqlite.readonly import ReadOnlySQLiteStore
 

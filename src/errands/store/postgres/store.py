@@ -55,7 +55,7 @@ from errands.store.redact import Redactor
 from errands.store.sqlite.store import _view_from_row  # (the same columns: one parser)
 from errands.store.writer import Op
 
-__all__ = ["PostgresStore", "redacted_url"]
+__all__ = ["PostgresStore", "redacted_url", "url_password"]
 
 _SELECT_VIEW = (
     "SELECT id, state, title, created_at, updated_at, last_seq, parent, view FROM errands"
@@ -88,6 +88,15 @@ def redacted_url(url: str) -> str:
     if "password" in info:
         info["password"] = "***"
     return psycopg.conninfo.make_conninfo("", **info)
+
+
+def url_password(url: str) -> str | None:
+    """The password *url* holds, if any (a secret the store redacts from the logs)."""
+    try:
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+    except psycopg.ProgrammingError:
+        return None
+    return str(password) if password else None
 
 
 def _unavailable(exc: BaseException, url: str) -> StoreUnavailable | None:
