@@ -522,3 +522,29 @@ async def test_an_empty_summary_is_booked_and_the_errand_goes_on(
     assert run.view.state is ErrandState.done, run.view
     assert "compact" in run.purposes, "the summary calls were made and booked"
     assert all(c.summary is None for c in run.compactions())
+
+
+def test_a_compaction_is_a_line_of_the_timeline() -> None:
+    """errands show and the inbox say what a compaction did."""
+    from errands.cli.render import event_line
+    from errands.core.labels import Provenance
+    from errands.server.inbox import environment
+    from errands.store import StoredEvent
+
+    summary = ev.Content(
+        text="so far", provenance=Provenance(kind="model"), integrity=Integrity.untrusted
+    )
+    event = ev.ContextCompacted(
+        window=32_000,
+        tokens_before=26_000,
+        tokens_after=15_000,
+        masked=[ev.MaskedOutput(seq=5, index=3, stub="[output ...]")],
+        summarised=12,
+        summary=summary,
+    )
+    stored = StoredEvent("e1", 9, event)
+    line = event_line(stored) or ""
+    assert "context compacted (1 outputs masked, 12 messages summarised)" in line
+    assert "~26,000 -> ~15,000 of 32,000 tokens" in line and "untrusted" in line
+    html = str(environment().get_template("_macros.html").module.timeline_item(stored))
+    assert "1 old outputs masked, 12 messages summarised" in html and 'data-seq="9"' in html
