@@ -50,7 +50,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from helpers.fanout import CHILD, FanModel, serving, until, with_subagents  # noqa: E402
 from probes import machine_info  # noqa: E402  (bench/ is the script's directory)
-from sim.core import SimLimits, Turn, approx_tokens, call  # noqa: E402
+from ratelimit_bench import _NoCache, prompt_tokens  # noqa: E402
+from sim.core import SimLimits, Turn, call  # noqa: E402
 from sim.openai_server import OpenAIChatSim  # noqa: E402
 
 from errands.config import BudgetSettings, Price, ProviderSettings, load_settings  # noqa: E402
@@ -65,14 +66,6 @@ KEY_ENV = "SUBAGENTS_BENCH_KEY"
 RPM, TPM = 6000, 3_000_000  # the provider's limits, per minute
 PRICE = Price(input=1.0, output=4.0)  # USD per million tokens
 CAP_USD = 50.0  # the daily budget cap
-
-
-def prompt_tokens(body: Any) -> int:
-    """What the simulator reports as ``prompt_tokens`` (and its limiter counts)."""
-    prompt = json.dumps(
-        [body.get("tools") or [], body["messages"]], sort_keys=True, separators=(",", ":")
-    )
-    return approx_tokens(prompt)
 
 
 class StepSim(OpenAIChatSim):
@@ -100,11 +93,6 @@ class StepSim(OpenAIChatSim):
             tasks = [{"task": f"{CHILD} {k}", "tools": ["list_files"]} for k in range(self.n)]
             return Turn(tool_calls=(call("delegate", {"tasks": tasks}),), cached_tokens=0)
         return Turn(text="assembled the answers of every sub-errand", cached_tokens=0)
-
-
-class _NoCache:
-    def lookup_and_store(self, model: str, prompt: str) -> int:
-        return 0
 
 
 @dataclass
