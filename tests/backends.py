@@ -77,7 +77,7 @@ def _pg_url(directory: Path) -> str:
     if marker.exists():
         return marker.read_text()
     directory.mkdir(parents=True, exist_ok=True)
-    url = server().url(server().new_database(str(directory)))
+    url = server().url(server().new_database())
     marker.write_text(url)
     return url
 

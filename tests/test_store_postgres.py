@@ -80,7 +80,7 @@ class Now:
 
 @pytest.fixture
 async def url() -> AsyncIterator[str]:
-    yield server().url(server().new_database("pg-tests"))
+    yield server().url(server().new_database())
 
 
 async def _wait(event: threading.Event) -> None:
