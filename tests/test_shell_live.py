@@ -8,7 +8,7 @@ without redaction (the whole secret gets through). Through a real ``errands up``
 real SSE client reads the ``output`` events before the call's result, redacted; the hub
 gives a stream opened mid-call the latest output and drops what a slow one cannot hold;
 in Debian's Chromium the errand page shows the output while the command runs and puts
-it away when the result arrives.
+it away when the result arrives; ``errands resume`` prints it in the terminal.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from typing import Any
 
 import playwright.sync_api as playwright_api
 import pytest
+from conftest import CLI
 from helpers.browser import ARGS, CHROMIUM, TIMEOUT_MS
+from helpers.kit import call as kit_call
+from helpers.kit import write_script
 from helpers.server import ServerProc, clean_env, free_port, write_config
 from seams.shell_controls import no_redaction
 from sim.core import Turn, call
@@ -255,3 +258,23 @@ def test_the_errand_page_shows_the_output_while_it_runs(
     finally:
         server.kill()
     assert errors == []
+
+
+def test_errands_resume_prints_the_output_as_it_comes(cli: CLI, tmp_path: Path) -> None:
+    """In the terminal (errands run/resume in the foreground): each line under a rule, as
+    the command prints it, an escape sequence shown and not obeyed."""
+    spec = write_script(
+        tmp_path / "ticks.json",
+        {"tool_calls": [kit_call("shell", command=TICKS + "; printf 'esc \\033[2J end\\n'")]},
+        {"text": "ticked"},
+    )
+    assert cli("run", "tick", "--model", spec).returncode == 3  # no terminal: it waits
+    (pending,) = json.loads(cli("approvals", "--json").stdout)
+    assert cli("approve", pending["id"]).returncode == 0
+    r = cli("resume", pending["errand_id"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    ticks = [i for i, line in enumerate(lines) if line.strip().startswith("│ tick")]
+    assert [lines[i].split("│ ")[1] for i in ticks] == ["tick 1", "tick 2", "tick 3"], r.stdout
+    assert any("│ esc \\x1b[2J end" in line for line in lines), r.stdout  # shown, not obeyed
+    assert "\x1b[2J" not in r.stdout

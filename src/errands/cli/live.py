@@ -26,10 +26,29 @@ __all__ = ["LivePrinter", "finish", "foreground", "interactive"]
 
 
 class LivePrinter:
-    """Streams the model's text as it arrives (the loop's text listener)."""
+    """Streams the model's text as it arrives (the loop's text listener), and a running
+    tool's output (the shell's, redacted by it) under a rule."""
 
     def __init__(self) -> None:
         self.streaming = False
+        self.line_start = True  # (of a tool's output)
+
+    def output(self, errand_id: str, seq: int, stream: str, text: str, /) -> None:
+        if self.streaming:
+            out.print()
+            self.streaming = False
+        if stream == "exit":
+            if not self.line_start:
+                out.print()
+            self.line_start = True
+            return
+        for piece in text.splitlines(keepends=True):
+            if self.line_start:
+                out.print("    [dim]│[/dim] ", end="")
+            ended = piece.endswith(("\n", "\r"))
+            shown = visible(piece.rstrip("\r\n"))
+            out.print(shown, end="\n" if ended else "", markup=False, highlight=False)
+            self.line_start = ended
 
     def __call__(self, errand_id: str, delta: str, /) -> None:
         if not self.streaming:
