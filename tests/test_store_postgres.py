@@ -373,3 +373,45 @@ async def test_fold_snapshots_are_kept_replaced_and_dropped_by_a_purge(url: str)
             assert conn.execute("SELECT count(*) FROM snapshot_parts").fetchone() == (0,)
     finally:
         await store.close()
+
+
+def test_errands_workers_on_two_processes_share_the_errands(cli: Any, url: str) -> None:
+    """``ERRANDS_STORE_URL=postgresql://… errands worker``, twice: every errand queued in
+    the database is run, once, by one of them (each log is a whole run, no step twice)."""
+    import subprocess
+    import time
+
+    from errands.config import load_settings
+    from errands.engine.operations import create_errand
+    from errands.store.sync import BlockingStore
+
+    store = BlockingStore(make=lambda: PostgresStore(url))
+    try:
+        settings = load_settings(cli.home)
+        ids = [
+            store.run(create_errand(store.store, settings, f"job {i}", model="scripted:demo"))
+            for i in range(6)
+        ]
+        workers = [cli.popen("worker", ERRANDS_STORE_URL=url) for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if all(store.view(e).state.value == "done" for e in ids):
+                    break
+                time.sleep(0.2)
+            for w in workers:
+                assert w.poll() is None, w.communicate()[1]
+        finally:
+            for w in workers:  # (the processes this test started, by their handles)
+                w.terminate()
+            for w in workers:
+                try:
+                    w.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+        assert [store.view(e).state.value for e in ids] == ["done"] * 6
+        shapes = {tuple(s.event.type for s in store.read(e)) for e in ids}
+        assert len(shapes) == 1, shapes  # the same run for each: no step repeated
+        assert store.run(store.store.integrity_check()) == []
+    finally:
+        store.close()
