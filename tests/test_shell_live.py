@@ -176,11 +176,18 @@ def start(home: Path, sim: OpenAIChatSim, command: str) -> ServerProc:
     return ServerProc(home, port=free_port(), env=env).start()
 
 
+def first_output(server: ServerProc, errand_id: str) -> dict[str, Any]:
+    """The first ``output`` event a stream opened now is sent."""
+    with server.client() as api, api.stream("GET", f"/api/errands/{errand_id}/stream") as s:
+        return next(data for kind, data in sse(s) if kind == "output")
+
+
 def test_a_real_sse_client_reads_the_output_before_the_result(
     tmp_path: Path, openai_sim: OpenAIChatSim
 ) -> None:
     server = start(tmp_path / "home", openai_sim, TICKS + "; " + SPLIT)
     seen: list[tuple[float, str, Any]] = []
+    late: list[dict[str, Any]] = []
     try:
         with server.client() as api:
             r = api.post("/api/errands", json={"text": "run it", "model": "sim:gpt-sim"})
@@ -189,6 +196,8 @@ def test_a_real_sse_client_reads_the_output_before_the_result(
             with api.stream("GET", f"/api/errands/{errand_id}/stream") as stream:
                 for kind, data in sse(stream):
                     seen.append((time.monotonic(), kind, data))
+                    if kind == "output" and "tick 2" in data["text"] and not late:
+                        late.append(first_output(server, errand_id))  # a page opened now
                     if kind == "event" and data["event"]["type"] == "approval_requested":
                         [approval] = api.get(f"/api/errands/{errand_id}").json()["approvals"]
                         r = api.post(
@@ -215,6 +224,7 @@ def test_a_real_sse_client_reads_the_output_before_the_result(
     assert stdout.count("[REDACTED:DEPLOY]") == 2
     everything = json.dumps([d for _, _, d in seen])
     assert [p for p in pieces(SECRET) if p in everything] == []
+    assert late[0]["replay"] and late[0]["text"].startswith("tick 1\ntick 2")  # caught up
     assert "tick 3" in result["content"]["text"]  # the record: the result, no event a line
     kinds = [d["event"]["type"] for _, k, d in seen if k == "event"]
     assert kinds.count("tool_result") == 1 and len(kinds) < 12, kinds

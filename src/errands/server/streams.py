@@ -29,12 +29,12 @@ async def errand_stream(ctx: ServerContext, errand_id: str, after: int) -> Async
     """The errand's log from *after* on, then live: events, view changes, model text
     (and ``text_reset`` when the text streamed so far is taken back), and ``output``: what
     a running tool prints (``{"seq", "stream", "text"}``; the latest of a call already
-    running first)."""
+    running first, marked ``"replay": true``)."""
     hub, store = ctx.hub, ctx.store
     with hub.subscribe(errand_id) as sub:
         yield b"retry: 2000\n\n"
-        for piece in hub.recent_output(errand_id):
-            yield _sse("output", piece.as_json())
+        for piece in hub.recent_output(errand_id):  # (a reconnect shows it afresh)
+            yield _sse("output", {**piece.as_json(), "replay": True})
         last_beat = asyncio.get_running_loop().time()
         while not hub.closing.is_set():
             for piece in sub.take_outputs():

@@ -48,10 +48,13 @@
     if (atEnd) out.scrollTop = out.scrollHeight; // follow, unless the person scrolled up
   }
 
+  let replaying = false; // a (re)connected stream gives the running call's latest output first
+
   document.addEventListener("errands:output", (event) => {
-    const { seq, stream, text } = event.detail;
+    const { seq, stream, text, replay } = event.detail;
     if (ended(seq)) return; // its result is on the page already (a late replay)
-    if (seq !== current) reset(seq);
+    if (seq !== current || (replay && !replaying)) reset(seq); // a replay starts afresh
+    replaying = Boolean(replay);
     if (stream === "exit") {
       status.textContent = text;
       box.classList.add("ended");
