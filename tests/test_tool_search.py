@@ -19,7 +19,7 @@ import pytest
 from helpers.kit import call, harness_for
 from pydantic import BaseModel, ConfigDict
 
-from errands.config import Settings
+from errands.config import ModelSettings, Settings
 from errands.core import events as ev
 from errands.core.events import EffectClass
 from errands.core.states import ErrandState, ErrandView
@@ -279,3 +279,20 @@ async def test_a_schedule_may_name_a_tool_the_search_hides(
 ) -> None:
     h, _ = build(store, settings, Recording(TURNS))
     assert len(h.tool_names()) == 3386  # (what a schedule's --tool is checked against)
+
+
+async def test_append_only_when_the_context_may_be_compacted(
+    store: Store, settings: Settings
+) -> None:
+    """A model with a known context window also gets recall_output (a wrapper of its own,
+    inside the search's): the found tools keep their order, and recall_output is pinned."""
+    windows = {"scripted:demo": ModelSettings(context_window=200_000)}
+    windowed = settings.model_copy(update={"models": windows})
+    model = Recording(TURNS)
+    h, ran = build(store, windowed, model)
+    eid = await create_errand(store, windowed, "factorial; triangle", model="scripted:demo")
+    assert (await h.runner().run_errand(eid)).state is ErrandState.done
+    assert [name for name, _ in ran] == [FACTORIAL, TRIANGLE]
+    lists = [names(r) for r in model.requests]
+    assert lists[0] == ["list_files", "recall_output", "search_tools"]
+    assert all(after[: len(before)] == before for before, after in pairwise(lists))

@@ -190,7 +190,7 @@ class ToolSettings(BaseModel):
     search_budget_tokens: int = Field(default=5_000, ge=0)
     search_pinned: list[str] = [  # always offered (errands' everyday tools)
         "read_file", "write_file", "list_files", "shell", "fetch_url", "wait",
-        "recall_output", "remember", "search_memory",
+        "recall_output", "remember", "search_memory", "extract",
     ]  # fmt: skip
     search_results: int = Field(default=5, ge=1, le=50)  # tools one search finds
 

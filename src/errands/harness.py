@@ -262,10 +262,16 @@ def toolset_for(
     parts.extend(toolsets)
     # an errand that names its tools (a schedule's run) sees only those; one in plan mode
     # has the quarantined extractor too
-    toolset = PlanToolset(AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts)))
+    return PlanToolset(AllowedToolset(parts[0] if len(parts) == 1 else CombinedToolset(parts)))
+
+
+def searching(settings: Settings, toolset: Toolset) -> Toolset:
+    """*toolset* behind the tool search past ``[tools] search_budget_tokens`` of schemas
+    (errands.tools.search). Outermost: a wrapper outside it would sort the tools it
+    appends in the order found (and break the cached prefix)."""
     if not settings.tools.search_budget_tokens:
         return toolset
-    from errands.tools.search import SearchingToolset  # (tool search: over the budget)
+    from errands.tools.search import SearchingToolset
 
     return SearchingToolset(
         toolset,
@@ -330,9 +336,11 @@ def build(
     return Harness(
         settings=settings,
         store=the_store,
-        # recall_output for errands whose context may be compacted (docs/context.md)
-        toolset=RecallToolset(
-            toolset_for(settings, toolsets, builtins=builtins), settings, the_store
+        # recall_output for errands whose context may be compacted (docs/context.md), and
+        # the tool search over them all (docs/tool-search.md)
+        toolset=searching(
+            settings,
+            RecallToolset(toolset_for(settings, toolsets, builtins=builtins), settings, the_store),
         ),
         models=models or Models(settings),
         _policy=policy,
