@@ -415,3 +415,27 @@ def test_errands_workers_on_two_processes_share_the_errands(cli: Any, url: str) 
         assert store.run(store.store.integrity_check()) == []
     finally:
         store.close()
+
+
+def test_doctor_checks_the_postgres_store_and_backup_points_to_pg_dump(cli: Any, url: str) -> None:
+    import json
+
+    def store_check(store_url: str) -> dict[str, Any]:
+        done = cli("doctor", "--json", ERRANDS_STORE_URL=store_url)
+        assert "Traceback" not in done.stderr
+        (found,) = [
+            c for c in json.loads(done.stdout)["checks"] if c["subject"].startswith("store")
+        ]
+        return dict(found)
+
+    cli("run", "--model", "scripted:demo", "say hello", ERRANDS_STORE_URL=url)  # (migrates)
+    good = store_check(url)
+    assert good["ok"] and good["subject"] == "store (PostgreSQL)", good
+    notes = " ".join(good["notes"])
+    assert "migrations applied" in notes and "durable on this server only" in notes
+    bad = store_check("postgresql://u:pw-secret-77@/x?host=/nonexistent-dir&connect_timeout=2")
+    assert not bad["ok"] and "cannot reach the PostgreSQL server" in bad["problems"][0]
+    assert "pw-secret-77" not in json.dumps(bad)
+    copied = cli("backup", str(cli.home / "b.sqlite"), ERRANDS_STORE_URL=url)
+    assert copied.returncode != 0 and "pg_dump" in copied.stderr
+    assert "Traceback" not in copied.stderr and not (cli.home / "b.sqlite").exists()

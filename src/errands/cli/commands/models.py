@@ -82,8 +82,11 @@ def doctor(
 
     try:
         s = settings()
-        checks = [_store_check(s.db_path), *run_doctor(s, timeout=timeout)]
-        checks.insert(1, store_check(s))  # can the store write right now?
+        if s.store_url is not None:  # PostgreSQL: the server, migrations, replication
+            checks = [_postgres_check(s.store_url), *run_doctor(s, timeout=timeout)]
+        else:
+            checks = [_store_check(s.db_path), *run_doctor(s, timeout=timeout)]
+            checks.insert(1, store_check(s))  # can the store write right now?
         checks.insert(2, permissions_check(s))  # can other users read it?
         checks.append(_sandbox_check(s))  # can the shell run here?
         checks.extend(_email_checks(s))  # can errands send and read mail ([email])?
@@ -103,6 +106,16 @@ def doctor(
         out.print(safe(summary), highlight=False)
     if problems:
         raise typer.Exit(1)
+
+
+def _postgres_check(url: str) -> Check:
+    """The PostgreSQL store (docs/scale-out.md): reachable, its version and migrations,
+    and what its commits are durable on (synchronous standbys)."""
+    from errands.models.inventory import Check
+    from errands.store.postgres.health import check
+
+    found = check(url)
+    return Check("store (PostgreSQL)", found.ok, found.problems, found.notes)
 
 
 def _sandbox_check(s: Settings) -> Check:

@@ -32,7 +32,13 @@ def backup(
     from errands.store import backup as backups
 
     try:
-        db = settings().db_path
+        s = settings()
+        if s.store_url is not None:
+            fail(
+                "the store is a PostgreSQL database: back it up with pg_dump, or your"
+                " provider's backups (docs/scale-out.md); errands backup copies SQLite stores"
+            )
+        db = s.db_path
         copied = backups.backup(db, path, force=force)
     except ErrandsError as exc:
         fail(str(exc))

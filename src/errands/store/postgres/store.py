@@ -55,7 +55,7 @@ from errands.store.redact import Redactor
 from errands.store.sqlite.store import _view_from_row  # (the same columns: one parser)
 from errands.store.writer import Op
 
-__all__ = ["PostgresStore", "redacted_url", "url_password"]
+__all__ = ["PostgresStore", "first_value", "redacted_url", "url_password"]
 
 _SELECT_VIEW = (
     "SELECT id, state, title, created_at, updated_at, last_seq, parent, view FROM errands"
@@ -181,13 +181,15 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             row = self._wconn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
             if row is not None:
                 return float(row[0])
-            db_now = _one(self._wconn, "SELECT extract(epoch FROM clock_timestamp())::float8")
+            db_now = first_value(
+                self._wconn, "SELECT extract(epoch FROM clock_timestamp())::float8"
+            )
             offset = float(db_now) - self.time.steady()
             self._wconn.execute(
                 "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
                 (key, repr(offset)),
             )
-            return float(_one(self._wconn, "SELECT value FROM meta WHERE key = %s", (key,)))
+            return float(first_value(self._wconn, "SELECT value FROM meta WHERE key = %s", (key,)))
 
     def _lease_now(self) -> float:
         return self.time.steady() + self._offset
@@ -242,11 +244,11 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
                 (self._batch_owned,),
             ).fetchall()
             self._batch_leases = {str(e): str(o) for e, o in rows}
-        self._seen_no = int(_one(conn, "SELECT last_value FROM errands_commits"))
+        self._seen_no = int(first_value(conn, "SELECT last_value FROM errands_commits"))
         return self._seen_no != self._commit_no
 
     def _commit(self, conn: psycopg.Connection[Any]) -> None:
-        number = int(_one(conn, "SELECT nextval('errands_commits')"))
+        number = int(first_value(conn, "SELECT nextval('errands_commits')"))
         # another process's number between the batch's start and now: it may have
         # committed meanwhile, so the next batch starts with empty caches
         self._commit_no = number if number == self._seen_no + 1 else -1
@@ -592,7 +594,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         self._pool.close()
 
 
-def _one(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] = ()) -> Any:
+def first_value(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] = ()) -> Any:
     """The first column of the one row *sql* returns."""
     row = conn.execute(sql, params).fetchone()
     assert row is not None, sql
