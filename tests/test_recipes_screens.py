@@ -1,7 +1,8 @@
 """The recipes in the inbox, in a real browser (Debian's Chromium through Playwright),
 against a real ``errands up`` with the real mail servers and a model simulator speaking
 OpenAI's wire protocol: board-summary's morning card (the summary to you, asked because
-it is made from the board) and vendor-chase's first mail to the vendor, each added with
+it is made from the board), vendor-chase's first mail to the vendor and overnight-drafts'
+reply to a mail of the night, each added with
 ``errands recipe add`` and run now. Screenshots of each inbox go to ``$SCREENSHOTS_DIR``
 (docs/img when making the docs' pictures, see docs/recipes/README.md), else the test's
 temporary directory."""
@@ -18,7 +19,7 @@ from typing import Any
 import playwright.sync_api as playwright_api
 import pytest
 from helpers.browser import ARGS, CHROMIUM, TIMEOUT_MS
-from helpers.mailkit import BOB, ME, PASSWORD_ENV, email_toml, mail
+from helpers.mailkit import BOB, ERRANDS, ME, PASSWORD_ENV, a_mail, email_toml, mail
 from helpers.mailserver import PASSWORD, MailServers
 from helpers.server import ServerProc, clean_env, free_port, wait_for, write_config
 from helpers.site import Site
@@ -87,6 +88,7 @@ def test_recipe_cards_in_the_inbox(
     recipe(env, "board-summary", "--name", "board", "--board", site.url("/issues"),
            "--cron", "0 8 * * 1-5", "--tz", "UTC", "--to", ME)  # fmt: skip
     recipe(env, "vendor-chase", "--name", "acme", "--to", BOB, "--about", "invoice 1042")
+    recipe(env, "overnight-drafts", "--name", "drafts")
     where = shots(tmp_path)
     server = ServerProc(home, port=free_port(), env=env).start()
     try:
@@ -114,6 +116,22 @@ def test_recipe_cards_in_the_inbox(
         expect(page.locator("#queue")).to_contain_text(f"to: {BOB}")
         expect(page.locator("#queue")).to_contain_text("invoice 1042 will be paid")
         page.screenshot(path=str(where / "recipe-vendor-chase-inbox.png"), full_page=True)
+        # overnight drafts: a mail came in the night; the morning's card answers it
+        mail.deliver(a_mail(BOB, "Lunch on Friday?", "Are you free at 1?"), [ERRANDS])
+        with mail.imap(ERRANDS) as imap:
+            uid = max(imap.search(["SUBJECT", "Lunch on Friday?"]))
+        reply = {"to": [BOB], "subject": "Re: Lunch on Friday?", "body": "Yes -- 1pm is fine."}
+        openai_sim.script(
+            Turn(tool_calls=(call("search_email", {"since": "2020-01-01"}),)),
+            Turn(tool_calls=(call("read_email", {"id": f"INBOX:{uid}"}),)),
+            Turn(tool_calls=(call("draft_email", reply),)),
+            Turn(tool_calls=(call("send_email", reply),)),
+        )
+        with server.client() as api:
+            assert api.post("/api/schedules/drafts/run").json()["outcome"] == "started"
+        expect(card).to_have_count(3)
+        expect(page.locator("#queue")).to_contain_text("Yes -- 1pm is fine.")
+        page.screenshot(path=str(where / "recipe-overnight-drafts-inbox.png"), full_page=True)
     finally:
         server.kill()
     assert not any(b"Invoice 1042" in m for m in mail.messages(BOB))  # nothing left unasked
