@@ -34,10 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import resource
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -229,6 +232,96 @@ async def run_case(case: str, n: int, steps: int, window: float, base: Path) -> 
         shutil.rmtree(home, ignore_errors=True)
 
 
+class LoggedFanModel(FanModel):
+    """FanModel writing each call it is asked (errand, its place) to a file, flushed:
+    what a killed process asked is still counted."""
+
+    def __init__(self, log: Path, n: int, steps: int, latency: float) -> None:
+        super().__init__(n, child_calls=steps, latency=latency)
+        self.log = open(log, "a", encoding="utf-8")  # noqa: SIM115  (the process's life)
+
+    async def complete(self, request: Any, on_text: Any = None) -> Any:
+        k = sum(1 for m in request.messages if m.role == "assistant")
+        self.log.write(f"{request.errand_id} {k}\n")
+        self.log.flush()
+        return await super().complete(request, on_text)
+
+
+async def worker(home: Path, n: int, steps: int, eid: str) -> None:
+    """``--worker``: serve *home*'s store (as ``errands up``) until *eid* has ended."""
+    settings = with_subagents(load_settings(home), max_parallel=n, max_total=max(256, n))
+    model = LoggedFanModel(home / "calls.log", n, steps, latency=0.05)
+    harness = build(settings, policy=AllowAll(), models=lambda _spec: model)  # type: ignore[arg-type,return-value]
+    try:
+        async with serving(harness.runner(lease_ttl=2.0), poll=0.2):
+            await until(harness.store, eid, lambda v: v.state in TERMINAL, timeout=3600)
+    finally:
+        await harness.close()
+
+
+def _spawn(home: Path, n: int, steps: int, eid: str) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(home), str(eid)]
+    cmd += ["--children", str(n), "--steps", str(steps)]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+
+
+async def run_crash(n: int, steps: int, base: Path) -> dict[str, Any]:
+    """The fan-out served by a worker process killed with SIGKILL when half the model
+    calls are made, then by a fresh one until the parent ends: every child resumes,
+    none is made twice, and only a call in flight at the kill is asked again."""
+    home = Path(tempfile.mkdtemp(prefix="sub-crash-", dir=base))
+    try:
+        settings = load_settings(home)
+        harness = build(settings, policy=AllowAll())
+        eid = await create_errand(
+            harness.store,
+            settings,
+            "fan out",
+            model="scripted:demo",
+            limits=Limits(max_steps=steps + 10),
+        )
+        await harness.close()
+        total, log = n * steps + 2, home / "calls.log"
+        start = time.monotonic()
+        first = _spawn(home, n, steps, eid)
+        while not log.exists() or log.read_text().count("\n") < total // 2:
+            await asyncio.sleep(0.05)
+            assert first.poll() is None, "the worker ended before the kill"
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        at_kill = log.read_text().count("\n")
+        second = _spawn(home, n, steps, eid)
+        await asyncio.to_thread(second.wait, 3600)
+        wall = time.monotonic() - start
+        harness = build(settings, policy=AllowAll())
+        try:
+            parent = await harness.store.view(eid)
+            children = await harness.store.children(eid)
+            logged = parent.steps + sum(c.steps for c in children)
+        finally:
+            await harness.close()
+        asked = collections.Counter(log.read_text().split("\n")[:-1])
+        again = {key: count for key, count in asked.items() if count > 1}
+        per_errand = collections.Counter(key.split()[0] for key in again)
+        return {
+            "case": "crash",
+            "children": n,
+            "steps": steps,
+            "killed_after_calls": at_kill,
+            "parent_done": parent.state is ErrandState.done,
+            "children_done": sum(1 for c in children if c.state is ErrandState.done),
+            "children_made": len(children),
+            "distinct_titles": len({c.title for c in children}),
+            "model_calls_logged": logged,
+            "model_calls_asked": sum(asked.values()),
+            "asked_again": sum(again.values()) - len(again),
+            "most_asked_again_per_errand": max(per_errand.values(), default=0),
+            "wall_s": round(wall, 1),
+        }
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 HEADERS = [
     "case", "children", "calls/child", "model calls", "done", "wall s", "bound s", "wall/bound",
     "calls/s", "429s", "429 %", "spend $", "peak RSS MB", "peak tasks",
@@ -264,7 +357,12 @@ def main() -> None:
         "--only", nargs="+", choices=["scripted", "latency", "ratelimited"], default=None
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--crash", action="store_true", help="also the SIGKILL run")
+    parser.add_argument("--worker", nargs=2, metavar=("HOME", "ERRAND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        asyncio.run(worker(Path(args.worker[0]), args.children, args.steps, args.worker[1]))
+        return
     cases = args.only or ["scripted", "latency", "ratelimited"]
     base = Path(tempfile.gettempdir())
     info = machine_info(base, ("openai", "httpx"))
@@ -275,6 +373,10 @@ def main() -> None:
         row = asyncio.run(run_case(case, args.children, args.steps, args.window, base))
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
+    crash: dict[str, Any] | None = None
+    if args.crash:
+        crash = asyncio.run(run_crash(args.children, args.steps, base))
+        print(json.dumps(crash))
     info["load_avg_at_end"] = os.getloadavg()
     print()
     print(table(rows))
@@ -311,6 +413,7 @@ def main() -> None:
                 },
                 "targets": targets,
                 "rows": [asdict(r) for r in rows],
+                "crash": crash,
             },
             indent=2,
         )
