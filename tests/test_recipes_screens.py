@@ -2,7 +2,7 @@
 against a real ``errands up`` with the real mail servers and a model simulator speaking
 OpenAI's wire protocol: board-summary's morning card (the summary to you, asked because
 it is made from the board), vendor-chase's first mail to the vendor and overnight-drafts'
-reply to a mail of the night, each added with
+reply to a mail of the night, and listings-monitor's answer of a new listing, each added with
 ``errands recipe add`` and run now. Screenshots of each inbox go to ``$SCREENSHOTS_DIR``
 (docs/img when making the docs' pictures, see docs/recipes/README.md), else the test's
 temporary directory."""
@@ -22,7 +22,7 @@ from helpers.browser import ARGS, CHROMIUM, TIMEOUT_MS
 from helpers.mailkit import BOB, ERRANDS, ME, PASSWORD_ENV, a_mail, email_toml, mail
 from helpers.mailserver import PASSWORD, MailServers
 from helpers.server import ServerProc, clean_env, free_port, wait_for, write_config
-from helpers.site import Site
+from helpers.site import Page, Site
 from sim.core import Turn, call
 from sim.openai_server import OpenAIChatSim
 from test_recipes_mail import board
@@ -30,6 +30,7 @@ from test_recipes_mail import board
 __all__ = ["mail"]
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 expect = playwright_api.expect
+FLATS = b'<ul><li class="flat">studio, 900</li>'
 
 
 @pytest.fixture
@@ -89,6 +90,9 @@ def test_recipe_cards_in_the_inbox(
            "--cron", "0 8 * * 1-5", "--tz", "UTC", "--to", ME)  # fmt: skip
     recipe(env, "vendor-chase", "--name", "acme", "--to", BOB, "--about", "invoice 1042")
     recipe(env, "overnight-drafts", "--name", "drafts")
+    site.pages["/flats"] = Page(FLATS + b"</ul>")
+    recipe(env, "listings-monitor", "--name", "flats", "--url", site.url("/flats"),
+           "--select", "li.flat", "--every", "1h")  # fmt: skip
     where = shots(tmp_path)
     server = ServerProc(home, port=free_port(), env=env).start()
     try:
@@ -132,6 +136,16 @@ def test_recipe_cards_in_the_inbox(
         expect(card).to_have_count(3)
         expect(page.locator("#queue")).to_contain_text("Yes -- 1pm is fine.")
         page.screenshot(path=str(where / "recipe-overnight-drafts-inbox.png"), full_page=True)
+        # listings: the first check records the page; the next finds one new listing
+        with server.client() as api:
+            assert api.post("/api/schedules/flats/run").json()["outcome"] == "baseline"
+            site.pages["/flats"] = Page(FLATS + b'<li class="flat">loft, 2400</li></ul>')
+            openai_sim.script("New: loft, 2400")
+            ran = api.post("/api/schedules/flats/run").json()
+            assert ran["outcome"] == "started", ran
+            wait_for(lambda: api.get(f"/api/errands/{ran['errand_id']}").json()["status"] == "done")
+        expect(page.locator("#errands")).to_contain_text("New: loft, 2400")
+        page.screenshot(path=str(where / "recipe-listings-monitor-inbox.png"), full_page=True)
     finally:
         server.kill()
     assert not any(b"Invoice 1042" in m for m in mail.messages(BOB))  # nothing left unasked
