@@ -19,8 +19,9 @@ from helpers.kit import harness_for
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.states import TERMINAL, ErrandState
+from errands.engine import runner as runner_module
 from errands.engine import worktrees
-from errands.engine.delegate import Delegation
+from errands.engine.delegate import Delegation, sweep_worktrees
 from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
 from errands.models.protocol import ModelReply, ModelRequest, TextSink
@@ -207,3 +208,25 @@ def test_a_forged_dotgit_does_not_move_the_childs_commit(
     assert worktrees.commit(repo, child, "errands: sub-errand x.1.0.0")
     assert git(victim, "rev-parse", "HEAD") == before
     assert git(repo, "show", "errands/x.1.0.0:same.txt") == "changed by the child\n"
+
+
+async def test_a_cleanup_a_crash_cut_short_is_made_up_when_errands_up_starts(
+    db: SQLiteStore, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent ended but its worktrees were not settled (a crash in between, played by
+    a settle that does nothing): the sweep ``errands up`` runs as it starts removes them,
+    each child's work committed first."""
+
+    async def nothing(*args: object) -> None:
+        return None
+
+    monkeypatch.setattr(runner_module, "settle_worktrees", nothing)
+    view, workspace, children = await _run(db, settings, git_repo=True)
+    assert view.state is ErrandState.done, view.reason
+    assert git(workspace, "worktree", "list", "--porcelain").count("worktree ") == 4  # left
+    (Path(children[2].workspace) / "late.txt").write_text("written after its last commit\n")
+    assert await sweep_worktrees(db) == 1
+    assert git(workspace, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert git(workspace, "show", f"errands/{children[2].id}:late.txt") == (
+        "written after its last commit\n"
+    )

@@ -442,17 +442,22 @@ async def sweep_worktrees(store: Store, limit: int = 1000) -> int:
     """Settle what a crash left: the worktrees of the *limit* newest ended sub-errands
     whose worktree is still there and whose parent has ended (``errands up`` does this
     as it starts). Returns how many parents it settled."""
-    ended = await store.list_errands(states=sorted(TERMINAL), limit=limit)
-    parents = {
-        v.parent for v in ended if v.parent is not None and (Path(v.workspace) / ".git").is_file()
-    }
     settled = 0
-    for parent_id in sorted(p for p in parents if p is not None):
-        with contextlib.suppress(NotFound):
-            parent = await store.view(parent_id)
-            if parent.state in TERMINAL:
-                await settle_worktrees(store, parent)
-                settled += 1
+    try:
+        ended = await store.list_errands(states=sorted(TERMINAL), limit=limit)
+        parents = {
+            v.parent
+            for v in ended
+            if v.parent is not None and (Path(v.workspace) / ".git").is_file()
+        }
+        for parent_id in sorted(p for p in parents if p is not None):
+            with contextlib.suppress(NotFound):
+                parent = await store.view(parent_id)
+                if parent.state in TERMINAL:
+                    await settle_worktrees(store, parent)
+                    settled += 1
+    except StoreError as exc:  # (best effort: the next start looks again)
+        log.warning("the sweep of sub-errands' worktrees stopped: %s", exc)
     return settled
 
 
