@@ -296,3 +296,20 @@ async def test_append_only_when_the_context_may_be_compacted(
     lists = [names(r) for r in model.requests]
     assert lists[0] == ["list_files", "recall_output", "search_tools"]
     assert all(after[: len(before)] == before for before, after in pairwise(lists))
+
+
+def test_a_full_list_names_what_it_could_not_add() -> None:
+    """Past the budget a search still says what it found, marked as not added, and the
+    list does not grow past the budget."""
+    searching = SearchingToolset(corpus_toolset([]), budget_tokens=1_000)
+    queries = ["weather forecast for a city", "convert currency", "translate text"]
+    view = ErrandView(id="e", tool_searches=queries[:2])
+    listing = searching.tools(view)
+    assert schema_tokens(listing.schemas) <= 1_000
+    answer = searching.answer("e", queries[2])
+    assert answer.startswith("Tools for 'translate text'")
+    assert "[not added: the tool list is full]" in answer
+    shown = {s.name for s in listing.schemas}
+    grown = searching.tools(ErrandView(id="e", tool_searches=queries))
+    assert [s.name for s in grown.schemas][: len(shown)] == [s.name for s in listing.schemas]
+    assert schema_tokens(grown.schemas) <= 1_000
