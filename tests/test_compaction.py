@@ -549,3 +549,30 @@ def test_a_compaction_is_a_line_of_the_timeline() -> None:
     assert "~26,000 -> ~15,000 of 32,000 tokens" in line and "untrusted" in line
     html = str(environment().get_template("_macros.html").module.timeline_item(stored))
     assert "1 old outputs masked, 12 messages summarised" in html and 'data-seq="9"' in html
+
+
+def test_compaction_leaves_room_for_the_output(settings: Settings) -> None:
+    """A request is compacted when its input passes compact_at of the window, or when
+    the output it asks for would not fit beside it."""
+
+    async def never(*args: Any) -> Any:
+        raise AssertionError("not called")
+
+    context = Context(small_window(settings), never, never)
+    p = Progress.empty("e")
+    p.view.model = SPEC
+    p.messages = [ev_message("x" * 30)] * 2
+    p.last_usage = ev.Usage(input_tokens=20_000, output_tokens=10)
+    p.answered = 2
+    small = ModelRequest(system="s", messages=(), tools=(), max_tokens=1_000)
+    assert not context.over(p, small)  # 20K + 1K of a 32K window: under 80%, room left
+    big = replace(small, max_tokens=16_000)
+    assert context.over(p, big)  # 20K + 16K > 32K
+    p.view.model = "scripted:demo"  # no known window: never
+    assert not context.over(p, big)
+
+
+def ev_message(text: str) -> Any:
+    from errands.core.messages import Message
+
+    return Message(role="user", text=text)

@@ -91,6 +91,10 @@ def _fixed_tokens(request: ModelRequest) -> int:
     return (len(request.system) + tools) // CHARS_PER_TOKEN + MESSAGE_TOKENS
 
 
+def _output(request: ModelRequest) -> int:
+    return request.max_tokens or 0
+
+
 def estimate_tokens(p: Progress, request: ModelRequest) -> int:
     """The input tokens of *request* (built from *p*'s transcript), estimated from what
     is known: O(messages added since the last call or compaction)."""
@@ -124,12 +128,14 @@ class Context:
             return found
 
     def over(self, p: Progress, request: ModelRequest) -> bool:
-        """Whether *request* would pass ``compact_at`` of its model's window (False when
-        the window is not known). Cheap: asked before every model call."""
+        """Whether *request* would pass ``compact_at`` of its model's window, or leave
+        no room for the output it asks for (False when the window is not known). Cheap:
+        asked before every model call."""
         window = self.window(p.view.model)
         if window is None:
             return False
-        return estimate_tokens(p, request) > self.settings.context.compact_at * window
+        limit = min(self.settings.context.compact_at * window, window - _output(request))
+        return estimate_tokens(p, request) > limit
 
     async def fit(self, p: Progress, model: Model, request: ModelRequest) -> ModelRequest | None:
         """*request*, or the same request over a compacted transcript when it would pass
@@ -139,7 +145,7 @@ class Context:
         window = self.window(p.view.model)
         assert window is not None
         tokens = estimate_tokens(p, request)
-        target = int(self.settings.context.compact_to * window)
+        target = int(min(self.settings.context.compact_to * window, window - _output(request)))
         masked, after = self.plan_masking(p, tokens, target)
         summarised, summary = 0, None
         if after > target:
