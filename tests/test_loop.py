@@ -276,7 +276,10 @@ async def test_cancel_is_picked_up_at_the_next_step(
     eid = await create_errand(store, settings, "x", model="scripted:demo")
     runner = runner_for(store, settings, model, ledger_registry(ledger))
     task = asyncio.create_task(runner.run_errand(eid))
-    await asyncio.sleep(0.15)
+    for _ in range(500):  # a step or two in (however slow this machine's commits are)
+        if ledger.entries():
+            break
+        await asyncio.sleep(0.02)
     await cancel_errand(store, eid, reason="changed my mind")
     view = await asyncio.wait_for(task, 5)
     assert view.state is ErrandState.cancelled
