@@ -25,7 +25,9 @@ from helpers.fanout import CHILD, FanModel, with_subagents
 from helpers.kit import harness_for
 
 from errands.config import Settings
+from errands.core.errand import ApprovalOut
 from errands.core.events import ToolCall
+from errands.engine.operations import create_errand
 from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.policy.hook import Decision
 from errands.policy.rules import Policy, Rule
@@ -34,6 +36,7 @@ from errands.server.auth import Security
 from errands.server.context import ServerContext
 from errands.server.hub import Hub
 from errands.server.idempotency import IdempotencyStore
+from errands.server.inbox_tree import grouped
 from errands.store.sqlite import SQLiteStore
 
 expect = playwright_api.expect
@@ -190,3 +193,53 @@ def test_the_parents_page_shows_its_tree_live(tree_server: TreeServer, control: 
         assert (
             Path(_api(server, "GET", f"/api/errands/{first}")["workspace"]) / "note.txt"
         ).exists()
+        # the inbox's queue names the other one's parent
+        page.goto(server.url)
+        expect(page.locator("#queue article.approval .for")).to_have_text(
+            f"for fan out › {CHILD} {max(ASKING)}"
+        )
+
+
+def _card(errand_id: str, title: str, at: float) -> ApprovalOut:
+    return ApprovalOut(
+        id=f"{errand_id}.9", errand_id=errand_id, errand_title=title, seq=9, call_id="c",
+        tool="write_file", arguments={}, args_hash="h", effect="write_local", reason="r",
+        rule="x", preview="", at=at,
+    )  # fmt: skip
+
+
+async def test_the_queue_groups_a_childs_cards_under_its_parent(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Two children's cards, asked at 1 and 3, and an unrelated errand's at 2: the queue
+    (oldest first) would put the unrelated one between them; grouped, the tree's cards
+    come together, each naming its parent."""
+    store = SQLiteStore(tmp_path / "g.sqlite")
+    try:
+        parent = await create_errand(store, settings, "fan out", model="scripted:demo")
+        other = await create_errand(store, settings, "something else", model="scripted:demo")
+        kids = [
+            await create_errand(
+                store,
+                settings,
+                f"{CHILD} {k}",
+                model="scripted:demo",
+                parent=parent,
+                errand_id=f"{parent}.2.0.{k}",
+            )
+            for k in range(2)
+        ]
+        queue = [
+            _card(kids[0], f"{CHILD} 0", 1.0),
+            _card(other, "something else", 2.0),
+            _card(kids[1], f"{CHILD} 1", 3.0),
+        ]
+        shown = await grouped(store, queue)
+        assert [a.errand_id for a in shown] == [kids[0], kids[1], other]
+        assert [a.errand_title for a in shown] == [
+            f"fan out › {CHILD} 0",
+            f"fan out › {CHILD} 1",
+            "something else",
+        ]
+    finally:
+        await store.close()

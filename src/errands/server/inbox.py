@@ -46,7 +46,7 @@ from errands.models.spec import check_spec
 from errands.server.context import ServerContext, model_help
 from errands.server.editing import Editor, editor_for
 from errands.server.handlers import listing, marks, pending_with_titles, store_condition
-from errands.server.inbox_tree import add_tree_routes, tree_of
+from errands.server.inbox_tree import add_tree_routes, grouped, tree_of
 from errands.server.mcp_inbox import add_mcp_page
 from errands.server.memory_inbox import add_memory_page
 from errands.server.prices import price_hint
@@ -329,7 +329,8 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         return out
 
     async def inbox_values(ctx: ServerContext, show: str) -> dict[str, Any]:
-        approvals = await pending_with_titles(ctx)
+        # (a sub-errand's cards grouped under its parent: errands.server.inbox_tree)
+        approvals = await grouped(ctx.store, await pending_with_titles(ctx))
         cards = approvals[:MAX_CARDS]  # the oldest first
         show = show if show in SHOWS else "all"
         states = SHOWS[show][1]

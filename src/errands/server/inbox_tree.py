@@ -16,10 +16,11 @@ from jinja2 import Environment
 
 from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import TERMINAL
+from errands.errors import StoreError
 from errands.server.context import ServerContext
 from errands.store import StoreReader
 
-__all__ = ["Node", "Tree", "add_tree_routes", "tree_of"]
+__all__ = ["Node", "Tree", "add_tree_routes", "grouped", "tree_of"]
 
 MAX_NODES = 500  # a tree bigger than this shows its first 500 (and says so)
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -77,6 +78,44 @@ async def tree_of(store: StoreReader, errand_id: str, now: float | None = None) 
 
     await walk(errand_id, 1)
     return tree
+
+
+async def grouped(store: StoreReader, approvals: list[ApprovalOut]) -> list[ApprovalOut]:
+    """The inbox's queue with a sub-errand's approvals grouped under its parent: each
+    tree's cards together (the trees ordered by their oldest card, the cards in a tree
+    oldest first), a child's card naming ``PARENT › CHILD``. An errand's parent is read
+    once per call (the queue is short)."""
+    parents: dict[str, str | None] = {}
+    titles: dict[str, str] = {}
+
+    async def parent_of(errand_id: str) -> str | None:
+        if errand_id not in parents:
+            try:
+                view = await store.view(errand_id)
+            except StoreError:
+                parents[errand_id] = None
+            else:
+                parents[errand_id], titles[errand_id] = view.parent, view.title
+        return parents[errand_id]
+
+    async def chain(errand_id: str) -> list[str]:
+        out = [errand_id]
+        while (up := await parent_of(out[-1])) is not None and len(out) < 8:
+            out.append(up)
+        return out[::-1]  # the root first
+
+    out: list[tuple[str, ApprovalOut]] = []
+    for a in approvals:
+        ids = await chain(a.errand_id)
+        if len(ids) > 1:
+            names = [titles.get(i) or i for i in ids[:-1]]
+            a = a.model_copy(update={"errand_title": " › ".join([*names, a.errand_title])})
+        out.append((ids[0], a))
+    first: dict[str, float] = {}
+    for root, a in out:
+        first[root] = min(first.get(root, a.at), a.at)
+    out.sort(key=lambda pair: (first[pair[0]], pair[0], pair[1].at))
+    return [a for _, a in out]
 
 
 def add_tree_routes(
