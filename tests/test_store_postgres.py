@@ -439,3 +439,46 @@ def test_doctor_checks_the_postgres_store_and_backup_points_to_pg_dump(cli: Any,
     copied = cli("backup", str(cli.home / "b.sqlite"), ERRANDS_STORE_URL=url)
     assert copied.returncode != 0 and "pg_dump" in copied.stderr
     assert "Traceback" not in copied.stderr and not (cli.home / "b.sqlite").exists()
+
+
+def test_up_no_run_serves_while_a_worker_runs_the_errands(cli: Any, url: str) -> None:
+    """``errands up --no-run`` on a PostgreSQL store answers the API and runs nothing;
+    an ``errands worker`` beside it runs what the API made, and the API shows it done."""
+    import json
+    import re
+    import subprocess
+    import time
+    import urllib.request
+
+    def call(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    up = cli.popen("up", "--no-run", "--port", "0", ERRANDS_STORE_URL=url)
+    worker: subprocess.Popen[str] | None = None
+    try:
+        assert up.stdout is not None
+        first = up.stdout.readline()
+        found = re.search(r"http://127\.0\.0\.1:\d+", first)
+        assert found, first + (up.stderr.read() if up.poll() is not None else "")  # type: ignore[union-attr]
+        base = found.group(0)
+        made = call("POST", "/api/errands", {"text": "say hi", "model": "scripted:demo"})
+        eid = made["id"]
+        time.sleep(1.5)
+        assert call("GET", f"/api/errands/{eid}")["status"] == "queued"  # nobody runs it
+        worker = cli.popen("worker", ERRANDS_STORE_URL=url)
+        deadline = time.monotonic() + 60
+        while call("GET", f"/api/errands/{eid}")["status"] != "done":
+            assert time.monotonic() < deadline, "the worker did not run the errand"
+            time.sleep(0.2)
+    finally:
+        for proc in (worker, up):  # (the processes this test started, by their handles)
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

@@ -150,10 +150,13 @@ def run_server(
     echo: Callable[[str], None] = print,
     workers: Sequence[str] = (),
     count: int = 0,
+    run: bool = True,
 ) -> None:
     """Run until SIGINT/SIGTERM. Raises :class:`ServerRefused` if it cannot start.
     *count* > 0: errands run in that many worker processes, each started with the
-    command line *workers* (:mod:`errands.server.workers`); else in this process."""
+    command line *workers* (:mod:`errands.server.workers`); else in this process --
+    unless not *run* (``--no-run``): then only in ``errands worker`` processes started
+    elsewhere (docs/scale-out.md)."""
     home = settings.home
     if count < 0 or count > MAX_WORKERS:
         raise ServerRefused(f"--workers: from 0 to {MAX_WORKERS}, not {count}")
@@ -161,7 +164,8 @@ def run_server(
     try:
         health.verify(settings.db_path)  # quick_check and the schema: refuse a damaged store
         observe.configured()  # a malformed OTEL_* variable stops the start, before serving
-        _serve(settings, host, port, echo, WorkerPool(count, workers) if count else None)
+        pool = WorkerPool(count, workers) if count or not run else None  # (0: none of its own)
+        _serve(settings, host, port, echo, pool)
     finally:
         lock.release()
 
@@ -237,8 +241,10 @@ def _serve(
     # errands' own network tools must never reach this server (nor any other's: registry)
     settings = settings.model_copy(update={"server_port": actual})
     lines = [f"errands is up: {url}", "  the inbox, and the API (/openapi.json)"]
-    if pool is not None:
+    if pool is not None and pool.count:
         lines.append(f"  errands run in {pool.count} worker process(es) (errands worker)")
+    elif pool is not None:
+        lines.append("  errands run in errands worker processes started elsewhere (--no-run)")
     if host in ("0.0.0.0", "::"):
         lines.append(f"  listening on every interface: http://{socket.gethostname()}:{actual}/")
     if token is not None:

@@ -52,6 +52,14 @@ def up(
             max=64,
         ),
     ] = 0,
+    no_run: Annotated[
+        bool,
+        typer.Option(
+            "--no-run",
+            help="Run no errand here: leave them to errands worker processes you start "
+            "(on this host or others, on a shared PostgreSQL store: docs/scale-out.md).",
+        ),
+    ] = False,
 ) -> None:
     """Start the server: it runs every errand, and serves the inbox and the HTTP API.
 
@@ -76,6 +84,7 @@ def up(
             echo=lambda text: print(text, flush=True),
             workers=worker_args(str(s.home), state.config),
             count=workers,
+            run=not no_run,
         )
     except ErrandsError as exc:
         fail(str(exc))
