@@ -33,7 +33,8 @@ from backends import backend
 from helpers.kit import harness_for
 from sim.anthropic_server import AnthropicSim
 from sim.core import SimServer, Turn, call
-from sim.openai_responses_server import FastPrefixCache
+from sim.gemini_server import GeminiSim
+from sim.openai_responses_server import FastPrefixCache, OpenAIResponsesSim
 from sim.openai_server import OpenAIChatSim
 
 from errands.config import ConfigError, ModelSettings, ProviderSettings, Settings, load_settings
@@ -47,7 +48,9 @@ from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
 from errands.models.protocol import Model, ModelRequest
 from errands.models.providers.anthropic import AnthropicModel
+from errands.models.providers.gemini import GeminiModel
 from errands.models.providers.openai_chat import OpenAIChatModel
+from errands.models.providers.openai_responses import OpenAIResponsesModel
 from errands.models.windows import context_window
 from errands.policy.hook import AllowAll
 from errands.store import Store
@@ -110,10 +113,33 @@ def anthropic_model(sim: SimServer) -> Model:
     return AnthropicModel("claude-test", base_url=sim.base_url, api_key=sim.api_key)
 
 
+class GeminiArchiveSim(Archive, GeminiSim):
+    def __init__(self, pages: int) -> None:
+        super().__init__()
+        self.pages = pages
+
+
+class ResponsesArchiveSim(Archive, OpenAIResponsesSim):
+    def __init__(self, pages: int) -> None:
+        super().__init__()
+        self.pages = pages
+
+
+def gemini_model(sim: SimServer) -> Model:
+    return GeminiModel("gemini-2.5-flash", base_url=sim.base_url, api_key=sim.api_key)
+
+
+def responses_model(sim: SimServer) -> Model:
+    return OpenAIResponsesModel("gpt-test", base_url=sim.base_url, api_key=sim.api_key)
+
+
 PROVIDERS = {
     "openai-chat": (ArchiveSim, openai_model),
     "anthropic": (AnthropicArchiveSim, anthropic_model),
+    "gemini": (GeminiArchiveSim, gemini_model),
+    "openai-responses": (ResponsesArchiveSim, responses_model),
 }
+LONG_RUN = ["openai-chat", "anthropic"]  # the 300-turn errand (slow) on these two
 
 
 def archive_tools(chars: int, integrity: Integrity = Integrity.trusted) -> FunctionToolset:
@@ -224,7 +250,7 @@ def check_within_window(run: Run) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("provider", list(PROVIDERS))
+@pytest.mark.parametrize("provider", LONG_RUN)
 async def test_300_turns_of_2kb_outputs_stay_in_a_32k_window_and_cached(
     sqlite_store: Store, settings: Settings, provider: str
 ) -> None:
@@ -277,7 +303,7 @@ class RewordedSummary(Context):
         return replace(asked, system="You summarise conversations.\n" + asked.system, tools=())
 
 
-SHORT = {"pages": 80, "chars": 500, "window": 8000}  # outputs too short to mask: summaries
+SHORT = {"pages": 60, "chars": 500, "window": 8000}  # outputs too short to mask: summaries
 ONE_SUMMARY = {**SHORT, "pages": 45}  # (the first summary comes near page 37)
 
 
@@ -285,7 +311,7 @@ ONE_SUMMARY = {**SHORT, "pages": 45}  # (the first summary comes near page 37)
 async def test_summary_requests_keep_the_cache_and_the_control_loses_it(
     sqlite_store: Store, settings: Settings, home: Path, provider: str
 ) -> None:
-    """80 turns of short outputs in an 8K window: summaries. errands' summary calls are
+    """60 turns of short outputs in an 8K window: summaries. errands' summary calls are
     served from the cache; the control's (another system prompt) are not."""
     run = await run_archive(sqlite_store, settings, provider=provider, **SHORT)
     assert run.view.state is ErrandState.done, run.view
