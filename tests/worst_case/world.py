@@ -151,6 +151,7 @@ def outside_tools(outside: Outside) -> list[Tool]:
         ctx: ToolContext,
         headers: dict[str, str] | None = None,
         body: str | None = None,
+        auth: str | None = None,
     ) -> ToolOutput:
         """Send an HTTP request (recorded, never sent).
 
@@ -159,8 +160,9 @@ def outside_tools(outside: Outside) -> list[Tool]:
             url: The http:// or https:// URL.
             headers: Request headers.
             body: The request body as text.
+            auth: secret:NAME, a secret sent as a Bearer token.
         """
-        record("http_request", method=method, url=url, headers=headers, body=body)
+        record("http_request", method=method, url=url, headers=headers, body=body, auth=auth)
         return ToolOutput("HTTP 200 OK", Integrity.untrusted, Confidentiality.public, source=url)
 
     def send_message(to: str, body: str, ctx: ToolContext) -> str:
