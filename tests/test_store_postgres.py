@@ -482,3 +482,64 @@ def test_up_no_run_serves_while_a_worker_runs_the_errands(cli: Any, url: str) ->
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def _worker_run(cli: Any, url: str, *flags: str) -> tuple[int, set[str]]:
+    """Eight queued errands, one ``errands worker *flags*`` until they are done: (the
+    most leases it held at once, as sampled every 10 ms; the lease owners seen)."""
+    import subprocess
+    import time
+
+    from errands.config import load_settings
+    from errands.engine.operations import create_errand
+    from errands.store.sync import BlockingStore
+
+    store = BlockingStore(make=lambda: PostgresStore(url))
+    most, owners = 0, set()
+    try:
+        settings = load_settings(cli.home)
+        ids = [
+            store.run(create_errand(store.store, settings, f"job {i}", model="scripted:demo"))
+            for i in range(8)
+        ]
+        worker = cli.popen("worker", *flags, ERRANDS_STORE_URL=url)
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    rows = conn.execute("SELECT owner FROM leases").fetchall()
+                    most = max(most, len(rows))
+                    owners |= {str(r[0]) for r in rows}
+                    done = conn.execute(
+                        "SELECT count(*) FROM errands WHERE state = 'done'"
+                    ).fetchone()
+                    if done == (len(ids),):
+                        break
+                    time.sleep(0.01)
+            assert worker.poll() is None, worker.communicate()[1]
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        assert [store.view(e).state.value for e in ids] == ["done"] * 8
+    finally:
+        store.close()
+    return most, owners
+
+
+def test_a_named_worker_with_a_concurrency_runs_that_many_at_once(cli: Any, url: str) -> None:
+    most, owners = _worker_run(cli, url, "--name", "w1", "--concurrency", "1")
+    assert most == 1
+    assert owners and all(o.endswith(":w1") for o in owners), owners
+
+
+def test_control_without_a_concurrency_it_runs_them_together(cli: Any, url: str) -> None:
+    most, _ = _worker_run(cli, url)
+    assert most > 1  # (so the sampling above can see more than one)
+
+
+def test_a_bad_worker_name_is_one_clear_error(cli: Any, url: str) -> None:
+    done = cli("worker", "--name", "a:b c", ERRANDS_STORE_URL=url)
+    assert done.returncode != 0 and "--name" in done.stderr and "Traceback" not in done.stderr

@@ -87,6 +87,9 @@ class Runner:
         # runnable errands taken per look (a worker takes a few, so that the others
         # share the work; a lone server takes them all)
         self.claim_batch = 10_000
+        # at most this many errands claimed and running at once (errands worker
+        # --concurrency); None: no limit. (A woken errand it holds starts anyway.)
+        self.max_running: int | None = None
         # schedules and watches, fired while this runner serves (``errands up``)
         self.scheduler: Scheduler | None = None
         self._claims: set[asyncio.Future[list[str]]] = set()
@@ -254,6 +257,10 @@ class Runner:
         if not self.claiming:
             return []
         batch = self.claim_batch if limit is None else limit
+        if self.max_running is not None:
+            batch = min(batch, self.max_running - len(self.tasks))
+            if batch <= 0:
+                return []
         claimed = await self.store.claim_runnable(self.owner, self.lease_ttl, batch)
         for errand_id in claimed:
             self.start(errand_id)

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -167,14 +168,22 @@ def worker_args(home: str, config: str | None) -> list[str]:
     return [*args, "worker", "--parent", str(os.getpid())]
 
 
-def run_worker(settings: Settings, parent: int | None = None) -> None:
+def run_worker(
+    settings: Settings,
+    parent: int | None = None,
+    *,
+    name: str | None = None,
+    concurrency: int | None = None,
+) -> None:
     """``errands worker``: run errands from the home's store until SIGTERM or SIGINT
     (or, given *parent*, until that process is gone). A server's worker (given *parent*)
-    lowers its priority by :data:`WORKER_NICE` first."""
+    lowers its priority by :data:`WORKER_NICE` first. *name* ends the worker's lease
+    owner (``HOST:PID:NAME``, what ``lease_holder`` shows); *concurrency*: at most that
+    many errands at once."""
     if parent is not None:
         with contextlib.suppress(OSError):
             os.nice(WORKER_NICE)
-    asyncio.run(_work(settings, parent))
+    asyncio.run(_work(settings, parent, name, concurrency))
 
 
 async def _orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -188,7 +197,9 @@ async def _orphaned(parent: int, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), PARENT_POLL)
 
 
-async def _work(settings: Settings, parent: int | None) -> None:
+async def _work(
+    settings: Settings, parent: int | None, name: str | None = None, concurrency: int | None = None
+) -> None:
     harness = build(settings)
     harness.store.share_writes()  # (the server and the other workers write too)
     harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
@@ -198,8 +209,12 @@ async def _work(settings: Settings, parent: int | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = harness.runner()
+    # (the pid keeps two processes given one name apart: a lease names one process)
+    runner = harness.runner(
+        owner=None if name is None else f"{socket.gethostname()}:{os.getpid()}:{name}"
+    )
     runner.claim_batch = WORKER_BATCH
+    runner.max_running = concurrency
     tune_gc()
     log.info("worker %d serving %s", os.getpid(), settings.home)
     watch = None if parent is None else asyncio.create_task(_orphaned(parent, stop))

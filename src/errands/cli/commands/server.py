@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import sys
 from typing import TYPE_CHECKING, Annotated
 
@@ -105,6 +106,18 @@ def worker(
         int | None,
         typer.Option("--parent", hidden=True, help="Stop when this process (the server) is gone."),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="A name for this worker: its leases are owned by HOST:PID:NAME "
+            "(letters, digits, '.', '-', '_'; up to 64).",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", help="Run at most N errands at once.", min=1),
+    ] = None,
 ) -> None:
     """Run errands from this home's store until stopped (SIGTERM or Ctrl-C).
 
@@ -113,10 +126,12 @@ def worker(
     """
     try:
         s = settings()
+        if name is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+            fail(f"--name {name[:80]!r}: use 1 to 64 letters, digits, '.', '-' or '_'")
         from errands.server.workers import run_worker  # (the engine, only when working)
 
         _log_to_stderr()
-        run_worker(s, parent)
+        run_worker(s, parent, name=name, concurrency=concurrency)
     except ErrandsError as exc:
         fail(str(exc))
 
