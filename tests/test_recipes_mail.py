@@ -42,6 +42,7 @@ from errands.harness import Harness
 from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.policy.hook import AllowAll
 from errands.policy.reload import PolicyFile
+from errands.policy.rules import load_policy
 from errands.recipes import RecipeOptions, add_recipe
 from errands.store.sqlite import SQLiteStore
 
@@ -344,13 +345,32 @@ def web_mailed(home: Path, mail: MailServers, monkeypatch: pytest.MonkeyPatch) -
     return load_settings(home)
 
 
+class CopyingSummariser(Summariser):
+    """The same, with bob in cc of each summary."""
+
+    async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
+        reply = await super().complete(request, on_text)
+        for c in reply.tool_calls:
+            if c.name == "send_email":
+                c.arguments["cc"] = [BOB]
+        return reply
+
+
+@pytest.mark.parametrize("own", ["", "own", "own-but-cc"], ids=["default", "own", "own-but-cc"])
 async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes(
-    home: Path, web_mailed: Settings, mail: MailServers, site: Site
+    home: Path, web_mailed: Settings, mail: MailServers, site: Site, own: str
 ) -> None:
     """Each morning's mail says what changed that day. The first card, approved with
     "always" for that recipient, writes one rule pinning it; the summary is made from the
-    board, so flow control still asks each morning."""
+    board, so flow control still asks each morning -- unless ``[flow] own_addresses``
+    names the recipient as the person's own: then "always" holds and later mornings do not
+    ask. The negative controls: the default (no own addresses) asks each morning, and so
+    does a summary that also goes to someone else (cc)."""
     settings = web_mailed
+    if own:  # the person says me@test.example is their own address
+        load_policy(home)
+        with open(home / "policy.toml", "a") as fh:
+            fh.write(f'\n[flow]\nown_addresses = ["{ME}"]\n')
     days = [
         board(("Login fails", "open"), ("Slow export", "open")),
         board(("Login fails", "closed"), ("Slow export", "open"), ("Dark mode", "open")),
@@ -359,7 +379,8 @@ async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes
     clock = FakeClock(wall=MONDAY_7)
     store = SQLiteStore(settings.db_path, clock=clock)
     try:
-        h = harness_for(store, settings, model=Summariser(site.url("/issues")))
+        model = (CopyingSummariser if own == "own-but-cc" else Summariser)(site.url("/issues"))
+        h = harness_for(store, settings, model=model)
         options = RecipeOptions(name="board", board=site.url("/issues"), cron="0 8 * * 1-5",
                                 tz="UTC", to=ME)  # fmt: skip
         await add_recipe(store, settings, "board-summary", options, clock=clock,
@@ -375,11 +396,28 @@ async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes
             assert view.state is ErrandState.done, view.result
             cards.append(asked)
             clock.advance(86400 - 3601)
+            assert isinstance(h.policy, PolicyFile)
+            h.policy.refresh()  # (a day later, as it would have within 2 s)
     finally:
         await store.close()
+    policy = (home / "policy.toml").read_text()
+    bodies = [m.get_payload() for m in map(message_from_bytes, mail.messages(ME))
+              if m["Subject"] == "Board summary"][-3:]  # fmt: skip
+    assert [b.split(". Seen:")[0].strip() for b in bodies] == [
+        "Changed since the last run: Login fails (open), Slow export (open)",
+        "Changed since the last run: Login fails (closed), Dark mode (open)",
+        "Changed since the last run: Slow export (closed)",
+    ]
+    if own == "own":  # "always" for the person's own address holds from the second morning
+        assert policy.count("standing rule") == 1 and [len(c) for c in cards] == [1, 0, 0]
+        assert "flow control" not in cards[0][0]  # the first asked as any send does
+        return
+    if own == "own-but-cc":  # someone else receives it too: P-T asks each morning
+        assert [len(c) for c in cards] == [1, 1, 1]
+        assert all("flow control: P-T" in c[0] for c in cards)
+        return
     # the first card, approved with "always" for that recipient, wrote a standing rule
     # pinning exactly who receives it (to, and no cc) ...
-    policy = (home / "policy.toml").read_text()
     assert (
         'args = { "to" = "[[]\\"me@test.example\\"]", "cc" = "null", "attachments" = "null" }'
         in policy
@@ -389,13 +427,6 @@ async def test_board_summary_three_weekdays_three_summaries_of_that_days_changes
     assert policy.count("standing rule") == 1 and [len(c) for c in cards] == [1, 1, 1]
     assert all("flow control: P-T" in c[0] and "the body is not in your words" in c[0]
                for c in cards)  # fmt: skip
-    bodies = [m.get_payload() for m in map(message_from_bytes, mail.messages(ME))
-              if m["Subject"] == "Board summary"]  # fmt: skip
-    assert [b.split(". Seen:")[0].strip() for b in bodies] == [
-        "Changed since the last run: Login fails (open), Slow export (open)",
-        "Changed since the last run: Login fails (closed), Dark mode (open)",
-        "Changed since the last run: Slow export (closed)",
-    ]
 
 
 BOARD_ENV = "BOARD_CANARY_VALUE"  # not *_TOKEN: only the tools' redaction stands

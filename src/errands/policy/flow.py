@@ -103,6 +103,11 @@ class FlowSettings(BaseModel):
 
     untrusted_control: Literal["ask", "deny"] = "ask"
     private_data: Literal["ask", "deny"] = "ask"
+    # the person's own mail addresses: a mail to these only (every recipient one of them,
+    # nothing else it goes to) is not held by P-T -- it tells the person what the errand
+    # read, as its answer in the inbox does -- so an "always" for it holds. Off (empty) by
+    # default; P-F still applies (docs/security.md, §12)
+    own_addresses: list[str] = Field(default_factory=list)
 
 
 def norm(text: str) -> str:
@@ -382,6 +387,25 @@ def _grow(value: str, start: int, source: str) -> str:
     return fragment if len(fragment) <= 80 else fragment[:77] + "..."
 
 
+_ELSEWHERE = frozenset({ArgRole.url, ArgRole.payee, ArgRole.amount, ArgRole.command})
+
+
+def _to_the_person(call: Any, settings: FlowSettings) -> bool:
+    """Is *call* a mail to the person's own addresses (``own_addresses``) and nothing else:
+    at least one recipient, every recipient one of them, no URL, payee or command?"""
+    if not settings.own_addresses:
+        return False
+    own = {norm(a) for a in settings.own_addresses}
+    recipients: list[str] = []
+    for name, role in call.roles.items():
+        value = call.arguments.get(name)
+        if role is ArgRole.recipient:
+            recipients += _texts(value)
+        elif role in _ELSEWHERE and value not in (None, "", []):
+            return False
+    return bool(recipients) and all(norm(r) in own for r in recipients)
+
+
 def flow_verdict(
     call: Any, pieces: Sequence[Piece], trusted: Trusted, settings: FlowSettings
 ) -> tuple[Literal["ask", "deny"], str, str] | None:
@@ -405,7 +429,7 @@ def flow_verdict(
                 "which is not in your words or the [trusted] lists (flow control: P-F)"
             )
             found.append((settings.private_data, "flow-private", why))
-    if tainted and (effect in CONSEQUENTIAL or outside):
+    if tainted and (effect in CONSEQUENTIAL or outside) and not _to_the_person(call, settings):
         untraced = check.untraced() if effect in CONSEQUENTIAL else [(n, t) for n, _, t in outside]
         if untraced:
             why = f"{check.why_untrusted(untraced)} (flow control: P-T)"

@@ -157,6 +157,8 @@ payees = []         # e.g. ["ACME Ltd", "DE89370400440532013000"]
 # [flow]
 # untrusted_control = "ask"   # or "deny"
 # private_data = "ask"        # or "deny"
+# own_addresses = []          # your own mail addresses: a mail only to them is not held by
+#                             # P-T, so "always" for it holds (docs/security.md, section 12)
 """
 
 

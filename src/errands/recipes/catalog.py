@@ -134,7 +134,8 @@ def _board(o: RecipeOptions, s: Settings, now: float) -> tuple[ScheduleRequest, 
     said = [
         f"each morning's mail to {to} is an approval card showing the summary; 'always' for "
         f"{to} pins the recipient, but the summary is made from the board (untrusted), so "
-        "flow control still asks for each one (docs/security.md)"
+        "flow control still asks for each one, unless policy.toml's [flow] own_addresses "
+        f"names {to} as yours (docs/recipes/board-summary.md)"
     ]
     if token:
         said.insert(
