@@ -543,3 +543,39 @@ def test_control_without_a_concurrency_it_runs_them_together(cli: Any, url: str)
 def test_a_bad_worker_name_is_one_clear_error(cli: Any, url: str) -> None:
     done = cli("worker", "--name", "a:b c", ERRANDS_STORE_URL=url)
     assert done.returncode != 0 and "--name" in done.stderr and "Traceback" not in done.stderr
+
+
+class OneSession(PostgresStore):
+    """Control: a batch whose session is gone is not run again on a new one."""
+
+    attempts = 1
+
+
+@pytest.mark.parametrize("kind", [PostgresStore, OneSession], ids=["store", "CONTROL"])
+async def test_a_restarted_server_costs_no_write(kind: type[PostgresStore]) -> None:
+    """PostgreSQL restarts under an open store (its sessions ended): the next append and
+    the next read go through on new sessions; nothing acknowledged is lost. (A server of
+    the test's own: the session's stays up for the other tests.)"""
+    from helpers.postgres import PostgresServer
+
+    from errands.errors import StoreUnavailable
+
+    own = PostgresServer()
+    try:
+        store = kind(own.url(own.new_database()))
+        try:
+            await store.create("e1", _created())
+            await store.append("e1", [_note("before")])
+            own.restart()
+            if kind is OneSession:
+                with pytest.raises(StoreUnavailable):  # (nothing of it written)
+                    await store.append("e1", [_note("after")])
+                await store.append("e1", [_note("after")])  # the next batch, a new session
+            else:
+                assert await store.append("e1", [_note("after")]) == [3]
+            notes = [s.event.content.text for s in await store.read("e1") if s.seq > 1]
+            assert notes == ["before", "after"]
+        finally:
+            await store.close()
+    finally:
+        own.stop()

@@ -86,6 +86,14 @@ class PostgresServer:
                 + (log.read_text() if log.exists() else "")
             )
 
+    def restart(self) -> None:
+        """Stop the server (fast: sessions are ended) and start it again."""
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-m", "fast", "-w",
+            "-o", f"-k {self.root} -c listen_addresses='' -p {self.port}", "restart",
+        )  # fmt: skip
+        self.admin = psycopg.connect(self.url("postgres"), autocommit=True)
+
     def url(self, database: str) -> str:
         return f"postgresql://{self.user}@/{database}?host={self.root}&port={self.port}"
 

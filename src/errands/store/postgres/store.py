@@ -151,6 +151,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
                 max_size=pool_size,
                 kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
                 name="errands-readers",
+                check=psycopg_pool.ConnectionPool.check_connection,  # (after a restart)
                 timeout=30,
                 open=True,
             )
@@ -162,6 +163,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         self._batch_owned: list[str] = []  # errands a batch appends to under a lease
         self._batch_leases: dict[str, str] = {}  # their lease owners, read FOR SHARE
         self._reclaim_lock = threading.Lock()
+        self._committing = False  # the batch reached its commit (a failure is in doubt)
         self._start_writer()
 
     # ---------------------------------------------------------------- connections
@@ -219,16 +221,24 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             {op.errand_id for op in batch if op.fn is None and op.owner is not None}
         )
         for attempt in range(self.attempts):
+            self._committing = False
             try:
                 super()._run_tx(batch)
                 return
             except (pgerrors.UniqueViolation, pgerrors.DeadlockDetected):
                 if attempt == self.attempts - 1:
                     raise
-                self._forget()
-                self._commit_no = -1
-                for op in batch:
-                    op.result = op.error = None
+            except psycopg.OperationalError:
+                # the session was gone before the batch reached its commit (a restarted
+                # server, a failover, an idle connection cut): nothing of it was written,
+                # so it runs again on a new session. A session lost *during* the commit
+                # is not retried: whether it committed is unknown (StoreUnavailable).
+                if self._committing or not self._wconn.broken or attempt == self.attempts - 1:
+                    raise
+            self._forget()
+            self._commit_no = -1
+            for op in batch:
+                op.result = op.error = None
 
     def _begin(self) -> psycopg.Connection[Any]:
         if self._wconn.closed or self._wconn.broken:
@@ -248,6 +258,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         return self._seen_no != self._commit_no
 
     def _commit(self, conn: psycopg.Connection[Any]) -> None:
+        self._committing = True
         number = int(first_value(conn, "SELECT nextval('errands_commits')"))
         # another process's number between the batch's start and now: it may have
         # committed meanwhile, so the next batch starts with empty caches
