@@ -157,25 +157,9 @@ def cpu_seconds(server: Any) -> float:
     return total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--waiting", type=int, default=1000)
-    parser.add_argument("--running", type=int, default=200)
-    parser.add_argument("--approve", type=int, default=500)
-    parser.add_argument("--requests", type=int, default=300, help="per read endpoint")
-    parser.add_argument("--quick", action="store_true", help="200 waiting, 50 running")
-    parser.add_argument(
-        "--workers", type=int, default=0, help="errands up --workers N (0: errands run in it)"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    if args.quick:
-        args.waiting, args.running, args.approve, args.requests = 200, 50, 100, 100
-    sink_server, sink = endpoint()
-    info = machine_info(
-        Path(tempfile.gettempdir()),
-        ("fastapi", "starlette", "uvicorn", "pydantic", "httptools", "uvloop"),
-    )
+def run_once(args: argparse.Namespace, sink: str, src: Path | None) -> dict[str, Any]:
+    """Seed a new home, start ``errands up`` (from *src*, a tree's ``src`` folder, if
+    given: a baseline), measure it; the figures."""
     with tempfile.TemporaryDirectory(prefix="errands-server-bench-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
@@ -187,6 +171,8 @@ def main() -> None:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")}
         env["ERRANDS_HOME"] = str(home)
+        if src is not None:
+            env["PYTHONPATH"] = str(src)
         log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -267,8 +253,6 @@ def main() -> None:
             if proc.poll() is None:
                 proc.kill()
             log.close()
-    sink_server.shutdown()
-
     worst = max(r["p99_ms"] for k, r in results.items() if k != "GET /api/approvals")
     summary = {
         "workload": {
@@ -291,7 +275,7 @@ def main() -> None:
         "target_p99_ms": TARGET_P99_MS,
         "list_and_approve_p99_ok": worst < TARGET_P99_MS
         and results["GET /api/errands"]["p99_ms"] < TARGET_P99_MS,
-        "machine": info,
+        "tree": str(src) if src is not None else "this checkout",
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     print()
@@ -314,6 +298,55 @@ def main() -> None:
     )
     verdict = "met" if summary["list_and_approve_p99_ok"] else "NOT met"
     print(f"target p99 < {TARGET_P99_MS:.0f} ms for list and approve: {verdict}")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--waiting", type=int, default=1000)
+    parser.add_argument("--running", type=int, default=200)
+    parser.add_argument("--approve", type=int, default=500)
+    parser.add_argument("--requests", type=int, default=300, help="per read endpoint")
+    parser.add_argument("--quick", action="store_true", help="200 waiting, 50 running")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="errands up --workers N (0: errands run in it)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another tree's src folder (git archive REV src): its errands up is measured "
+        "too, run for run alternately with this checkout's (it must know the store's "
+        "migrations)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="with --baseline: pairs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.quick:
+        args.waiting, args.running, args.approve, args.requests = 200, 50, 100, 100
+    sink_server, sink = endpoint()
+    info = machine_info(
+        Path(tempfile.gettempdir()),
+        ("fastapi", "starlette", "uvicorn", "pydantic", "httptools", "uvloop"),
+    )
+    runs: list[dict[str, Any]] = []
+    try:
+        for _ in range(args.rounds if args.baseline else 1):
+            for src in ([args.baseline.resolve()] if args.baseline else []) + [None]:
+                print(f"\n== errands up from {src or 'this checkout'}")
+                runs.append(run_once(args, sink, src))
+    finally:
+        sink_server.shutdown()
+    summary = dict(runs[-1])
+    summary["machine"] = info
+    if args.baseline:
+        summary["runs"] = runs  # baseline and this checkout, alternately
+        print("\np99 ms, baseline / this checkout, run by run:")
+        for name in runs[0]["latency"]:
+            pairs = [
+                f"{b['latency'][name]['p99_ms']:.1f} / {a['latency'][name]['p99_ms']:.1f}"
+                for b, a in zip(runs[::2], runs[1::2], strict=True)
+            ]
+            print(f"  {name:36} {', '.join(pairs)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -216,6 +216,10 @@ async def _work(
     runner.claim_batch = WORKER_BATCH
     runner.max_running = concurrency
     tune_gc()
+    # the store's writer holds the write gate while it stages and writes a batch; with
+    # the interpreter's default 5 ms switch interval it waits that long for the GIL
+    # each time the event loop holds it, and a person's decision waits behind it
+    sys.setswitchinterval(0.001)
     log.info("worker %d serving %s", os.getpid(), settings.home)
     watch = None if parent is None else asyncio.create_task(_orphaned(parent, stop))
     try:

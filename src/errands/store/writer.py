@@ -44,6 +44,7 @@ from errands.store.protocol import AppendCheck, CommitListener
 __all__ = ["MAX_BATCH", "GroupCommit", "Op", "Prepared", "Tx", "WriterStats"]
 
 MAX_BATCH = 4096  # operations per group commit
+YIELD_EVERY = 16  # staged operations between looks at whether a decision waits (_yield_now)
 PROBE_FIRST, PROBE_MAX = 0.5, 5.0  # seconds between probes of an unavailable store
 
 log = logging.getLogger("errands.store")
@@ -109,6 +110,8 @@ class GroupCommit(abc.ABC):
         self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._listeners: list[tuple[asyncio.AbstractEventLoop, CommitListener]] = []
         self._untold: list[Op] = []  # committed, callers not told yet (writer thread only)
+        self._carried: list[Op] = []  # a batch's rest, cut short for a decision: next first
+        self._ran = 0  # how many operations of its batch the last transaction ran
         self._closed = False
         # why the store cannot write (the last failure), until a commit writes again
         self.unavailable: StoreUnavailable | None = None
@@ -162,6 +165,12 @@ class GroupCommit(abc.ABC):
         an unavailable store)."""
         return None
 
+    def _yield_now(self) -> bool:
+        """Does a writer that must not wait (another process's, with a person's decision)
+        wait for this one? Asked every ``YIELD_EVERY`` operations while a batch stages:
+        the batch then commits what it staged and its rest goes first in the next."""
+        return False
+
     def _retry_alone(self, exc: StoreUnavailable) -> bool:
         """Is a batch that failed with *exc* worth retrying one operation at a time? Only
         on a full disk (one large operation may be what does not fit); a held lock or an
@@ -213,6 +222,10 @@ class GroupCommit(abc.ABC):
         while True:
             if self.unavailable is not None and time.monotonic() >= self._next_probe:
                 self._probe()  # (also between batches that only read: claims, renewals)
+            if self._carried:  # the rest of a batch cut short: before anything newer
+                batch, self._carried = self._carried, []
+                self._fill(batch)
+                continue
             try:
                 first = get_nowait()
             except queue.Empty:  # nothing to overlap with: tell the last batch's callers now
@@ -227,17 +240,21 @@ class GroupCommit(abc.ABC):
             if first is None:
                 self._tell()
                 return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(nxt)
-            self._commit_batch(batch)
+            self._fill([first])
+
+    def _fill(self, batch: list[Op]) -> None:
+        """Add what is queued to *batch* (up to ``MAX_BATCH``) and commit it."""
+        get_nowait = self._queue.get_nowait
+        while len(batch) < MAX_BATCH:
+            try:
+                nxt = get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(nxt)
+        self._commit_batch(batch)
 
     def _tell(self) -> None:
         """Resolve the futures of the last committed batch (see :meth:`_run_tx`)."""
@@ -247,7 +264,11 @@ class GroupCommit(abc.ABC):
 
     def _commit_batch(self, batch: list[Op]) -> None:
         try:
+            self._ran = len(batch)
             self._run_tx(batch)
+            if self._ran < len(batch):  # cut short for a decision: the rest goes next
+                self._carried = batch[self._ran :]
+                batch = batch[: self._ran]
             self._untold = batch  # told just before the next commit, or when idle
             self._after_batch()
             return
@@ -297,7 +318,8 @@ class GroupCommit(abc.ABC):
         )
 
     def _run_tx(self, batch: list[Op]) -> None:
-        """One batch in one transaction.
+        """One batch in one transaction. It runs every operation, unless
+        :meth:`_yield_now` cuts it short: ``_ran`` says how many it ran then.
 
         The previous batch's callers are told (their futures resolved) only once this
         batch is written and about to commit: their tasks then run on the event loop
@@ -313,7 +335,11 @@ class GroupCommit(abc.ABC):
                 self._forget()  # someone else committed: our caches may be stale
             tx = Tx(conn=conn, now=self.clock())
             rows = tx.rows
-            for op in batch:
+            ran = len(batch)
+            for i, op in enumerate(batch):
+                if i and not i % YIELD_EVERY and self._yield_now():
+                    ran = i  # (a person's decision waits for this transaction)
+                    break
                 staged = len(rows)
                 try:
                     op.result = self._append_in_tx(tx, op) if op.fn is None else op.fn(tx)
@@ -336,16 +362,17 @@ class GroupCommit(abc.ABC):
             self._recovered(conn)
         stats = self.stats
         stats.commits += 1
-        stats.ops += len(batch)
+        stats.ops += ran
         stats.events += len(rows)
         stats.bytes += tx.body_bytes
-        stats.max_batch = max(stats.max_batch, len(batch))
+        stats.max_batch = max(stats.max_batch, ran)
         self._committed_tx(tx)
         stats.staging_s += t1 - t0
         stats.writing_s += t2 - t1
         stats.committing_s += t3 - t2
         if self.commit_timer is not None:
             self.commit_timer(t3 - t2)
+        self._ran = ran
         self._after_commit(tx)
 
     def announce(self, changed: dict[str, int]) -> None:

@@ -204,7 +204,11 @@ class WriteGate:
     that could take the gate at once (the one that just committed, say) first checks
     that nobody is waiting -- so a busy process cannot keep the gate from the others.
     The favoured process (:meth:`favour`, the server) looks more often, so it is
-    usually next. A process that is not errands (a backup, the ``sqlite3`` shell) does
+    usually next; while it waits it also holds a shared lock on ``FILE-gate-urgent``,
+    which the holder's writer looks at as it stages (:meth:`urgent`) and, seeing it,
+    commits what it has staged and leaves the rest of its batch for its next turn -- a
+    person's decision waits for part of a batch, not a whole one. A process that is not
+    errands (a backup, the ``sqlite3`` shell) does
     not take the gate; it is met by SQLite's lock as before. Within one process the
     gate is always free: a few ``flock`` calls a batch."""
 
@@ -212,11 +216,18 @@ class WriteGate:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self.fd = os.open(f"{path}-gate", flags, 0o600)
         self.want = os.open(f"{path}-gate-want", flags, 0o600)
+        self.hurry = os.open(f"{path}-gate-urgent", flags, 0o600)
         self.poll = GATE_POLL
         self.held = False
+        self.favoured = False
 
     def favour(self) -> None:
         self.poll = FAVOURED_POLL
+        self.favoured = True
+
+    def urgent(self) -> bool:
+        """Does the favoured process wait for the gate? (Asked by its holder.)"""
+        return not self.favoured and _locked_by_others(self.hurry)
 
     def acquire(self, wait: float, while_waiting: Callable[[], None]) -> None:
         """Take the gate, waiting in turn up to *wait* seconds; past that, go on without
@@ -226,20 +237,19 @@ class WriteGate:
             return
         while_waiting()
         fcntl.flock(self.want, fcntl.LOCK_SH)  # (in the queue)
+        if self.favoured:
+            fcntl.flock(self.hurry, fcntl.LOCK_SH)  # (the holder cuts its batch short)
         try:
             deadline = time.monotonic() + wait
             while not self._try() and time.monotonic() < deadline:
                 time.sleep(self.poll)
         finally:
+            if self.favoured:
+                fcntl.flock(self.hurry, fcntl.LOCK_UN)
             fcntl.flock(self.want, fcntl.LOCK_UN)
 
     def _others_wait(self) -> bool:
-        try:
-            fcntl.flock(self.want, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(self.want, fcntl.LOCK_UN)
-        return False
+        return _locked_by_others(self.want)
 
     def _try(self) -> bool:
         try:
@@ -258,6 +268,17 @@ class WriteGate:
         self.release()
         os.close(self.fd)
         os.close(self.want)
+        os.close(self.hurry)
+
+
+def _locked_by_others(fd: int) -> bool:
+    """Does another process hold a lock on *fd* (a waiter's shared lock, say)?"""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def begin_immediate(

@@ -194,6 +194,9 @@ class SQLiteStore(
         self._changes = self._wconn.total_changes
         return self._wconn
 
+    def _yield_now(self) -> bool:
+        return self._gate is not None and self._gate.urgent()
+
     def _written_elsewhere(self, conn: sqlite3.Connection) -> bool:
         version = int(conn.execute("PRAGMA data_version").fetchone()[0])
         if version == self._data_version:
