@@ -40,8 +40,9 @@ def _bin_dir() -> Path:
     if on_path:
         return Path(on_path).parent
     raise RuntimeError(
-        "the postgres test backend needs PostgreSQL's server binaries (initdb, pg_ctl):"
-        " apt-get install postgresql, or run with ERRANDS_TEST_BACKENDS=sqlite"
+        "the postgres tests need PostgreSQL's server binaries (initdb, pg_ctl): apt-get"
+        " install postgresql (ERRANDS_TEST_BACKENDS=sqlite keeps the parametrised suites"
+        " off PostgreSQL; tests/test_store_postgres.py needs it whatever you choose)"
     )
 
 
