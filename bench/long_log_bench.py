@@ -6,10 +6,18 @@ tool call, intent, result; on the real SQLite store on disk), the median of ``--
 - **GET /api/errands/{id}**: the API (in process, over httpx's ASGI transport) returning
   the view and the newest 200 events -- a page, whatever the length;
 - **inbox page**: the errand's page in the inbox (its request and the newest events);
-- **resume**: what a runner does to take an errand up again today: read its whole log
-  and fold it (``Loop.load``), split into the read and the fold.
+- **resume, whole**: reading the whole log and folding it (what ``Loop.load`` did before
+  fold snapshots, and still does for an errand without one), split into the read and
+  the fold;
+- **resume**: what ``Loop.load`` does now (``errands.store.resume``): the errand's fold
+  snapshot and the events after it, at the worst tail the loop leaves (a snapshot every
+  1,000 events: 999 events after it);
+- **transcript**: decoding the resumed transcript, which happens at the next model call
+  (the call sends it whole);
+- **snapshot write**: the loop's next snapshot after 1,000 more events (only the new parts
+  are encoded and written), and the first one of an errand that had none (everything).
 
-    python bench/long_log_bench.py              # 1k, 10k, 100k (about a minute)
+    python bench/long_log_bench.py              # 1k, 10k, 100k (about two minutes)
     python bench/long_log_bench.py --sizes 1000 10000
 
 Results are printed and written to ``bench/results/long_log.json``.
@@ -43,6 +51,7 @@ from errands.server.auth import Security
 from errands.server.context import ServerContext
 from errands.server.hub import Hub
 from errands.server.idempotency import IdempotencyStore
+from errands.store.resume import EVERY, resume, save
 from errands.store.sqlite import SQLiteStore
 
 HERE = Path(__file__).resolve().parent
@@ -93,6 +102,34 @@ async def long_errand(store: SQLiteStore, errand_id: str, events: int) -> None:
         await store.append(errand_id, batch)
 
 
+async def snapshot_at(store: SQLiteStore, errand_id: str, seq: int) -> float:
+    """Write the errand's snapshot at *seq* as the loop would have; the ms it took."""
+    p = Progress.empty(errand_id)
+    stored = await store.read(errand_id)
+    for s in stored[:seq]:
+        p.apply(s.seq, s.event)
+    started = time.perf_counter()
+    assert await save(store, p, stored[seq - 1].event)
+    return (time.perf_counter() - started) * 1000
+
+
+async def next_snapshot(store: SQLiteStore, errand_id: str) -> tuple[float, float]:
+    """Resume, append 1,000 events as the loop does, write the next snapshot: (ms to
+    decode the transcript, ms to write the snapshot)."""
+    p = await resume(store, errand_id, Progress)
+    started = time.perf_counter()
+    assert len(tuple(p.messages)) == len(p.messages)
+    decoded = (time.perf_counter() - started) * 1000
+    base = p.last_seq // 4
+    events = [e for i in range(250) for e in _step(base + i, p.last_seq + 4 * i + 2)]
+    seqs = await store.append(errand_id, events)
+    for seq, event in zip(seqs, events, strict=True):
+        p.apply(seq, event)
+    started = time.perf_counter()
+    assert await save(store, p, events[-1])
+    return decoded, (time.perf_counter() - started) * 1000
+
+
 async def _median(fn: Any, runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -141,18 +178,30 @@ async def measure(sizes: list[int], runs: int) -> list[dict[str, Any]]:
                     p.apply(s.seq, s.event)
                 read_ms.append((read - started) * 1000)
                 fold_ms.append((time.perf_counter() - read) * 1000)
-            rows.append(
-                {
-                    "events": size,
-                    "get_ms": await _median(get, runs),
-                    "inbox_page_ms": await _median(page, runs),
-                    "resume_ms": round(
-                        statistics.median(r + f for r, f in zip(read_ms, fold_ms, strict=True)), 1
-                    ),
-                    "resume_read_ms": round(statistics.median(read_ms), 1),
-                    "resume_fold_ms": round(statistics.median(fold_ms), 1),
-                }
-            )
+            row: dict[str, Any] = {
+                "events": size,
+                "get_ms": await _median(get, runs),
+                "inbox_page_ms": await _median(page, runs),
+                "whole_ms": round(
+                    statistics.median(r + f for r, f in zip(read_ms, fold_ms, strict=True)), 1
+                ),
+                "whole_read_ms": round(statistics.median(read_ms), 1),
+                "whole_fold_ms": round(statistics.median(fold_ms), 1),
+            }
+            last = (await store.view(eid)).last_seq
+            tail = min(EVERY - 1, last - 2)
+            row["tail_events"] = tail
+            row["first_snapshot_ms"] = round(await snapshot_at(store, eid, last - tail), 1)
+
+            async def resumed(eid: str = eid, last: int = last, tail: int = tail) -> None:
+                p = await resume(store, eid, Progress)
+                assert p.last_seq == last and p.snapshot_seq == last - tail
+
+            row["resume_ms"] = await _median(resumed, runs)
+            decoded, written = await next_snapshot(store, eid)
+            row["transcript_decode_ms"] = round(decoded, 1)
+            row["next_snapshot_ms"] = round(written, 1)
+            rows.append(row)
     ctx.idempotency.close()
     await store.close()
     return rows
@@ -165,18 +214,29 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     rows = asyncio.run(measure(args.sizes, args.runs))
-    table = Table(title="A long errand: shown a page at a time; resumed by reading it whole")
-    for name in ("events", "GET /api/errands/{id}", "inbox page", "resume", "(read + fold)"):
+    table = Table(title="A long errand: shown a page at a time; resumed from its snapshot")
+    columns = (
+        "events",
+        "GET /api/errands/{id}",
+        "inbox page",
+        "resume (snapshot + 999)",
+        "resume, whole (read + fold)",
+        "transcript decode",
+        "snapshot write: next / first",
+    )
+    for name in columns:
         table.add_column(name, justify="right")
     for r in rows:
         table.add_row(
             f"{r['events']:,}",
             f"{r['get_ms']:.1f} ms",
             f"{r['inbox_page_ms']:.1f} ms",
-            f"{r['resume_ms']:.0f} ms",
-            f"{r['resume_read_ms']:.0f} + {r['resume_fold_ms']:.0f} ms",
+            f"{r['resume_ms']:.1f} ms",
+            f"{r['whole_ms']:.0f} ms ({r['whole_read_ms']:.0f} + {r['whole_fold_ms']:.0f})",
+            f"{r['transcript_decode_ms']:.0f} ms",
+            f"{r['next_snapshot_ms']:.0f} / {r['first_snapshot_ms']:.0f} ms",
         )
-    Console(width=120).print(table)
+    Console(width=170).print(table)
     results = {
         "machine": machine_info(Path(tempfile.gettempdir())),
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
