@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -133,3 +134,48 @@ def test_always_for_a_recipient_never_covers_a_later_attachment(pinned: bool) ->
     later = {**first, "body": "and the keys", "attachments": [".ssh/id_rsa"]}
     assert pattern_matches(pattern, {**first, "body": "Tuesday"})  # the same mail again: yes
     assert pattern_matches(pattern, later) is (not pinned)
+
+
+def _old_standing_rule() -> str:
+    """A standing rule as errands wrote it before attachments were pinned: to and cc."""
+    roles = {name: ArgRole(role) for name, role in _ROLES.items() if name in ("to", "cc")}
+    pattern = standing_pattern(roles, {"to": [BOB], "cc": []})
+    globs = ", ".join(f"{k} = {json.dumps(v)}" for k, v in pattern.items())
+    return (
+        '[[rules]]\nname = "standing-send_email-1"\ntool = "send_email"\n'
+        f'args = {{ {globs} }}\ndecision = "allow"\nstanding = true\n'
+    )
+
+
+@pytest.mark.parametrize("guard", [True, False], ids=["guard", "CONTROL"])
+def test_a_rule_made_before_attachments_never_covers_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, guard: bool
+) -> None:
+    """A standing rule written before send_email took attachments pins only to and cc: a
+    later mail to the same recipient with a file is not "like" the approved one -- it
+    asks. (The control: standing rules that ignore arguments they do not pin.)"""
+    from errands.core.labels import BOTTOM
+    from errands.policy import rules
+    from errands.policy.hook import Decision, PolicyCall
+
+    if not guard:
+        monkeypatch.setattr(rules, "unpinned_places", lambda call, pattern: [])
+    policy = rules.parse_policy(_old_standing_rule(), tmp_path / "policy.toml")
+    roles = {name: ArgRole(role) for name, role in _ROLES.items()}
+
+    def check(**extra: Any) -> Decision:
+        args = {"to": [BOB], "cc": [], "subject": "Summary", "body": "hi", **extra}
+        call = PolicyCall(
+            errand_id="e1",
+            tool="send_email",
+            arguments=args,
+            effect=ev.EffectClass.external,
+            workspace=tmp_path,
+            context=BOTTOM,
+            roles=roles,
+        )
+        return policy.check(call).decision
+
+    assert check() is Decision.allow  # the mail it was made for: still allowed
+    with_file = check(attachments=[".ssh/id_rsa"])
+    assert with_file is (Decision.ask if guard else Decision.allow)

@@ -665,10 +665,18 @@ def reference(
     # 2. the strictest wins; among equally strict votes the first names the rule
     top = max(STRICTNESS[d] for d, _ in votes)
     winner = next(v for v in votes if STRICTNESS[v[0]] == top)
-    # 3. an ask becomes allow under a matching "always" for the same tool; nothing else moves
+    # 3. an ask becomes allow under a matching "always" for the same tool that pins every
+    #    recipient or path the call gives; nothing else moves
     if winner[0] is ASK:
         for granted_tool, pattern in grants:
-            if granted_tool == tool and judged.all_match(pattern):
+            unpinned = [
+                name
+                for name, role in judged.roles.items()
+                if role in (ArgRole.recipient, ArgRole.path)
+                and name not in pattern
+                and judged.args.get(name) not in (None, "", [], ())
+            ]
+            if granted_tool == tool and not unpinned and judged.all_match(pattern):
                 return ALLOW, "always-allowed"
     return winner
 

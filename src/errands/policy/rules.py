@@ -289,6 +289,8 @@ class Rule(BaseModel):
             return False
         if self.effect is not None and call.effect is not self.effect:
             return False
+        if self.standing and self.decision is Decision.allow and unpinned_places(call, self.args):
+            return False
         return values.all_match(self.args, every=self.decision is Decision.allow)
 
     def matches(self, call: PolicyCall, values: CallValues | None = None) -> bool:
@@ -313,6 +315,25 @@ class Rule(BaseModel):
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+_PLACES = (ArgRole.recipient, ArgRole.path)
+
+
+def unpinned_places(call: PolicyCall, pattern: Mapping[str, str]) -> list[str]:
+    """The arguments of *call* that say where something goes or which file it takes (a
+    recipient, a path, given and not empty) and that *pattern* does not pin.
+
+    A standing rule or an "always" covers only calls like the one approved: made before
+    a tool gained such an argument (send_email's ``attachments``), it pins nothing about
+    it, and a later call using it is not "like" the approved one -- it asks again."""
+    return [
+        name
+        for name, role in call.roles.items()
+        if role in _PLACES
+        and name not in pattern
+        and call.arguments.get(name) not in (None, "", [], ())
+    ]
 
 
 def pattern_matches(pattern: Mapping[str, str], arguments: Mapping[str, Any]) -> bool:
@@ -397,7 +418,12 @@ class Policy(BaseModel):
             and unresolved is None
         ):
             for tool, pattern_json in call.always_allowed:
-                if tool == call.tool and values.all_match(json.loads(pattern_json)):
+                pattern = json.loads(pattern_json)
+                if (
+                    tool == call.tool
+                    and not unpinned_places(call, pattern)
+                    and values.all_match(pattern)
+                ):
                     return Verdict(
                         Decision.allow,
                         "always-allowed",
