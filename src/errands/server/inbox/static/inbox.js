@@ -629,6 +629,43 @@
 
   if (document.getElementById("store-banner")) setInterval(checkStore, STORE_POLL_MS);
 
+  // -- a long errand: the page before, loaded when its link scrolls into view -----------------
+
+  // The page shows the request and the newest events; "N earlier events" links to the page
+  // before (?before=SEQ), which also works without this script. Scrolled into view, the
+  // link is replaced by that page's events (and its own link, for the page before that),
+  // keeping what the person was reading where it was.
+  function loadOlderOnScroll() {
+    const timeline = document.getElementById("timeline");
+    if (!timeline || !("IntersectionObserver" in window)) return;
+    let loading = false;
+    const observer = new IntersectionObserver(async (entries) => {
+      const link = document.getElementById("older");
+      if (loading || !link || !entries.some((e) => e.isIntersecting)) return;
+      loading = true;
+      try {
+        const response = await fetch(link.href, { credentials: "same-origin" });
+        if (!response.ok) return;
+        const older = new DOMParser().parseFromString(await response.text(), "text/html");
+        const there = older.getElementById("timeline");
+        const item = link.closest("li");
+        if (!there || !item) return;
+        const skip = Array.from(timeline.children).indexOf(item); // (the request, on both)
+        const items = Array.from(there.children).slice(skip).map((n) => document.importNode(n, true));
+        observer.unobserve(item);
+        const below = document.documentElement.scrollHeight - window.scrollY;
+        item.replaceWith(...items);
+        window.scrollTo(0, document.documentElement.scrollHeight - below);
+        const next = document.getElementById("older");
+        if (next) observer.observe(next.closest("li"));
+      } finally {
+        loading = false;
+      }
+    });
+    const link = document.getElementById("older");
+    if (link) observer.observe(link.closest("li"));
+  }
+
   // -- wiring ---------------------------------------------------------------------------------
 
   const SCHEDULES_POLL_MS = 5000; // next runs, checks and errors change without an errand
@@ -641,6 +678,7 @@
     listen("/api/stream", { changed: refresh }); // a run started, finished, cost something
     setInterval(refresh, SCHEDULES_POLL_MS);
   } else if (page === "errand" && errandId) {
+    loadOlderOnScroll();
     refresh = debounce(refreshErrand, 100);
     const liveText = document.getElementById("live-text");
     listen(`/api/errands/${encodeURIComponent(errandId)}/stream?after=${lastSeq}`, {
