@@ -43,6 +43,7 @@ from errands.core.labels import BOTTOM, Integrity, Label
 from errands.core.progress import Progress
 from errands.core.states import ErrandState
 from errands.costs.report import cache_hit_ratio
+from errands.engine.budgets import Blocked, Budgets
 from errands.engine.context import SUMMARY_PROMPT, Context, estimate_tokens
 from errands.engine.loop import Loop
 from errands.engine.operations import create_errand
@@ -602,3 +603,61 @@ def ev_message(text: str) -> Any:
     from errands.core.messages import Message
 
     return Message(role="user", text=text)
+
+
+# -- the summary call is held against the budget like any model call -----------------------
+
+
+class RefuseSummaries(Budgets):
+    """A budget whose cap the summary call's worst case would pass: it refuses any request
+    that asks for a summary (and lets every other through)."""
+
+    async def reserve(
+        self, p: Progress, model: Model, request: ModelRequest, request_seq: int
+    ) -> Blocked | None:
+        if MARK in (request.messages[-1].text or ""):
+            return Blocked("failed", "the summary's worst case would pass the budget")
+        return None
+
+
+class UnheldSummaries(Loop):
+    """The control: a loop that makes the summary call without holding its worst case."""
+
+    async def _reserved(
+        self, p: Progress, model: Model, request: ModelRequest, request_seq: int
+    ) -> bool:
+        if MARK in (request.messages[-1].text or ""):
+            return True
+        return await super()._reserved(p, model, request, request_seq)
+
+
+@pytest.mark.parametrize("loop", [Loop, UnheldSummaries], ids=["guard", "CONTROL"])
+async def test_the_summary_call_is_held_against_the_budget_first(
+    sqlite_store: Store, settings: Settings, loop: type[Loop]
+) -> None:
+    class TheLoop(loop):  # type: ignore[valid-type,misc]
+        budgets_class = RefuseSummaries
+
+    settings = small_window(settings, ONE_SUMMARY["window"])
+    sim = ArchiveSim(ONE_SUMMARY["pages"])
+    sim.start()
+    try:
+        harness = harness_for(
+            sqlite_store,
+            settings,
+            tools=archive_tools(ONE_SUMMARY["chars"]),
+            model=openai_model(sim),
+            policy=AllowAll(),
+        )
+        eid = await create_errand(sqlite_store, settings, "Read the archive.", model=SPEC)
+        view = await harness.runner(loop_class=TheLoop).run_errand(eid)
+        summaries = [r for r in sim.requests if MARK in json.dumps(r.body)]
+    finally:
+        sim.stop()
+    events = [s.event for s in await sqlite_store.read(eid)]
+    booked = [e for e in events if isinstance(e, ev.ModelUsed) and e.purpose == "compact"]
+    if loop is Loop:
+        assert view.state is ErrandState.failed and "summary" in (view.reason or ""), view
+        assert summaries == [] and booked == []  # refused before it was sent
+    else:
+        assert summaries and booked  # sent, and paid, past the cap

@@ -50,8 +50,8 @@ from errands.models.spec import outage_wait_for
 from errands.models.streaming import ErrandText
 from errands.policy.hook import PolicyHook
 from errands.store import Store
-from errands.tools.builtin.subagents import JOINS
 from errands.store.resume import maybe_save, resume
+from errands.tools.builtin.subagents import JOINS
 from errands.tools.tool import ToolError
 from errands.tools.toolset import Toolset
 
@@ -272,16 +272,16 @@ class Loop:
             priority=0 if p.view.parent else 1,  # parents before their fan-out
         )
         if self.context.over(p, request):  # compact it into the model's context window
+            # a summary call is a model call: its worst case is held first (the request's
+            # own hold replaces it below, after the summary's cost is booked)
+            summary = self.context.summary_request(p, request)
+            if not await self._reserved(p, model, summary, request_seq):
+                return
             fitted = await self._fit(p, model, request)
             if fitted is None:
                 return
             request = fitted
-        blocked = await self.budgets.reserve(p, model, request, request_seq)
-        if blocked is not None and blocked.wait:
-            await asyncio.sleep(blocked.wait)  # calls in flight hold the budget: ask again
-            return  # (the next step first folds in what others wrote: a cancel, a message)
-        if blocked is not None:
-            await self._append(p, [ev.StateChanged(state=blocked.state, reason=blocked.reason)])
+        if not await self._reserved(p, model, request, request_seq):
             return
         reply = self._unlogged.pop((p.errand_id, request_seq), None)
         if reply is None:
@@ -295,6 +295,20 @@ class Loop:
             if p.open_request_seq == request_seq:  # not logged: keep it, never pay twice
                 self._unlogged[(p.errand_id, request_seq)] = reply
             raise
+
+    async def _reserved(
+        self, p: Progress, model: Model, request: ModelRequest, request_seq: int
+    ) -> bool:
+        """Hold *request*'s worst case against the budgets; False when it may not be sent
+        now (it waits for calls in flight, or the errand stopped: logged)."""
+        blocked = await self.budgets.reserve(p, model, request, request_seq)
+        if blocked is not None and blocked.wait:
+            await asyncio.sleep(blocked.wait)  # calls in flight hold the budget: ask again
+            return False  # (the next step first folds in what others wrote: a cancel)
+        if blocked is not None:
+            await self._append(p, [ev.StateChanged(state=blocked.state, reason=blocked.reason)])
+            return False
+        return True
 
     async def _fit(self, p: Progress, model: Model, request: ModelRequest) -> ModelRequest | None:
         """*request*, compacted if it would not fit (errands.engine.context); None when
