@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+import httpx
 import pytest
 from helpers.kit import call as kit_call
 from helpers.kit import harness_for, script
@@ -28,7 +29,8 @@ from errands.policy.preview import preview_of
 from errands.store import Store
 from errands.tools.builtin import builtin_toolset
 from errands.tools.builtin.web import http_request_effect, make_http_request, secret_auth
-from errands.tools.netguard import NetworkRefused, check_url, guarded_client
+from errands.tools.canonical import web_url
+from errands.tools.netguard import NetworkRefused, check_url, guarded_client, guarded_request
 from errands.tools.tool import ToolArgumentError, ToolContext, ToolError, ToolOutput, make_tool
 from errands.tools.toolset import FunctionToolset
 
@@ -97,6 +99,9 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/whoami":  # echoes the credential: the result must not show it
             said = self.headers.get("Authorization", "nobody")
             self._reply(200, f'{{"you": "{said}"}}'.encode(), "application/json")
+        elif url.path == "/whoami-moved":  # a same-origin redirect that echoes it in the URL
+            said = quote(self.headers.get("Authorization", "nobody"), safe="")
+            self._reply(302, b"", "text/plain", Location=f"/whoami?was={said}")
         elif url.path == "/echo":
             reply = f"{self.command} {body.decode()}".encode()
             self._reply(201, reply, "application/json", X_RateLimit_Remaining="41", X_Other="no")
@@ -642,3 +647,53 @@ async def test_a_redirect_to_another_origin_does_not_carry_the_secret(
     assert first.headers["authorization"] == f"Bearer {AUTH_VALUE}"  # the origin it was for
     assert "authorization" not in second.headers  # another port: another origin
     assert '"you": "nobody"' in out.text
+
+
+def casefolded_host_check(settings: Settings, auth: str, url: str) -> tuple[str, str]:
+    """The control: the host compared as its Unicode form casefolded (a43d3e3's check)."""
+    host = (httpx.URL(url).host or "").strip(".").casefold()
+    declared = settings.secrets["BOARD"]
+    if not any(host == a or host.endswith("." + a) for a in declared.hosts):
+        raise ToolError("not for this host")
+    return "BOARD", os.environ[declared.env or "BOARD"]
+
+
+@pytest.mark.parametrize("check", [secret_auth, casefolded_host_check], ids=["ascii", "CONTROL"])
+def test_a_host_that_only_casefolds_to_the_secrets_host_is_another_host(
+    monkeypatch: pytest.MonkeyPatch, check: Any
+) -> None:
+    # exampleß.com (xn--example-6va.com) is a domain of its own; casefolded it reads
+    # exampless.com, the secret's host
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    settings = auth_settings(["exampless.com", "bücher.example"])
+    url = "https://xn--example-6va.com/issues"
+    if check is casefolded_host_check:
+        assert check(settings, "secret:BOARD", url) == ("BOARD", AUTH_VALUE)  # the hole
+        return
+    with pytest.raises(
+        ToolError, match=re.escape("only to exampless.com, bücher.example, not to xn--")
+    ):
+        check(settings, "secret:BOARD", url)
+    for fine in (
+        "https://EXAMPLESS.com./x",
+        "https://api.exampless.com/",
+        "https://bücher.example/",
+    ):
+        assert check(settings, "secret:BOARD", web_url(fine)) == ("BOARD", AUTH_VALUE)
+
+
+async def test_a_url_the_server_echoed_the_secret_into_is_redacted_in_the_source(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    settings = auth_settings(["127.0.0.1"])
+    tool = make_tool(make_http_request(), effect=http_request_effect)
+    args = {"method": "GET", "url": server.url("/whoami-moved"), "auth": "secret:BOARD"}
+    out = await tool.invoke(tool.validate(args), ToolContext("e1", 7, "e1:7", Path("."), settings))
+    assert out.source is not None and "/whoami?was=" in out.source
+    assert AUTH_VALUE not in unquote(out.source) and "[REDACTED:BOARD]" in out.source
+    # control: where the request landed (what the result's source was) carries the value
+    fetched = await guarded_request(
+        "GET", args["url"], settings, headers={"Authorization": f"Bearer {AUTH_VALUE}"}
+    )
+    assert AUTH_VALUE in unquote(fetched.url)

@@ -270,6 +270,22 @@ def _auth_name(auth: str) -> str:
     return name
 
 
+def _ascii_host(url: str) -> str:
+    """The host a request to *url* connects to, as its ASCII (IDNA) spelling, lower case,
+    without a trailing dot. Not the Unicode form casefolded: ``exampleß.com`` is
+    ``xn--example-6va.com``, another domain, yet it casefolds to ``exampless.com``."""
+    try:
+        return httpx.URL(url).raw_host.decode("ascii").rstrip(".").lower()
+    except (httpx.InvalidURL, UnicodeError):
+        return ""
+
+
+def _declared_host(host: str) -> str:
+    """A secret's declared host in the same ASCII spelling ("" if it cannot be one)."""
+    host = host.strip().strip(".")
+    return _ascii_host(f"https://{host}/") if host else ""
+
+
 def secret_auth(
     settings: Settings, auth: str, url: str, environ: Mapping[str, str] | None = None
 ) -> tuple[str, str]:
@@ -283,10 +299,9 @@ def secret_auth(
             f"http_request: no secret named {name} in errands.toml (declared: {known}); the "
             f'person declares it and where it may go: [secrets.{name}] hosts = ["example.com"]'
         )
-    host = (httpx.URL(url).host or "").strip(".").casefold()
-    if not any(
-        host == a or host.endswith("." + a)
-        for a in (h.strip().strip(".").casefold() for h in declared.hosts)
+    host = _ascii_host(url)
+    if not host or not any(
+        host == a or host.endswith("." + a) for a in map(_declared_host, declared.hosts) if a
     ):
         raise ToolError(
             f"http_request: the secret {name} may be sent only to "
@@ -398,7 +413,7 @@ def make_http_request(auth_check: AuthCheck = secret_auth) -> Callable[..., Any]
             integrity=Integrity.untrusted,
             # a response to an arbitrary request (with credentials, to an account) may be personal
             confidentiality=Confidentiality.private,
-            source=fetched.url,
+            source=redact(fetched.url),  # (a same-origin redirect may have echoed it)
         )
 
     return http_request
