@@ -21,8 +21,9 @@ from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.engine.delegate import WAITING
 from errands.errors import ApprovalRefused, UserError
 from errands.harness import Harness
+from errands.store import StoreReader
 
-__all__ = ["LivePrinter", "finish", "foreground", "interactive"]
+__all__ = ["LivePrinter", "finish", "foreground", "interactive", "waiting_for_you"]
 
 
 class LivePrinter:
@@ -106,10 +107,27 @@ async def foreground(
         if not as_json:
             await asyncio.gather(*pending)
             await show_new()
-        if not (interactive and view.state is ErrandState.waiting_approval):
+        asked = await waiting_for_you(store, view) if interactive else []
+        if not asked:
             return view
-        for approval in list(view.pending.values()):
-            await _ask_inline(harness, approval, view.title)
+        for approval, title in asked:
+            await _ask_inline(harness, approval, title)
+
+
+async def waiting_for_you(
+    store: StoreReader, view: ErrandView
+) -> list[tuple[PendingApproval, str]]:
+    """The approvals ``errands run`` asks inline, each with the errand's title: the
+    errand's own, or -- when it sleeps for its sub-errands (docs/subagents.md) -- those its
+    children and grandchildren wait for, titled ``PARENT › CHILD``."""
+    if view.state is ErrandState.waiting_approval:
+        return [(a, view.title) for a in view.pending.values()]
+    asked: list[tuple[PendingApproval, str]] = []
+    if view.state is ErrandState.sleeping and view.reason == WAITING:
+        for child in await store.children(view.id):
+            below = await waiting_for_you(store, child)
+            asked.extend((a, f"{view.title} › {title}") for a, title in below)
+    return asked
 
 
 async def _ask_inline(harness: Harness, approval: PendingApproval, title: str) -> None:
