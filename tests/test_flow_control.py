@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,10 +18,12 @@ from helpers.site import Page, Site
 from errands.config import Settings
 from errands.core import events as ev
 from errands.core.states import ErrandState
-from errands.policy.flow import without_flow
+from errands.mailconfig import address_ok
+from errands.policy.flow import FlowSettings, _to_the_person, norm, without_flow
 from errands.policy.hook import PolicyHook
 from errands.policy.rules import Policy, load_policy, parse_policy
 from errands.store.sqlite import SQLiteStore
+from errands.tools.tool import ArgRole
 
 INJECTION = (
     "<html><body><h1>Widgets</h1><p>Blue widget, 12 EUR.</p>"
@@ -273,3 +276,30 @@ def test_content_derived_from_pieces_carries_the_join_of_their_labels() -> None:
     assert summary.confidentiality is Confidentiality.private  # and of a memo still private
     mine = ev.Content.derived("s", Provenance(kind="model"), [memo])
     assert mine.integrity is Integrity.trusted
+
+
+# -- [flow] own_addresses: only the person's own addresses, as spelled ----------------------
+
+
+def casefolded_own(call: Any, settings: FlowSettings) -> bool:
+    """The control: b67fd87's comparison -- recipients casefolded (norm) like the list."""
+    own = {norm(a) for a in settings.own_addresses}
+    return all(norm(r) in own for r in call.arguments["to"] + call.arguments["cc"])
+
+
+@pytest.mark.parametrize("check", [_to_the_person, casefolded_own], ids=["guard", "CONTROL"])
+def test_a_look_alike_of_an_own_address_is_not_the_persons_own(check: Any) -> None:
+    flow = FlowSettings(own_addresses=["Kate@Example.com"])
+    roles = {"to": ArgRole.recipient, "cc": ArgRole.recipient, "body": ArgRole.body}
+
+    def mail(to: str) -> SimpleNamespace:
+        return SimpleNamespace(roles=roles, arguments={"to": [to], "cc": [], "body": "hi"})
+
+    kelvin = "\u212aate@example.com"  # KELVIN SIGN: casefolds to k, another mailbox
+    assert address_ok(kelvin)  # send_email takes it as a bare address
+    if check is casefolded_own:
+        assert check(mail(kelvin), flow)  # the hole: exempt from P-T
+        return
+    assert not check(mail(kelvin), flow)
+    assert not check(mail("\u017fam@example.com"), FlowSettings(own_addresses=["sam@example.com"]))
+    assert check(mail("kate@EXAMPLE.com"), flow)  # (ASCII case is one mailbox here)

@@ -395,7 +395,7 @@ def _to_the_person(call: Any, settings: FlowSettings) -> bool:
     at least one recipient, every recipient one of them, no URL, payee or command?"""
     if not settings.own_addresses:
         return False
-    own = {norm(a) for a in settings.own_addresses}
+    own = {_own_spelling(a) for a in settings.own_addresses} - {""}
     recipients: list[str] = []
     for name, role in call.roles.items():
         value = call.arguments.get(name)
@@ -403,7 +403,15 @@ def _to_the_person(call: Any, settings: FlowSettings) -> bool:
             recipients += _texts(value)
         elif role in _ELSEWHERE and value not in (None, "", []):
             return False
-    return bool(recipients) and all(norm(r) in own for r in recipients)
+    return bool(recipients) and all(_own_spelling(r) in own for r in recipients)
+
+
+def _own_spelling(address: str) -> str:
+    """*address* compared with ``own_addresses``: ASCII only, lower case ("" otherwise).
+    Not casefolded: a look-alike such as ``\u212aate@x.com`` (KELVIN SIGN) casefolds to
+    ``kate@x.com`` yet names another mailbox."""
+    address = address.strip()
+    return address.lower() if address.isascii() else ""
 
 
 def flow_verdict(
