@@ -48,6 +48,7 @@ _STEPS = st.lists(
             "limits",
             "reopen",
             "answer",
+            "compact",
         ]
     ),
     min_size=1,
@@ -76,6 +77,23 @@ def _log(steps: list[str]) -> list[ev.Event]:
             continue
         if kind == "reopen":
             events.append(ev.StateChanged(state="running"))
+            continue
+        if kind == "compact":  # (errands.engine.context: a change that is not an append)
+            messages = _whole(events, "x").messages
+            tools = [j for j, m in enumerate(messages) if m.role == "tool"]
+            masked = [ev.MaskedOutput(seq=1, index=tools[-1], stub=f"[out {i}]")] if tools else []
+            summarised = 2 if len(messages) > 3 else 0
+            summary = _user(f"summary {i}") if summarised else None
+            events.append(
+                ev.ContextCompacted(
+                    window=1000,
+                    tokens_before=900,
+                    tokens_after=300,
+                    masked=masked,
+                    summarised=summarised,
+                    summary=summary,
+                )
+            )
             continue
         request_seq = len(events) + 1
         events.append(ev.ModelRequested(model="scripted:m", tools_hash="sha256:x"))
