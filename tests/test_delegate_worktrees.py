@@ -230,3 +230,33 @@ async def test_a_cleanup_a_crash_cut_short_is_made_up_when_errands_up_starts(
     assert git(workspace, "show", f"errands/{children[2].id}:late.txt") == (
         "written after its last commit\n"
     )
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["guard", "CONTROL"])
+def test_a_config_the_sandbox_wrote_makes_errands_git_run_no_program(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, control: bool
+) -> None:
+    """A workspace without ``.git`` is writable in the sandbox: a command there can ``git
+    init`` and write the repository's config -- an fsmonitor, a filter driver that a
+    child's ``.gitattributes`` names. errands' own git runs outside the sandbox and runs
+    neither (the fsmonitor off, the filter refused with one clear error); the control, git
+    with hooks off only, runs both."""
+    ran = tmp_path / "ran"
+    git(repo, "config", "core.fsmonitor", f"echo fsmonitor >> {ran}; false")
+    if control:
+        monkeypatch.setattr(worktrees, "_OFF", ("-c", "core.hooksPath=/dev/null"))
+        monkeypatch.setattr(worktrees, "_refuse_programs", lambda repo: None)
+    child = repo / "subtasks" / "1.0.0"
+    worktrees.add(repo, child, "errands/x.1.0.0")
+    (child / "new.txt").write_text("x\n")
+    assert worktrees.commit(repo, child, "errands: sub-errand x.1.0.0")
+    git(repo, "config", "filter.evil.clean", f"echo filter >> {ran}; cat")
+    (child / ".gitattributes").write_text("*.txt filter=evil\n")
+    (child / "more.txt").write_text("y\n")
+    if control:
+        worktrees.commit(repo, child, "errands: sub-errand x.1.0.0")
+        assert set(ran.read_text().split()) == {"fsmonitor", "filter"}
+        return
+    with pytest.raises(worktrees.GitFailed, match=r"config sets filter\.evil\.clean"):
+        worktrees.commit(repo, child, "errands: sub-errand x.1.0.0")
+    assert not ran.exists()

@@ -24,6 +24,7 @@ workspace is written by the sandbox: a claim, not a fact), with hooks off.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,9 +94,59 @@ def _env() -> dict[str, str]:
     return env
 
 
+# The repository's own config may have been written by a command in the sandbox (one that
+# ran `git init` in a workspace that had no .git, before it was bound read-only), and git
+# runs here outside it. What its config could make git run is switched off on the command
+# line (which wins over any config file) -- hooks, the fsmonitor, signing -- and what cannot
+# be (a driver's name is the repository's to choose) is refused: a filter a .gitattributes
+# names, a merge or diff driver, an external diff, an include of another file.
+_OFF = (
+    *("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"),
+    *(
+        "-c",
+        "commit.gpgSign=false",
+        "-c",
+        "tag.gpgSign=false",
+        "-c",
+        "merge.verifySignatures=false",
+    ),
+    "--no-pager",
+)
+_RUNS = re.compile(
+    r"^(filter\..+|merge\..+\.driver|diff\..+\.(command|textconv)|diff\.external"
+    r"|include\.path|includeif\..+)$",
+    re.IGNORECASE,
+)
+
+
+def _refuse_programs(repo: Repo) -> None:
+    """A :class:`GitFailed` if the repository's own config names a program git would run."""
+    for path in {
+        repo.common / "config",
+        repo.common / "config.worktree",
+        repo.git_dir / "config.worktree",
+    }:
+        if not path.is_file():
+            continue
+        listed = subprocess.run(
+            ["git", "config", "--no-includes", "--file", str(path), "--list", "--name-only"],
+            capture_output=True, text=True, env=_env(), check=False,
+        )  # fmt: skip
+        if listed.returncode != 0:
+            raise GitFailed(f"git config: {path} does not parse; errands does not run git on it")
+        found = sorted({k for k in listed.stdout.split() if _RUNS.match(k)})
+        if found:
+            raise GitFailed(
+                f"{path} sets {', '.join(found[:5])}: a program git would run outside the "
+                "sandbox (a command in the sandbox may have written it); errands runs no git "
+                "on this repository until they are removed"
+            )
+
+
 def _run(repo: Repo | None, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = ["git", "-c", "core.hooksPath=/dev/null", *_IDENTITY]
+    cmd = ["git", *_OFF, *_IDENTITY]
     if repo is not None:
+        _refuse_programs(repo)
         cmd += [f"--git-dir={repo.git_dir}", f"--work-tree={repo.work_tree}"]
     done = subprocess.run(
         [*cmd, *args],
