@@ -9,6 +9,10 @@ Cases:
 * ``latency``: the same model taking 200 ms a call -- a child's lower bound is S x
   0.2 s and the children run at once, so wall / bound shows the overhead and the
   parallelism;
+* ``staggered`` (only with ``--only``): the children end one after another (child k
+  answers at its ``1 + k x S / 93``-th call, 50 ms a call), each end waking the parent:
+  the ``parent events`` and ``parent sleeps`` columns show what the wakes that find
+  children still running add to the parent's log;
 * ``ratelimited``: the OpenAI Chat Completions wire simulator over HTTP (``tests/sim``)
   enforcing 6,000 requests and 3M input tokens a minute (a sliding window of
   ``--window`` seconds with the limits scaled to it: the arithmetic is the same),
@@ -58,10 +62,11 @@ from sim.core import SimLimits, Turn, call  # noqa: E402
 from sim.openai_server import OpenAIChatSim  # noqa: E402
 
 from errands.config import BudgetSettings, Price, ProviderSettings, load_settings  # noqa: E402
-from errands.core.events import Limits, ToolResult  # noqa: E402
+from errands.core.events import Limits, ToolCall, ToolResult, Usage  # noqa: E402
 from errands.core.states import TERMINAL, ErrandState  # noqa: E402
 from errands.engine.operations import create_errand  # noqa: E402
 from errands.harness import build  # noqa: E402
+from errands.models.protocol import ModelReply  # noqa: E402
 from errands.policy.hook import AllowAll  # noqa: E402
 
 RESULTS = HERE / "results" / "subagents_bench.json"
@@ -98,6 +103,25 @@ class StepSim(OpenAIChatSim):
         return Turn(text="assembled the answers of every sub-errand", cached_tokens=0)
 
 
+class StaggeredFanModel(FanModel):
+    """FanModel whose child ``CHILD k`` answers at its ``1 + k * steps // n``-th call (50 ms
+    each): the children end one after another over the run, each end waking the parent
+    (its log then shows what a wake that sleeps on costs)."""
+
+    async def complete(self, request: Any, on_text: Any = None) -> Any:
+        first = next(m.text for m in request.messages if m.role == "user")
+        if CHILD not in first:
+            return await super().complete(request, on_text)
+        k = int(first[first.index(CHILD) :].split()[1])
+        asked = sum(1 for m in request.messages if m.role == "assistant")
+        await asyncio.sleep(self.latency)
+        usage = Usage(input_tokens=10, output_tokens=5)
+        if asked < k * self.child_calls // self.n:
+            call = ToolCall(call_id=f"c{asked}", name="list_files", arguments={})
+            return ModelReply(tool_calls=[call], usage=usage, model=self.name)
+        return ModelReply(text=f"answer of {CHILD} {k}", usage=usage, model=self.name)
+
+
 @dataclass
 class Row:
     case: str
@@ -118,6 +142,8 @@ class Row:
     cap_usd: float
     peak_rss_mb: float
     peak_tasks: int
+    parent_events: int  # the parent's log, whole
+    parent_sleeps: int  # its sleeping events (a wake that sleeps on used to add one)
 
 
 async def _watch_tasks(peak: list[int], stop: asyncio.Event) -> None:
@@ -164,6 +190,10 @@ async def run_case(case: str, n: int, steps: int, window: float, base: Path) -> 
             settings = settings.model_copy(update={"providers": {"sim": endpoint}})
             harness = build(settings, policy=AllowAll())
             spec = "sim:gpt-sim"
+        elif case == "staggered":
+            model = StaggeredFanModel(n, child_calls=steps, latency=0.05)
+            harness = build(settings, policy=AllowAll(), models=lambda _spec: model)  # type: ignore[arg-type,return-value]
+            spec = "scripted:demo"
         else:
             latency = 0.2 if case == "latency" else 0.0
             model = FanModel(n, child_calls=steps, latency=latency)
@@ -183,10 +213,11 @@ async def run_case(case: str, n: int, steps: int, window: float, base: Path) -> 
             children = await store.children(eid)
             spend = parent.usage.cost_usd + sum(c.usage.cost_usd for c in children)
             calls = parent.steps + sum(c.steps for c in children)
+            logged = [stored.event for stored in await store.read(eid)]
             report = next(
                 (
                     e.content.text
-                    for e in (stored.event for stored in await store.read(eid))
+                    for e in logged
                     if isinstance(e, ToolResult) and e.tool == "delegate"
                 ),
                 "",
@@ -203,6 +234,8 @@ async def run_case(case: str, n: int, steps: int, window: float, base: Path) -> 
             bound = max(len(limiter.admitted) / (RPM / 60), admitted_tokens / (TPM / 60))
         elif case == "latency":
             bound = (steps + 2) * 0.2  # one child's calls, and the parent's two
+        elif case == "staggered":
+            bound = (steps + 2) * 0.05  # the longest child's calls, and the parent's two
         else:
             bound = 0.0
         return Row(
@@ -225,6 +258,8 @@ async def run_case(case: str, n: int, steps: int, window: float, base: Path) -> 
             cap_usd=CAP_USD,
             peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             peak_tasks=peak_tasks[0],
+            parent_events=len(logged),
+            parent_sleeps=sum(1 for e in logged if e.type == "sleeping"),
         )
     finally:
         if sim is not None:
@@ -324,7 +359,8 @@ async def run_crash(n: int, steps: int, base: Path) -> dict[str, Any]:
 
 HEADERS = [
     "case", "children", "calls/child", "model calls", "done", "wall s", "bound s", "wall/bound",
-    "calls/s", "429s", "429 %", "spend $", "peak RSS MB", "peak tasks",
+    "calls/s", "429s", "429 %", "spend $", "peak RSS MB", "peak tasks", "parent events",
+    "parent sleeps",
 ]  # fmt: skip
 
 
@@ -338,6 +374,7 @@ def table(rows: list[Row]) -> str:
             str(r.answered_429) if r.requests else "-",
             f"{100 * r.share_429:.2f}" if r.requests else "-",
             f"{r.spend_usd:.4f}", f"{r.peak_rss_mb:.0f}", str(r.peak_tasks),
+            str(r.parent_events), str(r.parent_sleeps),
         ]
         for r in rows
     ]  # fmt: skip
@@ -354,7 +391,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="model calls per child")
     parser.add_argument("--window", type=float, default=10.0, help="the simulator's window (s)")
     parser.add_argument(
-        "--only", nargs="+", choices=["scripted", "latency", "ratelimited"], default=None
+        "--only",
+        nargs="+",
+        choices=["scripted", "latency", "staggered", "ratelimited"],
+        default=None,
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--crash", action="store_true", help="also the SIGKILL run")
