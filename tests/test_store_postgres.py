@@ -579,3 +579,70 @@ async def test_a_restarted_server_costs_no_write(kind: type[PostgresStore]) -> N
             await store.close()
     finally:
         own.stop()
+
+
+def _takeover_seconds(cli: Any, url: str, lease_seconds: float) -> float:
+    """Worker a runs an errand whose model takes 6 s; worker b waits beside it; a is
+    SIGKILLed mid-call. Returns the seconds until b holds the errand's lease (it then
+    finishes it). ``[store] lease_seconds`` is *lease_seconds*."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from errands.config import load_settings
+    from errands.engine.operations import create_errand
+    from errands.store.sync import BlockingStore
+
+    (cli.home / "errands.toml").write_text(f"[store]\nlease_seconds = {lease_seconds}\n")
+    slow = cli.home / "slow.json"
+    slow.write_text(json.dumps({"name": "slow", "latency_ms": 6000, "turns": [{"text": "ok"}]}))
+    store = BlockingStore(make=lambda: PostgresStore(url))
+    procs: list[subprocess.Popen[str]] = []
+
+    def holder() -> str:
+        found = store.lease_holder(eid)
+        return "" if found is None else found[0]
+
+    try:
+        eid = store.run(
+            create_errand(store.store, load_settings(cli.home), "slow", model=f"scripted:{slow}")
+        )
+        procs.append(cli.popen("worker", "--name", "a", ERRANDS_STORE_URL=url))
+        deadline = time.monotonic() + 60
+        while not holder().endswith(":a"):
+            assert time.monotonic() < deadline, "worker a never took the errand"
+            time.sleep(0.05)
+        procs.append(cli.popen("worker", "--name", "b", ERRANDS_STORE_URL=url))
+        time.sleep(3)  # b is up and looking (it cannot take a's live lease)
+        assert holder().endswith(":a")
+        procs[0].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        while not holder().endswith(":b"):
+            assert time.monotonic() < killed + 60, "worker b never took the errand over"
+            time.sleep(0.05)
+        taken = time.monotonic() - killed
+        while store.view(eid).state.value != "done":
+            assert time.monotonic() < killed + 90, store.view(eid).state
+            time.sleep(0.1)
+        return taken
+    finally:
+        for proc in procs:  # (the processes this test started, by their handles)
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        store.close()
+
+
+@pytest.mark.slow
+def test_a_dead_worker_s_errand_is_taken_over_within_the_lease_time(cli: Any, url: str) -> None:
+    taken = _takeover_seconds(cli, url, 2.0)
+    print(f"taken over {taken:.2f} s after the SIGKILL (lease 2 s)")
+    assert taken <= 2.0 + 2.0  # (b looks every 0.1 s; a loaded box)
+
+
+@pytest.mark.slow
+def test_control_a_longer_lease_is_what_it_waits_for(cli: Any, url: str) -> None:
+    assert _takeover_seconds(cli, url, 8.0) >= 5.0

@@ -241,6 +241,9 @@ class StoreSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str | None = None
+    # how long an errand's lease lasts without renewal (renewed every third of it): a
+    # process that dies holds its errands this long before another takes them over
+    lease_seconds: float = Field(default=15.0, ge=1.0, le=3600.0)
 
     @field_validator("url")
     @classmethod

@@ -33,7 +33,7 @@ from errands.core.ids import new_errand_id
 from errands.core.states import ErrandView
 from errands.engine import operations
 from errands.engine.loop import Loop, TextListener
-from errands.engine.runner import LEASE_TTL, Runner
+from errands.engine.runner import Runner
 from errands.models.protocol import Model
 from errands.models.spec import Models
 from errands.policy.approvals import Approvals
@@ -89,11 +89,12 @@ class Harness:
         self,
         *,
         owner: str | None = None,
-        lease_ttl: float = LEASE_TTL,
+        lease_ttl: float | None = None,
         on_text: TextListener | None = None,
         loop_class: type[Loop] | None = None,
     ) -> Runner:
-        """A runner over this harness's parts (each process or thread runs its own)."""
+        """A runner over this harness's parts (each process or thread runs its own);
+        its leases last *lease_ttl* seconds (default ``[store] lease_seconds``)."""
         return Runner(
             self.store,
             self.settings,
@@ -101,7 +102,7 @@ class Harness:
             self.policy,
             models=self.models,
             owner=owner,
-            lease_ttl=lease_ttl,
+            lease_ttl=self.settings.store.lease_seconds if lease_ttl is None else lease_ttl,
             on_text=on_text,
             loop_class=loop_class,
         )
