@@ -31,6 +31,7 @@ from errands.tools.builtin import builtin_toolset
 from errands.tools.builtin.web import http_request_effect, make_http_request, secret_auth
 from errands.tools.canonical import web_url
 from errands.tools.netguard import NetworkRefused, check_url, guarded_client, guarded_request
+from errands.tools.sandbox.secrets import secret_redactor
 from errands.tools.tool import ToolArgumentError, ToolContext, ToolError, ToolOutput, make_tool
 from errands.tools.toolset import FunctionToolset
 
@@ -102,6 +103,10 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/whoami-moved":  # a same-origin redirect that echoes it in the URL
             said = quote(self.headers.get("Authorization", "nobody"), safe="")
             self._reply(302, b"", "text/plain", Location=f"/whoami?was={said}")
+        elif url.path == "/whoami-padded":  # the credential after PAD bytes
+            said = self.headers.get("Authorization", "nobody")
+            pad = "x" * int(query["pad"][0])
+            self._reply(200, f"{pad}{said}".encode(), "text/plain")
         elif url.path == "/echo":
             reply = f"{self.command} {body.decode()}".encode()
             self._reply(201, reply, "application/json", X_RateLimit_Remaining="41", X_Other="no")
@@ -533,6 +538,7 @@ async def test_auth_sends_the_secret_only_to_its_hosts_and_never_shows_it(
         ("secret:", None, "auth must be secret:NAME"),
         ("secret:NOPE", None, "no secret named NOPE in errands.toml .declared: BOARD"),
         ("secret:BOARD", {"authorization": "Bearer x"}, "either an Authorization header or auth"),
+        ("secret:BOARD", {"Range": "bytes=9-14"}, "a Range header cannot go with auth"),
     ],
 )
 async def test_bad_auth_is_one_clear_error_and_nothing_is_sent(
@@ -697,3 +703,21 @@ async def test_a_url_the_server_echoed_the_secret_into_is_redacted_in_the_source
         "GET", args["url"], settings, headers={"Authorization": f"Bearer {AUTH_VALUE}"}
     )
     assert AUTH_VALUE in unquote(fetched.url)
+
+
+async def test_a_response_cut_off_inside_the_secret_does_not_show_its_start(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the model picks the padding so that the cap falls 12 characters into the secret
+    monkeypatch.setenv(AUTH_ENV, AUTH_VALUE)
+    settings = auth_settings(["127.0.0.1"])
+    settings.network.max_response_bytes = 100 + len("Bearer ") + 12
+    tool = make_tool(make_http_request(), effect=http_request_effect)
+    args = {"method": "GET", "url": server.url("/whoami-padded?pad=100"), "auth": "secret:BOARD"}
+    out = await tool.invoke(tool.validate(args), ToolContext("e1", 7, "e1:7", Path("."), settings))
+    assert "cut off after 119 bytes" in out.text and "Bearer [REDACTED]" in out.text, out.text
+    assert AUTH_VALUE[:12] not in out.text and AUTH_VALUE[:4] not in out.text
+    # control: the same text redacted after the note was put after it (a43d3e3's order)
+    body = "x" * 100 + "Bearer " + AUTH_VALUE[:12]
+    whole = secret_redactor({"BOARD": AUTH_VALUE})(body + "\n[... cut off after 119 bytes]")
+    assert AUTH_VALUE[:12] in whole

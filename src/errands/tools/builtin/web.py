@@ -377,6 +377,11 @@ def make_http_request(auth_check: AuthCheck = secret_auth) -> Callable[..., Any]
                 raise ToolArgumentError(
                     "http_request: give either an Authorization header or auth, not both"
                 )
+            if any(k.strip().lower() == "range" for k in send):
+                raise ToolArgumentError(
+                    "http_request: a Range header cannot go with auth (a slice of a response "
+                    "that echoes the secret would carry part of it past the redaction)"
+                )
             name, value = auth_check(settings, auth, target)
             send["Authorization"] = f"Bearer {value}"
             redact = secret_redactor({**declared_values(settings), name: value})
@@ -404,12 +409,12 @@ def make_http_request(auth_check: AuthCheck = secret_auth) -> Callable[..., Any]
         media = _media_type(fetched)
         if not fetched.body:
             shown = ""
-        elif _is_text(fetched, media):
-            shown = _decode(fetched) + _cut_note(fetched)
+        elif _is_text(fetched, media):  # (redacted before the note: a body cut off inside
+            shown = redact(_decode(fetched)) + _cut_note(fetched)  # a secret ends with its start)
         else:
             shown = f"[binary content, {len(fetched.body)} bytes, not shown]"
         return ToolOutput(
-            text=redact("\n".join(lines) + "\n\n" + shown),
+            text=redact("\n".join(lines)) + "\n\n" + shown,
             integrity=Integrity.untrusted,
             # a response to an arbitrary request (with credentials, to an account) may be personal
             confidentiality=Confidentiality.private,
