@@ -675,11 +675,14 @@ def test_a_host_that_only_casefolds_to_the_secrets_host_is_another_host(
     url = "https://xn--example-6va.com/issues"
     if check is casefolded_host_check:
         assert check(settings, "secret:BOARD", url) == ("BOARD", AUTH_VALUE)  # the hole
+        assert check(settings, "secret:BOARD", "http://api.exampless.com/") == ("BOARD", AUTH_VALUE)
         return
     with pytest.raises(
         ToolError, match=re.escape("only to exampless.com, bücher.example, not to xn--")
     ):
         check(settings, "secret:BOARD", url)
+    with pytest.raises(ToolError, match="goes only over https"):  # (on every network)
+        check(settings, "secret:BOARD", "http://api.exampless.com/issues")
     for fine in (
         "https://EXAMPLESS.com./x",
         "https://api.exampless.com/",

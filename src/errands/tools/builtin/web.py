@@ -25,6 +25,7 @@ spelling of the value in the response or an error is redacted). Such a call is
 from __future__ import annotations
 
 import codecs
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -280,6 +281,16 @@ def _ascii_host(url: str) -> str:
         return ""
 
 
+def _loopback(host: str) -> bool:
+    """Is *host* this machine (a local test server may be plain http)?"""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _declared_host(host: str) -> str:
     """A secret's declared host in the same ASCII spelling ("" if it cannot be one)."""
     host = host.strip().strip(".")
@@ -306,6 +317,11 @@ def secret_auth(
         raise ToolError(
             f"http_request: the secret {name} may be sent only to "
             f"{', '.join(declared.hosts)}, not to {host or url}; nothing was sent"
+        )
+    if httpx.URL(url).scheme != "https" and not _loopback(host):
+        raise ToolError(
+            f"http_request: the secret {name} goes only over https (plain http shows it to "
+            f"every network on the way); use https://{host}/...; nothing was sent"
         )
     value = (os.environ if environ is None else environ).get(declared.env or name, "")
     if not value:
