@@ -24,6 +24,7 @@ from errands.core.states import ErrandState
 from errands.policy.rules import pattern_matches
 from errands.policy.standing import standing_pattern
 from errands.store.sqlite import SQLiteStore
+from errands.tools.email.attachments import Attachment, describe
 from errands.tools.email.tools import _ROLES
 from errands.tools.tool import ArgRole
 
@@ -94,6 +95,18 @@ async def test_a_workspace_file_is_attached_and_the_card_shows_it(
     )
 
 
+SPOOF = "notes.txt (1 KB, sha256 0a1b2c3d4e5f6071)\nattachment: x"  # a line of its own
+RLO = "invoice\u202efdp.exe"  # shown as invoiceexe.pdf
+
+
+def test_a_name_that_would_write_on_the_card_is_refused_there(tmp_path: Path) -> None:
+    (tmp_path / SPOOF).write_text("x")
+    (card,) = describe(tmp_path, [SPOOF], 10_000)
+    assert "cannot be sent" in card and "control or invisible characters" in card
+    # control: the file's own line, as the card showed it before, spans two lines
+    assert "\n" in Attachment(SPOOF, b"x").line()
+
+
 def _link_out(workspace: Path) -> None:
     (workspace / "out.txt").symlink_to("/etc/passwd")
 
@@ -107,8 +120,10 @@ def _link_out(workspace: Path) -> None:
         (["nothere.csv"], None, "no such file: nothere.csv"),
         (["big.bin"], lambda w: (w / "big.bin").write_bytes(b"x" * 20_000), "max_message_bytes"),
         ([f"f{i}" for i in range(11)], None, "at most 10 files"),
+        ([SPOOF], lambda w: (w / SPOOF).write_text("x"), "control or invisible characters"),
+        ([RLO], lambda w: (w / RLO).write_text("x"), "control or invisible characters"),
     ],
-    ids=["dotdot", "absolute", "symlink-out", "missing", "too-big", "too-many"],
+    ids=["dotdot", "absolute", "symlink-out", "missing", "too-big", "too-many", "newline", "rlo"],
 )
 async def test_a_bad_attachment_is_one_clear_error_and_nothing_is_sent(
     mailed: Settings, mail: MailServers, paths: list[str], plant: Any, says: str
@@ -116,7 +131,7 @@ async def test_a_bad_attachment_is_one_clear_error_and_nothing_is_sent(
     small = mailed.model_copy(
         update={"email": mailed.email.model_copy(update={"max_message_bytes": 10_000})}  # type: ignore[union-attr]
     )
-    subject = f"Bad {paths[0]}"
+    subject = f"Bad {ascii(paths[0])}"
     _, log = await send_with(small, paths, plant, subject=subject)
     (result,) = [e for e in log if isinstance(e, ev.ToolResult) and e.tool == "send_email"]
     assert not result.ok and says in result.content.text, result.content.text

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -31,6 +32,10 @@ from errands.tools.tool import ToolArgumentError, ToolError
 __all__ = ["MAX_ATTACHMENTS", "Attachment", "attach", "describe", "read_attachments"]
 
 MAX_ATTACHMENTS = 10
+# characters a file's name may not hold: controls (a line break writes a line of its own on
+# the card), format characters (a right-to-left override shows invoice.exe as invoiexe.pdf)
+# and line or paragraph separators
+_UNSHOWN = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,12 @@ def read_attachments(workspace: Path, paths: Sequence[str], room: int) -> list[A
     out: list[Attachment] = []
     used = 0
     for path in dict.fromkeys(paths):
+        if any(unicodedata.category(c) in _UNSHOWN for c in path):
+            raise ToolArgumentError(
+                f"attachments: {path!r} has control or invisible characters in its name (a "
+                "line break or a right-to-left override would change what the card shows); "
+                "rename the file"
+            )
         try:
             data, size, relative = _read_bytes(workspace, path, max(room - used, 0) + 1)
         except ToolError as exc:
