@@ -260,3 +260,30 @@ def test_a_config_the_sandbox_wrote_makes_errands_git_run_no_program(
     with pytest.raises(worktrees.GitFailed, match=r"config sets filter\.evil\.clean"):
         worktrees.commit(repo, child, "errands: sub-errand x.1.0.0")
     assert not ran.exists()
+
+
+def _exclude_as_before(common: Path) -> None:
+    """The control: e2eb5c9's _exclude, which followed a link at info/exclude."""
+    with open(common / "info" / "exclude", "a", encoding="utf-8") as f:
+        f.write(worktrees.EXCLUDE + "\n")
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["guard", "CONTROL"])
+def test_an_exclude_file_linked_out_of_the_repository_is_not_written(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, control: bool
+) -> None:
+    """A repository made in the sandbox can make info/exclude a link to any file of
+    errands' user; errands appends to it only if it is a file of the repository."""
+    outside = tmp_path / "profile"
+    outside.write_text("untouched\n")
+    exclude = repo / ".git" / "info" / "exclude"
+    exclude.unlink(missing_ok=True)
+    exclude.symlink_to(outside)
+    if control:
+        monkeypatch.setattr(worktrees, "_exclude", _exclude_as_before)
+        worktrees.add(repo, repo / "subtasks" / "1.0.0", "errands/x.1.0.0")
+        assert outside.read_text() == "untouched\n/subtasks/\n"
+        return
+    with pytest.raises(worktrees.GitFailed, match="is a symbolic link"):
+        worktrees.add(repo, repo / "subtasks" / "1.0.0", "errands/x.1.0.0")
+    assert outside.read_text() == "untouched\n"

@@ -199,6 +199,9 @@ def _exclude(common: Path) -> None:
     """``/subtasks/`` in the repository's ``info/exclude``: the children's folders are
     not the parent's files (``git status`` in the parent does not list them)."""
     path = common / "info" / "exclude"
+    # (a repository made in the sandbox could point them at any file of errands' user)
+    if path.parent.is_symlink() or path.is_symlink():
+        raise GitFailed(f"{path} is a symbolic link; errands writes no file through it")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -206,7 +209,8 @@ def _exclude(common: Path) -> None:
     if EXCLUDE in text.splitlines():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    with open(os.open(path, flags, 0o644), "a", encoding="utf-8") as f:
         f.write(("" if not text or text.endswith("\n") else "\n") + EXCLUDE + "\n")
         f.flush()
         os.fsync(f.fileno())
