@@ -96,7 +96,6 @@ class _Pool:
         self.index = ToolIndex(
             IndexedTool(t.name, t.schema.description, t.schema.parameters) for t in self.searchable
         )
-        self.base_tokens = schema_tokens(t.schema for t in self.base)
 
 
 class SearchingToolset:
@@ -142,18 +141,18 @@ class SearchingToolset:
         """The tools *queries*' searches add, in the order found, within the budget."""
         added: list[Tool] = []
         names = {t.name for t in pool.base}
-        tokens = pool.base_tokens
+        shown = [t.schema for t in pool.base]
         for query in queries:
             for place in pool.index.search(query, self.results):
                 tool = pool.searchable[place]
                 if tool.name in names:
                     continue
-                cost = schema_tokens([tool.schema])
-                if tokens + cost > self.budget_tokens:
+                # the whole list counted (a tool's own count misses the separators)
+                if schema_tokens([*shown, tool.schema]) > self.budget_tokens:
                     continue  # (full: a smaller tool found later may still fit)
                 names.add(tool.name)
                 added.append(tool)
-                tokens += cost
+                shown.append(tool.schema)
         return added
 
     def tools(self, errand: ErrandView) -> ToolList:
