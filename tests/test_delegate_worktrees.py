@@ -259,6 +259,8 @@ def test_a_config_the_sandbox_wrote_makes_errands_git_run_no_program(
         return
     with pytest.raises(worktrees.GitFailed, match=r"config sets filter\.evil\.clean"):
         worktrees.commit(repo, child, "errands: sub-errand x.1.0.0")
+    # a new child gets a plain folder (a step failing on it would fail on every retry)
+    assert worktrees.add(repo, repo / "subtasks" / "2.0.0", "errands/x.2.0.0") is False
     assert not ran.exists()
 
 

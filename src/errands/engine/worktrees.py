@@ -23,6 +23,7 @@ workspace is written by the sandbox: a claim, not a fact), with hooks off.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -33,6 +34,7 @@ from errands.tools.sandbox.gitdirs import git_binds
 
 __all__ = [
     "BRANCH_PREFIX",
+    "ConfigRefused",
     "Conflict",
     "GitFailed",
     "Merged",
@@ -50,11 +52,16 @@ BRANCH_PREFIX = "errands/"
 EXCLUDE = "/subtasks/"  # the children's folders are not the parent's files
 HUNK_LINES = 40  # lines of one conflict hunk in a report
 MAX_HUNKS = 20  # hunks reported per child
+log = logging.getLogger(__name__)
 _IDENTITY = ("-c", "user.name=errands", "-c", "user.email=errands@localhost")
 
 
 class GitFailed(Exception):
     """A git command errands ran failed: its output says why."""
+
+
+class ConfigRefused(GitFailed):
+    """The repository's config names a program git would run: errands runs no git on it."""
 
 
 @dataclass(frozen=True)
@@ -133,10 +140,10 @@ def _refuse_programs(repo: Repo) -> None:
             capture_output=True, text=True, env=_env(), check=False,
         )  # fmt: skip
         if listed.returncode != 0:
-            raise GitFailed(f"git config: {path} does not parse; errands does not run git on it")
+            raise ConfigRefused(f"git config: {path} does not parse; errands runs no git on it")
         found = sorted({k for k in listed.stdout.split() if _RUNS.match(k)})
         if found:
-            raise GitFailed(
+            raise ConfigRefused(
                 f"{path} sets {', '.join(found[:5])}: a program git would run outside the "
                 "sandbox (a command in the sandbox may have written it); errands runs no git "
                 "on this repository until they are removed"
@@ -228,6 +235,11 @@ def add(parent: Path, child: Path, branch: str) -> bool:
     folder)."""
     repo = repo_of(parent)
     if repo is None:
+        return False
+    try:
+        _refuse_programs(repo)
+    except ConfigRefused as exc:  # (a step failing on it would fail again on every retry)
+        log.warning("sub-errand folder %s: a plain folder, not a worktree: %s", child, exc)
         return False
     if _run(repo, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode != 0:
         return False  # no commit yet: nothing to branch from
