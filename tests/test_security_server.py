@@ -60,11 +60,16 @@ def observe_proxy(tmp_path: Path, control: str | None) -> dict[str, Any]:
             created = anon.post("/api/errands", json={"text": "hi", "model": "scripted:demo"})
             approvals = anon.get("/api/approvals")
             approve = anon.post("/api/approvals/e0.1/approve", json={})
+            # the errand's stream (its events and a running tool's live output)
+            eid = created.json()["id"] if created.status_code == 201 else "m0"
+            with anon.stream("GET", f"/api/errands/{eid}/stream") as live:
+                stream = live.status_code
         return {
             "info": info,
             "created": created.status_code,
             "approvals": approvals.status_code,
             "approve": approve.status_code,
+            "stream": stream,
             "errands": errand_count(server),
             "out": server.output(),
             "server": server,
@@ -76,6 +81,7 @@ def observe_proxy(tmp_path: Path, control: str | None) -> dict[str, Any]:
 def check_proxy(obs: dict[str, Any]) -> None:
     assert obs["info"]["token_required"] is True
     assert obs["created"] == 401 and obs["approvals"] == 401 and obs["approve"] == 401
+    assert obs["stream"] == 401  # (the live output goes only where the API goes)
     assert obs["errands"] == 0  # nothing was started
     assert "a token is required: it answers to errands.example.com" in obs["out"]
 
@@ -102,6 +108,7 @@ def test_control_without_the_proxy_rule_anyone_at_the_proxy_starts_errands(
 ) -> None:
     obs = observe_proxy(tmp_path, "no_proxy_token")
     assert obs["created"] == 201  # what the outside attack run saw
+    assert obs["stream"] == 200  # and its stream, live output included
     with pytest.raises(AssertionError):
         check_proxy(obs)
 
