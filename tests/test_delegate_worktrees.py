@@ -5,6 +5,7 @@ ends, and a child's work is committed first. Real git throughout."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -289,3 +290,45 @@ def test_an_exclude_file_linked_out_of_the_repository_is_not_written(
     with pytest.raises(worktrees.GitFailed, match="is a symbolic link"):
         worktrees.add(repo, repo / "subtasks" / "1.0.0", "errands/x.1.0.0")
     assert outside.read_text() == "untouched\n"
+
+
+@pytest.mark.parametrize("control", [False, True], ids=["guard", "CONTROL"])
+def test_a_planted_worktree_naming_another_repository_is_not_used(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, control: bool
+) -> None:
+    """A repository made in the sandbox can hold an admin folder for the child's folder
+    whose commondir names another repository of the person's: errands does not take it
+    for the child's worktree (the control, e2eb5c9's backlink check alone, commits the
+    child's work onto that repository's main)."""
+    victim = tmp_path / "victim"
+    init_repo(victim)
+    child = repo / "subtasks" / "1.0.0"
+    admin = repo / ".git" / "worktrees" / "planted"
+    admin.mkdir(parents=True)
+    child.mkdir(parents=True)
+    (admin / "gitdir").write_text(f"{child}/.git\n")
+    (admin / "commondir").write_text(f"{victim / '.git'}\n")
+    (admin / "HEAD").write_text("ref: refs/heads/main\n")
+    (child / ".git").write_text(f"gitdir: {admin}\n")
+    before = git(victim, "rev-parse", "main")
+    if control:
+        monkeypatch.setattr(worktrees, "_admin", _admin_as_before)
+        assert worktrees.add(repo, child, "errands/x.1.0.0")  # "made before a crash"
+    else:  # not a worktree of this repository: a folder that is not empty, refused
+        with pytest.raises(worktrees.GitFailed, match="exists and is not empty"):
+            worktrees.add(repo, child, "errands/x.1.0.0")
+    (child / "planted.txt").write_text("the child's work\n")
+    committed = worktrees.commit(repo, child, "errands: sub-errand x.1.0.0")
+    if control:
+        assert committed and git(victim, "rev-parse", "main") != before
+        return
+    assert not committed and git(victim, "rev-parse", "main") == before
+
+
+def _admin_as_before(common: Path, work_tree: Path) -> Path | None:
+    dot = Path(os.path.realpath(work_tree)) / ".git"
+    for entry in (common / "worktrees").iterdir():
+        back = entry / (entry / "gitdir").read_text(encoding="utf-8").strip()
+        if Path(os.path.realpath(back.parent)) / back.name == dot:
+            return entry
+    return None

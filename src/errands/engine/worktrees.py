@@ -183,8 +183,16 @@ def _admin(common: Path, work_tree: Path) -> Path | None:
         except OSError:
             continue
         back_path = entry / back  # (its folder resolved, not the .git: a link is no match)
-        if Path(os.path.realpath(back_path.parent)) / back_path.name == dot:
+        if Path(os.path.realpath(back_path.parent)) / back_path.name != dot:
+            continue
+        try:  # git keeps the branch and objects where commondir says: this repository's
+            named = (entry / "commondir").read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
             return entry
+        except OSError:
+            continue
+        if Path(os.path.realpath(entry / named)) == Path(os.path.realpath(common)):
+            return entry  # (one planted in a repository made in the sandbox may name another)
     return None
 
 
