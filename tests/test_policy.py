@@ -676,6 +676,8 @@ def reference(
                 and name not in pattern
                 and judged.args.get(name) not in (None, "", [], ())
             ]
+            if not pattern:  # "any arguments", on purpose
+                unpinned = []
             if granted_tool == tool and not unpinned and judged.all_match(pattern):
                 return ALLOW, "always-allowed"
     return winner

@@ -326,7 +326,10 @@ def unpinned_places(call: PolicyCall, pattern: Mapping[str, str]) -> list[str]:
 
     A standing rule or an "always" covers only calls like the one approved: made before
     a tool gained such an argument (send_email's ``attachments``), it pins nothing about
-    it, and a later call using it is not "like" the approved one -- it asks again."""
+    it, and a later call using it is not "like" the approved one -- it asks again. An
+    empty pattern pins nothing on purpose ("any arguments"): it leaves nothing out."""
+    if not pattern:
+        return []
     return [
         name
         for name, role in call.roles.items()
