@@ -10,11 +10,11 @@ An errand's rows go in the transaction that rewrites its log (purge, compaction)
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from errands.store.protocol import Snapshot
+from errands.store.snapshots import SnapshotOps, snapshot_from_rows
 from errands.store.writer import Tx
 
 __all__ = ["MIGRATION", "SQLiteSnapshots", "drop"]
@@ -42,17 +42,13 @@ def drop(conn: sqlite3.Connection, errand_id: str) -> None:
     conn.execute("DELETE FROM snapshot_parts WHERE errand_id = ?", (errand_id,))
 
 
-class SQLiteSnapshots:
-    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`."""
+class SQLiteSnapshots(SnapshotOps):
+    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`: the hooks of
+    :class:`~errands.store.snapshots.SnapshotOps`."""
 
     if TYPE_CHECKING:
 
-        def _holds_secret(self, snapshot: Snapshot) -> bool: ...
         def _reader(self) -> sqlite3.Connection: ...
-        async def _submit(self, fn: Any) -> Any: ...
-
-    async def snapshot(self, errand_id: str) -> Snapshot | None:
-        return await asyncio.to_thread(self._read_snapshot, errand_id)
 
     def _read_snapshot(self, errand_id: str) -> Snapshot | None:
         conn = self._reader()
@@ -63,46 +59,37 @@ class SQLiteSnapshots:
             ).fetchone()
             if row is None:
                 return None
-            data = dict(
-                conn.execute(
-                    "SELECT name, body FROM snapshot_parts WHERE errand_id = ?", (errand_id,)
-                ).fetchall()
-            )
+            parts = conn.execute(
+                "SELECT name, body FROM snapshot_parts WHERE errand_id = ?", (errand_id,)
+            ).fetchall()
         except sqlite3.OperationalError as exc:  # a read-only store from before 0013
             if "no such table" in str(exc):
                 return None
             raise
-        seq, fmt, state, parts = row
-        return Snapshot(int(seq), str(fmt), bytes(state), tuple(parts.split()), data)
+        return snapshot_from_rows(row, parts)
 
-    async def put_snapshot(self, errand_id: str, snapshot: Snapshot) -> bool:
-        if self._holds_secret(snapshot):  # (a fold of the redacted log never does)
-            return False
+    def _kept_snapshot_seq(self, tx: Tx, errand_id: str) -> int | None:
+        kept = tx.conn.execute(
+            "SELECT seq FROM snapshots WHERE errand_id = ?", (errand_id,)
+        ).fetchone()
+        return None if kept is None else int(kept[0])
+
+    def _write_snapshot(self, tx: Tx, errand_id: str, snapshot: Snapshot) -> None:
         names = snapshot.parts
-
-        def op(tx: Tx) -> bool:
-            kept = tx.conn.execute(
-                "SELECT seq FROM snapshots WHERE errand_id = ?", (errand_id,)
-            ).fetchone()
-            if kept is not None and int(kept[0]) >= snapshot.seq:
-                return False
-            tx.conn.executemany(
-                "INSERT OR REPLACE INTO snapshot_parts(errand_id, name, body) VALUES (?, ?, ?)",
-                [(errand_id, name, body) for name, body in snapshot.data.items()],
-            )
-            have = tx.conn.execute(
-                "SELECT name FROM snapshot_parts WHERE errand_id = ?", (errand_id,)
-            ).fetchall()
-            wanted = set(names)
-            tx.conn.executemany(
-                "DELETE FROM snapshot_parts WHERE errand_id = ? AND name = ?",
-                [(errand_id, n) for (n,) in have if n not in wanted],
-            )
-            tx.conn.execute(
-                "INSERT OR REPLACE INTO snapshots(errand_id, seq, format, state, parts)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (errand_id, snapshot.seq, snapshot.format, snapshot.state, " ".join(names)),
-            )
-            return True
-
-        return bool(await self._submit(op))
+        tx.conn.executemany(
+            "INSERT OR REPLACE INTO snapshot_parts(errand_id, name, body) VALUES (?, ?, ?)",
+            [(errand_id, name, body) for name, body in snapshot.data.items()],
+        )
+        have = tx.conn.execute(
+            "SELECT name FROM snapshot_parts WHERE errand_id = ?", (errand_id,)
+        ).fetchall()
+        wanted = set(names)
+        tx.conn.executemany(
+            "DELETE FROM snapshot_parts WHERE errand_id = ? AND name = ?",
+            [(errand_id, n) for (n,) in have if n not in wanted],
+        )
+        tx.conn.execute(
+            "INSERT OR REPLACE INTO snapshots(errand_id, seq, format, state, parts)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (errand_id, snapshot.seq, snapshot.format, snapshot.state, " ".join(names)),
+        )
