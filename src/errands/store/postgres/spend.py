@@ -9,7 +9,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from errands.costs.spend import DAY, Cap, day_scope, nanos, scopes_of
+from errands.costs.spend import DAY, Cap, day_scope
+from errands.store.integrity import expected_spend
 
 __all__ = [
     "add",
@@ -108,26 +109,16 @@ def held_all(conn: Any, now: float) -> tuple[int, int]:
 
 def expected(conn: Any) -> dict[str, int]:
     """The spend table as the log says it should be."""
-    parents: dict[str, str | None] = {}
-    schedule: dict[str, str | None] = {}
-    for i, p, view in conn.execute("SELECT id, parent, view FROM errands"):
-        parents[str(i)] = str(p) if p is not None else None
-        s = json.loads(view).get("schedule")
-        schedule[str(i)] = str(s) if s is not None else None
-    out: dict[str, int] = {}
-    rows = conn.execute(
+    errands = [
+        (i, p, json.loads(view).get("schedule"))
+        for i, p, view in conn.execute("SELECT id, parent, view FROM errands")
+    ]
+    usage = conn.execute(
         "SELECT e.errand_id, e.at, COALESCE(b.data, e.body) FROM events e"
         " LEFT JOIN blobs b ON b.hash = e.blob"
         " WHERE e.type IN ('model_responded', 'model_used')"
     ).fetchall()
-    for errand_id, at, body in rows:
-        cost = nanos(float((json.loads(body).get("usage") or {}).get("cost_usd", 0.0)))
-        if cost:
-            for scope in scopes_of(
-                str(errand_id), float(at), parents.get, schedule.get(str(errand_id))
-            ):
-                out[scope] = out.get(scope, 0) + cost
-    return out
+    return expected_spend(errands, usage)
 
 
 def rebuild(conn: Any) -> None:

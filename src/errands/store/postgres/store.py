@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +44,7 @@ from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs import spend as money
 from errands.errors import LeaseLost, NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, Tx
+from errands.store.integrity import pending_problems, spend_problems
 from errands.store.postgres import spend
 from errands.store.postgres.extras import PostgresExtras, drop_snapshot
 from errands.store.postgres.memory import PostgresMemory
@@ -579,10 +579,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         return [str(r[0]) for r in self._rows("SELECT DISTINCT errand_id FROM events ORDER BY 1")]
 
     def _integrity_extra(self) -> list[str]:
-        problems = []
-        for errand_id, pending, data in self._rows("SELECT id, pending_count, view FROM errands"):
-            if pending != len(json.loads(data).get("pending", {})):
-                problems.append(f"{errand_id}: pending_count differs from the fold")
+        problems = pending_problems(self._rows("SELECT id, pending_count, view FROM errands"))
         orphans = self._rows(
             "SELECT id FROM errands e WHERE NOT EXISTS"
             " (SELECT 1 FROM events v WHERE v.errand_id = e.id)"
@@ -590,12 +587,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         problems.extend(f"{errand_id}: a projection without a log" for (errand_id,) in orphans)
         with self._pool.connection() as conn:
             expected, actual = spend.expected(conn), spend.totals(conn)
-        problems.extend(
-            f"spend {scope}: {actual.get(scope, 0)} nano-USD, the log says {expected.get(scope, 0)}"
-            for scope in sorted(expected.keys() | actual.keys())
-            if expected.get(scope, 0) != actual.get(scope, 0)
-        )
-        return problems
+        return problems + spend_problems(expected, actual)
 
     # ---------------------------------------------------------------- closing
 

@@ -41,6 +41,7 @@ from errands.store.base import (
     ProjectionUpdate,
     Tx,
 )
+from errands.store.integrity import pending_problems, spend_problems
 from errands.store.protocol import StoredEvent, UsageRow
 from errands.store.redact import Redactor
 from errands.store.sqlite import leaseclock, snapshots, spend
@@ -573,23 +574,12 @@ class SQLiteStore(
     @_reads
     def _integrity_extra(self) -> list[str]:
         reader = self._reader()
-        problems = []
-        for errand_id, pending, data in reader.execute(
-            "SELECT id, pending_count, view FROM errands"
-        ):
-            if pending != len(json.loads(data).get("pending", {})):
-                problems.append(f"{errand_id}: pending_count differs from the fold")
+        problems = pending_problems(reader.execute("SELECT id, pending_count, view FROM errands"))
         orphans = reader.execute(
             "SELECT id FROM errands WHERE id NOT IN (SELECT errand_id FROM events)"
         ).fetchall()
         problems.extend(f"{errand_id}: a projection without a log" for (errand_id,) in orphans)
-        expected, actual = spend.expected(reader), spend.totals(reader)
-        problems.extend(
-            f"spend {scope}: {actual.get(scope, 0)} nano-USD, the log says {expected.get(scope, 0)}"
-            for scope in sorted(expected.keys() | actual.keys())
-            if expected.get(scope, 0) != actual.get(scope, 0)
-        )
-        return problems
+        return problems + spend_problems(spend.expected(reader), spend.totals(reader))
 
     # ---------------------------------------------------------------- closing
 
