@@ -421,3 +421,21 @@ async def test_a_reply_carries_the_thread_of_the_mail_it_answers(
     (got,) = [message_from_bytes(m) for m in mail.messages(BOB) if b"Fourth." in m]
     assert got["In-Reply-To"] == "<c-3@test.example>"
     assert got["References"].split() == ["<b-2@test.example>", "<c-3@test.example>"]
+
+
+@pytest.mark.parametrize(
+    "errand_id",
+    ["e1", "abc_D-9", "p1.3.0.0", "p1.3.0.0.7.1.2"],
+    ids=["plain", "chars", "child", "grandchild"],
+)
+def test_a_reply_finds_the_errand_that_sent_the_mail(errand_id: str) -> None:
+    """The Message-ID errands gives a mail leads a reply back to its errand -- a
+    sub-errand's (dotted) id included: a vendor answering a child's mail reaches it."""
+    from errands.engine.dispatch import idempotency_key
+    from errands.tools.email.message import errand_of, message_id_for
+
+    sent = message_id_for(idempotency_key(errand_id, 12, 0), "me@example.com")
+    assert errand_of(sent) == errand_id
+    assert errand_of(f"  {sent}  ") == errand_id
+    for other in ("<x.1.2@example.com>", "<errands.a b.1.2@example.com>", "<errands.e1@d>", ""):
+        assert errand_of(other) is None

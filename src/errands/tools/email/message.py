@@ -48,7 +48,9 @@ def message_id_for(idempotency_key: str, sender: str) -> str:
     return f"<errands.{idempotency_key}@{domain}>"
 
 
-_OURS = re.compile(r"^<errands\.([A-Za-z0-9_-]{1,64})\.\d+\.\d+@[^<>\s]+>$")
+# errands.{errand id}.{request seq}.{call index}@domain; a sub-errand's id is its
+# parent's and three numbers (PARENT.SEQ.CALL.K: errands.engine.delegate), a grandchild's six
+_OURS = re.compile(r"^<errands\.([A-Za-z0-9_-]{1,64}(?:\.\d{1,12}){0,12})\.\d+\.\d+@[^<>\s]+>$")
 
 
 def errand_of(message_id: str) -> str | None:
