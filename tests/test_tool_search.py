@@ -29,7 +29,13 @@ from errands.models.protocol import ModelReply, ModelRequest, TextSink
 from errands.models.scripted import Script, ScriptedModel
 from errands.policy.hook import AllowAll
 from errands.store import Store
-from errands.tools.search import FoundToolList, SearchingToolset, schema_tokens
+from errands.tools.search import (
+    FoundToolList,
+    IndexedTool,
+    SearchingToolset,
+    ToolIndex,
+    schema_tokens,
+)
 from errands.tools.tool import Tool, ToolContext
 from errands.tools.toolset import FunctionToolset, ToolList, Toolset
 
@@ -313,3 +319,84 @@ def test_a_full_list_names_what_it_could_not_add() -> None:
     grown = searching.tools(ErrandView(id="e", tool_searches=queries))
     assert [s.name for s in grown.schemas][: len(shown)] == [s.name for s in listing.schemas]
     assert schema_tokens(grown.schemas) <= 1_000
+
+
+# the ranking on small pools: a tool per line, "name: description"
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+HOTELS_AND_MONEY = [
+    "hotel_bookings.book_room: Book a room in a hotel for nights.",
+    "book_hotel: Book a hotel room for some nights.",
+    "find_hotel: Find a hotel in a city with free rooms.",
+    "hotel.reserve_room: Reserve a hotel room of a given type.",
+    "hotel_room.availability: Whether a hotel has a room of a type free.",
+    "hotel.cancel_booking: Cancel a hotel room booking.",
+    "hotel.room_service: Order room service to a hotel room.",
+    "hotel.list_rooms: The rooms of a hotel and their views.",
+    "hotel_reviews: Reviews of a hotel by guests who stayed some nights.",
+    "convert_currency: Convert an amount of money from one currency to another.",
+    *(
+        f"{topic.replace(' ', '_')}: The {topic} you ask for."
+        for topic in (
+            "weather forecast", "music playlist", "stock price", "movie showtimes",
+            "flight status", "recipe search", "news headlines", "translate text",
+            "send email", "calendar event", "news article", "sports scores",
+            "traffic report", "package tracking", "time zone",
+        )
+    ),
+]  # fmt: skip
+
+
+def small_index(lines: list[str], kind: type[ToolIndex] = ToolIndex) -> ToolIndex:
+    return kind(
+        IndexedTool(name, description.strip(), NO_PARAMETERS)
+        for name, description in (line.split(":", 1) for line in lines)
+    )
+
+
+class WholeQuestionOnly(ToolIndex):
+    """The control: a question is never split into the requests of its sentences."""
+
+    def requests(self, query: str) -> list[str]:
+        return []
+
+
+class NoPhraseBonus(ToolIndex):
+    phrase_bonus = 0.0
+
+
+def test_a_second_request_in_a_question_gets_a_place() -> None:
+    """A question of two sentences asking for two things: the wordy first one's variants
+    would fill the places; the second sentence's own best tool gets one. Control: ranked
+    as one question, the currency tool is not among the first three."""
+    question = (
+        "Book a deluxe hotel room at the Hilton hotel in Paris for three nights, a room with"
+        " a view of the hotel garden. Also convert 1000 dollars."
+    )
+    index, control = small_index(HOTELS_AND_MONEY), small_index(HOTELS_AND_MONEY, WholeQuestionOnly)
+    found = index.names(index.search(question, 3))
+    assert found == ["hotel_bookings.book_room", "book_hotel", "convert_currency"]
+    assert "convert_currency" not in control.names(control.search(question, 3))
+    # one sentence, one request: the ranking is the whole question's
+    one = "Book a deluxe hotel room at the Hilton hotel in Paris for three nights."
+    assert index.search(one, 3) == control.search(one, 3)
+    index.close()
+    control.close()
+
+
+def test_adjacent_words_of_a_name_count_as_a_phrase() -> None:
+    """Two tools with the same words, one with "final velocity" in its name: a question
+    saying "final velocity" ranks it first. Control: without the phrase bonus the tie
+    goes to the tool listed first."""
+    tools = [
+        "velocity.final_distance: Distance and velocity of a body.",
+        "final_velocity.distance: Distance and velocity of a body.",
+    ]
+    question = "What is the final velocity of a car after some distance?"
+    index, control = small_index(tools), small_index(tools, NoPhraseBonus)
+    assert index.names(index.search(question, 2)) == [
+        "final_velocity.distance",
+        "velocity.final_distance",
+    ]
+    assert control.names(control.search(question, 2))[0] == "velocity.final_distance"
+    index.close()
+    control.close()

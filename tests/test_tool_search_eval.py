@@ -3,9 +3,11 @@ tests/data/tool-retrieval (Apache-2.0, its README and LICENSE beside it): the wh
 3,386-tool pool and the 1,350 development questions, run by the real command.
 
 The floors are a little under what the search reached when this was written (single
-turn: recall@5 87.7% by name, 82.2% by id; docs/tool-search.md), so a change that makes
-the search worse fails here; the anchor is BM25 over names and descriptions alone, 79.5%
-by name and 77.3% by id (the corpus README)."""
+turn: recall@5 89.7% by name, 83.1% by id; parallel_multiple 69.0%; docs/tool-search.md),
+so a change that makes the search worse fails here (the ranking before the phrase bonus
+and the requests of a question's sentences, 87.7% / 82.2% and 58.5%, fails them); the
+anchor is BM25 over names and descriptions alone, 79.5% by name and 77.3% by id (the
+corpus README)."""
 
 from __future__ import annotations
 
@@ -28,23 +30,30 @@ def test_the_dev_set_figures(cli: CLI) -> None:
     assert result["tools"] == 3386
     single = result["single_turn"]
     assert single["questions"] == 1150 and single["k"] == 5
-    assert single["recall@5"] >= 0.86  # by name; BM25 over descriptions alone: 0.795
-    assert single["recall@5_id"] >= 0.80  # the anchor: 0.773
+    assert single["recall@5"] >= 0.885  # by name; BM25 over descriptions alone: 0.795
+    assert single["recall@5_id"] >= 0.825  # the anchor: 0.773
     assert single["recall@1"] >= 0.60
     assert single["tokens_per_request"] <= 5000
     cats = result["categories"]
     assert set(cats) == {*SINGLE, "parallel_multiple", "multi_turn_base"}
     assert all(cats[c]["recall@5"] >= 0.88 for c in SINGLE)
+    assert cats["parallel_multiple"]["recall@5"] >= 0.65  # several requests in one question
     multi = cats["multi_turn_base"]
     assert multi["k"] == 20 and multi["questions"] == 200
     assert multi["recall@20"] >= 0.25  # BM25 over descriptions alone: 0.16
 
 
-def test_the_table_names_every_category(cli: CLI) -> None:
-    r = cli("eval", "tool-search", "--tools", str(TOOLS), "--queries", str(QUERIES), "--k", "3")
+def test_the_table_names_every_category(cli: CLI, tmp_path: Path) -> None:
+    few = tmp_path / "queries.jsonl"  # the first 10 questions of each category (faster)
+    by_category: dict[str, list[str]] = {}
+    for line in QUERIES.read_text().splitlines():
+        by_category.setdefault(json.loads(line)["category"], []).append(line)
+    few.write_text("".join(f"{line}\n" for lines in by_category.values() for line in lines[:10]))
+    r = cli("eval", "tool-search", "--tools", str(TOOLS), "--queries", str(few), "--k", "3")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == "tool search over 3386 tools"
+    assert all(any(line.startswith(c) for line in lines) for c in by_category)
     assert any(line.startswith("single-turn (all)") and "   3 " in line for line in lines)
     assert any(line.startswith("multi_turn_base") and "  20 " in line for line in lines)
 
