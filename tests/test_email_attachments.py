@@ -131,7 +131,7 @@ async def test_a_bad_attachment_is_one_clear_error_and_nothing_is_sent(
     small = mailed.model_copy(
         update={"email": mailed.email.model_copy(update={"max_message_bytes": 10_000})}  # type: ignore[union-attr]
     )
-    subject = f"Bad {ascii(paths[0])}"
+    subject = f"Bad {paths[0]!a}"
     _, log = await send_with(small, paths, plant, subject=subject)
     (result,) = [e for e in log if isinstance(e, ev.ToolResult) and e.tool == "send_email"]
     assert not result.ok and says in result.content.text, result.content.text
