@@ -32,8 +32,8 @@ import asyncio
 import hashlib
 import json
 import operator
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, Protocol
 
 from errands.clock import SYSTEM, Clock
 from errands.core import events as ev
@@ -67,6 +67,7 @@ __all__ = [
     "BaseStore",
     "Prepared",
     "ProjectionRow",
+    "SpendTables",
     "Tx",
     "WriterStats",
 ]
@@ -94,9 +95,34 @@ ProjectionRow = tuple[str, str, str, float, float, int, str | None, int, str]
 ProjectionUpdate = tuple[str, float, int, str | None, str, str]
 
 
+class SpendTables(Protocol):
+    """The budget tables' SQL (``spend``, ``budget_holds``): a backend's module of
+    functions (:mod:`errands.store.sqlite.spend`, :mod:`errands.store.postgres.spend`),
+    each run in the caller's transaction on *conn*."""
+
+    def spent(self, conn: Any, scope: str, now: float) -> int: ...
+    def held(self, conn: Any, scope: str, now: float, hold: str) -> int: ...
+    def place(
+        self,
+        conn: Any,
+        hold: str,
+        caps: Sequence[spend.Cap],
+        amount: int,
+        now: float,
+        expires_at: float,
+    ) -> None: ...
+    def settle(self, conn: Any, hold: str) -> None: ...
+    def release(self, conn: Any, errand_id: str) -> None: ...
+    def add(self, conn: Any, scopes: Iterable[str], amount: int) -> None: ...
+    def rebuild(self, conn: Any) -> None: ...
+
+
 class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     """A store, up to its SQL. A backend opens its connections, then calls
-    :meth:`_start_writer`; it implements the hooks marked abstract below."""
+    :meth:`_start_writer`; it implements the hooks marked abstract below, and names
+    its budget tables' SQL (:attr:`_spend`)."""
+
+    _spend: ClassVar[SpendTables]
 
     def __init__(self, *, redactor: Redactor | None = None, clock: Clock = SYSTEM) -> None:
         # the wall clock stamps what people read (and dates the daily budget); leases and
@@ -159,28 +185,31 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     @abc.abstractmethod
     def _drop_lease(self, tx: Tx, errand_id: str, owner: str) -> None: ...
 
-    @abc.abstractmethod
+    # (budgets: the backend's :class:`SpendTables`, in the batch's transaction)
+
     def _spent_on(self, tx: Tx, scope: str) -> int:
         """What the log says was spent against *scope* (today's for the daily scope)."""
+        return self._spend.spent(tx.conn, scope, tx.now)
 
-    @abc.abstractmethod
     def _held_on(self, tx: Tx, scope: str, hold: str) -> int:
         """What calls in flight hold against *scope*, leaving out the hold *hold*."""
+        return self._spend.held(tx.conn, scope, self._lease_now(), hold)
 
-    @abc.abstractmethod
     def _place_hold(
         self, tx: Tx, hold: str, caps: Sequence[spend.Cap], amount: int, ttl: float
     ) -> None:
         """Hold *amount* against every cap (replacing a hold of that name)."""
+        now = self._lease_now()
+        self._spend.place(tx.conn, hold, caps, amount, now, now + ttl)
 
-    @abc.abstractmethod
-    def _settle_hold(self, tx: Tx, hold: str) -> None: ...
+    def _settle_hold(self, tx: Tx, hold: str) -> None:
+        self._spend.settle(tx.conn, hold)
 
-    @abc.abstractmethod
-    def _release_holds(self, tx: Tx, errand_id: str) -> None: ...
+    def _release_holds(self, tx: Tx, errand_id: str) -> None:
+        self._spend.release(tx.conn, errand_id)
 
-    @abc.abstractmethod
-    def _add_spend(self, tx: Tx, scopes: Sequence[str], amount: int) -> None: ...
+    def _add_spend(self, tx: Tx, scopes: Sequence[str], amount: int) -> None:
+        self._spend.add(tx.conn, scopes, amount)
 
     @abc.abstractmethod
     def _log_bodies(self, tx: Tx, errand_id: str) -> list[tuple[int, str, str | None]]:
@@ -201,8 +230,8 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     def _errand_ids(self, tx: Tx) -> list[str]:
         """Every errand that has a log."""
 
-    @abc.abstractmethod
-    def _rebuild_spend(self, tx: Tx) -> None: ...
+    def _rebuild_spend(self, tx: Tx) -> None:
+        self._spend.rebuild(tx.conn)
 
     # reads (called from any thread; no transaction)
 
@@ -685,16 +714,24 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     @abc.abstractmethod
     async def find(self, prefix: str) -> str: ...
 
-    @abc.abstractmethod
     async def list_errands(
         self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
-    ) -> list[ErrandView]: ...
+    ) -> list[ErrandView]:
+        return await asyncio.to_thread(self._list, states, limit)
+
+    @abc.abstractmethod
+    def _list(self, states: Sequence[ErrandState] | None, limit: int) -> list[ErrandView]:
+        """The newest *limit* errands (in those *states*), newest first (any thread)."""
 
     @abc.abstractmethod
     async def children(self, errand_id: str) -> list[ErrandView]: ...
 
+    async def pending_approvals(self) -> list[PendingApproval]:
+        return await asyncio.to_thread(self._pending)
+
     @abc.abstractmethod
-    async def pending_approvals(self) -> list[PendingApproval]: ...
+    def _pending(self) -> list[PendingApproval]:
+        """Every approval asked and not answered, least recently updated errand first."""
 
     @abc.abstractmethod
     async def lease_holder(self, errand_id: str) -> tuple[str, float] | None: ...
@@ -708,7 +745,9 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     def share_writes(self, favoured: bool = False) -> None:
         """(A backend whose writers contend across processes takes turns.)"""
 
+    async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
+        return await asyncio.to_thread(self._usage, since, errand_id)
+
     @abc.abstractmethod
-    async def usage(
-        self, *, since: float = 0.0, errand_id: str | None = None
-    ) -> list[UsageRow]: ...
+    def _usage(self, since: float, errand_id: str | None) -> list[UsageRow]:
+        """The cost events since *since* (of one errand, if given) as usage rows."""

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import psycopg_pool
@@ -43,7 +43,7 @@ from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, PendingApproval
 from errands.costs import spend as money
 from errands.errors import LeaseLost, NotFound, SchemaTooNew, StoreError, StoreUnavailable
-from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, Tx
+from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, SpendTables, Tx
 from errands.store.integrity import pending_problems, spend_problems
 from errands.store.postgres import spend
 from errands.store.postgres.extras import PostgresExtras, drop_snapshot
@@ -52,7 +52,17 @@ from errands.store.postgres.schema import migrate
 from errands.store.postgres.snapshots import PostgresSnapshots
 from errands.store.protocol import StoredEvent, UsageRow
 from errands.store.redact import Redactor
-from errands.store.sqlite.store import _view_from_row  # (the same columns: one parser)
+from errands.store.rows import (
+    MAX_SEQ,
+    changes,
+    found_errand,
+    log_bodies,
+    pending_of,
+    stored_events,
+    usage_rows,
+    view_from_row,
+    wakeups_after,
+)
 from errands.store.writer import Op
 
 __all__ = ["PostgresStore", "first_value", "redacted_url", "url_password"]
@@ -74,7 +84,6 @@ _SELECT_LOG = (
     "SELECT e.seq, e.body, e.blob, b.data FROM events e LEFT JOIN blobs b"
     " ON b.hash = e.blob WHERE e.errand_id = %s"
 )
-_MAX_SEQ = 2**62
 _WAKEUPS_LOCK = 0x6572_7261_6E65  # pg_advisory_xact_lock key: wake-ups in commit order
 CONNECT_TIMEOUT = 10  # seconds
 
@@ -130,6 +139,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
     :meth:`close`."""
 
     attempts = 5  # a batch that met another process's commit: run again from fresh reads
+    _spend: ClassVar[SpendTables] = spend  # the budget tables' SQL
 
     def __init__(
         self,
@@ -280,7 +290,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
 
     def _load_view(self, tx: Tx, errand_id: str) -> ErrandView | None:
         row = tx.conn.execute(_SELECT_VIEW + " WHERE id = %s", (errand_id,)).fetchone()
-        return None if row is None else _view_from_row(row)
+        return None if row is None else view_from_row(row)
 
     def _exists(self, tx: Tx, errand_id: str) -> bool:
         found = tx.conn.execute("SELECT 1 FROM errands WHERE id = %s", (errand_id,)).fetchone()
@@ -384,27 +394,6 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         if self._batch_leases.get(errand_id) == owner:
             del self._batch_leases[errand_id]
 
-    def _spent_on(self, tx: Tx, scope: str) -> int:
-        return spend.spent(tx.conn, scope, tx.now)
-
-    def _held_on(self, tx: Tx, scope: str, hold: str) -> int:
-        return spend.held(tx.conn, scope, self._lease_now(), hold)
-
-    def _place_hold(
-        self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
-    ) -> None:
-        now = self._lease_now()
-        spend.place(tx.conn, hold, caps, amount, now, now + ttl)
-
-    def _settle_hold(self, tx: Tx, hold: str) -> None:
-        spend.settle(tx.conn, hold)
-
-    def _release_holds(self, tx: Tx, errand_id: str) -> None:
-        spend.release(tx.conn, errand_id)
-
-    def _add_spend(self, tx: Tx, scopes: Sequence[str], amount: int) -> None:
-        spend.add(tx.conn, scopes, amount)
-
     def _admit(
         self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
     ) -> money.CapReached | None:
@@ -416,8 +405,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         return super()._admit(tx, hold, caps, amount, ttl)
 
     def _log_bodies(self, tx: Tx, errand_id: str) -> list[tuple[int, str, str | None]]:
-        rows = tx.conn.execute(_SELECT_LOG + " ORDER BY e.seq", (errand_id,)).fetchall()
-        return [(int(seq), data if blob else body, blob) for seq, body, blob, data in rows]
+        return log_bodies(tx.conn.execute(_SELECT_LOG + " ORDER BY e.seq", (errand_id,)))
 
     def _rewrite_body(self, tx: Tx, errand_id: str, seq: int, body: str) -> None:
         tx.conn.execute(
@@ -455,44 +443,31 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         rows = tx.conn.execute("SELECT DISTINCT errand_id FROM events ORDER BY errand_id")
         return [str(r[0]) for r in rows.fetchall()]
 
-    def _rebuild_spend(self, tx: Tx) -> None:
-        spend.rebuild(tx.conn)
-
     # ---------------------------------------------------------------- reads
 
     def _read_log(self, errand_id: str, after: int) -> list[StoredEvent]:
         rows = self._rows(_SELECT_LOG + " AND e.seq > %s ORDER BY e.seq", (errand_id, after))
-        return [
-            StoredEvent(errand_id, int(seq), _load(data if blob else body))
-            for seq, body, blob, data in rows
-        ]
+        return stored_events(errand_id, rows)
 
     def _read_latest(self, errand_id: str, limit: int, before: int | None) -> list[StoredEvent]:
-        bound = _MAX_SEQ if before is None else before
+        bound = MAX_SEQ if before is None else before
         rows = self._rows(
             _SELECT_LOG + " AND e.seq < %s ORDER BY e.seq DESC LIMIT %s", (errand_id, bound, limit)
         )
-        return [
-            StoredEvent(errand_id, int(seq), _load(data if blob else body))
-            for seq, body, blob, data in reversed(rows)
-        ]
+        return stored_events(errand_id, reversed(rows))
 
     def _read_view(self, errand_id: str) -> ErrandView:
         rows = self._rows(_SELECT_VIEW + " WHERE id = %s", (errand_id,))
         if not rows:
             raise NotFound(f"no errand {errand_id}")
-        return _view_from_row(rows[0])
+        return view_from_row(rows[0])
 
     async def find(self, prefix: str) -> str:
         rows = self._rows(
             "SELECT id FROM errands WHERE id >= %s AND id < %s ORDER BY id LIMIT 2",
             (prefix, prefix + "\U0010ffff"),
         )
-        if not rows:
-            raise NotFound(f"no errand {prefix}")
-        if len(rows) > 1 and rows[0][0] != prefix:
-            raise NotFound(f"{prefix} matches several errands; give more of the id")
-        return str(rows[0][0])
+        return found_errand(prefix, rows)
 
     def _list(self, states: Sequence[ErrandState] | None, limit: int) -> list[ErrandView]:
         sql, params = _SELECT_VIEW, list[Any]()
@@ -501,25 +476,14 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             params.append([s.value for s in states])
         sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
         params.append(limit)
-        return [_view_from_row(r) for r in self._rows(sql, params)]
-
-    async def list_errands(
-        self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
-    ) -> list[ErrandView]:
-        return await asyncio.to_thread(self._list, states, limit)
+        return [view_from_row(r) for r in self._rows(sql, params)]
 
     async def children(self, errand_id: str) -> list[ErrandView]:
         sql = _SELECT_VIEW + " WHERE parent = %s ORDER BY created_at, id"
-        return [_view_from_row(r) for r in self._rows(sql, (errand_id,))]
+        return [view_from_row(r) for r in self._rows(sql, (errand_id,))]
 
     def _pending(self) -> list[PendingApproval]:
-        out: list[PendingApproval] = []
-        for row in self._rows(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at"):
-            out.extend(_view_from_row(row).pending.values())
-        return out
-
-    async def pending_approvals(self) -> list[PendingApproval]:
-        return await asyncio.to_thread(self._pending)
+        return pending_of(self._rows(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at"))
 
     async def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
         # (until when on this host's steady clock, as the SQLite store says it)
@@ -532,16 +496,11 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             " ORDER BY updated_at",
             (since,),
         )
-        return [(str(i), int(s), float(u)) for i, s, u in rows]
+        return changes(rows)
 
     async def wakeups(self, after: int) -> tuple[int, list[str]]:
         rows = self._rows("SELECT id, errand_id FROM wakeups WHERE id > %s ORDER BY id", (after,))
-        if not rows:
-            if after == 0:
-                top = self._rows("SELECT max(id) FROM wakeups")[0][0]
-                return int(top or 0), []
-            return after, []
-        return int(rows[-1][0]), list(dict.fromkeys(str(r[1]) for r in rows))
+        return wakeups_after(after, rows, lambda: self._rows("SELECT max(id) FROM wakeups")[0][0])
 
     def _usage(self, since: float, errand_id: str | None) -> list[UsageRow]:
         sql = (
@@ -553,22 +512,11 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         if errand_id is not None:
             sql += " AND e.errand_id = %s"
             params.append(errand_id)
-        out = []
-        for eid, at, body in self._rows(sql + " ORDER BY e.at, e.errand_id, e.seq", params):
-            event = _load(body)
-            assert isinstance(event, ev.ModelResponded | ev.ModelUsed)
-            out.append(UsageRow(str(eid), float(at), event.model, event.usage))
-        return out
-
-    async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
-        return await asyncio.to_thread(self._usage, since, errand_id)
+        return usage_rows(self._rows(sql + " ORDER BY e.at, e.errand_id, e.seq", params))
 
     def _budget_now(self, now: float, lease_now: float, daily: bool) -> tuple[int, int, int]:
         with self._pool.connection() as conn:
-            row = conn.execute(
-                "SELECT nanos FROM spend WHERE scope = %s", (money.day_scope(now),)
-            ).fetchone()
-            spent = int(row[0]) if row else 0
+            spent = spend.spent(conn, money.DAY, now)
             if daily:
                 held, calls = spend.held_total(conn, money.DAY, lease_now)
             else:
@@ -602,10 +550,3 @@ def first_value(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] =
     row = conn.execute(sql, params).fetchone()
     assert row is not None, sql
     return row[0]
-
-
-def _load(body: str) -> ev.Event:
-    try:
-        return ev.load_event(body)
-    except ev.EventTooNew as exc:
-        raise SchemaTooNew(f"this store was written by a newer errands: {exc}") from None

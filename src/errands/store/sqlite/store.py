@@ -19,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from errands.clock import SYSTEM, Clock
 from errands.core import events as ev
@@ -34,16 +33,21 @@ from errands.costs import spend as money
 from errands.errors import NotFound, SchemaTooNew, StoreError, StoreUnavailable
 from errands.private import private_dir, private_file
 from errands.store import health
-from errands.store.base import (
-    COLUMNS,
-    BaseStore,
-    ProjectionRow,
-    ProjectionUpdate,
-    Tx,
-)
+from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, SpendTables, Tx
 from errands.store.integrity import pending_problems, spend_problems
 from errands.store.protocol import StoredEvent, UsageRow
 from errands.store.redact import Redactor
+from errands.store.rows import (
+    MAX_SEQ,
+    changes,
+    found_errand,
+    log_bodies,
+    pending_of,
+    stored_events,
+    usage_rows,
+    view_from_row,
+    wakeups_after,
+)
 from errands.store.sqlite import leaseclock, snapshots, spend
 from errands.store.sqlite.connection import (
     BUSY_TIMEOUT,
@@ -80,7 +84,6 @@ _UPSERT_VIEW = (
 # When state and pending_count are unchanged: leave the indexed columns (and so the
 # indexes) alone.
 _UPDATE_VIEW = "UPDATE errands SET title=?, updated_at=?, last_seq=?, parent=?, view=? WHERE id=?"
-_MAX_SEQ = 2**62  # (no log is longer)
 _SELECT_LOG = (
     "SELECT e.seq, e.body, e.blob, b.data FROM events e LEFT JOIN blobs b"
     " ON b.hash = e.blob WHERE e.errand_id = ?"
@@ -140,6 +143,8 @@ class SQLiteStore(
 ):
     """The default store: ``SQLiteStore(path)`` opens (and migrates) the file; close it
     with :meth:`close`."""
+
+    _spend: ClassVar[SpendTables] = spend  # the budget tables' SQL
 
     def __init__(
         self,
@@ -250,7 +255,7 @@ class SQLiteStore(
 
     def _load_view(self, tx: Tx, errand_id: str) -> ErrandView | None:
         row = tx.conn.execute(_SELECT_VIEW + " WHERE id = ?", (errand_id,)).fetchone()
-        return None if row is None else _view_from_row(row)
+        return None if row is None else view_from_row(row)
 
     def _exists(self, tx: Tx, errand_id: str) -> bool:
         return (
@@ -331,30 +336,8 @@ class SQLiteStore(
     def _drop_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
         tx.conn.execute("DELETE FROM leases WHERE errand_id = ? AND owner = ?", (errand_id, owner))
 
-    def _spent_on(self, tx: Tx, scope: str) -> int:
-        return spend.spent(tx.conn, scope, tx.now)
-
-    def _held_on(self, tx: Tx, scope: str, hold: str) -> int:
-        return spend.held(tx.conn, scope, self._lease_now(), hold)
-
-    def _place_hold(
-        self, tx: Tx, hold: str, caps: Sequence[money.Cap], amount: int, ttl: float
-    ) -> None:
-        now = self._lease_now()
-        spend.place(tx.conn, hold, caps, amount, now, now + ttl)
-
-    def _settle_hold(self, tx: Tx, hold: str) -> None:
-        spend.settle(tx.conn, hold)
-
-    def _release_holds(self, tx: Tx, errand_id: str) -> None:
-        spend.release(tx.conn, errand_id)
-
-    def _add_spend(self, tx: Tx, scopes: Sequence[str], amount: int) -> None:
-        spend.add(tx.conn, scopes, amount)
-
     def _log_bodies(self, tx: Tx, errand_id: str) -> list[tuple[int, str, str | None]]:
-        rows = tx.conn.execute(_SELECT_LOG + " ORDER BY e.seq", (errand_id,)).fetchall()
-        return [(int(seq), data if blob else body, blob) for seq, body, blob, data in rows]
+        return log_bodies(tx.conn.execute(_SELECT_LOG + " ORDER BY e.seq", (errand_id,)))
 
     def _rewrite_body(self, tx: Tx, errand_id: str, seq: int, body: str) -> None:
         tx.conn.execute(
@@ -387,9 +370,6 @@ class SQLiteStore(
     def _errand_ids(self, tx: Tx) -> list[str]:
         return [str(r[0]) for r in tx.conn.execute("SELECT DISTINCT errand_id FROM events")]
 
-    def _rebuild_spend(self, tx: Tx) -> None:
-        spend.rebuild(tx.conn)
-
     # ---------------------------------------------------------------- reads
 
     def _reader(self) -> sqlite3.Connection:
@@ -408,14 +388,11 @@ class SQLiteStore(
             .execute(_SELECT_LOG + " AND e.seq > ? ORDER BY e.seq", (errand_id, after))
             .fetchall()
         )
-        return [
-            StoredEvent(errand_id, seq, ev.load_event(data if blob else body))
-            for seq, body, blob, data in rows
-        ]
+        return stored_events(errand_id, rows)
 
     @_reads
     def _read_latest(self, errand_id: str, limit: int, before: int | None) -> list[StoredEvent]:
-        bound = _MAX_SEQ if before is None else before
+        bound = MAX_SEQ if before is None else before
         rows = (
             self._reader()
             .execute(
@@ -424,17 +401,14 @@ class SQLiteStore(
             )
             .fetchall()
         )
-        return [
-            StoredEvent(errand_id, seq, ev.load_event(data if blob else body))
-            for seq, body, blob, data in reversed(rows)
-        ]
+        return stored_events(errand_id, reversed(rows))
 
     @_reads
     def _read_view(self, errand_id: str) -> ErrandView:
         row = self._reader().execute(_SELECT_VIEW + " WHERE id = ?", (errand_id,)).fetchone()
         if row is None:
             raise NotFound(f"no errand {errand_id}")
-        return _view_from_row(row)
+        return view_from_row(row)
 
     @_reads_async
     async def find(self, prefix: str) -> str:
@@ -446,12 +420,7 @@ class SQLiteStore(
             )
             .fetchall()
         )
-        if not rows:
-            raise NotFound(f"no errand {prefix}")
-        # (an id that is whole wins: its sub-errands' ids start with it; it sorts first)
-        if len(rows) > 1 and rows[0][0] != prefix:
-            raise NotFound(f"{prefix} matches several errands; give more of the id")
-        return str(rows[0][0])
+        return found_errand(prefix, rows)
 
     @_reads
     def _list(self, states: Sequence[ErrandState] | None, limit: int) -> list[ErrandView]:
@@ -462,35 +431,22 @@ class SQLiteStore(
             params.extend(s.value for s in states)
         sql += " ORDER BY created_at DESC LIMIT ?"
         params.append(limit)
-        return [_view_from_row(r) for r in self._reader().execute(sql, params).fetchall()]
-
-    async def list_errands(
-        self, *, states: Sequence[ErrandState] | None = None, limit: int = 100
-    ) -> list[ErrandView]:
-        return await asyncio.to_thread(self._list, states, limit)
+        return [view_from_row(r) for r in self._reader().execute(sql, params).fetchall()]
 
     @_reads
     def _children(self, errand_id: str) -> list[ErrandView]:
         sql = _SELECT_VIEW + " WHERE parent = ? ORDER BY created_at, id"
-        return [_view_from_row(r) for r in self._reader().execute(sql, (errand_id,)).fetchall()]
+        return [view_from_row(r) for r in self._reader().execute(sql, (errand_id,)).fetchall()]
 
     async def children(self, errand_id: str) -> list[ErrandView]:
         return self._children(errand_id)  # (a point lookup on an index: no thread hop)
 
     @_reads
     def _pending(self) -> list[PendingApproval]:
-        rows = (
-            self._reader()
-            .execute(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at")
-            .fetchall()
+        reader = self._reader()
+        return pending_of(
+            reader.execute(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at")
         )
-        out: list[PendingApproval] = []
-        for row in rows:
-            out.extend(_view_from_row(row).pending.values())
-        return out
-
-    async def pending_approvals(self) -> list[PendingApproval]:
-        return await asyncio.to_thread(self._pending)
 
     @_reads_async
     async def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
@@ -518,7 +474,7 @@ class SQLiteStore(
             )
             .fetchall()
         )
-        return [(str(i), int(s), float(u)) for i, s, u in rows]
+        return changes(rows)
 
     @_reads_async
     async def wakeups(self, after: int) -> tuple[int, list[str]]:
@@ -526,12 +482,9 @@ class SQLiteStore(
         rows = reader.execute(
             "SELECT id, errand_id FROM wakeups WHERE id > ? ORDER BY id", (after,)
         ).fetchall()
-        if not rows:
-            if after == 0:
-                top = reader.execute("SELECT max(id) FROM wakeups").fetchone()[0]
-                return int(top or 0), []
-            return after, []
-        return int(rows[-1][0]), list(dict.fromkeys(r[1] for r in rows))
+        return wakeups_after(
+            after, rows, lambda: reader.execute("SELECT max(id) FROM wakeups").fetchone()[0]
+        )
 
     @_reads
     def _usage(self, since: float, errand_id: str | None) -> list[UsageRow]:
@@ -544,23 +497,12 @@ class SQLiteStore(
         if errand_id is not None:
             sql += " AND e.errand_id = ?"
             params.append(errand_id)
-        out = []
-        for eid, at, body in self._reader().execute(sql, params):
-            event = ev.load_event(body)
-            assert isinstance(event, ev.ModelResponded | ev.ModelUsed)
-            out.append(UsageRow(str(eid), float(at), event.model, event.usage))
-        return out
-
-    async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
-        return await asyncio.to_thread(self._usage, since, errand_id)
+        return usage_rows(self._reader().execute(sql, params))
 
     @_reads
     def _budget_now(self, now: float, lease_now: float, daily: bool) -> tuple[int, int, int]:
         reader = self._reader()
-        row = reader.execute(
-            "SELECT nanos FROM spend WHERE scope = ?", (money.day_scope(now),)
-        ).fetchone()
-        spent = int(row[0]) if row else 0
+        spent = spend.spent(reader, money.DAY, now)
         if daily:
             held, calls = spend.held_total(reader, money.DAY, lease_now)
         else:  # no daily cap: no day holds either; count every errand's
@@ -622,14 +564,3 @@ def _open_writer(path: str) -> sqlite3.Connection:
 def _migrate(conn: sqlite3.Connection) -> int:
     incremental_if_new(conn)  # (a new file gives freed pages back: store/sqlite/retention.py)
     return migrate(conn)
-
-
-def _view_from_row(row: Sequence[Any]) -> ErrandView:
-    """An ErrandView from ``_SELECT_VIEW``'s columns.
-
-    The ``view`` column of a database from migration 0001 holds the whole view; the
-    columns say the same, so overlaying them reads both layouts.
-    """
-    data: dict[str, Any] = json.loads(row[7])
-    data.update(zip(COLUMNS, row[:7], strict=True))
-    return ErrandView.model_validate(data)
