@@ -19,11 +19,10 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from errands.core.labels import Label
 from errands.errors import NotFound
-from errands.store.memory import check_limit, check_memory, check_query, check_scope, query_words
+from errands.store.memory import check_limit, check_query, check_scope, query_words
+from errands.store.memory_ops import MemoryOps, memory_from_row
 from errands.store.protocol import Memory
-from errands.store.sqlite.memory import _memory  # (the same columns: one parser)
 from errands.store.writer import Tx
 
 __all__ = ["PostgresMemory"]
@@ -44,8 +43,9 @@ def _tsquery(words: Sequence[str]) -> str:
     return " | ".join("'" + _plain(w).replace("'", "''") + "'" for w in words)
 
 
-class PostgresMemory:
-    """Mixed into :class:`~errands.store.postgres.PostgresStore`."""
+class PostgresMemory(MemoryOps):
+    """Mixed into :class:`~errands.store.postgres.PostgresStore`: the reads, the hooks of
+    :class:`~errands.store.memory_ops.MemoryOps`, and forget."""
 
     if TYPE_CHECKING:
 
@@ -73,58 +73,40 @@ class PostgresMemory:
         sql = f"SELECT {_COLUMNS} FROM memories"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_memory(r) for r in self._rows(sql + order, [*params, *order_params])]
+        return [memory_from_row(r) for r in self._rows(sql + order, [*params, *order_params])]
 
     async def memory(self, memory_id: int) -> Memory:
         rows = self._rows(f"SELECT {_COLUMNS} FROM memories WHERE id = %s", (memory_id,))
         if not rows:
             raise NotFound(f"no memory {memory_id}: see errands memory ls")
-        return _memory(rows[0])
+        return memory_from_row(rows[0])
 
-    async def remember(
-        self,
-        scope: str,
-        text: str,
-        tags: Sequence[str],
-        label: Label,
-        *,
-        errand_id: str | None = None,
-        seq: int | None = None,
-    ) -> Memory:
-        text, kept = check_memory(scope, text, tags)
-        tags_json = json.dumps(list(kept), ensure_ascii=False)
-        words = " ".join(query_words(_plain(f"{text} {' '.join(kept)}")))
+    def _memory_of_call(self, tx: Tx, errand_id: str, seq: int | None) -> Memory | None:
+        row = tx.conn.execute(
+            f"SELECT {_COLUMNS} FROM memories WHERE errand_id = %s AND seq IS NOT DISTINCT FROM %s",
+            (errand_id, seq),
+        ).fetchone()
+        return None if row is None else memory_from_row(row)
 
-        def op(tx: Tx) -> Memory:
-            conn = tx.conn
-            if errand_id is not None:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM memories WHERE errand_id = %s"
-                    " AND seq IS NOT DISTINCT FROM %s",
-                    (errand_id, seq),
-                ).fetchone()
-                if row is not None:  # the same call, run again: nothing twice
-                    return _memory(row)
-            found = conn.execute(
-                "INSERT INTO memories(scope, text, tags, words, integrity, confidentiality,"
-                " at, errand_id, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-                (
-                    scope,
-                    text,
-                    tags_json,
-                    words,
-                    label.integrity.value,
-                    label.confidentiality.value,
-                    tx.now,
-                    errand_id,
-                    seq,
-                ),
-            ).fetchone()
-            assert found is not None
-            return Memory(int(found[0]), scope, text, kept, label, tx.now, errand_id, seq)
-
-        memory: Memory = await self._submit(op)
-        return memory
+    def _insert_memory(self, tx: Tx, memory: Memory) -> int:
+        words = " ".join(query_words(_plain(f"{memory.text} {' '.join(memory.tags)}")))
+        found = tx.conn.execute(
+            "INSERT INTO memories(scope, text, tags, words, integrity, confidentiality,"
+            " at, errand_id, seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+            (
+                memory.scope,
+                memory.text,
+                json.dumps(list(memory.tags), ensure_ascii=False),
+                words,
+                memory.label.integrity.value,
+                memory.label.confidentiality.value,
+                memory.at,
+                memory.errand_id,
+                memory.seq,
+            ),
+        ).fetchone()
+        assert found is not None
+        return int(found[0])
 
     async def forget(self, memory_id: int) -> None:
         def op(tx: Tx) -> None:

@@ -19,9 +19,9 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from errands.core.labels import Confidentiality, Integrity, Label
 from errands.errors import NotFound
-from errands.store.memory import check_limit, check_memory, check_query, check_scope
+from errands.store.memory import check_limit, check_query, check_scope
+from errands.store.memory_ops import MemoryOps, memory_from_row
 from errands.store.protocol import Memory
 from errands.store.writer import Tx
 
@@ -49,28 +49,15 @@ CREATE VIRTUAL TABLE memories_fts USING fts5(
 _COLUMNS = "m.id, m.scope, m.text, m.tags, m.integrity, m.confidentiality, m.at, m.errand_id, m.seq"
 
 
-def _memory(row: Sequence[Any]) -> Memory:
-    mid, scope, text, tags, integrity, conf, at, errand_id, seq = row
-    return Memory(
-        id=int(mid),
-        scope=str(scope),
-        text=str(text),
-        tags=tuple(json.loads(tags)),
-        label=Label.of(Integrity(integrity), Confidentiality(conf)),
-        at=float(at),
-        errand_id=errand_id,
-        seq=None if seq is None else int(seq),
-    )
-
-
 def _match(words: Sequence[str]) -> str:
     """An FTS5 query matching any of *words*, each quoted: a person's or a model's words
     are never read as query syntax."""
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
-class SQLiteMemory:
-    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`."""
+class SQLiteMemory(MemoryOps):
+    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`: the reads, the hooks of
+    :class:`~errands.store.memory_ops.MemoryOps`, and forget."""
 
     if TYPE_CHECKING:
 
@@ -85,7 +72,7 @@ class SQLiteMemory:
             if "no such table" in str(exc):
                 return []
             raise
-        return [_memory(r) for r in rows]
+        return [memory_from_row(r) for r in rows]
 
     async def memories(
         self, scope: str | None = None, query: str | None = None, limit: int = 50
@@ -114,51 +101,34 @@ class SQLiteMemory:
             raise NotFound(f"no memory {memory_id}: see errands memory ls")
         return found[0]
 
-    async def remember(
-        self,
-        scope: str,
-        text: str,
-        tags: Sequence[str],
-        label: Label,
-        *,
-        errand_id: str | None = None,
-        seq: int | None = None,
-    ) -> Memory:
-        text, kept = check_memory(scope, text, tags)
-        tags_json = json.dumps(list(kept), ensure_ascii=False)
+    def _memory_of_call(self, tx: Tx, errand_id: str, seq: int | None) -> Memory | None:
+        row = tx.conn.execute(
+            f"SELECT {_COLUMNS} FROM memories m WHERE m.errand_id = ? AND m.seq IS ?",
+            (errand_id, seq),
+        ).fetchone()
+        return None if row is None else memory_from_row(row)
 
-        def op(tx: Tx) -> Memory:
-            conn = tx.conn
-            if errand_id is not None:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM memories m WHERE m.errand_id = ? AND m.seq IS ?",
-                    (errand_id, seq),
-                ).fetchone()
-                if row is not None:  # the same call, run again: nothing twice
-                    return _memory(row)
-            cursor = conn.execute(
-                "INSERT INTO memories(scope, text, tags, integrity, confidentiality, at,"
-                " errand_id, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    scope,
-                    text,
-                    tags_json,
-                    label.integrity.value,
-                    label.confidentiality.value,
-                    tx.now,
-                    errand_id,
-                    seq,
-                ),
-            )
-            mid = int(cursor.lastrowid or 0)
-            conn.execute(
-                "INSERT INTO memories_fts(rowid, text, tags) VALUES (?, ?, ?)",
-                (mid, text, " ".join(kept)),
-            )
-            return Memory(mid, scope, text, kept, label, tx.now, errand_id, seq)
-
-        memory: Memory = await self._submit(op)
-        return memory
+    def _insert_memory(self, tx: Tx, memory: Memory) -> int:
+        cursor = tx.conn.execute(
+            "INSERT INTO memories(scope, text, tags, integrity, confidentiality, at,"
+            " errand_id, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                memory.scope,
+                memory.text,
+                json.dumps(list(memory.tags), ensure_ascii=False),
+                memory.label.integrity.value,
+                memory.label.confidentiality.value,
+                memory.at,
+                memory.errand_id,
+                memory.seq,
+            ),
+        )
+        mid = int(cursor.lastrowid or 0)
+        tx.conn.execute(
+            "INSERT INTO memories_fts(rowid, text, tags) VALUES (?, ?, ?)",
+            (mid, memory.text, " ".join(memory.tags)),
+        )
+        return mid
 
     async def forget(self, memory_id: int) -> None:
         def op(tx: Tx) -> None:
