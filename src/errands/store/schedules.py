@@ -20,15 +20,60 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from errands.core import events as ev
+from errands.core.schedules import ScheduleSpec, ScheduleStatus
 from errands.core.states import ErrandView
 from errands.costs import spend
 from errands.errors import ErrandExists, NotFound, ScheduleExists, StoreError
 from errands.store.protocol import Fired, Firing, NewRun, RunRow, ScheduleRow
 from errands.store.writer import Prepared, Tx
 
-__all__ = ["ScheduleOps"]
+__all__ = ["ScheduleOps", "run_from_row", "run_values", "schedule_from_row", "schedule_values"]
 
 REFRESH_SEEN = 3600.0  # an item seen again is re-stamped at most once an hour
+
+
+def schedule_from_row(values: Sequence[object]) -> ScheduleRow:
+    """A schedule from the columns ``spec, paused, next_at, due_at, status, updated_at,
+    version``."""
+    spec, paused, next_at, due_at, status, updated_at, version = values
+    return ScheduleRow(
+        spec=ScheduleSpec.model_validate_json(str(spec)),
+        paused=bool(paused),
+        next_at=None if next_at is None else float(str(next_at)),
+        due_at=None if due_at is None else float(str(due_at)),
+        status=ScheduleStatus.model_validate_json(str(status)),
+        updated_at=float(str(updated_at)),
+        version=int(str(version)),
+    )
+
+
+def schedule_values(row: ScheduleRow) -> tuple[object, ...]:
+    """*row* as the values of the columns ``spec, paused, next_at, due_at, status,
+    updated_at, version, name`` (the status without its defaults)."""
+    return (
+        row.spec.model_dump_json(),
+        row.paused,
+        row.next_at,
+        row.due_at,
+        row.status.model_dump_json(exclude_defaults=True),
+        row.updated_at,
+        row.version,
+        row.spec.name,
+    )
+
+
+def run_values(run: RunRow) -> tuple[object, ...]:
+    """*run* as the values of the columns ``schedule, slot, outcome, errand_id, count,
+    reason, at`` (the slot a whole second)."""
+    return (run.schedule, int(run.slot), run.outcome, run.errand_id, run.count, run.reason, run.at)
+
+
+def run_from_row(values: Sequence[Any]) -> RunRow:
+    """A run row from the columns of :func:`run_values`."""
+    schedule, slot, outcome, errand_id, count, reason, at = values
+    return RunRow(
+        str(schedule), float(slot), str(outcome), errand_id, int(count), str(reason), float(at)
+    )
 
 
 class ScheduleOps(abc.ABC):

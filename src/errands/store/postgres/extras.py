@@ -16,9 +16,9 @@ from errands.costs.spend import schedule_scope, usd
 from errands.errors import NotFound
 from errands.store.protocol import McpPin, RunRow, ScheduleRow
 from errands.store.retention import RetentionPlan
+from errands.store.schedules import run_from_row, run_values, schedule_from_row, schedule_values
 from errands.store.sqlite.mail_cursor import MailCursor
 from errands.store.sqlite.mcp_pins import _pin  # (the rows are the same: one parser)
-from errands.store.sqlite.schedules import _row as _schedule
 from errands.store.writer import Tx
 
 __all__ = ["PostgresExtras", "drop_snapshot"]
@@ -55,19 +55,10 @@ class PostgresExtras:
         found = tx.conn.execute(
             f"SELECT {_SCHEDULE} FROM schedules WHERE name = %s FOR UPDATE", (name,)
         ).fetchone()
-        return None if found is None else _schedule(found)
+        return None if found is None else schedule_from_row(found)
 
     def _set_schedule(self, tx: Tx, row: ScheduleRow, *, new: bool) -> None:
-        values = (
-            row.spec.model_dump_json(),
-            row.paused,
-            row.next_at,
-            row.due_at,
-            row.status.model_dump_json(exclude_defaults=True),
-            row.updated_at,
-            row.version,
-            row.spec.name,
-        )
+        values = schedule_values(row)
         if new:
             tx.conn.execute(
                 f"INSERT INTO schedules({_SCHEDULE}, name) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -90,15 +81,7 @@ class PostgresExtras:
         added = tx.conn.execute(
             "INSERT INTO schedule_runs(schedule, slot, outcome, errand_id, count, reason, at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (
-                run.schedule,
-                int(run.slot),
-                run.outcome,
-                run.errand_id,
-                run.count,
-                run.reason,
-                run.at,
-            ),
+            run_values(run),
         ).rowcount
         return bool(added == 1)
 
@@ -123,14 +106,15 @@ class PostgresExtras:
 
     async def schedules(self) -> list[ScheduleRow]:
         return [
-            _schedule(r) for r in self._rows(f"SELECT {_SCHEDULE} FROM schedules ORDER BY name")
+            schedule_from_row(r)
+            for r in self._rows(f"SELECT {_SCHEDULE} FROM schedules ORDER BY name")
         ]
 
     async def schedule(self, name: str) -> ScheduleRow:
         rows = self._rows(f"SELECT {_SCHEDULE} FROM schedules WHERE name = %s", (name,))
         if not rows:
             raise NotFound(f"no schedule named {name!r}")
-        return _schedule(rows[0])
+        return schedule_from_row(rows[0])
 
     async def schedule_runs(self, name: str, limit: int = 20) -> list[RunRow]:
         rows = self._rows(
@@ -138,10 +122,7 @@ class PostgresExtras:
             " WHERE schedule = %s ORDER BY slot DESC LIMIT %s",
             (name, limit),
         )
-        return [
-            RunRow(str(s), float(slot), str(o), e, int(c), str(r), float(at))
-            for s, slot, o, e, c, r, at in rows
-        ]
+        return [run_from_row(r) for r in rows]
 
     async def due_schedules(self, now: float, limit: int) -> list[ScheduleRow]:
         rows = self._rows(
@@ -149,7 +130,7 @@ class PostgresExtras:
             " AND due_at <= %s ORDER BY due_at LIMIT %s",
             (now, limit),
         )
-        return [_schedule(r) for r in rows]
+        return [schedule_from_row(r) for r in rows]
 
     async def next_due(self) -> float | None:
         rows = self._rows(

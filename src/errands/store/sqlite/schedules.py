@@ -14,10 +14,10 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from errands.core.schedules import ScheduleSpec, ScheduleStatus
 from errands.costs.spend import schedule_scope, usd
 from errands.errors import NotFound
 from errands.store.protocol import RunRow, ScheduleRow
+from errands.store.schedules import run_from_row, run_values, schedule_from_row, schedule_values
 from errands.store.writer import Tx
 
 __all__ = ["MIGRATION", "SQLiteSchedules"]
@@ -56,19 +56,6 @@ _COLUMNS = "spec, paused, next_at, due_at, status, updated_at, version"
 _CHUNK = 500  # keys per IN (...) query
 
 
-def _row(values: Sequence[object]) -> ScheduleRow:
-    spec, paused, next_at, due_at, status, updated_at, version = values
-    return ScheduleRow(
-        spec=ScheduleSpec.model_validate_json(str(spec)),
-        paused=bool(paused),
-        next_at=None if next_at is None else float(str(next_at)),
-        due_at=None if due_at is None else float(str(due_at)),
-        status=ScheduleStatus.model_validate_json(str(status)),
-        updated_at=float(str(updated_at)),
-        version=int(str(version)),
-    )
-
-
 class SQLiteSchedules:
     """Mixed into :class:`~errands.store.sqlite.SQLiteStore`."""
 
@@ -82,19 +69,10 @@ class SQLiteSchedules:
         found = tx.conn.execute(
             f"SELECT {_COLUMNS} FROM schedules WHERE name = ?", (name,)
         ).fetchone()
-        return None if found is None else _row(found)
+        return None if found is None else schedule_from_row(found)
 
     def _set_schedule(self, tx: Tx, row: ScheduleRow, *, new: bool) -> None:
-        values = (
-            row.spec.model_dump_json(),
-            int(row.paused),
-            row.next_at,
-            row.due_at,
-            row.status.model_dump_json(exclude_defaults=True),
-            row.updated_at,
-            row.version,
-            row.spec.name,
-        )
+        values = schedule_values(row)
         if new:
             tx.conn.execute(
                 f"INSERT INTO schedules({_COLUMNS}, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values
@@ -116,15 +94,7 @@ class SQLiteSchedules:
         added = tx.conn.execute(
             "INSERT INTO schedule_runs(schedule, slot, outcome, errand_id, count, reason, at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (
-                run.schedule,
-                int(run.slot),
-                run.outcome,
-                run.errand_id,
-                run.count,
-                run.reason,
-                run.at,
-            ),
+            run_values(run),
         ).rowcount
         return bool(added)
 
@@ -147,7 +117,7 @@ class SQLiteSchedules:
 
     async def schedules(self) -> list[ScheduleRow]:
         rows = self._reader().execute(f"SELECT {_COLUMNS} FROM schedules ORDER BY name")
-        return [_row(r) for r in rows]
+        return [schedule_from_row(r) for r in rows]
 
     async def schedule(self, name: str) -> ScheduleRow:
         found = (
@@ -157,7 +127,7 @@ class SQLiteSchedules:
         )
         if found is None:
             raise NotFound(f"no schedule named {name!r}")
-        return _row(found)
+        return schedule_from_row(found)
 
     async def schedule_runs(self, name: str, limit: int = 20) -> list[RunRow]:
         rows = self._reader().execute(
@@ -165,10 +135,7 @@ class SQLiteSchedules:
             " WHERE schedule = ? ORDER BY slot DESC LIMIT ?",
             (name, limit),
         )
-        return [
-            RunRow(str(s), float(slot), str(o), e, int(c), str(r), float(at))
-            for s, slot, o, e, c, r, at in rows
-        ]
+        return [run_from_row(r) for r in rows]
 
     async def due_schedules(self, now: float, limit: int) -> list[ScheduleRow]:
         rows = self._reader().execute(
@@ -176,7 +143,7 @@ class SQLiteSchedules:
             " AND due_at <= ? ORDER BY due_at LIMIT ?",
             (now, limit),
         )
-        return [_row(r) for r in rows]
+        return [schedule_from_row(r) for r in rows]
 
     async def next_due(self) -> float | None:
         found = (
