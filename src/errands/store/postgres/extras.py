@@ -11,14 +11,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from errands.core.canonical import canonical_json
 from errands.costs.spend import schedule_scope, usd
 from errands.errors import NotFound
+from errands.store.mcp_pins import McpPinOps, log_entries, pin_from_row
 from errands.store.protocol import McpPin, RunRow, ScheduleRow
 from errands.store.retention import RetentionPlan
 from errands.store.schedules import run_from_row, run_values, schedule_from_row, schedule_values
 from errands.store.sqlite.mail_cursor import MailCursor
-from errands.store.sqlite.mcp_pins import _pin  # (the rows are the same: one parser)
 from errands.store.writer import Tx
 
 __all__ = ["PostgresExtras", "drop_snapshot"]
@@ -39,7 +38,7 @@ def drop_snapshot(conn: Any, errand_id: str) -> None:
     conn.execute("DELETE FROM snapshot_parts WHERE errand_id = %s", (errand_id,))
 
 
-class PostgresExtras:
+class PostgresExtras(McpPinOps):
     """Mixed into :class:`~errands.store.postgres.PostgresStore`."""
 
     if TYPE_CHECKING:
@@ -151,42 +150,34 @@ class PostgresExtras:
         sql, params = f"SELECT {_PIN} FROM mcp_pins", tuple[str, ...]()
         if server is not None:
             sql, params = sql + " WHERE server = %s", (server,)
-        return [_pin(r) for r in self._rows(sql + " ORDER BY server, tool", params)]
+        return [pin_from_row(r) for r in self._rows(sql + " ORDER BY server, tool", params)]
 
-    async def pin_mcp(
-        self, server: str, pins: Sequence[McpPin], *, drop: Sequence[str] = (), by: str = ""
+    def _put_pin(
+        self, tx: Tx, server: str, tool: str, digest: str, definition: str, by: str
     ) -> None:
-        rows = [
-            (server, p.tool, p.digest, canonical_json(p.definition), by or p.pinned_by)
-            for p in pins
-        ]
+        tx.conn.execute(
+            f"INSERT INTO mcp_pins({_PIN}) VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (server, tool) DO UPDATE SET digest = EXCLUDED.digest,"
+            " definition = EXCLUDED.definition, pinned_by = EXCLUDED.pinned_by,"
+            " pinned_at = EXCLUDED.pinned_at",
+            (server, tool, digest, definition, by, tx.now),
+        )
 
-        def op(tx: Tx) -> None:
-            for srv, tool, digest, definition, who in rows:
-                tx.conn.execute(
-                    f"INSERT INTO mcp_pins({_PIN}) VALUES (%s, %s, %s, %s, %s, %s)"
-                    " ON CONFLICT (server, tool) DO UPDATE SET digest = EXCLUDED.digest,"
-                    " definition = EXCLUDED.definition, pinned_by = EXCLUDED.pinned_by,"
-                    " pinned_at = EXCLUDED.pinned_at",
-                    (srv, tool, digest, definition, who, tx.now),
-                )
-                tx.conn.execute(
-                    "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
-                    " VALUES (%s, %s, 'pinned', %s, %s, %s)",
-                    (srv, tool, digest, who, tx.now),
-                )
-            for tool in drop:
-                gone = tx.conn.execute(
-                    "DELETE FROM mcp_pins WHERE server = %s AND tool = %s", (server, tool)
-                ).rowcount
-                if gone:
-                    tx.conn.execute(
-                        "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
-                        " VALUES (%s, %s, 'dropped', NULL, %s, %s)",
-                        (server, tool, by, tx.now),
-                    )
+    def _drop_pin(self, tx: Tx, server: str, tool: str) -> bool:
+        return bool(
+            tx.conn.execute(
+                "DELETE FROM mcp_pins WHERE server = %s AND tool = %s", (server, tool)
+            ).rowcount
+        )
 
-        await self._submit(op)
+    def _log_pin(
+        self, tx: Tx, server: str, tool: str, action: str, digest: str | None, by: str
+    ) -> None:
+        tx.conn.execute(
+            "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (server, tool, action, digest, by, tx.now),
+        )
 
     async def mcp_pin_log(
         self, server: str | None = None, limit: int = 100
@@ -199,8 +190,7 @@ class PostgresExtras:
         if server is not None:
             sql, params = sql + " WHERE server = %s", (server,)
         rows = self._rows(sql + " ORDER BY id DESC LIMIT %s", (*params, limit))
-        keys = ("server", "tool", "action", "digest", "by", "at")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return log_entries(rows)
 
     # ---------------------------------------------------------- the mail cursor
 

@@ -7,12 +7,10 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from errands.core.canonical import canonical_json
+from errands.store.mcp_pins import McpPinOps, log_entries, pin_from_row
 from errands.store.protocol import McpPin
 from errands.store.writer import Tx
 
@@ -42,13 +40,9 @@ CREATE TABLE mcp_pin_log (
 _COLUMNS = "server, tool, digest, definition, pinned_by, pinned_at"
 
 
-def _pin(row: Sequence[Any]) -> McpPin:
-    server, tool, digest, definition, by, at = row
-    return McpPin(str(server), str(tool), str(digest), json.loads(definition), str(by), float(at))
-
-
-class SQLiteMcpPins:
-    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`."""
+class SQLiteMcpPins(McpPinOps):
+    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`: the reads and the hooks of
+    :class:`~errands.store.mcp_pins.McpPinOps`."""
 
     if TYPE_CHECKING:
 
@@ -66,42 +60,34 @@ class SQLiteMcpPins:
             if "no such table" in str(exc):
                 return []
             raise
-        return [_pin(r) for r in rows]
+        return [pin_from_row(r) for r in rows]
 
-    async def pin_mcp(
-        self, server: str, pins: Sequence[McpPin], *, drop: Sequence[str] = (), by: str = ""
+    def _put_pin(
+        self, tx: Tx, server: str, tool: str, digest: str, definition: str, by: str
     ) -> None:
-        rows = [
-            (server, p.tool, p.digest, canonical_json(p.definition), by or p.pinned_by)
-            for p in pins
-        ]
+        tx.conn.execute(
+            f"INSERT INTO mcp_pins({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(server, tool) DO UPDATE SET digest = excluded.digest,"
+            " definition = excluded.definition, pinned_by = excluded.pinned_by,"
+            " pinned_at = excluded.pinned_at",
+            (server, tool, digest, definition, by, tx.now),
+        )
 
-        def op(tx: Tx) -> None:
-            for srv, tool, digest, definition, who in rows:
-                tx.conn.execute(
-                    f"INSERT INTO mcp_pins({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT(server, tool) DO UPDATE SET digest = excluded.digest,"
-                    " definition = excluded.definition, pinned_by = excluded.pinned_by,"
-                    " pinned_at = excluded.pinned_at",
-                    (srv, tool, digest, definition, who, tx.now),
-                )
-                tx.conn.execute(
-                    "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
-                    " VALUES (?, ?, 'pinned', ?, ?, ?)",
-                    (srv, tool, digest, who, tx.now),
-                )
-            for tool in drop:
-                gone = tx.conn.execute(
-                    "DELETE FROM mcp_pins WHERE server = ? AND tool = ?", (server, tool)
-                ).rowcount
-                if gone:
-                    tx.conn.execute(
-                        "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
-                        " VALUES (?, ?, 'dropped', NULL, ?, ?)",
-                        (server, tool, by, tx.now),
-                    )
+    def _drop_pin(self, tx: Tx, server: str, tool: str) -> bool:
+        return bool(
+            tx.conn.execute(
+                "DELETE FROM mcp_pins WHERE server = ? AND tool = ?", (server, tool)
+            ).rowcount
+        )
 
-        await self._submit(op)
+    def _log_pin(
+        self, tx: Tx, server: str, tool: str, action: str, digest: str | None, by: str
+    ) -> None:
+        tx.conn.execute(
+            "INSERT INTO mcp_pin_log(server, tool, action, digest, by, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (server, tool, action, digest, by, tx.now),
+        )
 
     async def mcp_pin_log(
         self, server: str | None = None, limit: int = 100
@@ -117,5 +103,4 @@ class SQLiteMcpPins:
             if "no such table" in str(exc):
                 return []
             raise
-        keys = ("server", "tool", "action", "digest", "by", "at")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return log_entries(rows)
