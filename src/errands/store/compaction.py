@@ -22,7 +22,7 @@ from errands.core import events as ev
 from errands.core.states import ErrandView, apply
 from errands.errors import SchemaTooNew, StoreError
 from errands.store.protocol import AppendCheck
-from errands.store.retention import Compacted, compacted_log, same_outcome
+from errands.store.retention import Compacted, RetentionPlan, compacted_log, same_outcome
 from errands.store.writer import Prepared, Tx
 
 __all__ = ["RetentionOps"]
@@ -54,6 +54,27 @@ class RetentionOps(abc.ABC):
     ) -> tuple[int, int, int]:
         """Delete each schedule's run rows beyond its newest *keep_runs*, watch items not
         seen since *items_before*, wake-ups older than *wakeups_before*; the counts."""
+
+    @abc.abstractmethod
+    def _compaction_candidates(self, cutoff: float, keep_runs: int) -> tuple[list[str], list[str]]:
+        """Finished errands not compacted yet: those that finished before *cutoff*
+        (oldest first), and the runs of a schedule past its newest *keep_runs* (by
+        slot). Any thread."""
+
+    @abc.abstractmethod
+    def _log_sizes(self, errands: Sequence[str]) -> tuple[int, int]:
+        """The events of these errands' logs and their stored bytes (bodies and blobs)."""
+
+    @abc.abstractmethod
+    def _trim_counts(
+        self, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> tuple[int, int, int]:
+        """What :meth:`_trim` would delete: (runs, items, wake-ups). Any thread."""
+
+    @abc.abstractmethod
+    def _space(self) -> tuple[int, int, str]:
+        """The store's bytes on disk, the bytes of its free pages, and how it gives
+        them back (``none``, ``full`` or ``incremental``). Any thread."""
 
     @abc.abstractmethod
     def _reclaim(self) -> int:
@@ -112,6 +133,35 @@ class RetentionOps(abc.ABC):
 
         result: tuple[int, int, int] = await self._submit(op)
         return result
+
+    async def retention_plan(
+        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> RetentionPlan:
+        """What retention would do now, read without writing anything."""
+        import asyncio
+
+        return await asyncio.to_thread(self._plan, cutoff, keep_runs, items_before, wakeups_before)
+
+    def _plan(
+        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> RetentionPlan:
+        old, past_runs = self._compaction_candidates(cutoff, keep_runs)
+        errands = tuple(dict.fromkeys(old + past_runs))
+        events, size = self._log_sizes(errands)
+        runs, items, wakeups = self._trim_counts(keep_runs, items_before, wakeups_before)
+        file_bytes, free_bytes, auto_vacuum = self._space()
+        return RetentionPlan(
+            errands=errands,
+            past_runs=tuple(past_runs),
+            events=events,
+            bytes=size,
+            runs=runs,
+            items=items,
+            wakeups=wakeups,
+            file_bytes=file_bytes,
+            free_bytes=free_bytes,
+            auto_vacuum=auto_vacuum,
+        )
 
     async def reclaim(self) -> int:
         """Shrink the file by the pages freed (incremental vacuum, while the store is in

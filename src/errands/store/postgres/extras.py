@@ -7,7 +7,6 @@ neighbours); the exactly-once guarantee of a schedule's slot is the primary key
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,6 @@ from errands.costs.spend import schedule_scope, usd
 from errands.errors import NotFound
 from errands.store.mcp_pins import McpPinOps, log_entries, pin_from_row
 from errands.store.protocol import McpPin, RunRow, ScheduleRow
-from errands.store.retention import RetentionPlan
 from errands.store.schedules import run_from_row, run_values, schedule_from_row, schedule_values
 from errands.store.sqlite.mail_cursor import MailCursor
 from errands.store.writer import Tx
@@ -245,53 +243,40 @@ class PostgresExtras(McpPinOps):
         self._vacuum()
         return max(0, before - self._database_bytes())
 
-    async def retention_plan(
-        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
-    ) -> RetentionPlan:
-        return await asyncio.to_thread(self._plan, cutoff, keep_runs, items_before, wakeups_before)
+    def _compaction_candidates(self, cutoff: float, keep_runs: int) -> tuple[list[str], list[str]]:
+        old = self._rows(
+            f"SELECT id FROM errands WHERE state IN {_FINISHED} AND updated_at < %s"
+            " AND (view::jsonb -> 'compacted') IS NULL ORDER BY updated_at",
+            (cutoff,),
+        )
+        past_runs = self._rows(
+            f"SELECT r.errand_id FROM ({_RANKED_RUNS}) r JOIN errands e ON e.id = r.errand_id"
+            f" WHERE r.n > %s AND e.state IN {_FINISHED}"
+            " AND (e.view::jsonb -> 'compacted') IS NULL ORDER BY r.slot",
+            (keep_runs,),
+        )
+        return [str(r[0]) for r in old], [str(r[0]) for r in past_runs]
 
-    def _plan(
-        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
-    ) -> RetentionPlan:
-        old = [
-            str(r[0])
-            for r in self._rows(
-                f"SELECT id FROM errands WHERE state IN {_FINISHED} AND updated_at < %s"
-                " AND (view::jsonb -> 'compacted') IS NULL ORDER BY updated_at",
-                (cutoff,),
-            )
-        ]
-        past_runs = [
-            str(r[0])
-            for r in self._rows(
-                f"SELECT r.errand_id FROM ({_RANKED_RUNS}) r JOIN errands e ON e.id = r.errand_id"
-                f" WHERE r.n > %s AND e.state IN {_FINISHED}"
-                " AND (e.view::jsonb -> 'compacted') IS NULL ORDER BY r.slot",
-                (keep_runs,),
-            )
-        ]
-        errands = tuple(dict.fromkeys(old + past_runs))
+    def _log_sizes(self, errands: Sequence[str]) -> tuple[int, int]:
         events, size = self._rows(
             "SELECT count(*), coalesce(sum(octet_length(e.body)"
             " + coalesce(octet_length(b.data), 0)), 0)"
             " FROM events e LEFT JOIN blobs b ON b.hash = e.blob WHERE e.errand_id = ANY(%s)",
             (list(errands),),
         )[0]
+        return int(events), int(size)
+
+    def _trim_counts(
+        self, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> tuple[int, int, int]:
         runs = self._rows(f"SELECT count(*) FROM ({_RANKED_RUNS}) r WHERE n > %s", (keep_runs,))
         items = self._rows("SELECT count(*) FROM watch_items WHERE seen_at < %s", (items_before,))
         wakeups = self._rows("SELECT count(*) " + _OLD_WAKEUPS, (wakeups_before,))
-        return RetentionPlan(
-            errands=errands,
-            past_runs=tuple(past_runs),
-            events=int(events),
-            bytes=int(size),
-            runs=int(runs[0][0]),
-            items=int(items[0][0]),
-            wakeups=int(wakeups[0][0]),
-            file_bytes=self._database_bytes(),
-            free_bytes=0,
-            auto_vacuum="incremental",  # (reclaim: a VACUUM, as the SQLite store's incremental one)
-        )
+        return int(runs[0][0]), int(items[0][0]), int(wakeups[0][0])
+
+    def _space(self) -> tuple[int, int, str]:
+        # (reclaim: a VACUUM, as the SQLite store's incremental one)
+        return self._database_bytes(), 0, "incremental"
 
 
 _SEEN = (

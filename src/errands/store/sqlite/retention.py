@@ -15,7 +15,6 @@ which no command that merely opens the store should do unasked.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sqlite3
@@ -24,7 +23,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from errands.errors import StoreError
-from errands.store.retention import RetentionPlan
 from errands.store.sqlite import snapshots
 from errands.store.sqlite.connection import connect
 from errands.store.writer import Tx
@@ -132,14 +130,7 @@ class SQLiteRetention:
             conn.close()
         return freed
 
-    async def retention_plan(
-        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
-    ) -> RetentionPlan:
-        return await asyncio.to_thread(self._plan, cutoff, keep_runs, items_before, wakeups_before)
-
-    def _plan(
-        self, cutoff: float, keep_runs: int, items_before: float, wakeups_before: float
-    ) -> RetentionPlan:
+    def _compaction_candidates(self, cutoff: float, keep_runs: int) -> tuple[list[str], list[str]]:
         reader = self._reader()
         old = [
             str(r[0])
@@ -158,8 +149,15 @@ class SQLiteRetention:
                 (keep_runs,),
             )
         ]
-        errands = tuple(dict.fromkeys(old + past_runs))
-        events, size = _log_sizes(reader, errands)
+        return old, past_runs
+
+    def _log_sizes(self, errands: Sequence[str]) -> tuple[int, int]:
+        return _log_sizes(self._reader(), errands)
+
+    def _trim_counts(
+        self, keep_runs: int, items_before: float, wakeups_before: float
+    ) -> tuple[int, int, int]:
+        reader = self._reader()
         runs = reader.execute(
             f"SELECT count(*) FROM ({_RANKED_RUNS}) WHERE n > ?", (keep_runs,)
         ).fetchone()[0]
@@ -170,21 +168,14 @@ class SQLiteRetention:
             "SELECT count(*) FROM wakeups WHERE at < ? AND id < (SELECT max(id) FROM wakeups)",
             (wakeups_before,),
         ).fetchone()[0]
+        return int(runs), int(items), int(wakeups)
+
+    def _space(self) -> tuple[int, int, str]:
+        reader = self._reader()
         page = reader.execute("PRAGMA page_size").fetchone()[0]
         free = reader.execute("PRAGMA freelist_count").fetchone()[0]
         mode = reader.execute("PRAGMA auto_vacuum").fetchone()[0]
-        return RetentionPlan(
-            errands=errands,
-            past_runs=tuple(past_runs),
-            events=events,
-            bytes=size,
-            runs=int(runs),
-            items=int(items),
-            wakeups=int(wakeups),
-            file_bytes=file_bytes(self.path),
-            free_bytes=int(page) * int(free),
-            auto_vacuum=_MODES.get(int(mode), str(mode)),
-        )
+        return file_bytes(self.path), int(page) * int(free), _MODES.get(int(mode), str(mode))
 
 
 def _free_bytes(conn: sqlite3.Connection) -> int:
