@@ -10,8 +10,8 @@ temporary directory."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,10 +56,8 @@ def shots(tmp_path: Path) -> Path:
 
 
 def recipe(env: dict[str, str], *args: str) -> None:
-    errands = shutil.which("errands")
-    assert errands, "the errands command is not installed in this environment"
     done = subprocess.run(
-        [errands, "recipe", "add", *args, "-m", "sim:gpt-sim"],
+        [sys.executable, "-m", "errands", "recipe", "add", *args, "-m", "sim:gpt-sim"],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
