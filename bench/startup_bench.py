@@ -9,7 +9,11 @@ Measured from outside, as a person (or a service manager) meets it, each a fresh
   empty home each run; a port found free just before) to the first HTTP 200 from
   ``GET /api/health``, polled every 2 ms over a raw socket (connection refused until the
   server listens);
-- how many modules ``errands --help`` imports (``-X importtime``), and the heaviest.
+- how many modules ``errands --help`` imports (``-X importtime``), and the heaviest;
+- two anchors, the floors of those figures on this machine in the same run: a bare
+  ``python -c pass``, and a bare FastAPI app (one route) under uvicorn to its first 200;
+  each errands figure is also given as a ratio to its anchor (the machine is shared: the
+  ratios drift less than the seconds).
 
 Each figure is the median of ``--runs`` runs (default 9), with min and max.
 ``--baseline SRC`` measures another source tree too (``git archive REV src | tar -x -C
@@ -195,6 +199,23 @@ def summarise(samples: list[float]) -> dict[str, Any]:
     }
 
 
+# each errands figure over the anchor that is its floor, both medians of the same run
+RATIOS = {
+    "errands --help / bare python": ("errands --help", "anchor: bare python (-c pass)"),
+    "errands up / bare FastAPI app": (
+        "errands up -> first 200",
+        "anchor: bare FastAPI app -> first 200",
+    ),
+}
+
+
+def anchor_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {
+        name: round(results[mine]["median_s"] / results[anchor]["median_s"], 2)
+        for name, (mine, anchor) in RATIOS.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=9)
@@ -215,6 +236,9 @@ def main() -> None:
         "errands version": lambda src: timed_exit([errands, "version"], src),
         "errands up -> first 200": lambda src: timed_up(errands, src),
         "anchor: bare FastAPI app -> first 200": timed_bare_app,
+        "anchor: bare python (-c pass)": lambda src: timed_exit(
+            [sys.executable, "-c", "pass"], None
+        ),
     }
     samples: dict[str, dict[str, list[float]]] = {tree: {m: [] for m in measures} for tree in trees}
     for measure in measures.values():  # warm the file cache and the bytecode
@@ -244,6 +268,9 @@ def main() -> None:
         print(f"errands --help imports {found['modules']} modules; the heaviest (cumulative):")
         for module, ms in found["heaviest_cumulative_ms"].items():
             print(f"  {ms:>7.1f} ms  {module}")
+    ratios = {tree: anchor_ratios(results[tree]) for tree in trees}
+    for tree, found in ratios.items():
+        print(f"{tree}: " + ", ".join(f"{k} {v:.2f}x" for k, v in found.items()))
     mine = results["this checkout"]
     met = {name: mine[name]["median_s"] <= t for name, t in TARGETS_S.items()}
     print()
@@ -251,6 +278,7 @@ def main() -> None:
         print(f"target {name} <= {TARGETS_S[name]} s: {'met' if ok else 'NOT met'}")
     summary = {
         "results": results,
+        "ratios_to_anchors": ratios,
         "help_imports": imports,
         "baseline": trees.get("baseline"),
         "targets_s": TARGETS_S,

@@ -123,3 +123,40 @@ def test_the_states_the_command_line_takes_are_the_errands_states() -> None:
     for state in ErrandState:  # the exit codes are found by either
         assert EXIT.get(state) == EXIT.get(StateName(state.value))
     assert EXIT[ErrandState.waiting_approval] == 3
+
+
+# builds the inbox's routes as `errands up` does, then lists what is loaded; argv[1],
+# when given, is a line run after the routes are built
+SERVER_PROBE = """
+import json, sys
+from errands.server.inbox import build_inbox
+build_inbox(lambda request: None)
+exec(sys.argv[1])
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def modules_after_inbox_routes(then: str = "") -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", SERVER_PROBE, then],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded: list[str] = json.loads(done.stdout)
+    return loaded
+
+
+def test_the_inbox_routes_are_built_without_jinja2() -> None:
+    """``errands up`` answers before it imports jinja2: the templates' environment is
+    made at the first page rendered (inbox.Templates)."""
+    assert "jinja2" not in modules_after_inbox_routes()
+
+
+def test_the_control_finds_jinja2_once_the_environment_is_made() -> None:
+    # what build_inbox did before: make the environment with the routes
+    loaded = modules_after_inbox_routes(
+        "from errands.server.inbox import environment; environment()"
+    )
+    assert "jinja2" in loaded

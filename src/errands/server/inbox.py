@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from errands import __version__
@@ -54,6 +53,9 @@ from errands.server.schemas import ERRAND_ID
 from errands.server.workspace_files import list_workspace, read_workspace_file
 from errands.store.protocol import StoredEvent
 from errands.tools.tool import ToolError
+
+if TYPE_CHECKING:
+    from jinja2 import Environment, Template
 
 __all__ = ["STATIC_DIR", "build_inbox"]
 
@@ -114,6 +116,8 @@ def _arg_text(value: Any) -> str:
 
 
 def environment() -> Environment:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
     env = Environment(
         loader=FileSystemLoader(str(HERE / "templates")),
         autoescape=select_autoescape(["html"]),
@@ -130,6 +134,19 @@ def environment() -> Environment:
     )
     env.globals.update(STATE_LABEL=STATE_LABEL, version=__version__, TERMINAL=TERMINAL)
     return env
+
+
+class Templates:
+    """The inbox's templates, their :func:`environment` made at the first page rendered:
+    ``errands up`` answers before it imports jinja2 (issue 17, item 5: start-up)."""
+
+    def __init__(self) -> None:
+        self._env: Environment | None = None
+
+    def get_template(self, name: str) -> Template:
+        if self._env is None:
+            self._env = environment()
+        return self._env.get_template(name)
 
 
 # models the Start form may suggest, when they would be accepted (their key is there)
@@ -271,7 +288,7 @@ def store_banner(ctx: ServerContext) -> dict[str, Any] | None:
 
 def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
     router = APIRouter(include_in_schema=False)
-    env = environment()
+    env = Templates()
 
     def page(request: Request, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         ctx = get_ctx(request)

@@ -9,16 +9,19 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
-from jinja2 import Environment
 
 from errands.core.errand import ApprovalOut, ErrandSummary
 from errands.core.states import TERMINAL
 from errands.errors import StoreError
 from errands.server.context import ServerContext
 from errands.store import StoreReader
+
+if TYPE_CHECKING:
+    from errands.server.inbox import Templates
 
 __all__ = ["Node", "Tree", "add_tree_routes", "grouped", "tree_of"]
 
@@ -119,7 +122,7 @@ async def grouped(store: StoreReader, approvals: list[ApprovalOut]) -> list[Appr
 
 
 def add_tree_routes(
-    router: APIRouter, get_ctx: Callable[[Request], ServerContext], env: Environment
+    router: APIRouter, get_ctx: Callable[[Request], ServerContext], env: Templates
 ) -> None:
     """``GET /fragments/errands/{id}/tree``: the tree, for the page to poll."""
 

@@ -335,6 +335,7 @@ async def _main(
         # the HTTP side answers from here on; the runner (on its own thread) starts after
         # it, so that starting it does not hold the first requests up
         await release_dead_leases(store)
+        sys.setswitchinterval(0.001)  # (the first requests wait less for the runner's start)
         runner.start()
         assert runner.finished is not None
         _write_json_atomic(
