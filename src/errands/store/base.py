@@ -174,9 +174,24 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
     def _take_lease(self, tx: Tx, errand_id: str, owner: str, until: float) -> bool:
         """Take the lease if it is free, expired or *owner*'s; True if taken."""
 
-    @abc.abstractmethod
     def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
-        """Runnable errands whose lease is free or expired, least recently active first."""
+        """Runnable errands whose lease is free or expired: queued and running ones,
+        least recently active first, then sleeping ones whose timer is due."""
+        lease_now = self._lease_now()
+        found = self._free_active(tx, lease_now, limit)
+        if len(found) < limit:  # and the sleeping errands whose timer is due
+            found.extend(self._free_due(tx, self.time.wall(), lease_now, limit - len(found)))
+        return found
+
+    @abc.abstractmethod
+    def _free_active(self, tx: Tx, lease_now: float, limit: int) -> list[str]:
+        """Queued and running errands whose lease is free or expired at *lease_now*,
+        least recently updated first."""
+
+    @abc.abstractmethod
+    def _free_due(self, tx: Tx, now: float, lease_now: float, limit: int) -> list[str]:
+        """Sleeping errands whose timer is due at *now* (wall time) and whose lease is
+        free or expired at *lease_now*, soonest timer first."""
 
     @abc.abstractmethod
     def _renew_leases(self, tx: Tx, owner: str, until: float) -> set[str]:

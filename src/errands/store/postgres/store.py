@@ -347,11 +347,11 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             self._batch_leases[errand_id] = owner
         return bool(taken)
 
-    def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
-        """Runnable errands nobody holds, their rows locked to this claim's commit and
-        those another process is claiming (or writing) skipped: workers on many hosts
-        claiming at once take different errands, and none waits for another."""
-        lease_now = self._lease_now()
+    # claims: the rows of runnable errands nobody holds are locked to this claim's
+    # commit, and those another process is claiming (or writing) skipped -- workers on
+    # many hosts claiming at once take different errands, and none waits for another
+
+    def _free_active(self, tx: Tx, lease_now: float, limit: int) -> list[str]:
         rows = tx.conn.execute(
             "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
             " WHERE e.state IN ('queued', 'running')"
@@ -359,18 +359,18 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             " FOR UPDATE OF e SKIP LOCKED",
             (lease_now, limit),
         ).fetchall()
-        found = [str(r[0]) for r in rows]
-        if len(found) < limit:
-            due = tx.conn.execute(
-                "SELECT e.id FROM timers t JOIN errands e ON e.id = t.errand_id"
-                " LEFT JOIN leases l ON l.errand_id = e.id"
-                " WHERE t.wake_at <= %s AND e.state = 'sleeping'"
-                " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY t.wake_at LIMIT %s"
-                " FOR UPDATE OF e SKIP LOCKED",
-                (self.time.wall(), lease_now, limit - len(found)),
-            ).fetchall()
-            found.extend(str(r[0]) for r in due)
-        return found
+        return [str(r[0]) for r in rows]
+
+    def _free_due(self, tx: Tx, now: float, lease_now: float, limit: int) -> list[str]:
+        rows = tx.conn.execute(
+            "SELECT e.id FROM timers t JOIN errands e ON e.id = t.errand_id"
+            " LEFT JOIN leases l ON l.errand_id = e.id"
+            " WHERE t.wake_at <= %s AND e.state = 'sleeping'"
+            " AND (l.owner IS NULL OR l.expires_at <= %s) ORDER BY t.wake_at LIMIT %s"
+            " FOR UPDATE OF e SKIP LOCKED",
+            (now, lease_now, limit),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def _set_timer(self, tx: Tx, errand_id: str, wake_at: float) -> None:
         tx.conn.execute(

@@ -300,25 +300,24 @@ class SQLiteStore(
         )
         return bool(cur.rowcount == 1)
 
-    def _free_runnable(self, tx: Tx, limit: int) -> list[str]:
-        lease_now = self._lease_now()
+    def _free_active(self, tx: Tx, lease_now: float, limit: int) -> list[str]:
         rows = tx.conn.execute(
             "SELECT e.id FROM errands e LEFT JOIN leases l ON l.errand_id = e.id"
             " WHERE e.state IN ('queued', 'running')"
             " AND (l.owner IS NULL OR l.expires_at <= ?) ORDER BY e.updated_at LIMIT ?",
             (lease_now, limit),
         ).fetchall()
-        found = [str(r[0]) for r in rows]
-        if len(found) < limit:  # and the sleeping errands whose timer is due
-            due = tx.conn.execute(
-                "SELECT e.id FROM timers t JOIN errands e ON e.id = t.errand_id"
-                " LEFT JOIN leases l ON l.errand_id = e.id"
-                " WHERE t.wake_at <= ? AND e.state = 'sleeping'"
-                " AND (l.owner IS NULL OR l.expires_at <= ?) ORDER BY t.wake_at LIMIT ?",
-                (self.time.wall(), lease_now, limit - len(found)),
-            ).fetchall()
-            found.extend(str(r[0]) for r in due)
-        return found
+        return [str(r[0]) for r in rows]
+
+    def _free_due(self, tx: Tx, now: float, lease_now: float, limit: int) -> list[str]:
+        rows = tx.conn.execute(
+            "SELECT e.id FROM timers t JOIN errands e ON e.id = t.errand_id"
+            " LEFT JOIN leases l ON l.errand_id = e.id"
+            " WHERE t.wake_at <= ? AND e.state = 'sleeping'"
+            " AND (l.owner IS NULL OR l.expires_at <= ?) ORDER BY t.wake_at LIMIT ?",
+            (now, lease_now, limit),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def _set_timer(self, tx: Tx, errand_id: str, wake_at: float) -> None:
         tx.conn.execute(
