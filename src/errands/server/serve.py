@@ -336,7 +336,7 @@ async def _main(
         # it, so that starting it does not hold the first requests up
         await release_dead_leases(store)
         sys.setswitchinterval(0.001)  # (the first requests wait less for the runner's start)
-        runner.start()
+        await runner.started()  # (requests are answered while the runner is built)
         assert runner.finished is not None
         _write_json_atomic(
             info_path,

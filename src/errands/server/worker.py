@@ -63,11 +63,21 @@ class RunnerThread:
 
     def start(self) -> None:
         """Start the thread; returns once the runner is serving."""
+        self._launch()
+        self._ready.wait()
+
+    async def started(self) -> None:
+        """Start the thread and wait until the runner is serving, without holding the
+        caller's loop up meanwhile: the requests that come while the runner is built
+        are answered (``errands up``: the first ones wait for the runner's start)."""
+        self._launch()
+        await asyncio.to_thread(self._ready.wait)
+
+    def _launch(self) -> None:
         caller = asyncio.get_running_loop()
         self.finished = caller.create_future()
         self._caller = caller
         self._thread.start()
-        self._ready.wait()
 
     def _run(self) -> None:
         try:
@@ -110,7 +120,9 @@ class RunnerThread:
         if self.error is not None:
             return f"the runner stopped with an error: {type(self.error).__name__}"
         if not self._thread.is_alive():
-            return "the runner has stopped" if self._ready.is_set() else "the runner has not started"
+            return (
+                "the runner has stopped" if self._ready.is_set() else "the runner has not started"
+            )
         return None
 
     # -- called from other threads ---------------------------------------------------------
