@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from errands.costs.spend import schedule_scope, usd
 from errands.errors import NotFound
+from errands.store.mail_cursor import MailCursor, MailCursorOps, cursor_from_row
 from errands.store.mcp_pins import McpPinOps, log_entries, pin_from_row
 from errands.store.protocol import McpPin, RunRow, ScheduleRow
 from errands.store.schedules import run_from_row, run_values, schedule_from_row, schedule_values
-from errands.store.sqlite.mail_cursor import MailCursor
 from errands.store.writer import Tx
 
 __all__ = ["PostgresExtras", "drop_snapshot"]
@@ -36,7 +36,7 @@ def drop_snapshot(conn: Any, errand_id: str) -> None:
     conn.execute("DELETE FROM snapshot_parts WHERE errand_id = %s", (errand_id,))
 
 
-class PostgresExtras(McpPinOps):
+class PostgresExtras(McpPinOps, MailCursorOps):
     """Mixed into :class:`~errands.store.postgres.PostgresStore`."""
 
     if TYPE_CHECKING:
@@ -199,21 +199,16 @@ class PostgresExtras(McpPinOps):
         )
         if not rows:
             return None
-        return MailCursor(folder, int(rows[0][0]), int(rows[0][1]), int(rows[0][2]))
+        return cursor_from_row(folder, rows[0])
 
-    async def move_mail_cursor(self, cursor: MailCursor) -> None:
-        """Record *cursor* (durably, before this returns)."""
-
-        def op(tx: Tx) -> None:
-            tx.conn.execute(
-                "INSERT INTO mail_cursor(folder, uidvalidity, last_uid, refused, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (folder) DO UPDATE SET"
-                " uidvalidity = EXCLUDED.uidvalidity, last_uid = EXCLUDED.last_uid,"
-                " refused = EXCLUDED.refused, updated_at = EXCLUDED.updated_at",
-                (cursor.folder, cursor.uidvalidity, cursor.last_uid, cursor.refused, tx.now),
-            )
-
-        await self._submit(op)
+    def _put_mail_cursor(self, tx: Tx, cursor: MailCursor) -> None:
+        tx.conn.execute(
+            "INSERT INTO mail_cursor(folder, uidvalidity, last_uid, refused, updated_at)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (folder) DO UPDATE SET"
+            " uidvalidity = EXCLUDED.uidvalidity, last_uid = EXCLUDED.last_uid,"
+            " refused = EXCLUDED.refused, updated_at = EXCLUDED.updated_at",
+            (cursor.folder, cursor.uidvalidity, cursor.last_uid, cursor.refused, tx.now),
+        )
 
     # ---------------------------------------------------------- retention
 

@@ -9,12 +9,12 @@ no mail is taken twice or skipped.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from errands.store.mail_cursor import MailCursor, MailCursorOps, cursor_from_row
 from errands.store.writer import Tx
 
-__all__ = ["MIGRATION", "MailCursor", "SQLiteMailCursor"]
+__all__ = ["MIGRATION", "MailCursor", "SQLiteMailCursor"]  # (MailCursor: errands.store.mail_cursor)
 
 MIGRATION = """
 CREATE TABLE mail_cursor (
@@ -27,21 +27,13 @@ CREATE TABLE mail_cursor (
 """
 
 
-@dataclass(frozen=True)
-class MailCursor:
-    folder: str
-    uidvalidity: int
-    last_uid: int
-    refused: int = 0
-
-
-class SQLiteMailCursor:
-    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`."""
+class SQLiteMailCursor(MailCursorOps):
+    """Mixed into :class:`~errands.store.sqlite.SQLiteStore`: the read and the hook of
+    :class:`~errands.store.mail_cursor.MailCursorOps`."""
 
     if TYPE_CHECKING:
 
         def _reader(self) -> sqlite3.Connection: ...
-        async def _submit(self, fn: Any) -> Any: ...
 
     async def mail_cursor(self, folder: str) -> MailCursor | None:
         """Where the reader is in *folder* (None: it has not read it yet)."""
@@ -58,18 +50,13 @@ class SQLiteMailCursor:
             if "no such table" in str(exc):
                 return None
             raise
-        return None if row is None else MailCursor(folder, int(row[0]), int(row[1]), int(row[2]))
+        return None if row is None else cursor_from_row(folder, row)
 
-    async def move_mail_cursor(self, cursor: MailCursor) -> None:
-        """Record *cursor* (durably, before this returns)."""
-
-        def op(tx: Tx) -> None:
-            tx.conn.execute(
-                "INSERT INTO mail_cursor(folder, uidvalidity, last_uid, refused, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(folder) DO UPDATE SET"
-                " uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid,"
-                " refused = excluded.refused, updated_at = excluded.updated_at",
-                (cursor.folder, cursor.uidvalidity, cursor.last_uid, cursor.refused, tx.now),
-            )
-
-        await self._submit(op)
+    def _put_mail_cursor(self, tx: Tx, cursor: MailCursor) -> None:
+        tx.conn.execute(
+            "INSERT INTO mail_cursor(folder, uidvalidity, last_uid, refused, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT(folder) DO UPDATE SET"
+            " uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid,"
+            " refused = excluded.refused, updated_at = excluded.updated_at",
+            (cursor.folder, cursor.uidvalidity, cursor.last_uid, cursor.refused, tx.now),
+        )
