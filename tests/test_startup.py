@@ -18,18 +18,24 @@ and the test over the module list would fail on each of them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from errands.cli.common import EXIT, StateName
 from errands.core.states import ErrandState
+from errands.engine.runner import Runner
+from errands.server.worker import RunnerThread
 
 # what a command imports when it runs, never to show the help
 HEAVY = [
@@ -160,3 +166,58 @@ def test_the_control_finds_jinja2_once_the_environment_is_made() -> None:
         "from errands.server.inbox import environment; environment()"
     )
     assert "jinja2" in loaded
+
+
+class _SlowStart(RunnerThread):
+    """A runner thread whose runner takes BUILD seconds to build and then only waits to
+    be stopped (no store: what is tested is the caller's loop while it is built)."""
+
+    BUILD = 0.3
+
+    def __init__(self) -> None:
+        def make() -> Runner:
+            time.sleep(self.BUILD)  # (on the runner's thread)
+            return cast(Runner, object())
+
+        super().__init__(make)
+
+    async def _serve_through(self, runner: Runner, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+
+async def _ticks_while_starting(start: Callable[[RunnerThread], Awaitable[None]]) -> int:
+    """How many times the caller's loop ran a 10 ms timer while the runner was built."""
+    ticks = 0
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    runner = _SlowStart()
+    await start(runner)
+    done.set()
+    await ticker
+    await runner.stop()
+    return ticks
+
+
+async def test_the_server_answers_while_the_runner_is_built() -> None:
+    """``errands up`` awaits ``RunnerThread.started()``: its loop (the HTTP side) goes on
+    while the runner's thread builds the runner."""
+
+    async def started(runner: RunnerThread) -> None:
+        await runner.started()
+
+    assert await _ticks_while_starting(started) >= 5
+
+
+async def test_the_control_start_holds_the_loop_while_the_runner_is_built() -> None:
+    async def blocking(runner: RunnerThread) -> None:  # what errands up called before
+        runner.start()
+
+    assert await _ticks_while_starting(blocking) <= 1
