@@ -131,13 +131,23 @@ class Journal:
     hits: list[tuple[str, int, int]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     acked: dict[tuple[str, int], int] = field(default_factory=dict)  # first ack of an event
+    torn: int = 0  # lines a SIGKILL cut short (skipped)
 
     @classmethod
     def read(cls, path: Path) -> Journal:
         j = cls()
         if not path.exists():
             return j
-        for pos, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for pos, raw in enumerate(path.read_text(encoding="utf-8").splitlines()):
+            # each line is framed "^ FIELDS $"; a write a SIGKILL cut short leaves a torn
+            # frame, which the next line appended follows on the same text line: keep the
+            # last whole frame of a text line, skip what is torn (W.Journal)
+            start = raw.rfind("^ ")
+            if start < 0 or not raw.endswith(" $"):
+                j.torn += 1
+                continue
+            j.torn += start > 0
+            line = raw[start + 2 : -2]
             f = line.split()
             match f[0]:
                 case "load":
@@ -1042,3 +1052,18 @@ def test_positive_control_same_crash_goes_to_needs_attention(tmp_path: Path) -> 
         assert stats.in_doubt == 1 and stats.in_doubt_applied == 1
     finally:
         rnd.close()
+
+
+def test_the_journal_skips_what_a_kill_tore(tmp_path: Path) -> None:
+    """A SIGKILL can cut a journal write short where its line crosses a page: the torn
+    frame is skipped, the whole frame appended after it on the same text line is read
+    (the slow torture once failed reading such a line)."""
+    path = tmp_path / "journal.log"
+    j = W.Journal(path)
+    j.write("ack", "e1", 3, "model_requested", "abcd", 7)
+    os.write(j.fd, b"^ ack e1 4 tool_in")  # cut short by the kill: no end, no newline
+    j.write("load", "e1", 4, 8)  # the next worker's first line follows it
+    os.write(j.fd, b"^ effect ledger_idem e1")  # the last write, torn
+    read = Journal.read(path)
+    assert [(a[1], a[2]) for a in read.acks] == [("e1", 3)]
+    assert read.loads["e1"] == [(1, 4, 8)] and read.torn == 2

@@ -169,7 +169,11 @@ def event_hash(event: ev.Event) -> str:
 
 
 class Journal:
-    """Append-only lines; each line is one ``write`` on an ``O_APPEND`` descriptor."""
+    """Append-only lines; each line is one ``write`` on an ``O_APPEND`` descriptor,
+    framed ``^ FIELDS $``. A SIGKILL can cut a write short where the line crosses a page
+    (Linux checks for a fatal signal between the pages it copies), leaving a torn line
+    without its newline; the next line appended then follows it on the same text line.
+    The frame lets the reader skip the torn part (:meth:`test_crash_torture.Journal.read`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -177,8 +181,8 @@ class Journal:
         self.pid = os.getpid()
 
     def write(self, *fields: object, sync: bool = False) -> None:
-        line = " ".join(str(f).replace(" ", "_").replace("\n", "_") for f in fields) + "\n"
-        os.write(self.fd, line.encode())
+        body = " ".join(str(f).replace(" ", "_").replace("\n", "_") for f in fields)
+        os.write(self.fd, f"^ {body} $\n".encode())
         if sync:
             os.fsync(self.fd)
 
@@ -193,12 +197,15 @@ def build_registry(journal: Journal) -> FunctionToolset:
 
     def applied(tool: str, ikey: str) -> bool:
         with open(journal.path, encoding="utf-8") as fh:
-            return any(
-                line.startswith(f"effect {tool} ")
-                and line.split()[3] == ikey
-                and line.split()[6] == "applied"
-                for line in fh
-            )
+            for raw in fh:
+                raw = raw.rstrip("\n")
+                start = raw.rfind("^ ")
+                if start < 0 or not raw.endswith(" $"):
+                    continue  # a torn line (see Journal)
+                f = raw[start + 2 : -2].split()
+                if f[:2] == ["effect", tool] and f[3] == ikey and f[6] == "applied":
+                    return True
+            return False
 
     def record(tool: str, ctx: ToolContext, key: str, *, dedupe: bool) -> str:
         with lock, open(lock_path, "a") as lk:
