@@ -80,3 +80,12 @@ def disk_bytes(path: Path) -> int:
         return int((pages - free) * size)
     finally:
         conn.close()
+
+
+def text_table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """*lines* under *headers*, each column as wide as its widest cell ("a | b" rows)."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    out.append("-|-".join("-" * w for w in widths))
+    out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    return "\n".join(out)

@@ -53,7 +53,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from probes import machine_info  # noqa: E402  (bench/ is the script's directory)
+from probes import machine_info, text_table  # noqa: E402  (bench/ is the script's directory)
 from sim.core import SimLimits, Turn, approx_tokens  # noqa: E402
 from sim.openai_server import OpenAIChatSim  # noqa: E402
 
@@ -254,11 +254,7 @@ def table(rows: list[Row]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(HEADERS)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True))]
-    out.append("-|-".join("-" * w for w in widths))
-    out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out)
+    return text_table(HEADERS, lines)
 
 
 def main() -> None:
