@@ -23,7 +23,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from errands.clock import SYSTEM, Clock
 from errands.config import Settings
@@ -266,8 +266,16 @@ class Runner:
             self.start(errand_id)
         return claimed
 
-    async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
-        """Run errands until *stop* is set: claim, renew, wake. Waiting costs no task."""
+    async def serve(
+        self,
+        stop: asyncio.Event,
+        poll: float = 0.5,
+        pause: Callable[[asyncio.Event, float], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run errands until *stop* is set: claim, renew, wake. Waiting costs no task.
+        Between two looks it waits *poll* seconds for *stop*, or *pause(stop, poll)*:
+        one that returns as soon as the store says there is something to do
+        (:class:`errands.server.worker.Wake`)."""
         renew = asyncio.create_task(self._renew_forever())
         schedules = (
             asyncio.create_task(self.scheduler.serve(stop)) if self.scheduler is not None else None
@@ -295,6 +303,9 @@ class Runner:
                         # only free or expired leases) would never take it back
                         self.start(errand_id)
                 with contextlib.suppress(TimeoutError):
+                if pause is not None:
+                    await pause(stop, poll)
+                    continue
                     await asyncio.wait_for(stop.wait(), poll)
         finally:
             for task in (renew, schedules, sweep):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import threading
 import time
@@ -27,11 +28,15 @@ from collections.abc import Awaitable, Callable
 
 from errands.engine.runner import Runner
 from errands.errors import StoreUnavailable
+from errands.store.protocol import Listening, Store
 
-__all__ = ["RunnerThread", "serve_through"]
+__all__ = ["RunnerThread", "Wake", "serve_through"]
 
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before serving again after the store failed
 STEADY = 60.0  # serving this long without the store failing: the next pause starts short
+# while the store's notifications arrive, a runner still looks for work this often: what
+# a lost notification would have woken waits at most this long
+SAFETY_POLL = 1.5
 
 log = logging.getLogger("errands.server")
 
@@ -160,19 +165,101 @@ class RunnerThread:
         await asyncio.to_thread(self._thread.join)
 
 
+class Wake:
+    """When a runner looks for work again: at once when the store notifies it (another
+    process committed an errand to claim, a decision, a cancel, a sub-errand's end, a
+    lease given back), at a timer another process set as it comes due, and otherwise
+    every :attr:`safety_poll` seconds -- the net under a notification lost. While the
+    store's notifications are down (the listening connection lost, or a store without
+    them: SQLite), it polls every *poll* seconds, as before.
+
+    Made and closed on the runner's loop; the listener calls back on its own thread."""
+
+    safety_poll = SAFETY_POLL
+    max_timers = 10_000  # timers remembered (the soonest); the rest wait for a poll
+
+    def __init__(self, store: Store) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._now = asyncio.Event()
+        self._timers: list[float] = []  # a heap of wall times
+        self.woken = 0  # looks a notification started (tests, figures)
+        self.listening = self.listen(store)
+
+    def listen(self, store: Store) -> Listening | None:
+        return store.listen(self.notified)
+
+    def notified(self, channel: str, payload: str) -> None:
+        """(The listener's thread.) Look now, or when the timer *payload* names is due."""
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            self._loop.call_soon_threadsafe(self._note, payload)
+
+    def _note(self, payload: str) -> None:
+        kind, _, value = payload.partition(" ")
+        if kind == "timer":
+            with contextlib.suppress(ValueError):
+                if len(self._timers) < self.max_timers:
+                    heapq.heappush(self._timers, float(value))
+                return
+        self._now.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.listening is not None and self.listening.connected
+
+    async def pause(self, stop: asyncio.Event, poll: float) -> None:
+        """Wait for *stop*, a notification, the soonest timer known, or the poll."""
+        timeout = self.safety_poll if self.connected else poll
+        now = time.time()
+        while self._timers and self._timers[0] <= now:
+            heapq.heappop(self._timers)  # (due: this look claims it)
+        if self._timers:
+            timeout = min(timeout, self._timers[0] - now)
+        if not self._now.is_set() and not stop.is_set():
+            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._now.wait())}
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in waits:
+                    task.cancel()
+        if self._now.is_set():
+            self.woken += 1
+        self._now.clear()
+
+    def close(self) -> None:
+        if self.listening is not None:
+            self.listening.close()
+
+
 async def serve_through(
     runner: Runner,
     stop: asyncio.Event,
     poll: float,
     restarted: Callable[[], None] | None = None,
+    wake: Callable[[Store], Wake] = Wake,
 ) -> None:
     """Serve until *stop*; the store failing for a while is waited out, not fatal
-    (*restarted* is called each time serving starts again after it failed)."""
+    (*restarted* is called each time serving starts again after it failed). Between
+    two looks for work it waits as *wake* (:class:`Wake`) says: at once on a
+    notification, and every *poll* seconds while there are none."""
+    waker = wake(runner.store)
+    try:
+        await _serve_through(runner, stop, poll, restarted, waker)
+    finally:
+        await asyncio.to_thread(waker.close)
+
+
+async def _serve_through(
+    runner: Runner,
+    stop: asyncio.Event,
+    poll: float,
+    restarted: Callable[[], None] | None,
+    waker: Wake,
+) -> None:
     pause = 0.0
     while not stop.is_set():
         started = time.monotonic()
         try:
-            await runner.serve(stop, poll=poll)
+            await runner.serve(stop, poll=poll, pause=waker.pause)
             return
         except StoreUnavailable as exc:
             if time.monotonic() - started >= STEADY:

@@ -32,7 +32,7 @@ import asyncio
 import hashlib
 import json
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from errands.clock import SYSTEM, Clock
@@ -52,6 +52,7 @@ from errands.store.compaction import RetentionOps
 from errands.store.protocol import (
     AppendCheck,
     BudgetStatus,
+    Listening,
     Snapshot,
     StoredEvent,
     UsageRow,
@@ -759,6 +760,9 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
 
     def share_writes(self, favoured: bool = False) -> None:
         """(A backend whose writers contend across processes takes turns.)"""
+
+    def listen(self, notified: Callable[[str, str], None]) -> Listening | None:
+        return None  # (a backend with notifications between processes sends them)
 
     async def usage(self, *, since: float = 0.0, errand_id: str | None = None) -> list[UsageRow]:
         return await asyncio.to_thread(self._usage, since, errand_id)

@@ -29,6 +29,7 @@ __all__ = [
     "CommitListener",
     "Fired",
     "Firing",
+    "Listening",
     "McpPin",
     "Memory",
     "NewRun",
@@ -334,7 +335,25 @@ class StoreReader(Protocol):
         time), oldest first: what other processes changed, for :meth:`announce`."""
         ...
 
+    def listen(self, notified: Callable[[str, str], None]) -> Listening | None:
+        """Call *notified(channel, payload)*, on a thread of its own, as soon as another
+        process commits something for this one to do (a wake-up, an errand to claim, a
+        timer; PostgreSQL's ``LISTEN/NOTIFY``). None: this store sends no notifications,
+        look for work by polling."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class Listening(Protocol):
+    """Notifications being listened for (:meth:`StoreReader.listen`)."""
+
+    @property
+    def connected(self) -> bool:
+        """False while the connection is down: notifications are lost meanwhile, poll."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable

@@ -47,6 +47,7 @@ from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, Spend
 from errands.store.integrity import pending_problems, spend_problems
 from errands.store.postgres import spend
 from errands.store.postgres.extras import PostgresExtras, drop_snapshot
+from errands.store.postgres.listen import WAKE, Listener, Notified, notify
 from errands.store.postgres.memory import PostgresMemory
 from errands.store.postgres.schema import migrate
 from errands.store.postgres.snapshots import PostgresSnapshots
@@ -172,6 +173,10 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         self._seen_no = -1  # the number when this batch began
         self._batch_owned: list[str] = []  # errands a batch appends to under a lease
         self._batch_leases: dict[str, str] = {}  # their lease owners, read FOR SHARE
+        # what this batch gives other processes to do, NOTIFYed in its transaction:
+        # a wake-up or something to claim ("wake"), and the soonest timer it set
+        self._batch_wakes = False
+        self._batch_timer: float | None = None
         self._reclaim_lock = threading.Lock()
         self._committing = False  # the batch reached its commit (a failure is in doubt)
         self._start_writer()
@@ -257,6 +262,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
 
     def _written_elsewhere(self, conn: psycopg.Connection[Any]) -> bool:
         self._batch_leases = {}
+        self._batch_wakes, self._batch_timer = False, None  # (a batch begins)
         if self._batch_owned:  # fencing: these leases cannot change hands before our commit
             rows = conn.execute(
                 "SELECT errand_id, owner FROM leases WHERE errand_id = ANY(%s)"
@@ -273,6 +279,11 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         # another process's number between the batch's start and now: it may have
         # committed meanwhile, so the next batch starts with empty caches
         self._commit_no = number if number == self._seen_no + 1 else -1
+        # the workers that LISTEN look now (delivered at the commit, never before it)
+        if self._batch_wakes:
+            notify(conn, WAKE, "wake")
+        if self._batch_timer is not None:
+            notify(conn, WAKE, f"timer {self._batch_timer!r}")
         conn.commit()
 
     def _rollback(self, conn: psycopg.Connection[Any]) -> None:
@@ -314,6 +325,8 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
                 cur.executemany(_UPSERT_VIEW, sorted(upserts))
             if updates:
                 cur.executemany(_UPDATE_VIEW, sorted(updates, key=lambda u: u[-1]))
+            if tx.wakeups or any(row[1] == "queued" for row in upserts):
+                self._batch_wakes = True  # (written to by a person, or a new errand)
             if tx.wakeups:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_WAKEUPS_LOCK,))
                 cur.executemany(
@@ -378,6 +391,8 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             " ON CONFLICT (errand_id) DO UPDATE SET wake_at = EXCLUDED.wake_at",
             (errand_id, wake_at),
         )
+        if self._batch_timer is None or wake_at < self._batch_timer:
+            self._batch_timer = wake_at
 
     def _renew_leases(self, tx: Tx, owner: str, until: float) -> set[str]:
         rows = tx.conn.execute(
@@ -388,9 +403,13 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         return {str(r[0]) for r in rows}
 
     def _drop_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
-        tx.conn.execute(
-            "DELETE FROM leases WHERE errand_id = %s AND owner = %s", (errand_id, owner)
-        )
+        freed = tx.conn.execute(
+            "DELETE FROM leases WHERE errand_id = %s AND owner = %s"
+            " RETURNING (SELECT state FROM errands WHERE id = leases.errand_id)",
+            (errand_id, owner),
+        ).fetchone()
+        if freed is not None and freed[0] in ("queued", "running"):
+            self._batch_wakes = True  # given back unfinished: another process may take it
         if self._batch_leases.get(errand_id) == owner:
             del self._batch_leases[errand_id]
 
@@ -536,6 +555,11 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         with self._pool.connection() as conn:
             expected, actual = spend.expected(conn), spend.totals(conn)
         return problems + spend_problems(expected, actual)
+
+    def listen(self, notified: Notified, channels: Sequence[str] = (WAKE,)) -> Listener:
+        """Call *notified(channel, payload)* (on a thread of its own) when another
+        process's commit gives this one something to do; started here."""
+        return Listener(self.url, channels, notified).start()
 
     # ---------------------------------------------------------------- closing
 
