@@ -26,6 +26,7 @@ from helpers.browser import ARGS, CHROMIUM, TIMEOUT_MS
 from helpers.kit import call as kit_call
 from helpers.kit import write_script
 from helpers.server import ServerProc, clean_env, free_port, write_config
+from seams import child_env
 from seams.shell_controls import no_redaction
 from sim.core import Turn, call
 from sim.openai_server import OpenAIChatSim
@@ -162,7 +163,15 @@ async def test_the_hub_replays_a_running_call_and_caps_a_slow_viewer() -> None:
     assert hub.recent_output("e1") == []  # the call ended: nothing to replay
 
 
-def start(home: Path, sim: OpenAIChatSim, command: str) -> ServerProc:
+def start(
+    home: Path,
+    sim: OpenAIChatSim,
+    command: str,
+    args: tuple[str, ...] = (),
+    controls: tuple[str, ...] = (),
+) -> ServerProc:
+    """``errands up`` (with *args*: ``--workers N``) where the sim runs *command* in the
+    shell, then says "It ran."; *controls*: negative controls its processes install."""
     write_config(
         home,
         f'[providers.sim]\nkind = "openai"\nbase_url = "{sim.base_url}"\n'
@@ -173,7 +182,9 @@ def start(home: Path, sim: OpenAIChatSim, command: str) -> ServerProc:
         "It ran.",
     )
     env = clean_env(home, LIVE_SIM_KEY=sim.api_key, **{ENV: SECRET})
-    return ServerProc(home, port=free_port(), env=env).start()
+    if controls:
+        env = child_env(env, controls=controls)
+    return ServerProc(home, port=free_port(), env=env, args=list(args)).start()
 
 
 def first_output(server: ServerProc, errand_id: str) -> dict[str, Any]:
@@ -182,33 +193,46 @@ def first_output(server: ServerProc, errand_id: str) -> dict[str, Any]:
         return next(data for kind, data in sse(s) if kind == "output")
 
 
-def test_a_real_sse_client_reads_the_output_before_the_result(
-    tmp_path: Path, openai_sim: OpenAIChatSim
-) -> None:
-    server = start(tmp_path / "home", openai_sim, TICKS + "; " + SPLIT)
+def follow(server: ServerProc) -> list[tuple[float, str, Any]]:
+    """Start the errand, follow its stream (approving its call) until it is done: every
+    SSE event with when it came; a stream opened mid-call's first output, as "late"."""
     seen: list[tuple[float, str, Any]] = []
     late: list[dict[str, Any]] = []
+    with server.client() as api:
+        r = api.post("/api/errands", json={"text": "run it", "model": "sim:gpt-sim"})
+        assert r.status_code == 201, r.text
+        errand_id = r.json()["id"]
+        with api.stream("GET", f"/api/errands/{errand_id}/stream") as stream:
+            for kind, data in sse(stream):
+                seen.append((time.monotonic(), kind, data))
+                if kind == "output" and "tick 2" in data["text"] and not late:
+                    late.append(first_output(server, errand_id))  # a page opened now
+                if kind == "event" and data["event"]["type"] == "approval_requested":
+                    [approval] = api.get(f"/api/errands/{errand_id}").json()["approvals"]
+                    r = api.post(
+                        f"/api/approvals/{approval['id']}/approve",
+                        json={"args_hash": approval["args_hash"]},
+                    )
+                    assert r.status_code == 200, r.text
+                if kind == "view" and data["status"] == "done":
+                    break
+    seen.extend((0.0, "late", d) for d in late)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "args", [("--workers", "0"), ("--workers", "2")], ids=["in-process", "workers"]
+)
+def test_a_real_sse_client_reads_the_output_before_the_result(
+    tmp_path: Path, openai_sim: OpenAIChatSim, args: tuple[str, ...]
+) -> None:
+    """In the server's process, and from a worker through its relay (the same frames)."""
+    server = start(tmp_path / "home", openai_sim, TICKS + "; " + SPLIT, args)
     try:
-        with server.client() as api:
-            r = api.post("/api/errands", json={"text": "run it", "model": "sim:gpt-sim"})
-            assert r.status_code == 201, r.text
-            errand_id = r.json()["id"]
-            with api.stream("GET", f"/api/errands/{errand_id}/stream") as stream:
-                for kind, data in sse(stream):
-                    seen.append((time.monotonic(), kind, data))
-                    if kind == "output" and "tick 2" in data["text"] and not late:
-                        late.append(first_output(server, errand_id))  # a page opened now
-                    if kind == "event" and data["event"]["type"] == "approval_requested":
-                        [approval] = api.get(f"/api/errands/{errand_id}").json()["approvals"]
-                        r = api.post(
-                            f"/api/approvals/{approval['id']}/approve",
-                            json={"args_hash": approval["args_hash"]},
-                        )
-                        assert r.status_code == 200, r.text
-                    if kind == "view" and data["status"] == "done":
-                        break
+        seen = follow(server)
     finally:
         server.kill()
+    late = [d for _, k, d in seen if k == "late"]
     outputs = [(at, d) for at, k, d in seen if k == "output"]
     [(result_at, result)] = [
         (at, d["event"])
@@ -228,6 +252,15 @@ def test_a_real_sse_client_reads_the_output_before_the_result(
     assert "tick 3" in result["content"]["text"]  # the record: the result, no event a line
     kinds = [d["event"]["type"] for _, k, d in seen if k == "event"]
     assert kinds.count("tool_result") == 1 and len(kinds) < 12, kinds
+    # the model's reply streamed as it came, before its event was logged
+    text_at = [at for at, k, _ in seen if k == "text"]
+    [(reply_at, _)] = [
+        (at, d)
+        for at, k, d in seen
+        if k == "event" and d["event"]["type"] == "model_responded" and at > result_at
+    ]
+    assert "".join(d["delta"] for _, k, d in seen if k == "text") == "It ran."
+    assert text_at and text_at[0] <= reply_at
 
 
 expect = playwright_api.expect

@@ -347,6 +347,18 @@ def _as_is(text: str) -> str:
     return text
 
 
+def _live_unredacted() -> None:
+    """A tool's live output shown as the command printed it (its result is still
+    redacted): through a worker's relay too, the secret reaches the stream."""
+    from errands.tools.sandbox.live import LiveOutput, LiveStream
+
+    class Unredacted(LiveStream):
+        def __init__(self, name: str, sink: Any, redact: Any, *rest: Any) -> None:
+            super().__init__(name, sink, _as_is, *rest)
+
+    LiveOutput.stream_class = Unredacted
+
+
 def _loop(name: str) -> Callable[[], None]:
     return _patch(Runner, "loop_class", LOOPS[name])
 
@@ -373,6 +385,7 @@ INSTALLERS: dict[str, Callable[[], None]] = {
     ),
     "blind_doctor": _patch_in("errands.cli.permcheck", "loose", lambda home: []),
     "split_fire": _split_fire,
+    "live_unredacted": _live_unredacted,
     "raw_terminal": _all(
         *(
             _patch_in(f"errands.cli.{module}", "visible", _as_is)

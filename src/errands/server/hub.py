@@ -4,7 +4,9 @@ The store calls :meth:`Hub.committed` after each durable commit (in this process
 the runner (through :class:`LiveText`) calls :meth:`Hub.text` for each streamed model
 text delta and :meth:`Hub.text_reset` when a retry or fallback takes the text of a
 failed attempt back, and :meth:`Hub.output` for what a running tool prints (the shell's
-output, redacted by the tool). Subscribers are woken, not fed: a stream reads what is new from
+output, redacted by the tool). With ``errands up --workers N`` the workers' runners tell
+the same through their relay (:mod:`errands.server.relay`), and :attr:`Hub.on_watch` tells
+the workers which errands a stream follows. Subscribers are woken, not fed: a stream reads what is new from
 the store itself, so a slow client can never make the server hold an unbounded queue,
 and a woken stream always sends exactly the committed log. A tool's live output is
 held per subscriber up to a cap (what is past it is dropped and said so), and the latest
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +90,9 @@ class Hub:
         self._all: set[Subscription] = set()
         self._recent: dict[str, list[Output]] = {}  # errand -> its running call's output
         self.closing = asyncio.Event()
+        # told (errand, True) when a stream starts following an errand no other stream
+        # follows, (errand, False) when the last one stops (the workers' relay)
+        self.on_watch: Callable[[str, bool], None] | None = None
         store.subscribe(self.committed)
 
     def committed(self, errand_id: str, seq: int) -> None:
@@ -136,6 +141,10 @@ class Hub:
         """The latest output of the errand's running call (for a stream opening now)."""
         return [Output(o.seq, o.stream, o.text) for o in self._recent.get(errand_id, ())]
 
+    def watched_errands(self) -> set[str]:
+        """The errands some stream follows."""
+        return set(self._by_errand)
+
     def watched(self, errand_id: str) -> bool:
         """Does any stream follow this errand? (Safe to ask from another thread.)"""
         return errand_id in self._by_errand
@@ -147,7 +156,10 @@ class Hub:
         if errand_id is None:
             self._all.add(sub)
         else:
-            self._by_errand.setdefault(errand_id, set()).add(sub)
+            following = self._by_errand.setdefault(errand_id, set())
+            following.add(sub)
+            if len(following) == 1 and self.on_watch is not None:
+                self.on_watch(errand_id, True)
         try:
             yield sub
         finally:
@@ -159,6 +171,8 @@ class Hub:
                     subs.discard(sub)
                     if not subs:
                         del self._by_errand[errand_id]
+                        if self.on_watch is not None:
+                            self.on_watch(errand_id, False)
 
     async def wait(self, sub: Subscription, timeout: float) -> None:
         """Until *sub* is woken, the hub closes, or *timeout* passes."""

@@ -304,7 +304,8 @@ async def _main(
             security=security,
             idempotency=idempotency,
             base_url=url,
-            nudge_runner=runner.nudge,
+            # (with workers: each of them claims at once, through its relay)
+            nudge_runner=runner.nudge if pool is None else pool.wake,
             runner_down=runner.why_down,
         )
         channels = harness.channels(url)
@@ -362,7 +363,7 @@ async def _main(
             pool.on_exit = lambda: release_dead_leases(store)  # (a worker died: at once)
             store.share_writes(favoured=True)  # a person's decisions before the workers' batches
             helpers = [
-                asyncio.create_task(pool.run(stop)),
+                asyncio.create_task(pool.run(stop, hub)),  # (the relays: live text, output)
                 asyncio.create_task(ChangeFeed(store).run(stop)),
             ]
         stopping = asyncio.create_task(stop.wait())

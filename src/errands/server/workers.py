@@ -11,18 +11,27 @@ errands up from the log.
 
 - :class:`WorkerPool` starts the workers, starts a worker again when it exits (after a
   pause that doubles up to :data:`RESTART_MAX`), and stops them with the server (SIGTERM,
-  then SIGKILL after :data:`STOP_GRACE` seconds).
+  then SIGKILL after :data:`STOP_GRACE` seconds). Each worker it starts has a relay to the
+  server (:mod:`errands.server.relay`): its errands' live model text and tools' output
+  reach the server's streams, and the server tells it to claim at once when a person
+  decides, writes or starts an errand (:meth:`WorkerPool.wake`).
+- :func:`default_workers` is what ``errands up`` runs without ``--workers``: one worker per
+  core this process may use, up to :data:`DEFAULT_CAP`; none (errands run in the server)
+  with one core.
 - :class:`ChangeFeed` tells the server's listeners (the live streams, the webhook) about
   the commits the workers make: every :data:`FEED_SECONDS` it asks the store which errands
   changed since it last looked (with a margin for clocks and commits that overlap) and
   announces each errand's newest seq; listeners skip what they have seen.
-- :func:`run_worker` is ``errands worker``: a runner that serves until SIGTERM/SIGINT.
+- :func:`run_worker` is ``errands worker``: a runner that serves until SIGTERM/SIGINT (a
+  server's worker also when the server is gone: the kernel sends it SIGTERM, its relay
+  closes, and its parent pid changes -- whichever it notices first).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -34,12 +43,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from errands.config import Settings
 from errands.engine.runtime import tune_gc
 from errands.harness import build
-from errands.server.worker import serve_through
+from errands.server.hub import Hub
+from errands.server.relay import Link, WorkerRelay
+from errands.server.worker import Wake, serve_through
 from errands.store import Store
 
-__all__ = ["MAX_WORKERS", "ChangeFeed", "WorkerPool", "run_worker"]
+__all__ = [
+    "DEFAULT_CAP",
+    "MAX_WORKERS",
+    "ChangeFeed",
+    "WorkerPool",
+    "default_workers",
+    "run_worker",
+]
 
 MAX_WORKERS = 64
+# errands up's default: one worker per core, at most this many. Every worker's commits go
+# through the one SQLite file's write lock, one process at a time (group commit batches
+# each process's own), so past a few processes more of them add lock hand-overs, polls
+# and ~60 MB of memory each rather than steps per second; a bigger machine that wants
+# more says --workers N (docs/store.md, "Several processes")
+DEFAULT_CAP = 8
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before starting a worker that exited
 STEADY = 60.0  # a worker that ran this long: the next pause starts short again
 STOP_GRACE = 10.0  # seconds a worker has to stop before it is killed
@@ -71,31 +95,75 @@ class WorkerPool:
         self.on_exit = on_exit
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.started = 0  # processes started, restarts included
+        self.hub: Hub | None = None  # where the workers' live text and output go
+        self.links: dict[int, Link] = {}  # slot -> the relay of the worker running there
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Keep the workers running until *stop*; then stop them."""
+    async def run(self, stop: asyncio.Event, hub: Hub | None = None) -> None:
+        """Keep the workers running until *stop*; then stop them. Given *hub*, each
+        worker's relay tells it what only the worker knows (and the hub tells the workers
+        which errands a stream follows)."""
+        self.hub = hub
+        if hub is not None:
+            hub.on_watch = self._watch
         await asyncio.gather(*(self._keep(i, stop) for i in range(self.count)))
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values() if p.returncode is None]
 
+    def wake(self) -> None:
+        """Something became runnable (a decision, a message, a new errand): every worker
+        claims now instead of at its next poll. (On the server's event loop.)"""
+        for link in self.links.values():
+            link.send("w")
+
+    def _watch(self, errand_id: str, on: bool) -> None:
+        for link in self.links.values():
+            link.send("+" if on else "-", errand_id)
+
+    def _spawn_args(self) -> tuple[list[str], socket.socket | None, socket.socket | None]:
+        """The command line of one worker, and the relay's two ends (none without a hub)."""
+        if self.hub is None:
+            return self.args, None, None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return [*self.args, "--relay", str(theirs.fileno())], ours, theirs
+
     async def _keep(self, slot: int, stop: asyncio.Event) -> None:
         pause = 0.0
         while not stop.is_set():
             began = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                *self.args, stdin=asyncio.subprocess.DEVNULL
-            )
+            args, ours, theirs = self._spawn_args()
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *args,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    pass_fds=() if theirs is None else (theirs.fileno(),),
+                )
+            except BaseException:
+                for end in (ours, theirs):
+                    if end is not None:
+                        end.close()
+                raise
+            relaying = None
+            if theirs is not None and ours is not None:
+                theirs.close()  # (the worker has its own copy)
+                assert self.hub is not None
+                link = self.links[slot] = Link(ours)
+                relaying = asyncio.create_task(link.serve(self.hub, self.hub.watched_errands))
             self.procs[slot] = proc
             self.started += 1
             exited = asyncio.ensure_future(proc.wait())
             stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if not exited.done():
+            try:
+                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
                 stopping.cancel()
-                await self._stop(proc, exited)
-                return
-            stopping.cancel()
+                if not exited.done():  # (the server stops)
+                    await self._stop(proc, exited)
+                if relaying is not None:
+                    self.links.pop(slot, None)
+                    relaying.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await relaying
             if stop.is_set():
                 return
             if self.on_exit is not None:
@@ -168,22 +236,55 @@ def worker_args(home: str, config: str | None) -> list[str]:
     return [*args, "worker", "--parent", str(os.getpid())]
 
 
+def default_workers(cores: int | None = None) -> int:
+    """``errands up``'s worker processes without ``--workers``: one per core this
+    process may run on (its affinity mask: a container's or ``taskset``'s limit, not the
+    machine's), at most :data:`DEFAULT_CAP`; 0 -- errands run in the server -- with one
+    core, where a worker would only add a process to share it with."""
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # (not Linux)
+            cores = os.cpu_count() or 1
+    return 0 if cores <= 1 else min(cores, DEFAULT_CAP)
+
+
 def run_worker(
     settings: Settings,
     parent: int | None = None,
     *,
     name: str | None = None,
     concurrency: int | None = None,
+    relay: int | None = None,
+    poll: float = WORKER_POLL,
 ) -> None:
     """``errands worker``: run errands from the home's store until SIGTERM or SIGINT
     (or, given *parent*, until that process is gone). A server's worker (given *parent*)
-    lowers its priority by :data:`WORKER_NICE` first. *name* ends the worker's lease
-    owner (``HOST:PID:NAME``, what ``lease_holder`` shows); *concurrency*: at most that
-    many errands at once."""
+    lowers its priority by :data:`WORKER_NICE` first, and asks the kernel for SIGTERM
+    when the server dies. *name* ends the worker's lease owner (``HOST:PID:NAME``, what
+    ``lease_holder`` shows); *concurrency*: at most that many errands at once; *relay*:
+    the file descriptor of its end of the server's relay (:mod:`errands.server.relay`);
+    *poll*: seconds between its looks at the store for runnable errands and wake-ups."""
     if parent is not None:
         with contextlib.suppress(OSError):
             os.nice(WORKER_NICE)
-    asyncio.run(_work(settings, parent, name, concurrency))
+        _die_with(parent)
+    asyncio.run(_work(settings, parent, name, concurrency, relay, poll))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux), then make
+    sure the parent had not died already (the watch in :func:`_orphaned` still runs:
+    other systems, and a parent that is not the one named)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        log.warning("worker %d: the server (pid %d) is gone already", os.getpid(), parent)
+        raise SystemExit(0)
 
 
 async def _orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -198,7 +299,12 @@ async def _orphaned(parent: int, stop: asyncio.Event) -> None:
 
 
 async def _work(
-    settings: Settings, parent: int | None, name: str | None = None, concurrency: int | None = None
+    settings: Settings,
+    parent: int | None,
+    name: str | None = None,
+    concurrency: int | None = None,
+    relay_fd: int | None = None,
+    poll: float = WORKER_POLL,
 ) -> None:
     harness = build(settings)
     harness.store.share_writes()  # (the server and the other workers write too)
@@ -209,10 +315,24 @@ async def _work(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    relay = None if relay_fd is None else WorkerRelay.from_fd(relay_fd)
     # (the pid keeps two processes given one name apart: a lease names one process)
     runner = harness.runner(
-        owner=None if name is None else f"{socket.gethostname()}:{os.getpid()}:{name}"
+        owner=None if name is None else f"{socket.gethostname()}:{os.getpid()}:{name}",
+        on_text=relay,
     )
+    if relay is not None:  # (the server's end closing: the server is gone)
+        relay.on_gone = stop.set
+        await relay.open()
+
+    def wake(store: Store) -> Wake:
+        """The runner's pause between its looks at the store: the server's wake-up (a
+        person's decision, a message, a new errand) ends it, as a notification does."""
+        made = Wake(store)
+        if relay is not None:
+            relay.on_wake = lambda: made.notified("relay", "")
+        return made
+
     runner.claim_batch = WORKER_BATCH
     runner.max_running = concurrency
     tune_gc()
@@ -223,8 +343,10 @@ async def _work(
     log.info("worker %d serving %s", os.getpid(), settings.home)
     watch = None if parent is None else asyncio.create_task(_orphaned(parent, stop))
     try:
-        await serve_through(runner, stop, WORKER_POLL)
+        await serve_through(runner, stop, poll, wake=wake)
     finally:
         if watch is not None:
             watch.cancel()
+        if relay is not None:
+            await relay.close()
         await harness.close()

@@ -44,15 +44,17 @@ def up(
         ),
     ] = None,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--workers",
-            help="Run errands in N worker processes (errands worker), every core used, and "
-            "keep this one for the inbox, the API and the schedules; 0: run them here.",
+            help="Run errands in N worker processes (errands worker) and keep this one for "
+            "the inbox, the API and the schedules; 0: run them here. Default: one per core, "
+            "up to 8 (0 with one core, or with --no-run).",
             min=0,
             max=64,
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
     no_run: Annotated[
         bool,
         typer.Option(
@@ -62,7 +64,8 @@ def up(
         ),
     ] = False,
 ) -> None:
-    """Start the server: it runs every errand, and serves the inbox and the HTTP API.
+    """Start the server: it runs every errand (in one worker process per core), and
+    serves the inbox and the HTTP API.
 
     Prints the inbox's address. Ctrl-C (or SIGTERM) stops it gracefully; errands keep
     their place in the store and resume on the next start.
@@ -76,8 +79,10 @@ def up(
         from errands.server.serve import run_server  # the web stack, only when serving
 
         _log_to_stderr()
-        from errands.server.workers import worker_args
+        from errands.server.workers import default_workers, worker_args
 
+        if workers is None:  # (--no-run: the errands are left to workers started elsewhere)
+            workers = 0 if no_run else default_workers()
         run_server(
             s,
             host if host is not None else s.server.host,
@@ -118,6 +123,12 @@ def worker(
         int | None,
         typer.Option("--concurrency", help="Run at most N errands at once.", min=1),
     ] = None,
+    relay: Annotated[
+        int | None,
+        typer.Option(
+            "--relay", hidden=True, help="The server's relay: this inherited socket's fd."
+        ),
+    ] = None,
 ) -> None:
     """Run errands from this home's store until stopped (SIGTERM or Ctrl-C).
 
@@ -131,7 +142,7 @@ def worker(
         from errands.server.workers import run_worker  # (the engine, only when working)
 
         _log_to_stderr()
-        run_worker(s, parent, name=name, concurrency=concurrency)
+        run_worker(s, parent, name=name, concurrency=concurrency, relay=relay)
     except ErrandsError as exc:
         fail(str(exc))
 
