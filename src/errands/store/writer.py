@@ -8,6 +8,12 @@ before it; an operation refused with a :class:`~errands.errors.StoreError` stage
 nothing and the rest of the batch goes on. A batch that fails as a whole is retried one
 operation at a time, so one broken operation fails alone.
 
+A person's decision does not wait for the errands' batches (:class:`WriteQueue`): an
+append without an owner -- an outside input: a decision, a message, a cancel -- goes to an
+urgent lane. A batch being staged is cut short once it has staged ``URGENT_AFTER``
+operations and commits what it staged; the urgent lane then commits in a transaction of
+its own, its callers told at once, and the rest of the cut batch goes first after it.
+
 A batch that fails because the store cannot write right now -- a full disk, another
 process holding the write lock, an I/O error -- is rolled back and every operation in
 it is answered with :class:`~errands.errors.StoreUnavailable` (nothing written). The
@@ -45,12 +51,20 @@ __all__ = ["MAX_BATCH", "GroupCommit", "Op", "Prepared", "Tx", "WriterStats"]
 
 MAX_BATCH = 4096  # operations per group commit
 YIELD_EVERY = 16  # staged operations between looks at whether a decision waits (_yield_now)
+URGENT_AFTER = 4  # operations a batch stages before a queued decision cuts it short
 PROBE_FIRST, PROBE_MAX = 0.5, 5.0  # seconds between probes of an unavailable store
 
 log = logging.getLogger("errands.store")
 
 # (event as folded, its stored body, its blob hash or None)
 Prepared = tuple[ev.Event, str, str | None]
+
+
+class _Wake:
+    """Put in the writer's queue after a decision: wakes a writer waiting for work."""
+
+
+WAKE = _Wake()
 
 
 @dataclass
@@ -86,6 +100,53 @@ class Op:
     guard: AppendCheck | None = None
 
 
+class WriteQueue:
+    """The writer's queue, in two lanes. An append without an owner -- an outside input: a
+    person's decision, message or cancel -- goes to the urgent lane, which the writer
+    takes first and commits in a transaction of its own; everything else (the errands'
+    own steps, claims, renewals) to the bulk lane. Each lane keeps its order, and an
+    errand's appends keep theirs: while an errand has appends queued or uncommitted in
+    one lane, its next append goes to the same lane (an outside input queued behind the
+    errand's own steps stays behind them). So only appends to different errands, none
+    of them acknowledged yet -- concurrent -- change places."""
+
+    __slots__ = ("bulk", "inflight", "lock", "urgent")
+
+    def __init__(self) -> None:
+        self.bulk: queue.SimpleQueue[Op | _Wake | None] = queue.SimpleQueue()
+        self.urgent: queue.SimpleQueue[Op] = queue.SimpleQueue()
+        # errand -> [its appends queued and not yet told, whether in the urgent lane]
+        self.inflight: dict[str, list[Any]] = {}
+        self.lock = threading.Lock()
+
+    def put(self, op: Op | None) -> None:
+        if op is None or op.fn is not None:
+            self.bulk.put(op)
+            return
+        with self.lock:
+            held = self.inflight.get(op.errand_id)
+            if held is None:
+                urgent = op.owner is None
+                self.inflight[op.errand_id] = [1, urgent]
+            else:
+                held[0] += 1
+                urgent = held[1]
+        if urgent:
+            self.urgent.put(op)
+            self.bulk.put(WAKE)  # (a writer waiting for work looks at the urgent lane)
+        else:
+            self.bulk.put(op)
+
+    def done(self, op: Op) -> None:
+        """*op*, an append, was answered (the writer thread)."""
+        with self.lock:
+            held = self.inflight.get(op.errand_id)
+            if held is not None:
+                held[0] -= 1
+                if not held[0]:
+                    del self.inflight[op.errand_id]
+
+
 @dataclass
 class Tx:
     """What one batch accumulates before its single commit (``conn``: the backend's)."""
@@ -104,14 +165,17 @@ class GroupCommit(abc.ABC):
     """The writer thread and its batches. Start it with :meth:`_start_writer` once the
     backend's connections are open."""
 
+    _queue_class: type[WriteQueue] = WriteQueue
+
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = clock
         self.stats = WriterStats()
-        self._queue: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
+        self._queue = self._queue_class()
         self._listeners: list[tuple[asyncio.AbstractEventLoop, CommitListener]] = []
         self._untold: list[Op] = []  # committed, callers not told yet (writer thread only)
         self._carried: list[Op] = []  # a batch's rest, cut short for a decision: next first
         self._ran = 0  # how many operations of its batch the last transaction ran
+        self._urgent_now = False  # committing the urgent lane (not cut short for it)
         self._closed = False
         # why the store cannot write (the last failure), until a commit writes again
         self.unavailable: StoreUnavailable | None = None
@@ -218,10 +282,14 @@ class GroupCommit(abc.ABC):
         return await future
 
     def _run(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        get, get_nowait = self._queue.bulk.get, self._queue.bulk.get_nowait
+        urgent = self._queue.urgent
         while True:
             if self.unavailable is not None and time.monotonic() >= self._next_probe:
                 self._probe()  # (also between batches that only read: claims, renewals)
+            if not urgent.empty():  # a person's decision: before the bulk, told at once
+                self._urgent_batch()
+                continue
             if self._carried:  # the rest of a batch cut short: before anything newer
                 batch, self._carried = self._carried, []
                 self._fill(batch)
@@ -238,21 +306,41 @@ class GroupCommit(abc.ABC):
                     except queue.Empty:
                         continue
             if first is None:
+                while not urgent.empty():
+                    self._urgent_batch()
                 self._tell()
                 return
+            if isinstance(first, _Wake):
+                continue
             self._fill([first])
+
+    def _urgent_batch(self) -> None:
+        """Commit what waits in the urgent lane, alone, and tell its callers at once."""
+        get_nowait = self._queue.urgent.get_nowait
+        batch: list[Op] = []
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < MAX_BATCH:
+                batch.append(get_nowait())
+        self._urgent_now = True
+        try:
+            self._commit_batch(batch)
+            self._tell()
+        finally:
+            self._urgent_now = False
 
     def _fill(self, batch: list[Op]) -> None:
         """Add what is queued to *batch* (up to ``MAX_BATCH``) and commit it."""
-        get_nowait = self._queue.get_nowait
+        get_nowait = self._queue.bulk.get_nowait
         while len(batch) < MAX_BATCH:
             try:
                 nxt = get_nowait()
             except queue.Empty:
                 break
             if nxt is None:
-                self._queue.put(None)  # stop after this batch
+                self._queue.bulk.put(None)  # stop after this batch
                 break
+            if isinstance(nxt, _Wake):
+                continue
             batch.append(nxt)
         self._commit_batch(batch)
 
@@ -318,8 +406,10 @@ class GroupCommit(abc.ABC):
         )
 
     def _run_tx(self, batch: list[Op]) -> None:
-        """One batch in one transaction. It runs every operation, unless
-        :meth:`_yield_now` cuts it short: ``_ran`` says how many it ran then.
+        """One batch in one transaction. It runs every operation, unless a decision
+        cuts it short -- one queued in the urgent lane (after ``URGENT_AFTER`` operations,
+        unless this is the urgent lane's batch) or another process's (:meth:`_yield_now`):
+        ``_ran`` says how many it ran then.
 
         The previous batch's callers are told (their futures resolved) only once this
         batch is written and about to commit: their tasks then run on the event loop
@@ -336,8 +426,12 @@ class GroupCommit(abc.ABC):
             tx = Tx(conn=conn, now=self.clock())
             rows = tx.rows
             ran = len(batch)
+            calm = _calm if self._urgent_now else self._queue.urgent.empty
             for i, op in enumerate(batch):
-                if i and not i % YIELD_EVERY and self._yield_now():
+                if i and (
+                    (i >= URGENT_AFTER and not calm())
+                    or (not i % YIELD_EVERY and self._yield_now())
+                ):
                     ran = i  # (a person's decision waits for this transaction)
                     break
                 staged = len(rows)
@@ -393,7 +487,10 @@ class GroupCommit(abc.ABC):
 
     def _resolve(self, batch: list[Op]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[Op]] = {}
+        answered = self._queue.done
         for op in batch:
+            if op.fn is None:
+                answered(op)
             if op.done is not None:
                 op.done.set()
                 continue
@@ -418,6 +515,10 @@ class GroupCommit(abc.ABC):
         if self._thread.is_alive():
             self._thread.join()
         self._close_backend()
+
+
+def _calm() -> bool:
+    return True
 
 
 def _settle(ops: list[Op]) -> None:
