@@ -240,8 +240,9 @@ class Runner:
                     break
                 view = await self._guarded(errand_id)
             return view
-        except LeaseLost:
-            return None  # another process owns it now; it carries on there
+        except LeaseLost as exc:  # fencing refused this process's write: it was too late
+            log.warning("errand %s: a write was refused (%s); it carries on there", errand_id, exc)
+            return None
         finally:
             self.tasks.pop(errand_id, None)
             with contextlib.suppress(StoreError):
@@ -302,10 +303,10 @@ class Runner:
                         # this node (same owner name) left it, and claiming (which takes
                         # only free or expired leases) would never take it back
                         self.start(errand_id)
-                with contextlib.suppress(TimeoutError):
                 if pause is not None:
                     await pause(stop, poll)
                     continue
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
         finally:
             for task in (renew, schedules, sweep):
@@ -332,9 +333,17 @@ class Runner:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
-            held = await self.store.renew(self.owner, self.lease_ttl)
+            try:
+                held = await self.store.renew(self.owner, self.lease_ttl)
+            except StoreUnavailable as exc:  # (a restart, a failover): at the next tick
+                log.warning("the leases could not be renewed (%s); trying again", exc)
+                continue
             for errand_id, task in list(self.tasks.items()):
                 if errand_id not in held:
+                    log.warning(
+                        "errand %s: its lease was taken over by another process; its loop"
+                        " stops here", errand_id,
+                    )  # fmt: skip
                     task.cancel()  # lost the lease: another process has taken over
 
 

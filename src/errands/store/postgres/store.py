@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -87,6 +89,36 @@ _SELECT_LOG = (
 )
 _WAKEUPS_LOCK = 0x6572_7261_6E65  # pg_advisory_xact_lock key: wake-ups in commit order
 CONNECT_TIMEOUT = 10  # seconds
+# what errands asks of its sessions unless the URL says otherwise: a session to a host
+# that vanished (a dead primary, a cut cable: no reset ever comes) fails within seconds,
+# not TCP's ~15 minutes, so the process reconnects (a multi-host URL: to the new
+# primary); and the server ends a transaction left idle by a process that vanished, so
+# the locks it held (a lease row FOR SHARE) cannot hold a takeover back past the lease
+SESSION_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # ms: data sent and unacknowledged this long: broken
+    "options": "-c idle_in_transaction_session_timeout=10s",
+}
+
+log = logging.getLogger("errands.store")
+
+
+def session_defaults(url: str) -> dict[str, Any]:
+    """:data:`SESSION_DEFAULTS` that *url* does not set itself."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}
+    env = {"connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS"}  # (libpq's)
+    return {
+        k: v
+        for k, v in SESSION_DEFAULTS.items()
+        if k not in given and not os.environ.get(env.get(k, ""))
+    }
 
 
 def redacted_url(url: str) -> str:
@@ -160,7 +192,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                kwargs={"autocommit": True, **session_defaults(url)},
                 name="errands-readers",
                 check=psycopg_pool.ConnectionPool.check_connection,  # (after a restart)
                 timeout=30,
@@ -185,7 +217,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.url, autocommit=False, connect_timeout=CONNECT_TIMEOUT)
+            return psycopg.connect(self.url, autocommit=False, **session_defaults(self.url))
         except psycopg.Error as exc:
             condition = _unavailable(exc, self.url)
             raise condition or exc from None
@@ -344,7 +376,10 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
 
     def _check_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
         # (never from the writer's cache: another host may have taken the lease)
-        if self._lease_owner(tx, errand_id) != owner:
+        holder = self._lease_owner(tx, errand_id)
+        if holder != owner:  # fencing: a process paused or cut off past its lease
+            log.warning("errand %s: a write by %s refused: the lease is %s's now",
+                        errand_id, owner, holder or "nobody")  # fmt: skip
             raise LeaseLost(f"errand {errand_id} is owned by another process now")
 
     def _take_lease(self, tx: Tx, errand_id: str, owner: str, until: float) -> bool:
