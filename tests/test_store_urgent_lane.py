@@ -13,6 +13,7 @@ acknowledged long before the last of them, and nothing is lost, repeated or reor
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
@@ -108,3 +109,15 @@ async def test_control_in_one_lane_the_decision_waits_for_the_bulk(tmp_path: Pat
     finally:
         await store.close()
     assert place == BULK
+
+
+async def test_the_switch_interval_is_as_it_was_after_a_decision(tmp_path: Path) -> None:
+    """The urgent lane commits with a short thread switch interval, and puts it back."""
+    before = sys.getswitchinterval()
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        await store.create("e", _created())
+        await asyncio.gather(*(store.append("e", [_note(f"d{i}")]) for i in range(20)))
+    finally:
+        await store.close()
+    assert sys.getswitchinterval() == before
