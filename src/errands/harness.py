@@ -38,7 +38,7 @@ from errands.models.protocol import Model
 from errands.models.spec import Models
 from errands.policy.approvals import Approvals
 from errands.policy.hook import PolicyHook
-from errands.policy.reload import PolicyFile
+from errands.policy.stored import policy_for
 from errands.store import Store, open_store
 from errands.store.redact import Redactor
 from errands.store.sqlite.connection import unavailable
@@ -73,7 +73,7 @@ class Harness:
         """The policy (``policy.toml``, written with defaults the first time it is read;
         read again within 2 s of a change, an invalid change refused: ``PolicyFile``)."""
         if self._policy is None:
-            self._policy = PolicyFile(self.settings.home)
+            self._policy = policy_for(self.settings.home, self.store)
         return self._policy
 
     @property

@@ -33,7 +33,8 @@ from errands.core.states import TERMINAL, ErrandState, ErrandView, PendingApprov
 from errands.errors import ApprovalRefused, EditRefused
 from errands.policy.hook import Decision, PolicyCall, PolicyHook, Verdict
 from errands.policy.rules import Policy, parse_policy
-from errands.policy.standing import add_standing_rule, standing_pattern
+from errands.policy.standing import add_standing_rule, standing_pattern, standing_rule
+from errands.policy.stored import StoredPolicy
 from errands.store import AppendCheck, Store
 from errands.store.resume import resume
 from errands.tools.tool import ToolContext, ToolError
@@ -222,6 +223,16 @@ class Approvals:
             tool = self.toolset.tools(view).get(tool_name)
             pattern = standing_pattern(tool.arg_roles, args)
         path = home / "policy.toml"
+        if isinstance(self.policy, StoredPolicy):  # (kept in the store: a new version)
+            names: list[str] = []
+
+            def edit(old: str) -> str:
+                name, new = standing_rule(old, tool=tool_name, args=pattern, by=by, channel=channel)
+                names.append(name)
+                return new
+
+            self.policy.change(edit, by=f"{by} via {channel}")
+            return names[-1]
         return add_standing_rule(
             home,
             tool=tool_name,

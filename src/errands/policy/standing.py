@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import re
 import tempfile
 import time
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,13 @@ from errands.errors import UserError
 from errands.tools.canonical import UrlError, canonical_url
 from errands.tools.tool import ArgRole
 
-__all__ = ["add_standing_rule", "standing_pattern"]
+__all__ = [
+    "add_standing_rule",
+    "edit_policy_file",
+    "standing_pattern",
+    "standing_rule",
+    "without_rule",
+]
 
 _PINNED = {ArgRole.recipient, ArgRole.method, ArgRole.path, ArgRole.payee, ArgRole.currency}
 
@@ -92,44 +100,74 @@ def _toml_string(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
-def add_standing_rule(
-    home: Path,
-    *,
-    tool: str,
-    args: Mapping[str, str],
-    by: str,
-    channel: str,
-    validate: Any,
-) -> str:
-    """Append a standing allow rule to ``home/policy.toml``; return its name.
+def standing_rule(
+    old: str, *, tool: str, args: Mapping[str, str], by: str, channel: str
+) -> tuple[str, str]:
+    """(name, new text): *old* with a standing allow rule for *tool* calls whose
+    arguments match the globs *args* appended; the name is unique in the text."""
+    taken = set(re.findall(r'^\s*name\s*=\s*"([^"]*)"', old, re.M))
+    n = 1
+    while f"standing-{tool}-{n}" in taken:
+        n += 1
+    name = f"standing-{tool}-{n}"
+    when = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    globs = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in args.items())
+    block = (
+        f"\n# standing rule: approved by {by} via {channel} on {when}\n"
+        "[[rules]]\n"
+        f"name = {_toml_string(name)}\n"
+        f"tool = {_toml_string(_escaped(tool))}\n"
+        f"args = {{ {globs} }}\n"
+        'decision = "allow"\n'
+        "standing = true\n"
+        f"by = {_toml_string(f'{by} via {channel}')}\n"
+        f"created = {_toml_string(when)}\n"
+        f"reason = {_toml_string(f'standing approval by {by} ({when})')}\n"
+    )
+    return name, old + ("" if old.endswith("\n") or not old else "\n") + block
 
-    *validate(text)* loads a whole policy from text (raising ConfigError); it guards the
-    write. The rule's name is unique in the file."""
+
+_HEADER = re.compile(r"^\s*\[")
+_STANDING_NOTE = re.compile(r"^\s*# standing rule:")
+_NOTE = re.compile(r"^\s*(#.*)?$")
+
+
+def without_rule(text: str, name: str) -> str:
+    """*text* without the ``[[rules]]`` table named *name* (and the note errands wrote
+    above a standing one); :class:`UserError` if there is no such rule."""
+    lines = text.splitlines(keepends=True)
+    heads = [i for i, line in enumerate(lines) if _HEADER.match(line)] + [len(lines)]
+    for start, end in itertools.pairwise(heads):
+        if lines[start].strip() != "[[rules]]":
+            continue
+        try:
+            found = tomllib.loads("".join(lines[start:end])).get("rules", [{}])[0].get("name")
+        except tomllib.TOMLDecodeError:
+            continue
+        if found != name:
+            continue
+        while end < len(lines) and end - 1 > start and _NOTE.match(lines[end - 1]):
+            end -= 1  # (comments and blank lines above the next table are its own)
+        first = start
+        if first > 0 and _STANDING_NOTE.match(lines[first - 1]):
+            first -= 1  # (the note errands wrote above it, and the blank line above that)
+            if first > 0 and not lines[first - 1].strip():
+                first -= 1
+        return "".join(lines[:first] + lines[end:])
+    raise UserError(f"no rule named {name!r} in the policy")
+
+
+def edit_policy_file(home: Path, edit: Callable[[str], str], validate: Any) -> str:
+    """Replace ``home/policy.toml`` with *edit(its text)*, under an exclusive lock;
+    *validate(text)* loads the new text as a whole policy (raising ConfigError) first,
+    and a text that would not load is never written (atomically, the file's mode
+    kept). Returns the new text."""
     path = home / "policy.toml"
     lock_path = home / ".policy.lock"
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = path.read_text(encoding="utf-8") if path.exists() else ""
-        taken = set(re.findall(r'^\s*name\s*=\s*"([^"]*)"', old, re.M))
-        n = 1
-        while f"standing-{tool}-{n}" in taken:
-            n += 1
-        name = f"standing-{tool}-{n}"
-        when = time.strftime("%Y-%m-%d %H:%M:%S %z")
-        globs = ", ".join(f"{_toml_string(k)} = {_toml_string(v)}" for k, v in args.items())
-        block = (
-            f"\n# standing rule: approved by {by} via {channel} on {when}\n"
-            "[[rules]]\n"
-            f"name = {_toml_string(name)}\n"
-            f"tool = {_toml_string(_escaped(tool))}\n"
-            f"args = {{ {globs} }}\n"
-            'decision = "allow"\n'
-            "standing = true\n"
-            f"by = {_toml_string(f'{by} via {channel}')}\n"
-            f"created = {_toml_string(when)}\n"
-            f"reason = {_toml_string(f'standing approval by {by} ({when})')}\n"
-        )
-        new = old + ("" if old.endswith("\n") or not old else "\n") + block
+        new = edit(old)
         validate(new)
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
         fd, tmp = tempfile.mkstemp(dir=home, prefix=".policy.", suffix=".toml")
@@ -144,4 +182,28 @@ def add_standing_rule(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-    return name
+    return new
+
+
+def add_standing_rule(
+    home: Path,
+    *,
+    tool: str,
+    args: Mapping[str, str],
+    by: str,
+    channel: str,
+    validate: Any,
+) -> str:
+    """Append a standing allow rule to ``home/policy.toml``; return its name.
+
+    *validate(text)* loads a whole policy from text (raising ConfigError); it guards the
+    write. The rule's name is unique in the file."""
+    names: list[str] = []
+
+    def edit(old: str) -> str:
+        name, new = standing_rule(old, tool=tool, args=args, by=by, channel=channel)
+        names.append(name)
+        return new
+
+    edit_policy_file(home, edit, validate)
+    return names[-1]

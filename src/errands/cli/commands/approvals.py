@@ -82,7 +82,8 @@ def approve(
         typer.Option(
             "--standing",
             help="Also allow later calls like this one in every errand, from now on: a "
-            "standing rule written to policy.toml with your name (never applied after "
+            "standing rule written to the policy (policy.toml; with the store on PostgreSQL, "
+            "the store's) with your name (never applied after "
             "untrusted content was read).",
         ),
     ] = False,
@@ -149,7 +150,8 @@ def approve(
         )
     if standing and not as_json:
         out.print(
-            "[dim]standing rule added to policy.toml (read it there; delete it to undo)[/dim]"
+            "[dim]standing rule added to the policy (errands policy show; errands policy"
+            " revoke NAME undoes it)[/dim]"
         )
 
 

@@ -190,6 +190,33 @@ MIGRATIONS: list[Migration] = [
         )
         """,
     ),
+    # the policy in force, every version of it (errands.store.postgres.policy): every
+    # process and host decides by the newest one
+    Migration(
+        "0006_policy",
+        """
+        CREATE TABLE policies (
+            version BIGINT PRIMARY KEY,
+            text TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            by TEXT NOT NULL
+        )
+        """,
+    ),
+    # the processes that run errands (errands workers): each one's lease renewal is its
+    # heartbeat; and since when each lease has been held by its owner
+    Migration(
+        "0007_workers",
+        """
+        CREATE TABLE workers (
+            owner TEXT COLLATE "C" PRIMARY KEY,
+            started_at DOUBLE PRECISION NOT NULL,
+            seen_at DOUBLE PRECISION NOT NULL,
+            lease_seconds DOUBLE PRECISION NOT NULL
+        );
+        ALTER TABLE leases ADD COLUMN taken_at DOUBLE PRECISION
+        """,
+    ),
 ]
 
 _TABLE = (

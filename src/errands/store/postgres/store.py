@@ -48,9 +48,11 @@ from errands.errors import LeaseLost, NotFound, SchemaTooNew, StoreError, StoreU
 from errands.store.base import BaseStore, ProjectionRow, ProjectionUpdate, SpendTables, Tx
 from errands.store.integrity import pending_problems, spend_problems
 from errands.store.postgres import spend
+from errands.store.postgres import workers as worker_rows
 from errands.store.postgres.extras import PostgresExtras, drop_snapshot
 from errands.store.postgres.listen import WAKE, Listener, Notified, notify
 from errands.store.postgres.memory import PostgresMemory
+from errands.store.postgres.policy import PolicyVersions
 from errands.store.postgres.schema import migrate
 from errands.store.postgres.snapshots import PostgresSnapshots
 from errands.store.protocol import StoredEvent, UsageRow
@@ -383,12 +385,14 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             raise LeaseLost(f"errand {errand_id} is owned by another process now")
 
     def _take_lease(self, tx: Tx, errand_id: str, owner: str, until: float) -> bool:
+        now = self._lease_now()
         cur = tx.conn.execute(
-            "INSERT INTO leases(errand_id, owner, expires_at) VALUES (%s, %s, %s)"
+            "INSERT INTO leases(errand_id, owner, expires_at, taken_at) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (errand_id) DO UPDATE SET owner = EXCLUDED.owner,"
-            " expires_at = EXCLUDED.expires_at"
+            " expires_at = EXCLUDED.expires_at, taken_at = CASE WHEN leases.owner ="
+            " EXCLUDED.owner THEN leases.taken_at ELSE EXCLUDED.taken_at END"
             " WHERE leases.owner = EXCLUDED.owner OR leases.expires_at <= %s",
-            (errand_id, owner, until, self._lease_now()),
+            (errand_id, owner, until, now, now),
         )
         taken = cur.rowcount == 1
         if taken and errand_id in self._batch_owned:
@@ -435,6 +439,8 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
             (until, owner),
         ).fetchall()
         spend.extend(tx.conn, owner, until)
+        now = self._lease_now()
+        worker_rows.beat(tx.conn, owner, now, tx.now, until - now)  # (its heartbeat)
         return {str(r[0]) for r in rows}
 
     def _drop_lease(self, tx: Tx, errand_id: str, owner: str) -> None:
@@ -590,6 +596,28 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
         with self._pool.connection() as conn:
             expected, actual = spend.expected(conn), spend.totals(conn)
         return problems + spend_problems(expected, actual)
+
+    async def workers(self) -> list[worker_rows.WorkerRow]:
+        """The processes that run errands from this store, live first (errands workers)."""
+
+        def read() -> list[worker_rows.WorkerRow]:
+            with self._pool.connection() as conn:
+                return worker_rows.listing(conn, self._lease_now())
+
+        return await asyncio.to_thread(read)
+
+    async def worker_stopped(self, owner: str) -> None:
+        """*owner* stopped cleanly: it is no longer listed."""
+
+        def op(tx: Tx) -> None:
+            worker_rows.gone(tx.conn, owner)
+
+        await self._submit(op)
+
+    @property
+    def policies(self) -> PolicyVersions:
+        """The policy's versions (every process decides by the newest)."""
+        return PolicyVersions(self._pool)
 
     def listen(self, notified: Notified, channels: Sequence[str] = (WAKE,)) -> Listener:
         """Call *notified(channel, payload)* (on a thread of its own) when another
