@@ -32,6 +32,7 @@ from errands.cli.commands import (
     service,
     store,
     tools,
+    workers,
 )
 from errands.cli.common import BAD_INPUT, err, out, state
 from errands.cli.common import settings as common_settings
@@ -95,6 +96,7 @@ tools.register(app)
 mcp.register(app)
 memory.register(app)
 server.register(app)
+workers.register(app)
 service.register(app)
 evals.register(app)
 

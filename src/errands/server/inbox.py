@@ -51,7 +51,7 @@ from errands.server.memory_inbox import add_memory_page
 from errands.server.prices import price_hint
 from errands.server.schemas import ERRAND_ID
 from errands.server.workspace_files import list_workspace, read_workspace_file
-from errands.store.protocol import StoredEvent
+from errands.store.protocol import Store, StoredEvent
 from errands.tools.tool import ToolError
 
 if TYPE_CHECKING:
@@ -277,6 +277,19 @@ def timeline(events: Sequence[StoredEvent]) -> Timeline:
     return Timeline(first, rest[:cut], len(steps) - KEEP_STEPS, rest[cut:])
 
 
+async def run_by(store: Store, view: ErrandView) -> str | None:
+    """Which process runs the errand now (its lease holder, ``HOST:PID:NAME``), as the
+    errand's page says it: ``NAME on HOST (pid PID)``; None when none does."""
+    if view.state in TERMINAL:
+        return None
+    held = await store.lease_holder(view.id)
+    if held is None:
+        return None
+    host, _, rest = held[0].partition(":")
+    pid, _, name = rest.partition(":")
+    return f"{name} on {host} (pid {pid})" if pid else held[0]
+
+
 def store_banner(ctx: ServerContext) -> dict[str, Any] | None:
     """What the banner says while the store cannot write; None while it can."""
     found = store_condition(ctx)
@@ -427,6 +440,7 @@ def build_inbox(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
             "cost": cost_of(summary.model, summary.usage, ctx.settings),
             "archived": marks(ctx).is_archived(errand_id),
             "zone": ctx.settings.timezone,
+            "run_by": await run_by(ctx.store, view),
         }
 
     @router.get("/errands/{errand_id}", response_class=HTMLResponse)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from errands.engine.runner import Runner
-from errands.errors import StoreUnavailable
+from errands.errors import StoreError, StoreUnavailable
 from errands.store.protocol import Listening, Store
 
 __all__ = ["RunnerThread", "Wake", "serve_through"]
@@ -246,6 +246,10 @@ async def serve_through(
         await _serve_through(runner, stop, poll, restarted, waker)
     finally:
         await asyncio.to_thread(waker.close)
+        stopped = getattr(runner.store, "worker_stopped", None)  # (errands workers)
+        if stopped is not None:
+            with contextlib.suppress(StoreError):
+                await stopped(runner.owner)
 
 
 async def _serve_through(
