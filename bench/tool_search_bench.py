@@ -4,9 +4,11 @@ On BFCL's corpus (``tests/data/tool-retrieval``: 3,386 tools, 1,350 development 
 
 - errands' search (:mod:`errands.tools.search.evaluate`) at k = 1, 5, 10 and 20: recall by
   name and by id, tool tokens per request, by category (multi-turn categories at k = 20);
-- side by side, in the same run, the corpus README's anchor: plain BM25 (FTS5, Porter
+- side by side, in the same run, the same index with BM25 alone (no embeddings: the
+  search before them), and the corpus README's anchor: plain BM25 (FTS5, Porter
   stemming) over each tool's name and description as one text, every definition a result;
-- the time to build the index over the whole pool and per search (median, p95, max).
+- the time to build the index over the whole pool and per search (median, p95, max),
+  with and without the embeddings, measured alternately.
 
     python bench/tool_search_bench.py                       # the corpus in tests/data
     python bench/tool_search_bench.py --tools T.jsonl --queries Q.jsonl
@@ -22,6 +24,7 @@ import json
 import sqlite3
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,27 +63,42 @@ def anchor(tools: list[dict[str, Any]], queries: list[Any], k: int) -> dict[str,
     return {"recall_name": round(hits_name / n, 4), "recall_id": round(hits_id / n, 4)}
 
 
-def timings(tools: list[dict[str, Any]], queries: list[Any]) -> dict[str, float]:
-    builds = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        index = ToolIndex(IndexedTool(t["name"], t["description"], t["parameters"]) for t in tools)
-        builds.append(time.perf_counter() - t0)
-        if _ < 4:
-            index.close()
-    per: list[float] = []
-    for q in queries:
-        t0 = time.perf_counter()
-        index.search(q.query, 5)
-        per.append(time.perf_counter() - t0)
-    index.close()
-    per.sort()
-    return {
-        "build_ms_median": round(statistics.median(builds) * 1000, 1),
-        "search_ms_median": round(statistics.median(per) * 1000, 3),
-        "search_ms_p95": round(per[int(0.95 * len(per))] * 1000, 3),
-        "search_ms_max": round(per[-1] * 1000, 3),
+def bm25_alone(tools: Sequence[IndexedTool]) -> ToolIndex:
+    return ToolIndex(tools, embedder=None)
+
+
+def timings(tools: list[dict[str, Any]], queries: list[Any]) -> dict[str, dict[str, float]]:
+    """Build and search times of errands' index and of BM25 alone, taken in turns."""
+    kinds: dict[str, Callable[[Sequence[IndexedTool]], ToolIndex]] = {
+        "errands": ToolIndex,
+        "bm25_alone": bm25_alone,
     }
+    indexed = [IndexedTool(t["name"], t["description"], t["parameters"]) for t in tools]
+    builds: dict[str, list[float]] = {kind: [] for kind in kinds}
+    indexes: dict[str, ToolIndex] = {}
+    for _ in range(3):
+        for kind, make in kinds.items():
+            t0 = time.perf_counter()
+            index = make(indexed)
+            builds[kind].append(time.perf_counter() - t0)
+            indexes.setdefault(kind, index)
+    per: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for q in queries:
+        for kind, index in indexes.items():
+            t0 = time.perf_counter()
+            index.search(q.query, 5)
+            per[kind].append(time.perf_counter() - t0)
+    out = {}
+    for kind, times in per.items():
+        indexes[kind].close()
+        times.sort()
+        out[kind] = {
+            "build_ms_median": round(statistics.median(builds[kind]) * 1000, 1),
+            "search_ms_median": round(statistics.median(times) * 1000, 3),
+            "search_ms_p95": round(times[int(0.95 * len(times))] * 1000, 3),
+            "search_ms_max": round(times[-1] * 1000, 3),
+        }
+    return out
 
 
 def main() -> None:
@@ -90,25 +108,32 @@ def main() -> None:
     args = parser.parse_args()
     tools, queries = load_tools(args.tools), load_queries(args.queries)
     runs = {k: evaluate(tools, queries, k) for k in (1, 5, 10, 20)}
+    alone = {k: evaluate(tools, queries, k, bm25_alone) for k in (5, 10, 20)}
     anchors = {k: anchor(tools, queries, k) for k in (5, 10, 20)}
     times = timings(tools, queries)
     print(table(runs[5]))
     print()
-    print(f"{'single-turn':<14}{'k':>4}  {'errands name/id':>17}  {'anchor name/id':>17}")
-    for k in (5, 10, 20):
-        s, a = runs[k]["single_turn"], anchors[k]
-        mine = f"{s['recall@k']:.1%}/{s['recall@k_id']:.1%}"
-        theirs = f"{a['recall_name']:.1%}/{a['recall_id']:.1%}"
-        print(f"{'':<14}{k:>4}  {mine:>17}  {theirs:>17}")
+    print(table(alone[5]))
     print()
-    print(
-        f"index over {len(tools)} tools: {times['build_ms_median']} ms; a search: "
-        f"{times['search_ms_median']} ms median, {times['search_ms_p95']} ms p95"
-    )
+    head = f"{'single-turn':<14}{'k':>4}  {'errands name/id':>17}  {'BM25 alone':>17}"
+    print(f"{head}  {'anchor name/id':>17}")
+    for k in (5, 10, 20):
+        s, b, a = runs[k]["single_turn"], alone[k]["single_turn"], anchors[k]
+        mine = f"{s['recall@k']:.1%}/{s['recall@k_id']:.1%}"
+        before = f"{b['recall@k']:.1%}/{b['recall@k_id']:.1%}"
+        theirs = f"{a['recall_name']:.1%}/{a['recall_id']:.1%}"
+        print(f"{'':<14}{k:>4}  {mine:>17}  {before:>17}  {theirs:>17}")
+    print()
+    for kind, t in times.items():
+        print(
+            f"{kind}: index over {len(tools)} tools: {t['build_ms_median']} ms; a search: "
+            f"{t['search_ms_median']} ms median, {t['search_ms_p95']} ms p95"
+        )
     summary = {
         "tools": str(args.tools),
         "queries": str(args.queries),
         "runs": {str(k): r for k, r in runs.items()},
+        "bm25_alone": {str(k): r for k, r in alone.items()},
         "anchor_bm25_name_description": {str(k): a for k, a in anchors.items()},
         "timings": times,
         "machine": machine_info(HERE),

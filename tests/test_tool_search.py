@@ -11,6 +11,7 @@ append-only property, and one with no budget sends ~580K tokens of schemas."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -398,5 +399,38 @@ def test_adjacent_words_of_a_name_count_as_a_phrase() -> None:
         "velocity.final_distance",
     ]
     assert control.names(control.search(question, 2))[0] == "velocity.final_distance"
+    index.close()
+    control.close()
+
+
+WEATHER_AND_MORE = [
+    "city_guide: Sights, restaurants and hotels of a city.",
+    "convert_currency: Convert an amount of money between currencies.",
+    "get_current_weather: Current temperature, wind and rain at a location.",
+    "send_email: Send an email message to a recipient.",
+]
+
+
+class BM25Alone(ToolIndex):
+    """The control: the same index without the embeddings."""
+
+    def __init__(self, tools: Iterable[IndexedTool]) -> None:
+        super().__init__(tools, embedder=None)
+
+
+def test_the_embeddings_find_a_tool_that_shares_no_word_with_the_question() -> None:
+    """The words "sunny" and "snow" are in no tool's text: fused with the shipped
+    static embeddings, the search finds it anyway. Control: BM25 alone finds only the
+    tool that shares a word ("city"), or nothing."""
+    index, control = small_index(WEATHER_AND_MORE), small_index(WEATHER_AND_MORE, BM25Alone)
+    assert index.ranking.startswith("bm25+embeddings") and control.ranking == "bm25"
+    sunny = "Will it be sunny in the city of Boston tomorrow?"
+    assert index.names(index.search(sunny, 2)) == ["city_guide", "get_current_weather"]
+    assert control.names(control.search(sunny, 2)) == ["city_guide"]
+    snow = "Is it going to snow tonight?"
+    assert index.names(index.search(snow, 1)) == ["get_current_weather"]
+    assert control.search(snow, 1) == []
+    # a question of nothing but common words finds nothing, either way
+    assert index.search("could you please do it", 2) == control.search("could you please", 2) == []
     index.close()
     control.close()

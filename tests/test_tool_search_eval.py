@@ -3,44 +3,67 @@ tests/data/tool-retrieval (Apache-2.0, its README and LICENSE beside it): the wh
 3,386-tool pool and the 1,350 development questions, run by the real command.
 
 The floors are a little under what the search reached when this was written (single
-turn: recall@5 89.7% by name, 83.1% by id; parallel_multiple 69.0%; docs/tool-search.md),
-so a change that makes the search worse fails here (the ranking before the phrase bonus
-and the requests of a question's sentences, 87.7% / 82.2% and 58.5%, fails them); the
-anchor is BM25 over names and descriptions alone, 79.5% by name and 77.3% by id (the
-corpus README)."""
+turn: recall@5 90.5% by name, 84.6% by id, BM25 fused with the shipped static
+embeddings; parallel_multiple 68.0%; docs/tool-search.md), so a change that makes the
+search worse fails here. The control: the same index with BM25 alone (the search before
+the embeddings: 89.7% / 83.1%) fails the single-turn floor. The anchor is BM25 over
+names and descriptions alone, 79.5% by name and 77.3% by id (the corpus README)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from conftest import CLI
 
+from errands.tools.search.evaluate import evaluate, load_queries, load_tools
+from errands.tools.search.index import IndexedTool, ToolIndex
+
 DATA = Path(__file__).parent / "data" / "tool-retrieval"
 TOOLS = DATA / "tools.jsonl"
 QUERIES = DATA / "queries-dev.jsonl"
 SINGLE = ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel")
+FLOOR = 0.90  # single-turn recall@5 by name (the issue's target)
 
 
 def test_the_dev_set_figures(cli: CLI) -> None:
-    r = cli("eval", "tool-search", "--tools", str(TOOLS), "--queries", str(QUERIES), "--json")
+    r = cli(
+        "eval", "tool-search", "--tools", str(TOOLS), "--queries", str(QUERIES), "--json",
+        timeout=300,  # (20-40 s on a quiet 2-core machine; much more on a busy one)
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["tools"] == 3386
+    assert result["ranking"].startswith("bm25+embeddings")
     single = result["single_turn"]
     assert single["questions"] == 1150 and single["k"] == 5
-    assert single["recall@5"] >= 0.885  # by name; BM25 over descriptions alone: 0.795
-    assert single["recall@5_id"] >= 0.825  # the anchor: 0.773
-    assert single["recall@1"] >= 0.60
+    assert single["recall@5"] >= FLOOR  # by name; BM25 over descriptions alone: 0.795
+    assert single["recall@5_id"] >= 0.84  # the anchor: 0.773
+    assert single["recall@1"] >= 0.63
     assert single["tokens_per_request"] <= 5000
     cats = result["categories"]
     assert set(cats) == {*SINGLE, "parallel_multiple", "multi_turn_base"}
-    assert all(cats[c]["recall@5"] >= 0.88 for c in SINGLE)
+    assert all(cats[c]["recall@5"] >= 0.92 for c in SINGLE)
     assert cats["parallel_multiple"]["recall@5"] >= 0.65  # several requests in one question
     multi = cats["multi_turn_base"]
     assert multi["k"] == 20 and multi["questions"] == 200
-    assert multi["recall@20"] >= 0.25  # BM25 over descriptions alone: 0.16
+    assert multi["recall@20"] >= 0.30  # BM25 over descriptions alone: 0.16
+
+
+def test_bm25_alone_falls_short_of_the_floor() -> None:
+    """The control: the same index without the embeddings (the search before them) on
+    the same single-turn questions stays under the floor the search above meets."""
+
+    def bm25_alone(tools: Sequence[IndexedTool]) -> ToolIndex:
+        return ToolIndex(tools, embedder=None)
+
+    single = [q for q in load_queries(QUERIES) if not q.multi_turn]
+    result = evaluate(load_tools(TOOLS), single, 5, bm25_alone)
+    assert result["ranking"] == "bm25"
+    assert result["single_turn"]["questions"] == 1150
+    assert 0.85 < result["single_turn"]["recall@5"] < FLOOR  # 0.897
 
 
 def test_the_table_names_every_category(cli: CLI, tmp_path: Path) -> None:

@@ -13,12 +13,15 @@ questions (``queries-*.jsonl``: ``qid``, ``query``, ``gold`` ids, ``category``, 
   (``multi_turn*``) separately at k = 20;
 - **tokens**: the mean tool-schema tokens of a request that offers the k tools found
   (characters / 4 of the ``json.dumps`` of their ``{name, description, parameters}``).
+
+The ranking is errands' (:class:`~errands.tools.search.index.ToolIndex`: BM25, fused with
+the static embeddings when they are installed; ``ranking`` says which).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,9 +115,16 @@ def _tokens(tools: list[dict[str, Any]]) -> int:
     return len(json.dumps(listed)) // 4
 
 
-def evaluate(tools: list[dict[str, Any]], queries: list[Query], k: int = 5) -> dict[str, Any]:
-    """Recall and tokens by category, and for all single-turn questions together."""
-    index = ToolIndex(IndexedTool(t["name"], t["description"], t["parameters"]) for t in tools)
+def evaluate(
+    tools: list[dict[str, Any]],
+    queries: list[Query],
+    k: int = 5,
+    index_of: Callable[[Sequence[IndexedTool]], ToolIndex] = ToolIndex,
+) -> dict[str, Any]:
+    """Recall and tokens by category, and for all single-turn questions together
+    (*index_of*: how the tools are indexed; errands' :class:`ToolIndex` by default)."""
+    index = index_of([IndexedTool(t["name"], t["description"], t["parameters"]) for t in tools])
+    ranking = index.ranking
     try:
         rows: dict[str, dict[str, float]] = {}
         for q in queries:
@@ -136,7 +146,12 @@ def evaluate(tools: list[dict[str, Any]], queries: list[Query], k: int = 5) -> d
     finally:
         index.close()
     single = [c for c in rows if not c.startswith("multi_turn")]
-    out: dict[str, Any] = {"k": k, "multi_turn_k": MULTI_TURN_K, "tools": len(tools)}
+    out: dict[str, Any] = {
+        "k": k,
+        "multi_turn_k": MULTI_TURN_K,
+        "tools": len(tools),
+        "ranking": ranking,
+    }
     out["categories"] = {c: _summary(rows[c], MULTI_TURN_K if c not in single else k) for c in rows}
     if single:
         total = {key: sum(rows[c][key] for c in single) for key in rows[single[0]]}
@@ -173,6 +188,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(line(name, s))
     if "single_turn" in result:
         lines.append(line("single-turn (all)", result["single_turn"]))
+    lines.append(f"ranking: {result['ranking']}")
     lines.append(
         "recall: all gold tools among the first k, by name (one tool per name) / by exact "
         f"id (every definition ranked); multi-turn categories at k={result['multi_turn_k']}; "

@@ -17,11 +17,21 @@ that asks for something no tool found yet has (its own best is not among the fou
 adds its own best tool, if the whole question ranks it among its first 30: sentences
 whose best scores highest go first, the whole question's ranking fills what is left.
 
+With small static embeddings installed (:mod:`~errands.tools.search.embed`: WordLlama's
+model, shipped in its wheel), each ranking is fused with the cosine ranking of the
+tool's embedded name, description and parameters by reciprocal rank fusion (a tool's
+score: the sum over both rankings of weight / (60 + its place), the embeddings' weight
+0.3): words the tool's text does not use ("forecast" for ``get_current_weather``) still
+find it. Except the whole question's ranking when it has several requests: the mean
+vector of several asks points at none of them, so that one is BM25's alone, and each
+request's own ranking is fused.
+
 Ties are broken by the order the tools were given in, so a search is a pure function
-of the tools and the question: a resumed errand finds what it found before.
+of the tools, the question and the embeddings installed: a resumed errand finds what
+it found before.
 
 Nothing here reaches the network: the index lives in an in-memory SQLite database
-(the standard library's ``sqlite3``, built with FTS5).
+(the standard library's ``sqlite3``, built with FTS5), the embeddings in a numpy array.
 """
 
 from __future__ import annotations
@@ -32,7 +42,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from errands.tools.search.embed import Embedder, load_embedder
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["IndexedTool", "ToolIndex", "words"]
 
@@ -52,6 +68,13 @@ SERVED_DEPTH = 2
 SUPPORT_DEPTH = 30
 SENTENCE_MIN_WORDS = 3
 MAX_SENTENCES = 12
+# reciprocal rank fusion with the embeddings' ranking: k (the usual 60), the embeddings'
+# weight (BM25's is 1), and how deep each ranking is fused (at least)
+RRF_K = 60
+EMBEDDING_WEIGHT = 0.3
+FUSE_DEPTH = 100
+
+_DEFAULT: Any = object()  # ToolIndex(embedder=...) not given: the installed one, if any
 
 _SENTENCE = re.compile(r"(?<=[.?!])\s+|\n+")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -105,13 +128,28 @@ def _terms(text: str) -> list[str]:
     return list(dict.fromkeys(w for w in words(text) if w not in _STOP))
 
 
+def _embedded_text(tool: IndexedTool) -> str:
+    """What a tool's vector is made of: its name's words, description and parameters."""
+    parameters = " ".join(_parameter_text(tool.parameters))
+    return f"{' '.join(words(tool.name))}: {tool.description} {parameters}"
+
+
 class ToolIndex:
-    """BM25 over tools' names, descriptions and parameters (SQLite FTS5)."""
+    """BM25 over tools' names, descriptions and parameters (SQLite FTS5), fused with
+    static embeddings when *embedder* (by default the installed one: None when there is
+    none, and None for BM25 alone) is given."""
 
     phrase_bonus = PHRASE_BONUS
+    embedding_weight = EMBEDDING_WEIGHT
 
-    def __init__(self, tools: Iterable[IndexedTool]) -> None:
+    def __init__(self, tools: Iterable[IndexedTool], embedder: Embedder | None = _DEFAULT) -> None:
         self.tools: tuple[IndexedTool, ...] = tuple(tools)
+        self.embedder: Embedder | None = load_embedder() if embedder is _DEFAULT else embedder
+        self._vectors: npt.NDArray[np.float32] | None = None
+        # a text's places by the embeddings (a search ranks a text once by name, once by id)
+        self._semantic: dict[tuple[str, int], list[int]] = {}
+        if self.embedder is not None and self.tools:
+            self._vectors = self.embedder.embed([_embedded_text(t) for t in self.tools])
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._lock = threading.Lock()  # the stemming table is written by each search
         self._db.execute(
@@ -156,6 +194,50 @@ class ToolIndex:
             self._db.execute("DELETE FROM stems")
         return found
 
+    @property
+    def ranking(self) -> str:
+        """How tools are ranked: ``bm25`` or ``bm25+embeddings (MODEL)``."""
+        return "bm25" if self.embedder is None else f"bm25+embeddings ({self.embedder.name})"
+
+    def _fused(
+        self,
+        text: str,
+        limit: int,
+        pool: int = POOL,
+        stems: Sequence[str] | None = None,
+        *,
+        fuse: bool = True,
+    ) -> list[tuple[int, float]]:
+        """:meth:`_scored`'s ranking, fused with the embeddings' (when there are, and
+        *fuse*) by reciprocal rank fusion: scores are then RRF's (higher is better);
+        each ranking at least :data:`FUSE_DEPTH` deep."""
+        if self._vectors is None or self.embedder is None or not fuse:
+            return self._scored(text, limit, pool, stems)
+        import numpy as np
+
+        depth = max(limit, FUSE_DEPTH)
+        if not _terms(text):
+            return []
+        lexical = self._scored(text, depth, depth, stems)
+        # (einsum's own loop, not BLAS's: a multi-threaded BLAS takes 20-30x longer for
+        # this on a busy machine, and its sums may vary with the number of threads)
+        semantic = self._semantic.get((text, depth))
+        if semantic is None:
+            similarity = np.einsum("ij,j->i", self._vectors, self.embedder.embed([text])[0])
+            # (a stable sort: equal similarities keep the order the tools were given in)
+            semantic = np.argsort(-similarity, kind="stable")[:depth].tolist()
+            if not similarity.any():  # (no word the embeddings know)
+                semantic = []
+            if len(self._semantic) >= 256:
+                self._semantic.clear()
+            self._semantic[(text, depth)] = semantic
+        fused: dict[int, float] = {}
+        for place, (rowid, _) in enumerate(lexical):
+            fused[rowid] = 1.0 / (RRF_K + place)
+        for place, rowid in enumerate(semantic):
+            fused[rowid] = fused.get(rowid, 0.0) + self.embedding_weight / (RRF_K + place)
+        return sorted(fused.items(), key=lambda row: (-row[1], row[0]))[:limit]
+
     def _scored(
         self, text: str, limit: int, pool: int = POOL, stems: Sequence[str] | None = None
     ) -> list[tuple[int, float]]:
@@ -182,9 +264,10 @@ class ToolIndex:
         scored.sort(key=lambda row: (-row[1], row[0]))
         return scored[:limit]
 
-    def ranked(self, text: str, limit: int) -> list[int]:
-        """The best *limit* tools for *text* (places in the order given), best first."""
-        return [rowid for rowid, _ in self._scored(text, limit)]
+    def ranked(self, text: str, limit: int, *, fuse: bool = True) -> list[int]:
+        """The best *limit* tools for *text* (places in the order given), best first
+        (fused with the embeddings', if any and *fuse*)."""
+        return [rowid for rowid, _ in self._fused(text, limit, fuse=fuse)]
 
     def requests(self, query: str) -> list[str]:
         """*query*'s sentences that may each ask for something (enough content words)."""
@@ -211,17 +294,18 @@ class ToolIndex:
             return found
 
         depth = max(k, SUPPORT_DEPTH)
-        whole = firsts(self.ranked(query, max(POOL, 3 * depth)), depth)
-        found = whole[:KEEP_WHOLE]
         requests = self.requests(query)
-        if len(requests) >= 2 and len(found) < k:
+        several = len(requests) >= 2
+        whole = firsts(self.ranked(query, max(POOL, 3 * depth), fuse=not several), depth)
+        found = whole[:KEEP_WHOLE]
+        if several and len(found) < k:
             requests = requests[:MAX_SENTENCES]
             supported = {key(r) for r in whole[:SUPPORT_DEPTH]}
             bests: list[tuple[float, int, list[int]]] = []
             for i, (sentence, stems) in enumerate(
                 zip(requests, self._stems(requests), strict=True)
             ):
-                scored = self._scored(sentence, SUPPORT_DEPTH, SUPPORT_DEPTH, stems)
+                scored = self._fused(sentence, SUPPORT_DEPTH, SUPPORT_DEPTH, stems)
                 if scored:
                     bests.append((-scored[0][1], i, firsts((r for r, _ in scored), SERVED_DEPTH)))
             for _, _, own in sorted(bests):
