@@ -8,14 +8,18 @@ Measured from outside, as a person (or a service manager) meets it, each a fresh
 - ``errands up``: wall time from spawning ``errands --home NEW up --port PORT`` (a new,
   empty home each run; a port found free just before) to the first HTTP 200 from
   ``GET /api/health``, polled every 2 ms over a raw socket (connection refused until the
-  server listens);
+  server listens); with ``--workers N``, also ``errands up --workers N`` (0: the errands
+  run in the server's process);
 - how many modules ``errands --help`` imports (``-X importtime``), and the heaviest;
 - two anchors, the floors of those figures on this machine in the same run: a bare
   ``python -c pass``, and a bare FastAPI app (one route) under uvicorn to its first 200;
   each errands figure is also given as a ratio to its anchor (the machine is shared: the
   ratios drift less than the seconds).
 
-Each figure is the median of ``--runs`` runs (default 9), with min and max.
+Each figure is the median of ``--runs`` runs (default 9), with min and max; each also
+as CPU seconds (``[CPU]``: user + system, every thread, to the exit or to the first 200;
+``[CPU main]``: the main thread's alone, the path to the first answer), which another
+program's work on the same cores inflates far less than the wall time.
 ``--baseline SRC`` measures another source tree too (``git archive REV src | tar -x -C
 DIR``, then ``--baseline DIR/src``: put first on ``PYTHONPATH``), run for run
 alternately with this checkout, so that both see the same machine: on a shared VM the
@@ -38,8 +42,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -76,11 +82,33 @@ def environment(src: str | None) -> dict[str, str]:
     return env
 
 
-def timed_exit(argv: list[str], src: str | None) -> float:
-    """Seconds from spawning *argv* to its exit (it must succeed)."""
+# (wall seconds, CPU seconds, the main thread's CPU seconds): the CPU time (user + system)
+# drifts far less than the wall time when other work shares the machine's cores; the main
+# thread's is the path to the first answer (the work errands up does beside it, on other
+# threads -- the tools, the runner -- is in the CPU figure)
+Timing = tuple[float, float, float]
+
+
+def children_cpu() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def process_cpu(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user + system) process *pid* has used so far: every thread's, or one
+    *thread*'s (its main thread: ``thread=pid``)."""
+    where = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(where).read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_exit(argv: list[str], src: str | None) -> Timing:
+    """Seconds from spawning *argv* to its exit (it must succeed), and its CPU seconds."""
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, env=environment(src))
-    return time.perf_counter() - t0
+    cpu = children_cpu() - cpu0
+    return time.perf_counter() - t0, cpu, cpu
 
 
 def free_port() -> int:
@@ -104,15 +132,16 @@ def health_ok(port: int) -> bool:
     return head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
 
 
-def timed_up(errands: str, src: str | None) -> float:
-    """Seconds from spawning ``errands up`` on a new home to its first 200 on /api/health."""
+def timed_up(errands: str, src: str | None, extra: tuple[str, ...] = ()) -> Timing:
+    """Seconds from spawning ``errands up`` (with *extra* arguments) on a new home to its
+    first 200 on /api/health, and the CPU seconds it had used by then."""
     with tempfile.TemporaryDirectory(prefix="errands-startup-") as tmp:
         home = Path(tmp) / "home"
         port = free_port()
         log = open(Path(tmp) / "server.log", "wb")  # noqa: SIM115
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [errands, "--home", str(home), "up", "--port", str(port)],
+            [errands, "--home", str(home), "up", "--port", str(port), *extra],
             stdout=log,
             stderr=log,
             env=environment(src),
@@ -126,7 +155,11 @@ def timed_up(errands: str, src: str | None) -> float:
                 if time.perf_counter() - t0 > 60:
                     raise RuntimeError("errands up did not answer within 60 s")
                 time.sleep(0.002)
-            elapsed = time.perf_counter() - t0
+            elapsed = (
+                time.perf_counter() - t0,
+                process_cpu(proc.pid),
+                process_cpu(proc.pid, proc.pid),
+            )
         finally:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -151,7 +184,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="error")
 """
 
 
-def timed_bare_app(src: str | None) -> float:
+def timed_bare_app(src: str | None) -> Timing:
     """Seconds from spawning a bare FastAPI app (one route) under uvicorn to its first
     200: the anchor for ``errands up`` (the same stack, without errands)."""
     port = free_port()
@@ -167,7 +200,8 @@ def timed_bare_app(src: str | None) -> float:
             if proc.poll() is not None or time.perf_counter() - t0 > 60:
                 raise RuntimeError("the bare FastAPI app did not answer")
             time.sleep(0.002)
-        return time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        return wall, process_cpu(proc.pid), process_cpu(proc.pid, proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -232,6 +266,15 @@ def main() -> None:
         help="this checkout's src copied elsewhere, to measure it as the baseline is measured "
         "(a tree on PYTHONPATH starts slower than the installed one: compare like with like)",
     )
+    parser.add_argument("--out", default=str(RESULTS), help=f"where to write (default {RESULTS})")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        default=[],
+        help="also time `errands up --workers N` to its first 200 (repeatable; 0: errands "
+        "run in the server's process, no worker spawned)",
+    )
     args = parser.parse_args()
     errands = entry_point()
     info = machine_info(
@@ -242,13 +285,19 @@ def main() -> None:
     }
     if args.baseline:
         trees["baseline"] = str(Path(args.baseline).resolve())
-    measures: dict[str, Callable[[str | None], float]] = {
+    measures: dict[str, Callable[[str | None], Timing]] = {
         "errands --help": lambda src: timed_exit([errands, "--help"], src),
         "python -m errands --help": lambda src: timed_exit(
             [sys.executable, "-m", "errands", "--help"], src
         ),
         "errands version": lambda src: timed_exit([errands, "version"], src),
         "errands up -> first 200": lambda src: timed_up(errands, src),
+        **{
+            f"errands up --workers {n} -> first 200": functools.partial(
+                timed_up, errands, extra=("--workers", str(n))
+            )
+            for n in args.workers
+        },
         "anchor: bare FastAPI app -> first 200": timed_bare_app,
         "anchor: bare python (-c pass)": lambda src: timed_exit(
             [sys.executable, "-c", "pass"], None
@@ -257,16 +306,23 @@ def main() -> None:
     for src in trees.values():  # their bytecode, as the installed checkout has its own
         if src is not None:  # (PYTHONDONTWRITEBYTECODE may be set: a run would compile)
             subprocess.run([sys.executable, "-m", "compileall", "-q", src], check=True)
-    samples: dict[str, dict[str, list[float]]] = {tree: {m: [] for m in measures} for tree in trees}
+    samples: dict[str, dict[str, list[float]]] = {
+        tree: {row: [] for m in measures for row in (m, f"{m} [CPU]", f"{m} [CPU main]")}
+        for tree in trees
+    }
     for measure in measures.values():  # warm the file cache and the bytecode
         for src in trees.values():
             measure(src)
     for name, measure in measures.items():
         for _ in range(args.runs):
             for tree, src in trees.items():  # (alternately: both see the same machine)
-                samples[tree][name].append(measure(src))
+                wall, cpu, main_cpu = measure(src)
+                samples[tree][name].append(wall)
+                samples[tree][f"{name} [CPU]"].append(cpu)
+                if "first 200" in name:  # (a command that exits: its CPU is one figure)
+                    samples[tree][f"{name} [CPU main]"].append(main_cpu)
     results = {
-        tree: {name: summarise(runs) for name, runs in by_measure.items()}
+        tree: {name: summarise(runs) for name, runs in by_measure.items() if runs}
         for tree, by_measure in samples.items()
     }
     imports = {tree: help_imports(src) for tree, src in trees.items()}
@@ -274,12 +330,12 @@ def main() -> None:
     for tree in trees:
         where = f" ({trees[tree]})" if trees[tree] else ""
         print(f"\n{tree}{where}")
-        print(f"{'measure':40} {'median s':>9} {'min s':>7} {'max s':>7} {'target':>7}")
+        print(f"{'measure':46} {'median s':>9} {'min s':>7} {'max s':>7} {'target':>7}")
         for name, r in results[tree].items():
             target = TARGETS_S.get(name)
             shown = f"{target:.1f}" if target is not None else ""
             print(
-                f"{name:40} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {shown:>7}"
+                f"{name:46} {r['median_s']:>9.3f} {r['min_s']:>7.3f} {r['max_s']:>7.3f} {shown:>7}"
             )
         found = imports[tree]
         print(f"errands --help imports {found['modules']} modules; the heaviest (cumulative):")
@@ -303,9 +359,10 @@ def main() -> None:
         "machine": info,
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(HERE.parent)}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ records ``sys.modules`` when it exits; the test fails if a heavy module is there
 Negative control (:func:`test_the_control_catches_an_eager_import`): the same probe,
 with ``errands.cli.common`` loaded from its own source plus one line at the end,
 ``from errands.harness import build`` -- the import it had at its top before this
-change -- finds ``errands.harness``, the store, the engine and httpx loaded,
-and the test over the module list would fail on each of them.
+change -- finds ``errands.harness``, the config and the store loaded, and the test over
+the module list would fail on each of them. (The harness no longer imports the engine
+and the tools: ``errands up`` answers first, :func:`test_up_answers_before_it_imports_the_engine_and_the_tools`.)
 """
 
 from __future__ import annotations
@@ -25,17 +26,23 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
 
 import pytest
+from conftest import open_test_store
 
 from errands.cli.common import EXIT, StateName
+from errands.config import Settings
 from errands.core.states import ErrandState
 from errands.engine.runner import Runner
+from errands.errors import ErrandsError
+from errands.harness import Harness, build
 from errands.server.worker import RunnerThread
+from errands.tools.toolset import FunctionToolset, Toolset
 
 # what a command imports when it runs, never to show the help
 HEAVY = [
@@ -56,11 +63,24 @@ HEAVY = [
     "uvicorn",
 ]  # (not pydantic: this typer imports it to check the values a command is given)
 
+# loads module NAME from its own source with the line *eager* appended (a probe's control)
+LOAD_EAGER = """
+def load_eager(name, eager):
+    spec = importlib.util.find_spec(name)
+    source = spec.loader.get_source(name) + "\\n" + eager + "\\n"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    exec(compile(source, spec.origin, "exec"), module.__dict__)
+"""
+
 # runs the CLI as `python -m errands` does and writes the modules loaded at exit;
 # argv[3], when given, is a line run at the end of errands.cli.common's own source
-PROBE = """
+PROBE = (
+    """
 import atexit, importlib.util, json, runpy, sys
-
+"""
+    + LOAD_EAGER
+    + """
 out, args, eager = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 
 
@@ -71,14 +91,11 @@ def record():
 
 atexit.register(record)
 if eager:
-    spec = importlib.util.find_spec("errands.cli.common")
-    source = spec.loader.get_source("errands.cli.common") + "\\n" + eager + "\\n"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["errands.cli.common"] = module
-    exec(compile(source, spec.origin, "exec"), module.__dict__)
+    load_eager("errands.cli.common", eager)
 sys.argv = ["errands", *args]
 runpy.run_module("errands", run_name="__main__", alter_sys=True)
 """
+)
 
 
 @functools.cache
@@ -120,7 +137,7 @@ def test_a_commands_help_and_version_import_nothing_heavy(args: tuple[str, ...])
 def test_the_control_catches_an_eager_import() -> None:
     loaded = modules_after(("--help",), eager="from errands.harness import build")
     found = [m for m in HEAVY if m in loaded]
-    for module in ("errands.harness", "errands.store", "errands.engine.loop", "httpx"):
+    for module in ("errands.harness", "errands.config", "errands.store", "errands.store.sqlite"):
         assert module in found, found
 
 
@@ -221,3 +238,215 @@ async def test_the_control_start_holds_the_loop_while_the_runner_is_built() -> N
         runner.start()
 
     assert await _ticks_while_starting(blocking) <= 1
+
+
+# what `errands up` imports once it answers -- for the errands, not for the first requests:
+# the engine (with every tool's module), the policy's rules, the HTTP client, the inbox's
+# templates, the shell parser, the OS keyring, the providers' and the MCP SDKs
+AFTER_READY = [
+    "errands.engine.loop",
+    "errands.engine.runner",
+    "errands.engine.dispatch",
+    "errands.engine.scheduler",
+    "errands.tools.builtin.shell",
+    "errands.tools.builtin.web",
+    "errands.tools.netguard",
+    "errands.tools.sandbox",
+    "errands.policy.rules",
+    "httpx",
+    "jinja2",
+    "bashlex",
+    "keyring",
+    "openai",
+    "anthropic",
+    "google.genai",
+    "mcp",
+]
+
+# runs `errands up` as the CLI does and writes the modules loaded once uvicorn has
+# started (the HTTP side answers from then on), then stops it with SIGTERM; argv[3], when
+# given, is a line run at the end of errands.server.context's own source
+UP_PROBE = (
+    """
+import importlib.util, json, os, runpy, signal, sys
+import uvicorn
+"""
+    + LOAD_EAGER
+    + """
+out, home, eager, args = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+startup = uvicorn.Server.startup
+
+
+async def started(self, *a, **k):
+    await startup(self, *a, **k)
+    with open(out, "w") as f:
+        json.dump(sorted(sys.modules), f)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+uvicorn.Server.startup = started
+if eager:
+    load_eager("errands.server.context", eager)
+sys.argv = ["errands", "--home", home, "up", "--port", "0", *args]
+runpy.run_module("errands", run_name="__main__", alter_sys=True)
+"""
+)
+
+
+def modules_when_answering(args: tuple[str, ...], eager: str = "") -> frozenset[str]:
+    """The modules ``errands up ARGS`` had loaded when its HTTP side began to answer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "modules.json"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                UP_PROBE,
+                str(out),
+                str(Path(tmp) / "home"),
+                eager,
+                json.dumps(args),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")},
+            cwd=tmp,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "errands is up" in done.stdout, done.stdout + done.stderr
+        return frozenset(json.loads(out.read_text()))
+
+
+@pytest.mark.parametrize(
+    "args", [(), ("--workers", "0"), ("--workers", "2")], ids=["default", "0", "2"]
+)
+def test_up_answers_before_it_imports_the_engine_and_the_tools(args: tuple[str, ...]) -> None:
+    """``errands up`` answers once the store is open and the routes are built; the engine,
+    the tools, the policy and the SDKs are imported after (issue 17, item 5)."""
+    loaded = modules_when_answering(args)
+    assert [m for m in AFTER_READY if m in loaded] == []
+    assert "errands.server.app" in loaded and "errands.store.sqlite" in loaded
+
+
+def test_the_control_catches_the_engine_imported_before_answering() -> None:
+    # what errands.server.context did before: import the harness with the engine
+    loaded = modules_when_answering(("--workers", "0"), eager="import errands.engine.runner")
+    found = [m for m in AFTER_READY if m in loaded]
+    for module in ("errands.engine.runner", "errands.engine.loop", "httpx"):
+        assert module in found, found
+
+
+@pytest.mark.parametrize(
+    ("config", "policy", "said"),
+    [
+        ('[tools]\nmodules = ["no_such_module_here"]\n', None, "no_such_module_here"),
+        ("", "[[rules]]\nnot valid = \n", "policy.toml"),
+    ],
+    ids=["tools module", "policy.toml"],
+)
+def test_up_stops_on_a_bad_tools_module_or_policy_before_any_errand_runs(
+    tmp_path: Path, config: str, policy: str | None, said: str
+) -> None:
+    """The tools and the policy are built once the HTTP side answers; one that cannot be
+    is still one clear line and exit 2, and nothing is left behind."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "errands.toml").write_text(config)
+    if policy is not None:
+        (home / "policy.toml").write_text(policy)
+    done = subprocess.run(
+        [sys.executable, "-m", "errands", "--home", str(home), "up", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "errands is up" not in done.stdout
+    assert not (home / "server.json").exists()
+
+
+class _Counting:
+    """A toolset maker that takes a while and counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> Toolset:
+        self.calls += 1
+        time.sleep(0.2)
+        return FunctionToolset()
+
+
+def _ask_at_once(harness: Harness, threads: int = 4) -> list[Toolset]:
+    got: list[Toolset] = []
+    askers = [threading.Thread(target=lambda: got.append(harness.toolset)) for _ in range(threads)]
+    for t in askers:
+        t.start()
+    for t in askers:
+        t.join()
+    return got
+
+
+async def test_a_later_toolset_is_built_once_whichever_thread_asks_first(
+    settings: Settings,
+) -> None:
+    """``errands up`` builds the toolset on a thread while a request (or the runner's
+    thread) may ask for it: the others wait for the one being built."""
+    harness = build(settings, tools_later=True)
+    try:
+        maker = harness.make_toolset = _Counting()
+        got = _ask_at_once(harness)
+        assert maker.calls == 1 and len({id(t) for t in got}) == 1
+    finally:
+        await harness.close()
+
+
+class _Unguarded(Harness):
+    """The control: a harness whose toolset is built without the lock."""
+
+    @property
+    def toolset(self) -> Toolset:
+        if self._toolset is None:
+            self._toolset = self.make_toolset()
+        return self._toolset
+
+    @toolset.setter
+    def toolset(self, toolset: Toolset) -> None:
+        self._toolset = toolset
+
+
+async def test_the_control_builds_twice_without_the_lock(settings: Settings) -> None:
+    built = build(settings, tools_later=True)
+    try:
+        harness = _Unguarded(
+            settings=built.settings,
+            store=built.store,
+            make_toolset=_Counting(),
+            models=built.models,
+        )
+        _ask_at_once(harness)
+        assert isinstance(harness.make_toolset, _Counting) and harness.make_toolset.calls > 1
+    finally:
+        await built.close()
+
+
+async def test_build_makes_the_toolset_at_once_unless_asked_later(settings: Settings) -> None:
+    """What the CLI and the workers build (``build`` as it was): a bad tools module
+    stops ``build`` itself, before anything is done with the harness; asked later, it
+    stops the first use of the toolset."""
+    bad = settings.model_copy(
+        update={"tools": settings.tools.model_copy(update={"modules": ["no_such_module_here"]})}
+    )
+    store = open_test_store("sqlite", settings)
+    try:
+        with pytest.raises(ErrandsError, match="no_such_module_here"):
+            build(bad, store=store)
+        later = build(bad, store=store, tools_later=True)
+        with pytest.raises(ErrandsError, match="no_such_module_here"):
+            later.toolset  # noqa: B018
+    finally:
+        await store.close()

@@ -20,69 +20,93 @@ harness they need without a switch inside errands.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from errands.channels import Channel
 from errands.config import Settings
-from errands.core import events as ev
 from errands.core.ids import new_errand_id
-from errands.core.states import ErrandView
-from errands.engine import operations
-from errands.engine.loop import Loop, TextListener
-from errands.engine.runner import Runner
-from errands.models.protocol import Model
-from errands.models.spec import Models
-from errands.policy.approvals import Approvals
-from errands.policy.hook import PolicyHook
-from errands.policy.stored import policy_for
 from errands.store import Store, open_store
-from errands.store.redact import Redactor
 from errands.store.sqlite.connection import unavailable
 from errands.textlimit import check_text
-from errands.tools.builtin.recall import RecallToolset
-from errands.tools.extract import PlanToolset
-from errands.tools.plugins import load_tools
-from errands.tools.toolset import AllowedToolset, CombinedToolset, Toolset
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (the engine, the policy and the tools are imported when first used:
+    # errands up answers before it imports them -- docs/benchmarks.md, start-up)
+    from errands.channels import Channel
+    from errands.core import events as ev
+    from errands.engine.loop import Loop, TextListener
+    from errands.engine.runner import Runner
+    from errands.models.protocol import Model
     from errands.observe.otel import Telemetry
+    from errands.policy.approvals import Approvals
+    from errands.policy.hook import PolicyHook
+    from errands.store.redact import Redactor
     from errands.tools.mcp.toolset import McpToolset
+    from errands.tools.toolset import Toolset
 
 __all__ = ["Harness", "build", "toolset_for"]
 
 
 @dataclass
 class Harness:
-    """errands, assembled. Close it when done (:meth:`close`, or ``async with``)."""
+    """errands, assembled. Close it when done (:meth:`close`, or ``async with``).
+
+    Its toolset is built by *make_toolset* when first used (:func:`build` does it at
+    once unless asked not to): the tools' modules and schemas are the bulk of what a
+    harness imports, and ``errands up`` answers before it needs them. The toolset and the
+    policy are each built once, whichever thread asks first (the others wait for it)."""
 
     settings: Settings
     store: Store
-    toolset: Toolset
+    make_toolset: Callable[[], Toolset] = field(repr=False)
     models: Callable[[str], Model]
     _policy: PolicyHook | None = None
     _approvals: Approvals | None = field(default=None, repr=False)
     # the MCP servers' toolset ([mcp] in the config; errands.tools.mcp), closed with errands
     mcp: McpToolset | None = None
+    _toolset: Toolset | None = field(default=None, repr=False)
+    _building: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def toolset(self) -> Toolset:
+        """Every tool an errand may be given (built at the first use)."""
+        if self._toolset is None:
+            with self._building:
+                if self._toolset is None:
+                    self._toolset = self.make_toolset()
+        return self._toolset
+
+    @toolset.setter
+    def toolset(self, toolset: Toolset) -> None:
+        self._toolset = toolset
 
     @property
     def policy(self) -> PolicyHook:
         """The policy (``policy.toml``, written with defaults the first time it is read;
         read again within 2 s of a change, an invalid change refused: ``PolicyFile``)."""
         if self._policy is None:
-            self._policy = policy_for(self.settings.home, self.store)
+            with self._building:
+                if self._policy is None:
+                    from errands.policy.stored import policy_for
+
+                    self._policy = policy_for(self.settings.home, self.store)
         return self._policy
 
     @property
     def approvals(self) -> Approvals:
         """Decisions on pending approvals, for every channel (judged by :attr:`policy`)."""
         if self._approvals is None:
-            self._approvals = Approvals(
-                self.store, self.toolset, self.policy, home=self.settings.home
-            )
+            from errands.policy.approvals import Approvals
+
+            toolset, policy = self.toolset, self.policy
+            with self._building:
+                if self._approvals is None:
+                    self._approvals = Approvals(
+                        self.store, toolset, policy, home=self.settings.home
+                    )
         return self._approvals
 
     def runner(
@@ -95,6 +119,8 @@ class Harness:
     ) -> Runner:
         """A runner over this harness's parts (each process or thread runs its own);
         its leases last *lease_ttl* seconds (default ``[store] lease_seconds``)."""
+        from errands.engine.runner import Runner
+
         return Runner(
             self.store,
             self.settings,
@@ -109,6 +135,8 @@ class Harness:
 
     def tool_names(self) -> list[str]:
         """Every tool an errand could use here (what a schedule's ``tools`` may name)."""
+        from errands.core.states import ErrandView
+
         return list(self.toolset.tools(ErrandView(id="any")).names)
 
     # -- what a person does (engine.operations, with this harness's store and settings) --
@@ -130,6 +158,8 @@ class Harness:
         check_text(text, "the errand's text")
         errand_id = errand_id or new_errand_id()
         made = _not_there(self.settings, errand_id, workspace)
+        from errands.engine import operations
+
         try:
             return await operations.create_errand(
                 self.store,
@@ -158,21 +188,29 @@ class Harness:
         self, errand_id: str, text: str, *, by: str = "local", channel: str = "cli"
     ) -> int:
         check_text(text, "the message")
+        from errands.engine import operations
+
         return await operations.tell_errand(self.store, errand_id, text, by=by, channel=channel)
 
     async def cancel(
         self, errand_id: str, *, reason: str = "", by: str = "local", channel: str = "cli"
     ) -> None:
+        from errands.engine import operations
+
         await operations.cancel_errand(self.store, errand_id, reason=reason, by=by, channel=channel)
 
     async def continue_errand(
         self, errand_id: str, more_steps: int, *, by: str = "local", channel: str = "cli"
     ) -> None:
         """Give an errand more steps; one that stopped at its step limit goes on."""
+        from errands.engine import operations
+
         await operations.continue_errand(self.store, errand_id, more_steps, by=by, channel=channel)
 
     async def retry_model(self, errand_id: str) -> bool:
         """Reopen an errand its model failed (True), so that running it asks again."""
+        from errands.engine import operations
+
         return await operations.retry_model(self.store, errand_id)
 
     def observe(self, env: Mapping[str, str] | None = None) -> Telemetry | None:
@@ -259,6 +297,10 @@ def toolset_for(
     """The tools errands gives an errand: the built-ins, the installed plugins and the
     config's ``[tools] modules`` (:mod:`errands.tools.plugins`), and *toolsets* (a tool
     name may come from only one of them)."""
+    from errands.tools.extract import PlanToolset
+    from errands.tools.plugins import load_tools
+    from errands.tools.toolset import AllowedToolset, CombinedToolset
+
     parts = [s.toolset for s in load_tools(settings.tools.modules, plugins=builtins)]
     parts.extend(toolsets)
     # an errand that names its tools (a schedule's run) sees only those; one in plan mode
@@ -305,6 +347,7 @@ def build(
     policy: PolicyHook | None = None,
     models: Callable[[str], Model] | None = None,
     redactor: Redactor | None = None,
+    tools_later: bool = False,
 ) -> Harness:
     """Assemble errands for *settings*.
 
@@ -316,7 +359,11 @@ def build(
       email tools of ``[email]`` (:mod:`errands.tools.email`; unless *toolsets* has them);
     - *policy*: default, ``policy.toml`` in the home (read on first use, and again
       whenever it changes);
-    - *models*: ``spec -> Model``; default, one model per spec from the config.
+    - *models*: ``spec -> Model``; default, one model per spec from the config;
+    - *tools_later*: build the toolset (import the tools, load the plugins and the
+      config's ``[tools] modules``) at its first use instead of now -- ``errands up``
+      answers first and then builds it, before any errand runs; a bad tools module then
+      stops it there.
     """
     if settings.mcp.servers:  # (before the store opens: a missing SDK leaves nothing open)
         from errands.tools.mcp import check_sdk
@@ -324,26 +371,41 @@ def build(
         check_sdk()
     toolsets = [*toolsets, *_email(settings, toolsets)]  # (before the store: a missing extra)
     the_store = store if store is not None else open_store(settings, redactor=redactor)
-    if builtins:  # remember and search_memory, over this store (docs/memory.md)
-        from errands.tools.builtin.memory import memory_toolset
-
-        toolsets = [*toolsets, memory_toolset(the_store)]
     mcp = None
     if settings.mcp.servers:  # (the servers start at the first listing, not here)
         from errands.tools.mcp import mcp_toolset
 
         mcp = mcp_toolset(settings, the_store)
-        toolsets = [*toolsets, mcp]
-    return Harness(
-        settings=settings,
-        store=the_store,
+
+    def make_toolset() -> Toolset:
+        from errands.tools.builtin.recall import RecallToolset
+
+        parts = list(toolsets)
+        if builtins:  # remember and search_memory, over this store (docs/memory.md)
+            from errands.tools.builtin.memory import memory_toolset
+
+            parts.append(memory_toolset(the_store))
+        if mcp is not None:
+            parts.append(mcp)
         # recall_output for errands whose context may be compacted (docs/context.md), and
         # the tool search over them all (docs/tool-search.md)
-        toolset=searching(
+        return searching(
             settings,
-            RecallToolset(toolset_for(settings, toolsets, builtins=builtins), settings, the_store),
-        ),
-        models=models or Models(settings),
+            RecallToolset(toolset_for(settings, parts, builtins=builtins), settings, the_store),
+        )
+
+    if models is None:
+        from errands.models.spec import Models
+
+        models = Models(settings)
+    harness = Harness(
+        settings=settings,
+        store=the_store,
+        make_toolset=make_toolset,
+        models=models,
         _policy=policy,
         mcp=mcp,
     )
+    if not tools_later:
+        harness.toolset  # noqa: B018  (built now: a bad tools module stops here)
+    return harness

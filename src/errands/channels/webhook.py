@@ -30,9 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from errands.config import NotifySettings
 from errands.core import events as ev
@@ -40,6 +38,9 @@ from errands.core.labels import Confidentiality
 from errands.core.states import ErrandState
 from errands.errors import NotFound
 from errands.store import Store
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["Notifier"]
 
@@ -71,6 +72,8 @@ class Notifier:
         self.sent = 0
         self.failed = 0
         if settings.webhook_url:
+            import httpx  # (only when there is a webhook: errands up answers without it)
+
             self._client = httpx.AsyncClient(timeout=settings.timeout_seconds)
             store.subscribe(self._committed)
 
@@ -161,6 +164,8 @@ class Notifier:
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
         assert self._client is not None and self.settings.webhook_url is not None
+        import httpx
+
         attempts = self.settings.retries + 1
         async with self._limit:
             for attempt in range(1, attempts + 1):

@@ -39,12 +39,9 @@ from errands.core.schedules import (
     resolve_zone,
 )
 from errands.core.states import ErrandView
-from errands.engine.scheduler import NotStarted, Scheduler, secret_problem
 from errands.errors import NotFound, StoreError, UserError
-from errands.models.spec import check_spec as check_model
 from errands.store import Store, StoreReader
 from errands.store.protocol import RunRow, ScheduleRow
-from errands.tools import watchcheck
 
 __all__ = [
     "RunNow",
@@ -215,6 +212,10 @@ async def spec_from(
     """Validate *request* into a schedule (the model pinned, the zone resolved, a
     watch's URL checked by the network guard, its tools among *known_tools* when
     given); :class:`UserError` naming the field."""
+    from errands.engine.scheduler import secret_problem
+    from errands.models.spec import check_spec as check_model
+    from errands.tools import watchcheck
+
     if request.tools is not None and known_tools is not None:
         unknown = sorted(set(request.tools) - set(known_tools))
         if unknown:
@@ -455,6 +456,8 @@ async def run_now(
     """Start a run of *name* now (a watch: check it now). ``NotFound`` for an unknown
     schedule; a :class:`StoreError` (409) when no run started: the schedule's daily
     budget is spent, or a run of it started this very second."""
+    from errands.engine.scheduler import NotStarted, Scheduler
+
     before = await store.schedule(name)  # (NotFound: no such schedule)
     try:
         errand_id = await Scheduler(store, settings, started=started).run_now(name)

@@ -40,14 +40,13 @@ import sys
 import time
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
 from errands import __version__, observe, registry
 from errands.config import Settings
 from errands.core.states import ErrandState
-from errands.engine.runner import Runner, dead_local_owner
 from errands.engine.runtime import tune_gc
 from errands.harness import build
 from errands.private import private_dir
@@ -68,6 +67,10 @@ from errands.server.workers import MAX_WORKERS, ChangeFeed, WorkerPool
 from errands.store import Store, health
 from errands.store.lock import HomeLock, try_lock
 
+if TYPE_CHECKING:  # (the engine is imported once the HTTP side answers)
+    from errands.engine.runner import Runner
+    from errands.harness import Harness
+
 __all__ = ["release_dead_leases", "run_server", "token_reason"]
 
 REAP_SECONDS = 30.0
@@ -83,7 +86,11 @@ async def release_dead_leases(store: Store) -> int:
         states=[ErrandState.queued, ErrandState.running], limit=1_000_000
     ):
         holder = await store.lease_holder(view.id)
-        if holder is not None and dead_local_owner(holder[0]):
+        if holder is None:
+            continue
+        from errands.engine.runner import dead_local_owner  # (only when a lease is held)
+
+        if dead_local_owner(holder[0]):
             found.append((view.id, holder[0]))
     for errand_id, owner in found:
         await store.release(errand_id, owner)
@@ -282,7 +289,7 @@ async def _main(
 ) -> None:
     loop = asyncio.get_running_loop()
     home = settings.home
-    harness = build(settings)
+    harness = build(settings, tools_later=True)  # (built once the HTTP side answers)
     store = harness.store
     telemetry = harness.observe()  # (None unless OTEL_EXPORTER_OTLP_ENDPOINT is set)
     idempotency = IdempotencyStore(home / "server.sqlite")
@@ -290,7 +297,6 @@ async def _main(
     try:
         hub = Hub(store)
         on_text = LiveText(hub, loop)  # called on the runner's thread
-        harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
 
         def make_runner() -> Runner:
             made = harness.runner(on_text=on_text).with_schedules()
@@ -333,10 +339,18 @@ async def _main(
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not server_task.done():
             await asyncio.sleep(0.01)
-        # the HTTP side answers from here on; the runner (on its own thread) starts after
-        # it, so that starting it does not hold the first requests up
+        # the HTTP side answers from here on; the tools, the policy and the runner (on its
+        # own thread) come after it, so that making them does not hold the first requests
+        # up (a request that needs one waits for it). A bad tools module or policy.toml
+        # stops the start here, before any errand runs.
+        sys.setswitchinterval(0.001)  # (the first requests wait less for what is built)
+        try:
+            await asyncio.to_thread(_ready_to_run, harness)
+        except BaseException:
+            server.should_exit = True  # (the HTTP side stops before the error is told)
+            await server_task
+            raise
         await release_dead_leases(store)
-        sys.setswitchinterval(0.001)  # (the first requests wait less for the runner's start)
         await runner.started()  # (requests are answered while the runner is built)
         assert runner.finished is not None
         _write_json_atomic(
@@ -396,6 +410,14 @@ async def _main(
         if telemetry is not None:  # (what the last commits said, exported)
             await telemetry.close()
         await harness.store.close()  # (the runner's thread closed the models on its loop)
+
+
+def _ready_to_run(harness: Harness) -> None:
+    """Build what the errands need and the HTTP side's first answers do not: the toolset
+    (the tools' modules, the plugins, ``[tools] modules``) and the policy (``policy.toml``:
+    an invalid one stops the start)."""
+    harness.toolset  # noqa: B018
+    harness.policy  # noqa: B018
 
 
 def _tune_runtime() -> None:

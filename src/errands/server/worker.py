@@ -25,10 +25,13 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from errands.engine.runner import Runner
 from errands.errors import StoreError, StoreUnavailable
 from errands.store.protocol import Listening, Store
+
+if TYPE_CHECKING:  # (the engine: imported by what builds the runner)
+    from errands.engine.runner import Runner
 
 __all__ = ["RunnerThread", "Wake", "serve_through"]
 

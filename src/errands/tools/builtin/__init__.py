@@ -3,18 +3,7 @@ sandboxed shell, wait, and sub-errands."""
 
 from __future__ import annotations
 
-from errands.core.events import EffectClass
-from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
-from errands.tools.builtin.shell import make_shell_tool
-from errands.tools.builtin.subagents import join_tools
-from errands.tools.builtin.waiting import wait, wake_time
-from errands.tools.builtin.web import (
-    fetch_url,
-    http_request,
-    http_request_effect,
-    http_request_preview,
-)
-from errands.tools.tool import Contract, ToolContext, make_tool
+from errands.tools.tool import Contract, ToolContext
 from errands.tools.toolset import FunctionToolset
 
 __all__ = ["builtin_toolset"]
@@ -28,7 +17,24 @@ WORKSPACE_EXISTS = Contract("the errand's workspace is a directory", _workspace_
 
 
 def builtin_toolset() -> FunctionToolset:
-    """A toolset holding the built-in tools (files, the web, the shell, and wait)."""
+    """A toolset holding the built-in tools (files, the web, the shell, and wait).
+
+    Their modules are imported here, not with this package: a module that needs one
+    of them (the server's workspace view: ``files``) does not load the web's and the
+    shell's (httpx, the sandbox)."""
+    from errands.core.events import EffectClass
+    from errands.tools.builtin.files import WROTE_EXACTLY, list_files, read_file, write_file
+    from errands.tools.builtin.shell import make_shell_tool
+    from errands.tools.builtin.subagents import join_tools
+    from errands.tools.builtin.waiting import wait, wake_time
+    from errands.tools.builtin.web import (
+        fetch_url,
+        http_request,
+        http_request_effect,
+        http_request_preview,
+    )
+    from errands.tools.tool import make_tool
+
     return FunctionToolset(
         [
             make_tool(
