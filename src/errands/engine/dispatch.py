@@ -29,7 +29,7 @@ from errands.engine.replies import REFUSED_PREFIX
 from errands.policy.hook import Decision, PolicyCall, PolicyHook, Verdict
 from errands.policy.preview import preview_of
 from errands.tools.tool import AskModel, Tool, ToolContext, ToolError
-from errands.tools.toolset import Toolset
+from errands.tools.toolset import ToolList, Toolset
 
 __all__ = ["MAX_RESULT_CHARS", "Dispatcher", "OutputListener", "ShowsOutput", "idempotency_key"]
 
@@ -89,6 +89,34 @@ class Dispatcher:
         self.ask_model: AskModel | None = None
         # where a tool shows its output while it runs (the server's hub): the loop's
         self.on_output: OutputListener | None = None
+        # errand -> (what its listing was made for, the listing): see tools()
+        self._listed: dict[str, tuple[tuple[Any, ...], ToolList]] = {}
+
+    def tools(self, p: Progress) -> ToolList:
+        """The errand's tools for this step: listed through the toolset stack once, then
+        the same listing for the request, the routing and the running of its calls
+        (perf: the stack is several layers deep, and a step asked it four times).
+
+        A listing depends on the toolsets and on the view's fields that pick tools: the
+        errand's model, mode, parent and allow-list (fixed at creation) and its tool
+        searches (each ``search_tools`` call adds to what it is offered) -- a change of
+        any of these lists it again at once. The toolsets' own changes (an MCP server
+        that lists other tools) are seen from the next listing on: the loop drops the
+        errand's listing (:meth:`forget`) after every tool run, wake-up and catch-up,
+        and at each run's start and end -- the points where time passes or someone
+        else wrote. (An MCP call checks its tool's approval again when it runs.)"""
+        view = p.view
+        key = (view.id, view.model, view.mode, view.parent, view.tools, len(view.tool_searches))
+        found = self._listed.get(view.id)
+        if found is not None and found[0] == key:
+            return found[1]
+        listing = self.toolset.tools(view)
+        self._listed[view.id] = (key, listing)
+        return listing
+
+    def forget(self, errand_id: str) -> None:
+        """List the errand's tools afresh next time (see :meth:`tools`)."""
+        self._listed.pop(errand_id, None)
 
     def route(
         self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
@@ -108,7 +136,7 @@ class Dispatcher:
         self, p: Progress, call: ev.ToolCall, index: int, request_seq: int
     ) -> ev.ToolIntent | ev.ApprovalRequested | ev.ToolResult | ev.Sleeping:
         try:
-            tool = self.toolset.tools(p.view).get(call.name)
+            tool = self.tools(p).get(call.name)
         except ToolError as exc:
             return _error_result(call, exc.kind, str(exc))
         if call.raw_arguments is not None:
@@ -222,7 +250,7 @@ class Dispatcher:
             )
         approved = call.approved_args or {}
         try:
-            tool = self.toolset.tools(p.view).get(call.call.name)
+            tool = self.tools(p).get(call.call.name)
             args = tool.validate(approved)
         except ToolError as exc:
             return _error_result(call.call, exc.kind, str(exc))
@@ -287,7 +315,7 @@ class Dispatcher:
         # plan mode: what a call made of untrusted values returns is untrusted too
         used = BOTTOM if state is None else p.used(state.call.arguments)
         try:
-            tool = self.toolset.tools(p.view).get(intent.tool)
+            tool = self.tools(p).get(intent.tool)
             ctx = ToolContext(
                 errand_id=p.errand_id,
                 seq=seq,

@@ -125,11 +125,13 @@ class Loop:
         p = p or await self.load(errand_id)
         self._live.add(errand_id)
         self._since[errand_id] = (self.clock.wall(), self.clock.steady())
+        self.dispatch.forget(errand_id)  # (its tools are listed afresh: time has passed)
         try:
             await self._recover(p)
             while await self._step(p):
                 pass
         finally:
+            self.dispatch.forget(errand_id)
             self._live.discard(errand_id)
             self._seen.pop(errand_id, None)
             self._since.pop(errand_id, None)
@@ -217,6 +219,7 @@ class Loop:
             return False
         else:
             woken = self.dispatch.woken(call, by_message)
+        self.dispatch.forget(p.errand_id)  # (it slept: its tools are listed afresh)
         await self._append(p, [woken, *self._next_request(p, call)])
         return True
 
@@ -256,7 +259,7 @@ class Loop:
         if p.created.timezone is not None and not await self._date_told(p, p.created.timezone):
             return  # cancelled meanwhile
         model = self.models(p.view.model)
-        tools = self.dispatch.toolset.tools(p.view)
+        tools = self.dispatch.tools(p)
         if p.open_request_seq is None:
             requested = ev.ModelRequested(model=model.name, tools_hash=tools.fingerprint)
             await self._append(p, [requested])
@@ -517,6 +520,7 @@ class Loop:
                 )
             finally:
                 self.in_flight.leave(entry)
+                self.dispatch.forget(p.errand_id)  # (a tool ran: the next request lists afresh)
             await self._append(p, [*results, *self._after(p, call, results)])
 
         if len(calls) == 1:
@@ -552,11 +556,7 @@ class Loop:
         if exceeded(p.view, limits, elapsed):
             return []
         model = self.models(p.view.model)
-        return [
-            ev.ModelRequested(
-                model=model.name, tools_hash=self.dispatch.toolset.tools(p.view).fingerprint
-            )
-        ]
+        return [ev.ModelRequested(model=model.name, tools_hash=self.dispatch.tools(p).fingerprint)]
 
     async def _append(
         self,
@@ -582,5 +582,6 @@ class Loop:
 
     async def _catch_up(self, p: Progress) -> None:
         self.dirty.discard(p.errand_id)
+        self.dispatch.forget(p.errand_id)
         for stored in await self.store.read(p.errand_id, after=p.last_seq):
             p.apply(stored.seq, stored.event)

@@ -25,7 +25,6 @@ from errands.server.context import ServerContext
 from errands.server.handlers import (
     ApiError,
     Order,
-    approvals_json,
     caller,
     create,
     decide_approve,
@@ -33,6 +32,7 @@ from errands.server.handlers import (
     listing,
     marks,
     message,
+    pending_with_titles,
     preview_decision,
     resume,
     store_condition,
@@ -43,6 +43,7 @@ from errands.server.memory_api import add_memory_routes
 from errands.server.schedule_api import add_schedule_routes
 from errands.server.schemas import (
     APPROVAL_ID,
+    APPROVALS,
     ERRAND_ID,
     MAX_PAGE,
     MAX_SEQ,
@@ -424,7 +425,8 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         responses={200: {"links": APPROVAL_LINKS}},
     )
     async def list_approvals(request: Request) -> Response:
-        return _json(await approvals_json(get_ctx(request)))
+        pending = await pending_with_titles(get_ctx(request))
+        return _json(APPROVALS.dump_json(pending))
 
     @router.post(
         "/approvals/{approval_id}/approve",

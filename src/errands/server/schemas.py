@@ -368,4 +368,3 @@ class ScheduleRunOut(BaseModel):
 
 SUMMARIES: TypeAdapter[list[ErrandSummary]] = TypeAdapter(list[ErrandSummary])
 APPROVALS: TypeAdapter[list[ApprovalOut]] = TypeAdapter(list[ApprovalOut])
-APPROVAL: TypeAdapter[ApprovalOut] = TypeAdapter(ApprovalOut)
