@@ -294,3 +294,62 @@ def test_a_worker_process_resumes_at_once_after_a_decision(
             worker.kill()
     print("decision -> worker resumed, s:", [round(x, 3) for x in lat])
     assert max(lat) < 0.5, lat
+
+
+WAIT = {
+    "name": "wait",
+    "turns": [
+        {"tool_calls": [{"name": "wait", "arguments": {"seconds": 2}}]},
+        {"text": "done"},
+    ],
+}
+
+
+class NoTimers(Wake):
+    """Negative control: notified of timers, but ignores them (waits for its poll)."""
+
+    safety_poll = 10.0
+
+    def _note(self, payload: str) -> None:
+        if not payload.startswith("timer "):
+            super()._note(payload)
+
+
+class TenSeconds(Wake):
+    safety_poll = 10.0
+
+
+async def _timer_lateness(person: Harness, home: Path, wake: type[Wake]) -> float:
+    """Seconds between an errand's timer coming due and the worker resuming it."""
+    path = home / "wait.json"
+    path.write_text(json.dumps(WAIT))
+    settings = load_settings(home)
+    worker = Worker(settings, wake)
+    try:
+        await worker.started()
+        eid = await create_errand(person.store, settings, "wait", model=f"scripted:{path}")
+
+        async def slept() -> Any:
+            log = await person.store.read(eid)
+            found = [s for s in log if s.event.type == "sleeping"]
+            after = [s for s in log if found and s.seq > found[0].seq]
+            return (found[0], after[0]) if after else None
+
+        sleeping, resumed = await _until(slept, timeout=40)
+        return float(resumed.event.at - sleeping.event.wake_at)
+    finally:
+        await worker.close()
+
+
+async def test_a_timer_wakes_a_listening_worker_as_it_comes_due(
+    person: Harness, home: Path
+) -> None:
+    late = await _timer_lateness(person, home, TenSeconds)
+    assert -0.05 < late < 0.5, late  # (its own NOTIFY told it when; the poll is 10 s)
+
+
+async def test_control_a_worker_that_ignores_timers_wakes_at_its_poll(
+    person: Harness, home: Path
+) -> None:
+    late = await _timer_lateness(person, home, NoTimers)
+    assert late > 3.0, late

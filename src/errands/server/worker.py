@@ -184,6 +184,7 @@ class Wake:
     def __init__(self, store: Store) -> None:
         self._loop = asyncio.get_running_loop()
         self._now = asyncio.Event()
+        self._rearm = asyncio.Event()  # a timer was noted: the pause looks at it
         self._timers: list[float] = []  # a heap of wall times
         self.woken = 0  # looks a notification started (tests, figures)
         self.listening = self.listen(store)
@@ -202,6 +203,7 @@ class Wake:
             with contextlib.suppress(ValueError):
                 if len(self._timers) < self.max_timers:
                     heapq.heappush(self._timers, float(value))
+                self._rearm.set()  # (a pause under way waits for it if it is sooner)
                 return
         self._now.set()
 
@@ -211,19 +213,27 @@ class Wake:
 
     async def pause(self, stop: asyncio.Event, poll: float) -> None:
         """Wait for *stop*, a notification, the soonest timer known, or the poll."""
-        timeout = self.safety_poll if self.connected else poll
-        now = time.time()
-        while self._timers and self._timers[0] <= now:
-            heapq.heappop(self._timers)  # (due: this look claims it)
-        if self._timers:
-            timeout = min(timeout, self._timers[0] - now)
-        if not self._now.is_set() and not stop.is_set():
-            waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._now.wait())}
+        deadline = time.time() + (self.safety_poll if self.connected else poll)
+        while not self._now.is_set() and not stop.is_set():
+            self._rearm.clear()
+            now = time.time()
+            while self._timers and self._timers[0] <= now:
+                heapq.heappop(self._timers)  # (due: this look claims it)
+            until = min(deadline, self._timers[0]) if self._timers else deadline
+            if until <= now:
+                break
+            waits = {
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._now.wait()),
+                asyncio.ensure_future(self._rearm.wait()),
+            }
             try:
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, timeout=until - now, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in waits:
                     task.cancel()
+            if not self._rearm.is_set():
+                break  # (the poll, the timer, a notification, or stop)
         if self._now.is_set():
             self.woken += 1
         self._now.clear()
