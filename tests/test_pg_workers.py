@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import time
@@ -123,3 +124,22 @@ def test_a_worker_dead_long_enough_is_forgotten(url: str) -> None:
 def test_workers_on_a_sqlite_store_is_one_clear_error(cli: Any) -> None:
     done = cli("workers")
     assert done.returncode != 0 and "PostgreSQL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_doctor_says_the_policy_version_and_the_workers(cli: Any, url: str) -> None:
+    def notes() -> str:
+        done = cli("doctor", "--json", ERRANDS_STORE_URL=url)
+        (found,) = [
+            c for c in json.loads(done.stdout)["checks"] if c["subject"].startswith("store")
+        ]
+        return " ".join(found["notes"])
+
+    assert cli("run", "--model", "scripted:demo", "hi", ERRANDS_STORE_URL=url).returncode == 0
+    said = notes()
+    assert "policy version 1 in force (by seed" in said, said
+    assert re.search(r"\d+ live workers, \d+ dead lately", said), said
+    worker = cli.popen("worker", ERRANDS_STORE_URL=url)
+    try:  # (a heartbeat of the run above, if any, is live for one lease time at most)
+        _until(lambda: "1 live workers" in notes(), timeout=60)
+    finally:
+        _stop([worker])

@@ -7,6 +7,7 @@ One call, read-only: it connects, reads, and closes; it never migrates.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -59,6 +60,7 @@ def check(url: str) -> PostgresHealth:
                     f"{len(applied)} migrations applied"
                     + (f", {len(todo)} to apply at the next start" if todo else "")
                 )
+        _policy_and_workers(conn, out)
         if first_value(conn, "SELECT pg_is_in_recovery()"):
             out.problems.append(
                 f"{where} is a standby (read-only): point [store] url at the primary, or list"
@@ -89,3 +91,24 @@ def check(url: str) -> PostgresHealth:
             )
     out.ok = not out.problems
     return out
+
+
+def _policy_and_workers(conn: psycopg.Connection[Any], out: PostgresHealth) -> None:
+    """The policy version in force, and how many workers beat (docs/scale-out.md)."""
+    if first_value(conn, "SELECT to_regclass('policies')") is not None:
+        row = conn.execute(
+            "SELECT version, by FROM policies ORDER BY version DESC LIMIT 1"
+        ).fetchone()
+        out.notes.append(
+            "no policy stored yet (the first process stores policy.toml)"
+            if row is None
+            else f"policy version {row[0]} in force (by {row[1]}; errands policy show)"
+        )
+    if first_value(conn, "SELECT to_regclass('workers')") is not None:
+        # (heartbeats are on the lease clock: the database's epoch time)
+        live, dead = conn.execute(
+            "SELECT count(*) FILTER (WHERE seen_at >= extract(epoch FROM clock_timestamp())"
+            " - lease_seconds), count(*) FILTER (WHERE seen_at < extract(epoch FROM"
+            " clock_timestamp()) - lease_seconds) FROM workers"
+        ).fetchone() or (0, 0)
+        out.notes.append(f"{live} live workers, {dead} dead lately (errands workers)")
