@@ -37,7 +37,9 @@ def long_server(tmp_path: Path) -> Iterator[ServerProc]:
     seeding = threading.Thread(target=asyncio.run, args=(seed(),))  # (a loop runs here)
     seeding.start()
     seeding.join()
-    proc = ServerProc(home, port=free_port()).start()
+    # in the server's process: its runner takes the seeded errand up (one event more)
+    # before server.json is written, so the page shows a count fixed before it opens
+    proc = ServerProc(home, port=free_port(), args=["--workers", "0"]).start()
     yield proc
     proc.kill()
 

@@ -132,8 +132,10 @@ class ServerProc:
                         f"errands up exited with {self.proc.returncode} before /api/health "
                         f"answered ({last}); the end of its stderr:\n{self.stderr_tail()}"
                     )
-                try:
+                try:  # (then /readyz: errands run -- with workers, once one serves)
                     response = client.get("/api/health")
+                    if response.status_code == 200:
+                        response = client.get("/readyz")
                     if response.status_code == 200:
                         break
                     last = f"HTTP {response.status_code}: {response.text[:200]}"

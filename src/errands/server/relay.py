@@ -10,7 +10,8 @@ starts gets one end of a Unix socket pair (an inherited file descriptor, ``erran
 
 Frames are lines of JSON arrays (JSON escapes newlines, so a line is a frame):
 
-- worker -> server: ``["t", errand, delta]`` model text, ``["r", errand]`` the text so far
+- worker -> server: ``["h"]`` it serves (it claims errands from now on: the server is
+  ready, ``/readyz``), ``["t", errand, delta]`` model text, ``["r", errand]`` the text so far
   taken back (a retry), ``["o", errand, seq, stream, text]`` a tool's live output -- what
   :class:`~errands.server.hub.LiveText` hands the hub in one process, already redacted at
   the source (the shell's :mod:`~errands.tools.sandbox.live`, the same as in one process);
@@ -96,6 +97,7 @@ class Link:
         self.sock = sock
         self.writer: asyncio.StreamWriter | None = None
         self.frames = 0  # frames read from the worker
+        self.serving = False  # the worker said it serves
 
     async def serve(self, hub: LiveSink, watched: Callable[[], set[str]]) -> None:
         """Hand what the worker tells to *hub* until the worker's end closes; first tell
@@ -113,10 +115,11 @@ class Link:
         finally:
             self.close()
 
-    @staticmethod
-    def _take(hub: LiveSink, parts: list[Any]) -> None:
+    def _take(self, hub: LiveSink, parts: list[Any]) -> None:
         kind = parts[0]
-        if kind == "t":
+        if kind == "h":
+            self.serving = True
+        elif kind == "t":
             hub.text(_str(parts[1]), _str(parts[2]))
         elif kind == "r":
             hub.text_reset(_str(parts[1]))
@@ -181,6 +184,11 @@ class WorkerRelay:
                 self.watched.discard(parts[1])
         log.warning("the server's relay closed: the server is gone")
         self.on_gone()
+
+    def serving(self) -> None:
+        """Tell the server this worker serves (claims errands) from now on."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(frame("h"))
 
     async def close(self) -> None:
         if self._listening is not None:

@@ -312,7 +312,7 @@ async def _main(
             base_url=url,
             # (with workers: each of them claims at once, through its relay)
             nudge_runner=runner.nudge if pool is None else pool.wake,
-            runner_down=runner.why_down,
+            runner_down=runner.why_down if pool is None else _either(runner.why_down, pool),
         )
         channels = harness.channels(url)
         config = uvicorn.Config(
@@ -425,6 +425,11 @@ def _tune_runtime() -> None:
     rescanning it (:func:`errands.engine.runtime.tune_gc`), and shorten the interpreter's thread
     switch interval so that a request waits less for the runner's thread. The collector is
     turned on again if ``errands up`` turned it off for the start-up."""
+def _either(why_down: Callable[[], str | None], pool: WorkerPool) -> Callable[[], str | None]:
+    """Why errands cannot run: the runner's reason (schedules), else the workers'."""
+    return lambda: why_down() or pool.why_down()
+
+
     tune_gc()
     gc.enable()
     sys.setswitchinterval(0.001)

@@ -110,6 +110,14 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs.values() if p.returncode is None]
 
+    def why_down(self) -> str | None:
+        """Why no errand can run yet (``/readyz``): none of the workers serves yet (they
+        start after the server answers); None once one does, or when the server relays
+        to none (``--no-run``, or no hub)."""
+        if self.count == 0 or self.hub is None or any(k.serving for k in self.links.values()):
+            return None
+        return "no worker process serves yet (they are starting)"
+
     def wake(self) -> None:
         """Something became runnable (a decision, a message, a new errand): every worker
         claims now instead of at its next poll. (On the server's event loop.)"""
@@ -342,6 +350,8 @@ async def _work(
     sys.setswitchinterval(0.001)
     log.info("worker %d serving %s", os.getpid(), settings.home)
     watch = None if parent is None else asyncio.create_task(_orphaned(parent, stop))
+    if relay is not None:
+        relay.serving()  # (its first look at the store comes next)
     try:
         await serve_through(runner, stop, poll, wake=wake)
     finally:

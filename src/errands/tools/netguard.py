@@ -29,6 +29,7 @@ import asyncio
 import errno
 import functools
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -186,7 +187,11 @@ def _errands_server(port: int, settings: Settings) -> str | None:
     if settings.server_port is not None and port == settings.server_port:
         return "errands' own server"
     home = registry.published_ports().get(port)
-    return None if home is None else f"an errands server (errands up for {home})"
+    if home is None:
+        return None
+    if os.path.realpath(home) == os.path.realpath(settings.home):  # (from a worker of it)
+        return "errands' own server"
+    return f"an errands server (errands up for {home})"
 
 
 def address_refusal(address: str, port: int, settings: Settings) -> str | None:
