@@ -219,10 +219,10 @@ class ToolIndex:
         if not _terms(text):
             return []
         lexical = self._scored(text, depth, depth, stems)
-        # (einsum's own loop, not BLAS's: a multi-threaded BLAS takes 20-30x longer for
-        # this on a busy machine, and its sums may vary with the number of threads)
         semantic = self._semantic.get((text, depth))
         if semantic is None:
+            # (einsum's own loop, not BLAS's: a multi-threaded BLAS takes 20-30x longer
+            # for this on a busy machine, and its sums may vary with its threads)
             similarity = np.einsum("ij,j->i", self._vectors, self.embedder.embed([text])[0])
             # (a stable sort: equal similarities keep the order the tools were given in)
             semantic = np.argsort(-similarity, kind="stable")[:depth].tolist()
