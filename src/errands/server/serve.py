@@ -5,15 +5,20 @@ server's life: one server per home) or refuse; refuse a store that fails SQLite'
 ``quick_check``; load (or create) the token when one is needed (:func:`token_reason`:
 a name beyond loopback, or ``require_token``); bind; publish the port in the
 machine's registry (:mod:`errands.registry`: no errands process's network tools reach
-it); open the store and build the app; start the HTTP server; release leases left by
-dead local processes; start the runner (which claims every runnable errand); write
+it); open the store and build the app; start the HTTP server; build the toolset (the
+tools' modules and schemas, the plugins, ``[tools] modules``) and read the policy, on a
+thread while the first requests are answered -- a bad one stops the start here, before
+any errand runs; release leases left by dead local processes; start the runner (which
+claims every runnable errand); write
 ``ERRANDS_HOME/server.json`` (url, pid) so the CLI can find the server; print the start
 message. The token is printed only to a terminal (never into a service's log); otherwise
 the start message names its 0600 file.
 
 ``GET /api/health`` answers 200 as soon as the HTTP server accepts connections: the store
-is open and every route is there. What only the runner needs comes just after (an errand
-created meanwhile is claimed when the runner starts), and what only the start message
+is open and every route is there (neither the engine nor the tools are imported yet:
+``tests/test_startup.py``). What only the errands need comes just after (a request that
+needs the toolset or the policy waits for it; an errand created meanwhile is claimed when
+the runner starts), and what only the start message
 needs -- whether a model is connected, which may ask the OS keyring -- is looked up
 off the event loop, once serving.
 
