@@ -30,10 +30,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
 from conftest import open_test_store
+from fastapi import APIRouter, FastAPI
 
 from errands.cli.common import EXIT, StateName
 from errands.config import Settings
@@ -450,3 +452,60 @@ async def test_build_makes_the_toolset_at_once_unless_asked_later(settings: Sett
             later.toolset  # noqa: B018
     finally:
         await store.close()
+
+
+def _fields_built_to_the_first_answer(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """How many response fields FastAPI builds for the app's routes (create_app), and then
+    to answer the first ``GET /api/health``."""
+    import fastapi.routing
+    import httpx
+
+    from errands.server.app import create_app
+    from errands.server.auth import Security
+    from errands.server.context import ServerContext
+
+    made = 0
+    real = fastapi.routing.create_model_field  # type: ignore[attr-defined]
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal made
+        made += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fastapi.routing, "create_model_field", counting)
+    security = Security(
+        host="127.0.0.1", port=80, token=None, allowed_hosts=[], max_body_bytes=1 << 20
+    )
+    ctx = cast(ServerContext, SimpleNamespace(security=security, store=object()))
+    app = create_app(ctx)
+    at_start = made
+
+    async def first() -> int:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return (await c.get("/api/health")).status_code
+
+    assert asyncio.run(first()) == 200
+    return at_start, made - at_start
+
+
+def test_the_routes_are_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app serves the routes as their routers built them: FastAPI's include_router
+    builds every route again (0.115 when including, later versions at the first request,
+    which errands up's first answer then waited for)."""
+    at_start, first_answer = _fields_built_to_the_first_answer(monkeypatch)
+    assert at_start > 100 and first_answer == 0
+
+
+def test_the_control_includes_the_routers_and_builds_them_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errands.server.app
+
+    def include(app: FastAPI, router: APIRouter) -> None:  # what create_app did before
+        app.include_router(router)
+
+    once, _ = _fields_built_to_the_first_answer(monkeypatch)
+    monkeypatch.setattr(errands.server.app, "_serve_routes", include)
+    at_start, first_answer = _fields_built_to_the_first_answer(monkeypatch)
+    assert at_start + first_answer >= 2 * once  # (each route's fields, twice)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -94,6 +94,14 @@ class _AllowHeader:
         await self.app(scope, receive, send_fixed)
 
 
+def _serve_routes(app: FastAPI, router: APIRouter) -> None:
+    """Serve *router*'s routes as it built them (their paths with its prefix, its
+    responses merged in). ``app.include_router`` would build every route a second time --
+    FastAPI 0.115 when including, later versions at the first request, which is then the
+    first answer of ``errands up`` waiting for ~60 routes' models to be built again."""
+    app.router.routes.extend(router.routes)
+
+
 def create_app(ctx: ServerContext) -> FastAPI:
     app = FastAPI(
         title="errands",
@@ -108,9 +116,8 @@ def create_app(ctx: ServerContext) -> FastAPI:
     # what errands explains (errands.errors, one table with the CLI); anything else: 500
     app.add_exception_handler(ErrandsError, _explained)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.include_router(build_router(_context))
-    app.include_router(build_probes(_context))
-    app.include_router(build_inbox(_context))
+    for router in (build_router(_context), build_probes(_context), build_inbox(_context)):
+        _serve_routes(app, router)
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
     app.add_middleware(_AllowHeader, api=app)
     app.add_middleware(RequestGuard, security=ctx.security)
