@@ -59,14 +59,13 @@ from errands.engine.operations import create_errand
 from errands.store.postgres import PostgresStore
 from errands.store.sync import BlockingStore
 
-pytestmark = pytest.mark.slow
-
 TESTS = Path(__file__).parent
 LEASE = 2.0  # [store] lease_seconds of every worker
 LATENCY_MS = 900  # the scripted model's time per turn
 ERRANDS = 8
 ONCE_KEYS = ("k1", "k3", "k4")
 SETTLE_TIMEOUT = 90.0
+CONTROL_WAIT = 20.0  # seconds the failover's control waits for a write to the new primary
 
 
 def _call(name: str, key: str) -> dict[str, Any]:
@@ -419,6 +418,7 @@ def _report(name: str, out: Outcome) -> None:
 # ------------------------------------------------------------------ the faults
 
 
+@pytest.mark.slow
 def test_a_killed_host_s_errands_are_taken_over_within_the_lease(lan: Lan, fleet: Fleet) -> None:
     """A worker on each of three hosts; SIGKILL every process of the host that runs the
     errands, mid-step, then of the host that took them over: the third takes them over
@@ -499,6 +499,7 @@ def _cut_or_pause(lan: Lan, fleet: Fleet, fault: str, **env: str) -> tuple[Outco
     return out, victim
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fencing", ["fenced", "CONTROL"])
 def test_a_host_cut_off_past_its_lease_cannot_write_when_it_comes_back(
     lan: Lan, fleet: Fleet, fencing: str
@@ -518,6 +519,7 @@ def test_a_host_cut_off_past_its_lease_cannot_write_when_it_comes_back(
         assert refused(a), "the late writes were not refused, or not logged"
 
 
+@pytest.mark.slow
 def test_a_worker_paused_past_its_lease_cannot_write_when_it_resumes(
     lan: Lan, fleet: Fleet
 ) -> None:
@@ -529,6 +531,7 @@ def test_a_worker_paused_past_its_lease_cannot_write_when_it_resumes(
     assert refused(a), "the late writes were not refused, or not logged"
 
 
+@pytest.mark.slow
 def test_workers_carry_on_through_a_postgres_restart(lan: Lan, fleet: Fleet) -> None:
     """PostgreSQL stops at once (``pg_ctl stop -m immediate``: a crash, every session
     cut) mid-run and starts again: the workers reconnect and finish every errand."""
@@ -555,12 +558,20 @@ def test_workers_carry_on_through_a_postgres_restart(lan: Lan, fleet: Fleet) -> 
 # ------------------------------------------------------------------ failover
 
 
-def test_failover_to_a_synchronous_replica_loses_no_acknowledged_step(tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("sessions", ["defaults", "CONTROL"])
+def test_failover_to_a_synchronous_replica_loses_no_acknowledged_step(
+    tmp_path: Path, sessions: str
+) -> None:
     """A primary (db1) and its synchronous streaming replica (db2,
     ``synchronous_standby_names = '*'``); the workers connect with both hosts and
-    ``target_session_attrs=read-write``. Mid-run every process of db1 is SIGKILLed and
-    db2 promoted: the workers reconnect to it and finish; every acknowledged event is
-    in the new primary's log, and nothing was sent twice."""
+    ``target_session_attrs=read-write``. Mid-run db1 dies as a machine does -- its cable
+    pulled, then every process SIGKILLed, so no reset reaches the workers' sessions (only
+    errands' keepalives and TCP user timeout end them) -- and db2 is promoted: the
+    workers reconnect to it and finish; every acknowledged event is in the new primary's
+    log, and nothing was sent twice. The control turns errands' keepalives and TCP user
+    timeout off in the workers' URL: their sessions to the dead primary hang, and they
+    write nothing to the new one for CONTROL_WAIT seconds (with them: ~13 s)."""
     net = Network("fo")
     primary: PgHost | None = None
     replica: PgHost | None = None
@@ -588,6 +599,7 @@ def test_failover_to_a_synchronous_replica_loses_no_acknowledged_step(tmp_path: 
         worker_url = (
             f"postgresql://postgres@{both}/errands?target_session_attrs=read-write"
             "&connect_timeout=3"
+            + ("&tcp_user_timeout=0&keepalives=0" if sessions == "CONTROL" else "")
         )
         local = (
             f"postgresql://postgres@/errands?host={primary.root},{replica.root}"
@@ -603,12 +615,18 @@ def test_failover_to_a_synchronous_replica_loses_no_acknowledged_step(tmp_path: 
         time.sleep(1.5)  # mid-step
         killed = time.monotonic()
         acked_before = sum(1 for f in read_journal(fleet.ledger.read_text()) if f[0] == "ack")
-        assert db1.kill(), "db1 had no process to kill"
-        db1.cut()  # a dead machine: nothing answers there, not even a reset
+        db1.cut()  # a dead machine: nothing answers there, not even a reset ...
+        assert db1.kill(), "db1 had no process to kill"  # (... of its sessions' ends)
         time.sleep(1.0)  # the operator (or the failover manager) notices
         replica.promote()
         promoted = time.monotonic()
         new_url = replica.local_url("errands")
+        if sessions == "CONTROL":
+            time.sleep(CONTROL_WAIT)
+            journal = read_journal(fleet.ledger.read_text())
+            late = [f for f in journal if f[0] == "ack" and float(f[7]) > promoted]
+            assert not late, "without keepalives the workers still found the new primary"
+            return
         fleet.wait_settled(new_url)
         journal = read_journal(fleet.ledger.read_text())
         after = sorted(float(f[7]) for f in journal if f[0] == "ack" and float(f[7]) > promoted)
@@ -629,3 +647,30 @@ def test_failover_to_a_synchronous_replica_loses_no_acknowledged_step(tmp_path: 
             if pg is not None:
                 pg.close()
         net.close()
+
+
+def test_sessions_get_timeouts_unless_the_url_sets_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """errands' sessions end a vanished host's session in seconds (keepalives, TCP user
+    timeout), and the server ends the writer's transaction left idle; the URL (or
+    PGCONNECT_TIMEOUT) wins over each."""
+    from helpers.postgres import server
+
+    from errands.store.postgres.store import SESSION_DEFAULTS, session_defaults
+
+    assert session_defaults("postgresql://u@h/db") == SESSION_DEFAULTS
+    given = session_defaults("postgresql://u@h1,h2/db?connect_timeout=3&tcp_user_timeout=500")
+    assert "connect_timeout" not in given and "tcp_user_timeout" not in given
+    assert given["keepalives_idle"] == 5
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
+    assert "connect_timeout" not in session_defaults("postgresql://u@h/db")
+    monkeypatch.delenv("PGCONNECT_TIMEOUT")
+    url = server().url(server().new_database())
+    store = PostgresStore(url)
+    try:
+        # (the writer's session, while its thread is idle)
+        shown = store._wconn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        store._wconn.rollback()
+        assert shown == ("10s",)
+        assert store._wconn.info.get_parameters()["tcp_user_timeout"] == "10000"
+    finally:
+        store._close()

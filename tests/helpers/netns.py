@@ -19,7 +19,8 @@
 
 Everything is torn down by :meth:`Network.close` (every process in every namespace is
 SIGKILLed, the namespaces deleted), which the tests call from fixture finalizers, and
-at exit. Without ``ip`` or PostgreSQL's binaries the tests fail saying what to install;
+at exit; a run that was itself killed leaves its namespaces, which the next run deletes
+(their names hold a pid that no longer runs). Without ``ip`` or PostgreSQL's binaries the tests fail saying what to install;
 they never skip. The tests must run as root (``.ci/run`` does).
 """
 
@@ -140,11 +141,29 @@ class Host:
             _ip("netns", "del", self.ns)
 
 
+def _sweep_stale() -> None:
+    """Namespaces an earlier run left (its process killed before it could clean up):
+    those whose pid no longer runs lose their processes and go."""
+    for line in _ip("netns", "list").splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "errands" or not parts[2].isdigit():
+            continue
+        if os.path.exists(f"/proc/{parts[2]}"):
+            continue  # (its run goes on)
+        with contextlib.suppress(RuntimeError, ProcessLookupError):
+            for pid in _ip("netns", "pids", name).split():
+                os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(RuntimeError):
+            _ip("netns", "del", name)
+
+
 class Network:
     """A switch and the hosts on it; :meth:`close` tears everything down."""
 
     def __init__(self, tag: str) -> None:
         _require()
+        _sweep_stale()
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self.prefix = f"errands-{worker}-{os.getpid()}-{tag}"
         self.switch = f"{self.prefix}-sw"

@@ -25,6 +25,7 @@ from errands.server.context import ServerContext
 from errands.server.handlers import (
     ApiError,
     Order,
+    approvals_json,
     caller,
     create,
     decide_approve,
@@ -32,7 +33,6 @@ from errands.server.handlers import (
     listing,
     marks,
     message,
-    pending_with_titles,
     preview_decision,
     resume,
     store_condition,
@@ -43,7 +43,6 @@ from errands.server.memory_api import add_memory_routes
 from errands.server.schedule_api import add_schedule_routes
 from errands.server.schemas import (
     APPROVAL_ID,
-    APPROVALS,
     ERRAND_ID,
     MAX_PAGE,
     MAX_SEQ,
@@ -425,8 +424,7 @@ def build_router(get_ctx: Callable[[Request], ServerContext]) -> APIRouter:
         responses={200: {"links": APPROVAL_LINKS}},
     )
     async def list_approvals(request: Request) -> Response:
-        pending = await pending_with_titles(get_ctx(request))
-        return _json(APPROVALS.dump_json(pending))
+        return _json(await approvals_json(get_ctx(request)))
 
     @router.post(
         "/approvals/{approval_id}/approve",

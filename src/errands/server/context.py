@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from errands.config import Settings
+from errands.core.states import PendingApproval
 from errands.harness import Harness
 from errands.models.keys import DEFAULT_KEY_ENVS, find_key
 from errands.server.auth import Security
@@ -31,6 +32,10 @@ class ServerContext:
 
     # errand -> title, for the approval cards (titles never change)
     titles: dict[str, str] = field(default_factory=dict, repr=False)
+    # approval id -> (the approval as the store last listed it, its card's JSON)
+    approval_cards: dict[str, tuple[PendingApproval, bytes]] = field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def store(self) -> Store:

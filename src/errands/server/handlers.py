@@ -26,6 +26,7 @@ from errands.errors import ErrandExists, ErrandsError, NotFound, StoreUnavailabl
 from errands.server.context import ServerContext
 from errands.server.marks import Marks, marks_at
 from errands.server.schemas import (
+    APPROVAL,
     ApproveBody,
     CreateErrand,
     Decision,
@@ -39,6 +40,7 @@ __all__ = [
     "ACTIVITY_WINDOW",
     "ApiError",
     "Order",
+    "approvals_json",
     "caller",
     "create",
     "decide_approve",
@@ -81,6 +83,29 @@ async def pending_with_titles(ctx: ServerContext) -> list[ApprovalOut]:
     if len(ctx.titles) >= 100_000:  # (a bound on the cache of a server up for months)
         ctx.titles.clear()
     return await ApprovalOut.waiting(ctx.store, ctx.titles)
+
+
+async def approvals_json(ctx: ServerContext) -> bytes:
+    """``GET /api/approvals``: every pending approval with its errand's title, as the JSON
+    list ``APPROVALS.dump_json`` makes -- each card encoded once. The store hands back
+    the same approval object for an approval whose errand did not change since it was
+    last read (the SQLite store does), and its card's JSON is kept with it; what is
+    returned is always the store's answer now."""
+    if len(ctx.titles) >= 100_000:
+        ctx.titles.clear()
+    kept, cards = ctx.approval_cards, {}
+    parts: list[bytes] = []
+    for p in await ctx.store.pending_approvals():
+        card = kept.get(p.id)
+        if card is None or card[0] is not p:
+            title = ctx.titles.get(p.errand_id)
+            if title is None:
+                title = ctx.titles[p.errand_id] = (await ctx.store.view(p.errand_id)).title
+            card = (p, APPROVAL.dump_json(ApprovalOut.of(p, title)))
+        cards[p.id] = card
+        parts.append(card[1])
+    ctx.approval_cards = cards  # (the approvals pending now: its size is theirs)
+    return b"[" + b",".join(parts) + b"]"
 
 
 def marks(ctx: ServerContext) -> Marks:

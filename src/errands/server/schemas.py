@@ -368,3 +368,4 @@ class ScheduleRunOut(BaseModel):
 
 SUMMARIES: TypeAdapter[list[ErrandSummary]] = TypeAdapter(list[ErrandSummary])
 APPROVALS: TypeAdapter[list[ApprovalOut]] = TypeAdapter(list[ApprovalOut])
+APPROVAL: TypeAdapter[ApprovalOut] = TypeAdapter(ApprovalOut)

@@ -93,9 +93,7 @@ _WAKEUPS_LOCK = 0x6572_7261_6E65  # pg_advisory_xact_lock key: wake-ups in commi
 CONNECT_TIMEOUT = 10  # seconds
 # what errands asks of its sessions unless the URL says otherwise: a session to a host
 # that vanished (a dead primary, a cut cable: no reset ever comes) fails within seconds,
-# not TCP's ~15 minutes, so the process reconnects (a multi-host URL: to the new
-# primary); and the server ends a transaction left idle by a process that vanished, so
-# the locks it held (a lease row FOR SHARE) cannot hold a takeover back past the lease
+# not TCP's ~15 minutes, so the process reconnects (a multi-host URL: to the new primary)
 SESSION_DEFAULTS: dict[str, Any] = {
     "connect_timeout": CONNECT_TIMEOUT,
     "keepalives": 1,
@@ -103,8 +101,14 @@ SESSION_DEFAULTS: dict[str, Any] = {
     "keepalives_interval": 2,
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,  # ms: data sent and unacknowledged this long: broken
-    "options": "-c idle_in_transaction_session_timeout=10s",
 }
+# and, unless the server, database or role sets one, the server ends a transaction left
+# idle by a process that vanished, so the locks it held (a lease row FOR SHARE) cannot
+# hold a takeover back (a SET, not a startup option: connection poolers refuse those)
+IDLE_IN_TRANSACTION = (
+    "SELECT set_config('idle_in_transaction_session_timeout', '10s', false)"
+    " WHERE current_setting('idle_in_transaction_session_timeout') = '0'"
+)
 
 log = logging.getLogger("errands.store")
 
@@ -115,12 +119,18 @@ def session_defaults(url: str) -> dict[str, Any]:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         given = {}
-    env = {"connect_timeout": "PGCONNECT_TIMEOUT", "options": "PGOPTIONS"}  # (libpq's)
     return {
         k: v
         for k, v in SESSION_DEFAULTS.items()
-        if k not in given and not os.environ.get(env.get(k, ""))
+        if k not in given and not (k == "connect_timeout" and os.environ.get("PGCONNECT_TIMEOUT"))
     }
+
+
+def _set_up(conn: psycopg.Connection[Any]) -> None:
+    """The writer's new session: :data:`IDLE_IN_TRANSACTION`, committed. (The readers'
+    sessions run in autocommit: they are never idle in a transaction.)"""
+    conn.execute(IDLE_IN_TRANSACTION)
+    conn.commit()
 
 
 def redacted_url(url: str) -> str:
@@ -219,7 +229,13 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.url, autocommit=False, **session_defaults(self.url))
+            conn = psycopg.connect(self.url, autocommit=False, **session_defaults(self.url))
+            try:
+                _set_up(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
         except psycopg.Error as exc:
             condition = _unavailable(exc, self.url)
             raise condition or exc from None

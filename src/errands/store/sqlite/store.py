@@ -159,6 +159,8 @@ class SQLiteStore(
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._data_version = -1
+        # errand -> (its projection row, its pending approvals), as _pending last read them
+        self._pending_memo: dict[str, tuple[Any, list[PendingApproval]]] = {}
         self._wconn = _open_writer(self.path)
         # taking turns with other processes' writers (share_writes): none by default
         self._gate: WriteGate | None = None
@@ -442,10 +444,25 @@ class SQLiteStore(
 
     @_reads
     def _pending(self) -> list[PendingApproval]:
-        reader = self._reader()
-        return pending_of(
-            reader.execute(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at")
+        """Every pending approval, oldest errand first. Decoding a view is most of the
+        cost (~0.1 ms each), so the approvals of each row read are kept with the row and
+        a row read again unchanged is not decoded again; the result is always what this
+        read found. (The approvals returned are shared between calls: not to be changed.)"""
+        rows = (
+            self._reader()
+            .execute(_SELECT_VIEW + " WHERE pending_count > 0 ORDER BY updated_at")
+            .fetchall()
         )
+        memo, fresh = self._pending_memo, {}
+        out: list[PendingApproval] = []
+        for row in rows:
+            kept = memo.get(row[0])
+            if kept is None or kept[0] != row:
+                kept = (row, pending_of((row,)))
+            fresh[row[0]] = kept
+            out.extend(kept[1])
+        self._pending_memo = fresh  # (only the rows pending now: its size is theirs)
+        return out
 
     @_reads_async
     async def lease_holder(self, errand_id: str) -> tuple[str, float] | None:
