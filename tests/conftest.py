@@ -24,6 +24,23 @@ from errands.store import Store
 
 pytest_plugins = ["sim.fixtures"]
 
+# pyproject's addopts run the suite as ``-n auto --dist loadfile`` (pytest-xdist): WORKERS
+# processes, each taking whole test files. Most tests wait (real subprocesses, servers,
+# sleeps), so on 2 cores 4 workers beat 2. ``-n 0`` runs in this one process instead.
+WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many workers ``-n auto`` means: WORKERS; none (this process alone) for a run of
+    one file, where --dist loadfile would use one worker anyway, or with ``-s``, whose
+    output workers do not show; at most one per file for a run of a few files."""
+    if config.getoption("capture") == "no":
+        return 0
+    files = {arg.split("::")[0] for arg in config.args}
+    if files and all(f.endswith(".py") for f in files):
+        return 0 if len(files) == 1 else min(WORKERS, len(files))
+    return WORKERS
+
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
