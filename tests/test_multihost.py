@@ -672,5 +672,14 @@ def test_sessions_get_timeouts_unless_the_url_sets_them(monkeypatch: pytest.Monk
         store._wconn.rollback()
         assert shown == ("10s",)
         assert store._wconn.info.get_parameters()["tcp_user_timeout"] == "10000"
+        # and the LISTEN session, which sits idle the longest
+        listening = store.listen(lambda channel, payload: None)
+        try:
+            assert listening.wait_connected(10)
+            assert listening._conn is not None
+            assert listening._conn.info.get_parameters()["tcp_user_timeout"] == "10000"
+            assert listening._conn.info.get_parameters()["keepalives_idle"] == "5"
+        finally:
+            listening.close()
     finally:
         store._close()

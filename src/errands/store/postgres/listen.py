@@ -56,8 +56,17 @@ class Listener:
 
     ping_seconds = PING_SECONDS
 
-    def __init__(self, url: str, channels: Sequence[str], notified: Notified) -> None:
+    def __init__(
+        self,
+        url: str,
+        channels: Sequence[str],
+        notified: Notified,
+        connect: dict[str, Any] | None = None,
+    ) -> None:
         self.url = url
+        # psycopg.connect's options: the store's session defaults (keepalives, a TCP user
+        # timeout) so a session to a vanished host fails in seconds, not TCP's ~15 minutes
+        self.connect = connect if connect is not None else {"connect_timeout": CONNECT_TIMEOUT}
         self.channels = list(channels)
         self.notified = notified
         self.connected = False
@@ -95,7 +104,7 @@ class Listener:
             self._closed.wait(pause)
 
     def _listen(self) -> None:
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+        conn = psycopg.connect(self.url, autocommit=True, **self.connect)
         self._conn = conn
         for channel in self.channels:
             conn.execute(f'LISTEN "{channel}"')

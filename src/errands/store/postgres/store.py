@@ -638,7 +638,7 @@ class PostgresStore(PostgresSnapshots, PostgresMemory, PostgresExtras, BaseStore
     def listen(self, notified: Notified, channels: Sequence[str] = (WAKE,)) -> Listener:
         """Call *notified(channel, payload)* (on a thread of its own) when another
         process's commit gives this one something to do; started here."""
-        return Listener(self.url, channels, notified).start()
+        return Listener(self.url, channels, notified, session_defaults(self.url)).start()
 
     # ---------------------------------------------------------------- closing
 
