@@ -182,7 +182,7 @@ class WorkerRelay:
                 self.watched.add(parts[1])
             elif kind == "-" and len(parts) > 1:
                 self.watched.discard(parts[1])
-        log.warning("the server's relay closed: the server is gone")
+        log.debug("the server's relay closed: the server is gone")  # (its stderr is gone too)
         self.on_gone()
 
     def serving(self) -> None:

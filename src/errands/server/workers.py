@@ -290,8 +290,7 @@ def _die_with(parent: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        log.warning("worker %d: the server (pid %d) is gone already", os.getpid(), parent)
+    if os.getppid() != parent:  # (quietly: its stderr is the dead server's)
         raise SystemExit(0)
 
 
