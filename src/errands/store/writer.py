@@ -53,6 +53,7 @@ __all__ = ["MAX_BATCH", "GroupCommit", "Op", "Prepared", "Tx", "WriterStats"]
 MAX_BATCH = 4096  # operations per group commit
 YIELD_EVERY = 16  # staged operations between looks at whether a decision waits (_yield_now)
 URGENT_AFTER = 4  # operations a batch stages before a queued decision cuts it short
+URGENT_COMPANY = 4  # the bulk's next operations that share the urgent lane's commit
 URGENT_SWITCH = 0.0001  # seconds: sys.setswitchinterval while the urgent lane commits
 PROBE_FIRST, PROBE_MAX = 0.5, 5.0  # seconds between probes of an unavailable store
 
@@ -178,8 +179,10 @@ class GroupCommit(abc.ABC):
         self._listeners: list[tuple[asyncio.AbstractEventLoop, CommitListener]] = []
         self._untold: list[Op] = []  # committed, callers not told yet (writer thread only)
         self._carried: list[Op] = []  # a batch's rest, cut short for a decision: next first
+        self._carried_urgent = False  # is it the urgent lane's batch's rest?
         self._ran = 0  # how many operations of its batch the last transaction ran
         self._urgent_now = False  # committing the urgent lane (not cut short for it)
+        self._switch_before: float | None = None  # the switch interval _hurry replaced
         self._closed = False
         # why the store cannot write (the last failure), until a commit writes again
         self.unavailable: StoreUnavailable | None = None
@@ -291,7 +294,7 @@ class GroupCommit(abc.ABC):
         while True:
             if self.unavailable is not None and time.monotonic() >= self._next_probe:
                 self._probe()  # (also between batches that only read: claims, renewals)
-            if not urgent.empty():  # a person's decision: before the bulk, told at once
+            if self._carried_urgent or not urgent.empty():  # decisions first, told at once
                 self._urgent_batch()
                 continue
             if self._carried:  # the rest of a batch cut short: before anything newer
@@ -319,25 +322,57 @@ class GroupCommit(abc.ABC):
             self._fill([first])
 
     def _urgent_batch(self) -> None:
-        """Commit what waits in the urgent lane, alone, and tell its callers at once."""
-        get_nowait = self._queue.urgent.get_nowait
+        """Commit what waits in the urgent lane, and tell its callers at once. The rest
+        of an urgent batch cut short goes first; up to ``URGENT_COMPANY`` of the bulk's
+        next operations (in their order: a cut batch's rest first) share the commit, so
+        that operations queued together still share one."""
         batch: list[Op] = []
+        if self._carried_urgent:
+            batch, self._carried, self._carried_urgent = self._carried, [], False
+        get_nowait = self._queue.urgent.get_nowait
         with contextlib.suppress(queue.Empty):
             while len(batch) < MAX_BATCH:
                 batch.append(get_nowait())
+        company = min(URGENT_COMPANY, len(self._carried))
+        batch.extend(self._carried[:company])
+        del self._carried[:company]
+        bulk = self._queue.bulk
+        while company < URGENT_COMPANY and not self._carried:
+            try:
+                nxt = bulk.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                bulk.put(None)  # (stop after this batch)
+                break
+            if not isinstance(nxt, _Wake):
+                batch.append(nxt)
+                company += 1
         self._urgent_now = True
-        before = sys.getswitchinterval()
-        switch = self.urgent_switch
-        short = switch is not None and switch < before
-        if switch is not None and short:  # (the writer gets the interpreter back sooner)
-            sys.setswitchinterval(switch)
         try:
             self._commit_batch(batch)
             self._tell()
         finally:
             self._urgent_now = False
-            if short and sys.getswitchinterval() == switch:
-                sys.setswitchinterval(before)
+            self._unhurry()
+
+    def _hurry(self) -> None:
+        """The urgent lane holds the write lock: switch threads every ``urgent_switch``
+        seconds until it is done, so the writer gets the interpreter back at once after
+        each SQL call and the sync. (Not while it waits for the lock: a short interval
+        then only costs the other threads switches.)"""
+        switch = self.urgent_switch
+        if switch is None or self._switch_before is not None:
+            return
+        before = sys.getswitchinterval()
+        if switch < before:
+            self._switch_before = before
+            sys.setswitchinterval(switch)
+
+    def _unhurry(self) -> None:
+        before, self._switch_before = self._switch_before, None
+        if before is not None and sys.getswitchinterval() == self.urgent_switch:
+            sys.setswitchinterval(before)
 
     def _fill(self, batch: list[Op]) -> None:
         """Add what is queued to *batch* (up to ``MAX_BATCH``) and commit it."""
@@ -367,6 +402,7 @@ class GroupCommit(abc.ABC):
             self._run_tx(batch)
             if self._ran < len(batch):  # cut short for a decision: the rest goes next
                 self._carried = batch[self._ran :]
+                self._carried_urgent = self._urgent_now  # (an urgent batch's rest: first)
                 batch = batch[: self._ran]
             self._untold = batch  # told just before the next commit, or when idle
             self._after_batch()
@@ -430,6 +466,8 @@ class GroupCommit(abc.ABC):
         staging (and when the queue is empty, there is none).
         """
         conn = self._begin()
+        if self._urgent_now:
+            self._hurry()
         try:
             t0 = time.perf_counter()
             if self._written_elsewhere(conn):
