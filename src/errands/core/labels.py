@@ -62,6 +62,8 @@ class Label(BaseModel):
         return _LABELS[integrity, confidentiality]
 
     def joined(self, other: Label) -> Label:
+        if other is self or other is BOTTOM:  # (perf: the common case, every fold step)
+            return self
         integrity = (
             Integrity.untrusted
             if Integrity.untrusted in (self.integrity, other.integrity)

@@ -374,4 +374,11 @@ class Progress:
         return None
 
     def _ordered(self) -> list[CallState]:
-        return sorted(self.calls.values(), key=lambda c: c.index)
+        calls = self.calls
+        if len(calls) < 2:  # (perf: one call a turn is the common case)
+            return list(calls.values())
+        return sorted(calls.values(), key=_index)
+
+
+def _index(call: CallState) -> int:
+    return call.index

@@ -310,7 +310,6 @@ class Dispatcher:
     ) -> tuple[ev.ModelUsed | ev.ToolResult, ...]:
         """Run a logged intent: its result (after what a model call it made cost).
         Anything the tool does wrong becomes an error result."""
-        provenance = Provenance(kind="tool", name=intent.tool)
         state = p.calls.get(intent.call_id)
         # plan mode: what a call made of untrusted values returns is untrusted too
         used = BOTTOM if state is None else p.used(state.call.arguments)
@@ -343,7 +342,7 @@ class Dispatcher:
                     text=str(exc)
                     if known
                     else f"{intent.tool} failed: {type(exc).__name__}: {exc}",
-                    provenance=provenance,
+                    provenance=Provenance(kind="tool", name=intent.tool),
                     integrity=Integrity.untrusted,
                 ),
             )

@@ -276,7 +276,7 @@ class BaseStore(GroupCommit, ScheduleOps, RetentionOps):
             key = (view.state.value, len(view.pending))
             extras = _extras(view)
             before = written.get(errand_id)
-            if before is not None and before[1] == extras:
+            if before is not None and all(map(operator.is_, before[1], extras)):
                 data = before[2]  # apply replaces values, never mutates them: unchanged
             else:
                 data = view.model_dump_json(exclude=_COLUMN_SET, exclude_defaults=True)
