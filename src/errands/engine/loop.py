@@ -412,11 +412,9 @@ class Loop:
             content = ev.Content.labelled(
                 reply.text, Provenance(kind="model", name=model.name), p.label
             )
-        usage = reply.usage.model_copy(
-            # a chain's spec has no price: the member that answered (reply.model) has
-            update={
-                "cost_usd": cost_usd((model.name, reply.model), reply.usage, self.settings.prices)
-            }
+        # a chain's spec has no price: the member that answered (reply.model) has
+        usage = reply.usage.costing(
+            cost_usd((model.name, reply.model), reply.usage, self.settings.prices)
         )
         response = ev.ModelResponded(
             request_seq=request_seq,
