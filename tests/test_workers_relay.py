@@ -17,6 +17,7 @@ what only a worker knows reaches the server through its relay.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -26,6 +27,7 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CLI
@@ -35,7 +37,7 @@ from sim.openai_server import OpenAIChatSim
 from test_shell_live import SECRET, SPLIT, TICKS, follow, pieces, start
 from test_workers import children, lease_pids, slow_script
 
-from errands.server.relay import frame
+from errands.server.relay import MAX_FRAME, WorkerRelay, frame
 from errands.server.workers import DEFAULT_CAP, default_workers
 
 
@@ -181,3 +183,39 @@ def test_a_decision_wakes_the_worker_at_once(
             assert worker.wait(30) == 0
         finally:
             worker.kill()
+
+
+async def test_a_worker_never_queues_live_frames_without_bound_and_says_what_it_dropped() -> None:
+    """A server that reads nothing: past MAX_PENDING bytes waiting, output is dropped (the
+    call's exit still goes), and once the server reads again the drop is said. The
+    control: model text for an errand no stream follows is never sent at all."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    relay = WorkerRelay(theirs)
+    await relay.open()
+    try:
+        relay.watched.add("e1")
+        relay("e2", "nobody follows e2")  # (the control: not sent)
+        big = "x" * 60_000
+        sent = 0
+        while relay._room():
+            relay.output("e1", 7, "stdout", big)
+            sent += 1
+        relay.output("e1", 7, "stdout", "lost")  # past the cap: dropped
+        relay.output("e1", 7, "stdout", "lost too")
+        assert relay.dropped == {"e1": (7, len("lost") + len("lost too"))}
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME)
+        frames: list[list[Any]] = []
+        while len(frames) < sent:
+            frames.append(json.loads(await reader.readline()))
+        await asyncio.sleep(0.05)  # (the worker's buffer drains into the socket)
+        relay.output("e1", 7, "stdout", "back\n")
+        relay.output("e1", 7, "exit", "exit code 0")
+        for _ in range(3):
+            frames.append(json.loads(await reader.readline()))
+        writer.close()
+    finally:
+        await relay.close()
+    assert [f[0] for f in frames] == ["o"] * (sent + 3)
+    assert frames[-3][3:] == ["dropped", "[12 characters not shown]"]
+    assert frames[-2][3:] == ["stdout", "back\n"] and frames[-1][3] == "exit"
+    assert not any(f[1] == "e2" for f in frames)
