@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -441,6 +442,27 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return mid
 
 
+def _round(
+    server: Any,
+    workers: list[int],
+    n: int,
+    dbos_n: int,
+    root: Path,
+    note: Any,
+) -> None:
+    """One round: errands with each worker count (the bare baseline after the first),
+    then DBOS, then SQLite."""
+    for k in workers:
+        r = errands_pg(server, k, n, root)
+        sizes = r.pop("event_bytes")
+        note(r)
+        if k == workers[0]:
+            base_url = server.url(server.new_database())
+            note(baseline(base_url, n, sizes, r["events_per_step"], 3.0))
+    note(dbos(server, dbos_n))
+    note(_child(["--sqlite-child", str(n)]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N=200, one round")
@@ -480,16 +502,11 @@ def main() -> None:
             flush=True,
         )
 
-    for _ in range(rounds):
-        for k in args.workers:
-            r = errands_pg(server, k, n, root)
-            sizes = r.pop("event_bytes")
-            note(r)
-            if k == args.workers[0]:
-                base_url = server.url(server.new_database())
-                note(baseline(base_url, n, sizes, r["events_per_step"], 3.0))
-        note(dbos(server, dbos_n))
-        note(_child(["--sqlite-child", str(n)]))
+    try:
+        for _ in range(rounds):
+            _round(server, args.workers, n, dbos_n, root, note)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # the workers' homes (the server: at exit)
     rows = [_median(v) for v in runs.values()]
     by = {r["system"]: r for r in rows}
     one, two = by.get("errands pg x1"), by.get("errands pg x2")
