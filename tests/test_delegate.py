@@ -65,10 +65,10 @@ async def test_twenty_children_run_at_once_and_the_parent_reads_them(
     eid, view = await _fan(db, with_subagents(settings, max_parallel=20), model)
     assert view.state is ErrandState.done, view.reason
     log = await _log(db, eid)
-    slept = next(e for e in log if isinstance(e, ev.Sleeping))
     result = _result(log)
-    one_child = CHILD_CALLS * LATENCY
-    assert result.at - slept.at < 1.5 * one_child, (result.at - slept.at, one_child)
+    # at once: every child was in a model call at the same moment (a correctness check,
+    # not a wall-clock one: the suite runs beside other work)
+    assert model.peak == 20, model.peak
     ids = children_in(eid, await db.read(eid))
     assert len(ids) == 20
     for k, cid in enumerate(ids):
@@ -83,6 +83,13 @@ async def test_twenty_children_run_at_once_and_the_parent_reads_them(
     assert view.result is not None and view.result.startswith("parent read: ")
     # sleeping cost nothing: the parent's model was asked twice (delegate, answer)
     assert model.asked[eid] == 2
+
+
+async def test_control_one_at_a_time_the_peak_is_one(db: SQLiteStore, settings: Settings) -> None:
+    model = FanModel(3, child_calls=1, latency=0.2)
+    _, view = await _fan(db, with_subagents(settings, max_parallel=1), model)
+    assert view.state is ErrandState.done, view.reason
+    assert model.peak == 1, model.peak  # the twenty-at-once check above could fail
 
 
 class Later(FanModel):

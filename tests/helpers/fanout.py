@@ -43,11 +43,18 @@ class FanModel:
         self.task = task or (lambda k: {"task": f"{CHILD} {k}"})
         self.delegate_args = delegate_args
         self.asked: dict[str, int] = {}  # model calls per errand
+        self.calling = 0  # model calls in progress now
+        self.peak = 0  # the most that were ever in progress at once
 
     async def complete(self, request: ModelRequest, on_text: TextSink | None = None) -> ModelReply:
         self.asked[request.errand_id] = self.asked.get(request.errand_id, 0) + 1
         if self.latency:
-            await asyncio.sleep(self.latency)
+            self.calling += 1
+            self.peak = max(self.peak, self.calling)
+            try:
+                await asyncio.sleep(self.latency)
+            finally:
+                self.calling -= 1
         k = sum(1 for m in request.messages if m.role == "assistant")
         first = next(m.text for m in request.messages if m.role == "user")
         usage = Usage(input_tokens=10, output_tokens=5)
