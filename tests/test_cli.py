@@ -73,7 +73,9 @@ def test_resume_after_sigkill_from_the_cli(cli: CLI, tmp_path: Path) -> None:
         latency_ms=300,
     )
     proc = cli.popen("run", "write six files", "--model", spec, "--no-input")
-    time.sleep(2.0)
+    deadline = time.monotonic() + 60  # (a loaded machine starts the process slowly)
+    while not list((cli.home / "workspaces").glob("*/f1.txt")) and time.monotonic() < deadline:
+        time.sleep(0.02)  # killed once its second file is written: mid-run, whatever the load
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     (errand,) = json.loads(cli("ls", "--json").stdout)
