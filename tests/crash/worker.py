@@ -435,18 +435,37 @@ def serve_forks() -> int:
         if line == "kill":
             continue  # for a worker that had exited already
         request = json.loads(line)
+        # The worker's stdout is a pipe of its own, relayed here line by line: this process
+        # alone writes the answers, so a worker's "ready" can never land inside "pid N"
+        # (with PYTHONUNBUFFERED, print() writes a line and its newline apart).
+        out_r, out_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(out_r)
+            os.dup2(out_w, 1)
+            os.close(out_w)
             _forked_worker(request)
-        print(f"pid {pid}", flush=True)
+        os.close(out_w)
+        said = Lines(out_r)
+        _answer(f"pid {pid}")
         while True:
             done, status = os.waitpid(pid, 0 if commands.eof else os.WNOHANG)
+            while (said_line := said.next(0)) is not None:
+                _answer(said_line)
             if done:
                 break
             if commands.next(0.01) == "kill":
                 os.kill(pid, signal.SIGKILL)
-        print(f"exit {pid} {os.waitstatus_to_exitcode(status)}", flush=True)
+        while (said_line := said.next(1.0)) is not None:  # (until the pipe's end: EOF)
+            _answer(said_line)
+        os.close(out_r)
+        _answer(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
     return 0
+
+
+def _answer(line: str) -> None:
+    """One line on stdout in one write."""
+    os.write(1, (line + "\n").encode())
 
 
 def _forked_worker(request: dict[str, Any]) -> None:
