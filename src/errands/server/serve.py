@@ -425,16 +425,16 @@ def _ready_to_run(harness: Harness) -> None:
     harness.policy  # noqa: B018
 
 
-def _tune_runtime() -> None:
-    """Freeze what start-up allocated (the app, its schemas) so the collector stops
-    rescanning it (:func:`errands.engine.runtime.tune_gc`), and shorten the interpreter's thread
-    switch interval so that a request waits less for the runner's thread. The collector is
-    turned on again if ``errands up`` turned it off for the start-up."""
 def _either(why_down: Callable[[], str | None], pool: WorkerPool) -> Callable[[], str | None]:
     """Why errands cannot run: the runner's reason (schedules), else the workers'."""
     return lambda: why_down() or pool.why_down()
 
 
+def _tune_runtime() -> None:
+    """Freeze what start-up allocated (the app, its schemas) so the collector stops
+    rescanning it (:func:`errands.engine.runtime.tune_gc`), and shorten the interpreter's thread
+    switch interval so that a request waits less for the runner's thread. The collector is
+    turned on again if ``errands up`` turned it off for the start-up."""
     tune_gc()
     gc.enable()
     sys.setswitchinterval(0.001)
