@@ -119,7 +119,7 @@ async def test_readyz_follows_the_runner_thread(harness: Harness) -> None:
 
 
 class _Broken(Runner):
-    async def serve(self, stop: asyncio.Event, poll: float = 0.5) -> None:
+    async def serve(self, stop: asyncio.Event, poll: float = 0.5, **_: Any) -> None:
         raise RuntimeError("a bug in the runner")
 
 
