@@ -185,7 +185,7 @@ def test_a_running_server_sees_a_changed_policy_within_two_seconds(
     write_config(home)
     path = home / "policy.toml"
     path.write_text("")
-    with running(home) as server:
+    with running(home) as server:  # (the default: worker processes, each with its own look)
         assert outcome(probe_errand(server, tmp_path, sink, 1)) == "ran"
 
         rewrite(path, DENY_PROBES.format(url=sink.url))

@@ -8,6 +8,12 @@ shows it on stderr; so does a foreground ``errands run``). A file that disappear
 treated the same way: the policy in force stays. So a change reaches every running
 errands process within :data:`WITHIN` seconds, without a restart.
 
+Every process also looks on a timer (one daemon thread per process, for every
+:class:`PolicyFile` it holds), not only when it checks a call: otherwise a process that
+checked nothing while a valid change came and went -- one of ``errands up``'s workers, say
+-- would keep an older policy when the file next turned invalid, and processes would
+disagree about the policy in force.
+
 ``errands policy reload`` validates the file and touches it, which is all a running
 process needs to notice it.
 """
@@ -18,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +72,7 @@ class PolicyFile:
         self._lock = threading.Lock()
         self.reloads = 0  # how many times a changed file was taken
         self.refusals = 0  # how many changed files were refused
+        _watch(self)
 
     @property
     def current(self) -> Policy:
@@ -110,3 +118,28 @@ def touch(path: Path) -> None:
     st = os.stat(path)
     now = time.time_ns()
     os.utime(path, ns=(now, max(now, st.st_mtime_ns + 1)))
+
+
+_watched: weakref.WeakSet[PolicyFile] = weakref.WeakSet()
+_watcher: threading.Thread | None = None
+_watch_lock = threading.Lock()
+
+
+def _watch(policy: PolicyFile) -> None:
+    """Have this process's watcher thread look at *policy*'s file every second."""
+    global _watcher
+    with _watch_lock:
+        _watched.add(policy)
+        if _watcher is None or not _watcher.is_alive():
+            _watcher = threading.Thread(target=_look_forever, name="errands-policy", daemon=True)
+            _watcher.start()
+
+
+def _look_forever() -> None:
+    while True:
+        time.sleep(INTERVAL)
+        for policy in list(_watched):
+            try:
+                policy.refresh()
+            except Exception:  # (a look must never end the watch for the others)
+                log.exception("looking at %s failed", policy.path)

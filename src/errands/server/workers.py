@@ -316,6 +316,10 @@ async def _work(
     harness = build(settings)
     harness.store.share_writes()  # (the server and the other workers write too)
     harness.policy  # noqa: B018  (read policy.toml now: a bad one stops the start)
+    if relay_fd is not None:
+        # a server's worker takes policy.toml's changes as the server does, and the
+        # server says once on the shared stderr what it took or refused (not once a process)
+        logging.getLogger("errands.policy").setLevel(logging.ERROR)
     if harness.mcp is not None:  # the MCP servers start and list now, not in an errand
         harness.mcp.warm()
     stop = asyncio.Event()
