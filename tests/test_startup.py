@@ -362,7 +362,11 @@ def test_up_stops_on_a_bad_tools_module_or_policy_before_any_errand_runs(
         capture_output=True,
         text=True,
         timeout=120,
-        env={k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")},
+        # (wide: the error names the file's path, which a narrow terminal would wrap)
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("ERRANDS_")},
+            "COLUMNS": "400",
+        },
         cwd=tmp_path,
     )
     assert done.returncode == 2, done.stdout + done.stderr

@@ -421,7 +421,8 @@ def full_disk_scenario(home: Path, env: dict[str, str], *, recover: bool) -> dic
     what each request, page and command saw."""
     obs: dict[str, Any] = {}
     filler = Filler(home)
-    server = ServerProc(home, env=clean_env(home, **env)).start()
+    # (the errands run in the server: its runner thread is what outlives the lock)
+    server = ServerProc(home, env=clean_env(home, **env), args=["--workers", "0"]).start()
     try:
         assert server.proc is not None
         pid = server.proc.pid
@@ -609,7 +610,8 @@ def test_negative_control_unmapped_the_cli_calls_a_full_disk_a_bug(
 def held_lock_scenario(home: Path, env: dict[str, str], *, hold: float) -> dict[str, Any]:
     """errands up while another process holds the write lock for *hold* seconds."""
     obs: dict[str, Any] = {}
-    server = ServerProc(home, env=clean_env(home, **env)).start()
+    # (the errands run in the server: its runner thread is what outlives the lock)
+    server = ServerProc(home, env=clean_env(home, **env), args=["--workers", "0"]).start()
     try:
         assert server.proc is not None
         pid = server.proc.pid
