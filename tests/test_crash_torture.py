@@ -85,6 +85,7 @@ from errands.config import Settings
 from errands.core import events as ev
 from errands.core.states import ErrandState, ErrandView, apply
 from errands.engine.operations import create_errand
+from errands.errors import ApprovalRefused
 from errands.policy.approvals import Approvals
 from errands.store import Store
 from errands.store.sync import BlockingStore
@@ -593,6 +594,7 @@ class Round:
             )
             self.variants[eid] = v
         self.killed: set[int] = set()
+        self.refused: list[str] = []  # approvals refused (an errand finished with one pending)
         self.runs: list[Run] = []
 
     def close(self) -> None:
@@ -604,14 +606,18 @@ class Round:
     def approve_pending(self) -> None:
         """The person: grants every pending approval, with the hash they were shown."""
         for pending in self.store.pending_approvals():
-            self.store.run(
-                Approvals(self.store.store, FunctionToolset()).approve(
-                    pending.id,
-                    by="approver",
-                    channel="torture",
-                    seen_hash=pending.args_hash,
+            try:
+                self.store.run(
+                    Approvals(self.store.store, FunctionToolset()).approve(
+                        pending.id,
+                        by="approver",
+                        channel="torture",
+                        seen_hash=pending.args_hash,
+                    )
                 )
-            )
+            except ApprovalRefused as exc:  # (finished with a request pending: a finding)
+                self.refused.append(f"{pending.errand_id}: approval refused: {exc}")
+                continue
             self.journal.write("grant", pending.errand_id, pending.seq)
 
     def run_worker(
@@ -673,9 +679,10 @@ class Round:
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     def check(self, reference: Reference | None) -> tuple[list[str], Stats]:
-        return check_round(
+        bad, stats = check_round(
             self.store, self.dir / "journal.log", self.variants, self.killed, reference
         )
+        return [*self.refused, *bad], stats
 
 
 def _variants(m: int) -> list[str]:
@@ -1020,7 +1027,9 @@ def test_negative_control_two_workers_one_name(tmp_path: Path, reference: Refere
             rnd.close()
         if bad:
             break
-    assert any("transcript differs" in b or "executed 2 times" in b for b in bad), bad
+    assert any(
+        "transcript differs" in b or "executed 2 times" in b or "approval refused" in b for b in bad
+    ), bad
 
 
 def _targeted(root: Path, controls: str | None) -> tuple[list[str], Stats, Round]:
